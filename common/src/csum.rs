@@ -1,0 +1,54 @@
+//! Internet checksum (RFC 1071) over fixed-size header structs, usable in BPF
+//! (constant trip counts) and on the host.
+
+use crate::net::{IPPROTO_TCP, Wire};
+
+/// Sums `v` as big-endian 16-bit words into a 32-bit accumulator.
+#[inline(always)]
+pub fn sum_words<T: Wire>(v: &T, mut acc: u32) -> u32 {
+    let n = core::mem::size_of::<T>();
+    // SAFETY: `T: Wire` is plain bytes; we read exactly `size_of::<T>()`.
+    let bytes = unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), n) };
+    let mut i = 0;
+    while i + 1 < n {
+        acc += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    if n % 2 == 1 {
+        acc += (bytes[n - 1] as u32) << 8;
+    }
+    acc
+}
+
+/// Folds the carries and complements: the value to store in a header.
+#[inline(always)]
+pub fn finish(mut acc: u32) -> [u8; 2] {
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    (!(acc as u16)).to_be_bytes()
+}
+
+/// Sum of the IPv4 pseudo-header for a TCP segment of `tcp_len` bytes.
+#[inline(always)]
+pub fn tcp_pseudo_sum(saddr: [u8; 4], daddr: [u8; 4], tcp_len: u16) -> u32 {
+    u16::from_be_bytes([saddr[0], saddr[1]]) as u32
+        + u16::from_be_bytes([saddr[2], saddr[3]]) as u32
+        + u16::from_be_bytes([daddr[0], daddr[1]]) as u32
+        + u16::from_be_bytes([daddr[2], daddr[3]]) as u32
+        + IPPROTO_TCP as u32
+        + tcp_len as u32
+}
+
+/// True when `bytes` (a whole header with its checksum in place) sums to
+/// 0xffff, i.e. verifies. For host tests and userspace.
+pub fn verifies(bytes: &[u8], initial: u32) -> bool {
+    let mut acc = initial;
+    let mut chunks = bytes.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        acc += (*last as u32) << 8;
+    }
+    finish(acc) == [0, 0]
+}

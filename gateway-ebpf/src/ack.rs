@@ -1,0 +1,85 @@
+//! Handshake ACK stage: cookie, capability, MAC; then the pending record
+//! and the event for the control plane.
+
+use ackgate_common::abi::{EVENT_PENDING, FLOW_PENDING, GateEvent, PendingFlow, ServicePolicy};
+use ackgate_common::mac::{Binding, DOMAIN_ACK};
+use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::option::{Capability, OptionBytes};
+use ackgate_common::reason;
+use aya_ebpf::bindings::xdp_action::XDP_DROP;
+use aya_ebpf::bindings::{iphdr, tcphdr};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_tcp_raw_check_syncookie_ipv4};
+
+use crate::config;
+use crate::frame::XdpFrame;
+use crate::maps::{self, EVENTS, PENDING, flow_key};
+use crate::program::Verdict;
+use crate::respond::refuse;
+
+#[inline(always)]
+pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
+    if !cookie_valid(seg) {
+        return refuse(frame, seg, policy, reason::ACK_BAD_COOKIE);
+    }
+    let Some(opts) = OptionBytes::read(frame, seg) else {
+        return refuse(frame, seg, policy, reason::ACK_BAD_OPTION);
+    };
+    let scan = opts.scan(config::option_id());
+    let cap = match scan.capability {
+        Capability::Present if scan.option.is_current() => scan.option,
+        Capability::Absent => return refuse(frame, seg, policy, reason::ACK_NO_OPTION),
+        Capability::Present | Capability::Malformed => return refuse(frame, seg, policy, reason::ACK_BAD_OPTION),
+    };
+    let Some(key) = maps::agent_key(cap.agent_id()) else {
+        return refuse(frame, seg, policy, reason::ACK_UNKNOWN_AGENT);
+    };
+    let client_isn = seg.tcp.seq().wrapping_sub(1);
+    let server_isn = seg.tcp.ack_seq().wrapping_sub(1);
+    let binding = Binding {
+        saddr: seg.ip.saddr,
+        daddr: seg.ip.daddr,
+        sport: seg.tcp.sport,
+        dport: seg.tcp.dport,
+        client_isn,
+        second: server_isn,
+        agent_id: cap.agent_id(),
+        domain: DOMAIN_ACK,
+        exid: config::option_id().exid,
+    };
+    if binding.mac(&key) != cap.mac() {
+        return refuse(frame, seg, policy, reason::ACK_BAD_MAC);
+    }
+    record_pending(seg, cap.agent_id(), client_isn, server_isn)
+}
+
+/// `bpf_tcp_raw_check_syncookie_ipv4` takes ACK = cookie + 1 and
+/// SEQ = client ISN + 1; it does not depend on net.ipv4.tcp_syncookies.
+#[inline(always)]
+fn cookie_valid(seg: &Ipv4Tcp) -> bool {
+    let mut ip = seg.ip;
+    let mut tcp = seg.tcp;
+    // SAFETY: stack copies of exactly struct iphdr and struct tcphdr.
+    unsafe { bpf_tcp_raw_check_syncookie_ipv4((&raw mut ip).cast::<iphdr>(), (&raw mut tcp).cast::<tcphdr>()) == 0 }
+}
+
+/// Event first, then the map entry, then publish: a full ring buffer or map
+/// leaves no half-recorded flow behind.
+#[inline(always)]
+fn record_pending(seg: &Ipv4Tcp, agent_id: u32, client_isn: u32, server_isn: u32) -> Verdict {
+    let Some(mut entry) = EVENTS.reserve::<GateEvent>(0) else {
+        return Verdict::new(XDP_DROP, reason::ERR_EVENT_LOST);
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let flow = flow_key(seg);
+    let pending = PendingFlow { created_ns: now, agent_id, client_isn, server_isn, state: FLOW_PENDING, _pad: [0; 3] };
+    if PENDING.insert(&flow, &pending, 0).is_err() {
+        entry.discard(0);
+        return Verdict::new(XDP_DROP, reason::ERR_PENDING_FULL);
+    }
+    entry.write(GateEvent { kind: EVENT_PENDING, agent_id, flow, client_isn, server_isn, created_ns: now });
+    entry.submit(0);
+    // The client believes the connection is up; its data is held until the
+    // control plane decides (it retransmits, nothing is lost).
+    Verdict::new(XDP_DROP, reason::ACK_PENDING)
+}

@@ -1,0 +1,48 @@
+//! Maps shared with userspace. All are pinned by name so that a restarted
+//! control plane finds the live state (DESIGN.md §7).
+
+use ackgate_common::abi::{
+    AgentKey, EVENTS_BYTES, FlowKey, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, PendingFlow, ServiceKey, ServicePolicy,
+    VipInfo, VipKey,
+};
+use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::reason;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
+
+#[map(name = "ACKGATE_SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServicePolicy> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "ACKGATE_VIPS")]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "ACKGATE_AGENT_KEYS")]
+pub static AGENT_KEYS: HashMap<u32, AgentKey> = HashMap::pinned(MAX_AGENTS, 0);
+
+/// LRU so that the oldest pending flows give way under pressure instead of
+/// new valid handshakes failing; the control plane expires them on time.
+#[map(name = "ACKGATE_PENDING")]
+pub static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::pinned(MAX_PENDING, 0);
+
+#[map(name = "ACKGATE_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+#[map(name = "ACKGATE_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
+
+#[inline(always)]
+pub fn flow_key(seg: &Ipv4Tcp) -> FlowKey {
+    FlowKey::ipv4(seg.ip.saddr, seg.ip.daddr, seg.tcp.sport, seg.tcp.dport)
+}
+
+#[inline(always)]
+pub fn is_pending(seg: &Ipv4Tcp) -> bool {
+    PENDING.get_ptr(&flow_key(seg)).is_some()
+}
+
+/// The MAC key of `agent_id`, copied out (userspace replaces keys whole).
+#[inline(always)]
+pub fn agent_key(agent_id: u32) -> Option<AgentKey> {
+    // SAFETY: the value is copied before the lookup's RCU section ends.
+    unsafe { AGENT_KEYS.get(&agent_id) }.copied()
+}

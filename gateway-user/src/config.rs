@@ -1,0 +1,339 @@
+//! The gateway's TOML configuration (one file per host, DESIGN.md §7).
+//!
+//! ```toml
+//! [gateway]
+//! edge_interface = "eth0"          # XDP gate attaches here
+//! xdp_mode = "native"              # or "generic"
+//! pin_dir = "/sys/fs/bpf/ackgate"  # pinned maps live here across restarts
+//!
+//! [option]                         # the capability TCP option
+//! kind = 253
+//! experiment_id = 0xac47
+//!
+//! [[services]]
+//! name = "intranet"
+//! vip = "203.0.113.10"
+//! port = 443
+//! target = "10.1.0.20:443"
+//! default_response = "drop"        # or "reset", "page"
+//! stealth = false
+//!
+//! [[static_agents]]                # lab use; enrollment issues keys
+//! id = 7
+//! key_file = "/etc/ackgate/agent-7.key"   # 32 hex digits, mode 0600
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use ackgate_common::abi::{
+    FAMILY_IPV4, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET, ServiceKey, ServicePolicy, v4_in_16,
+};
+use ackgate_common::mac::MacKey;
+use ackgate_common::option::{DEFAULT_EXPERIMENT_ID, DEFAULT_OPTION_KIND, OptionId};
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::gate::{ServiceEntry, XdpMode};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ackgate";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: String, source: toml::de::Error },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("agent key file {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub option: OptionSection,
+    #[serde(default)]
+    pub services: Vec<ServiceSection>,
+    #[serde(default)]
+    pub static_agents: Vec<StaticAgent>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    pub edge_interface: String,
+    #[serde(default = "default_xdp_mode")]
+    pub xdp_mode: XdpMode,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+fn default_xdp_mode() -> XdpMode {
+    XdpMode::Native
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionSection {
+    #[serde(default = "default_kind")]
+    pub kind: u8,
+    #[serde(default = "default_exid")]
+    pub experiment_id: u16,
+}
+
+impl Default for OptionSection {
+    fn default() -> Self {
+        Self { kind: DEFAULT_OPTION_KIND, experiment_id: DEFAULT_EXPERIMENT_ID }
+    }
+}
+
+fn default_kind() -> u8 {
+    DEFAULT_OPTION_KIND
+}
+
+fn default_exid() -> u16 {
+    DEFAULT_EXPERIMENT_ID
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultResponse {
+    Drop,
+    Reset,
+    Page,
+}
+
+impl DefaultResponse {
+    fn wire(self) -> u8 {
+        match self {
+            DefaultResponse::Drop => RESPONSE_DROP,
+            DefaultResponse::Reset => RESPONSE_RESET,
+            DefaultResponse::Page => RESPONSE_PAGE,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub target: SocketAddr,
+    #[serde(default = "default_response")]
+    pub default_response: DefaultResponse,
+    #[serde(default)]
+    pub stealth: bool,
+}
+
+fn default_response() -> DefaultResponse {
+    DefaultResponse::Drop
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticAgent {
+    pub id: u32,
+    pub key_file: PathBuf,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: uniqueness, supported families, option ids.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.gateway.edge_interface.is_empty() {
+            return Err(ConfigError::Invalid("gateway.edge_interface is empty".into()));
+        }
+        if matches!(self.option.kind, 0..=1) {
+            return Err(ConfigError::Invalid(format!(
+                "option.kind = {} is EOL/NOP; use an experimental kind (253 or 254)",
+                self.option.kind
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.services {
+            self.service_v4(s)?;
+            if !seen.insert((s.vip, s.port)) {
+                return Err(ConfigError::Invalid(format!(
+                    "service {:?}: {}:{} is configured twice",
+                    s.name, s.vip, s.port
+                )));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for a in &self.static_agents {
+            if !ids.insert(a.id) {
+                return Err(ConfigError::Invalid(format!("static agent id {} is configured twice", a.id)));
+            }
+        }
+        Ok(())
+    }
+
+    fn service_v4(&self, s: &ServiceSection) -> Result<(Ipv4Addr, SocketAddr), ConfigError> {
+        let IpAddr::V4(vip) = s.vip else {
+            return Err(ConfigError::Invalid(format!(
+                "service {:?}: IPv6 VIP {} is not supported yet (IPv6 services are a planned next step)",
+                s.name, s.vip
+            )));
+        };
+        if !s.target.is_ipv4() {
+            return Err(ConfigError::Invalid(format!(
+                "service {:?}: IPv6 target {} is not supported yet",
+                s.name, s.target
+            )));
+        }
+        if s.port == 0 {
+            return Err(ConfigError::Invalid(format!("service {:?}: port 0", s.name)));
+        }
+        Ok((vip, s.target))
+    }
+
+    pub fn option_id(&self) -> OptionId {
+        OptionId { kind: self.option.kind, exid: self.option.experiment_id }
+    }
+
+    /// The services as map entries.
+    pub fn service_entries(&self) -> Result<Vec<ServiceEntry>, ConfigError> {
+        self.services
+            .iter()
+            .map(|s| {
+                let (vip, target) = self.service_v4(s)?;
+                let target_addr = match target.ip() {
+                    IpAddr::V4(a) => v4_in_16(a.octets()),
+                    IpAddr::V6(a) => a.octets(),
+                };
+                Ok(ServiceEntry {
+                    key: ServiceKey::ipv4(vip.octets(), s.port.to_be_bytes()),
+                    policy: ServicePolicy {
+                        target_addr,
+                        target_port: target.port().to_be_bytes(),
+                        default_response: s.default_response.wire(),
+                        stealth: u8::from(s.stealth),
+                        target_family: FAMILY_IPV4,
+                        _pad: [0; 3],
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+impl StaticAgent {
+    /// Reads the key: 32 hex digits, in a file no one but the owner can read.
+    pub fn load_key(&self) -> Result<MacKey, ConfigError> {
+        let path = self.key_file.display().to_string();
+        let err = |reason: String| ConfigError::KeyFile { path: path.clone(), reason };
+        let meta = std::fs::metadata(&self.key_file).map_err(|e| err(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(err(format!(
+                "mode {:o} lets others read the key; chmod 600 it",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        let text = std::fs::read_to_string(&self.key_file).map_err(|e| err(e.to_string()))?;
+        parse_key_hex(text.trim()).map_err(err)
+    }
+}
+
+/// 32 hex digits → a 128-bit MAC key.
+pub fn parse_key_hex(hex: &str) -> Result<MacKey, String> {
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("expected 32 hex digits, found {} characters", hex.len()));
+    }
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+    }
+    Ok(MacKey::from_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    const MINIMAL: &str = "[gateway]\nedge_interface = \"eth0\"\n";
+
+    #[test]
+    fn minimal_config_takes_defaults() {
+        let c = parse(MINIMAL).expect("minimal config must parse");
+        assert_eq!(c.gateway.xdp_mode, XdpMode::Native);
+        assert_eq!(c.gateway.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(c.option_id(), OptionId::default());
+    }
+
+    #[test]
+    fn bad_configs_get_clear_errors() {
+        let cases = [
+            ("", "missing field `gateway`"),
+            ("[gateway]\nedge_interface = \"eth0\"\nbogus = 1\n", "unknown field `bogus`"),
+            ("[gateway]\nedge_interface = \"eth0\"\nxdp_mode = \"turbo\"\n", "unknown variant `turbo`"),
+            (
+                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"::1\"\nport=1\ntarget=\"10.0.0.1:1\"\n",
+                "IPv6 VIP ::1 is not supported yet",
+            ),
+            (
+                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\n\
+                 [[services]]\nname=\"b\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.3:1\"\n",
+                "configured twice",
+            ),
+            (
+                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=70000\ntarget=\"10.0.0.2:1\"\n",
+                "invalid value",
+            ),
+            ("[gateway]\nedge_interface = \"eth0\"\n[option]\nkind = 1\n", "EOL/NOP"),
+            (
+                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\ndefault_response=\"maybe\"\n",
+                "unknown variant `maybe`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse(text).expect_err(&format!("config should be refused:\n{text}"));
+            assert!(err.contains(want), "error for\n{text}\nwas {err:?}, expected it to mention {want:?}");
+        }
+    }
+
+    #[test]
+    fn services_become_map_entries() {
+        let c = parse(
+            "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"web\"\nvip=\"10.0.0.1\"\nport=443\n\
+             target=\"10.1.0.2:8443\"\ndefault_response=\"reset\"\nstealth=true\n",
+        )
+        .expect("valid config");
+        let e = c.service_entries().expect("entries");
+        assert_eq!(e[0].key, ServiceKey::ipv4([10, 0, 0, 1], 443u16.to_be_bytes()));
+        assert_eq!(e[0].policy.default_response, RESPONSE_RESET);
+        assert_eq!(e[0].policy.stealth, 1);
+        assert_eq!(e[0].policy.target_port, 8443u16.to_be_bytes());
+        assert_eq!(&e[0].policy.target_addr[..4], &[10, 1, 0, 2]);
+    }
+
+    #[test]
+    fn key_hex() {
+        assert!(parse_key_hex("00112233445566778899aabbccddeeff").is_ok());
+        assert!(parse_key_hex("0011").unwrap_err().contains("32 hex digits"));
+        assert!(parse_key_hex("zz112233445566778899aabbccddeeff").is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! Loading the XDP gate, attaching it, and filling its maps.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use ackgate_common::abi::{
+    AgentKey, FlowKey, MAP_AGENT_KEYS, MAP_PENDING, MAP_SERVICES, MAP_VIPS, PendingFlow, ServiceKey, ServicePolicy,
+    VipInfo, VipKey,
+};
+use ackgate_common::option::OptionId;
+use aya::maps::{HashMap, MapData, MapError};
+use aya::programs::{ProgramError, Xdp};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use thiserror::Error;
+
+use crate::bpffs::{self, BpffsError};
+
+pub const PROGRAM_NAME: &str = "ackgate_gate";
+
+#[derive(Debug, Error)]
+pub enum GateError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error(
+        "loading the XDP gate failed (pinned maps in {pin_dir} from an incompatible build? remove that \
+         directory to start fresh, which drops live flows): {source}"
+    )]
+    Load { pin_dir: String, source: EbpfError },
+    #[error("program {PROGRAM_NAME} missing from the gate object")]
+    MissingProgram,
+    #[error("map {0} missing from the gate object")]
+    MissingMap(&'static str),
+    #[error("XDP program error: {0}")]
+    Program(#[from] ProgramError),
+    #[error("attaching XDP ({mode:?}) to interface {iface} failed: {source}")]
+    Attach { iface: String, mode: XdpMode, source: ProgramError },
+    #[error("{0:?} is not a valid interface name")]
+    BadInterfaceName(String),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// How the gate is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Driver (native) mode: the fast path; required for XDP_TX at line rate.
+    Native,
+    /// Generic (skb) mode: works on any interface, at stack speed.
+    Generic,
+}
+
+impl XdpMode {
+    fn aya(self) -> aya::programs::XdpMode {
+        match self {
+            XdpMode::Native => aya::programs::XdpMode::Driver,
+            XdpMode::Generic => aya::programs::XdpMode::Skb,
+        }
+    }
+}
+
+/// One protected service as the maps hold it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    pub key: ServiceKey,
+    pub policy: ServicePolicy,
+}
+
+/// The loaded gate: program, maps, and any attachments (which are undone
+/// when this is dropped).
+pub struct Gate {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Gate {
+    /// Loads the gate. Maps are pinned by name under `pin_dir` and reused if
+    /// already there, so a restarted gateway keeps its live state.
+    pub fn load(pin_dir: &Path, option: OptionId) -> Result<Self, GateError> {
+        bpffs::ensure_pin_dir(pin_dir)?;
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .override_global("OPTION_KIND", &option.kind, true)
+            .override_global("OPTION_EXID", &option.exid, true)
+            .load(crate::GATE_OBJECT)
+            .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source })?;
+        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned() };
+        gate.xdp()?.load()?;
+        Ok(gate)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    pub fn xdp(&mut self) -> Result<&mut Xdp, GateError> {
+        let prog = self.ebpf.program_mut(PROGRAM_NAME).ok_or(GateError::MissingProgram)?;
+        prog.try_into().map_err(GateError::Program)
+    }
+
+    /// Attaches to `iface`. The attachment lives as long as `self`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), GateError> {
+        if iface.is_empty()
+            || iface.len() >= libc::IFNAMSIZ
+            || iface.contains(['\0', '/'])
+            || iface.contains(char::is_whitespace)
+        {
+            return Err(GateError::BadInterfaceName(iface.to_owned()));
+        }
+        self.xdp()?.attach(iface, mode.aya()).map(drop).map_err(|source| GateError::Attach {
+            iface: iface.to_owned(),
+            mode,
+            source,
+        })
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, GateError> {
+        let map = self.ebpf.map_mut(name).ok_or(GateError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|source| GateError::Map { map: name, source })
+    }
+
+    /// Makes the service and VIP maps equal to `services`: adds and updates
+    /// entries, then removes the ones no longer configured.
+    pub fn sync_services(&mut self, services: &[ServiceEntry]) -> Result<(), GateError> {
+        let wanted: HashSet<ServiceKey> = services.iter().map(|s| s.key).collect();
+        let mut vips: std::collections::HashMap<VipKey, u32> = std::collections::HashMap::new();
+        for s in services {
+            *vips.entry(VipKey { addr: s.key.addr, family: s.key.family, _pad: [0; 3] }).or_default() += 1;
+        }
+        let map_err = |map| move |source| GateError::Map { map, source };
+        let mut svc = self.hash_map::<ServiceKey, ServicePolicy>(MAP_SERVICES)?;
+        for s in services {
+            svc.insert(s.key, s.policy, 0).map_err(map_err(MAP_SERVICES))?;
+        }
+        let stale: Vec<ServiceKey> = svc.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        for k in stale {
+            svc.remove(&k).map_err(map_err(MAP_SERVICES))?;
+        }
+        let mut vip_map = self.hash_map::<VipKey, VipInfo>(MAP_VIPS)?;
+        for (k, n) in &vips {
+            vip_map.insert(*k, VipInfo { services: *n }, 0).map_err(map_err(MAP_VIPS))?;
+        }
+        let stale: Vec<VipKey> = vip_map.keys().filter_map(Result::ok).filter(|k| !vips.contains_key(k)).collect();
+        for k in stale {
+            vip_map.remove(&k).map_err(map_err(MAP_VIPS))?;
+        }
+        Ok(())
+    }
+
+    pub fn set_agent_key(&mut self, agent_id: u32, key: AgentKey) -> Result<(), GateError> {
+        self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?
+            .insert(agent_id, key, 0)
+            .map_err(|source| GateError::Map { map: MAP_AGENT_KEYS, source })
+    }
+
+    pub fn remove_agent_key(&mut self, agent_id: u32) -> Result<(), GateError> {
+        match self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?.remove(&agent_id) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(GateError::Map { map: MAP_AGENT_KEYS, source }),
+        }
+    }
+
+    /// Every pending flow the gate holds.
+    pub fn pending_flows(&mut self) -> Result<Vec<(FlowKey, PendingFlow)>, GateError> {
+        let map = self.ebpf.map(MAP_PENDING).ok_or(GateError::MissingMap(MAP_PENDING))?;
+        let pending: HashMap<&MapData, FlowKey, PendingFlow> =
+            HashMap::try_from(map).map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
+        Ok(pending.iter().filter_map(Result::ok).collect())
+    }
+}

@@ -1,0 +1,11 @@
+//! ackgate gateway userspace: configuration, loading and attaching the XDP
+//! gate, its maps, counters and events.
+
+pub mod bpffs;
+pub mod config;
+pub mod counters;
+pub mod events;
+pub mod gate;
+
+/// The XDP gate object, built by build.rs.
+pub static GATE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-gateway"));

@@ -1,0 +1,97 @@
+//! A freshly loaded gate with its own pin directory, removed on drop, so
+//! tests can run side by side.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ackgate_common::abi::{RESPONSE_DROP, ServiceKey, ServicePolicy, v4_in_16};
+use ackgate_common::mac::MacKey;
+use ackgate_common::option::OptionId;
+use ackgate_gateway::counters::Counters;
+use ackgate_gateway::gate::{Gate, ServiceEntry};
+use aya::programs::{TestRun, TestRunOptions};
+
+/// Agent and key the fixtures enrol.
+pub const AGENT_ID: u32 = 7;
+pub const AGENT_KEY: MacKey = MacKey { k0: 0x0706_0504_0302_0100, k1: 0x0f0e_0d0c_0b0a_0908 };
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique directory name under /sys/fs/bpf for this process and call.
+pub fn unique_pin_dir(tag: &str) -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    PathBuf::from(format!("/sys/fs/bpf/ackgate-{tag}-{}-{n}", std::process::id()))
+}
+
+pub struct TestGate {
+    pub gate: Gate,
+    pin_dir: PathBuf,
+}
+
+/// What one test run returned.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub action: u32,
+    pub frame: Vec<u8>,
+    pub duration_ns: u64,
+}
+
+pub fn service(vip: [u8; 4], port: u16, default_response: u8, stealth: bool) -> ServiceEntry {
+    ServiceEntry {
+        key: ServiceKey::ipv4(vip, port.to_be_bytes()),
+        policy: ServicePolicy {
+            target_addr: v4_in_16([10, 99, 0, 2]),
+            target_port: port.to_be_bytes(),
+            default_response,
+            stealth: u8::from(stealth),
+            target_family: ackgate_common::abi::FAMILY_IPV4,
+            _pad: [0; 3],
+        },
+    }
+}
+
+impl TestGate {
+    /// Loads the gate with `services` and the fixture agent key.
+    pub fn new(tag: &str, services: &[ServiceEntry]) -> Self {
+        let pin_dir = unique_pin_dir(tag);
+        let mut gate = Gate::load(&pin_dir, OptionId::default())
+            .unwrap_or_else(|e| panic!("the XDP gate must load and pass the verifier: {e}"));
+        gate.sync_services(services).unwrap_or_else(|e| panic!("filling the service map failed: {e}"));
+        gate.set_agent_key(AGENT_ID, AGENT_KEY).unwrap_or_else(|e| panic!("filling the agent key map failed: {e}"));
+        Self { gate, pin_dir }
+    }
+
+    /// One drop-policy service on 10.0.0.1:443.
+    pub fn single(tag: &str) -> Self {
+        Self::new(tag, &[service([10, 0, 0, 1], 443, RESPONSE_DROP, false)])
+    }
+
+    /// Runs the program once over `frame`.
+    pub fn run(&mut self, frame: &[u8]) -> RunOutput {
+        self.run_repeat(frame, 1)
+    }
+
+    /// Runs the program `repeat` times over `frame` (the kernel reuses one
+    /// buffer, so only the first iteration sees the original bytes).
+    pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> RunOutput {
+        let mut out = vec![0u8; 256];
+        let prog = self.gate.xdp().unwrap_or_else(|e| panic!("gate program: {e}"));
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e}"));
+        out.truncate(r.data_size_out as usize);
+        RunOutput { action: r.return_value, frame: out, duration_ns: r.duration.as_nanos() as u64 }
+    }
+
+    pub fn counters(&mut self) -> Counters {
+        Counters::from_ebpf(self.gate.ebpf_mut()).unwrap_or_else(|e| panic!("reading counters: {e}"))
+    }
+}
+
+impl Drop for TestGate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}

@@ -1,0 +1,5 @@
+//! Test harness shared by the test suites, the demo and the benchmarks:
+//! packet builders, a loaded-gate fixture and the namespace topology.
+
+pub mod fixture;
+pub mod packet;

@@ -1,0 +1,214 @@
+//! Builds test frames: Ethernet (+ VLAN) / IPv4 (+ options) / TCP (+ options)
+//! with correct checksums, and checks checksums of frames the gate emits.
+
+use ackgate_common::csum;
+use ackgate_common::net::{ETH_P_8021Q, ETH_P_IPV4, IPPROTO_TCP};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const GATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// A TCP/IPv4 frame under construction.
+#[derive(Clone, Debug)]
+pub struct TcpFrame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub vlans: Vec<u16>,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub ip_options: Vec<u8>,
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub tcp_options: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+impl TcpFrame {
+    pub fn new(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, flags: u8) -> Self {
+        Self {
+            src_mac: CLIENT_MAC,
+            dst_mac: GATE_MAC,
+            vlans: Vec::new(),
+            saddr,
+            daddr,
+            ip_options: Vec::new(),
+            frag: 0x4000,
+            ttl: 64,
+            proto: IPPROTO_TCP,
+            sport,
+            dport,
+            seq: 0x1000_0000,
+            ack: 0,
+            flags,
+            window: 64240,
+            tcp_options: Vec::new(),
+            payload: Vec::new(),
+        }
+    }
+
+    /// The options Linux puts on a SYN: MSS 1460, SACK-permitted,
+    /// timestamps, NOP, window scale 7.
+    pub fn linux_syn_options(mut self) -> Self {
+        self.tcp_options = vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+        self
+    }
+
+    /// Offset of the TCP header in the built frame.
+    pub fn l4_offset(&self) -> usize {
+        14 + 4 * self.vlans.len() + 20 + self.ip_options.len()
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        assert!(self.ip_options.len() % 4 == 0 && self.ip_options.len() <= 40, "IPv4 options must be 4-aligned, <= 40");
+        assert!(
+            self.tcp_options.len() % 4 == 0 && self.tcp_options.len() <= 40,
+            "TCP options must be 4-aligned, <= 40"
+        );
+        let mut f = Vec::new();
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        for vid in &self.vlans {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let ihl = 20 + self.ip_options.len();
+        let tcp_len = 20 + self.tcp_options.len() + self.payload.len();
+        let l3 = f.len();
+        f.push(0x40 | (ihl / 4) as u8);
+        f.push(0);
+        f.extend_from_slice(&((ihl + tcp_len) as u16).to_be_bytes());
+        f.extend_from_slice(&[0x12, 0x34]);
+        f.extend_from_slice(&self.frag.to_be_bytes());
+        f.push(self.ttl);
+        f.push(self.proto);
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&self.saddr);
+        f.extend_from_slice(&self.daddr);
+        f.extend_from_slice(&self.ip_options);
+        let ip_sum = checksum(&f[l3..l3 + ihl], 0);
+        f[l3 + 10..l3 + 12].copy_from_slice(&ip_sum);
+        let l4 = f.len();
+        f.extend_from_slice(&self.sport.to_be_bytes());
+        f.extend_from_slice(&self.dport.to_be_bytes());
+        f.extend_from_slice(&self.seq.to_be_bytes());
+        f.extend_from_slice(&self.ack.to_be_bytes());
+        f.push((((20 + self.tcp_options.len()) / 4) as u8) << 4);
+        f.push(self.flags);
+        f.extend_from_slice(&self.window.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend_from_slice(&self.tcp_options);
+        f.extend_from_slice(&self.payload);
+        let pseudo = csum::tcp_pseudo_sum(self.saddr, self.daddr, tcp_len as u16);
+        let tcp_sum = checksum(&f[l4..], pseudo);
+        f[l4 + 16..l4 + 18].copy_from_slice(&tcp_sum);
+        f
+    }
+}
+
+/// RFC 1071 checksum of `bytes` starting from `initial`.
+pub fn checksum(bytes: &[u8], initial: u32) -> [u8; 2] {
+    let mut acc = initial;
+    let mut chunks = bytes.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+    }
+    if let [last] = chunks.remainder() {
+        acc += (*last as u32) << 8;
+    }
+    csum::finish(acc)
+}
+
+/// Asserts that the IPv4 header at `l3` and the TCP segment after it carry
+/// valid checksums; panics naming the one that does not.
+pub fn assert_checksums(frame: &[u8], l3: usize) {
+    let ihl = ((frame[l3] & 0x0f) as usize) * 4;
+    let total = u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]) as usize;
+    assert!(csum::verifies(&frame[l3..l3 + ihl], 0), "IPv4 header checksum is wrong in {frame:02x?}");
+    let saddr = frame[l3 + 12..l3 + 16].try_into().expect("4 bytes");
+    let daddr = frame[l3 + 16..l3 + 20].try_into().expect("4 bytes");
+    let tcp = &frame[l3 + ihl..l3 + total];
+    let pseudo = csum::tcp_pseudo_sum(saddr, daddr, tcp.len() as u16);
+    assert!(csum::verifies(tcp, pseudo), "TCP checksum is wrong in {frame:02x?}");
+}
+
+/// Client side of the capability (what the agent's TC program does),
+/// for tests: appends a valid capability option to an ACK or stealth SYN.
+pub mod stamp {
+    use super::TcpFrame;
+    use ackgate_common::mac::{Binding, DOMAIN_ACK, DOMAIN_SYN, MacKey, SYN_TIME_SHIFT};
+    use ackgate_common::option::{CapabilityOption, OptionId};
+
+    fn push(frame: &mut TcpFrame, id: OptionId, agent_id: u32, mac: u64) {
+        let opt = CapabilityOption::new(id.kind, id.exid, agent_id, mac);
+        frame.tcp_options.extend_from_slice(&[
+            opt.kind,
+            opt.len,
+            opt.exid[0],
+            opt.exid[1],
+            opt.version,
+            opt.reserved[0],
+            opt.reserved[1],
+            opt.reserved[2],
+        ]);
+        frame.tcp_options.extend_from_slice(&opt.agent_id);
+        frame.tcp_options.extend_from_slice(&opt.mac);
+    }
+
+    /// The MAC binding of a handshake ACK as the frame stands.
+    pub fn ack_binding(frame: &TcpFrame, id: OptionId, agent_id: u32) -> Binding {
+        Binding {
+            saddr: frame.saddr,
+            daddr: frame.daddr,
+            sport: frame.sport.to_be_bytes(),
+            dport: frame.dport.to_be_bytes(),
+            client_isn: frame.seq.wrapping_sub(1),
+            second: frame.ack.wrapping_sub(1),
+            agent_id,
+            domain: DOMAIN_ACK,
+            exid: id.exid,
+        }
+    }
+
+    pub fn ack(frame: &mut TcpFrame, id: OptionId, agent_id: u32, key: &MacKey) {
+        let mac = ack_binding(frame, id, agent_id).mac(key);
+        push(frame, id, agent_id, mac);
+    }
+
+    /// Appends an option with an arbitrary MAC (forgeries).
+    pub fn ack_with_mac(frame: &mut TcpFrame, id: OptionId, agent_id: u32, mac: u64) {
+        push(frame, id, agent_id, mac);
+    }
+
+    /// Current coarse TAI tick, as the gate computes it.
+    pub fn tai_tick() -> u32 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: valid out pointer.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_TAI, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_TAI) failed");
+        let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        (ns >> SYN_TIME_SHIFT) as u32
+    }
+
+    pub fn syn(frame: &mut TcpFrame, id: OptionId, agent_id: u32, key: &MacKey, tick: u32) {
+        let mac = Binding {
+            saddr: frame.saddr,
+            daddr: frame.daddr,
+            sport: frame.sport.to_be_bytes(),
+            dport: frame.dport.to_be_bytes(),
+            client_isn: frame.seq,
+            second: tick,
+            agent_id,
+            domain: DOMAIN_SYN,
+            exid: id.exid,
+        }
+        .mac(key);
+        push(frame, id, agent_id, mac);
+    }
+}

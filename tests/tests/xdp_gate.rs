@@ -1,0 +1,579 @@
+//! BPF_PROG_TEST_RUN table tests of the XDP gate: packet in → verdict,
+//! reason counter and exact bytes out.
+
+use ackgate_common::abi::{RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET};
+use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use ackgate_common::option::OptionId;
+use ackgate_common::reason;
+use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate, service};
+use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CLIENT: [u8; 4] = [10, 0, 0, 2];
+const VIP: [u8; 4] = [10, 0, 0, 1];
+const VIP_RESET: [u8; 4] = [10, 0, 0, 3];
+const VIP_PAGE: [u8; 4] = [10, 0, 0, 4];
+const VIP_STEALTH: [u8; 4] = [10, 0, 0, 5];
+const PORT: u16 = 443;
+
+fn action_name(a: u32) -> &'static str {
+    match a {
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        _ => "other",
+    }
+}
+
+enum Out {
+    /// The frame leaves exactly as it came in.
+    Unchanged,
+    /// Exactly these bytes leave.
+    Exact(Vec<u8>),
+    /// Nothing to compare (dropped).
+    Dropped,
+}
+
+struct Row {
+    name: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    reason: u32,
+    out: Out,
+}
+
+fn gate() -> TestGate {
+    TestGate::new(
+        "table",
+        &[
+            service(VIP, PORT, RESPONSE_DROP, false),
+            service(VIP_RESET, PORT, RESPONSE_RESET, false),
+            service(VIP_PAGE, PORT, RESPONSE_PAGE, false),
+            service(VIP_STEALTH, PORT, RESPONSE_DROP, true),
+        ],
+    )
+}
+
+fn run_rows(gate: &mut TestGate, rows: Vec<Row>) {
+    for row in rows {
+        let before = gate.counters();
+        let out = gate.run(&row.input);
+        let delta = gate.counters().since(&before);
+        assert_eq!(
+            out.action,
+            row.action,
+            "{}: verdict {} ({}), expected {} ({})",
+            row.name,
+            out.action,
+            action_name(out.action),
+            row.action,
+            action_name(row.action)
+        );
+        let bumped: Vec<(&str, u64)> = delta.labelled().filter(|(_, n)| *n != 0).collect();
+        assert_eq!(
+            bumped,
+            vec![(reason::LABELS[row.reason as usize], 1)],
+            "{}: expected exactly one {} count",
+            row.name,
+            reason::LABELS[row.reason as usize]
+        );
+        match row.out {
+            Out::Unchanged => assert_eq!(out.frame, row.input, "{}: frame must pass byte for byte", row.name),
+            Out::Exact(want) => assert_eq!(out.frame, want, "{}: output bytes differ", row.name),
+            Out::Dropped => {}
+        }
+    }
+}
+
+/// The SYN/ACK the gate must send for `syn`, built independently of the
+/// gate's own reply code, given the cookie it chose.
+fn expected_synack(syn: &TcpFrame, cookie: u32, mss: u16) -> Vec<u8> {
+    let mut f = TcpFrame::new(syn.daddr, syn.dport, syn.saddr, syn.sport, TCP_SYN | TCP_ACK);
+    f.src_mac = syn.dst_mac;
+    f.dst_mac = syn.src_mac;
+    f.vlans = syn.vlans.clone();
+    f.seq = cookie;
+    f.ack = syn.seq.wrapping_add(1);
+    f.window = 64240;
+    f.tcp_options = vec![2, 4, (mss >> 8) as u8, mss as u8];
+    let mut bytes = f.build();
+    // The reply's IP id is 0 (TcpFrame uses 0x1234); patch and re-sum.
+    let l3 = 14 + 4 * syn.vlans.len();
+    bytes[l3 + 4..l3 + 6].copy_from_slice(&[0, 0]);
+    bytes[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+    let sum = ackgate_tests::packet::checksum(&bytes[l3..l3 + 20], 0);
+    bytes[l3 + 10..l3 + 12].copy_from_slice(&sum);
+    bytes
+}
+
+/// Runs `syn` through the gate and returns the cookie it answered with,
+/// after checking the SYN/ACK byte for byte.
+fn cookie_for(gate: &mut TcpFrameGate, syn: &TcpFrame, mss: u16) -> u32 {
+    let out = gate.0.run(&syn.build());
+    assert_eq!(out.action, XDP_TX, "SYN to a protected port must be answered with XDP_TX");
+    let l4 = 14 + 4 * syn.vlans.len() + 20;
+    let cookie = u32::from_be_bytes(out.frame[l4 + 4..l4 + 8].try_into().expect("4 bytes"));
+    assert_eq!(out.frame, expected_synack(syn, cookie, mss), "cookie SYN/ACK bytes differ");
+    assert_checksums(&out.frame, 14 + 4 * syn.vlans.len());
+    cookie
+}
+
+struct TcpFrameGate(TestGate);
+
+fn syn(daddr: [u8; 4], sport: u16) -> TcpFrame {
+    let mut f = TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_SYN).linux_syn_options();
+    f.seq = 0x1000_0000 + sport as u32;
+    f
+}
+
+/// The client's handshake ACK for `syn`, answered with `cookie`.
+fn ack_of(syn: &TcpFrame, cookie: u32) -> TcpFrame {
+    let mut f = TcpFrame::new(syn.saddr, syn.sport, syn.daddr, syn.dport, TCP_ACK);
+    f.vlans = syn.vlans.clone();
+    f.seq = syn.seq.wrapping_add(1);
+    f.ack = cookie.wrapping_add(1);
+    f.window = 502;
+    f
+}
+
+#[test]
+fn not_ours_passes_untouched() {
+    let mut g = gate();
+    let arp: Vec<u8> = [&[0xffu8; 6][..], &[2, 0, 0, 0, 0, 1], &[0x08, 0x06], &[0u8; 28]].concat();
+    let mut icmp = TcpFrame::new(CLIENT, 0, VIP, 0, 0);
+    icmp.proto = 1;
+    let other_port = TcpFrame::new(CLIENT, 40000, VIP, 22, TCP_SYN).linux_syn_options();
+    let other_addr = TcpFrame::new(CLIENT, 40000, [10, 0, 0, 9], PORT, TCP_SYN).linux_syn_options();
+    let mut frag_elsewhere = TcpFrame::new(CLIENT, 40000, [10, 0, 0, 9], PORT, TCP_SYN);
+    frag_elsewhere.frag = 0x2000;
+    let mut ipv6 = arp.clone();
+    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let rows = vec![
+        Row { name: "ARP", input: arp, action: XDP_PASS, reason: reason::PASS_NOT_IPV4, out: Out::Unchanged },
+        Row { name: "IPv6", input: ipv6, action: XDP_PASS, reason: reason::PASS_NOT_IPV4, out: Out::Unchanged },
+        Row {
+            name: "ICMP to VIP",
+            input: icmp.build(),
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_TCP,
+            out: Out::Unchanged,
+        },
+        Row {
+            name: "SYN to VIP:22 (ssh)",
+            input: other_port.build(),
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_SERVICE,
+            out: Out::Unchanged,
+        },
+        Row {
+            name: "SYN to another host",
+            input: other_addr.build(),
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_SERVICE,
+            out: Out::Unchanged,
+        },
+        Row {
+            name: "fragment to another host",
+            input: frag_elsewhere.build(),
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_SERVICE,
+            out: Out::Unchanged,
+        },
+    ];
+    run_rows(&mut g, rows);
+}
+
+#[test]
+fn malformed_and_fragments_to_a_vip_are_dropped() {
+    let mut g = gate();
+    let good = syn(VIP, 40001).build();
+    let l4 = 34;
+    let truncated_tcp = good[..l4 + 10].to_vec();
+    let mut total_too_big = good.clone();
+    total_too_big[16..18].copy_from_slice(&200u16.to_be_bytes());
+    let mut doff_too_small = good.clone();
+    doff_too_small[l4 + 12] = 4 << 4;
+    let mut doff_past_packet = syn(VIP, 40001);
+    doff_past_packet.tcp_options.clear();
+    let mut doff_past_packet = doff_past_packet.build();
+    doff_past_packet[l4 + 12] = 15 << 4;
+    let mut ihl_too_small = good.clone();
+    ihl_too_small[14] = 0x44;
+    let mut first_frag = syn(VIP, 40001);
+    first_frag.frag = 0x2000;
+    let mut later_frag = syn(VIP, 40001);
+    later_frag.frag = 0x0010;
+    let vlan3 = {
+        let mut f = syn(VIP, 40001);
+        f.vlans = vec![1, 2, 3];
+        f.build()
+    };
+    let rows = vec![
+        Row {
+            name: "truncated TCP header",
+            input: truncated_tcp,
+            action: XDP_DROP,
+            reason: reason::DROP_MALFORMED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "IP total length past frame",
+            input: total_too_big,
+            action: XDP_DROP,
+            reason: reason::DROP_MALFORMED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "TCP data offset 4",
+            input: doff_too_small,
+            action: XDP_DROP,
+            reason: reason::DROP_MALFORMED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "TCP data offset past segment",
+            input: doff_past_packet,
+            action: XDP_DROP,
+            reason: reason::DROP_MALFORMED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "IHL 4",
+            input: ihl_too_small,
+            action: XDP_DROP,
+            reason: reason::DROP_MALFORMED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "Ethernet only",
+            input: good[..14].to_vec(),
+            action: XDP_DROP,
+            reason: reason::DROP_MALFORMED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "first fragment to VIP",
+            input: first_frag.build(),
+            action: XDP_DROP,
+            reason: reason::DROP_FRAGMENT,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "later fragment to VIP",
+            input: later_frag.build(),
+            action: XDP_DROP,
+            reason: reason::DROP_FRAGMENT,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "three VLAN tags (not parsed, passed)",
+            input: vlan3,
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_IPV4,
+            out: Out::Unchanged,
+        },
+    ];
+    run_rows(&mut g, rows);
+}
+
+#[test]
+fn syn_gets_a_cookie_synack_with_exact_bytes() {
+    let mut g = TcpFrameGate(gate());
+    let before = g.0.counters();
+    // Linux options: MSS 1460 is in the kernel's cookie MSS table.
+    cookie_for(&mut g, &syn(VIP, 40010), 1460);
+    // No options: RFC default 536.
+    let mut bare = syn(VIP, 40011);
+    bare.tcp_options.clear();
+    cookie_for(&mut g, &bare, 536);
+    // One VLAN tag: kept in the reply.
+    let mut tagged = syn(VIP, 40012);
+    tagged.vlans = vec![100];
+    cookie_for(&mut g, &tagged, 1460);
+    // QinQ.
+    let mut qinq = syn(VIP, 40013);
+    qinq.vlans = vec![100, 200];
+    cookie_for(&mut g, &qinq, 1460);
+    // IPv4 options (NOP x4): honoured when parsing, not echoed.
+    let mut ipopt = syn(VIP, 40014);
+    ipopt.ip_options = vec![1, 1, 1, 1];
+    cookie_for(&mut g, &ipopt, 1460);
+    // Ethernet padding after a short SYN is ignored.
+    let mut padded_syn = syn(VIP, 40015);
+    padded_syn.tcp_options.clear();
+    let mut padded = padded_syn.build();
+    padded.extend_from_slice(&[0; 6]);
+    let out = g.0.run(&padded);
+    assert_eq!(out.action, XDP_TX, "padded SYN must be answered");
+    let cookie = u32::from_be_bytes(out.frame[38..42].try_into().expect("4 bytes"));
+    assert_eq!(out.frame, expected_synack(&padded_syn, cookie, 536), "padded SYN's reply differs");
+    // Stealth service with a valid stamp.
+    let mut stamped = syn(VIP_STEALTH, 40016);
+    stamp::syn(&mut stamped, OptionId::default(), AGENT_ID, &AGENT_KEY, stamp::tai_tick());
+    cookie_for(&mut g, &stamped, 1460);
+    let delta = g.0.counters().since(&before);
+    assert_eq!(delta.get(reason::SYN_COOKIE), 7, "every SYN above must count as syn_cookie");
+}
+
+#[test]
+fn stealth_refuses_unstamped_and_forged_syns() {
+    let mut g = gate();
+    let plain = syn(VIP_STEALTH, 40020);
+    let mut forged = syn(VIP_STEALTH, 40021);
+    stamp::syn(&mut forged, OptionId::default(), AGENT_ID, &AGENT_KEY.with_k0(1), stamp::tai_tick());
+    let mut stale = syn(VIP_STEALTH, 40022);
+    stamp::syn(&mut stale, OptionId::default(), AGENT_ID, &AGENT_KEY, stamp::tai_tick().wrapping_sub(5));
+    let mut unknown_agent = syn(VIP_STEALTH, 40023);
+    stamp::syn(&mut unknown_agent, OptionId::default(), 99, &AGENT_KEY, stamp::tai_tick());
+    let rows = vec![
+        Row {
+            name: "stealth, unstamped",
+            input: plain.build(),
+            action: XDP_DROP,
+            reason: reason::SYN_STEALTH_REFUSED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "stealth, wrong key",
+            input: forged.build(),
+            action: XDP_DROP,
+            reason: reason::SYN_STEALTH_REFUSED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "stealth, stale tick",
+            input: stale.build(),
+            action: XDP_DROP,
+            reason: reason::SYN_STEALTH_REFUSED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "stealth, unknown agent",
+            input: unknown_agent.build(),
+            action: XDP_DROP,
+            reason: reason::SYN_STEALTH_REFUSED,
+            out: Out::Dropped,
+        },
+    ];
+    run_rows(&mut g, rows);
+}
+
+/// The RST Linux would send for `ack` (seq = its ACK number, RST only).
+fn expected_rst(ack: &TcpFrame) -> Vec<u8> {
+    let mut f = TcpFrame::new(ack.daddr, ack.dport, ack.saddr, ack.sport, TCP_RST);
+    f.src_mac = ack.dst_mac;
+    f.dst_mac = ack.src_mac;
+    f.seq = ack.ack;
+    f.ack = 0;
+    f.window = 0;
+    let mut bytes = f.build();
+    bytes[18..20].copy_from_slice(&[0, 0]);
+    bytes[24..26].copy_from_slice(&[0, 0]);
+    let sum = ackgate_tests::packet::checksum(&bytes[14..34], 0);
+    bytes[24..26].copy_from_slice(&sum);
+    bytes
+}
+
+#[test]
+fn handshake_acks_get_their_verdicts() {
+    let mut g = TcpFrameGate(gate());
+    let id = OptionId::default();
+    let mut rows = Vec::new();
+
+    let s = syn(VIP, 41000);
+    let c = cookie_for(&mut g, &s, 1460);
+    let mut bad_cookie = ack_of(&s, c ^ 0x0100_0000);
+    stamp::ack(&mut bad_cookie, id, AGENT_ID, &AGENT_KEY);
+    rows.push(Row {
+        name: "forged cookie, stamped",
+        input: bad_cookie.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_BAD_COOKIE,
+        out: Out::Dropped,
+    });
+    rows.push(Row {
+        name: "no option, drop policy",
+        input: ack_of(&s, c).build(),
+        action: XDP_DROP,
+        reason: reason::ACK_NO_OPTION,
+        out: Out::Dropped,
+    });
+
+    let s = syn(VIP_RESET, 41001);
+    let c = cookie_for(&mut g, &s, 1460);
+    let a = ack_of(&s, c);
+    rows.push(Row {
+        name: "no option, reset policy",
+        input: a.build(),
+        action: XDP_TX,
+        reason: reason::ACK_NO_OPTION,
+        out: Out::Exact(expected_rst(&a)),
+    });
+    let mut with_data = ack_of(&s, c);
+    with_data.flags |= TCP_PSH;
+    with_data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    rows.push(Row {
+        name: "data, no option, reset policy",
+        input: with_data.build(),
+        action: XDP_TX,
+        reason: reason::ACK_NO_OPTION,
+        out: Out::Exact(expected_rst(&with_data)),
+    });
+    let stray = ack_of(&s, 0x1234_5678);
+    rows.push(Row {
+        name: "stray ACK, reset policy",
+        input: stray.build(),
+        action: XDP_TX,
+        reason: reason::ACK_BAD_COOKIE,
+        out: Out::Exact(expected_rst(&stray)),
+    });
+
+    let s = syn(VIP_PAGE, 41002);
+    let c = cookie_for(&mut g, &s, 1460);
+    rows.push(Row {
+        name: "no option, page policy",
+        input: ack_of(&s, c).build(),
+        action: XDP_PASS,
+        reason: reason::ACK_NO_OPTION,
+        out: Out::Unchanged,
+    });
+
+    let s = syn(VIP, 41003);
+    let c = cookie_for(&mut g, &s, 1460);
+    let mut dup = ack_of(&s, c);
+    stamp::ack(&mut dup, id, AGENT_ID, &AGENT_KEY);
+    stamp::ack(&mut dup, id, AGENT_ID, &AGENT_KEY);
+    rows.push(Row {
+        name: "duplicate capability",
+        input: dup.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_BAD_OPTION,
+        out: Out::Dropped,
+    });
+    let mut past_header = ack_of(&s, c);
+    past_header.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1, 5, 30];
+    rows.push(Row {
+        name: "option running past the header",
+        input: past_header.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_BAD_OPTION,
+        out: Out::Dropped,
+    });
+    let mut zero_len = ack_of(&s, c);
+    zero_len.tcp_options = vec![30, 0, 1, 1];
+    rows.push(Row {
+        name: "option length 0",
+        input: zero_len.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_BAD_OPTION,
+        out: Out::Dropped,
+    });
+    let mut bad_version = ack_of(&s, c);
+    stamp::ack(&mut bad_version, id, AGENT_ID, &AGENT_KEY);
+    bad_version.tcp_options[4] = 9;
+    rows.push(Row {
+        name: "capability version 9",
+        input: bad_version.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_BAD_OPTION,
+        out: Out::Dropped,
+    });
+    let mut other_exid = ack_of(&s, c);
+    stamp::ack(&mut other_exid, OptionId { exid: 0x1234, ..id }, AGENT_ID, &AGENT_KEY);
+    rows.push(Row {
+        name: "other experiment id (not ours)",
+        input: other_exid.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_NO_OPTION,
+        out: Out::Dropped,
+    });
+    let mut unknown = ack_of(&s, c);
+    stamp::ack(&mut unknown, id, 4242, &AGENT_KEY);
+    rows.push(Row {
+        name: "unknown agent",
+        input: unknown.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_UNKNOWN_AGENT,
+        out: Out::Dropped,
+    });
+    let mut bad_mac = ack_of(&s, c);
+    stamp::ack(&mut bad_mac, id, AGENT_ID, &AGENT_KEY.with_k0(99));
+    rows.push(Row {
+        name: "MAC under another key",
+        input: bad_mac.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_BAD_MAC,
+        out: Out::Dropped,
+    });
+    let mut other_flow = ack_of(&s, c);
+    let donor = {
+        let mut d = ack_of(&s, c);
+        d.sport = 41999;
+        stamp::ack(&mut d, id, AGENT_ID, &AGENT_KEY);
+        d
+    };
+    other_flow.tcp_options = donor.tcp_options.clone();
+    rows.push(Row {
+        name: "capability replayed from another port",
+        input: other_flow.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_BAD_MAC,
+        out: Out::Dropped,
+    });
+
+    let mut fin = ack_of(&s, c);
+    fin.flags = TCP_FIN;
+    rows.push(Row {
+        name: "FIN without ACK",
+        input: fin.build(),
+        action: XDP_DROP,
+        reason: reason::DROP_NO_FLOW,
+        out: Out::Dropped,
+    });
+    let mut rst = ack_of(&s, c);
+    rst.flags = TCP_RST | TCP_ACK;
+    rows.push(Row {
+        name: "RST from a client with no flow",
+        input: rst.build(),
+        action: XDP_DROP,
+        reason: reason::DROP_NO_FLOW,
+        out: Out::Dropped,
+    });
+
+    // Valid stamp on an ACK with timestamps (52-byte TCP header).
+    let mut good = ack_of(&s, c);
+    good.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 1];
+    stamp::ack(&mut good, id, AGENT_ID, &AGENT_KEY);
+    rows.push(Row {
+        name: "valid capability after timestamps",
+        input: good.build(),
+        action: XDP_DROP,
+        reason: reason::ACK_PENDING,
+        out: Out::Dropped,
+    });
+    let mut data = ack_of(&s, c);
+    data.flags |= TCP_PSH;
+    data.payload = b"hello".to_vec();
+    rows.push(Row {
+        name: "data of the pending flow",
+        input: data.build(),
+        action: XDP_DROP,
+        reason: reason::PENDING_HOLD,
+        out: Out::Dropped,
+    });
+    run_rows(&mut g.0, rows);
+
+    let pending = g.0.gate.pending_flows().expect("pending map readable");
+    assert_eq!(pending.len(), 1, "exactly the one valid handshake must be pending, found {pending:?}");
+    let (flow, p) = pending[0];
+    assert_eq!(&flow.saddr[..4], &CLIENT, "pending flow source");
+    assert_eq!(flow.sport, 41003u16.to_be_bytes(), "pending flow source port");
+    assert_eq!((p.agent_id, p.client_isn, p.server_isn), (AGENT_ID, s.seq, c), "pending flow record");
+    let mut events = ackgate_gateway::events::Events::take(g.0.gate.ebpf_mut()).expect("event ring");
+    let ev = events.drain();
+    assert_eq!(ev.len(), 1, "exactly one pending event expected, got {ev:?}");
+    assert_eq!((ev[0].agent_id, ev[0].flow, ev[0].client_isn, ev[0].server_isn), (AGENT_ID, flow, s.seq, c));
+}
