@@ -60,6 +60,15 @@ mod program {
         verdict.action
     }
 
+    /// Passes everything. Attached to the far end of a veth pair so that
+    /// native XDP_TX/redirect into that pair delivers (veth drops such
+    /// frames unless the peer runs XDP), and the benchmarks' do-nothing
+    /// baseline.
+    #[xdp]
+    pub fn ackgate_pass(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+
     #[inline(always)]
     fn gate(frame: &XdpFrame) -> Verdict {
         let (seg, policy) = match classify(frame) {

@@ -16,6 +16,8 @@ use thiserror::Error;
 use crate::bpffs::{self, BpffsError};
 
 pub const PROGRAM_NAME: &str = "ackgate_gate";
+/// A do-nothing XDP program in the same object (veth peers, baselines).
+pub const PASS_PROGRAM_NAME: &str = "ackgate_pass";
 
 #[derive(Debug, Error)]
 pub enum GateError {
@@ -86,6 +88,7 @@ impl Gate {
             .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source })?;
         let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned() };
         gate.xdp()?.load()?;
+        gate.pass_program()?.load()?;
         Ok(gate)
     }
 
@@ -98,20 +101,26 @@ impl Gate {
         prog.try_into().map_err(GateError::Program)
     }
 
-    /// Attaches to `iface`. The attachment lives as long as `self`.
+    /// The do-nothing XDP program.
+    pub fn pass_program(&mut self) -> Result<&mut Xdp, GateError> {
+        let prog = self.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or(GateError::MissingProgram)?;
+        prog.try_into().map_err(GateError::Program)
+    }
+
+    /// Attaches the gate to `iface` (in the calling thread's network
+    /// namespace). The attachment lives as long as `self`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), GateError> {
-        if iface.is_empty()
-            || iface.len() >= libc::IFNAMSIZ
-            || iface.contains(['\0', '/'])
-            || iface.contains(char::is_whitespace)
-        {
-            return Err(GateError::BadInterfaceName(iface.to_owned()));
-        }
-        self.xdp()?.attach(iface, mode.aya()).map(drop).map_err(|source| GateError::Attach {
-            iface: iface.to_owned(),
-            mode,
-            source,
-        })
+        check_iface_name(iface)?;
+        let attach_err = |source| GateError::Attach { iface: iface.to_owned(), mode, source };
+        self.xdp()?.attach(iface, mode.aya()).map(drop).map_err(attach_err)
+    }
+
+    /// Attaches the do-nothing program to `iface`, e.g. the client end of a
+    /// veth pair whose other end runs the gate in native mode.
+    pub fn attach_pass(&mut self, iface: &str, mode: XdpMode) -> Result<(), GateError> {
+        check_iface_name(iface)?;
+        let attach_err = |source| GateError::Attach { iface: iface.to_owned(), mode, source };
+        self.pass_program()?.attach(iface, mode.aya()).map(drop).map_err(attach_err)
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -174,4 +183,16 @@ impl Gate {
             HashMap::try_from(map).map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
         Ok(pending.iter().filter_map(Result::ok).collect())
     }
+}
+
+/// Refuses names the kernel could never have (aya would panic on a NUL).
+fn check_iface_name(iface: &str) -> Result<(), GateError> {
+    if iface.is_empty()
+        || iface.len() >= libc::IFNAMSIZ
+        || iface.contains(['\0', '/'])
+        || iface.contains(char::is_whitespace)
+    {
+        return Err(GateError::BadInterfaceName(iface.to_owned()));
+    }
+    Ok(())
 }
