@@ -20,6 +20,10 @@ pub trait Frame {
     /// Frame length in bytes.
     fn len(&self) -> usize;
 
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A copy of the `T` that starts `offset` bytes into the frame, or `None`
     /// when any byte of it lies past the end. This is the only way the parsers
     /// read packet data; in BPF its comparison is the bounds check the

@@ -159,6 +159,7 @@ impl OptionBytes {
     ///   sizes the copy helper, so the verifier tracks it precisely, and
     ///   comparing it at every position split it into one path per value.
     ///   Bytes past `len` are zero, i.e. EOL, so the walk stops there anyway.
+    ///
     /// Together these keep verification to a few thousand instructions
     /// instead of the 1M-instruction limit.
     #[inline(always)]
@@ -218,5 +219,166 @@ impl OptionBytes {
             scan.capability = Capability::Malformed;
         }
         scan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::*;
+    use crate::mac::{Binding, DOMAIN_ACK, MacKey};
+    use crate::net::{Parsed, parse_ipv4_tcp};
+    use proptest::prelude::*;
+
+    const ID: OptionId = OptionId { kind: DEFAULT_OPTION_KIND, exid: DEFAULT_EXPERIMENT_ID };
+    const KEY: MacKey = MacKey { k0: 11, k1: 22 };
+
+    fn cap_bytes(agent: u32, mac: u64) -> Vec<u8> {
+        let o = CapabilityOption::new(ID.kind, ID.exid, agent, mac);
+        let mut v = vec![o.kind, o.len, o.exid[0], o.exid[1], o.version, 0, 0, 0];
+        v.extend_from_slice(&o.agent_id);
+        v.extend_from_slice(&o.mac);
+        v
+    }
+
+    fn scan(opts: &[u8]) -> OptionScan {
+        OptionBytes::from_slice(opts).expect("<= 40 bytes").scan(ID)
+    }
+
+    #[test]
+    fn option_soup_table() {
+        let cap = cap_bytes(7, 0x1122_3344_5566_7788);
+        let with = |prefix: &[u8], suffix: &[u8]| [prefix, &cap[..], suffix].concat();
+        let cases: Vec<(&str, Vec<u8>, Capability, u16)> = vec![
+            ("empty", vec![], Capability::Absent, 0),
+            ("MSS only", vec![2, 4, 5, 180], Capability::Absent, 1460),
+            ("capability only", cap.clone(), Capability::Present, 0),
+            ("after timestamps", with(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2], &[]), Capability::Present, 0),
+            ("after MSS, before EOL padding", with(&[2, 4, 5, 180], &[0, 0, 0, 0]), Capability::Present, 1460),
+            ("after EOL is padding", [&[0u8, 0, 0, 0][..], &cap[..]].concat(), Capability::Absent, 0),
+            ("duplicate", [&cap[..], &cap[..]].concat(), Capability::Malformed, 0),
+            ("length 0", vec![30, 0, 1, 1], Capability::Malformed, 0),
+            ("length 1", vec![30, 1, 1, 1], Capability::Malformed, 0),
+            ("runs past the header", vec![1, 1, 30, 8], Capability::Malformed, 0),
+            ("kind byte last", vec![1, 1, 1, 30], Capability::Malformed, 0),
+            (
+                "capability of length 16",
+                {
+                    let mut c = cap[..16].to_vec();
+                    c[1] = 16;
+                    c
+                },
+                Capability::Malformed,
+                0,
+            ),
+            ("other ExID skipped", vec![253, 4, 0x12, 0x34], Capability::Absent, 0),
+            ("unknown kind skipped", with(&[99, 4, 0, 0], &[]), Capability::Present, 0),
+        ];
+        for (name, opts, want, mss) in cases {
+            let got = scan(&opts);
+            assert_eq!(got.capability, want, "{name}: capability status for {opts:?}");
+            assert_eq!(got.mss, mss, "{name}: MSS for {opts:?}");
+            if want == Capability::Present {
+                assert_eq!(got.option.agent_id(), 7, "{name}: agent id");
+                assert_eq!(got.option.mac(), 0x1122_3344_5566_7788, "{name}: MAC");
+            }
+        }
+    }
+
+    /// A valid stamped ACK frame for the property tests.
+    fn stamped_ack() -> Vec<u8> {
+        let b = Binding {
+            saddr: [10, 0, 0, 2],
+            daddr: [10, 0, 0, 1],
+            sport: [0x9c, 0x40],
+            dport: [1, 187],
+            client_isn: 99,
+            second: 1234,
+            agent_id: 7,
+            domain: DOMAIN_ACK,
+            exid: ID.exid,
+        };
+        let cap = cap_bytes(7, b.mac(&KEY));
+        let mut f = vec![0u8; 14];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let tcp_len = 20 + cap.len();
+        f.extend_from_slice(&[0x45, 0, 0, (20 + tcp_len) as u8, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
+        f.extend_from_slice(&[0x9c, 0x40, 1, 187]);
+        f.extend_from_slice(&100u32.to_be_bytes());
+        f.extend_from_slice(&1235u32.to_be_bytes());
+        f.extend_from_slice(&[((tcp_len / 4) as u8) << 4, 0x10, 0, 100, 0, 0, 0, 0]);
+        f.extend_from_slice(&cap);
+        f
+    }
+
+    /// What the gate would decide about the capability: true only for a
+    /// well-formed option whose MAC verifies for this exact handshake.
+    fn gate_accepts(frame: &[u8]) -> bool {
+        let Parsed::Tcp(seg) = parse_ipv4_tcp(frame) else { return false };
+        let Some(opts) = OptionBytes::read(frame, &seg) else { return false };
+        let scan = opts.scan(ID);
+        if scan.capability != Capability::Present || !scan.option.is_current() {
+            return false;
+        }
+        let b = Binding {
+            saddr: seg.ip.saddr,
+            daddr: seg.ip.daddr,
+            sport: seg.tcp.sport,
+            dport: seg.tcp.dport,
+            client_isn: seg.tcp.seq().wrapping_sub(1),
+            second: seg.tcp.ack_seq().wrapping_sub(1),
+            agent_id: scan.option.agent_id(),
+            domain: DOMAIN_ACK,
+            exid: ID.exid,
+        };
+        b.mac(&KEY) == scan.option.mac()
+    }
+
+    #[test]
+    fn the_reference_ack_is_accepted() {
+        assert!(gate_accepts(&stamped_ack()), "the unmodified stamped ACK must verify");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Arbitrary bytes never crash the parsers and never verify.
+        #[test]
+        fn arbitrary_bytes_never_pass(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            prop_assert!(!gate_accepts(&bytes));
+        }
+
+        /// Arbitrary option bytes never crash the scanner.
+        #[test]
+        fn option_scan_is_total(opts in proptest::collection::vec(any::<u8>(), 0..=40)) {
+            let s = scan(&opts);
+            if s.capability == Capability::Present {
+                prop_assert_eq!(s.option.kind, ID.kind);
+                prop_assert_eq!(s.option.len as usize, CAPABILITY_LEN);
+            }
+        }
+
+        /// Mutating any byte a MAC or the parser depends on makes the ACK
+        /// fail; mutations elsewhere (TTL, checksums, window) keep it valid.
+        #[test]
+        fn mutations_of_a_stamped_ack(pos in 0usize..74, xor in 1u8..=255) {
+            let mut f = stamped_ack();
+            f[pos] ^= xor;
+            // Bytes outside the binding and the parsed structure: MACs,
+            // IP id/frag/TTL/checksum, TCP flags/window/checksum/urg.
+            let irrelevant = matches!(pos, 0..=11 | 15 | 18..=19 | 22 | 24..=25 | 47..=53);
+            // The frag field only matters when it makes a fragment.
+            let frag_still_whole = matches!(pos, 20..=21) && u16::from_be_bytes([f[20], f[21]]) & 0x3fff == 0;
+            // The low nibble next to the data offset is reserved.
+            let reserved_bits = pos == 46 && xor & 0xf0 == 0;
+            let accepted = gate_accepts(&f);
+            if irrelevant || frag_still_whole || reserved_bits {
+                prop_assert!(accepted, "mutating byte {} (^{:#x}) should not matter", pos, xor);
+            } else {
+                prop_assert!(!accepted, "mutating byte {} (^{:#x}) must break the capability", pos, xor);
+            }
+        }
     }
 }

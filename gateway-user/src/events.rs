@@ -33,3 +33,9 @@ impl Events {
         out
     }
 }
+
+impl std::os::fd::AsRawFd for Events {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        Events::as_raw_fd(self)
+    }
+}

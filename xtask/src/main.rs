@@ -1,0 +1,50 @@
+//! `cargo xtask`: the project's developer commands. Every command first
+//! installs, idempotently, whatever it needs (`setup` does all of it).
+
+mod setup;
+mod suite;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "ackgate developer tasks (run as root)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install everything a fresh machine lacks: apt packages, nightly
+    /// rust-src, bpf-linker (LLVM 22), virtme-ng and the pinned VM kernel.
+    Setup,
+    /// Everything: fmt, clippy (host and eBPF), unit, property, test-run and
+    /// namespace tests on this kernel, then the integration suite in a VM on
+    /// the pinned Debian kernel. Ends with `N passed, N failed`.
+    Test {
+        /// Skip the VM run (quicker local iterations).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Build, create a namespace topology and show the gate at work.
+    Demo,
+    /// Benchmarks: ns/packet per verdict against a do-nothing XDP baseline.
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::all(),
+        Command::Test { no_vm } => suite::run(!no_vm),
+        Command::Demo => {
+            setup::build_tools()?;
+            suite::cargo_run_bin("demo", &[])
+        }
+        Command::Bench => {
+            setup::build_tools()?;
+            suite::cargo_run_bin("bench", &["--release"])
+        }
+    }
+}

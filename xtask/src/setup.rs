@@ -1,0 +1,185 @@
+//! Idempotent installation of what the build and the tests need. Each step
+//! checks first and only acts when something is missing, so running it on a
+//! ready machine costs a second.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian packages: LLVM 22 for bpf-linker; iproute2/ethtool/ping/nft for
+/// the namespace tests and benchmarks; qemu, udev (else the guest command's
+/// exit code is lost), busybox-static and kmod for virtme-ng.
+const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "tcpdump"];
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "udev", "python3-venv"];
+
+pub const VIRTME_NG_VERSION: &str = "1.42";
+/// Pinned distribution kernel for the VM run (Debian 12 backports 6.12).
+pub const VM_KERNEL_PACKAGE: &str = "linux-image-6.12.117+deb12-amd64";
+pub const VM_KERNEL_RELEASE: &str = "6.12.117+deb12-amd64";
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("ACKGATE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/ackgate")
+    })
+}
+
+pub fn all() -> Result<()> {
+    build_tools()?;
+    test_tools()?;
+    vm_tools()?;
+    println!("setup: everything is in place");
+    Ok(())
+}
+
+/// What `cargo build` of the workspace needs.
+pub fn build_tools() -> Result<()> {
+    apt(BUILD_PACKAGES)?;
+    nightly()?;
+    bpf_linker()
+}
+
+/// What the namespace tests need.
+pub fn test_tools() -> Result<()> {
+    apt(TEST_PACKAGES)
+}
+
+/// What the VM run needs.
+pub fn vm_tools() -> Result<()> {
+    apt(VM_PACKAGES)?;
+    virtme_ng()?;
+    vm_kernel()?;
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly() -> Result<()> {
+    let have = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.contains("rust-src") && have.contains("clippy") {
+        return Ok(());
+    }
+    println!("setup: nightly toolchain with rust-src and clippy");
+    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "clippy", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> Result<()> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    println!("setup: building bpf-linker against LLVM 22 (a few minutes)");
+    // Without LLVM_PREFIX it finds Debian's default llvm-config (14) and
+    // fails to link -lLLVM.
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+pub fn vng_bin() -> PathBuf {
+    cache_dir().join("venv/bin/vng")
+}
+
+fn virtme_ng() -> Result<()> {
+    let vng = vng_bin();
+    if succeeds(Command::new(&vng).arg("--version")) {
+        return Ok(());
+    }
+    println!("setup: virtme-ng {VIRTME_NG_VERSION} in {}", cache_dir().join("venv").display());
+    std::fs::create_dir_all(cache_dir())?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(cache_dir().join("venv")))?;
+    run(Command::new(cache_dir().join("venv/bin/pip"))
+        .args(["install", "-q"])
+        .arg(format!("virtme-ng=={VIRTME_NG_VERSION}")))
+}
+
+/// Root of the unpacked kernel package.
+pub fn vm_kernel_root() -> PathBuf {
+    cache_dir().join("kernel").join(VM_KERNEL_RELEASE)
+}
+
+pub fn vm_kernel_image() -> PathBuf {
+    vm_kernel_root().join(format!("boot/vmlinuz-{VM_KERNEL_RELEASE}"))
+}
+
+fn vm_kernel() -> Result<()> {
+    if !vm_kernel_image().exists() {
+        unpack_vm_kernel()?;
+    }
+    link_vm_modules()
+}
+
+/// The guest mounts the host's root read-only and looks for modules in
+/// /lib/modules/<release>; point that at the unpacked package. The host
+/// never runs this release, so the link changes nothing for it.
+fn link_vm_modules() -> Result<()> {
+    let link = PathBuf::from("/lib/modules").join(VM_KERNEL_RELEASE);
+    let target = vm_kernel_root().join("lib/modules").join(VM_KERNEL_RELEASE);
+    if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    if link.exists() && std::fs::read_link(&link).is_err() {
+        // A real install of this kernel: its modules are as good as ours.
+        return Ok(());
+    }
+    std::fs::create_dir_all("/lib/modules")?;
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&target, &link).with_context(|| format!("linking {}", link.display()))
+}
+
+fn unpack_vm_kernel() -> Result<()> {
+    println!("setup: downloading and unpacking {VM_KERNEL_PACKAGE}");
+    let dl = cache_dir().join("kernel/download");
+    std::fs::create_dir_all(&dl)?;
+    run(Command::new("apt-get").args(["download", "-qq", VM_KERNEL_PACKAGE]).current_dir(&dl))?;
+    let deb = std::fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let root = vm_kernel_root();
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    std::fs::remove_dir_all(&dl)?;
+    if !vm_kernel_image().exists() {
+        bail!("{} has no {}", deb.display(), vm_kernel_image().display());
+    }
+    Ok(())
+}
