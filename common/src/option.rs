@@ -114,6 +114,11 @@ pub struct OptionScan {
 }
 
 /// A segment's TCP options, copied out of the frame.
+///
+/// 8-byte aligned so that zeroing it is five word stores; at alignment 1
+/// LLVM calls a byte-at-a-time memset, which was most of the unstamped-ACK
+/// path's cost.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug)]
 pub struct OptionBytes {
     pub bytes: [u8; MAX_OPTION_BYTES],

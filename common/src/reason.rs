@@ -28,9 +28,10 @@ reasons! {
     SYN_COOKIE = 5, "syn_cookie";
     /// Stealth service: SYN without a valid stamp, dropped silently.
     SYN_STEALTH_REFUSED = 6, "syn_stealth_refused";
-    /// ACK whose cookie does not verify (forged, stale or out of window).
+    /// Stamped ACK with a valid MAC whose cookie does not verify (stale,
+    /// or a handshake the gate never answered).
     ACK_BAD_COOKIE = 7, "ack_bad_cookie";
-    /// Valid cookie, no capability option.
+    /// No capability option (checked before the cookie: cheaper).
     ACK_NO_OPTION = 8, "ack_no_option";
     /// Capability option malformed, duplicated or of another version.
     ACK_BAD_OPTION = 9, "ack_bad_option";

@@ -16,11 +16,12 @@ use crate::maps::{self, EVENTS, PENDING, flow_key};
 use crate::program::Verdict;
 use crate::respond::refuse;
 
+/// Cheapest check first: the option scan and the SipHash MAC cost a
+/// fraction of the kernel's SHA-1 cookie check, so an unstamped or forged
+/// ACK (the flood case) is refused before the cookie is computed. The MAC
+/// binds both ISNs, so no ACK reaches the cookie check without the key.
 #[inline(always)]
 pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
-    if !cookie_valid(seg) {
-        return refuse(frame, seg, policy, reason::ACK_BAD_COOKIE);
-    }
     let Some(opts) = OptionBytes::read(frame, seg) else {
         return refuse(frame, seg, policy, reason::ACK_BAD_OPTION);
     };
@@ -48,6 +49,9 @@ pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
     };
     if binding.mac(&key) != cap.mac() {
         return refuse(frame, seg, policy, reason::ACK_BAD_MAC);
+    }
+    if !cookie_valid(seg) {
+        return refuse(frame, seg, policy, reason::ACK_BAD_COOKIE);
     }
     record_pending(seg, cap.agent_id(), client_isn, server_isn)
 }

@@ -74,8 +74,24 @@ impl TestGate {
     /// Runs the program `repeat` times over `frame` (the kernel reuses one
     /// buffer, so only the first iteration sees the original bytes).
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> RunOutput {
-        let mut out = vec![0u8; 256];
         let prog = self.gate.xdp().unwrap_or_else(|e| panic!("gate program: {e}"));
+        test_run(prog, frame, repeat)
+    }
+
+    /// Runs the do-nothing program once over `frame` (benchmark baseline).
+    pub fn run_pass(&mut self, frame: &[u8]) -> RunOutput {
+        let prog = self.gate.pass_program().unwrap_or_else(|e| panic!("pass program: {e}"));
+        test_run(prog, frame, 1)
+    }
+
+    pub fn counters(&mut self) -> Counters {
+        Counters::from_ebpf(self.gate.ebpf_mut()).unwrap_or_else(|e| panic!("reading counters: {e}"))
+    }
+}
+
+fn test_run(prog: &mut aya::programs::Xdp, frame: &[u8], repeat: u32) -> RunOutput {
+    {
+        let mut out = vec![0u8; 256];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
@@ -83,10 +99,6 @@ impl TestGate {
         let r = prog.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e}"));
         out.truncate(r.data_size_out as usize);
         RunOutput { action: r.return_value, frame: out, duration_ns: r.duration.as_nanos() as u64 }
-    }
-
-    pub fn counters(&mut self) -> Counters {
-        Counters::from_ebpf(self.gate.ebpf_mut()).unwrap_or_else(|e| panic!("reading counters: {e}"))
     }
 }
 

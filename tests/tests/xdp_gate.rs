@@ -427,7 +427,7 @@ fn handshake_acks_get_their_verdicts() {
         name: "stray ACK, reset policy",
         input: stray.build(),
         action: XDP_TX,
-        reason: reason::ACK_BAD_COOKIE,
+        reason: reason::ACK_NO_OPTION,
         out: Out::Exact(expected_rst(&stray)),
     });
 
