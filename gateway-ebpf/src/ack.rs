@@ -22,16 +22,17 @@ use crate::respond::refuse;
 /// binds both ISNs, so no ACK reaches the cookie check without the key.
 #[inline(always)]
 pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
-    let Some(opts) = OptionBytes::read(frame, seg) else {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let Some(opts) = OptionBytes::read_into(&mut slot, frame, seg) else {
         return refuse(frame, seg, policy, reason::ACK_BAD_OPTION);
     };
     let scan = opts.scan(config::option_id());
-    let cap = match scan.capability {
-        Capability::Present if scan.option.is_current() => scan.option,
+    match scan.capability {
+        Capability::Present => {}
         Capability::Absent => return refuse(frame, seg, policy, reason::ACK_NO_OPTION),
-        Capability::Present | Capability::Malformed => return refuse(frame, seg, policy, reason::ACK_BAD_OPTION),
-    };
-    let Some(key) = maps::agent_key(cap.agent_id()) else {
+        Capability::Malformed => return refuse(frame, seg, policy, reason::ACK_BAD_OPTION),
+    }
+    let Some(key) = maps::agent_key(scan.agent_id) else {
         return refuse(frame, seg, policy, reason::ACK_UNKNOWN_AGENT);
     };
     let client_isn = seg.tcp.seq().wrapping_sub(1);
@@ -43,17 +44,17 @@ pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
         dport: seg.tcp.dport,
         client_isn,
         second: server_isn,
-        agent_id: cap.agent_id(),
+        agent_id: scan.agent_id,
         domain: DOMAIN_ACK,
         exid: config::option_id().exid,
     };
-    if binding.mac(&key) != cap.mac() {
+    if binding.mac(&key) != scan.mac {
         return refuse(frame, seg, policy, reason::ACK_BAD_MAC);
     }
     if !cookie_valid(seg) {
         return refuse(frame, seg, policy, reason::ACK_BAD_COOKIE);
     }
-    record_pending(seg, cap.agent_id(), client_isn, server_isn)
+    record_pending(seg, scan.agent_id, client_isn, server_isn)
 }
 
 /// `bpf_tcp_raw_check_syncookie_ipv4` takes ACK = cookie + 1 and
@@ -76,7 +77,8 @@ fn record_pending(seg: &Ipv4Tcp, agent_id: u32, client_isn: u32, server_isn: u32
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = flow_key(seg);
-    let pending = PendingFlow { created_ns: now, agent_id, client_isn, server_isn, state: FLOW_PENDING, _pad: [0; 3] };
+    let pending =
+        PendingFlow { created_ns: now, agent_id, client_isn, server_isn, state: FLOW_PENDING, _pad0: 0, _pad1: 0 };
     if PENDING.insert(&flow, &pending, 0).is_err() {
         entry.discard(0);
         return Verdict::new(XDP_DROP, reason::ERR_PENDING_FULL);

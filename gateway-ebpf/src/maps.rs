@@ -7,6 +7,7 @@ use ackgate_common::abi::{
 };
 use ackgate_common::net::Ipv4Tcp;
 use ackgate_common::reason;
+use aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
 
@@ -21,8 +22,9 @@ pub static AGENT_KEYS: HashMap<u32, AgentKey> = HashMap::pinned(MAX_AGENTS, 0);
 
 /// LRU so that the oldest pending flows give way under pressure instead of
 /// new valid handshakes failing; the control plane expires them on time.
+/// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts take no global lock.
 #[map(name = "ACKGATE_PENDING")]
-pub static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::pinned(MAX_PENDING, 0);
+pub static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::pinned(MAX_PENDING, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "ACKGATE_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);

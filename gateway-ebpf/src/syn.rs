@@ -20,7 +20,8 @@ const DEFAULT_MSS: u16 = 536;
 
 #[inline(always)]
 pub fn on_syn(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
-    let Some(opts) = OptionBytes::read(frame, seg) else {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let Some(opts) = OptionBytes::read_into(&mut slot, frame, seg) else {
         return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
     };
     let scan = opts.scan(config::option_id());
@@ -68,11 +69,10 @@ fn syncookie(seg: &Ipv4Tcp, mss: u16) -> Option<(u32, u16)> {
 /// replayed later than about a minute earns nothing.
 #[inline(always)]
 fn stealth_stamp_valid(scan: &OptionScan, seg: &Ipv4Tcp) -> bool {
-    let cap = scan.option;
-    if scan.capability != Capability::Present || !cap.is_current() {
+    if scan.capability != Capability::Present {
         return false;
     }
-    let Some(key) = maps::agent_key(cap.agent_id()) else {
+    let Some(key) = maps::agent_key(scan.agent_id) else {
         return false;
     };
     // SAFETY: helper without arguments.
@@ -84,13 +84,13 @@ fn stealth_stamp_valid(scan: &OptionScan, seg: &Ipv4Tcp) -> bool {
         dport: seg.tcp.dport,
         client_isn: seg.tcp.seq(),
         second: tick,
-        agent_id: cap.agent_id(),
+        agent_id: scan.agent_id,
         domain: DOMAIN_SYN,
         exid: config::option_id().exid,
     };
-    if binding.mac(&key) == cap.mac() {
+    if binding.mac(&key) == scan.mac {
         return true;
     }
     binding.second = tick.wrapping_sub(1);
-    binding.mac(&key) == cap.mac()
+    binding.mac(&key) == scan.mac
 }

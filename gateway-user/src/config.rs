@@ -28,7 +28,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
-    FAMILY_IPV4, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET, ServiceKey, ServicePolicy, v4_in_16,
+    FAMILY_IPV4, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET, ServiceKey, ServicePolicy, port_field, v4_words,
 };
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::{DEFAULT_EXPERIMENT_ID, DEFAULT_OPTION_KIND, OptionId};
@@ -215,19 +215,19 @@ impl Config {
             .iter()
             .map(|s| {
                 let (vip, target) = self.service_v4(s)?;
-                let target_addr = match target.ip() {
-                    IpAddr::V4(a) => v4_in_16(a.octets()),
-                    IpAddr::V6(a) => a.octets(),
+                let IpAddr::V4(target_addr) = target.ip() else {
+                    return Err(ConfigError::Invalid(format!("service {:?}: IPv6 target", s.name)));
                 };
                 Ok(ServiceEntry {
                     key: ServiceKey::ipv4(vip.octets(), s.port.to_be_bytes()),
                     policy: ServicePolicy {
-                        target_addr,
-                        target_port: target.port().to_be_bytes(),
+                        target_addr: v4_words(target_addr.octets()),
+                        target_port: port_field(target.port().to_be_bytes()),
                         default_response: s.default_response.wire(),
                         stealth: u8::from(s.stealth),
                         target_family: FAMILY_IPV4,
-                        _pad: [0; 3],
+                        _pad0: 0,
+                        _pad1: 0,
                     },
                 })
             })
@@ -326,8 +326,8 @@ mod tests {
         assert_eq!(e[0].key, ServiceKey::ipv4([10, 0, 0, 1], 443u16.to_be_bytes()));
         assert_eq!(e[0].policy.default_response, RESPONSE_RESET);
         assert_eq!(e[0].policy.stealth, 1);
-        assert_eq!(e[0].policy.target_port, 8443u16.to_be_bytes());
-        assert_eq!(&e[0].policy.target_addr[..4], &[10, 1, 0, 2]);
+        assert_eq!(e[0].policy.target_port, port_field(8443u16.to_be_bytes()));
+        assert_eq!(e[0].policy.target_addr, v4_words([10, 1, 0, 2]));
     }
 
     #[test]

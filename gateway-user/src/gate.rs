@@ -141,7 +141,7 @@ impl Gate {
         let wanted: HashSet<ServiceKey> = services.iter().map(|s| s.key).collect();
         let mut vips: std::collections::HashMap<VipKey, u32> = std::collections::HashMap::new();
         for s in services {
-            *vips.entry(VipKey { addr: s.key.addr, family: s.key.family, _pad: [0; 3] }).or_default() += 1;
+            *vips.entry(VipKey { addr: s.key.addr, family: s.key.family, _pad0: 0, _pad1: 0 }).or_default() += 1;
         }
         let map_err = |map| move |source| GateError::Map { map, source };
         let mut svc = self.hash_map::<ServiceKey, ServicePolicy>(MAP_SERVICES)?;

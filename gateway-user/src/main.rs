@@ -106,11 +106,12 @@ async fn serve(events: Events) -> Result<()> {
             ready = ring.readable_mut() => {
                 let mut guard = ready.context("event ring buffer")?;
                 for ev in guard.get_inner_mut().drain() {
-                    let f = ev.flow;
+                    let (caddr, cport) = ev.flow.client_v4();
+                    let (saddr, sport) = ev.flow.service_v4();
                     info!(
                         agent = ev.agent_id,
-                        client = %format!("{}.{}.{}.{}:{}", f.saddr[0], f.saddr[1], f.saddr[2], f.saddr[3], u16::from_be_bytes(f.sport)),
-                        service = %format!("{}.{}.{}.{}:{}", f.daddr[0], f.daddr[1], f.daddr[2], f.daddr[3], u16::from_be_bytes(f.dport)),
+                        client = %std::net::SocketAddrV4::new(caddr.into(), cport),
+                        service = %std::net::SocketAddrV4::new(saddr.into(), sport),
                         "flow pending: capability valid, awaiting profile check"
                     );
                 }

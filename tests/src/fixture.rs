@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ackgate_common::abi::{RESPONSE_DROP, ServiceKey, ServicePolicy, v4_in_16};
+use ackgate_common::abi::{RESPONSE_DROP, ServiceKey, ServicePolicy, port_field, v4_words};
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::OptionId;
 use ackgate_gateway::counters::Counters;
@@ -40,12 +40,13 @@ pub fn service(vip: [u8; 4], port: u16, default_response: u8, stealth: bool) -> 
     ServiceEntry {
         key: ServiceKey::ipv4(vip, port.to_be_bytes()),
         policy: ServicePolicy {
-            target_addr: v4_in_16([10, 99, 0, 2]),
-            target_port: port.to_be_bytes(),
+            target_addr: v4_words([10, 99, 0, 2]),
+            target_port: port_field(port.to_be_bytes()),
             default_response,
             stealth: u8::from(stealth),
             target_family: ackgate_common::abi::FAMILY_IPV4,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         },
     }
 }

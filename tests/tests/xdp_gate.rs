@@ -569,8 +569,7 @@ fn handshake_acks_get_their_verdicts() {
     let pending = g.0.gate.pending_flows().expect("pending map readable");
     assert_eq!(pending.len(), 1, "exactly the one valid handshake must be pending, found {pending:?}");
     let (flow, p) = pending[0];
-    assert_eq!(&flow.saddr[..4], &CLIENT, "pending flow source");
-    assert_eq!(flow.sport, 41003u16.to_be_bytes(), "pending flow source port");
+    assert_eq!(flow.client_v4(), (CLIENT, 41003), "pending flow client address and port");
     assert_eq!((p.agent_id, p.client_isn, p.server_isn), (AGENT_ID, s.seq, c), "pending flow record");
     let mut events = ackgate_gateway::events::Events::take(g.0.gate.ebpf_mut()).expect("event ring");
     let ev = events.drain();
