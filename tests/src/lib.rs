@@ -2,4 +2,5 @@
 //! packet builders, a loaded-gate fixture and the namespace topology.
 
 pub mod fixture;
+pub mod flood;
 pub mod packet;
