@@ -1,0 +1,225 @@
+//! The `ackgate` binary end to end: bad input gets a clear error, and
+//! `run` attaches, serves `status`, and detaches on SIGTERM. Runs as root;
+//! the lifecycle test works inside a network namespace of its own.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ackgate");
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A scratch directory (and optionally a network namespace) removed on drop.
+struct Scratch {
+    dir: PathBuf,
+    netns: Option<String>,
+    pin_dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{tag}-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("ackgate-cli-{id}"));
+        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+        Self { dir, netns: None, pin_dir: PathBuf::from(format!("/sys/fs/bpf/ackgate-cli-{id}")) }
+    }
+
+    fn with_netns(mut self) -> Self {
+        let name = format!("agcli{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
+        let out = Command::new("ip").args(["netns", "add", &name]).output().expect("running ip netns add");
+        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let up = Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).output().expect("ip link");
+        assert!(up.status.success(), "bringing lo up in {name}");
+        self.netns = Some(name);
+        self
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).expect("writing a scratch file");
+        p
+    }
+
+    /// `ackgate ARGS`, inside the namespace if there is one. `nsenter
+    /// --net` rather than `ip netns exec`: the latter also remounts /sys,
+    /// which hides the host's /sys/fs/bpf and its pinned maps.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        cmd.args(args).stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running ackgate")
+    }
+
+    fn config(&self, iface: &str, mode: &str, extra: &str) -> PathBuf {
+        self.write(
+            "gateway.toml",
+            &format!(
+                "[gateway]\nedge_interface = \"{iface}\"\nxdp_mode = \"{mode}\"\npin_dir = \"{}\"\n{extra}",
+                self.pin_dir.display()
+            ),
+        )
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_fails_with(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, got success; stderr:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr should mention {n:?}:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "bad input must not panic:\n{err}");
+}
+
+#[test]
+fn help_teaches_the_commands() {
+    let o = Command::new(BIN).arg("--help").output().expect("running ackgate --help");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "--help must succeed");
+    for cmd in ["run", "status"] {
+        assert!(text.contains(cmd), "--help should list {cmd}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let s = Scratch::new("bad");
+    let missing = s.dir.join("nope.toml");
+    assert_fails_with(
+        &s.run(&["run", "--config", missing.to_str().expect("utf-8")]),
+        &["cannot read config", "nope.toml"],
+    );
+
+    let syntax = s.write("syntax.toml", "[gateway\nedge_interface = 1\n");
+    assert_fails_with(&s.run(&["run", "--config", syntax.to_str().expect("utf-8")]), &["syntax.toml"]);
+
+    let no_iface = s.config("ackgate-none0", "generic", "");
+    assert_fails_with(&s.run(&["run", "--config", no_iface.to_str().expect("utf-8")]), &["ackgate-none0"]);
+
+    let key = s.write("agent.key", "00112233445566778899aabbccddeeff\n");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let loose = s.config("lo", "generic", &format!("[[static_agents]]\nid = 1\nkey_file = \"{}\"\n", key.display()));
+    assert_fails_with(&s.run(&["run", "--config", loose.to_str().expect("utf-8")]), &["chmod 600"]);
+
+    assert_fails_with(&s.run(&["run", "--bogus"]), &["--bogus"]);
+    assert_fails_with(&s.run(&["status", "--pin-dir", "/sys/fs/bpf/ackgate-no-such-dir"]), &["ackgate run"]);
+}
+
+fn xdp_attached(s: &Scratch, iface: &str) -> bool {
+    let ns = s.netns.as_deref().expect("namespace");
+    let o = Command::new("ip").args(["-n", ns, "link", "show", iface]).output().expect("ip link show");
+    String::from_utf8_lossy(&o.stdout).contains("xdp")
+}
+
+/// Waits until the child's stderr says the gate is attached.
+fn wait_attached(child: &mut Child) -> Vec<String> {
+    let err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains("gate attached");
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("ackgate run exited early with {status}: {seen:#?}");
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("ackgate run never reported the gate attached: {seen:#?}");
+}
+
+#[test]
+fn run_attaches_reports_and_detaches_on_sigterm() {
+    let s = Scratch::new("life").with_netns();
+    let key = s.write("agent.key", "00112233445566778899aabbccddeeff\n");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let config = s.config(
+        "lo",
+        "generic",
+        &format!(
+            "[[services]]\nname = \"web\"\nvip = \"127.0.0.1\"\nport = 8443\ntarget = \"127.0.0.2:80\"\n\
+             default_response = \"reset\"\n[[static_agents]]\nid = 7\nkey_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let mut child = s
+        .command(&["run", "--config", config.to_str().expect("utf-8")])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting ackgate run");
+    wait_attached(&mut child);
+    assert!(xdp_attached(&s, "lo"), "XDP must be attached to lo while ackgate runs");
+
+    // A SYN to the protected port gets a cookie SYN/ACK and the ACK a RST;
+    // the kernel client sees the connection reset.
+    let ns = s.netns.clone().expect("namespace");
+    let probe = Command::new("ip")
+        .args(["netns", "exec", &ns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8443 && echo hi >&3 && cat <&3"])
+        .output()
+        .expect("probing the protected port");
+    assert!(!probe.status.success(), "an unstamped client must not get a working connection");
+    let status = s.run(&["status", "--pin-dir", s.pin_dir.to_str().expect("utf-8")]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "status failed: {}", stderr(&status));
+    assert!(table.contains("syn_cookie"), "status must count the cookie SYN/ACK:\n{table}");
+    assert!(table.contains("ack_no_option"), "status must count the refused ACK:\n{table}");
+
+    // nsenter execs ackgate, so the child's pid is ackgate's.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("sending SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(st) = child.try_wait().expect("waiting for ackgate") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "ackgate did not exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "ackgate must exit cleanly on SIGTERM, got {exit}");
+    assert!(!xdp_attached(&s, "lo"), "XDP must be detached after SIGTERM");
+    assert!(Path::new(&s.pin_dir).join("ACKGATE_COUNTERS").exists(), "pinned maps must survive the exit");
+}
