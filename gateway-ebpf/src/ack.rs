@@ -79,7 +79,7 @@ fn record_pending(seg: &Ipv4Tcp, agent_id: u32, client_isn: u32, server_isn: u32
     let flow = flow_key(seg);
     let pending =
         PendingFlow { created_ns: now, agent_id, client_isn, server_isn, state: FLOW_PENDING, _pad0: 0, _pad1: 0 };
-    if PENDING.insert(&flow, &pending, 0).is_err() {
+    if PENDING.insert(flow, pending, 0).is_err() {
         entry.discard(0);
         return Verdict::new(XDP_DROP, reason::ERR_PENDING_FULL);
     }

@@ -27,7 +27,7 @@ pub fn classify(frame: &XdpFrame) -> Class {
         Parsed::Ipv4Fragment { daddr } => {
             // A handshake never needs fragments, and a non-first fragment has
             // no port to check; to a VIP they are dropped, elsewhere passed.
-            let verdict = if VIPS.get_ptr(&VipKey::ipv4(daddr)).is_some() {
+            let verdict = if VIPS.get_ptr(VipKey::ipv4(daddr)).is_some() {
                 Verdict::new(XDP_DROP, reason::DROP_FRAGMENT)
             } else {
                 Verdict::new(XDP_PASS, reason::PASS_NOT_SERVICE)
@@ -41,7 +41,7 @@ pub fn classify(frame: &XdpFrame) -> Class {
     };
     let key = ServiceKey::ipv4(seg.ip.daddr, seg.tcp.dport);
     // SAFETY: the value is copied out at once; services are replaced whole.
-    match unsafe { SERVICES.get(&key) } {
+    match unsafe { SERVICES.get(key) } {
         Some(policy) => Class::Protected { seg, policy: *policy },
         None => Class::Other(Verdict::new(XDP_PASS, reason::PASS_NOT_SERVICE)),
     }

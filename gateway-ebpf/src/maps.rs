@@ -39,12 +39,12 @@ pub fn flow_key(seg: &Ipv4Tcp) -> FlowKey {
 
 #[inline(always)]
 pub fn is_pending(seg: &Ipv4Tcp) -> bool {
-    PENDING.get_ptr(&flow_key(seg)).is_some()
+    PENDING.get_ptr(flow_key(seg)).is_some()
 }
 
 /// The MAC key of `agent_id`, copied out (userspace replaces keys whole).
 #[inline(always)]
 pub fn agent_key(agent_id: u32) -> Option<AgentKey> {
     // SAFETY: the value is copied before the lookup's RCU section ends.
-    unsafe { AGENT_KEYS.get(&agent_id) }.copied()
+    unsafe { AGENT_KEYS.get(agent_id) }.copied()
 }

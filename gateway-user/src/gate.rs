@@ -27,7 +27,7 @@ pub enum GateError {
         "loading the XDP gate failed (pinned maps in {pin_dir} from an incompatible build? remove that \
          directory to start fresh, which drops live flows): {source}"
     )]
-    Load { pin_dir: String, source: EbpfError },
+    Load { pin_dir: String, source: Box<EbpfError> },
     #[error("program {PROGRAM_NAME} missing from the gate object")]
     MissingProgram,
     #[error("map {0} missing from the gate object")]
@@ -85,7 +85,7 @@ impl Gate {
             .override_global("OPTION_KIND", &option.kind, true)
             .override_global("OPTION_EXID", &option.exid, true)
             .load(crate::GATE_OBJECT)
-            .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source })?;
+            .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
         let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned() };
         gate.xdp()?.load()?;
         gate.pass_program()?.load()?;

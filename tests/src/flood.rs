@@ -62,13 +62,13 @@ impl SynFlood {
                 let p = &self.packets[(next + k) % VARIANTS];
                 iov.push(libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() });
             }
-            for k in 0..BATCH {
+            for v in iov.iter_mut() {
                 // SAFETY: zeroed msghdr is valid; pointers set below stay
                 // alive until sendmmsg returns.
                 let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 h.msg_hdr.msg_name = &self.dst as *const libc::sockaddr_in as *mut libc::c_void;
                 h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-                h.msg_hdr.msg_iov = &mut iov[k];
+                h.msg_hdr.msg_iov = v;
                 h.msg_hdr.msg_iovlen = 1;
                 msgs.push(h);
             }

@@ -65,9 +65,12 @@ impl TcpFrame {
     }
 
     pub fn build(&self) -> Vec<u8> {
-        assert!(self.ip_options.len() % 4 == 0 && self.ip_options.len() <= 40, "IPv4 options must be 4-aligned, <= 40");
         assert!(
-            self.tcp_options.len() % 4 == 0 && self.tcp_options.len() <= 40,
+            self.ip_options.len().is_multiple_of(4) && self.ip_options.len() <= 40,
+            "IPv4 options must be 4-aligned, <= 40"
+        );
+        assert!(
+            self.tcp_options.len().is_multiple_of(4) && self.tcp_options.len() <= 40,
             "TCP options must be 4-aligned, <= 40"
         );
         let mut f = Vec::new();
