@@ -105,7 +105,9 @@ async fn serve(events: Events) -> Result<()> {
             _ = int.recv() => return Ok(()),
             ready = ring.readable_mut() => {
                 let mut guard = ready.context("event ring buffer")?;
-                for ev in guard.get_inner_mut().drain() {
+                let events = guard.get_inner_mut();
+                let before = events.malformed();
+                for ev in events.drain() {
                     let (caddr, cport) = ev.flow.client_v4();
                     let (saddr, sport) = ev.flow.service_v4();
                     info!(
@@ -114,6 +116,9 @@ async fn serve(events: Events) -> Result<()> {
                         service = %std::net::SocketAddrV4::new(saddr.into(), sport),
                         "flow pending: capability valid, awaiting profile check"
                     );
+                }
+                if events.malformed() != before {
+                    warn!(total = events.malformed(), "undecodable gate events (object from another build?)");
                 }
                 guard.clear_ready();
             }

@@ -3,4 +3,5 @@
 
 pub mod fixture;
 pub mod flood;
+pub mod kernel_alt;
 pub mod packet;
