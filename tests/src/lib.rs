@@ -5,3 +5,5 @@ pub mod fixture;
 pub mod flood;
 pub mod kernel_alt;
 pub mod packet;
+pub mod stamper;
+pub mod topology;

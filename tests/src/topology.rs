@@ -1,0 +1,141 @@
+//! A fresh client / gateway / target network-namespace topology per test,
+//! removed on drop (also when the test panics):
+//!
+//! ```text
+//! client [c] ──veth── [e] gateway [i] ──veth── [t] target
+//!   10.200.2n.2        .1        10.200.2n+1.1       .2
+//! ```
+//! Checksum offload is off on every veth (else programs see partial
+//! checksums). The gateway forwards between its two sides.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ackgate_gateway::gate::{Gate, XdpMode};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ns {
+    Client,
+    Gateway,
+    Target,
+}
+
+pub struct Topology {
+    names: [String; 3],
+    /// Client's interface (peer of the gateway edge).
+    pub client_if: String,
+    /// Gateway interface facing clients.
+    pub edge_if: String,
+    /// Gateway interface facing the private network.
+    pub internal_if: String,
+    pub target_if: String,
+    pub client_addr: Ipv4Addr,
+    pub edge_addr: Ipv4Addr,
+    pub internal_addr: Ipv4Addr,
+    pub target_addr: Ipv4Addr,
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Topology {
+    pub fn new(tag: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}{}", std::process::id() % 100_000, n);
+        // /24s unique per process and topology: 10.200.(2k).0 and (2k+1).0.
+        let k = ((std::process::id() as u32 * 7 + n) % 100) as u8;
+        let edge_net = [10, 200, 2 * k, 0];
+        let int_net = [10, 200, 2 * k + 1, 0];
+        let addr = |net: [u8; 4], host: u8| Ipv4Addr::new(net[0], net[1], net[2], host);
+        let topo = Self {
+            names: [format!("ag{id}c{tag:.3}"), format!("ag{id}g{tag:.3}"), format!("ag{id}t{tag:.3}")],
+            client_if: format!("agc{id}"),
+            edge_if: format!("age{id}"),
+            internal_if: format!("agi{id}"),
+            target_if: format!("agt{id}"),
+            client_addr: addr(edge_net, 2),
+            edge_addr: addr(edge_net, 1),
+            internal_addr: addr(int_net, 1),
+            target_addr: addr(int_net, 2),
+        };
+        topo.build(int_net);
+        topo
+    }
+
+    pub fn ns(&self, ns: Ns) -> &str {
+        &self.names[ns as usize]
+    }
+
+    fn build(&self, int_net: [u8; 4]) {
+        let [c, g, t] = [self.ns(Ns::Client), self.ns(Ns::Gateway), self.ns(Ns::Target)];
+        for ns in [c, g, t] {
+            run(&["ip", "netns", "add", ns]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        for (a, ans, b, bns) in [(&self.client_if, c, &self.edge_if, g), (&self.internal_if, g, &self.target_if, t)] {
+            run(&["ip", "link", "add", a, "netns", ans, "type", "veth", "peer", "name", b, "netns", bns]);
+            for (ifc, ns) in [(a, ans), (b, bns)] {
+                run(&["ip", "netns", "exec", ns, "ethtool", "-K", ifc, "tx", "off"]);
+                run(&["ip", "-n", ns, "link", "set", ifc, "up"]);
+            }
+        }
+        let cidr = |a: Ipv4Addr| format!("{a}/24");
+        let net = |n: [u8; 4]| format!("{}.{}.{}.0/24", n[0], n[1], n[2]);
+        run(&["ip", "-n", c, "addr", "add", &cidr(self.client_addr), "dev", &self.client_if]);
+        run(&["ip", "-n", g, "addr", "add", &cidr(self.edge_addr), "dev", &self.edge_if]);
+        run(&["ip", "-n", g, "addr", "add", &cidr(self.internal_addr), "dev", &self.internal_if]);
+        run(&["ip", "-n", t, "addr", "add", &cidr(self.target_addr), "dev", &self.target_if]);
+        run(&["ip", "-n", c, "route", "add", &net(int_net), "via", &self.edge_addr.to_string()]);
+        run(&["ip", "-n", t, "route", "add", "default", "via", &self.internal_addr.to_string()]);
+        run(&["ip", "netns", "exec", g, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    }
+
+    /// Runs `f` on a thread inside namespace `ns`: sockets it creates live
+    /// there. Panics propagate.
+    pub fn run_in<R: Send>(&self, ns: Ns, f: impl FnOnce() -> R + Send) -> R {
+        let path = format!("/var/run/netns/{}", self.ns(ns));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// `ip netns exec NS ARGS...`, output returned whatever the status.
+    pub fn cmd(&self, ns: Ns, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", self.ns(ns)])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", self.ns(ns)))
+    }
+
+    /// Attaches the gate (native XDP) to the gateway's edge, and the
+    /// do-nothing program to the client's end: native XDP_TX into a veth
+    /// only delivers when the peer runs XDP.
+    pub fn attach_gate(&self, gate: &mut Gate) {
+        self.run_in(Ns::Gateway, || gate.attach(&self.edge_if, XdpMode::Native))
+            .unwrap_or_else(|e| panic!("attaching the gate to {}: {e}", self.edge_if));
+        self.run_in(Ns::Client, || gate.attach_pass(&self.client_if, XdpMode::Native))
+            .unwrap_or_else(|e| panic!("attaching the pass program to {}: {e}", self.client_if));
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veths.
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
