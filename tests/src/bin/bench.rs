@@ -4,7 +4,17 @@
 //! buffer and a rewriting path only takes its real branch the first time.
 //! Prints `name: value` lines; ratios are what to compare across machines.
 
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use ackgate_common::abi::RESPONSE_DROP;
 use ackgate_common::net::{TCP_ACK, TCP_SYN};
+use ackgate_common::reason;
+use ackgate_tests::fixture::service;
+use ackgate_tests::flood::SynFlood;
+use ackgate_tests::kernel_alt;
+use ackgate_tests::stamper::stamped_handshake;
+use ackgate_tests::topology::{Ns, Topology};
 use ackgate_common::option::OptionId;
 use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate};
 use ackgate_tests::packet::{TcpFrame, stamp};
@@ -39,6 +49,102 @@ fn handshake_ack(g: &mut TestGate, sport: u16) -> TcpFrame {
 }
 
 fn main() {
+    test_run_bench();
+    for defence in [Defence::Gate, Defence::KernelSyncookies, Defence::NftSynproxy] {
+        flood_bench(defence);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Defence {
+    Gate,
+    KernelSyncookies,
+    NftSynproxy,
+}
+
+const FLOOD_PORT: u16 = 8443;
+const FLOOD_SECS: u64 = 3;
+const LEGIT_TRIES: u16 = 20;
+
+/// One flood source against one defence on a fresh topology: flood SYNs/s
+/// the gateway answered, softirq CPU per answered SYN (all packet work of
+/// every defence runs in the NET_RX softirq), and the share of a
+/// legitimate client's connects that succeeded meanwhile.
+fn flood_bench(defence: Defence) {
+    let topo = Topology::new("flood");
+    let gw = topo.ns(Ns::Gateway).to_owned();
+    let vip = topo.edge_addr;
+    let mut gate = None;
+    let mut listener = None;
+    match defence {
+        Defence::Gate => {
+            let mut g = TestGate::new("flood", &[service(vip.octets(), FLOOD_PORT, RESPONSE_DROP, false)]);
+            topo.attach_gate(&mut g.gate);
+            gate = Some(g);
+        }
+        Defence::KernelSyncookies | Defence::NftSynproxy => {
+            if defence == Defence::KernelSyncookies {
+                kernel_alt::kernel_syncookies(&gw);
+            } else {
+                kernel_alt::nft_synproxy(&gw, FLOOD_PORT);
+            }
+            let l = topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", FLOOD_PORT)).expect("listener"));
+            l.set_nonblocking(true).expect("nonblocking");
+            listener = Some(l);
+        }
+    }
+    let answered = |gate: &mut Option<TestGate>| match defence {
+        Defence::Gate => gate.as_mut().map(|g| g.counters().get(reason::SYN_COOKIE)).unwrap_or(0),
+        Defence::KernelSyncookies => kernel_alt::tcpext(&gw, "SyncookiesSent"),
+        Defence::NftSynproxy => kernel_alt::nft_syn_count(&gw),
+    };
+    let before = answered(&mut gate);
+    let soft_before = kernel_alt::softirq_ns();
+    let client = topo.client_addr;
+    let (sent, legit_ok) = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            topo.run_in(Ns::Client, || {
+                SynFlood::new(client, vip, FLOOD_PORT)
+                    .expect("raw socket for the flood")
+                    .run_for(Duration::from_secs(FLOOD_SECS))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let mut ok = 0u32;
+        for i in 0..LEGIT_TRIES {
+            let port = 50000 + i;
+            let success = topo.run_in(Ns::Client, || match defence {
+                Defence::Gate => stamped_handshake(client, port, vip, FLOOD_PORT, Duration::from_secs(1)).is_some(),
+                _ => TcpStream::connect_timeout(&SocketAddr::new(vip.into(), FLOOD_PORT), Duration::from_secs(1))
+                    .is_ok(),
+            });
+            ok += u32::from(success);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (flood.join().expect("flood thread"), ok)
+    });
+    let soft = kernel_alt::softirq_ns() - soft_before;
+    let answered_n = answered(&mut gate) - before;
+    // The gate's legitimate handshakes must also have become pending.
+    let legit_ok = match gate.as_mut() {
+        Some(g) => legit_ok.min(g.gate.pending_flows().map(|p| p.len() as u32).unwrap_or(0)),
+        None => {
+            while listener.as_ref().is_some_and(|l| l.accept().is_ok()) {}
+            legit_ok
+        }
+    };
+    let name = match defence {
+        Defence::Gate => "flood_ackgate",
+        Defence::KernelSyncookies => "flood_kernel_syncookies",
+        Defence::NftSynproxy => "flood_nft_synproxy",
+    };
+    println!("{name}_sent_pps: {}", sent / FLOOD_SECS);
+    println!("{name}_answered_pps: {}", answered_n / FLOOD_SECS);
+    println!("{name}_softirq_ns_per_syn: {:.0}", soft as f64 / answered_n.max(1) as f64);
+    println!("{name}_legit_connects_ok: {legit_ok}/{LEGIT_TRIES}");
+}
+
+fn test_run_bench() {
     let mut g = TestGate::single("bench");
     let unprotected = TcpFrame::new(CLIENT, 40000, VIP, 22, TCP_SYN).linux_syn_options().build();
     let syn_frame = syn(40001).build();
