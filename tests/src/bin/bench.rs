@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use ackgate_common::abi::RESPONSE_DROP;
 use ackgate_common::net::{TCP_ACK, TCP_SYN};
+use ackgate_common::option::OptionId;
 use ackgate_common::reason;
 use ackgate_tests::fixture::service;
+use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate};
 use ackgate_tests::flood::SynFlood;
 use ackgate_tests::kernel_alt;
+use ackgate_tests::packet::{TcpFrame, stamp};
 use ackgate_tests::stamper::stamped_handshake;
 use ackgate_tests::topology::{Ns, Topology};
-use ackgate_common::option::OptionId;
-use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate};
-use ackgate_tests::packet::{TcpFrame, stamp};
 
 const RUNS: usize = 3001;
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
@@ -115,8 +115,9 @@ fn flood_bench(defence: Defence) {
             let port = 50000 + i;
             let success = topo.run_in(Ns::Client, || match defence {
                 Defence::Gate => stamped_handshake(client, port, vip, FLOOD_PORT, Duration::from_secs(1)).is_some(),
-                _ => TcpStream::connect_timeout(&SocketAddr::new(vip.into(), FLOOD_PORT), Duration::from_secs(1))
-                    .is_ok(),
+                _ => {
+                    TcpStream::connect_timeout(&SocketAddr::new(vip.into(), FLOOD_PORT), Duration::from_secs(1)).is_ok()
+                }
             });
             ok += u32::from(success);
             std::thread::sleep(Duration::from_millis(100));
