@@ -148,6 +148,12 @@ impl FlowKey {
         }
     }
 
+    /// The flow of a parsed segment, in the direction it travels.
+    #[inline(always)]
+    pub fn of_segment(seg: &crate::net::Ipv4Tcp) -> Self {
+        Self::ipv4(seg.ip.saddr, seg.ip.daddr, seg.tcp.sport, seg.tcp.dport)
+    }
+
     /// Client `addr:port` for display (IPv4).
     pub fn client_v4(&self) -> ([u8; 4], u16) {
         (v4_bytes(&self.saddr), port_value(self.sport))
@@ -192,6 +198,60 @@ pub struct GateEvent {
     pub created_ns: u64,
 }
 
+/// Agent maps (pinned under the agent's own directory).
+pub const MAP_AGENT_TARGETS: &str = "ACKGATE_AGENT_TARGETS";
+pub const MAP_AGENT_IDENTITY: &str = "ACKGATE_AGENT_IDENTITY";
+pub const MAP_AGENT_HANDSHAKES: &str = "ACKGATE_AGENT_HANDSHAKES";
+pub const MAP_AGENT_STAMPED: &str = "ACKGATE_AGENT_STAMPED";
+pub const MAP_AGENT_COUNTERS: &str = "ACKGATE_AGENT_COUNTERS";
+
+pub const MAX_TARGETS: u32 = 1024;
+/// SYNs in flight whose handshake ACK is still to be stamped.
+pub const MAX_HANDSHAKES: u32 = 16384;
+/// Recently stamped flows kept for `ackgate-agent status`.
+pub const MAX_STAMPED: u32 = 1024;
+
+/// A target of the agent is a [`ServiceKey`]; port 0 stands for every port
+/// of that gateway address.
+pub type TargetKey = ServiceKey;
+
+/// What the agent does for one target.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetPolicy {
+    /// 1: stamp the SYN too (stealth services).
+    pub stamp_syn: u8,
+    pub _pad0: u8,
+    pub _pad1: u16,
+}
+
+/// The agent's enrolled identity; the identity map has one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentIdentity {
+    pub agent_id: u32,
+    /// 1 once userspace has written an enrolled identity.
+    pub enrolled: u32,
+    pub key: crate::mac::MacKey,
+}
+
+pub const STAMP_KIND_SYN: u32 = 1;
+pub const STAMP_KIND_ACK: u32 = 2;
+
+/// A recently stamped flow (value of the stamped map, keyed by [`FlowKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StampedFlow {
+    /// CLOCK_MONOTONIC ns of the stamp.
+    pub stamped_ns: u64,
+    /// `STAMP_KIND_*` of the last stamp.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<TargetPolicy>() == 4);
+const _: () = assert!(size_of::<AgentIdentity>() == 24);
+const _: () = assert!(size_of::<StampedFlow>() == 16);
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServicePolicy>() == 24);
 const _: () = assert!(size_of::<VipKey>() == 20);

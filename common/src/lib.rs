@@ -3,7 +3,8 @@
 //! handshake MAC, and the packet parsers. Everything here is `no_std` and
 //! free of allocation so the very same code runs under the BPF verifier and
 //! in host unit/property tests.
-#![no_std]
+// The control protocol (feature `proto`) is userspace-only and uses std.
+#![cfg_attr(not(feature = "proto"), no_std)]
 
 pub mod abi;
 pub mod csum;
@@ -12,6 +13,15 @@ pub mod net;
 pub mod option;
 pub mod reason;
 pub mod reply;
+pub mod stamp;
 
+#[cfg(feature = "kernel")]
+pub mod kernel;
+
+#[cfg(feature = "proto")]
+pub mod proto;
+
+#[cfg(feature = "user")]
+pub mod counters;
 #[cfg(feature = "user")]
 mod pod;

@@ -12,6 +12,7 @@
 //! `second` is the server ISN for a handshake ACK and the coarse time
 //! counter for a stealth SYN; `domain` keeps the two from ever colliding.
 
+use crate::net::Ipv4Tcp;
 use crate::option::CAPABILITY_VERSION;
 
 pub const DOMAIN_ACK: u8 = 1;
@@ -20,6 +21,12 @@ pub const DOMAIN_SYN: u8 = 2;
 /// Stealth SYN stamps use TAI nanoseconds >> this (about 34 s per tick);
 /// the gate accepts the current and the previous tick.
 pub const SYN_TIME_SHIFT: u32 = 35;
+
+/// The coarse time counter of a stealth SYN stamp from TAI nanoseconds.
+#[inline(always)]
+pub const fn syn_tick(tai_ns: u64) -> u32 {
+    (tai_ns >> SYN_TIME_SHIFT) as u32
+}
 
 /// A 128-bit SipHash key as two little-endian halves.
 #[repr(C)]
@@ -62,6 +69,39 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// The binding of a handshake ACK: both ISNs come from the ACK itself
+    /// (SEQ = client ISN + 1, ACK = server ISN + 1).
+    #[inline(always)]
+    pub fn handshake_ack(seg: &Ipv4Tcp, agent_id: u32, exid: u16) -> Self {
+        Self {
+            saddr: seg.ip.saddr,
+            daddr: seg.ip.daddr,
+            sport: seg.tcp.sport,
+            dport: seg.tcp.dport,
+            client_isn: seg.tcp.seq().wrapping_sub(1),
+            second: seg.tcp.ack_seq().wrapping_sub(1),
+            agent_id,
+            domain: DOMAIN_ACK,
+            exid,
+        }
+    }
+
+    /// The binding of a stealth SYN at coarse TAI tick `tick`.
+    #[inline(always)]
+    pub fn stealth_syn(seg: &Ipv4Tcp, agent_id: u32, exid: u16, tick: u32) -> Self {
+        Self {
+            saddr: seg.ip.saddr,
+            daddr: seg.ip.daddr,
+            sport: seg.tcp.sport,
+            dport: seg.tcp.dport,
+            client_isn: seg.tcp.seq(),
+            second: tick,
+            agent_id,
+            domain: DOMAIN_SYN,
+            exid,
+        }
+    }
+
     #[inline(always)]
     fn words(&self) -> [u64; 4] {
         let w0 = u32::from_le_bytes(self.saddr) as u64 | (u32::from_le_bytes(self.daddr) as u64) << 32;

@@ -1,7 +1,10 @@
 //! `aya::Pod` for the map types, userspace only (as aya's integration-common
 //! does): the kernel side never needs it.
 
-use crate::abi::{FlowKey, GateEvent, PendingFlow, ServiceKey, ServicePolicy, VipInfo, VipKey};
+use crate::abi::{
+    AgentIdentity, FlowKey, GateEvent, PendingFlow, ServiceKey, ServicePolicy, StampedFlow, TargetPolicy, VipInfo,
+    VipKey,
+};
 use crate::mac::MacKey;
 
 // SAFETY: all are #[repr(C)] integer/byte-array structs with explicit
@@ -14,3 +17,6 @@ unsafe impl aya::Pod for MacKey {}
 unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for PendingFlow {}
 unsafe impl aya::Pod for GateEvent {}
+unsafe impl aya::Pod for TargetPolicy {}
+unsafe impl aya::Pod for AgentIdentity {}
+unsafe impl aya::Pod for StampedFlow {}

@@ -1,6 +1,7 @@
 //! Why the gate did what it did: every packet the XDP program sees bumps
 //! exactly one of these per-CPU counters.
 
+/// Declares numbered reasons, their count and their labels.
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $name:ident = $val:expr, $label:literal; )*) => {
         $( $(#[$doc])* pub const $name: u32 = $val; )*
@@ -11,6 +12,7 @@ macro_rules! reasons {
         pub const LABELS: [&str; COUNT as usize] = [$($label),*];
     };
 }
+pub(crate) use reasons;
 
 reasons! {
     /// Not IPv4 (ARP, IPv6, ...): passed to the stack.

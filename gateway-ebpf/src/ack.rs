@@ -1,8 +1,8 @@
 //! Handshake ACK stage: cookie, capability, MAC; then the pending record
 //! and the event for the control plane.
 
-use ackgate_common::abi::{EVENT_PENDING, FLOW_PENDING, GateEvent, PendingFlow, ServicePolicy};
-use ackgate_common::mac::{Binding, DOMAIN_ACK};
+use ackgate_common::abi::{EVENT_PENDING, FLOW_PENDING, FlowKey, GateEvent, PendingFlow, ServicePolicy};
+use ackgate_common::mac::Binding;
 use ackgate_common::net::Ipv4Tcp;
 use ackgate_common::option::{Capability, OptionBytes};
 use ackgate_common::reason;
@@ -10,11 +10,11 @@ use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::bindings::{iphdr, tcphdr};
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_tcp_raw_check_syncookie_ipv4};
 
-use crate::config;
-use crate::frame::XdpFrame;
-use crate::maps::{self, EVENTS, PENDING, flow_key};
+use crate::maps::{self, EVENTS, PENDING};
 use crate::program::Verdict;
 use crate::respond::refuse;
+use ackgate_common::kernel::config;
+use ackgate_common::kernel::frame::XdpFrame;
 
 /// Cheapest check first: the option scan and the SipHash MAC cost a
 /// fraction of the kernel's SHA-1 cookie check, so an unstamped or forged
@@ -35,26 +35,14 @@ pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
     let Some(key) = maps::agent_key(scan.agent_id) else {
         return refuse(frame, seg, policy, reason::ACK_UNKNOWN_AGENT);
     };
-    let client_isn = seg.tcp.seq().wrapping_sub(1);
-    let server_isn = seg.tcp.ack_seq().wrapping_sub(1);
-    let binding = Binding {
-        saddr: seg.ip.saddr,
-        daddr: seg.ip.daddr,
-        sport: seg.tcp.sport,
-        dport: seg.tcp.dport,
-        client_isn,
-        second: server_isn,
-        agent_id: scan.agent_id,
-        domain: DOMAIN_ACK,
-        exid: config::option_id().exid,
-    };
+    let binding = Binding::handshake_ack(seg, scan.agent_id, config::option_id().exid);
     if binding.mac(&key) != scan.mac {
         return refuse(frame, seg, policy, reason::ACK_BAD_MAC);
     }
     if !cookie_valid(seg) {
         return refuse(frame, seg, policy, reason::ACK_BAD_COOKIE);
     }
-    record_pending(seg, scan.agent_id, client_isn, server_isn)
+    record_pending(seg, scan.agent_id, binding.client_isn, binding.second)
 }
 
 /// `bpf_tcp_raw_check_syncookie_ipv4` takes ACK = cookie + 1 and
@@ -76,7 +64,7 @@ fn record_pending(seg: &Ipv4Tcp, agent_id: u32, client_isn: u32, server_isn: u32
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = flow_key(seg);
+    let flow = FlowKey::of_segment(seg);
     let pending =
         PendingFlow { created_ns: now, agent_id, client_isn, server_isn, state: FLOW_PENDING, _pad0: 0, _pad1: 0 };
     if PENDING.insert(flow, pending, 0).is_err() {

@@ -5,9 +5,9 @@ use ackgate_common::net::{Ipv4Tcp, Parsed, parse_ipv4_tcp};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
-use crate::frame::XdpFrame;
 use crate::maps::{SERVICES, VIPS};
 use crate::program::Verdict;
+use ackgate_common::kernel::frame::XdpFrame;
 
 pub enum Class {
     Protected {

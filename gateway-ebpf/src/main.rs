@@ -8,8 +8,11 @@
 //! - `ack`: check cookie and capability on handshake ACKs, record pending
 //!   flows and notify userspace;
 //! - `respond`: the service's default response when the check fails;
-//! - `frame`, `maps`, `stats`, `config`: packet access, maps, counters and
-//!   load-time settings.
+//! - `maps`, `stats`: maps and counters.
+//!
+//! Packet access (the one bounds-checked accessor), the parsers and the
+//! load-time option settings come from `ackgate_common`, shared with the
+//! agent's TC stamper.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -17,10 +20,6 @@
 mod ack;
 #[cfg(target_arch = "bpf")]
 mod classify;
-#[cfg(target_arch = "bpf")]
-mod config;
-#[cfg(target_arch = "bpf")]
-mod frame;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
@@ -37,8 +36,8 @@ mod program {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
     use crate::classify::{Class, classify};
-    use crate::frame::XdpFrame;
     use crate::{ack, maps, stats, syn};
+    use ackgate_common::kernel::frame::XdpFrame;
 
     /// What to do with the frame, and why.
     pub struct Verdict {

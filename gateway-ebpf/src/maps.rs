@@ -33,13 +33,8 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
 #[inline(always)]
-pub fn flow_key(seg: &Ipv4Tcp) -> FlowKey {
-    FlowKey::ipv4(seg.ip.saddr, seg.ip.daddr, seg.tcp.sport, seg.tcp.dport)
-}
-
-#[inline(always)]
 pub fn is_pending(seg: &Ipv4Tcp) -> bool {
-    PENDING.get_ptr(flow_key(seg)).is_some()
+    PENDING.get_ptr(FlowKey::of_segment(seg)).is_some()
 }
 
 /// The MAC key of `agent_id`, copied out (userspace replaces keys whole).

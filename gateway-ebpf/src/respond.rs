@@ -9,8 +9,8 @@ use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX};
 use aya_ebpf::helpers::bpf_xdp_adjust_tail;
 use core::mem::size_of;
 
-use crate::frame::XdpFrame;
 use crate::program::Verdict;
+use ackgate_common::kernel::frame::XdpFrame;
 
 /// The service's default response to a segment that failed the gate.
 /// `page` hands the segment to the local stack, where the default responder

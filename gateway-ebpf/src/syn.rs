@@ -1,7 +1,7 @@
 //! SYN stage: a stateless cookie SYN/ACK, or silence for stealth services.
 
 use ackgate_common::abi::ServicePolicy;
-use ackgate_common::mac::{Binding, DOMAIN_SYN, SYN_TIME_SHIFT};
+use ackgate_common::mac::{Binding, syn_tick};
 use ackgate_common::net::{Ipv4Tcp, TcpHdr};
 use ackgate_common::option::{Capability, OptionBytes, OptionScan, TCPOLEN_MSS, TCPOPT_MSS};
 use ackgate_common::reason;
@@ -10,10 +10,11 @@ use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::bindings::{iphdr, tcphdr};
 use aya_ebpf::helpers::{bpf_ktime_get_tai_ns, bpf_tcp_raw_gen_syncookie_ipv4};
 
-use crate::frame::XdpFrame;
+use crate::maps;
 use crate::program::Verdict;
 use crate::respond::transmit;
-use crate::{config, maps};
+use ackgate_common::kernel::config;
+use ackgate_common::kernel::frame::XdpFrame;
 
 /// RFC 9293 default MSS when the SYN carries none (TCP_MSS_DEFAULT).
 const DEFAULT_MSS: u16 = 536;
@@ -76,18 +77,8 @@ fn stealth_stamp_valid(scan: &OptionScan, seg: &Ipv4Tcp) -> bool {
         return false;
     };
     // SAFETY: helper without arguments.
-    let tick = (unsafe { bpf_ktime_get_tai_ns() } >> SYN_TIME_SHIFT) as u32;
-    let mut binding = Binding {
-        saddr: seg.ip.saddr,
-        daddr: seg.ip.daddr,
-        sport: seg.tcp.sport,
-        dport: seg.tcp.dport,
-        client_isn: seg.tcp.seq(),
-        second: tick,
-        agent_id: scan.agent_id,
-        domain: DOMAIN_SYN,
-        exid: config::option_id().exid,
-    };
+    let tick = syn_tick(unsafe { bpf_ktime_get_tai_ns() });
+    let mut binding = Binding::stealth_syn(seg, scan.agent_id, config::option_id().exid, tick);
     if binding.mac(&key) == scan.mac {
         return true;
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use ackgate_gateway::config::{Config, DEFAULT_PIN_DIR};
-use ackgate_gateway::counters::Counters;
+use ackgate_gateway::counters;
 use ackgate_gateway::events::Events;
 use ackgate_gateway::gate::Gate;
 use anyhow::{Context as _, Result};
@@ -127,7 +127,7 @@ async fn serve(events: Events) -> Result<()> {
 }
 
 fn status(pin_dir: PathBuf, all: bool) -> Result<()> {
-    let counters = Counters::from_pin_dir(&pin_dir)?;
+    let counters = counters::from_pin_dir(&pin_dir)?;
     let width = ackgate_common::reason::LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
     let mut shown = 0;
     for (label, n) in counters.labelled() {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use ackgate_common::abi::{RESPONSE_DROP, ServiceKey, ServicePolicy, port_field, v4_words};
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::OptionId;
-use ackgate_gateway::counters::Counters;
+use ackgate_gateway::counters::{self, Counters};
 use ackgate_gateway::gate::{Gate, ServiceEntry};
 use aya::programs::{TestRun, TestRunOptions};
 
@@ -86,7 +86,7 @@ impl TestGate {
     }
 
     pub fn counters(&mut self) -> Counters {
-        Counters::from_ebpf(self.gate.ebpf_mut()).unwrap_or_else(|e| panic!("reading counters: {e}"))
+        counters::from_ebpf(self.gate.ebpf_mut()).unwrap_or_else(|e| panic!("reading counters: {e}"))
     }
 }
 

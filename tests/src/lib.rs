@@ -5,5 +5,6 @@ pub mod fixture;
 pub mod flood;
 pub mod kernel_alt;
 pub mod packet;
+pub mod stamp_fixture;
 pub mod stamper;
 pub mod topology;

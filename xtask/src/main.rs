@@ -1,6 +1,8 @@
 //! `cargo xtask`: the project's developer commands. Every command first
 //! installs, idempotently, whatever it needs (`setup` does all of it).
 
+include!("../ebpf_toolchain.rs");
+
 mod setup;
 mod suite;
 mod vm;

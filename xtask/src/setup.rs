@@ -91,16 +91,16 @@ fn apt(packages: &[&str]) -> Result<()> {
 
 fn nightly() -> Result<()> {
     let have = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .args(["component", "list", "--installed", "--toolchain", crate::EBPF_TOOLCHAIN])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
     if have.contains("rust-src") && have.contains("clippy") {
         return Ok(());
     }
-    println!("setup: nightly toolchain with rust-src and clippy");
-    run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
-    run(Command::new("rustup").args(["component", "add", "rust-src", "clippy", "--toolchain", "nightly"]))
+    println!("setup: {} toolchain with rust-src and clippy", crate::EBPF_TOOLCHAIN);
+    run(Command::new("rustup").args(["toolchain", "install", crate::EBPF_TOOLCHAIN, "--profile", "minimal"]))?;
+    run(Command::new("rustup").args(["component", "add", "rust-src", "clippy", "--toolchain", crate::EBPF_TOOLCHAIN]))
 }
 
 fn bpf_linker() -> Result<()> {

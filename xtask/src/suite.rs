@@ -125,11 +125,12 @@ pub fn run(with_vm: bool) -> Result<()> {
     Ok(())
 }
 
-/// Clippy over the kernel crate for its real target (the host build only
+/// Clippy over the kernel crates for their real target (the host build only
 /// sees a stub `main`).
 fn ebpf_clippy() -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "clippy", "-p", "ackgate-gateway-ebpf", "--release"])
+    cmd.args(["run", crate::EBPF_TOOLCHAIN, "cargo", "clippy", "--release"])
+        .args(["-p", "ackgate-gateway-ebpf", "-p", "ackgate-agent-ebpf"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
         .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")

@@ -1,8 +1,9 @@
 //! Load-time settings, written by userspace into .rodata before load
-//! (aya `EbpfLoader::set_global`). The verifier sees frozen .rodata as
-//! constants, so these cost nothing per packet.
+//! (aya `EbpfLoader::override_global`). The verifier sees frozen .rodata as
+//! constants, so these cost nothing per packet. Both programs link these
+//! symbols, so the gateway and the agent set them the same way.
 
-use ackgate_common::option::{DEFAULT_EXPERIMENT_ID, DEFAULT_OPTION_KIND, OptionId};
+use crate::option::{DEFAULT_EXPERIMENT_ID, DEFAULT_OPTION_KIND, OptionId};
 
 #[unsafe(no_mangle)]
 static OPTION_KIND: u8 = DEFAULT_OPTION_KIND;

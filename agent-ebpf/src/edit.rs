@@ -1,0 +1,39 @@
+//! Applies a [`StampPlan`]: grow the segment by the option, write it and the
+//! changed header fields, and update both checksums incrementally.
+
+use ackgate_common::kernel::frame::SkbFrame;
+use ackgate_common::net::{Frame, Ipv4Tcp};
+use ackgate_common::option::{CAPABILITY_LEN, CapabilityOption};
+use ackgate_common::stamp::{self, StampPlan, reason};
+use aya_ebpf::bindings::BPF_F_PSEUDO_HDR;
+use aya_ebpf::helpers::bpf_skb_change_tail;
+
+/// Size operand of the csum helpers for a 16-bit replacement.
+const CSUM_16: u64 = 2;
+
+#[inline(always)]
+pub fn stamp(frame: &SkbFrame, seg: &Ipv4Tcp, option: CapabilityOption) -> Result<(), u32> {
+    let plan = stamp::plan(seg, frame.len(), option)?;
+    let ctx = frame.ctx();
+    // The segment has no payload (the plan checked), so the new tail is
+    // exactly where the option goes: right after the existing options.
+    // SAFETY: helper on our own skb.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, (plan.tail + CAPABILITY_LEN) as u32, 0) } != 0 {
+        return Err(reason::ERR_RESIZE);
+    }
+    write(frame, &plan).map_err(|_| reason::ERR_WRITE)
+}
+
+#[inline(always)]
+fn write(frame: &SkbFrame, plan: &StampPlan) -> Result<(), i64> {
+    let ctx = frame.ctx();
+    ctx.store(plan.tail, &plan.option, 0)?;
+    ctx.store(plan.doff_off, &plan.doff_byte, 0)?;
+    ctx.store(plan.total_len_off, &plan.total_len.to, 0)?;
+    let (from, to) = plan.total_len.helper_args();
+    ctx.l3_csum_replace(plan.ip_check_off, from, to, CSUM_16)?;
+    let (from, to) = plan.tcp_word.helper_args();
+    ctx.l4_csum_replace(plan.tcp_check_off, from, to, CSUM_16)?;
+    let (from, to) = plan.pseudo_len.helper_args();
+    ctx.l4_csum_replace(plan.tcp_check_off, from, to, BPF_F_PSEUDO_HDR as u64 | CSUM_16)
+}

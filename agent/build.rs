@@ -1,0 +1,6 @@
+//! Builds the TC stamper and leaves the object in OUT_DIR.
+include!("../xtask/build_ebpf.rs");
+
+fn main() -> anyhow::Result<()> {
+    build_ebpf_package("ackgate-agent-ebpf")
+}

@@ -1,0 +1,2 @@
+//! The ackgate client agent.
+pub mod stamper;

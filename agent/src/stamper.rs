@@ -1,0 +1,157 @@
+//! Loading the TC stamper, attaching it to egress, and filling its maps.
+
+use std::collections::HashSet;
+
+use ackgate_common::abi::{
+    AgentIdentity, FlowKey, MAP_AGENT_COUNTERS, MAP_AGENT_IDENTITY, MAP_AGENT_STAMPED, MAP_AGENT_TARGETS, StampedFlow,
+    TargetKey, TargetPolicy,
+};
+use ackgate_common::counters::Counters;
+use ackgate_common::mac::MacKey;
+use ackgate_common::option::OptionId;
+use ackgate_common::stamp::reason;
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::programs::{ProgramError, SchedClassifier, TcAttachType, tc};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use thiserror::Error;
+
+pub const PROGRAM_NAME: &str = "ackgate_stamp";
+/// A do-nothing TC program in the same object (benchmark baseline).
+pub const PASS_PROGRAM_NAME: &str = "ackgate_tc_pass";
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-agent"));
+
+#[derive(Debug, Error)]
+pub enum StamperError {
+    #[error("loading the TC stamper failed: {0}")]
+    Load(#[source] Box<EbpfError>),
+    #[error("program {0} missing from the stamper object")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing from the stamper object")]
+    MissingMap(&'static str),
+    #[error("TC program error: {0}")]
+    Program(#[from] ProgramError),
+    #[error("attaching the stamper to egress of {iface} failed: {source}")]
+    Attach { iface: String, source: ProgramError },
+    #[error("{0:?} is not a valid interface name")]
+    BadInterfaceName(String),
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// One destination the agent stamps for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: [u8; 4],
+    /// 0: every port of `addr`.
+    pub port: u16,
+    /// Stamp SYNs too (the service is in stealth mode).
+    pub stealth: bool,
+}
+
+impl Target {
+    fn key(&self) -> TargetKey {
+        TargetKey::ipv4(self.addr, self.port.to_be_bytes())
+    }
+}
+
+/// The loaded stamper; attachments end when it is dropped.
+pub struct Stamper {
+    ebpf: Ebpf,
+}
+
+impl Stamper {
+    pub fn load(option: OptionId) -> Result<Self, StamperError> {
+        let ebpf = EbpfLoader::new()
+            .override_global("OPTION_KIND", &option.kind, true)
+            .override_global("OPTION_EXID", &option.exid, true)
+            .load(OBJECT)
+            .map_err(|e| StamperError::Load(Box::new(e)))?;
+        let mut stamper = Self { ebpf };
+        stamper.program()?.load()?;
+        stamper.pass_program()?.load()?;
+        Ok(stamper)
+    }
+
+    pub fn program(&mut self) -> Result<&mut SchedClassifier, StamperError> {
+        self.classifier(PROGRAM_NAME)
+    }
+
+    /// The do-nothing TC program.
+    pub fn pass_program(&mut self) -> Result<&mut SchedClassifier, StamperError> {
+        self.classifier(PASS_PROGRAM_NAME)
+    }
+
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, StamperError> {
+        let prog = self.ebpf.program_mut(name).ok_or(StamperError::MissingProgram(name))?;
+        prog.try_into().map_err(StamperError::Program)
+    }
+
+    /// Attaches the stamper to egress of `iface` (in the calling thread's
+    /// network namespace). Kernels from 6.6 use TCX links; older ones need
+    /// the clsact qdisc, added here if missing.
+    pub fn attach(&mut self, iface: &str) -> Result<(), StamperError> {
+        check_iface_name(iface)?;
+        let attach_err = |source| StamperError::Attach { iface: iface.to_owned(), source };
+        // EEXIST (already there) and "not needed" are both fine: the attach
+        // below reports what matters.
+        let _ = tc::qdisc_add_clsact(iface);
+        self.program()?.attach(iface, TcAttachType::Egress).map(drop).map_err(attach_err)
+    }
+
+    pub fn set_identity(&mut self, agent_id: u32, key: MacKey) -> Result<(), StamperError> {
+        let map = self.ebpf.map_mut(MAP_AGENT_IDENTITY).ok_or(StamperError::MissingMap(MAP_AGENT_IDENTITY))?;
+        let mut identity: Array<&mut MapData, AgentIdentity> =
+            Array::try_from(map).map_err(|source| StamperError::Map { map: MAP_AGENT_IDENTITY, source })?;
+        identity
+            .set(0, AgentIdentity { agent_id, enrolled: 1, key }, 0)
+            .map_err(|source| StamperError::Map { map: MAP_AGENT_IDENTITY, source })
+    }
+
+    /// Makes the target map equal to `targets`.
+    pub fn set_targets(&mut self, targets: &[Target]) -> Result<(), StamperError> {
+        let map_err = |source| StamperError::Map { map: MAP_AGENT_TARGETS, source };
+        let map = self.ebpf.map_mut(MAP_AGENT_TARGETS).ok_or(StamperError::MissingMap(MAP_AGENT_TARGETS))?;
+        let mut map: HashMap<&mut MapData, TargetKey, TargetPolicy> = HashMap::try_from(map).map_err(map_err)?;
+        let wanted: HashSet<TargetKey> = targets.iter().map(Target::key).collect();
+        for t in targets {
+            map.insert(t.key(), TargetPolicy { stamp_syn: u8::from(t.stealth), _pad0: 0, _pad1: 0 }, 0)
+                .map_err(map_err)?;
+        }
+        let stale: Vec<TargetKey> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
+        for k in stale {
+            map.remove(&k).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Result<Counters, StamperError> {
+        let map_err = |source| StamperError::Map { map: MAP_AGENT_COUNTERS, source };
+        let map = self.ebpf.map(MAP_AGENT_COUNTERS).ok_or(StamperError::MissingMap(MAP_AGENT_COUNTERS))?;
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(map_err)?;
+        Counters::read(&map, &reason::LABELS).map_err(map_err)
+    }
+
+    /// The most recently stamped flows, newest first.
+    pub fn recent_stamps(&self, limit: usize) -> Result<Vec<(FlowKey, StampedFlow)>, StamperError> {
+        let map = self.ebpf.map(MAP_AGENT_STAMPED).ok_or(StamperError::MissingMap(MAP_AGENT_STAMPED))?;
+        let map: HashMap<&MapData, FlowKey, StampedFlow> =
+            HashMap::try_from(map).map_err(|source| StamperError::Map { map: MAP_AGENT_STAMPED, source })?;
+        let mut flows: Vec<(FlowKey, StampedFlow)> = map.iter().filter_map(Result::ok).collect();
+        flows.sort_by_key(|(_, f)| std::cmp::Reverse(f.stamped_ns));
+        flows.truncate(limit);
+        Ok(flows)
+    }
+}
+
+/// Refuses names the kernel could never have (aya would panic on a NUL).
+fn check_iface_name(iface: &str) -> Result<(), StamperError> {
+    if iface.is_empty()
+        || iface.len() >= libc::IFNAMSIZ
+        || iface.contains(['\0', '/'])
+        || iface.contains(char::is_whitespace)
+    {
+        return Err(StamperError::BadInterfaceName(iface.to_owned()));
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! The one bounds-checked packet accessor, for XDP frames and TC skbs.
+
+use aya_ebpf::helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes};
+use aya_ebpf::programs::{TcContext, XdpContext};
+use core::mem::size_of;
+
+use crate::net::{Frame, Wire};
+use crate::option::MAX_OPTION_BYTES;
+
+/// An XDP frame.
+pub struct XdpFrame<'a> {
+    ctx: &'a XdpContext,
+}
+
+impl<'a> XdpFrame<'a> {
+    pub fn new(ctx: &'a XdpContext) -> Self {
+        Self { ctx }
+    }
+
+    pub fn ctx(&self) -> &XdpContext {
+        self.ctx
+    }
+
+    /// Writes `v` at `offset`, or `None` if it would run past the frame.
+    #[inline(always)]
+    pub fn store<T: Wire>(&self, offset: usize, v: &T) -> Option<()> {
+        let at = checked_ptr::<T>(self.ctx.data(), self.ctx.data_end(), offset)?;
+        // SAFETY: `checked_ptr` compared exactly this pointer with data_end.
+        unsafe { core::ptr::write_unaligned(at as *mut T, *v) };
+        Some(())
+    }
+}
+
+impl Frame for XdpFrame<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.ctx.data_end() - self.ctx.data()
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: usize, len: usize, dst: &mut [u8; MAX_OPTION_BYTES]) -> Option<()> {
+        if !copy_len_ok(len) {
+            return None;
+        }
+        // SAFETY: `dst` holds MAX_OPTION_BYTES >= len bytes; the helper
+        // checks the packet range itself.
+        let rc = unsafe { bpf_xdp_load_bytes(self.ctx.ctx, offset as u32, dst.as_mut_ptr().cast(), len as u32) };
+        (rc == 0).then_some(())
+    }
+
+    #[inline(always)]
+    fn load<T: Wire>(&self, offset: usize) -> Option<T> {
+        let at = checked_ptr::<T>(self.ctx.data(), self.ctx.data_end(), offset)?;
+        // SAFETY: `checked_ptr` compared exactly this pointer with data_end.
+        Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+}
+
+/// A socket buffer at TC. Header reads go to the linear part (`data` ..
+/// `data_end`); `len` is the whole packet, so that a large segment whose
+/// payload sits in page fragments still parses (its headers are linear).
+pub struct SkbFrame<'a> {
+    ctx: &'a TcContext,
+}
+
+impl<'a> SkbFrame<'a> {
+    pub fn new(ctx: &'a TcContext) -> Self {
+        Self { ctx }
+    }
+
+    pub fn ctx(&self) -> &TcContext {
+        self.ctx
+    }
+}
+
+impl Frame for SkbFrame<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.ctx.len() as usize
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: usize, len: usize, dst: &mut [u8; MAX_OPTION_BYTES]) -> Option<()> {
+        if !copy_len_ok(len) {
+            return None;
+        }
+        // SAFETY: as for XDP; bpf_skb_load_bytes also reads paged data.
+        let rc = unsafe {
+            bpf_skb_load_bytes(self.ctx.skb.skb as *const _, offset as u32, dst.as_mut_ptr().cast(), len as u32)
+        };
+        (rc == 0).then_some(())
+    }
+
+    #[inline(always)]
+    fn load<T: Wire>(&self, offset: usize) -> Option<T> {
+        let at = checked_ptr::<T>(self.ctx.data(), self.ctx.data_end(), offset)?;
+        // SAFETY: `checked_ptr` compared exactly this pointer with data_end.
+        Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+    }
+}
+
+/// Spelled out for the verifier: a copy helper's size must be provably
+/// within 1..=sizeof(dst).
+#[inline(always)]
+fn copy_len_ok(len: usize) -> bool {
+    len != 0 && len <= MAX_OPTION_BYTES
+}
+
+/// `data + offset` if `size_of::<T>()` bytes from there are before
+/// `data_end`.
+///
+/// The pointer goes through `black_box` so that LLVM cannot rebuild it from
+/// an earlier, differently checked pointer (common-subexpression merging of
+/// `data + off + k`). The verifier only credits the bounds check to the very
+/// register that was compared with data_end; without the barrier it rejects
+/// the program with "invalid access to packet ... R3 offset is outside of
+/// the packet". Callers re-read both values from the context on every call
+/// because bpf_xdp_adjust_tail and the skb resize helpers invalidate earlier
+/// packet pointers.
+#[inline(always)]
+fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<usize> {
+    let at = core::hint::black_box(data + offset);
+    if at + size_of::<T>() > data_end {
+        return None;
+    }
+    Some(at)
+}

@@ -1,0 +1,168 @@
+//! BPF_PROG_TEST_RUN table tests of the agent's TC stamper: packet in →
+//! reason counter and exact bytes out (the verdict is always TC_ACT_OK).
+
+use ackgate_agent::stamper::Target;
+use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
+use ackgate_common::option::OptionId;
+use ackgate_common::stamp::reason;
+use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY};
+use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp};
+use ackgate_tests::stamp_fixture::{TC_ACT_OK, TestStamper};
+
+const CLIENT: [u8; 4] = [10, 0, 0, 2];
+const GATEWAY: [u8; 4] = [10, 0, 0, 1];
+const STEALTH_GW: [u8; 4] = [10, 0, 0, 5];
+const ELSEWHERE: [u8; 4] = [10, 9, 9, 9];
+const PORT: u16 = 443;
+const ISN: u32 = 0x1000_0000;
+const SERVER_ISN: u32 = 0x7000_0000;
+const TIMESTAMPS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 5];
+
+fn targets() -> Vec<Target> {
+    vec![Target { addr: GATEWAY, port: 0, stealth: false }, Target { addr: STEALTH_GW, port: PORT, stealth: true }]
+}
+
+fn syn(daddr: [u8; 4], sport: u16) -> TcpFrame {
+    TcpFrame { seq: ISN, ..TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_SYN) }.linux_syn_options()
+}
+
+fn handshake_ack(daddr: [u8; 4], sport: u16) -> TcpFrame {
+    TcpFrame {
+        seq: ISN + 1,
+        ack: SERVER_ISN + 1,
+        tcp_options: TIMESTAMPS.to_vec(),
+        ..TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_ACK)
+    }
+}
+
+/// Runs `input`, asserts TC_ACT_OK and exactly one count of `why`, and
+/// returns the bytes that left.
+fn run(st: &mut TestStamper, name: &str, input: &[u8], why: u32) -> Vec<u8> {
+    let before = st.counters();
+    let out = st.run(input);
+    let bumped: Vec<(&str, u64)> = st.counters().since(&before).labelled().filter(|(_, n)| *n != 0).collect();
+    assert_eq!(out.action, TC_ACT_OK, "{name}: the stamper must never drop or redirect");
+    assert_eq!(bumped, vec![(reason::LABELS[why as usize], 1)], "{name}: expected exactly one count of that reason");
+    out.frame
+}
+
+#[test]
+fn handshake_ack_with_timestamps_gets_the_option_and_valid_checksums() {
+    let mut st = TestStamper::new(&targets(), true);
+    let s = syn(GATEWAY, 40000).build();
+    assert_eq!(run(&mut st, "SYN", &s, reason::SYN_RECORDED), s, "a non-stealth SYN must leave unchanged");
+    let ack = handshake_ack(GATEWAY, 40000);
+    let out = run(&mut st, "handshake ACK", &ack.build(), reason::STAMPED_ACK);
+    let mut expected = ack.clone();
+    stamp::ack(&mut expected, OptionId::default(), AGENT_ID, &AGENT_KEY);
+    assert_checksums(&out, 14);
+    assert_eq!(out, expected.build(), "stamped ACK differs from timestamps + capability with recomputed checksums");
+    let again = ack.build();
+    assert_eq!(
+        run(&mut st, "second ACK of the flow", &again, reason::PASS_NOT_HANDSHAKE),
+        again,
+        "only the first ACK of a flow may be stamped"
+    );
+    let recent = st.stamper.recent_stamps(10).expect("stamped flows readable");
+    assert_eq!(recent.len(), 1, "the stamped flow must be listed for status: {recent:?}");
+    assert_eq!(recent[0].0.client_v4(), (CLIENT, 40000));
+}
+
+#[test]
+fn stealth_syn_is_stamped_with_the_time_bound_mac() {
+    let mut st = TestStamper::new(&targets(), true);
+    let input = syn(STEALTH_GW, 40001);
+    let before = stamp::tai_tick();
+    let out = run(&mut st, "stealth SYN", &input.build(), reason::STAMPED_SYN);
+    let after = stamp::tai_tick();
+    assert_checksums(&out, 14);
+    let expect_at = |tick| {
+        let mut f = input.clone();
+        stamp::syn(&mut f, OptionId::default(), AGENT_ID, &AGENT_KEY, tick);
+        f.build()
+    };
+    assert!(
+        out == expect_at(before) || out == expect_at(after),
+        "stamped SYN is not the Linux SYN options + capability for the current tick: {out:02x?}"
+    );
+    // The handshake ACK of the same flow is stamped as well.
+    let ack = handshake_ack(STEALTH_GW, 40001);
+    run(&mut st, "stealth handshake ACK", &ack.build(), reason::STAMPED_ACK);
+}
+
+#[test]
+fn other_traffic_leaves_byte_for_byte() {
+    let mut st = TestStamper::new(&targets(), true);
+    let mut udp = TcpFrame::new(CLIENT, 5353, GATEWAY, 53, 0);
+    udp.proto = 17;
+    let mut data = handshake_ack(GATEWAY, 40010);
+    data.flags = TCP_ACK | TCP_PSH;
+    data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    let rows: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("SYN elsewhere", syn(ELSEWHERE, 40002).build(), reason::PASS_NOT_TARGET),
+        ("ACK elsewhere", handshake_ack(ELSEWHERE, 40002).build(), reason::PASS_NOT_TARGET),
+        ("ACK to the gateway without a SYN before", handshake_ack(GATEWAY, 40003).build(), reason::PASS_NOT_HANDSHAKE),
+        ("data to the gateway", data.build(), reason::PASS_NOT_HANDSHAKE),
+        (
+            "FIN to the gateway",
+            TcpFrame::new(CLIENT, 40004, GATEWAY, PORT, TCP_FIN | TCP_ACK).build(),
+            reason::PASS_NOT_HANDSHAKE,
+        ),
+        (
+            "stealth gateway, other port",
+            TcpFrame { dport: 80, ..syn(STEALTH_GW, 40005) }.build(),
+            reason::PASS_NOT_TARGET,
+        ),
+        ("UDP", udp.build(), reason::PASS_NOT_TCP),
+        ("ARP", arp(), reason::PASS_NOT_IPV4),
+    ];
+    for (name, input, why) in rows {
+        assert_eq!(run(&mut st, name, &input, why), input, "{name}: bytes changed");
+    }
+}
+
+#[test]
+fn segments_without_room_or_identity_go_out_unstamped_and_counted() {
+    let mut st = TestStamper::new(&targets(), true);
+    // 40 bytes of options on a stealth SYN: no room for 20 more.
+    let mut full_syn = syn(STEALTH_GW, 40020);
+    full_syn.tcp_options.extend_from_slice(&[1; 20]);
+    let input = full_syn.build();
+    assert_eq!(run(&mut st, "full SYN", &input, reason::SKIP_NO_ROOM), input);
+    // A handshake ACK with 28 bytes of options: 48 + 20 > 60.
+    let s = syn(GATEWAY, 40021).build();
+    run(&mut st, "SYN", &s, reason::SYN_RECORDED);
+    let mut full_ack = handshake_ack(GATEWAY, 40021);
+    full_ack.tcp_options.extend_from_slice(&[1; 16]);
+    let input = full_ack.build();
+    assert_eq!(run(&mut st, "full ACK", &input, reason::SKIP_NO_ROOM), input);
+    // Data on the handshake ACK (TCP Fast Open style) cannot take a tail option.
+    run(&mut st, "SYN", &syn(GATEWAY, 40022).build(), reason::SYN_RECORDED);
+    let mut tfo = handshake_ack(GATEWAY, 40022);
+    tfo.payload = b"hello".to_vec();
+    let input = tfo.build();
+    assert_eq!(run(&mut st, "ACK with data", &input, reason::SKIP_PAYLOAD), input);
+
+    let mut unenrolled = TestStamper::new(&targets(), false);
+    run(&mut unenrolled, "SYN", &syn(GATEWAY, 40023).build(), reason::SYN_RECORDED);
+    let input = handshake_ack(GATEWAY, 40023).build();
+    assert_eq!(run(&mut unenrolled, "ACK before enrollment", &input, reason::SKIP_NO_IDENTITY), input);
+}
+
+#[test]
+fn an_already_stamped_ack_is_not_stamped_twice() {
+    let mut st = TestStamper::new(&targets(), true);
+    run(&mut st, "SYN", &syn(GATEWAY, 40030).build(), reason::SYN_RECORDED);
+    let mut ack = handshake_ack(GATEWAY, 40030);
+    stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
+    let input = ack.build();
+    assert_eq!(run(&mut st, "stamped ACK", &input, reason::SKIP_ALREADY_STAMPED), input);
+}
+
+fn arp() -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&[0; 20]);
+    f
+}
