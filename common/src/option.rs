@@ -85,6 +85,48 @@ impl Default for OptionId {
     }
 }
 
+/// The `[option]` table of the gateway's and the agent's TOML configs; both
+/// ends must agree.
+#[cfg(feature = "proto")]
+#[derive(Clone, Copy, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionSection {
+    /// TCP option kind: 253 or 254 (RFC 4727 experimental).
+    #[serde(default = "default_kind")]
+    pub kind: u8,
+    /// RFC 6994 experiment id that follows the kind.
+    #[serde(default = "default_exid")]
+    pub experiment_id: u16,
+}
+
+#[cfg(feature = "proto")]
+impl Default for OptionSection {
+    fn default() -> Self {
+        Self { kind: DEFAULT_OPTION_KIND, experiment_id: DEFAULT_EXPERIMENT_ID }
+    }
+}
+
+#[cfg(feature = "proto")]
+impl OptionSection {
+    /// The option these settings name, or why they are unusable.
+    pub fn option_id(&self) -> Result<OptionId, std::string::String> {
+        if matches!(self.kind, 0..=1) {
+            return Err(std::format!("option.kind = {} is EOL/NOP; use an experimental kind (253 or 254)", self.kind));
+        }
+        Ok(OptionId { kind: self.kind, exid: self.experiment_id })
+    }
+}
+
+#[cfg(feature = "proto")]
+fn default_kind() -> u8 {
+    DEFAULT_OPTION_KIND
+}
+
+#[cfg(feature = "proto")]
+fn default_exid() -> u16 {
+    DEFAULT_EXPERIMENT_ID
+}
+
 /// What the option list says about the capability.
 ///
 /// A tag only: the option's fields travel beside it in [`OptionScan`]. An

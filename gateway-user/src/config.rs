@@ -31,7 +31,7 @@ use ackgate_common::abi::{
     FAMILY_IPV4, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET, ServiceKey, ServicePolicy, port_field, v4_words,
 };
 use ackgate_common::mac::MacKey;
-use ackgate_common::option::{DEFAULT_EXPERIMENT_ID, DEFAULT_OPTION_KIND, OptionId};
+use ackgate_common::option::{OptionId, OptionSection};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -79,29 +79,6 @@ fn default_xdp_mode() -> XdpMode {
 
 fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptionSection {
-    #[serde(default = "default_kind")]
-    pub kind: u8,
-    #[serde(default = "default_exid")]
-    pub experiment_id: u16,
-}
-
-impl Default for OptionSection {
-    fn default() -> Self {
-        Self { kind: DEFAULT_OPTION_KIND, experiment_id: DEFAULT_EXPERIMENT_ID }
-    }
-}
-
-fn default_kind() -> u8 {
-    DEFAULT_OPTION_KIND
-}
-
-fn default_exid() -> u16 {
-    DEFAULT_EXPERIMENT_ID
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -161,12 +138,7 @@ impl Config {
         if self.gateway.edge_interface.is_empty() {
             return Err(ConfigError::Invalid("gateway.edge_interface is empty".into()));
         }
-        if matches!(self.option.kind, 0..=1) {
-            return Err(ConfigError::Invalid(format!(
-                "option.kind = {} is EOL/NOP; use an experimental kind (253 or 254)",
-                self.option.kind
-            )));
-        }
+        self.option.option_id().map_err(ConfigError::Invalid)?;
         let mut seen = std::collections::HashSet::new();
         for s in &self.services {
             self.service_v4(s)?;

@@ -1,11 +1,14 @@
 //! ackgate gateway userspace: configuration, loading and attaching the XDP
-//! gate, its maps, counters and events.
+//! gate, its maps, counters and events; the private CA and the agents'
+//! enrollment and TLS sessions.
 
+pub mod agents;
 pub mod bpffs;
 pub mod config;
 pub mod counters;
 pub mod events;
 pub mod gate;
+pub mod pki;
 
 /// The XDP gate object, built by build.rs.
 pub static GATE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-gateway"));

@@ -1,0 +1,239 @@
+//! The agent's one session with the gateway (DESIGN.md §4): outbound TLS 1.3
+//! with the enrolled client certificate, login once per session, answers to
+//! profile requests, and reconnects with jittered exponential backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ackgate_common::proto::{
+    Hello, Login, Message, MessageCodec, Profile, ProfileAnswer, ProfileRequest, ProtoError, profile_proof,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio_util::codec::Framed;
+use zeroize::Zeroizing;
+
+use crate::config::SessionSection;
+use crate::state::Enrollment;
+use crate::tls::{self, TlsError};
+
+/// The user's credentials, kept in memory only (zeroed on drop).
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: Zeroizing<String>,
+}
+
+/// Result of the last login, as the gateway answered it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LoginOutcome {
+    pub user: String,
+    pub accepted: bool,
+    pub message: String,
+}
+
+/// What `status` shows of the session.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct SessionStatus {
+    /// "connecting", "connected" or "waiting to reconnect".
+    pub state: String,
+    pub gateway: String,
+    pub connects: u64,
+    pub profile_requests: u64,
+    pub last_error: Option<String>,
+    pub login: Option<LoginOutcome>,
+    /// Unix seconds of the last state change.
+    pub since_unix: u64,
+}
+
+/// State shared between the session task and the control socket.
+pub struct Shared {
+    status: Mutex<SessionStatus>,
+    credentials: Mutex<Option<Credentials>>,
+    login_changed: Notify,
+    login_outcome: watch::Sender<Option<LoginOutcome>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Shared {
+    pub fn new(gateway: &str) -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(SessionStatus { state: "connecting".into(), gateway: gateway.into(), ..Default::default() }),
+            credentials: Mutex::new(None),
+            login_changed: Notify::new(),
+            login_outcome: watch::channel(None).0,
+        })
+    }
+
+    pub fn status(&self) -> SessionStatus {
+        lock(&self.status).clone()
+    }
+
+    fn set_state(&self, state: &str, error: Option<String>) {
+        let mut s = lock(&self.status);
+        s.state = state.into();
+        s.since_unix = now_unix();
+        if error.is_some() {
+            s.last_error = error;
+        }
+    }
+
+    /// Replaces the credentials and logs in on the live session (or on the
+    /// next one). Returns a receiver that sees the gateway's verdict.
+    pub fn set_credentials(&self, c: Option<Credentials>) -> watch::Receiver<Option<LoginOutcome>> {
+        let rx = self.login_outcome.subscribe();
+        *lock(&self.credentials) = c;
+        self.login_outcome.send_replace(None);
+        lock(&self.status).login = None;
+        self.login_changed.notify_one();
+        rx
+    }
+
+    fn record_login(&self, outcome: LoginOutcome) {
+        lock(&self.status).login = Some(outcome.clone());
+        self.login_outcome.send_replace(Some(outcome));
+    }
+}
+
+/// What a session needs that does not change between reconnects.
+pub struct Identity {
+    pub enrollment: Enrollment,
+    pub machine: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Protocol(#[from] ProtoError),
+}
+
+/// Keeps a session up until `shutdown` turns true.
+pub async fn run(identity: Arc<Identity>, shared: Arc<Shared>, cfg: SessionSection, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = cfg.reconnect_min();
+    loop {
+        shared.set_state("connecting", None);
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = serve_once(&identity, &shared, &cfg) => r,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let error = match result {
+            Ok(()) => "the gateway closed the session".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!("gateway session: {error}");
+        // A session that lasted resets the backoff; a failing one doubles it.
+        if started.elapsed() > cfg.reconnect_max() {
+            backoff = cfg.reconnect_min();
+        }
+        let wait = jitter(backoff);
+        shared.set_state("waiting to reconnect", Some(error));
+        backoff = (backoff * 2).min(cfg.reconnect_max());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Between half and all of `d`, so that agents cut off together do not
+/// reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+}
+
+async fn serve_once(identity: &Identity, shared: &Shared, cfg: &SessionSection) -> Result<(), SessionError> {
+    let e = &identity.enrollment;
+    let stream = tls::connect(&e.info.gateway, tls::session_config(e)?, cfg.connect_timeout()).await?;
+    let mut conn = Framed::new(stream, MessageCodec::default());
+    let hello = Hello {
+        agent_id: e.info.agent_id,
+        install_serial: e.info.install_serial.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    conn.send(Message::Hello(hello)).await?;
+    let welcome = match tokio::time::timeout(cfg.connect_timeout(), conn.next()).await {
+        Err(_) => return Err(ProtoError::Timeout { what: "Welcome", after: cfg.connect_timeout() }.into()),
+        Ok(None) => return Err(ProtoError::Closed.into()),
+        Ok(Some(m)) => match m? {
+            Message::Welcome(w) => w,
+            Message::Error(report) => return Err(ProtoError::Remote(report).into()),
+            other => return Err(ProtoError::Unexpected { want: "Welcome", got: other.name() }.into()),
+        },
+    };
+    {
+        let mut s = lock(&shared.status);
+        s.connects += 1;
+    }
+    shared.set_state("connected", None);
+    tracing::info!(session = welcome.session_id, "gateway session open");
+    let silence_limit = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)) * 3);
+    let mut proof_key: Option<[u8; 32]> = None;
+    let mut pending_login: Option<String> = None;
+    let credentials = lock(&shared.credentials).clone();
+    if let Some(c) = credentials {
+        pending_login = Some(c.user.clone());
+        conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
+    }
+    loop {
+        tokio::select! {
+            msg = tokio::time::timeout(silence_limit, conn.next()) => {
+                let msg = match msg {
+                    Err(_) => return Err(ProtoError::Timeout { what: "message or ping from the gateway", after: silence_limit }.into()),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(m)) => m?,
+                };
+                match msg {
+                    Message::ProfileRequest(req) => {
+                        lock(&shared.status).profile_requests += 1;
+                        let user = lock(&shared.credentials).as_ref().map(|c| c.user.clone()).unwrap_or_default();
+                        let answer = answer(identity, &req, user, proof_key.as_ref());
+                        conn.send(Message::ProfileAnswer(answer)).await?;
+                    }
+                    Message::LoginResult(r) => {
+                        proof_key = r.accepted.then_some(r.proof_key);
+                        let user = pending_login.take().unwrap_or_default();
+                        shared.record_login(LoginOutcome { user, accepted: r.accepted, message: r.message });
+                    }
+                    Message::Ping(n) => conn.send(Message::Pong(n)).await?,
+                    Message::Pong(_) => {}
+                    Message::Error(report) => return Err(ProtoError::Remote(report).into()),
+                    other => return Err(ProtoError::Unexpected { want: "ProfileRequest, LoginResult or Ping", got: other.name() }.into()),
+                }
+            }
+            _ = shared.login_changed.notified() => {
+                proof_key = None;
+                let credentials = lock(&shared.credentials).clone();
+                if let Some(c) = credentials {
+                    pending_login = Some(c.user.clone());
+                    conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
+                }
+            }
+        }
+    }
+}
+
+/// The profile for `req`. Without an accepted login the proof is zero and
+/// the gateway records the attempt as a potential user.
+pub fn answer(identity: &Identity, req: &ProfileRequest, user: String, proof_key: Option<&[u8; 32]>) -> ProfileAnswer {
+    let mut profile = Profile {
+        user,
+        proof: [0; 32],
+        machine: identity.machine,
+        install_serial: identity.enrollment.info.install_serial.clone(),
+    };
+    if let Some(key) = proof_key {
+        profile.proof = profile_proof(key, req, &profile);
+    }
+    ProfileAnswer { request_id: req.request_id, nonce: req.nonce, profile }
+}

@@ -1,0 +1,174 @@
+//! Agents, invites and user credentials as the agent server needs them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ackgate_common::mac::MacKey;
+use ackgate_common::proto::{ErrorCode, Invite, invite_secret_digest};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+/// Why an enrollment was refused (sent to the agent as is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnrollRefusal {
+    #[error("unknown invite or wrong secret")]
+    BadInvite,
+    #[error("the invite has expired; ask for a new one")]
+    Expired,
+    #[error("the invite was already used; ask for a new one")]
+    Used,
+}
+
+impl EnrollRefusal {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            EnrollRefusal::BadInvite => ErrorCode::BadInvite,
+            EnrollRefusal::Expired => ErrorCode::InviteExpired,
+            EnrollRefusal::Used => ErrorCode::InviteUsed,
+        }
+    }
+}
+
+/// An agent as enrollment creates it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAgent {
+    pub hostname: String,
+    pub install_serial: String,
+    pub mac_key: MacKey,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    pub agent_id: u32,
+    pub hostname: String,
+    pub install_serial: String,
+    pub mac_key: MacKey,
+    /// SHA-256 of the client certificate the agent authenticates with.
+    pub cert_sha256: Option<[u8; 32]>,
+}
+
+/// What the agent server asks of the user store.
+pub trait Directory: Send + Sync + 'static {
+    /// Checks and consumes invite `invite_id` and records a new agent, in
+    /// one step: a second redemption of the same invite fails.
+    fn enroll(&self, invite_id: u64, secret: &[u8; 32], agent: NewAgent) -> Result<u32, EnrollRefusal>;
+    /// Binds the certificate issued to `agent_id`.
+    fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]);
+    /// The agent that authenticates with this certificate.
+    fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord>;
+    /// Checks a password against the user's stored argon2id hash. Slow on
+    /// purpose: the server calls it once per session, off the async threads.
+    fn verify_password(&self, user: &str, password: &str) -> bool;
+}
+
+/// argon2id PHC string of `password` with a fresh salt.
+pub fn hash_password(password: &str) -> String {
+    let salt_bytes: [u8; 16] = rand::random();
+    // 16 bytes always encode to a valid salt, and hashing with the default
+    // parameters and a valid salt cannot fail.
+    SaltString::encode_b64(&salt_bytes)
+        .and_then(|salt| Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()))
+        .unwrap_or_default()
+}
+
+struct InviteRecord {
+    digest: [u8; 32],
+    expires_unix: u64,
+    used: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    invites: HashMap<u64, InviteRecord>,
+    agents: HashMap<u32, AgentRecord>,
+    users: HashMap<String, String>,
+    next_agent: u32,
+    next_invite: u64,
+}
+
+/// An in-memory [`Directory`] (tests, demos).
+#[derive(Default)]
+pub struct MemoryDirectory {
+    inner: Mutex<Inner>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl MemoryDirectory {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; go on.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new one-time invite for an agent connecting to `gateway`.
+    pub fn create_invite(&self, gateway: &str, ca_sha256: [u8; 32], valid_for: Duration) -> Invite {
+        let secret: [u8; 32] = rand::random();
+        let expires_unix = now_unix() + valid_for.as_secs();
+        let mut inner = self.lock();
+        inner.next_invite += 1;
+        let invite_id = inner.next_invite;
+        inner
+            .invites
+            .insert(invite_id, InviteRecord { digest: invite_secret_digest(&secret), expires_unix, used: false });
+        Invite { gateway: gateway.to_owned(), ca_sha256, invite_id, secret, expires_unix }
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        let hash = hash_password(password);
+        self.lock().users.insert(name.to_owned(), hash);
+    }
+
+    pub fn agent(&self, agent_id: u32) -> Option<AgentRecord> {
+        self.lock().agents.get(&agent_id).cloned()
+    }
+}
+
+impl Directory for MemoryDirectory {
+    fn enroll(&self, invite_id: u64, secret: &[u8; 32], agent: NewAgent) -> Result<u32, EnrollRefusal> {
+        let mut inner = self.lock();
+        let invite = inner.invites.get_mut(&invite_id).ok_or(EnrollRefusal::BadInvite)?;
+        if invite.digest != invite_secret_digest(secret) {
+            return Err(EnrollRefusal::BadInvite);
+        }
+        if invite.used {
+            return Err(EnrollRefusal::Used);
+        }
+        if invite.expires_unix < now_unix() {
+            return Err(EnrollRefusal::Expired);
+        }
+        invite.used = true;
+        inner.next_agent += 1;
+        let agent_id = inner.next_agent;
+        inner.agents.insert(
+            agent_id,
+            AgentRecord {
+                agent_id,
+                hostname: agent.hostname,
+                install_serial: agent.install_serial,
+                mac_key: agent.mac_key,
+                cert_sha256: None,
+            },
+        );
+        Ok(agent_id)
+    }
+
+    fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) {
+        if let Some(a) = self.lock().agents.get_mut(&agent_id) {
+            a.cert_sha256 = Some(cert_sha256);
+        }
+    }
+
+    fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord> {
+        self.lock().agents.values().find(|a| a.cert_sha256.as_ref() == Some(cert_sha256)).cloned()
+    }
+
+    fn verify_password(&self, user: &str, password: &str) -> bool {
+        let Some(stored) = self.lock().users.get(user).cloned() else {
+            return false;
+        };
+        PasswordHash::new(&stored).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    }
+}

@@ -1,0 +1,12 @@
+//! The gateway side of the agents' control channel (DESIGN.md §4):
+//! enrollment with invites, the mutually authenticated TLS 1.3 sessions,
+//! login (the slow KDF, once per session) and per-flow profile requests.
+//!
+//! What the gateway knows about agents, invites and users sits behind
+//! [`Directory`]; [`MemoryDirectory`] keeps it in memory.
+
+mod directory;
+mod server;
+
+pub use directory::{AgentRecord, Directory, EnrollRefusal, MemoryDirectory, NewAgent, hash_password};
+pub use server::{AgentServer, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

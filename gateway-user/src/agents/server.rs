@@ -1,0 +1,364 @@
+//! The agent listener: TLS 1.3 with the gateway CA, enrollment on
+//! connections without a client certificate, sessions on connections with
+//! one, and per-flow profile requests over the live sessions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ackgate_common::mac::MacKey;
+use ackgate_common::proto::{
+    Enrolled, ErrorCode, ErrorReport, FlowSummary, LoginResult, Message, MessageCodec, Profile, ProfileAnswer,
+    ProfileRequest, ProtoError, Welcome, verify_profile_proof,
+};
+use futures_util::{SinkExt, StreamExt};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
+
+use super::directory::{Directory, NewAgent};
+use crate::pki::{Ca, PkiError};
+
+type Conn = Framed<TlsStream<TcpStream>, MessageCodec>;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Time for the TLS handshake and for each expected reply.
+    pub handshake_timeout: Duration,
+    /// Ping interval; three missed pongs end the session.
+    pub heartbeat: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { handshake_timeout: Duration::from_secs(10), heartbeat: Duration::from_secs(15) }
+    }
+}
+
+/// The answer to a profile request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileOutcome {
+    pub agent_id: u32,
+    pub profile: Profile,
+    /// The proof verified under the session's login: the user named in the
+    /// profile logged in with the right password during this session.
+    pub proof_valid: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProfileError {
+    #[error("agent {0} has no session")]
+    NoSession(u32),
+    #[error("agent {0} did not answer within {1:?}")]
+    Timeout(u32, Duration),
+    #[error("the session of agent {0} closed before it answered")]
+    SessionClosed(u32),
+}
+
+/// Counters of the listener (all since start).
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    pub enrolled: AtomicU64,
+    pub enroll_refused: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub logins_accepted: AtomicU64,
+    pub logins_refused: AtomicU64,
+    /// Answers to no outstanding request, or with the wrong nonce: replays.
+    pub answers_refused: AtomicU64,
+}
+
+struct Pending {
+    request: ProfileRequest,
+    reply: oneshot::Sender<ProfileAnswer>,
+}
+
+struct Session {
+    id: u64,
+    outbound: mpsc::Sender<Message>,
+    proof_key: Mutex<Option<[u8; 32]>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+}
+
+pub struct AgentServer {
+    acceptor: TlsAcceptor,
+    ca: Ca,
+    directory: Arc<dyn Directory>,
+    config: ServerConfig,
+    sessions: Mutex<HashMap<u32, Arc<Session>>>,
+    next_id: AtomicU64,
+    pub stats: SessionStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AgentServer {
+    pub fn new(ca: Ca, directory: Arc<dyn Directory>, config: ServerConfig) -> Result<Arc<Self>, PkiError> {
+        let identity = ca.issue_server()?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).map_err(|e| PkiError::Tls(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // Enrollment connections have no client certificate yet; sessions
+        // must present one (checked per connection below).
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .and_then(|b| Ok(b.with_client_cert_verifier(verifier).with_single_cert(identity.chain, identity.key)?))
+            .map_err(|e| PkiError::Tls(e.to_string()))?;
+        Ok(Arc::new(Self {
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+            ca,
+            directory,
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stats: SessionStats::default(),
+        }))
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
+            let server = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.connection(tcp).await {
+                    tracing::info!(%peer, "agent connection ended: {e}");
+                }
+            });
+        }
+    }
+
+    /// Agents with a live session.
+    pub fn connected(&self) -> Vec<u32> {
+        lock(&self.sessions).keys().copied().collect()
+    }
+
+    /// Asks agent `agent_id` who is behind `flow` and checks the answer.
+    pub async fn request_profile(
+        &self,
+        agent_id: u32,
+        flow: FlowSummary,
+        timeout: Duration,
+    ) -> Result<ProfileOutcome, ProfileError> {
+        let session = lock(&self.sessions).get(&agent_id).cloned().ok_or(ProfileError::NoSession(agent_id))?;
+        let request = ProfileRequest { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), nonce: rand::random(), flow };
+        let (reply, answer) = oneshot::channel();
+        lock(&session.pending).insert(request.request_id, Pending { request: request.clone(), reply });
+        if session.outbound.send(Message::ProfileRequest(request.clone())).await.is_err() {
+            return Err(ProfileError::SessionClosed(agent_id));
+        }
+        let answer = match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => return Err(ProfileError::SessionClosed(agent_id)),
+            Err(_) => {
+                lock(&session.pending).remove(&request.request_id);
+                return Err(ProfileError::Timeout(agent_id, timeout));
+            }
+        };
+        let key = *lock(&session.proof_key);
+        let proof_valid = key.is_some_and(|k| verify_profile_proof(&k, &request, &answer.profile));
+        Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid })
+    }
+
+    async fn connection(self: Arc<Self>, tcp: TcpStream) -> Result<(), ProtoError> {
+        let _ = tcp.set_nodelay(true);
+        let after = self.config.handshake_timeout;
+        let tls = tokio::time::timeout(after, self.acceptor.accept(tcp))
+            .await
+            .map_err(|_| ProtoError::Timeout { what: "TLS handshake", after })??;
+        let peer_cert: Option<[u8; 32]> =
+            tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Sha256::digest(c).into());
+        let mut conn = Framed::new(tls, MessageCodec::default());
+        let first = self.recv(&mut conn, "the first message").await?;
+        match (peer_cert, first) {
+            (None, Message::EnrollRequest(req)) => self.enroll(&mut conn, req).await,
+            (Some(cert), Message::Hello(hello)) => self.session(conn, cert, hello).await,
+            (_, other) => {
+                let e = ProtoError::Unexpected { want: "EnrollRequest or Hello", got: other.name() };
+                refuse(&mut conn, ErrorCode::UnexpectedMessage, &e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn recv(&self, conn: &mut Conn, what: &'static str) -> Result<Message, ProtoError> {
+        let after = self.config.handshake_timeout;
+        match tokio::time::timeout(after, conn.next()).await {
+            Err(_) => Err(ProtoError::Timeout { what, after }),
+            Ok(None) => Err(ProtoError::Closed),
+            Ok(Some(Ok(m))) => Ok(m),
+            Ok(Some(Err(e))) => Err(self.bad_frame(conn, e).await),
+        }
+    }
+
+    /// Tells the peer what was wrong with its frame (if the stream still
+    /// works) and hands the error back for the log.
+    async fn bad_frame(&self, conn: &mut Conn, e: ProtoError) -> ProtoError {
+        if matches!(e, ProtoError::Oversize | ProtoError::Version { .. } | ProtoError::Decode(_) | ProtoError::Empty) {
+            self.stats.bad_frames.fetch_add(1, Ordering::Relaxed);
+            refuse(conn, ErrorCode::BadFrame, &e.to_string()).await;
+        }
+        e
+    }
+
+    async fn enroll(&self, conn: &mut Conn, req: ackgate_common::proto::EnrollRequest) -> Result<(), ProtoError> {
+        let mac_key: [u8; 16] = rand::random();
+        let agent = NewAgent {
+            hostname: req.hostname.clone(),
+            install_serial: req.install_serial.clone(),
+            mac_key: MacKey::from_bytes(mac_key),
+        };
+        let agent_id = match self.directory.enroll(req.invite_id, &req.secret, agent) {
+            Ok(id) => id,
+            Err(refusal) => {
+                self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
+                refuse(conn, refusal.code(), &refusal.to_string()).await;
+                return Err(ProtoError::Remote(ErrorReport { code: refusal.code(), message: refusal.to_string() }));
+            }
+        };
+        let cert = match self.ca.sign_agent(&req.csr_der, agent_id) {
+            Ok(cert) => cert,
+            Err(e) => {
+                refuse(conn, ErrorCode::BadFrame, &e.to_string()).await;
+                return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::BadFrame, message: e.to_string() }));
+            }
+        };
+        self.directory.bind_certificate(agent_id, Sha256::digest(&cert).into());
+        self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(agent_id, hostname = %req.hostname, "agent enrolled");
+        let answer =
+            Enrolled { agent_id, mac_key, cert_der: cert.to_vec(), ca_der: self.ca.cert_der().to_vec() };
+        conn.send(Message::Enrolled(answer)).await?;
+        conn.close().await
+    }
+
+    async fn session(
+        self: Arc<Self>,
+        mut conn: Conn,
+        cert: [u8; 32],
+        hello: ackgate_common::proto::Hello,
+    ) -> Result<(), ProtoError> {
+        let agent = match self.directory.agent_by_certificate(&cert) {
+            Some(a) if a.agent_id == hello.agent_id => a,
+            _ => {
+                self.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("agent {} is not enrolled here (or was revoked)", hello.agent_id);
+                refuse(&mut conn, ErrorCode::UnknownAgent, &msg).await;
+                return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::UnknownAgent, message: msg }));
+            }
+        };
+        let (outbound, mut queue) = mpsc::channel(256);
+        let session = Arc::new(Session {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            outbound,
+            proof_key: Mutex::new(None),
+            pending: Mutex::new(HashMap::new()),
+        });
+        // A reconnecting agent replaces its old session.
+        lock(&self.sessions).insert(agent.agent_id, session.clone());
+        self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(agent_id = agent.agent_id, "agent session open");
+        let heartbeat_secs = self.config.heartbeat.as_secs().max(1) as u32;
+        let result = async {
+            conn.send(Message::Welcome(Welcome { session_id: session.id, heartbeat_secs })).await?;
+            let mut ticker = tokio::time::interval(self.config.heartbeat);
+            let mut last_heard = Instant::now();
+            loop {
+                tokio::select! {
+                    msg = conn.next() => {
+                        let msg = match msg {
+                            None => return Err(ProtoError::Closed),
+                            Some(Ok(m)) => m,
+                            Some(Err(e)) => return Err(self.bad_frame(&mut conn, e).await),
+                        };
+                        last_heard = Instant::now();
+                        self.on_session_message(&mut conn, &session, msg).await?;
+                    }
+                    Some(out) = queue.recv() => conn.send(out).await?,
+                    _ = ticker.tick() => {
+                        if last_heard.elapsed() > self.config.heartbeat * 3 {
+                            return Err(ProtoError::Timeout { what: "sign of life", after: self.config.heartbeat * 3 });
+                        }
+                        conn.send(Message::Ping(session.id)).await?;
+                    }
+                }
+            }
+        }
+        .await;
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(&agent.agent_id).is_some_and(|s| s.id == session.id) {
+            sessions.remove(&agent.agent_id);
+        }
+        result
+    }
+
+    async fn on_session_message(&self, conn: &mut Conn, session: &Session, msg: Message) -> Result<(), ProtoError> {
+        match msg {
+            Message::Login(login) => {
+                let directory = self.directory.clone();
+                let user = login.user.clone();
+                // argon2id takes tens of milliseconds of CPU: off the
+                // reactor, and once per session.
+                let ok = tokio::task::spawn_blocking(move || directory.verify_password(&login.user, &login.password))
+                    .await
+                    .unwrap_or(false);
+                let result = if ok {
+                    self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
+                    let key: [u8; 32] = rand::random();
+                    *lock(&session.proof_key) = Some(key);
+                    LoginResult { accepted: true, proof_key: key, message: format!("logged in as {user}") }
+                } else {
+                    self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+                    *lock(&session.proof_key) = None;
+                    LoginResult { accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
+                };
+                conn.send(Message::LoginResult(result)).await
+            }
+            Message::ProfileAnswer(answer) => {
+                let mut pending = lock(&session.pending);
+                match pending.remove(&answer.request_id) {
+                    Some(p) if p.request.nonce == answer.nonce => {
+                        let _ = p.reply.send(answer);
+                    }
+                    Some(p) => {
+                        // Wrong nonce: put the request back for the real answer.
+                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
+                        pending.insert(answer.request_id, p);
+                    }
+                    None => {
+                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+            Message::Ping(n) => conn.send(Message::Pong(n)).await,
+            Message::Pong(_) => Ok(()),
+            Message::Error(report) => Err(ProtoError::Remote(report)),
+            other => {
+                let e = ProtoError::Unexpected { want: "Login, ProfileAnswer, Ping or Pong", got: other.name() };
+                refuse(conn, ErrorCode::UnexpectedMessage, &e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Best effort: tell the peer why the session ends.
+async fn refuse(conn: &mut Conn, code: ErrorCode, message: &str) {
+    let _ = conn.send(Message::Error(ErrorReport { code, message: message.to_owned() })).await;
+    let _ = conn.close().await;
+}

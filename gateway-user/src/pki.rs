@@ -1,0 +1,157 @@
+//! The gateway's private CA (DESIGN.md §4): it signs the gateway's TLS
+//! server certificate and every enrolled agent's client certificate. Agents
+//! pin it by the SHA-256 of its DER encoding, carried in their invite.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use ackgate_common::proto::GATEWAY_SERVER_NAME;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+const CA_CERT_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca.key";
+/// Agent certificates are renewed by re-enrolling; a year bounds the damage
+/// of a copied one that nobody revoked.
+const AGENT_CERT_DAYS: i64 = 365;
+
+#[derive(Debug, Error)]
+pub enum PkiError {
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a PEM {what}")]
+    Pem { path: String, what: &'static str },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("the agent's certificate request is unusable: {0}")]
+    BadRequest(rcgen::Error),
+}
+
+pub struct Ca {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+/// A TLS server identity: chain (leaf, CA) and key.
+pub struct ServerIdentity {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Ca {
+    /// A new CA in memory.
+    pub fn generate() -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name("ackgate gateway CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+        let cert = params.self_signed(&key)?;
+        Ok(Self { cert: cert.der().clone(), key })
+    }
+
+    /// Creates a CA and writes it to `dir` (`ca.pem`, `ca.key` mode 0600);
+    /// refuses to overwrite an existing one.
+    pub fn create(dir: &Path) -> Result<Self, PkiError> {
+        let ca = Self::generate()?;
+        write_new(&dir.join(CA_CERT_FILE), certificate_pem(&ca.cert).as_bytes(), 0o644)?;
+        write_new(&dir.join(CA_KEY_FILE), ca.key.serialize_pem().as_bytes(), 0o600)?;
+        Ok(ca)
+    }
+
+    /// Loads the CA that [`Ca::create`] wrote to `dir`.
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        use rustls_pki_types::pem::PemObject;
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_pem = std::fs::read(&cert_path).map_err(|source| io_error(&cert_path, source))?;
+        let key_pem = std::fs::read_to_string(&key_path).map_err(|source| io_error(&key_path, source))?;
+        let cert = CertificateDer::from_pem_slice(&cert_pem)
+            .map_err(|_| PkiError::Pem { path: cert_path.display().to_string(), what: "certificate" })?;
+        let key =
+            KeyPair::from_pem(&key_pem).map_err(|_| PkiError::Pem { path: key_path.display().to_string(), what: "key" })?;
+        Ok(Self { cert, key })
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// SHA-256 of the CA certificate (what invites carry).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        Sha256::digest(&self.cert).into()
+    }
+
+    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, PkiError> {
+        Ok(Issuer::from_ca_cert_der(&self.cert, &self.key)?)
+    }
+
+    /// A fresh server certificate for the agent listener, for
+    /// [`GATEWAY_SERVER_NAME`], server authentication only.
+    pub fn issue_server(&self) -> Result<ServerIdentity, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![GATEWAY_SERVER_NAME.to_owned()])?;
+        params.distinguished_name = name("ackgate gateway");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok(ServerIdentity {
+            chain: vec![cert.der().clone(), self.cert.clone()],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+
+    /// Signs an agent's certificate request: client authentication only, so
+    /// an agent certificate can never pose as the gateway.
+    pub fn sign_agent(&self, csr_der: &[u8], agent_id: u32) -> Result<CertificateDer<'static>, PkiError> {
+        let der = CertificateSigningRequestDer::from(csr_der);
+        let mut csr = CertificateSigningRequestParams::from_der(&der).map_err(PkiError::BadRequest)?;
+        let now = rcgen::date_time_ymd(1970, 1, 1) + std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap_or_default();
+        csr.params = CertificateParams::default();
+        csr.params.distinguished_name = name(&format!("ackgate agent {agent_id}"));
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.not_before = now - time_days(1);
+        csr.params.not_after = now + time_days(AGENT_CERT_DAYS);
+        Ok(csr.signed_by(&self.issuer()?)?.der().clone())
+    }
+}
+
+fn time_days(days: i64) -> std::time::Duration {
+    std::time::Duration::from_secs(days as u64 * 86_400)
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// PEM text of a DER certificate.
+pub fn certificate_pem(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> PkiError {
+    PkiError::Io { path: path.display().to_string(), source }
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| io_error(path, source))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|source| io_error(path, source))
+}
