@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 /// the namespace tests and benchmarks; qemu, udev (else the guest command's
 /// exit code is lost), busybox-static and kmod for virtme-ng.
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
-const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "tcpdump"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "tcpdump", "curl"];
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "udev", "python3-venv"];
 
 pub const VIRTME_NG_VERSION: &str = "1.42";
