@@ -7,4 +7,5 @@ pub mod kernel_alt;
 pub mod packet;
 pub mod stamp_fixture;
 pub mod stamper;
+pub mod test_gateway;
 pub mod topology;

@@ -127,18 +127,25 @@ impl AgentServer {
         }))
     }
 
-    /// Accepts connections until the task is dropped.
+    /// Accepts connections until this future is dropped (task aborted),
+    /// which also ends every connection it accepted.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((tcp, peer)) = listener.accept().await else {
-                continue;
-            };
-            let server = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = server.connection(tcp).await {
-                    tracing::info!(%peer, "agent connection ended: {e}");
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((tcp, peer)) = accepted else {
+                        continue;
+                    };
+                    let server = self.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = server.connection(tcp).await {
+                            tracing::info!(%peer, "agent connection ended: {e}");
+                        }
+                    });
                 }
-            });
+                Some(_) = connections.join_next() => {}
+            }
         }
     }
 

@@ -1,0 +1,90 @@
+//! An in-process gateway control plane for agent session tests: the real
+//! agent listener (`ackgate_gateway::agents`) with an in-memory directory,
+//! on a loopback port, restartable on the same port with the same CA.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ackgate_gateway::agents::{AgentServer, MemoryDirectory, ServerConfig};
+use ackgate_gateway::pki::Ca;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub directory: Arc<MemoryDirectory>,
+    pub server: Arc<AgentServer>,
+    ca_dir: std::path::PathBuf,
+    task: Option<JoinHandle<()>>,
+}
+
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        let ca_dir = std::env::temp_dir().join(format!("ackgate-testgw-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&ca_dir).expect("CA dir");
+        Ca::create(&ca_dir).unwrap_or_else(|e| panic!("creating the test CA: {e}"));
+        let directory = Arc::new(MemoryDirectory::default());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+        let addr = listener.local_addr().expect("local addr");
+        let server = Self::server(&ca_dir, &directory);
+        let task = Some(tokio::spawn(server.clone().serve(listener)));
+        Self { addr, directory, server, ca_dir, task }
+    }
+
+    fn server(ca_dir: &std::path::Path, directory: &Arc<MemoryDirectory>) -> Arc<AgentServer> {
+        let ca = Ca::load(ca_dir).unwrap_or_else(|e| panic!("loading the test CA: {e}"));
+        let config = ServerConfig { handshake_timeout: Duration::from_secs(2), heartbeat: HEARTBEAT };
+        AgentServer::new(ca, directory.clone(), config).unwrap_or_else(|e| panic!("agent server: {e}"))
+    }
+
+    pub fn ca_fingerprint(&self) -> [u8; 32] {
+        Ca::load(&self.ca_dir).expect("CA").fingerprint()
+    }
+
+    pub fn invite(&self, valid_for: Duration) -> ackgate_common::proto::Invite {
+        self.directory.create_invite(&self.addr.to_string(), self.ca_fingerprint(), valid_for)
+    }
+
+    /// Stops accepting and drops every live session.
+    pub fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        // Sessions hold the server; a new one replaces it.
+        self.server = Self::server(&self.ca_dir, &self.directory);
+    }
+
+    /// Starts again on the same port, same CA and directory.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let listener = TcpListener::bind(self.addr).await.expect("rebinding the same port");
+        self.task = Some(tokio::spawn(self.server.clone().serve(listener)));
+    }
+
+    /// Waits until `agent_id` has a session, or panics after `within`.
+    pub async fn wait_connected(&self, agent_id: u32, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.server.connected().contains(&agent_id) {
+            assert!(tokio::time::Instant::now() < deadline, "agent {agent_id} did not connect within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.ca_dir);
+    }
+}

@@ -1,0 +1,291 @@
+//! The agent's enrollment and gateway session against the real agent
+//! listener in-process (`TestGateway`): enrollment, login, profile request
+//! and answer, reconnect after a gateway restart, and every bad-input case
+//! (garbage, oversize frames, unknown versions, wrong CA, expired or reused
+//! invites, replayed answers): each a clear error and a closed session,
+//! within a deadline.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ackgate_agent::config::SessionSection;
+use ackgate_agent::enroll::{EnrollError, enroll};
+use ackgate_agent::session::{self, Credentials, Identity, Shared};
+use ackgate_agent::state::StateDir;
+use ackgate_agent::tls;
+use ackgate_common::proto::{ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION};
+use ackgate_tests::test_gateway::TestGateway;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Framed;
+use zeroize::Zeroizing;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+const FLOW: FlowSummary = FlowSummary {
+    client_addr: [10, 0, 0, 2],
+    client_port: 40000,
+    service_addr: [10, 0, 0, 1],
+    service_port: 443,
+    client_isn: 11,
+    server_isn: 22,
+};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("ackgate-agent-{tag}-{}-{n}", std::process::id())))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fast_reconnect() -> SessionSection {
+    SessionSection { connect_timeout_secs: 2, reconnect_min_ms: 50, reconnect_max_secs: 1 }
+}
+
+async fn enrolled(gw: &TestGateway, dir: &TempDir) -> (u32, StateDir) {
+    let state = StateDir::new(&dir.0);
+    let id = enroll(&gw.invite(Duration::from_secs(60)), "laptop", &state, DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("enrollment against the test gateway failed: {e}"));
+    (id, state)
+}
+
+/// Runs the agent's session task; returns its shared state.
+fn run_agent(state: &StateDir, creds: Option<(&str, &str)>) -> (Arc<Shared>, Arc<Identity>, tokio::sync::watch::Sender<bool>) {
+    let enrollment = state.load().unwrap_or_else(|e| panic!("loading the enrollment: {e}"));
+    let shared = Shared::new(&enrollment.info.gateway);
+    if let Some((user, pw)) = creds {
+        shared.set_credentials(Some(Credentials { user: user.into(), password: Zeroizing::new(pw.into()) }));
+    }
+    let identity = Arc::new(Identity { enrollment, machine: [7; 32] });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(session::run(identity.clone(), shared.clone(), fast_reconnect(), stopped));
+    (shared, identity, stop)
+}
+
+async fn wait_login(shared: &Shared) -> ackgate_agent::session::LoginOutcome {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(l) = shared.status().login {
+            return l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no login verdict within {DEADLINE:?}: {:?}", shared.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_login_and_profile_answer() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("alice", "correct horse battery");
+    let dir = TempDir::new("enroll");
+    let (id, state) = enrolled(&gw, &dir).await;
+
+    let mode = |name: &str| std::fs::metadata(dir.0.join(name)).expect(name).permissions().mode() & 0o777;
+    assert_eq!(mode(""), 0o700, "state dir must be root-only");
+    assert_eq!(mode("mac.key"), 0o600, "MAC key must be root-only");
+    assert_eq!(mode("client.key"), 0o600, "TLS key must be root-only");
+    let enrollment = state.load().expect("enrollment loads");
+    let record = gw.directory.agent(id).expect("the gateway recorded the agent");
+    assert_eq!(record.mac_key, enrollment.mac_key, "agent and gateway must hold the same MAC key");
+    assert_eq!(record.install_serial, enrollment.info.install_serial);
+
+    let (shared, identity, stop) = run_agent(&state, Some(("alice", "correct horse battery")));
+    gw.wait_connected(id, DEADLINE).await;
+    let login = wait_login(&shared).await;
+    assert!(login.accepted, "the right password must be accepted: {login:?}");
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
+    assert!(outcome.proof_valid, "the proof must verify under the session's login");
+    assert_eq!(outcome.profile.user, "alice");
+    assert_eq!(outcome.profile.machine, identity.machine);
+    assert_eq!(outcome.profile.install_serial, enrollment.info.install_serial);
+    for file in ["agent.toml", "mac.key", "client.pem", "client.key", "ca.pem"] {
+        let text = std::fs::read(dir.0.join(file)).expect(file);
+        assert!(
+            !text.windows(7).any(|w| w == b"correct"),
+            "{file} contains the password; no credential may be stored on disk"
+        );
+    }
+    stop.send(true).expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_gives_an_unproven_profile() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("bob", "right");
+    let dir = TempDir::new("wrongpw");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let (shared, _identity, stop) = run_agent(&state, Some(("bob", "wrong")));
+    gw.wait_connected(id, DEADLINE).await;
+    let login = wait_login(&shared).await;
+    assert!(!login.accepted, "a wrong password must be refused: {login:?}");
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
+    assert_eq!(outcome.profile.user, "bob", "the profile still names the user (recorded as a potential user)");
+    assert!(!outcome.proof_valid, "no proof without an accepted login");
+    stop.send(true).expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reconnects_after_the_gateway_restarts() {
+    let mut gw = TestGateway::start().await;
+    gw.directory.add_user("carol", "pw");
+    let dir = TempDir::new("restart");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let (shared, _identity, stop) = run_agent(&state, Some(("carol", "pw")));
+    gw.wait_connected(id, DEADLINE).await;
+    gw.restart().await;
+    gw.wait_connected(id, DEADLINE).await;
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer after the restart");
+    // The new session logged in again (the password lives in memory only).
+    assert!(outcome.proof_valid, "the agent must log in again on the new session");
+    let status = shared.status();
+    assert!(status.connects >= 2, "expected a second connect: {status:?}");
+    assert!(status.last_error.is_some(), "the lost session must be reported in status: {status:?}");
+    stop.send(true).expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_invites_are_refused_with_a_clear_error() {
+    let gw = TestGateway::start().await;
+    let invite = gw.invite(Duration::from_secs(60));
+    let (a, b) = (TempDir::new("inv-a"), TempDir::new("inv-b"));
+    enroll(&invite, "first", &StateDir::new(&a.0), DEADLINE).await.expect("first use works");
+    let again = enroll(&invite, "second", &StateDir::new(&b.0), DEADLINE).await;
+    assert!(
+        matches!(&again, Err(EnrollError::Refused(r)) if r.code == ErrorCode::InviteUsed),
+        "a reused invite must be refused as used: {again:?}"
+    );
+
+    let mut forged = gw.invite(Duration::from_secs(60));
+    forged.secret[0] ^= 1;
+    let r = enroll(&forged, "x", &StateDir::new(&TempDir::new("inv-c").0), DEADLINE).await;
+    assert!(matches!(&r, Err(EnrollError::Refused(e)) if e.code == ErrorCode::BadInvite), "wrong secret: {r:?}");
+
+    let mut expired = gw.invite(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = enroll(&expired, "x", &StateDir::new(&TempDir::new("inv-d").0), DEADLINE).await;
+    assert!(matches!(r, Err(EnrollError::Expired)), "the agent must refuse an invite past its expiry: {r:?}");
+    expired.expires_unix += 3600; // the gateway's own record still says expired
+    let r = enroll(&expired, "x", &StateDir::new(&TempDir::new("inv-e").0), DEADLINE).await;
+    assert!(matches!(&r, Err(EnrollError::Refused(e)) if e.code == ErrorCode::InviteExpired), "expired: {r:?}");
+
+    let mut wrong_ca = gw.invite(Duration::from_secs(60));
+    wrong_ca.ca_sha256 = [0xab; 32];
+    let r = enroll(&wrong_ca, "x", &StateDir::new(&TempDir::new("inv-f").0), DEADLINE).await;
+    let msg = r.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    assert!(msg.contains("not the one the invite names"), "a gateway with another CA must be refused: {r:?}");
+}
+
+/// Raw TLS connection to the enrollment side, for hostile bytes.
+async fn raw_tls(gw: &TestGateway) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = tls::enrollment_config(gw.ca_fingerprint()).expect("client config");
+    tls::connect(&gw.addr.to_string(), config, DEADLINE).await.expect("TLS to the test gateway")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_get_a_clear_error_and_a_closed_session() {
+    let gw = TestGateway::start().await;
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("garbage message", vec![0, 0, 0, 5, PROTOCOL_VERSION, 0xff, 0xff, 0xff, 0xff], "undecodable"),
+        ("oversize frame", vec![0x00, 0x10, 0x00, 0x00, 1, 2, 3], "exceeds"),
+        ("unknown version", vec![0, 0, 0, 2, 9, 0], "version 9"),
+        ("empty frame", vec![0, 0, 0, 0], "empty frame"),
+    ];
+    for (name, bytes, needle) in cases {
+        let outcome = tokio::time::timeout(DEADLINE, async {
+            let mut conn = Framed::new(raw_tls(&gw).await, MessageCodec::default());
+            conn.get_mut().write_all(&bytes).await.expect("writing");
+            conn.get_mut().flush().await.expect("flushing");
+            let reply = conn.next().await;
+            let closed = conn.next().await;
+            (reply, closed.is_none() || matches!(closed, Some(Err(_))))
+        })
+        .await;
+        let (reply, closed) = outcome.unwrap_or_else(|_| panic!("{name}: the gateway hung instead of refusing"));
+        match reply {
+            Some(Ok(Message::Error(r))) => {
+                assert_eq!(r.code, ErrorCode::BadFrame, "{name}: {r:?}");
+                assert!(r.message.contains(needle), "{name}: error {:?} should mention {needle:?}", r.message);
+            }
+            other => panic!("{name}: expected an Error message, got {other:?}"),
+        }
+        assert!(closed, "{name}: the gateway must close the session after refusing");
+    }
+    // Not TLS at all: the handshake fails and the connection closes.
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("tcp");
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    let mut buf = [0u8; 256];
+    let r = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "a plaintext client must be disconnected, not left hanging");
+    assert!(gw.server.stats.bad_frames.load(std::sync::atomic::Ordering::Relaxed) >= 4, "bad frames must be counted");
+    // And the gateway still works.
+    let dir = TempDir::new("after-hostile");
+    enrolled(&gw, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_forged_profile_answers_are_refused() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("dave", "pw");
+    let dir = TempDir::new("replay");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let enrollment = state.load().expect("enrollment");
+    let config = tls::session_config(&enrollment).expect("session config");
+    let stream = tls::connect(&gw.addr.to_string(), config, DEADLINE).await.expect("session TLS");
+    let mut conn = Framed::new(stream, MessageCodec::default());
+    let hello = Hello { agent_id: id, install_serial: enrollment.info.install_serial.clone(), agent_version: "t".into() };
+    conn.send(Message::Hello(hello)).await.expect("hello");
+    assert!(matches!(conn.next().await, Some(Ok(Message::Welcome(_)))), "expected Welcome");
+    conn.send(Message::Login(Login { user: "dave".into(), password: Zeroizing::new("pw".into()) })).await.expect("login");
+    let key = loop {
+        match conn.next().await {
+            Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,
+            // The gateway's heartbeat may come first.
+            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected an accepted LoginResult, got {other:?}"),
+        }
+    };
+    let server = gw.server.clone();
+    let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
+    let req = loop {
+        match conn.next().await {
+            Some(Ok(Message::ProfileRequest(r))) => break r,
+            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected a ProfileRequest, got {other:?}"),
+        }
+    };
+    let identity = Identity { enrollment, machine: [1; 32] };
+    let good = session::answer(&identity, &req, "dave".into(), Some(&key));
+    let mut wrong_nonce = good.clone();
+    wrong_nonce.nonce[0] ^= 1;
+    conn.send(Message::ProfileAnswer(wrong_nonce)).await.expect("forged answer");
+    conn.send(Message::ProfileAnswer(good.clone())).await.expect("answer");
+    conn.send(Message::ProfileAnswer(good)).await.expect("replayed answer");
+    let outcome = asked.await.expect("join").expect("profile outcome");
+    assert!(outcome.proof_valid, "the genuine answer must verify");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let refused = || gw.server.stats.answers_refused.load(std::sync::atomic::Ordering::Relaxed);
+    while refused() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused(), 2, "the forged-nonce answer and the replay must both be refused");
+}
