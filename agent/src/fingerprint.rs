@@ -39,7 +39,10 @@ pub fn collect(root: &Path) -> Inputs {
             let dev = entry.path();
             let physical = dev.join("device").exists();
             let permanent = read_trimmed(&dev.join("addr_assign_type")).as_deref() == Some("0");
-            if physical && permanent && let Some(mac) = read_trimmed(&dev.join("address")) {
+            if physical
+                && permanent
+                && let Some(mac) = read_trimmed(&dev.join("address"))
+            {
                 macs.push(mac);
             }
         }

@@ -122,7 +122,11 @@ async fn cmd_enroll(config: &Config, invite: &str, hostname: Option<String>) -> 
     });
     let state = StateDir::new(&config.state_dir);
     let id = enroll(&invite, &hostname, &state, config.session.connect_timeout()).await?;
-    println!("enrolled as agent {id} with gateway {}; identity stored in {}", invite.gateway, config.state_dir.display());
+    println!(
+        "enrolled as agent {id} with gateway {}; identity stored in {}",
+        invite.gateway,
+        config.state_dir.display()
+    );
     Ok(())
 }
 
@@ -148,15 +152,23 @@ async fn cmd_login(config: &Config, user: Option<String>, password_stdin: bool) 
         std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
         Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
     } else {
-        Zeroizing::new(rpassword::prompt_password("Password: ").context("reading the password (no terminal? use --password-stdin)")?)
+        Zeroizing::new(
+            rpassword::prompt_password("Password: ")
+                .context("reading the password (no terminal? use --password-stdin)")?,
+        )
     };
-    match control::request(&config.control_socket, &Request::Login { user, password }).await.context("is `ackgate-agent run` running?")? {
+    match control::request(&config.control_socket, &Request::Login { user, password })
+        .await
+        .context("is `ackgate-agent run` running?")?
+    {
         Reply::Login(Some(o)) if o.accepted => {
             println!("{}", o.message);
             Ok(())
         }
         Reply::Login(Some(o)) => bail!("the gateway refused the login: {}", o.message),
-        Reply::Login(None) => bail!("no answer from the gateway yet (no session?); the agent will log in when the session comes up"),
+        Reply::Login(None) => {
+            bail!("no answer from the gateway yet (no session?); the agent will log in when the session comes up")
+        }
         other => bail!("unexpected reply: {other:?}"),
     }
 }
@@ -183,14 +195,22 @@ async fn cmd_run(config: Config) -> Result<()> {
     }
     tracing::info!(agent_id, interfaces = ?config.interfaces, targets = targets.len(), "stamper attached");
     let shared = Shared::new(&enrollment.info.gateway);
-    let identity =
-        Arc::new(Identity { machine: fingerprint::digest(&fingerprint::collect(std::path::Path::new("/"))), enrollment });
-    let daemon = Arc::new(Daemon { agent_id, interfaces: config.interfaces.clone(), shared: shared.clone(), stamper: Mutex::new(stamper) });
+    let identity = Arc::new(Identity {
+        machine: fingerprint::digest(&fingerprint::collect(std::path::Path::new("/"))),
+        enrollment,
+    });
+    let daemon = Arc::new(Daemon {
+        agent_id,
+        interfaces: config.interfaces.clone(),
+        shared: shared.clone(),
+        stamper: Mutex::new(stamper),
+    });
     let listener = control::bind(&config.control_socket)?;
     let control_task = tokio::spawn(control::serve(listener, daemon.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let session_task = tokio::spawn(session::run(identity, shared, config.session.clone(), stopped));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("SIGTERM handler")?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
@@ -206,7 +226,10 @@ async fn cmd_run(config: Config) -> Result<()> {
 }
 
 async fn cmd_status(config: &Config, json: bool) -> Result<()> {
-    let report = match control::request(&config.control_socket, &Request::Status).await.context("is `ackgate-agent run` running?")? {
+    let report = match control::request(&config.control_socket, &Request::Status)
+        .await
+        .context("is `ackgate-agent run` running?")?
+    {
         Reply::Status(r) => r,
         Reply::Error(e) => bail!("{e}"),
         other => bail!("unexpected reply: {other:?}"),
@@ -217,7 +240,10 @@ async fn cmd_status(config: &Config, json: bool) -> Result<()> {
     }
     let s = &report.session;
     println!("agent {} on {}", report.agent_id, report.interfaces.join(", "));
-    println!("session: {} (gateway {}, {} connects, {} profile requests)", s.state, s.gateway, s.connects, s.profile_requests);
+    println!(
+        "session: {} (gateway {}, {} connects, {} profile requests)",
+        s.state, s.gateway, s.connects, s.profile_requests
+    );
     if let Some(e) = &s.last_error {
         println!("last error: {e}");
     }

@@ -66,7 +66,11 @@ fn now_unix() -> u64 {
 impl Shared {
     pub fn new(gateway: &str) -> Arc<Self> {
         Arc::new(Self {
-            status: Mutex::new(SessionStatus { state: "connecting".into(), gateway: gateway.into(), ..Default::default() }),
+            status: Mutex::new(SessionStatus {
+                state: "connecting".into(),
+                gateway: gateway.into(),
+                ..Default::default()
+            }),
             credentials: Mutex::new(None),
             login_changed: Notify::new(),
             login_outcome: watch::channel(None).0,
@@ -118,7 +122,12 @@ pub enum SessionError {
 }
 
 /// Keeps a session up until `shutdown` turns true.
-pub async fn run(identity: Arc<Identity>, shared: Arc<Shared>, cfg: SessionSection, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    identity: Arc<Identity>,
+    shared: Arc<Shared>,
+    cfg: SessionSection,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = cfg.reconnect_min();
     loop {
         shared.set_state("connecting", None);

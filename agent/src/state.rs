@@ -101,8 +101,8 @@ impl StateDir {
             return Err(StateError::Permissions { dir: self.dir.display().to_string(), mode });
         }
         let info_path = self.dir.join("agent.toml");
-        let info: AgentInfo =
-            toml::from_str(&std::fs::read_to_string(&info_path).map_err(io(&info_path))?).map_err(|e| damaged(&info_path, e))?;
+        let info: AgentInfo = toml::from_str(&std::fs::read_to_string(&info_path).map_err(io(&info_path))?)
+            .map_err(|e| damaged(&info_path, e))?;
         let key_path = self.dir.join("mac.key");
         let hex = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
         let mac_key = parse_key(hex.trim()).ok_or_else(|| damaged(&key_path, "expected 32 hex digits"))?;
@@ -119,8 +119,7 @@ impl StateDir {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let _ = std::fs::remove_file(&tmp);
-        let mut f =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))

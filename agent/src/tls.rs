@@ -106,11 +106,17 @@ pub fn enrollment_config(ca_sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsEr
 pub fn session_config(e: &Enrollment) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.add(e.ca.clone())?;
-    Ok(Arc::new(builder()?.with_root_certificates(roots).with_client_auth_cert(vec![e.cert.clone()], e.key.clone_key())?))
+    Ok(Arc::new(
+        builder()?.with_root_certificates(roots).with_client_auth_cert(vec![e.cert.clone()], e.key.clone_key())?,
+    ))
 }
 
 /// TCP connect (bounded by `timeout`) and TLS handshake (bounded too).
-pub async fn connect(addr: &str, config: Arc<ClientConfig>, timeout: Duration) -> Result<TlsStream<TcpStream>, TlsError> {
+pub async fn connect(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, TlsError> {
     let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| TlsError::ConnectTimeout { addr: addr.to_owned(), after: timeout })?

@@ -77,8 +77,8 @@ impl Ca {
         let key_pem = std::fs::read_to_string(&key_path).map_err(|source| io_error(&key_path, source))?;
         let cert = CertificateDer::from_pem_slice(&cert_pem)
             .map_err(|_| PkiError::Pem { path: cert_path.display().to_string(), what: "certificate" })?;
-        let key =
-            KeyPair::from_pem(&key_pem).map_err(|_| PkiError::Pem { path: key_path.display().to_string(), what: "key" })?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|_| PkiError::Pem { path: key_path.display().to_string(), what: "key" })?;
         Ok(Self { cert, key })
     }
 

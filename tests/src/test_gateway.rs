@@ -23,11 +23,16 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 impl TestGateway {
     pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
+        Self::start_on(listener)
+    }
+
+    /// On a listener bound elsewhere (e.g. inside a test namespace).
+    pub fn start_on(listener: TcpListener) -> Self {
         let ca_dir = std::env::temp_dir().join(format!("ackgate-testgw-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&ca_dir).expect("CA dir");
         Ca::create(&ca_dir).unwrap_or_else(|e| panic!("creating the test CA: {e}"));
         let directory = Arc::new(MemoryDirectory::default());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
         let addr = listener.local_addr().expect("local addr");
         let server = Self::server(&ca_dir, &directory);
         let task = Some(tokio::spawn(server.clone().serve(listener)));

@@ -62,7 +62,10 @@ async fn enrolled(gw: &TestGateway, dir: &TempDir) -> (u32, StateDir) {
 }
 
 /// Runs the agent's session task; returns its shared state.
-fn run_agent(state: &StateDir, creds: Option<(&str, &str)>) -> (Arc<Shared>, Arc<Identity>, tokio::sync::watch::Sender<bool>) {
+fn run_agent(
+    state: &StateDir,
+    creds: Option<(&str, &str)>,
+) -> (Arc<Shared>, Arc<Identity>, tokio::sync::watch::Sender<bool>) {
     let enrollment = state.load().unwrap_or_else(|e| panic!("loading the enrollment: {e}"));
     let shared = Shared::new(&enrollment.info.gateway);
     if let Some((user, pw)) = creds {
@@ -252,10 +255,13 @@ async fn replayed_and_forged_profile_answers_are_refused() {
     let config = tls::session_config(&enrollment).expect("session config");
     let stream = tls::connect(&gw.addr.to_string(), config, DEADLINE).await.expect("session TLS");
     let mut conn = Framed::new(stream, MessageCodec::default());
-    let hello = Hello { agent_id: id, install_serial: enrollment.info.install_serial.clone(), agent_version: "t".into() };
+    let hello =
+        Hello { agent_id: id, install_serial: enrollment.info.install_serial.clone(), agent_version: "t".into() };
     conn.send(Message::Hello(hello)).await.expect("hello");
     assert!(matches!(conn.next().await, Some(Ok(Message::Welcome(_)))), "expected Welcome");
-    conn.send(Message::Login(Login { user: "dave".into(), password: Zeroizing::new("pw".into()) })).await.expect("login");
+    conn.send(Message::Login(Login { user: "dave".into(), password: Zeroizing::new("pw".into()) }))
+        .await
+        .expect("login");
     let key = loop {
         match conn.next().await {
             Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,

@@ -46,6 +46,7 @@ fn main() -> Result<()> {
         }
         Command::Bench => {
             setup::build_tools()?;
+            suite::cargo_build_release("ackgate-agent")?;
             suite::cargo_run_bin("bench", &["--release"])
         }
     }

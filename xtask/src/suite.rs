@@ -153,6 +153,18 @@ pub fn cargo_run_bin(name: &str, extra: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// `cargo build --release -p PACKAGE` (binaries the benchmarks start).
+pub fn cargo_build_release(package: &str) -> Result<()> {
+    let status = cargo()
+        .args(["build", "-q", "--release", "-p", package])
+        .status()
+        .with_context(|| format!("building {package}"))?;
+    if !status.success() {
+        bail!("building {package} failed ({status})");
+    }
+    Ok(())
+}
+
 /// Builds the test binaries of `ackgate-tests` and returns `(name, path)`
 /// for the integration targets named in `targets`.
 pub fn test_binaries(targets: &[&str]) -> Result<Vec<(String, String)>> {

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{ErrorCode, Invite, invite_secret_digest};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Why an enrollment was refused (sent to the agent as is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

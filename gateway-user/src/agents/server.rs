@@ -114,7 +114,7 @@ impl AgentServer {
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .and_then(|b| Ok(b.with_client_cert_verifier(verifier).with_single_cert(identity.chain, identity.key)?))
+            .and_then(|b| b.with_client_cert_verifier(verifier).with_single_cert(identity.chain, identity.key))
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         Ok(Arc::new(Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
@@ -162,7 +162,8 @@ impl AgentServer {
         timeout: Duration,
     ) -> Result<ProfileOutcome, ProfileError> {
         let session = lock(&self.sessions).get(&agent_id).cloned().ok_or(ProfileError::NoSession(agent_id))?;
-        let request = ProfileRequest { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), nonce: rand::random(), flow };
+        let request =
+            ProfileRequest { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), nonce: rand::random(), flow };
         let (reply, answer) = oneshot::channel();
         lock(&session.pending).insert(request.request_id, Pending { request: request.clone(), reply });
         if session.outbound.send(Message::ProfileRequest(request.clone())).await.is_err() {
@@ -247,8 +248,7 @@ impl AgentServer {
         self.directory.bind_certificate(agent_id, Sha256::digest(&cert).into());
         self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
         tracing::info!(agent_id, hostname = %req.hostname, "agent enrolled");
-        let answer =
-            Enrolled { agent_id, mac_key, cert_der: cert.to_vec(), ca_der: self.ca.cert_der().to_vec() };
+        let answer = Enrolled { agent_id, mac_key, cert_der: cert.to_vec(), ca_der: self.ca.cert_der().to_vec() };
         conn.send(Message::Enrolled(answer)).await?;
         conn.close().await
     }
