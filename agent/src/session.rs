@@ -132,10 +132,10 @@ pub async fn run(
     loop {
         shared.set_state("connecting", None);
         let started = Instant::now();
-        let result = tokio::select! {
-            r = serve_once(&identity, &shared, &cfg) => r,
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
+        let result = serve_once(&identity, &shared, &cfg, shutdown.clone()).await;
+        if *shutdown.borrow() {
+            return;
+        }
         let error = match result {
             Ok(()) => "the gateway closed the session".to_owned(),
             Err(e) => e.to_string(),
@@ -150,9 +150,15 @@ pub async fn run(
         backoff = (backoff * 2).min(cfg.reconnect_max());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone). Wrapped so
+/// that no borrow of the channel's value is held across an await.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Between half and all of `d`, so that agents cut off together do not
@@ -161,9 +167,20 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
-async fn serve_once(identity: &Identity, shared: &Shared, cfg: &SessionSection) -> Result<(), SessionError> {
+/// One session, from connect to its end. On shutdown it closes the TLS
+/// session properly (close_notify, then FIN) so the gateway sees a goodbye,
+/// not a dead peer.
+async fn serve_once(
+    identity: &Identity,
+    shared: &Shared,
+    cfg: &SessionSection,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SessionError> {
     let e = &identity.enrollment;
-    let stream = tls::connect(&e.info.gateway, tls::session_config(e)?, cfg.connect_timeout()).await?;
+    let stream = tokio::select! {
+        s = tls::connect(&e.info.gateway, tls::session_config(e)?, cfg.connect_timeout()) => s?,
+        _ = stopped(&mut shutdown) => return Ok(()),
+    };
     let mut conn = Framed::new(stream, MessageCodec::default());
     let hello = Hello {
         agent_id: e.info.agent_id,
@@ -189,6 +206,7 @@ async fn serve_once(identity: &Identity, shared: &Shared, cfg: &SessionSection) 
     let silence_limit = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)) * 3);
     let mut proof_key: Option<[u8; 32]> = None;
     let mut pending_login: Option<String> = None;
+    let mut deferred: Vec<ProfileRequest> = Vec::new();
     let credentials = lock(&shared.credentials).clone();
     if let Some(c) = credentials {
         pending_login = Some(c.user.clone());
@@ -205,6 +223,12 @@ async fn serve_once(identity: &Identity, shared: &Shared, cfg: &SessionSection) 
                 match msg {
                     Message::ProfileRequest(req) => {
                         lock(&shared.status).profile_requests += 1;
+                        // While a login is being checked, answers wait for
+                        // its verdict: answered now they would carry no proof.
+                        if pending_login.is_some() {
+                            deferred.push(req);
+                            continue;
+                        }
                         let user = lock(&shared.credentials).as_ref().map(|c| c.user.clone()).unwrap_or_default();
                         let answer = answer(identity, &req, user, proof_key.as_ref());
                         conn.send(Message::ProfileAnswer(answer)).await?;
@@ -212,13 +236,21 @@ async fn serve_once(identity: &Identity, shared: &Shared, cfg: &SessionSection) 
                     Message::LoginResult(r) => {
                         proof_key = r.accepted.then_some(r.proof_key);
                         let user = pending_login.take().unwrap_or_default();
-                        shared.record_login(LoginOutcome { user, accepted: r.accepted, message: r.message });
+                        shared.record_login(LoginOutcome { user: user.clone(), accepted: r.accepted, message: r.message });
+                        for req in deferred.drain(..) {
+                            conn.send(Message::ProfileAnswer(answer(identity, &req, user.clone(), proof_key.as_ref()))).await?;
+                        }
                     }
                     Message::Ping(n) => conn.send(Message::Pong(n)).await?,
                     Message::Pong(_) => {}
                     Message::Error(report) => return Err(ProtoError::Remote(report).into()),
                     other => return Err(ProtoError::Unexpected { want: "ProfileRequest, LoginResult or Ping", got: other.name() }.into()),
                 }
+            }
+            _ = stopped(&mut shutdown) => {
+                let _ = conn.close().await;
+                shared.set_state("stopped", None);
+                return Ok(());
             }
             _ = shared.login_changed.notified() => {
                 proof_key = None;

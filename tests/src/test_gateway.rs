@@ -53,10 +53,12 @@ impl TestGateway {
         self.directory.create_invite(&self.addr.to_string(), self.ca_fingerprint(), valid_for)
     }
 
-    /// Stops accepting and drops every live session.
-    pub fn stop(&mut self) {
+    /// Stops accepting and drops every live session; returns once the
+    /// listener is closed.
+    pub async fn stop(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+            let _ = t.await;
         }
         // Sessions hold the server; a new one replaces it.
         self.server = Self::server(&self.ca_dir, &self.directory);
@@ -64,7 +66,7 @@ impl TestGateway {
 
     /// Starts again on the same port, same CA and directory.
     pub async fn restart(&mut self) {
-        self.stop();
+        self.stop().await;
         let listener = TcpListener::bind(self.addr).await.expect("rebinding the same port");
         self.task = Some(tokio::spawn(self.server.clone().serve(listener)));
     }

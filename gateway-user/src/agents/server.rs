@@ -283,6 +283,7 @@ impl AgentServer {
         let result = async {
             conn.send(Message::Welcome(Welcome { session_id: session.id, heartbeat_secs })).await?;
             let mut ticker = tokio::time::interval(self.config.heartbeat);
+            let (verdicts, mut verdict_rx) = mpsc::channel::<(String, bool)>(4);
             let mut last_heard = Instant::now();
             loop {
                 tokio::select! {
@@ -293,8 +294,9 @@ impl AgentServer {
                             Some(Err(e)) => return Err(self.bad_frame(&mut conn, e).await),
                         };
                         last_heard = Instant::now();
-                        self.on_session_message(&mut conn, &session, msg).await?;
+                        self.on_session_message(&mut conn, &session, msg, &verdicts).await?;
                     }
+                    Some((user, ok)) = verdict_rx.recv() => self.on_login_verdict(&mut conn, &session, user, ok).await?,
                     Some(out) = queue.recv() => conn.send(out).await?,
                     _ = ticker.tick() => {
                         if last_heard.elapsed() > self.config.heartbeat * 3 {
@@ -313,27 +315,46 @@ impl AgentServer {
         result
     }
 
-    async fn on_session_message(&self, conn: &mut Conn, session: &Session, msg: Message) -> Result<(), ProtoError> {
+    /// Answers a finished password check.
+    async fn on_login_verdict(
+        &self,
+        conn: &mut Conn,
+        session: &Session,
+        user: String,
+        ok: bool,
+    ) -> Result<(), ProtoError> {
+        let result = if ok {
+            self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
+            let key: [u8; 32] = rand::random();
+            *lock(&session.proof_key) = Some(key);
+            LoginResult { accepted: true, proof_key: key, message: format!("logged in as {user}") }
+        } else {
+            self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+            *lock(&session.proof_key) = None;
+            LoginResult { accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
+        };
+        conn.send(Message::LoginResult(result)).await
+    }
+
+    async fn on_session_message(
+        &self,
+        conn: &mut Conn,
+        session: &Session,
+        msg: Message,
+        verdicts: &mpsc::Sender<(String, bool)>,
+    ) -> Result<(), ProtoError> {
         match msg {
             Message::Login(login) => {
+                // argon2id takes tens of milliseconds of CPU (seconds in an
+                // unoptimised build): off the reactor, and off this loop, so
+                // pings and profile traffic go on meanwhile. Once per session.
                 let directory = self.directory.clone();
-                let user = login.user.clone();
-                // argon2id takes tens of milliseconds of CPU: off the
-                // reactor, and once per session.
-                let ok = tokio::task::spawn_blocking(move || directory.verify_password(&login.user, &login.password))
-                    .await
-                    .unwrap_or(false);
-                let result = if ok {
-                    self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
-                    let key: [u8; 32] = rand::random();
-                    *lock(&session.proof_key) = Some(key);
-                    LoginResult { accepted: true, proof_key: key, message: format!("logged in as {user}") }
-                } else {
-                    self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
-                    *lock(&session.proof_key) = None;
-                    LoginResult { accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
-                };
-                conn.send(Message::LoginResult(result)).await
+                let verdicts = verdicts.clone();
+                tokio::task::spawn_blocking(move || {
+                    let ok = directory.verify_password(&login.user, &login.password);
+                    let _ = verdicts.blocking_send((login.user, ok));
+                });
+                Ok(())
             }
             Message::ProfileAnswer(answer) => {
                 let mut pending = lock(&session.pending);
