@@ -85,7 +85,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main() {
-        eprintln!("ackgate-agent: {e:#}");
+        eprintln!("ackgate-agent: {}", ackgate_common::report::error_report(e.as_ref()));
         std::process::exit(1);
     }
 }

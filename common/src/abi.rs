@@ -165,7 +165,13 @@ impl FlowKey {
     }
 }
 
+/// Flow states in the flow map (`PendingFlow::state`), written by the gate
+/// (pending) and the control plane (the rest).
 pub const FLOW_PENDING: u8 = 1;
+/// The control plane authorized the flow; held until the splice carries it.
+pub const FLOW_AUTHORIZED: u8 = 2;
+/// Denied or timed out: the service's default response from then on.
+pub const FLOW_DENIED: u8 = 3;
 
 /// A flow whose handshake carried a valid capability and now waits for the
 /// control plane.

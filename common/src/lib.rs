@@ -20,6 +20,8 @@ pub mod kernel;
 
 #[cfg(feature = "proto")]
 pub mod proto;
+#[cfg(feature = "proto")]
+pub mod report;
 
 #[cfg(feature = "user")]
 pub mod counters;

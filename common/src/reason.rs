@@ -53,4 +53,9 @@ reasons! {
     ERR_EVENT_LOST = 16, "err_event_lost";
     /// The pending map refused the insert: ACK dropped.
     ERR_PENDING_FULL = 17, "err_pending_full";
+    /// Segment of a flow the control plane denied (or whose profile timed
+    /// out): the service's default response.
+    FLOW_DENIED = 18, "flow_denied";
+    /// Segment of an authorized flow: held until the splice carries it.
+    AUTHORIZED_HOLD = 19, "authorized_hold";
 }

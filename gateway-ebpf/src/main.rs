@@ -31,12 +31,13 @@ mod syn;
 
 #[cfg(target_arch = "bpf")]
 mod program {
+    use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED};
     use ackgate_common::net::{TCP_ACK, TCP_RST, TCP_SYN};
     use ackgate_common::reason;
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
     use crate::classify::{Class, classify};
-    use crate::{ack, maps, stats, syn};
+    use crate::{ack, maps, respond, stats, syn};
     use ackgate_common::kernel::frame::XdpFrame;
 
     /// What to do with the frame, and why.
@@ -78,8 +79,15 @@ mod program {
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
             return syn::on_syn(frame, &seg, &policy);
         }
-        if maps::is_pending(&seg) {
-            return Verdict::new(xdp_action::XDP_DROP, reason::PENDING_HOLD);
+        match maps::flow_state(&seg) {
+            None => {}
+            // Never answer a RST with a RST (RFC 9293 §3.10.7.1).
+            Some(FLOW_DENIED) if flags & TCP_RST != 0 => {
+                return Verdict::new(xdp_action::XDP_DROP, reason::FLOW_DENIED);
+            }
+            Some(FLOW_DENIED) => return respond::refuse(frame, &seg, &policy, reason::FLOW_DENIED),
+            Some(FLOW_AUTHORIZED) => return Verdict::new(xdp_action::XDP_DROP, reason::AUTHORIZED_HOLD),
+            Some(_) => return Verdict::new(xdp_action::XDP_DROP, reason::PENDING_HOLD),
         }
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK {
             return ack::on_ack(frame, &seg, &policy);

@@ -20,7 +20,8 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_SERVICES, 0);
 #[map(name = "ACKGATE_AGENT_KEYS")]
 pub static AGENT_KEYS: HashMap<u32, AgentKey> = HashMap::pinned(MAX_AGENTS, 0);
 
-/// LRU so that the oldest pending flows give way under pressure instead of
+/// Every flow whose stamped handshake the gate accepted, with its state
+/// (pending, authorized, denied). LRU so that the oldest pending flows give way under pressure instead of
 /// new valid handshakes failing; the control plane expires them on time.
 /// Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): inserts take no global lock.
 #[map(name = "ACKGATE_PENDING")]
@@ -32,9 +33,11 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map(name = "ACKGATE_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
+/// The state of the segment's flow, if the gate accepted its handshake.
 #[inline(always)]
-pub fn is_pending(seg: &Ipv4Tcp) -> bool {
-    PENDING.get_ptr(FlowKey::of_segment(seg)).is_some()
+pub fn flow_state(seg: &Ipv4Tcp) -> Option<u8> {
+    // SAFETY: one byte copied out at once.
+    unsafe { PENDING.get(FlowKey::of_segment(seg)) }.map(|f| f.state)
 }
 
 /// The MAC key of `agent_id`, copied out (userspace replaces keys whole).

@@ -61,6 +61,74 @@ pub struct Config {
     pub services: Vec<ServiceSection>,
     #[serde(default)]
     pub static_agents: Vec<StaticAgent>,
+    /// The control plane: agent sessions, user store, validation. Without
+    /// it `ackgate run` runs the gate alone (static agents only).
+    pub control: Option<ControlSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    /// CA (`ca.pem`, `ca.key`) and user store (`users.db`); `ackgate init`
+    /// creates them.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where agents connect (TLS 1.3).
+    #[serde(default = "default_agent_listen")]
+    pub agent_listen: SocketAddr,
+    /// The address invites tell agents to dial (default: agent_listen).
+    pub advertise: Option<String>,
+    /// JSON lines, one record per decision.
+    pub access_log: Option<PathBuf>,
+    /// Time an agent has to answer a profile request.
+    #[serde(default = "default_profile_timeout")]
+    pub profile_timeout_ms: u64,
+    /// Time the validator has to decide.
+    #[serde(default = "default_validation_timeout")]
+    pub validation_timeout_ms: u64,
+    /// Flows awaiting a decision, overall and per agent; beyond, new flows
+    /// are denied at once (and counted), so stamped-ACK floods cannot grow
+    /// memory.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    #[serde(default = "default_max_pending_per_agent")]
+    pub max_pending_per_agent: usize,
+    /// Invites are valid this long.
+    #[serde(default = "default_invite_ttl")]
+    pub invite_ttl_secs: u64,
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ackgate";
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+fn default_agent_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4433))
+}
+fn default_profile_timeout() -> u64 {
+    3000
+}
+fn default_validation_timeout() -> u64 {
+    2000
+}
+fn default_max_pending() -> usize {
+    10_000
+}
+fn default_max_pending_per_agent() -> usize {
+    256
+}
+fn default_invite_ttl() -> u64 {
+    7 * 86_400
+}
+
+impl ControlSection {
+    pub fn advertised(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.agent_listen.to_string())
+    }
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join("users.db")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +178,9 @@ pub struct ServiceSection {
     pub default_response: DefaultResponse,
     #[serde(default)]
     pub stealth: bool,
+    /// Groups whose users may reach the service; empty: every valid user.
+    #[serde(default)]
+    pub allow_groups: Vec<String>,
 }
 
 fn default_response() -> DefaultResponse {
@@ -147,6 +218,14 @@ impl Config {
                     "service {:?}: {}:{} is configured twice",
                     s.name, s.vip, s.port
                 )));
+            }
+        }
+        if let Some(c) = &self.control {
+            if c.profile_timeout_ms == 0 || c.validation_timeout_ms == 0 {
+                return Err(ConfigError::Invalid("control: timeouts must be above zero".into()));
+            }
+            if c.max_pending == 0 || c.max_pending_per_agent == 0 || c.max_pending_per_agent > c.max_pending {
+                return Err(ConfigError::Invalid("control: need 0 < max_pending_per_agent <= max_pending".into()));
             }
         }
         let mut ids = std::collections::HashSet::new();

@@ -176,7 +176,31 @@ impl Gate {
         }
     }
 
-    /// Every pending flow the gate holds.
+    /// Sets the state of a flow the gate accepted (`FLOW_*`); false if the
+    /// flow is gone (aged out of the LRU map).
+    pub fn set_flow_state(&mut self, flow: &FlowKey, state: u8) -> Result<bool, GateError> {
+        let map_err = |source| GateError::Map { map: MAP_PENDING, source };
+        let mut flows = self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?;
+        let mut entry = match flows.get(flow, 0) {
+            Ok(e) => e,
+            Err(MapError::KeyNotFound) => return Ok(false),
+            Err(source) => return Err(map_err(source)),
+        };
+        entry.state = state;
+        flows.insert(*flow, entry, 0).map_err(map_err)?;
+        Ok(true)
+    }
+
+    /// The flows in the pinned flow map of a gate running with `pin_dir`.
+    pub fn read_flows(pin_dir: &Path) -> Result<Vec<(FlowKey, PendingFlow)>, GateError> {
+        let path = pin_dir.join(MAP_PENDING);
+        let data = MapData::from_pin(&path).map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
+        let flows: HashMap<MapData, FlowKey, PendingFlow> = HashMap::try_from(aya::maps::Map::LruHashMap(data))
+            .map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
+        Ok(flows.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Every flow the gate accepted, with its state.
     pub fn pending_flows(&mut self) -> Result<Vec<(FlowKey, PendingFlow)>, GateError> {
         let map = self.ebpf.map(MAP_PENDING).ok_or(GateError::MissingMap(MAP_PENDING))?;
         let pending: HashMap<&MapData, FlowKey, PendingFlow> =

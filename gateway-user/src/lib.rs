@@ -2,13 +2,17 @@
 //! gate, its maps, counters and events; the private CA and the agents'
 //! enrollment and TLS sessions.
 
+pub mod access_log;
 pub mod agents;
 pub mod bpffs;
 pub mod config;
+pub mod control;
 pub mod counters;
 pub mod events;
 pub mod gate;
 pub mod pki;
+pub mod store;
+pub mod validator;
 
 /// The XDP gate object, built by build.rs.
 pub static GATE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-gateway"));

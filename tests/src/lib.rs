@@ -1,6 +1,7 @@
 //! Test harness shared by the test suites, the demo and the benchmarks:
 //! packet builders, a loaded-gate fixture and the namespace topology.
 
+pub mod daemons;
 pub mod fixture;
 pub mod flood;
 pub mod kernel_alt;

@@ -576,3 +576,65 @@ fn handshake_acks_get_their_verdicts() {
     assert_eq!(ev.len(), 1, "exactly one pending event expected, got {ev:?}");
     assert_eq!((ev[0].agent_id, ev[0].flow, ev[0].client_isn, ev[0].server_isn), (AGENT_ID, flow, s.seq, c));
 }
+
+/// After the control plane decides: an authorized flow is held (until the
+/// splice), a denied one gets the service's default response, and a RST
+/// of a denied flow is never answered.
+#[test]
+fn decided_flows_get_their_verdicts() {
+    use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FlowKey};
+    let mut g = TcpFrameGate(gate());
+    let id = OptionId::default();
+    let accept = |g: &mut TcpFrameGate, vip: [u8; 4], sport: u16| {
+        let s = syn(vip, sport);
+        let c = cookie_for(g, &s, 1460);
+        let mut a = ack_of(&s, c);
+        stamp::ack(&mut a, id, AGENT_ID, &AGENT_KEY);
+        assert_eq!(g.0.run(&a.build()).action, XDP_DROP, "stamped ACK must be accepted (pending)");
+        let flow = FlowKey::ipv4(CLIENT, vip, sport.to_be_bytes(), PORT.to_be_bytes());
+        let mut data = ack_of(&s, c);
+        data.flags |= TCP_PSH;
+        data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        (flow, data)
+    };
+    let (authorized, auth_data) = accept(&mut g, VIP, 42000);
+    let (denied_drop, drop_data) = accept(&mut g, VIP, 42001);
+    let (denied_reset, reset_data) = accept(&mut g, VIP_RESET, 42002);
+    for (flow, state) in [(authorized, FLOW_AUTHORIZED), (denied_drop, FLOW_DENIED), (denied_reset, FLOW_DENIED)] {
+        assert!(g.0.gate.set_flow_state(&flow, state).expect("flow map writable"), "flow {flow:?} must exist");
+    }
+    let mut reset_rst = reset_data.clone();
+    reset_rst.flags = TCP_RST | TCP_ACK;
+    reset_rst.payload.clear();
+    let rows = vec![
+        Row {
+            name: "data of an authorized flow",
+            input: auth_data.build(),
+            action: XDP_DROP,
+            reason: reason::AUTHORIZED_HOLD,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "data of a denied flow, drop policy",
+            input: drop_data.build(),
+            action: XDP_DROP,
+            reason: reason::FLOW_DENIED,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "data of a denied flow, reset policy",
+            input: reset_data.build(),
+            action: XDP_TX,
+            reason: reason::FLOW_DENIED,
+            out: Out::Exact(expected_rst(&reset_data)),
+        },
+        Row {
+            name: "RST of a denied flow is not answered",
+            input: reset_rst.build(),
+            action: XDP_DROP,
+            reason: reason::FLOW_DENIED,
+            out: Out::Dropped,
+        },
+    ];
+    run_rows(&mut g.0, rows);
+}

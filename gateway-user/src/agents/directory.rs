@@ -72,6 +72,11 @@ pub fn hash_password(password: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Checks `password` against an argon2id PHC string.
+pub fn verify_password_hash(stored: &str, password: &str) -> bool {
+    PasswordHash::new(stored).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
 struct InviteRecord {
     digest: [u8; 32],
     expires_unix: u64,
@@ -169,6 +174,6 @@ impl Directory for MemoryDirectory {
         let Some(stored) = self.lock().users.get(user).cloned() else {
             return false;
         };
-        PasswordHash::new(&stored).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        verify_password_hash(&stored, password)
     }
 }

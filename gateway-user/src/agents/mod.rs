@@ -8,5 +8,7 @@
 mod directory;
 mod server;
 
-pub use directory::{AgentRecord, Directory, EnrollRefusal, MemoryDirectory, NewAgent, hash_password};
+pub use directory::{
+    AgentRecord, Directory, EnrollRefusal, MemoryDirectory, NewAgent, hash_password, verify_password_hash,
+};
 pub use server::{AgentServer, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

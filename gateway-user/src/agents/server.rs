@@ -82,7 +82,8 @@ struct Pending {
 struct Session {
     id: u64,
     outbound: mpsc::Sender<Message>,
-    proof_key: Mutex<Option<[u8; 32]>>,
+    /// Proof key and user of the session's accepted login.
+    login: Mutex<Option<([u8; 32], String)>>,
     pending: Mutex<HashMap<u64, Pending>>,
 }
 
@@ -93,6 +94,7 @@ pub struct AgentServer {
     config: ServerConfig,
     sessions: Mutex<HashMap<u32, Arc<Session>>>,
     next_id: AtomicU64,
+    enrollments: Mutex<Option<mpsc::UnboundedSender<(u32, MacKey)>>>,
     pub stats: SessionStats,
 }
 
@@ -123,6 +125,7 @@ impl AgentServer {
             config,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            enrollments: Mutex::new(None),
             stats: SessionStats::default(),
         }))
     }
@@ -147,6 +150,14 @@ impl AgentServer {
                 Some(_) = connections.join_next() => {}
             }
         }
+    }
+
+    /// Every later enrollment's agent id and MAC key (the control plane
+    /// writes them into the gate's key map).
+    pub fn enrollments(&self) -> mpsc::UnboundedReceiver<(u32, MacKey)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *lock(&self.enrollments) = Some(tx);
+        rx
     }
 
     /// Agents with a live session.
@@ -177,8 +188,11 @@ impl AgentServer {
                 return Err(ProfileError::Timeout(agent_id, timeout));
             }
         };
-        let key = *lock(&session.proof_key);
-        let proof_valid = key.is_some_and(|k| verify_profile_proof(&k, &request, &answer.profile));
+        // The proof must verify under this session's login, and name the
+        // user who logged in (not another user the agent might claim).
+        let proof_valid = lock(&session.login).as_ref().is_some_and(|(key, user)| {
+            *user == answer.profile.user && verify_profile_proof(key, &request, &answer.profile)
+        });
         Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid })
     }
 
@@ -247,6 +261,9 @@ impl AgentServer {
         };
         self.directory.bind_certificate(agent_id, Sha256::digest(&cert).into());
         self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = lock(&self.enrollments).as_ref() {
+            let _ = tx.send((agent_id, MacKey::from_bytes(mac_key)));
+        }
         tracing::info!(agent_id, hostname = %req.hostname, "agent enrolled");
         let answer = Enrolled { agent_id, mac_key, cert_der: cert.to_vec(), ca_der: self.ca.cert_der().to_vec() };
         conn.send(Message::Enrolled(answer)).await?;
@@ -272,7 +289,7 @@ impl AgentServer {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             outbound,
-            proof_key: Mutex::new(None),
+            login: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
         });
         // A reconnecting agent replaces its old session.
@@ -326,11 +343,11 @@ impl AgentServer {
         let result = if ok {
             self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
             let key: [u8; 32] = rand::random();
-            *lock(&session.proof_key) = Some(key);
+            *lock(&session.login) = Some((key, user.clone()));
             LoginResult { accepted: true, proof_key: key, message: format!("logged in as {user}") }
         } else {
             self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
-            *lock(&session.proof_key) = None;
+            *lock(&session.login) = None;
             LoginResult { accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
         };
         conn.send(Message::LoginResult(result)).await

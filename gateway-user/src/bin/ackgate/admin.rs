@@ -1,0 +1,211 @@
+//! The administration commands: they work on the store and the pinned maps
+//! directly, so they run whether the daemon is up or not (SQLite's WAL lets
+//! both write safely).
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::time::Duration;
+
+use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
+use ackgate_gateway::config::{Config, ControlSection};
+use ackgate_gateway::gate::Gate;
+use ackgate_gateway::pki::Ca;
+use ackgate_gateway::store::Store;
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+use crate::UsersCommand;
+
+const SKELETON: &str = r#"# ackgate gateway configuration (README "Configuration" explains every key).
+
+[gateway]
+edge_interface = "{EDGE}"        # interface facing clients; the XDP gate attaches here
+xdp_mode = "native"              # "native" (driver) or "generic" (skb)
+pin_dir = "/sys/fs/bpf/ackgate"  # pinned maps: live flows survive a restart
+
+[option]                         # the capability TCP option; agents must agree
+kind = 253
+experiment_id = 0xac47
+
+[control]
+state_dir = "{STATE}"            # CA and user store (created by `ackgate init`)
+agent_listen = "0.0.0.0:4433"    # agents connect here (TLS 1.3, mutual after enrollment)
+# advertise = "gw.example.net:4433"   # what invites tell agents to dial
+# access_log = "/var/log/ackgate/access.jsonl"
+profile_timeout_ms = 3000        # an agent's time to answer a profile request
+validation_timeout_ms = 2000     # the validator's time to decide
+max_pending = 10000              # flows awaiting a decision, overall ...
+max_pending_per_agent = 256      # ... and per agent
+
+# One block per protected VIP:port.
+# [[services]]
+# name = "intranet"
+# vip = "203.0.113.10"
+# port = 443
+# target = "10.1.0.20:443"
+# default_response = "drop"      # "drop", "reset" or "page"
+# stealth = false
+# allow_groups = ["staff"]       # empty: every valid user
+"#;
+
+fn control(config: &Config) -> Result<&ControlSection> {
+    config.control.as_ref().context("the config has no [control] section (see `ackgate init`)")
+}
+
+fn open_store(config_path: &Path) -> Result<(Config, Store)> {
+    let config = Config::from_file(config_path)?;
+    let store = Store::open(&control(&config)?.store_path())?;
+    Ok((config, store))
+}
+
+pub fn init(config_path: &Path, edge: &str, state_dir: &Path) -> Result<()> {
+    if !config_path.exists() {
+        let text = SKELETON.replace("{EDGE}", edge).replace("{STATE}", &state_dir.display().to_string());
+        std::fs::write(config_path, text).with_context(|| format!("writing {}", config_path.display()))?;
+        println!("wrote a config skeleton to {}", config_path.display());
+    }
+    let config = Config::from_file(config_path)?;
+    let c = control(&config)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&c.state_dir)
+        .with_context(|| format!("creating {}", c.state_dir.display()))?;
+    let ca = match Ca::load(&c.state_dir) {
+        Ok(ca) => {
+            println!("CA already present in {}", c.state_dir.display());
+            ca
+        }
+        Err(_) => Ca::create(&c.state_dir).context("creating the CA")?,
+    };
+    Store::open(&c.store_path())?;
+    println!("CA fingerprint (SHA-256): {}", ackgate_gateway::store::hex(&ca.fingerprint()));
+    println!("user store: {}", c.store_path().display());
+    Ok(())
+}
+
+pub fn invite(config_path: &Path, note: &str) -> Result<()> {
+    let (config, store) = open_store(config_path)?;
+    let c = control(&config)?;
+    let ca = Ca::load(&c.state_dir).context("loading the CA (run `ackgate init` first)")?;
+    let invite =
+        store.create_invite(&c.advertised(), ca.fingerprint(), Duration::from_secs(c.invite_ttl_secs), note)?;
+    println!("{}", invite.encode());
+    Ok(())
+}
+
+fn read_password(from_stdin: bool) -> Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_owned());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to ask the password on; use --password-stdin");
+    }
+    rpassword::prompt_password("Password: ").context("reading the password")
+}
+
+fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human(value);
+    }
+    Ok(())
+}
+
+pub fn users(config_path: Option<&Path>, command: UsersCommand) -> Result<()> {
+    let config_path = config_path.context("--config FILE is required")?;
+    let (_, store) = open_store(config_path)?;
+    match command {
+        UsersCommand::Add { name, groups, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            store.add_user(&name, &password, &groups)?;
+            println!("added {name}");
+        }
+        UsersCommand::List { json } => print(json, &store.users()?, |users| {
+            for u in users {
+                let state = if u.revoked { "revoked" } else { "valid" };
+                println!("{:<20} {state:<8} groups={} machines={}", u.name, u.groups.join(","), u.machines.len());
+            }
+        })?,
+        UsersCommand::Pending { json } => print(json, &store.pending()?, |pending| {
+            for p in pending {
+                let who = if p.new_user { "new user" } else { "new machine" };
+                println!(
+                    "{:<20} {who:<11} machine={:.16} from {} to {} x{}: {}",
+                    p.user, p.machine, p.source, p.service, p.count, p.reason
+                );
+            }
+        })?,
+        UsersCommand::Approve { name, groups } => {
+            let machines = store.approve(&name, &groups)?;
+            println!("approved {name} ({machines} machine(s) bound)");
+        }
+        UsersCommand::Revoke { name } => {
+            store.revoke_user(&name)?;
+            println!("revoked {name}");
+        }
+        UsersCommand::Show { name, json } => {
+            let user = store.user(&name)?.with_context(|| format!("no user named {name:?}"))?;
+            print(json, &user, |u| {
+                println!("{} ({})", u.name, if u.revoked { "revoked" } else { "valid" });
+                println!("groups: {}", u.groups.join(", "));
+                for m in &u.machines {
+                    println!("machine: {m}");
+                }
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct FlowRow {
+    client: String,
+    service: String,
+    agent_id: u32,
+    state: &'static str,
+    age_ms: u64,
+}
+
+pub fn flows(config_path: &Path, json: bool) -> Result<()> {
+    let config = Config::from_file(config_path)?;
+    let rows: Vec<FlowRow> = Gate::read_flows(&config.gateway.pin_dir)?
+        .into_iter()
+        .map(|(k, f)| {
+            let (ca, cp) = k.client_v4();
+            let (sa, sp) = k.service_v4();
+            FlowRow {
+                client: std::net::SocketAddrV4::new(ca.into(), cp).to_string(),
+                service: std::net::SocketAddrV4::new(sa.into(), sp).to_string(),
+                agent_id: f.agent_id,
+                state: match f.state {
+                    FLOW_PENDING => "pending",
+                    FLOW_AUTHORIZED => "authorized",
+                    FLOW_DENIED => "denied",
+                    _ => "unknown",
+                },
+                age_ms: monotonic_ns().saturating_sub(f.created_ns) / 1_000_000,
+            }
+        })
+        .collect();
+    print(json, &rows, |rows| {
+        for r in rows {
+            println!("{:<22} -> {:<22} agent {:<5} {:<10} {} ms", r.client, r.service, r.agent_id, r.state, r.age_ms);
+        }
+    })
+}
+
+/// CLOCK_MONOTONIC, the clock of the gate's timestamps.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,375 @@
+//! `ackgate`: the gateway command line.
+
+use std::path::PathBuf;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED};
+use ackgate_gateway::access_log::{AccessLog, AccessRecord};
+use ackgate_gateway::agents::{AgentServer, ServerConfig};
+use ackgate_gateway::config::{Config, ControlSection, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
+use ackgate_gateway::control::{ControlPlane, Decision, FlowState, Settings};
+use ackgate_gateway::counters;
+use ackgate_gateway::events::Events;
+use ackgate_gateway::gate::Gate;
+use ackgate_gateway::pki::Ca;
+use ackgate_gateway::store::Store;
+use ackgate_gateway::validator::{ServiceRule, Validator};
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{info, warn};
+
+mod admin;
+
+/// ackgate gateway: hides TCP services behind a capability check done in the
+/// kernel, inside the TCP handshake (XDP SYN cookies + a MAC'd TCP option).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the XDP gate, attach it to the edge interface named in the config,
+    /// fill its maps, and run until SIGTERM/SIGINT (then detach cleanly; the
+    /// pinned maps stay so a restart keeps live state).
+    Run {
+        /// TOML configuration file (see README "Configuration").
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// First start: write a commented config skeleton (if FILE does not
+    /// exist), then create the private CA and the user store in the
+    /// config's control.state_dir.
+    Init {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Edge interface for a new skeleton.
+        #[arg(long, default_value = "eth0")]
+        edge_interface: String,
+        /// State directory for a new skeleton.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Create a one-time invite for a new agent and print it (give it to
+    /// the user; `ackgate-agent enroll INVITE` redeems it).
+    Invite {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Who it is for (kept in the store's audit log).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Valid and potential users.
+    Users {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Flows the gate accepted, with state (pending, authorized, denied)
+    /// and age, from the pinned flow map.
+    Flows {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the gate's verdict counters by reason, read from the pinned maps
+    /// of a running gateway.
+    Status {
+        /// Read the pin directory from this config file.
+        #[arg(long, short, conflicts_with = "pin_dir")]
+        config: Option<PathBuf>,
+        /// Pin directory of the running gateway.
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Print every reason, including those still at zero.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a valid user (password asked without echo, or --password-stdin).
+    Add {
+        name: String,
+        /// Group membership (repeatable); services list the groups they allow.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Valid users, their groups and approved machines.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Potential users: failed first attempts waiting for a decision.
+    Pending {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve everything pending for NAME: an unknown user becomes valid
+    /// (with the password they logged in with), and every machine they
+    /// tried from is bound to them.
+    Approve {
+        name: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Revoke a user: no new flow is authorized for them.
+    Revoke { name: String },
+    /// One user.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("ackgate: {}", ackgate_common::report::error_report(e.as_ref()));
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run { config } => run(config),
+        Command::Init { config, edge_interface, state_dir } => admin::init(&config, &edge_interface, &state_dir),
+        Command::Invite { config, note } => admin::invite(&config, &note),
+        Command::Users { config, command } => admin::users(config.as_deref(), command),
+        Command::Flows { config, json } => admin::flows(&config, json),
+        Command::Status { config, pin_dir, all } => {
+            let pin_dir = match config {
+                Some(path) => Config::from_file(&path)?.gateway.pin_dir,
+                None => pin_dir,
+            };
+            status(pin_dir, all)
+        }
+    }
+}
+
+fn run(config_path: PathBuf) -> Result<()> {
+    let config = Config::from_file(&config_path)?;
+    let services = config.service_entries()?;
+    let mut gate = Gate::load(&config.gateway.pin_dir, config.option_id()).context("loading the XDP gate")?;
+    gate.sync_services(&services).context("filling the service map")?;
+    for agent in &config.static_agents {
+        let key = agent.load_key()?;
+        gate.set_agent_key(agent.id, key).with_context(|| format!("loading the key of agent {}", agent.id))?;
+    }
+    let control = match &config.control {
+        Some(c) => {
+            let prepared = Prepared::open(c, &config)?;
+            for (id, key) in prepared.store.agent_keys()? {
+                gate.set_agent_key(id, key).with_context(|| format!("loading the key of agent {id}"))?;
+            }
+            Some(prepared)
+        }
+        None => None,
+    };
+    gate.attach(&config.gateway.edge_interface, config.gateway.xdp_mode)?;
+    info!(
+        interface = %config.gateway.edge_interface,
+        mode = ?config.gateway.xdp_mode,
+        services = services.len(),
+        static_agents = config.static_agents.len(),
+        pin_dir = %config.gateway.pin_dir.display(),
+        control_plane = control.is_some(),
+        "gate attached"
+    );
+    let events = Events::take(gate.ebpf_mut()).context("opening the gate event ring buffer")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
+    runtime.block_on(serve(&mut gate, events, control))?;
+    // Dropping the gate detaches the program; pinned maps stay.
+    drop(gate);
+    info!("gate detached");
+    Ok(())
+}
+
+/// What the control plane needs, opened before the gate attaches so that a
+/// missing CA or store fails start-up with a clear error.
+struct Prepared {
+    store: Arc<Store>,
+    ca: Ca,
+    listen: std::net::SocketAddr,
+    access_log: AccessLog,
+    rules: HashMap<([u8; 4], u16), ServiceRule>,
+    settings: Settings,
+}
+
+impl Prepared {
+    fn open(c: &ControlSection, config: &Config) -> Result<Self> {
+        let ca = Ca::load(&c.state_dir).context("loading the gateway CA (run `ackgate init` first)")?;
+        let store = Arc::new(Store::open(&c.store_path())?);
+        let access_log = AccessLog::open(c.access_log.as_deref())
+            .with_context(|| format!("opening the access log {:?}", c.access_log))?;
+        let rules = config
+            .services
+            .iter()
+            .filter_map(|s| match s.vip {
+                std::net::IpAddr::V4(v4) => Some((
+                    (v4.octets(), s.port),
+                    ServiceRule { name: s.name.clone(), allow_groups: s.allow_groups.clone() },
+                )),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        let settings = Settings {
+            profile_timeout: Duration::from_millis(c.profile_timeout_ms),
+            validation_timeout: Duration::from_millis(c.validation_timeout_ms),
+            max_pending: c.max_pending,
+            max_pending_per_agent: c.max_pending_per_agent,
+        };
+        Ok(Self { store, ca, listen: c.agent_listen, access_log, rules, settings })
+    }
+}
+
+/// Runs until a termination signal: gate events, and with a control plane
+/// the agent listener, the flow state machine and enrollment keys.
+async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    // SAFETY: `events` owns the ring buffer fd, and AsyncFd owns `events`
+    // until it is dropped, so the fd stays open while registered.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    let (mut plane, mut decisions, mut enrollments) = match control {
+        Some(p) => {
+            let (plane, decisions, enrollments) = Plane::start(p).await?;
+            (Some(plane), Some(decisions), Some(enrollments))
+        }
+        None => (None, None, None),
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            Some(d) = recv(&mut decisions) => {
+                if let Some(p) = plane.as_mut() {
+                    p.apply(gate, d);
+                }
+            }
+            Some((id, key)) = recv(&mut enrollments) => {
+                if let Err(e) = gate.set_agent_key(id, key) {
+                    warn!(agent = id, "writing the new agent's key into the gate: {e}");
+                }
+            }
+            ready = ring.readable_mut() => {
+                let mut guard = ready.context("event ring buffer")?;
+                let events = guard.get_inner_mut();
+                let before = events.malformed();
+                for ev in events.drain() {
+                    let (caddr, cport) = ev.flow.client_v4();
+                    let (saddr, sport) = ev.flow.service_v4();
+                    info!(
+                        agent = ev.agent_id,
+                        client = %std::net::SocketAddrV4::new(caddr.into(), cport),
+                        service = %std::net::SocketAddrV4::new(saddr.into(), sport),
+                        "flow pending: capability valid, awaiting profile check"
+                    );
+                    if let Some(p) = plane.as_mut()
+                        && let Some(d) = p.cp.on_event(ev, Instant::now())
+                    {
+                        p.apply(gate, d);
+                    }
+                }
+                if events.malformed() != before {
+                    warn!(total = events.malformed(), "undecodable gate events (object from another build?)");
+                }
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
+/// The next item of an optional channel; never resolves without one.
+async fn recv<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The running control plane.
+struct Plane {
+    cp: ControlPlane,
+    access_log: AccessLog,
+}
+
+type Started = (Plane, UnboundedReceiver<Decision>, UnboundedReceiver<(u32, ackgate_common::mac::MacKey)>);
+
+impl Plane {
+    /// Starts the agent listener; returns the plane, its decisions and the
+    /// keys of agents that enroll from now on.
+    async fn start(p: Prepared) -> Result<Started> {
+        let server = AgentServer::new(p.ca, p.store.clone(), ServerConfig::default())?;
+        let enrollments = server.enrollments();
+        let listener = tokio::net::TcpListener::bind(p.listen)
+            .await
+            .with_context(|| format!("listening for agents on {}", p.listen))?;
+        info!(listen = %p.listen, "agent listener up");
+        tokio::spawn(server.clone().serve(listener));
+        let validator = Arc::new(Validator::new(p.store));
+        let (cp, decisions) = ControlPlane::new(server, validator, p.rules, p.settings);
+        Ok((Self { cp, access_log: p.access_log }, decisions, enrollments))
+    }
+
+    /// Writes a decision into the flow map and the access log.
+    fn apply(&mut self, gate: &mut Gate, d: Decision) {
+        let state = if d.state == FlowState::Authorized { FLOW_AUTHORIZED } else { FLOW_DENIED };
+        match gate.set_flow_state(&d.event.flow, state) {
+            Ok(true) => {}
+            Ok(false) => warn!("flow aged out of the flow map before its decision"),
+            Err(e) => warn!("writing a decision into the flow map: {e}"),
+        }
+        let (caddr, cport) = d.event.flow.client_v4();
+        let (saddr, sport) = d.event.flow.service_v4();
+        self.access_log.record(&AccessRecord {
+            at_unix_ms: std::time::SystemTime::UNIX_EPOCH.elapsed().map(|t| t.as_millis() as u64).unwrap_or(0),
+            client: std::net::SocketAddrV4::new(caddr.into(), cport).to_string(),
+            service: std::net::SocketAddrV4::new(saddr.into(), sport).to_string(),
+            service_name: &d.service,
+            agent_id: d.event.agent_id,
+            user: d.user.as_deref(),
+            machine: d.machine.map(|m| ackgate_gateway::store::hex(&m)),
+            decision: d.state.label(),
+            reason: &d.reason,
+            latency_ms: d.latency.as_secs_f64() * 1000.0,
+        });
+        self.cp.finish(&d);
+    }
+}
+
+fn status(pin_dir: PathBuf, all: bool) -> Result<()> {
+    let counters = counters::from_pin_dir(&pin_dir)?;
+    let width = ackgate_common::reason::LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
+    let mut shown = 0;
+    for (label, n) in counters.labelled() {
+        if all || n != 0 {
+            println!("{label:width$}  {n}");
+            shown += 1;
+        }
+    }
+    if shown == 0 {
+        warn!("no packets counted yet (use --all to list every reason)");
+    }
+    Ok(())
+}

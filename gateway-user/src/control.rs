@@ -1,0 +1,240 @@
+//! The control plane's flow state machine (DESIGN.md §2 steps 4–6):
+//!
+//! ```text
+//! pending ─▶ profile requested ─▶ validating ─▶ authorized
+//!                  │                   │    └──▶ denied
+//!                  └──▶ timed out      └──▶ timed out
+//! ```
+//!
+//! Each gate event (a stamped handshake the gate accepted) starts one task
+//! that asks the flow's agent for its profile and hands the answer to the
+//! validator, each step under its own timeout. Every flow ends in exactly
+//! one [`Decision`], which the caller writes into the gate's flow map
+//! (authorized, or denied: the service's default response from then on) and
+//! the access log. Flows awaiting a decision are bounded overall and per
+//! agent; beyond either limit a new flow is denied at once and counted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ackgate_common::abi::{FlowKey, GateEvent};
+use ackgate_common::proto::FlowSummary;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::agents::{AgentServer, ProfileError};
+use crate::validator::{ServiceRule, Validator, Verdict};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    pub profile_timeout: Duration,
+    pub validation_timeout: Duration,
+    pub max_pending: usize,
+    pub max_pending_per_agent: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    Pending,
+    ProfileRequested,
+    Validating,
+    Authorized,
+    Denied,
+    TimedOut,
+}
+
+impl FlowState {
+    pub fn label(self) -> &'static str {
+        match self {
+            FlowState::Pending => "pending",
+            FlowState::ProfileRequested => "profile_requested",
+            FlowState::Validating => "validating",
+            FlowState::Authorized => "authorized",
+            FlowState::Denied => "denied",
+            FlowState::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// How one flow ended.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub event: GateEvent,
+    /// Authorized, Denied or TimedOut.
+    pub state: FlowState,
+    pub reason: String,
+    pub service: String,
+    pub user: Option<String>,
+    pub machine: Option<[u8; 32]>,
+    pub latency: Duration,
+}
+
+/// Counters of the state machine (since start).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Totals {
+    pub authorized: u64,
+    pub denied: u64,
+    pub timed_out: u64,
+    /// Refused at once: too many flows awaiting a decision.
+    pub overloaded: u64,
+}
+
+pub struct ControlPlane {
+    server: Arc<AgentServer>,
+    validator: Arc<Validator>,
+    rules: HashMap<([u8; 4], u16), ServiceRule>,
+    settings: Settings,
+    inflight: HashMap<FlowKey, u32>,
+    per_agent: HashMap<u32, usize>,
+    done: mpsc::UnboundedSender<Decision>,
+    pub totals: Totals,
+}
+
+impl ControlPlane {
+    /// `rules` by VIP and port. Decisions of started flows arrive on the
+    /// returned receiver.
+    pub fn new(
+        server: Arc<AgentServer>,
+        validator: Arc<Validator>,
+        rules: HashMap<([u8; 4], u16), ServiceRule>,
+        settings: Settings,
+    ) -> (Self, mpsc::UnboundedReceiver<Decision>) {
+        let (done, rx) = mpsc::unbounded_channel();
+        let cp = Self {
+            server,
+            validator,
+            rules,
+            settings,
+            inflight: HashMap::new(),
+            per_agent: HashMap::new(),
+            done,
+            totals: Totals::default(),
+        };
+        (cp, rx)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Starts the decision of a newly pending flow. Returns a decision at
+    /// once when the flow cannot be started (limits, duplicate event,
+    /// unknown service); otherwise it arrives on the receiver.
+    pub fn on_event(&mut self, event: GateEvent, received: Instant) -> Option<Decision> {
+        let (vip, port) = event.flow.service_v4();
+        let rule = self.rules.get(&(vip, port)).cloned().unwrap_or_else(|| ServiceRule {
+            name: format!("{}:{port}", std::net::Ipv4Addr::from(vip)),
+            allow_groups: Vec::new(),
+        });
+        let immediate = |why: &str| Decision {
+            event,
+            state: FlowState::Denied,
+            reason: why.to_owned(),
+            service: rule.name.clone(),
+            user: None,
+            machine: None,
+            latency: received.elapsed(),
+        };
+        if self.inflight.contains_key(&event.flow) {
+            return None;
+        }
+        let agent_load = self.per_agent.get(&event.agent_id).copied().unwrap_or(0);
+        if self.inflight.len() >= self.settings.max_pending || agent_load >= self.settings.max_pending_per_agent {
+            self.totals.overloaded += 1;
+            return Some(immediate("too many flows awaiting a decision"));
+        }
+        self.inflight.insert(event.flow, event.agent_id);
+        *self.per_agent.entry(event.agent_id).or_default() += 1;
+        let (server, validator, settings, done) =
+            (self.server.clone(), self.validator.clone(), self.settings, self.done.clone());
+        tokio::spawn(async move {
+            let d = decide(&server, &validator, rule, event, settings, received).await;
+            let _ = done.send(d);
+        });
+        None
+    }
+
+    /// Bookkeeping once a decision is applied.
+    pub fn finish(&mut self, d: &Decision) {
+        match d.state {
+            FlowState::Authorized => self.totals.authorized += 1,
+            FlowState::TimedOut => self.totals.timed_out += 1,
+            _ => self.totals.denied += 1,
+        }
+        if let Some(agent) = self.inflight.remove(&d.event.flow)
+            && let Some(n) = self.per_agent.get_mut(&agent)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_agent.remove(&agent);
+            }
+        }
+    }
+}
+
+async fn decide(
+    server: &AgentServer,
+    validator: &Arc<Validator>,
+    rule: ServiceRule,
+    event: GateEvent,
+    settings: Settings,
+    received: Instant,
+) -> Decision {
+    let (caddr, cport) = event.flow.client_v4();
+    let (saddr, sport) = event.flow.service_v4();
+    let summary = FlowSummary {
+        client_addr: caddr,
+        client_port: cport,
+        service_addr: saddr,
+        service_port: sport,
+        client_isn: event.client_isn,
+        server_isn: event.server_isn,
+    };
+    let mut d = Decision {
+        event,
+        state: FlowState::TimedOut,
+        reason: String::new(),
+        service: rule.name.clone(),
+        user: None,
+        machine: None,
+        latency: Duration::ZERO,
+    };
+    tracing::debug!(flow = ?summary, state = FlowState::ProfileRequested.label());
+    let outcome = match server.request_profile(event.agent_id, summary, settings.profile_timeout).await {
+        Ok(o) => o,
+        Err(e @ (ProfileError::Timeout(..) | ProfileError::NoSession(_) | ProfileError::SessionClosed(_))) => {
+            d.reason = e.to_string();
+            d.latency = received.elapsed();
+            return d;
+        }
+    };
+    d.user = Some(outcome.profile.user.clone());
+    d.machine = Some(outcome.profile.machine);
+    tracing::debug!(flow = ?summary, state = FlowState::Validating.label());
+    let source = format!("{}:{cport}", std::net::Ipv4Addr::from(caddr));
+    let v = validator.clone();
+    let check = tokio::task::spawn_blocking(move || v.validate(&outcome, &rule, &source));
+    match tokio::time::timeout(settings.validation_timeout, check).await {
+        Err(_) => d.reason = format!("the validator did not decide within {:?}", settings.validation_timeout),
+        Ok(Err(e)) => {
+            d.state = FlowState::Denied;
+            d.reason = format!("validator failed: {e}");
+        }
+        Ok(Ok(Err(e))) => {
+            d.state = FlowState::Denied;
+            d.reason = format!("user store: {e}");
+        }
+        Ok(Ok(Ok(Verdict::Authorized))) => {
+            d.state = FlowState::Authorized;
+            d.reason = "valid user on an approved machine".into();
+        }
+        Ok(Ok(Ok(Verdict::Denied { reason, recorded }))) => {
+            d.state = FlowState::Denied;
+            d.reason = if recorded { format!("{reason} (recorded for approval)") } else { reason };
+        }
+    }
+    d.latency = received.elapsed();
+    d
+}

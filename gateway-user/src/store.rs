@@ -1,0 +1,500 @@
+//! The user store (DESIGN.md §6): an SQLite database an administrator can
+//! open with the `sqlite3` shell. WAL journal with `synchronous = FULL`:
+//! a committed approval survives a crash or power loss at any point.
+//!
+//! Tables: `users` (valid users: argon2id hash, groups, revoked flag),
+//! `machines` (machine fingerprints approved for a user), `potential`
+//! (every failed first attempt: user, machine, source, service, reason,
+//! first/last seen, count, and for an unknown user the hash of the password
+//! they logged in with, which becomes theirs if approved), `agents`
+//! (enrolled agents and their MAC keys), `invites` (SHA-256 of each one-time
+//! secret), `audit` (every administrative change).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ackgate_common::mac::MacKey;
+use ackgate_common::proto::{Invite, invite_secret_digest};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::agents::{AgentRecord, Directory, EnrollRefusal, NewAgent, hash_password, verify_password_hash};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("user store {path} (run `ackgate init` to create it): {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("user store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("nothing is waiting for approval for {0:?}")]
+    NothingPending(String),
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    groups TEXT NOT NULL DEFAULT '',
+    created_unix INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS machines (
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    fingerprint BLOB NOT NULL,
+    approved_unix INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS potential (
+    user TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    password_hash TEXT,
+    install_serial TEXT NOT NULL,
+    agent_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    service TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    first_unix INTEGER NOT NULL,
+    last_unix INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (user, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id INTEGER PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    install_serial TEXT NOT NULL,
+    mac_key BLOB NOT NULL,
+    cert_sha256 BLOB,
+    enrolled_unix INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS invites (
+    invite_id INTEGER PRIMARY KEY,
+    secret_sha256 BLOB NOT NULL,
+    note TEXT NOT NULL,
+    expires_unix INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS audit (
+    at_unix INTEGER NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub created_unix: u64,
+    pub revoked: bool,
+    /// Approved machine fingerprints (hex).
+    pub machines: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PotentialRecord {
+    pub user: String,
+    /// Machine fingerprint (hex).
+    pub machine: String,
+    /// The user is unknown (the entry carries the password they chose).
+    pub new_user: bool,
+    pub install_serial: String,
+    pub agent_id: u32,
+    pub source: String,
+    pub service: String,
+    pub reason: String,
+    pub first_unix: u64,
+    pub last_unix: u64,
+    pub count: u64,
+}
+
+/// A failed first attempt, as the validator reports it.
+#[derive(Clone, Debug)]
+pub struct Attempt<'a> {
+    pub user: &'a str,
+    pub machine: [u8; 32],
+    pub install_serial: &'a str,
+    pub agent_id: u32,
+    pub source: &'a str,
+    pub service: &'a str,
+    pub reason: &'a str,
+}
+
+/// What the validator needs to know about one user and machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub known: bool,
+    pub revoked: bool,
+    pub machine_approved: bool,
+    pub groups: Vec<String>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn groups_of(text: &str) -> Vec<String> {
+    text.split(',').filter(|g| !g.is_empty()).map(str::to_owned).collect()
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn audit(conn: &Connection, action: &str, detail: &str) -> Result<(), StoreError> {
+        conn.execute("INSERT INTO audit VALUES (?1, ?2, ?3)", params![now_unix(), action, detail])?;
+        Ok(())
+    }
+
+    pub fn add_user(&self, name: &str, password: &str, groups: &[String]) -> Result<(), StoreError> {
+        let hash = hash_password(password);
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let exists: bool =
+            tx.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(true)).optional()?.is_some();
+        if exists {
+            return Err(StoreError::UserExists(name.to_owned()));
+        }
+        tx.execute(
+            "INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)",
+            params![name, hash, groups.join(","), now_unix()],
+        )?;
+        Self::audit(&tx, "user add", name)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT name, groups, created_unix, revoked FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UserRecord {
+                name: r.get(0)?,
+                groups: groups_of(&r.get::<_, String>(1)?),
+                created_unix: r.get(2)?,
+                revoked: r.get::<_, i64>(3)? != 0,
+                machines: Vec::new(),
+            })
+        })?;
+        let mut users = rows.collect::<Result<Vec<_>, _>>()?;
+        let mut machines = db.prepare("SELECT fingerprint FROM machines WHERE user = ?1 AND revoked = 0")?;
+        for u in &mut users {
+            u.machines = machines
+                .query_map([&u.name], |r| r.get::<_, Vec<u8>>(0))?
+                .map(|m| m.map(|b| hex(&b)))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(users)
+    }
+
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self.users()?.into_iter().find(|u| u.name == name))
+    }
+
+    pub fn standing(&self, user: &str, machine: &[u8; 32]) -> Result<Standing, StoreError> {
+        let db = self.db();
+        let row: Option<(String, i64)> = db
+            .query_row("SELECT groups, revoked FROM users WHERE name = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let Some((groups, revoked)) = row else {
+            return Ok(Standing { known: false, revoked: false, machine_approved: false, groups: Vec::new() });
+        };
+        let machine_approved = db
+            .query_row(
+                "SELECT 1 FROM machines WHERE user = ?1 AND fingerprint = ?2 AND revoked = 0",
+                params![user, &machine[..]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        Ok(Standing { known: true, revoked: revoked != 0, machine_approved, groups: groups_of(&groups) })
+    }
+
+    /// Records (or counts again) a failed first attempt.
+    pub fn record_attempt(&self, a: &Attempt<'_>) -> Result<(), StoreError> {
+        let now = now_unix();
+        self.db().execute(
+            "INSERT INTO potential (user, fingerprint, install_serial, agent_id, source, service, reason, first_unix, last_unix, count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)
+             ON CONFLICT (user, fingerprint) DO UPDATE SET
+                install_serial = excluded.install_serial, agent_id = excluded.agent_id, source = excluded.source,
+                service = excluded.service, reason = excluded.reason, last_unix = excluded.last_unix, count = count + 1",
+            params![a.user, &a.machine[..], a.install_serial, a.agent_id, a.source, a.service, a.reason, now],
+        )?;
+        Ok(())
+    }
+
+    /// Remembers the password an unknown user logged in with, so that an
+    /// approval can make them a valid user with it.
+    pub fn record_new_user_password(&self, user: &str, password_hash: &str) -> Result<(), StoreError> {
+        let now = now_unix();
+        self.db().execute(
+            "INSERT INTO potential (user, fingerprint, password_hash, install_serial, agent_id, source, service, reason, first_unix, last_unix, count)
+             VALUES (?1, x'', ?2, '', 0, '', '', 'unknown user logged in', ?3, ?3, 0)
+             ON CONFLICT (user, fingerprint) DO UPDATE SET password_hash = excluded.password_hash, last_unix = excluded.last_unix",
+            params![user, password_hash, now],
+        )?;
+        Ok(())
+    }
+
+    /// The unknown user's chosen password hash, if they logged in.
+    pub fn new_user_password_hash(&self, user: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT password_hash FROM potential WHERE user = ?1 AND password_hash IS NOT NULL",
+                [user],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn pending(&self) -> Result<Vec<PotentialRecord>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT p.user, p.fingerprint, u.name IS NULL, p.install_serial, p.agent_id, p.source, p.service, p.reason,
+                    p.first_unix, p.last_unix, p.count
+             FROM potential p LEFT JOIN users u ON u.name = p.user
+             WHERE length(p.fingerprint) > 0 ORDER BY p.last_unix DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(PotentialRecord {
+                user: r.get(0)?,
+                machine: hex(&r.get::<_, Vec<u8>>(1)?),
+                new_user: r.get(2)?,
+                install_serial: r.get(3)?,
+                agent_id: r.get(4)?,
+                source: r.get(5)?,
+                service: r.get(6)?,
+                reason: r.get(7)?,
+                first_unix: r.get(8)?,
+                last_unix: r.get(9)?,
+                count: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Approves everything pending for `user`: an unknown user becomes a
+    /// valid user (with the password they logged in with and `groups`), and
+    /// every machine they tried from is bound to them. One transaction.
+    /// Returns the number of machines bound.
+    pub fn approve(&self, user: &str, groups: &[String]) -> Result<usize, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let known = tx.query_row("SELECT 1 FROM users WHERE name = ?1", [user], |_| Ok(())).optional()?.is_some();
+        let machines: Vec<Vec<u8>> = {
+            let mut stmt =
+                tx.prepare("SELECT fingerprint FROM potential WHERE user = ?1 AND length(fingerprint) > 0")?;
+            stmt.query_map([user], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        if !known {
+            let hash: Option<String> = tx
+                .query_row(
+                    "SELECT password_hash FROM potential WHERE user = ?1 AND password_hash IS NOT NULL",
+                    [user],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(hash) = hash else {
+                return Err(StoreError::NothingPending(user.to_owned()));
+            };
+            tx.execute(
+                "INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)",
+                params![user, hash, groups.join(","), now_unix()],
+            )?;
+        } else if machines.is_empty() {
+            return Err(StoreError::NothingPending(user.to_owned()));
+        } else if !groups.is_empty() {
+            tx.execute("UPDATE users SET groups = ?2 WHERE name = ?1", params![user, groups.join(",")])?;
+        }
+        for m in &machines {
+            tx.execute(
+                "INSERT INTO machines (user, fingerprint, approved_unix) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user, fingerprint) DO UPDATE SET revoked = 0, approved_unix = excluded.approved_unix",
+                params![user, m, now_unix()],
+            )?;
+        }
+        tx.execute("DELETE FROM potential WHERE user = ?1", [user])?;
+        Self::audit(&tx, "approve", &format!("{user} ({} machine(s))", machines.len()))?;
+        tx.commit()?;
+        Ok(machines.len())
+    }
+
+    pub fn revoke_user(&self, user: &str) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if tx.execute("UPDATE users SET revoked = 1 WHERE name = ?1", [user])? == 0 {
+            return Err(StoreError::NoSuchUser(user.to_owned()));
+        }
+        Self::audit(&tx, "revoke", user)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn create_invite(
+        &self,
+        gateway: &str,
+        ca_sha256: [u8; 32],
+        valid_for: Duration,
+        note: &str,
+    ) -> Result<Invite, StoreError> {
+        let secret: [u8; 32] = rand::random();
+        let expires_unix = now_unix() + valid_for.as_secs();
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO invites (secret_sha256, note, expires_unix) VALUES (?1, ?2, ?3)",
+            params![&invite_secret_digest(&secret)[..], note, expires_unix],
+        )?;
+        let invite_id = tx.last_insert_rowid() as u64;
+        Self::audit(&tx, "invite", note)?;
+        tx.commit()?;
+        Ok(Invite { gateway: gateway.to_owned(), ca_sha256, invite_id, secret, expires_unix })
+    }
+
+    /// Every enrolled, unrevoked agent and its MAC key (for the gate's map).
+    pub fn agent_keys(&self) -> Result<Vec<(u32, MacKey)>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT agent_id, mac_key FROM agents WHERE revoked = 0")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, key) = row?;
+            if let Ok(k) = <[u8; 16]>::try_from(key.as_slice()) {
+                out.push((id, MacKey::from_bytes(k)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn key_bytes(k: &MacKey) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&k.k0.to_le_bytes());
+    b[8..].copy_from_slice(&k.k1.to_le_bytes());
+    b
+}
+
+impl Directory for Store {
+    fn enroll(&self, invite_id: u64, secret: &[u8; 32], agent: NewAgent) -> Result<u32, EnrollRefusal> {
+        let result = (|| -> Result<Result<u32, EnrollRefusal>, rusqlite::Error> {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let row: Option<(Vec<u8>, u64, i64)> = tx
+                .query_row(
+                    "SELECT secret_sha256, expires_unix, used FROM invites WHERE invite_id = ?1",
+                    [invite_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((digest, expires, used)) = row else {
+                return Ok(Err(EnrollRefusal::BadInvite));
+            };
+            if digest != invite_secret_digest(secret) {
+                return Ok(Err(EnrollRefusal::BadInvite));
+            }
+            if used != 0 {
+                return Ok(Err(EnrollRefusal::Used));
+            }
+            if expires < now_unix() {
+                return Ok(Err(EnrollRefusal::Expired));
+            }
+            tx.execute("UPDATE invites SET used = 1 WHERE invite_id = ?1", [invite_id])?;
+            tx.execute(
+                "INSERT INTO agents (hostname, install_serial, mac_key, enrolled_unix) VALUES (?1, ?2, ?3, ?4)",
+                params![agent.hostname, agent.install_serial, &key_bytes(&agent.mac_key)[..], now_unix()],
+            )?;
+            let id = tx.last_insert_rowid() as u32;
+            tx.execute(
+                "INSERT INTO audit VALUES (?1, 'enroll', ?2)",
+                params![now_unix(), format!("agent {id} ({})", agent.hostname)],
+            )?;
+            tx.commit()?;
+            Ok(Ok(id))
+        })();
+        result.unwrap_or_else(|e| {
+            tracing::error!("user store: enrollment: {e}");
+            Err(EnrollRefusal::BadInvite)
+        })
+    }
+
+    fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) {
+        if let Err(e) = self
+            .db()
+            .execute("UPDATE agents SET cert_sha256 = ?2 WHERE agent_id = ?1", params![agent_id, &cert_sha256[..]])
+        {
+            tracing::error!("user store: binding agent {agent_id}'s certificate: {e}");
+        }
+    }
+
+    fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord> {
+        let row = self
+            .db()
+            .query_row(
+                "SELECT agent_id, hostname, install_serial, mac_key FROM agents WHERE cert_sha256 = ?1 AND revoked = 0",
+                [&cert_sha256[..]],
+                |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?)),
+            )
+            .optional()
+            .ok()
+            .flatten()?;
+        let key = <[u8; 16]>::try_from(row.3.as_slice()).ok()?;
+        Some(AgentRecord {
+            agent_id: row.0,
+            hostname: row.1,
+            install_serial: row.2,
+            mac_key: MacKey::from_bytes(key),
+            cert_sha256: Some(*cert_sha256),
+        })
+    }
+
+    /// A known user: their password is checked. An unknown user: the login
+    /// is accepted as a claim, and the password they chose is recorded so an
+    /// administrator's approval can make them a user (DESIGN.md §6).
+    fn verify_password(&self, user: &str, password: &str) -> bool {
+        let stored: Option<String> = self
+            .db()
+            .query_row("SELECT password_hash FROM users WHERE name = ?1", [user], |r| r.get(0))
+            .optional()
+            .ok()
+            .flatten();
+        match stored {
+            Some(hash) => verify_password_hash(&hash, password),
+            None => {
+                let hash = match self.new_user_password_hash(user) {
+                    Ok(Some(existing)) if verify_password_hash(&existing, password) => return true,
+                    Ok(Some(_)) => return false,
+                    _ => hash_password(password),
+                };
+                self.record_new_user_password(user, &hash).is_ok()
+            }
+        }
+    }
+}

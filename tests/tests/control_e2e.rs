@@ -1,0 +1,245 @@
+//! End to end with the real daemons: `ackgate run` (gate + control plane) in
+//! the gateway namespace, `ackgate-agent run` in the client namespace, and
+//! curl as the client application.
+//!
+//! - A valid user on a new machine is denied and recorded; after
+//!   `ackgate users approve` the next connect is authorized, visible in
+//!   `ackgate flows` and the access log.
+//! - An unknown user likewise becomes a valid user by approval.
+//! - An agent that stops answering (SIGSTOP, its stamper still attached)
+//!   times out: the flow gets the service's default response (a reset).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ackgate_tests::daemons::{Daemon, eventually, in_netns, run_ok, workspace_binary};
+use ackgate_tests::fixture::unique_pin_dir;
+use ackgate_tests::topology::{Ns, Topology};
+use serde_json::Value;
+
+const PORT: u16 = 8443;
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Setup {
+    topo: Topology,
+    dir: PathBuf,
+    pin_dir: PathBuf,
+    gateway_config: PathBuf,
+    agent_config: PathBuf,
+    ackgate: PathBuf,
+    agent_bin: PathBuf,
+}
+
+impl Setup {
+    fn new(tag: &str, default_response: &str, profile_timeout_ms: u64) -> Self {
+        let topo = Topology::new(tag);
+        let dir = std::env::temp_dir().join(format!("ackgate-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let pin_dir = unique_pin_dir(tag);
+        let gateway_config = dir.join("gateway.toml");
+        std::fs::write(
+            &gateway_config,
+            format!(
+                r#"[gateway]
+edge_interface = "{edge}"
+xdp_mode = "generic"
+pin_dir = "{pin}"
+
+[control]
+state_dir = "{dir}/state"
+agent_listen = "{vip}:4433"
+access_log = "{dir}/access.jsonl"
+profile_timeout_ms = {profile_timeout_ms}
+
+[[services]]
+name = "intranet"
+vip = "{vip}"
+port = {PORT}
+target = "{target}:{PORT}"
+default_response = "{default_response}"
+"#,
+                edge = topo.edge_if,
+                pin = pin_dir.display(),
+                dir = dir.display(),
+                vip = topo.edge_addr,
+                target = topo.target_addr,
+            ),
+        )
+        .expect("gateway config");
+        let agent_config = dir.join("agent.toml");
+        std::fs::write(
+            &agent_config,
+            format!(
+                "state_dir = \"{0}/agent-state\"\ncontrol_socket = \"{0}/agent.sock\"\ninterfaces = [\"{1}\"]\n\n[session]\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+                dir.display(),
+                topo.client_if
+            ),
+        )
+        .expect("agent config");
+        let setup = Self {
+            topo,
+            dir,
+            pin_dir,
+            gateway_config,
+            agent_config,
+            ackgate: workspace_binary("ackgate"),
+            agent_bin: workspace_binary("ackgate-agent"),
+        };
+        run_ok(setup.ackgate(&["init"]), None, "ackgate init");
+        setup
+    }
+
+    fn ackgate(&self, args: &[&str]) -> Command {
+        let mut c = in_netns(self.topo.ns(Ns::Gateway), &self.ackgate);
+        c.args(args).arg("--config").arg(&self.gateway_config);
+        c
+    }
+
+    fn agent(&self, args: &[&str]) -> Command {
+        let mut c = in_netns(self.topo.ns(Ns::Client), &self.agent_bin);
+        c.arg("--config").arg(&self.agent_config).args(args);
+        c
+    }
+
+    /// Invite, enroll, and both daemons up with the agent connected.
+    fn start(&self) -> (Daemon, Daemon) {
+        let invite = run_ok(self.ackgate(&["invite", "--note", "e2e"]), None, "ackgate invite");
+        let invite = String::from_utf8_lossy(&invite.stdout).trim().to_owned();
+        let mut gateway = Daemon::start(self.ackgate(&["run"]), "ackgate run", self.dir.join("gateway.log"));
+        gateway.wait_for_log("agent listener up", WAIT);
+        run_ok(self.agent(&["enroll", &invite]), None, "ackgate-agent enroll");
+        let agent = Daemon::start(self.agent(&["run"]), "ackgate-agent run", self.dir.join("agent.log"));
+        eventually(WAIT, "the agent's session to come up", || {
+            let out = self.agent(&["status", "--json"]).output().ok()?;
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["session"]["state"] == "connected").then_some(())
+        });
+        (gateway, agent)
+    }
+
+    fn login(&self, user: &str, password: &str) {
+        let out = run_ok(
+            self.agent(&["login", "--user", user, "--password-stdin"]),
+            Some(&format!("{password}\n")),
+            "ackgate-agent login",
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("logged in"), "login output: {out:?}");
+    }
+
+    /// One connection attempt with curl from the client namespace, given
+    /// `max_secs`; returns curl's exit code (28: timed out, 56: reset).
+    fn curl(&self, max_secs: u32) -> i32 {
+        let url = format!("http://{}:{PORT}/", self.topo.edge_addr);
+        let max = max_secs.to_string();
+        let out = self.topo.cmd(Ns::Client, &["curl", "-s", "-m", &max, "-o", "/dev/null", &url]);
+        out.status.code().unwrap_or(-1)
+    }
+
+    fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("access.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for the `n`th access-log record and returns it.
+    fn decision(&self, n: usize) -> Value {
+        eventually(WAIT, &format!("access log record {n}"), || self.access_log().get(n - 1).cloned())
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = run_ok(self.ackgate(args), None, &format!("ackgate {args:?}"));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ackgate {args:?} --json: {e}"))
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// Denied and recorded first, authorized after approval.
+fn approval_flow(tag: &str, add_user_first: bool) {
+    let s = Setup::new(tag, "drop", 3000);
+    if add_user_first {
+        run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw-alice\n"), "users add");
+    }
+    let (_gateway, _agent) = s.start();
+    s.login("alice", "pw-alice");
+
+    s.curl(2);
+    let first = s.decision(1);
+    assert_eq!(first["decision"], "denied", "first connect from a new machine must be denied: {first}");
+    let expected = if add_user_first { "unapproved machine" } else { "unknown user" };
+    assert!(first["reason"].as_str().unwrap_or("").contains(expected), "reason: {first}");
+    assert_eq!(first["user"], "alice", "{first}");
+    let pending = s.json(&["users", "pending", "--json"]);
+    assert!(
+        pending.as_array().is_some_and(|p| p.iter().any(|e| e["user"] == "alice" && e["new_user"] == !add_user_first)),
+        "alice must be listed as a potential user: {pending}"
+    );
+
+    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    s.curl(2);
+    let second = s.decision(2);
+    assert_eq!(second["decision"], "authorized", "after approval the next connect must be authorized: {second}");
+    let flows = s.json(&["flows", "--json"]);
+    assert!(
+        flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized"
+            && r["service"].as_str().is_some_and(|svc| svc.ends_with(&format!(":{PORT}"))))),
+        "`ackgate flows` must show the authorized flow: {flows}"
+    );
+    let users = s.json(&["users", "list", "--json"]);
+    assert!(
+        users.as_array().is_some_and(|u| u
+            .iter()
+            .any(|r| r["name"] == "alice" && r["machines"].as_array().is_some_and(|m| m.len() == 1))),
+        "alice must have one approved machine: {users}"
+    );
+}
+
+#[test]
+fn known_user_on_a_new_machine_is_approved_then_authorized() {
+    approval_flow("known", true);
+}
+
+#[test]
+fn unknown_user_is_recorded_then_approved_and_authorized() {
+    approval_flow("unknown", false);
+}
+
+#[test]
+fn an_agent_that_stops_answering_times_out_into_the_default_response() {
+    let s = Setup::new("timeout", "reset", 700);
+    run_ok(s.ackgate(&["users", "add", "bob", "--password-stdin"]), Some("pw\n"), "users add");
+    let (_gateway, agent) = s.start();
+    s.login("bob", "pw");
+    // Frozen: its stamper stays attached, its session goes silent.
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    let code = s.curl(6);
+    let d = s.decision(1);
+    assert_eq!(d["decision"], "timed_out", "a silent agent must time out: {d}");
+    assert!(code != 0, "curl must not succeed");
+    let flows = s.json(&["flows", "--json"]);
+    assert!(
+        flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "denied")),
+        "the timed-out flow must be marked denied (default response): {flows}"
+    );
+    // curl's retransmitted request on the now-denied flow got the default
+    // response: a reset (curl exit 56, "failure receiving network data").
+    assert_eq!(code, 56, "curl should have been reset by the default response");
+    let status = run_ok(s.ackgate(&["status", "--all"]), None, "ackgate status");
+    let denied: u64 = String::from_utf8_lossy(&status.stdout)
+        .lines()
+        .find(|l| l.starts_with("flow_denied"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(denied >= 1, "the gate must count the denied flow's segments: {}", String::from_utf8_lossy(&status.stdout));
+}
