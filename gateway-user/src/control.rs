@@ -238,3 +238,71 @@ async fn decide(
     d.latency = received.elapsed();
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::{MemoryDirectory, ServerConfig};
+    use crate::pki::Ca;
+    use ackgate_common::abi::EVENT_PENDING;
+
+    fn event(agent_id: u32, n: u32) -> GateEvent {
+        let port = (n as u16).to_be_bytes();
+        GateEvent {
+            kind: EVENT_PENDING,
+            agent_id,
+            flow: FlowKey::ipv4([10, 0, (n >> 16) as u8, 2], [10, 0, 0, 1], port, 443u16.to_be_bytes()),
+            client_isn: n,
+            server_isn: n,
+            created_ns: 0,
+        }
+    }
+
+    /// A flood of stamped-but-bogus handshakes from valid agents: flows
+    /// awaiting a decision never exceed the limits, the rest are refused at
+    /// once and counted, and every started flow still ends in a decision.
+    #[tokio::test]
+    async fn pending_flows_are_bounded_overall_and_per_agent() {
+        let server = AgentServer::new(
+            Ca::generate().expect("CA"),
+            Arc::new(MemoryDirectory::default()),
+            ServerConfig::default(),
+        )
+        .expect("server");
+        let validator = Arc::new(Validator::new(Arc::new(
+            crate::store::Store::open(std::path::Path::new(":memory:")).expect("store"),
+        )));
+        let settings = Settings {
+            profile_timeout: Duration::from_millis(200),
+            validation_timeout: Duration::from_millis(200),
+            max_pending: 60,
+            max_pending_per_agent: 10,
+        };
+        let (mut cp, mut decisions) = ControlPlane::new(server, validator, HashMap::new(), settings);
+        let mut immediate = 0;
+        for n in 0..1000 {
+            // One agent floods; nine others send a few each.
+            let agent = if n < 900 { 1 } else { 2 + n % 9 };
+            if let Some(d) = cp.on_event(event(agent, n), Instant::now()) {
+                assert_eq!(d.state, FlowState::Denied);
+                cp.finish(&d);
+                immediate += 1;
+            }
+            assert!(cp.inflight() <= 60, "flows awaiting a decision exceeded the overall limit");
+            if n == 899 {
+                assert_eq!(cp.inflight(), 10, "the flooding agent must be capped at its own limit");
+            }
+        }
+        assert_eq!(cp.inflight(), 60, "the others fill up to the overall limit");
+        assert_eq!(cp.totals.overloaded, immediate);
+        assert_eq!(immediate, 1000 - cp.inflight() as u64);
+        let started = cp.inflight();
+        for _ in 0..started {
+            let d =
+                tokio::time::timeout(Duration::from_secs(5), decisions.recv()).await.expect("decision").expect("open");
+            assert_eq!(d.state, FlowState::TimedOut, "no agent session: every started flow times out");
+            cp.finish(&d);
+        }
+        assert_eq!(cp.inflight(), 0);
+    }
+}

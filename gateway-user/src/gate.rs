@@ -9,6 +9,8 @@ use ackgate_common::abi::{
 };
 use ackgate_common::option::OptionId;
 use aya::maps::{HashMap, MapData, MapError};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use thiserror::Error;
@@ -40,6 +42,8 @@ pub enum GateError {
     BadInterfaceName(String),
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error("pinned XDP link: {0}")]
+    Link(String),
 }
 
 /// How the gate is attached to an interface.
@@ -73,6 +77,9 @@ pub struct ServiceEntry {
 pub struct Gate {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// The pinned XDP link of [`Gate::attach`]: it outlives the process, so
+    /// a crashed gateway keeps dropping (fails closed) until it restarts.
+    link: Option<(PathBuf, Option<PinnedLink>)>,
 }
 
 impl Gate {
@@ -86,7 +93,7 @@ impl Gate {
             .override_global("OPTION_EXID", &option.exid, true)
             .load(crate::GATE_OBJECT)
             .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
-        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned() };
+        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), link: None };
         gate.xdp()?.load()?;
         gate.pass_program()?.load()?;
         Ok(gate)
@@ -108,11 +115,39 @@ impl Gate {
     }
 
     /// Attaches the gate to `iface` (in the calling thread's network
-    /// namespace). The attachment lives as long as `self`.
+    /// namespace) through a bpf_link pinned as `link-IFACE` in the pin
+    /// directory. If a previous run left that link (it crashed, so the gate
+    /// kept protecting the interface meanwhile), the new program replaces
+    /// the old one atomically (bpf_link_update): no packet passes ungated.
+    /// [`Gate::detach`] undoes it; dropping the gate without it leaves the
+    /// link in place.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), GateError> {
         check_iface_name(iface)?;
         let attach_err = |source| GateError::Attach { iface: iface.to_owned(), mode, source };
-        self.xdp()?.attach(iface, mode.aya()).map(drop).map_err(attach_err)
+        let path = self.pin_dir.join(format!("link-{iface}"));
+        if path.exists() {
+            let pinned = PinnedLink::from_pin(&path).map_err(|e| GateError::Link(e.to_string()))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| GateError::Link(e.to_string()))?;
+            self.xdp()?.attach_to_link(link).map_err(attach_err)?;
+            self.link = Some((path, None));
+            return Ok(());
+        }
+        let id = self.xdp()?.attach(iface, mode.aya()).map_err(attach_err)?;
+        let link = self.xdp()?.take_link(id)?;
+        let fd = FdLink::try_from(link)
+            .map_err(|_| GateError::Link("this kernel attaches XDP without bpf_link (before 5.9)".into()))?;
+        let pinned = fd.pin(&path).map_err(|e| GateError::Link(e.to_string()))?;
+        self.link = Some((path, Some(pinned)));
+        Ok(())
+    }
+
+    /// Detaches the gate from the interface of [`Gate::attach`] (unpins
+    /// its link; the program goes once the gate is dropped).
+    pub fn detach(&mut self) -> Result<(), GateError> {
+        if let Some((path, _)) = self.link.take() {
+            std::fs::remove_file(&path).map_err(|e| GateError::Link(format!("{}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 
     /// Attaches the do-nothing program to `iface`, e.g. the client end of a

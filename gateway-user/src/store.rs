@@ -498,3 +498,50 @@ impl Directory for Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store::open(Path::new(":memory:")).expect("in-memory store")
+    }
+
+    fn attempt<'a>(user: &'a str, machine: [u8; 32]) -> Attempt<'a> {
+        Attempt { user, machine, install_serial: "s", agent_id: 1, source: "10.0.0.2:1", service: "web", reason: "r" }
+    }
+
+    #[test]
+    fn a_known_user_on_a_new_machine_is_approved_with_that_machine() {
+        let s = store();
+        s.add_user("alice", "pw", &["staff".into()]).expect("add");
+        assert!(matches!(s.add_user("alice", "x", &[]), Err(StoreError::UserExists(_))));
+        assert!(!s.standing("alice", &[1; 32]).expect("standing").machine_approved);
+        s.record_attempt(&attempt("alice", [1; 32])).expect("record");
+        s.record_attempt(&attempt("alice", [1; 32])).expect("record again");
+        let pending = s.pending().expect("pending");
+        assert_eq!(pending.len(), 1, "one entry per user and machine: {pending:?}");
+        assert_eq!((pending[0].count, pending[0].new_user), (2, false));
+        assert_eq!(s.approve("alice", &[]).expect("approve"), 1);
+        let st = s.standing("alice", &[1; 32]).expect("standing");
+        assert!(st.known && st.machine_approved && !st.revoked);
+        assert_eq!(st.groups, vec!["staff".to_owned()]);
+        assert!(s.pending().expect("pending").is_empty());
+        assert!(matches!(s.approve("alice", &[]), Err(StoreError::NothingPending(_))));
+    }
+
+    #[test]
+    fn an_unknown_user_becomes_valid_with_the_password_they_chose() {
+        let s = store();
+        assert!(s.verify_password("bob", "chosen"), "an unknown user's first login is accepted as a claim");
+        assert!(!s.verify_password("bob", "other"), "and later logins must use the same password");
+        s.record_attempt(&attempt("bob", [2; 32])).expect("record");
+        assert!(s.pending().expect("pending")[0].new_user);
+        s.approve("bob", &["eng".into()]).expect("approve");
+        assert!(s.verify_password("bob", "chosen"), "the chosen password is now the user's");
+        assert!(!s.verify_password("bob", "other"));
+        s.revoke_user("bob").expect("revoke");
+        assert!(s.standing("bob", &[2; 32]).expect("standing").revoked);
+        assert!(matches!(s.revoke_user("carol"), Err(StoreError::NoSuchUser(_))));
+    }
+}

@@ -243,3 +243,69 @@ fn an_agent_that_stops_answering_times_out_into_the_default_response() {
         .unwrap_or(0);
     assert!(denied >= 1, "the gate must count the denied flow's segments: {}", String::from_utf8_lossy(&status.stdout));
 }
+
+/// kill -9 of the control plane while flows are authorized and approvals
+/// are being written: the gate keeps filtering (its link stays pinned),
+/// flows the gate accepted meanwhile wait in the pinned maps, the restarted
+/// control plane decides them, earlier authorized flows are still there,
+/// and no committed approval is lost.
+#[test]
+fn a_killed_control_plane_loses_nothing() {
+    let s = Setup::new("crash", "drop", 3000);
+    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
+    let (gateway, _agent) = s.start();
+    s.login("alice", "pw");
+    s.curl(2);
+    assert_eq!(s.decision(1)["decision"], "denied");
+    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    s.curl(2);
+    assert_eq!(s.decision(2)["decision"], "authorized");
+
+    // Approvals keep being committed while the daemon dies.
+    let committed = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut ok = Vec::new();
+            for i in 0..20 {
+                let name = format!("user{i}");
+                let mut cmd = s.ackgate(&["users", "add", &name, "--password-stdin"]);
+                cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+                let mut child = cmd.spawn().expect("users add");
+                use std::io::Write as _;
+                child.stdin.take().expect("stdin").write_all(b"pw\n").expect("password");
+                if child.wait().expect("wait").success() {
+                    ok.push(name);
+                }
+            }
+            ok
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        // SAFETY: killing the daemon this test started.
+        unsafe { libc::kill(gateway.pid(), libc::SIGKILL) };
+        writer.join().expect("writer")
+    });
+    assert!(!committed.is_empty(), "some approvals must have been committed");
+
+    let link = s.topo.cmd(Ns::Gateway, &["ip", "link", "show", "dev", &s.topo.edge_if]);
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains("xdp"), "the gate must stay attached after the crash (fail closed): {link}");
+    // A connect while the control plane is down: the gate still accepts the
+    // stamped handshake and keeps it pending in the pinned map.
+    s.curl(2);
+    let flows = s.json(&["flows", "--json"]);
+    let states: Vec<&str> = flows.as_array().into_iter().flatten().filter_map(|f| f["state"].as_str()).collect();
+    assert!(states.contains(&"authorized"), "the authorized flow must survive the crash: {flows}");
+    assert!(states.contains(&"pending"), "the handshake during the outage must wait as pending: {flows}");
+
+    drop(gateway);
+    let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
+    restarted.wait_for_log("agent listener up", WAIT);
+    let third = s.decision(3);
+    assert_eq!(third["decision"], "authorized", "the flow left pending must be decided after the restart: {third}");
+    let users = s.json(&["users", "list", "--json"]);
+    for name in &committed {
+        assert!(
+            users.as_array().is_some_and(|u| u.iter().any(|r| r["name"] == name.as_str())),
+            "committed user {name} lost: {users}"
+        );
+    }
+}

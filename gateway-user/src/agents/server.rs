@@ -165,14 +165,26 @@ impl AgentServer {
         lock(&self.sessions).keys().copied().collect()
     }
 
-    /// Asks agent `agent_id` who is behind `flow` and checks the answer.
+    /// Asks agent `agent_id` who is behind `flow` and checks the answer,
+    /// all within `timeout`. An agent without a session (reconnecting, or
+    /// the gateway just restarted) is waited for within the same time.
     pub async fn request_profile(
         &self,
         agent_id: u32,
         flow: FlowSummary,
         timeout: Duration,
     ) -> Result<ProfileOutcome, ProfileError> {
-        let session = lock(&self.sessions).get(&agent_id).cloned().ok_or(ProfileError::NoSession(agent_id))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let session = loop {
+            if let Some(s) = lock(&self.sessions).get(&agent_id).cloned() {
+                break s;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProfileError::NoSession(agent_id));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let request =
             ProfileRequest { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), nonce: rand::random(), flow };
         let (reply, answer) = oneshot::channel();

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED};
+use ackgate_common::abi::{EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, GateEvent};
 use ackgate_gateway::access_log::{AccessLog, AccessRecord};
 use ackgate_gateway::agents::{AgentServer, ServerConfig};
 use ackgate_gateway::config::{Config, ControlSection, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
@@ -198,7 +198,8 @@ fn run(config_path: PathBuf) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     runtime.block_on(serve(&mut gate, events, control))?;
-    // Dropping the gate detaches the program; pinned maps stay.
+    // A clean stop takes the gate off the interface; pinned maps stay.
+    gate.detach()?;
     drop(gate);
     info!("gate detached");
     Ok(())
@@ -258,6 +259,9 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>) -> Re
         }
         None => (None, None, None),
     };
+    if let Some(p) = plane.as_mut() {
+        p.resume(gate);
+    }
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -330,6 +334,36 @@ impl Plane {
         let validator = Arc::new(Validator::new(p.store));
         let (cp, decisions) = ControlPlane::new(server, validator, p.rules, p.settings);
         Ok((Self { cp, access_log: p.access_log }, decisions, enrollments))
+    }
+
+    /// Flows left pending by a previous run (a restart or a crash) are
+    /// decided again: the pinned flow map kept them, their agents reconnect.
+    fn resume(&mut self, gate: &mut Gate) {
+        let flows = match gate.pending_flows() {
+            Ok(f) => f,
+            Err(e) => {
+                warn!("reading the flow map for pending flows: {e}");
+                return;
+            }
+        };
+        let mut resumed = 0;
+        for (flow, f) in flows.into_iter().filter(|(_, f)| f.state == FLOW_PENDING) {
+            let event = GateEvent {
+                kind: EVENT_PENDING,
+                agent_id: f.agent_id,
+                flow,
+                client_isn: f.client_isn,
+                server_isn: f.server_isn,
+                created_ns: f.created_ns,
+            };
+            resumed += 1;
+            if let Some(d) = self.cp.on_event(event, Instant::now()) {
+                self.apply(gate, d);
+            }
+        }
+        if resumed > 0 {
+            info!(flows = resumed, "resumed flows left pending by the previous run");
+        }
     }
 
     /// Writes a decision into the flow map and the access log.
