@@ -80,6 +80,10 @@ pub struct ControlSection {
     pub advertise: Option<String>,
     /// JSON lines, one record per decision.
     pub access_log: Option<PathBuf>,
+    /// Root-only socket of the running daemon (revocations reach live
+    /// flows through it).
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
     /// Time an agent has to answer a profile request.
     #[serde(default = "default_profile_timeout")]
     pub profile_timeout_ms: u64,
@@ -105,6 +109,9 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_agent_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 4433))
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from("/run/ackgate.sock")
 }
 fn default_profile_timeout() -> u64 {
     3000

@@ -226,6 +226,15 @@ impl Gate {
         Ok(true)
     }
 
+    /// Forgets a flow: its next segment meets the gate as a stranger (no
+    /// capability on a data segment: the service's default response).
+    pub fn remove_flow(&mut self, flow: &FlowKey) -> Result<(), GateError> {
+        match self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?.remove(flow) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(GateError::Map { map: MAP_PENDING, source }),
+        }
+    }
+
     /// The flows in the pinned flow map of a gate running with `pin_dir`.
     pub fn read_flows(pin_dir: &Path) -> Result<Vec<(FlowKey, PendingFlow)>, GateError> {
         let path = pin_dir.join(MAP_PENDING);

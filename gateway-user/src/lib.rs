@@ -3,6 +3,7 @@
 //! enrollment and TLS sessions.
 
 pub mod access_log;
+pub mod admin_socket;
 pub mod agents;
 pub mod bpffs;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod counters;
 pub mod events;
 pub mod gate;
 pub mod pki;
+pub mod rst;
 pub mod store;
 pub mod validator;
 

@@ -358,6 +358,26 @@ impl Store {
         Ok(())
     }
 
+    /// Revokes the machines of `user` whose fingerprint starts with
+    /// `prefix` (hex); returns how many.
+    pub fn revoke_machine(&self, user: &str, prefix: &str) -> Result<usize, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let machines: Vec<Vec<u8>> = {
+            let mut stmt = tx.prepare("SELECT fingerprint FROM machines WHERE user = ?1 AND revoked = 0")?;
+            stmt.query_map([user], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        let mut n = 0;
+        for m in machines.iter().filter(|m| hex(m).starts_with(&prefix)) {
+            n +=
+                tx.execute("UPDATE machines SET revoked = 1 WHERE user = ?1 AND fingerprint = ?2", params![user, m])?;
+        }
+        Self::audit(&tx, "revoke machine", &format!("{user} {prefix} ({n})"))?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     pub fn create_invite(
         &self,
         gateway: &str,

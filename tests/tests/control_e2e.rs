@@ -51,6 +51,7 @@ pin_dir = "{pin}"
 state_dir = "{dir}/state"
 agent_listen = "{vip}:4433"
 access_log = "{dir}/access.jsonl"
+admin_socket = "{dir}/admin.sock"
 profile_timeout_ms = {profile_timeout_ms}
 
 [[services]]
@@ -242,6 +243,50 @@ fn an_agent_that_stops_answering_times_out_into_the_default_response() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(denied >= 1, "the gate must count the denied flow's segments: {}", String::from_utf8_lossy(&status.stdout));
+}
+
+/// Revoking a user ends their live authorized flow at once: the flow leaves
+/// the gate's map and the client gets a RST (the service's policy is reset).
+#[test]
+fn revocation_ends_a_live_flow() {
+    let s = Setup::new("revoke", "reset", 3000);
+    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
+    let (_gateway, _agent) = s.start();
+    s.login("alice", "pw");
+    s.curl(2);
+    assert_eq!(s.decision(1)["decision"], "denied");
+    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    // An idle client: it sends nothing after the handshake, so only the
+    // gateway's own RST can end its connection.
+    let (read, revoked_at, ended_at) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            let to = std::net::SocketAddr::new(s.topo.edge_addr.into(), PORT);
+            s.topo.run_in(Ns::Client, || {
+                let mut c = std::net::TcpStream::connect_timeout(&to, WAIT).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+                let r = std::io::Read::read(&mut c, &mut [0u8; 16]);
+                (r.map_err(|e| e.kind()), std::time::Instant::now())
+            })
+        });
+        assert_eq!(s.decision(2)["decision"], "authorized", "the flow must be authorized before the revocation");
+        let revoked_at = std::time::Instant::now();
+        let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("ended 1 live flow"),
+            "revoke must end the live flow: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let (read, ended_at) = client.join().expect("client thread");
+        (read, revoked_at, ended_at)
+    });
+    assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "the idle client must see its connection reset");
+    assert!(ended_at.duration_since(revoked_at) < Duration::from_secs(3), "the reset must come at once");
+    let flows = s.json(&["flows", "--json"]);
+    assert!(
+        !flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized")),
+        "the revoked flow must be gone from the gate: {flows}"
+    );
+    assert!(s.access_log().iter().any(|r| r["decision"] == "revoked"), "the revocation must be in the access log");
 }
 
 /// kill -9 of the control plane while flows are authorized and approvals

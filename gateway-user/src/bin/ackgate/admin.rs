@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
+use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest};
 use ackgate_gateway::config::{Config, ControlSection};
 use ackgate_gateway::gate::Gate;
 use ackgate_gateway::pki::Ca;
@@ -118,7 +119,7 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> Result<
 
 pub fn users(config_path: Option<&Path>, command: UsersCommand) -> Result<()> {
     let config_path = config_path.context("--config FILE is required")?;
-    let (_, store) = open_store(config_path)?;
+    let (config, store) = open_store(config_path)?;
     match command {
         UsersCommand::Add { name, groups, password_stdin } => {
             let password = read_password(password_stdin)?;
@@ -147,9 +148,17 @@ pub fn users(config_path: Option<&Path>, command: UsersCommand) -> Result<()> {
             let machines = store.approve(&name, &groups)?;
             println!("approved {name} ({machines} machine(s) bound)");
         }
-        UsersCommand::Revoke { name } => {
-            store.revoke_user(&name)?;
-            println!("revoked {name}");
+        UsersCommand::Revoke { name, machine } => {
+            match &machine {
+                None => store.revoke_user(&name)?,
+                Some(prefix) => {
+                    if store.revoke_machine(&name, prefix)? == 0 {
+                        bail!("{name} has no approved machine starting with {prefix}");
+                    }
+                }
+            }
+            println!("revoked {name}{}", machine.as_ref().map(|m| format!(" on machine {m}…")).unwrap_or_default());
+            end_live_flows(&config, &name, machine)?;
         }
         UsersCommand::Show { name, json } => {
             let user = store.user(&name)?.with_context(|| format!("no user named {name:?}"))?;
@@ -161,6 +170,22 @@ pub fn users(config_path: Option<&Path>, command: UsersCommand) -> Result<()> {
                 }
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Tells the running gateway to end the live flows of a revoked user.
+fn end_live_flows(config: &Config, user: &str, machine: Option<String>) -> Result<()> {
+    let socket = control(config)?.admin_socket.clone();
+    if !socket.exists() {
+        println!("the gateway is not running: the revocation applies to every new flow");
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let req = AdminRequest::EndFlows { user: user.to_owned(), machine };
+    match rt.block_on(admin_socket::request(&socket, &req))? {
+        AdminReply::Ended(n) => println!("ended {n} live flow(s)"),
+        AdminReply::Error(e) => bail!("the gateway could not end the live flows: {e}"),
     }
     Ok(())
 }

@@ -6,8 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ackgate_common::abi::{EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, GateEvent};
+use ackgate_common::abi::{
+    EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, GateEvent, RESPONSE_DROP, port_value, v4_bytes,
+};
 use ackgate_gateway::access_log::{AccessLog, AccessRecord};
+use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest};
 use ackgate_gateway::agents::{AgentServer, ServerConfig};
 use ackgate_gateway::config::{Config, ControlSection, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 use ackgate_gateway::control::{ControlPlane, Decision, FlowState, Settings};
@@ -127,8 +130,15 @@ enum UsersCommand {
         #[arg(long = "group")]
         groups: Vec<String>,
     },
-    /// Revoke a user: no new flow is authorized for them.
-    Revoke { name: String },
+    /// Revoke a user (or one of their machines): no new flow is authorized,
+    /// and the running gateway ends their live flows at once (a RST to the
+    /// client unless the service's policy is drop).
+    Revoke {
+        name: String,
+        /// Only the machines whose fingerprint starts with this (hex).
+        #[arg(long)]
+        machine: Option<String>,
+    },
     /// One user.
     Show {
         name: String,
@@ -197,7 +207,12 @@ fn run(config_path: PathBuf) -> Result<()> {
     let events = Events::take(gate.ebpf_mut()).context("opening the gate event ring buffer")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
-    runtime.block_on(serve(&mut gate, events, control))?;
+    let admin_socket = config.control.as_ref().map(|c| c.admin_socket.clone());
+    let served = runtime.block_on(serve(&mut gate, events, control));
+    if let Some(path) = admin_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    served?;
     // A clean stop takes the gate off the interface; pinned maps stay.
     gate.detach()?;
     drop(gate);
@@ -213,7 +228,10 @@ struct Prepared {
     listen: std::net::SocketAddr,
     access_log: AccessLog,
     rules: HashMap<([u8; 4], u16), ServiceRule>,
+    /// Default response (`RESPONSE_*`) by VIP and port.
+    responses: HashMap<([u8; 4], u16), u8>,
     settings: Settings,
+    admin_socket: std::path::PathBuf,
 }
 
 impl Prepared {
@@ -239,7 +257,21 @@ impl Prepared {
             max_pending: c.max_pending,
             max_pending_per_agent: c.max_pending_per_agent,
         };
-        Ok(Self { store, ca, listen: c.agent_listen, access_log, rules, settings })
+        let responses = config
+            .service_entries()?
+            .iter()
+            .map(|e| ((v4_bytes(&e.key.addr), port_value(e.key.port)), e.policy.default_response))
+            .collect();
+        Ok(Self {
+            store,
+            ca,
+            listen: c.agent_listen,
+            access_log,
+            rules,
+            responses,
+            settings,
+            admin_socket: c.admin_socket.clone(),
+        })
     }
 }
 
@@ -252,13 +284,14 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>) -> Re
     // until it is dropped, so the fd stays open while registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
-    let (mut plane, mut decisions, mut enrollments) = match control {
+    let (mut plane, mut decisions, mut enrollments, mut admin) = match control {
         Some(p) => {
-            let (plane, decisions, enrollments) = Plane::start(p).await?;
-            (Some(plane), Some(decisions), Some(enrollments))
+            let (plane, decisions, enrollments, admin) = Plane::start(p).await?;
+            (Some(plane), Some(decisions), Some(enrollments), Some(admin))
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
+    let mut prune = tokio::time::interval(Duration::from_secs(30));
     if let Some(p) = plane.as_mut() {
         p.resume(gate);
     }
@@ -269,6 +302,16 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>) -> Re
             Some(d) = recv(&mut decisions) => {
                 if let Some(p) = plane.as_mut() {
                     p.apply(gate, d);
+                }
+            }
+            Some((req, reply)) = recv_bounded(&mut admin) => {
+                if let Some(p) = plane.as_mut() {
+                    let _ = reply.send(p.admin(gate, req));
+                }
+            }
+            _ = prune.tick() => {
+                if let Some(p) = plane.as_mut() {
+                    p.prune(gate);
                 }
             }
             Some((id, key)) = recv(&mut enrollments) => {
@@ -312,18 +355,42 @@ async fn recv<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
     }
 }
 
+/// The next item of an optional bounded channel; never resolves without one.
+async fn recv_bounded<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The running control plane.
 struct Plane {
     cp: ControlPlane,
     access_log: AccessLog,
+    responses: HashMap<([u8; 4], u16), u8>,
+    /// Authorized flows and who they belong to, for revocation.
+    live: HashMap<FlowKey, LiveFlow>,
 }
 
-type Started = (Plane, UnboundedReceiver<Decision>, UnboundedReceiver<(u32, ackgate_common::mac::MacKey)>);
+struct LiveFlow {
+    user: String,
+    machine: String,
+    server_isn: u32,
+}
+
+type Started = (
+    Plane,
+    UnboundedReceiver<Decision>,
+    UnboundedReceiver<(u32, ackgate_common::mac::MacKey)>,
+    tokio::sync::mpsc::Receiver<admin_socket::Pending>,
+);
 
 impl Plane {
     /// Starts the agent listener; returns the plane, its decisions and the
     /// keys of agents that enroll from now on.
     async fn start(p: Prepared) -> Result<Started> {
+        let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
+        admin_socket::serve(&p.admin_socket, admin_tx)?;
         let server = AgentServer::new(p.ca, p.store.clone(), ServerConfig::default())?;
         let enrollments = server.enrollments();
         let listener = tokio::net::TcpListener::bind(p.listen)
@@ -333,7 +400,8 @@ impl Plane {
         tokio::spawn(server.clone().serve(listener));
         let validator = Arc::new(Validator::new(p.store));
         let (cp, decisions) = ControlPlane::new(server, validator, p.rules, p.settings);
-        Ok((Self { cp, access_log: p.access_log }, decisions, enrollments))
+        let plane = Self { cp, access_log: p.access_log, responses: p.responses, live: HashMap::new() };
+        Ok((plane, decisions, enrollments, admin_rx))
     }
 
     /// Flows left pending by a previous run (a restart or a crash) are
@@ -366,6 +434,61 @@ impl Plane {
         }
     }
 
+    /// Administrative requests that act on live state.
+    fn admin(&mut self, gate: &mut Gate, req: AdminRequest) -> AdminReply {
+        match req {
+            AdminRequest::EndFlows { user, machine } => {
+                let ended: Vec<FlowKey> = self
+                    .live
+                    .iter()
+                    .filter(|(_, l)| {
+                        l.user == user && machine.as_ref().is_none_or(|m| l.machine.starts_with(m.as_str()))
+                    })
+                    .map(|(k, _)| *k)
+                    .collect();
+                for flow in &ended {
+                    let Some(l) = self.live.remove(flow) else { continue };
+                    if let Err(e) = gate.remove_flow(flow) {
+                        return AdminReply::Error(format!("removing a flow from the gate: {e}"));
+                    }
+                    let (caddr, cport) = flow.client_v4();
+                    let (saddr, sport) = flow.service_v4();
+                    let (client, service) = (
+                        std::net::SocketAddrV4::new(caddr.into(), cport),
+                        std::net::SocketAddrV4::new(saddr.into(), sport),
+                    );
+                    let response = self.responses.get(&(saddr, sport)).copied().unwrap_or(RESPONSE_DROP);
+                    if response != RESPONSE_DROP
+                        && let Err(e) = ackgate_gateway::rst::reset_client(client, service, l.server_isn)
+                    {
+                        warn!(%client, "sending the revoked flow's RST: {e}");
+                    }
+                    self.access_log.record(&AccessRecord {
+                        at_unix_ms: unix_ms(),
+                        client: client.to_string(),
+                        service: service.to_string(),
+                        service_name: "",
+                        agent_id: 0,
+                        user: Some(&l.user),
+                        machine: Some(l.machine.clone()),
+                        decision: "revoked",
+                        reason: "the user or machine was revoked",
+                        latency_ms: 0.0,
+                    });
+                }
+                AdminReply::Ended(ended.len())
+            }
+        }
+    }
+
+    /// Forgets live flows the gate no longer holds (aged out of its LRU map).
+    fn prune(&mut self, gate: &mut Gate) {
+        if let Ok(flows) = gate.pending_flows() {
+            let present: std::collections::HashSet<FlowKey> = flows.into_iter().map(|(k, _)| k).collect();
+            self.live.retain(|k, _| present.contains(k));
+        }
+    }
+
     /// Writes a decision into the flow map and the access log.
     fn apply(&mut self, gate: &mut Gate, d: Decision) {
         let state = if d.state == FlowState::Authorized { FLOW_AUTHORIZED } else { FLOW_DENIED };
@@ -377,7 +500,7 @@ impl Plane {
         let (caddr, cport) = d.event.flow.client_v4();
         let (saddr, sport) = d.event.flow.service_v4();
         self.access_log.record(&AccessRecord {
-            at_unix_ms: std::time::SystemTime::UNIX_EPOCH.elapsed().map(|t| t.as_millis() as u64).unwrap_or(0),
+            at_unix_ms: unix_ms(),
             client: std::net::SocketAddrV4::new(caddr.into(), cport).to_string(),
             service: std::net::SocketAddrV4::new(saddr.into(), sport).to_string(),
             service_name: &d.service,
@@ -388,8 +511,22 @@ impl Plane {
             reason: &d.reason,
             latency_ms: d.latency.as_secs_f64() * 1000.0,
         });
+        if d.state == FlowState::Authorized
+            && let (Some(user), Some(machine)) = (&d.user, &d.machine)
+        {
+            let live = LiveFlow {
+                user: user.clone(),
+                machine: ackgate_gateway::store::hex(machine),
+                server_isn: d.event.server_isn,
+            };
+            self.live.insert(d.event.flow, live);
+        }
         self.cp.finish(&d);
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::UNIX_EPOCH.elapsed().map(|t| t.as_millis() as u64).unwrap_or(0)
 }
 
 fn status(pin_dir: PathBuf, all: bool) -> Result<()> {

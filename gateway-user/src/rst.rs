@@ -1,0 +1,54 @@
+//! RSTs sent from userspace: ending a live flow whose user was revoked
+//! (DESIGN.md §6), when the service's policy is not silence.
+
+use std::net::SocketAddrV4;
+
+use ackgate_common::net::{Ipv4Hdr, TCP_ACK, TcpHdr};
+use ackgate_common::reply::reset_for_ack;
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Sends the client of a held flow the RST its stack accepts at once: from
+/// the service, with SEQ = server ISN + 1, the only sequence number the
+/// client expects while the gateway holds the flow (RFC 5961 §3.2 accepts
+/// an exactly in-window RST without a challenge ACK).
+pub fn reset_client(client: SocketAddrV4, service: SocketAddrV4, server_isn: u32) -> std::io::Result<()> {
+    // The RST the gate sends for an ACK, built from the ACK the client
+    // would send now.
+    let ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        total_len: 40u16.to_be_bytes(),
+        id: [0, 0],
+        frag: [0x40, 0],
+        ttl: 64,
+        proto: ackgate_common::net::IPPROTO_TCP,
+        check: [0, 0],
+        saddr: client.ip().octets(),
+        daddr: service.ip().octets(),
+    };
+    let ack = TcpHdr {
+        sport: client.port().to_be_bytes(),
+        dport: service.port().to_be_bytes(),
+        seq: [0; 4],
+        ack: server_isn.wrapping_add(1).to_be_bytes(),
+        doff_res: 5 << 4,
+        flags: TCP_ACK,
+        window: [0, 0],
+        check: [0, 0],
+        urg: [0, 0],
+    };
+    let (out_ip, rst) = reset_for_ack(&ip, &ack);
+    let mut packet = Vec::with_capacity(40);
+    packet.extend_from_slice(as_bytes(&out_ip));
+    packet.extend_from_slice(as_bytes(&rst));
+    // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our header as is.
+    let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+    let to = SocketAddrV4::new(*client.ip(), 0);
+    socket.send_to(&packet, &to.into())?;
+    Ok(())
+}
+
+fn as_bytes<T: ackgate_common::net::Wire>(v: &T) -> &[u8] {
+    // SAFETY: `Wire` types are plain bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
