@@ -80,6 +80,8 @@ pub struct ControlSection {
     pub advertise: Option<String>,
     /// JSON lines, one record per decision.
     pub access_log: Option<PathBuf>,
+    /// Prometheus metrics at http://ADDR/metrics (off when absent).
+    pub metrics_listen: Option<SocketAddr>,
     /// Root-only socket of the running daemon (revocations reach live
     /// flows through it).
     #[serde(default = "default_admin_socket")]

@@ -52,6 +52,7 @@ state_dir = "{dir}/state"
 agent_listen = "{vip}:4433"
 access_log = "{dir}/access.jsonl"
 admin_socket = "{dir}/admin.sock"
+metrics_listen = "127.0.0.1:9100"
 profile_timeout_ms = {profile_timeout_ms}
 
 [[services]]

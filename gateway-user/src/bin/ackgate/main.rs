@@ -17,6 +17,7 @@ use ackgate_gateway::control::{ControlPlane, Decision, FlowState, Settings};
 use ackgate_gateway::counters;
 use ackgate_gateway::events::Events;
 use ackgate_gateway::gate::Gate;
+use ackgate_gateway::metrics::Metrics;
 use ackgate_gateway::pki::Ca;
 use ackgate_gateway::store::Store;
 use ackgate_gateway::validator::{ServiceRule, Validator};
@@ -232,6 +233,8 @@ struct Prepared {
     responses: HashMap<([u8; 4], u16), u8>,
     settings: Settings,
     admin_socket: std::path::PathBuf,
+    metrics_listen: Option<std::net::SocketAddr>,
+    pin_dir: std::path::PathBuf,
 }
 
 impl Prepared {
@@ -271,6 +274,8 @@ impl Prepared {
             responses,
             settings,
             admin_socket: c.admin_socket.clone(),
+            metrics_listen: c.metrics_listen,
+            pin_dir: config.gateway.pin_dir.clone(),
         })
     }
 }
@@ -370,6 +375,7 @@ struct Plane {
     responses: HashMap<([u8; 4], u16), u8>,
     /// Authorized flows and who they belong to, for revocation.
     live: HashMap<FlowKey, LiveFlow>,
+    metrics: Arc<Metrics>,
 }
 
 struct LiveFlow {
@@ -398,9 +404,21 @@ impl Plane {
             .with_context(|| format!("listening for agents on {}", p.listen))?;
         info!(listen = %p.listen, "agent listener up");
         tokio::spawn(server.clone().serve(listener));
+        let metrics = Arc::new(Metrics::default());
+        if let Some(addr) = p.metrics_listen {
+            let (m, pin_dir, srv) = (metrics.clone(), p.pin_dir.clone(), server.clone());
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = ackgate_gateway::metrics::serve(listener, m, pin_dir, srv).await {
+                    warn!("metrics endpoint on {addr}: {e}");
+                }
+            });
+            info!(listen = %addr, "metrics endpoint up");
+        }
         let validator = Arc::new(Validator::new(p.store));
         let (cp, decisions) = ControlPlane::new(server, validator, p.rules, p.settings);
-        let plane = Self { cp, access_log: p.access_log, responses: p.responses, live: HashMap::new() };
+        let plane = Self { cp, access_log: p.access_log, responses: p.responses, live: HashMap::new(), metrics };
         Ok((plane, decisions, enrollments, admin_rx))
     }
 
@@ -511,6 +529,7 @@ impl Plane {
             reason: &d.reason,
             latency_ms: d.latency.as_secs_f64() * 1000.0,
         });
+        self.metrics.decision(d.state.label(), d.latency);
         if d.state == FlowState::Authorized
             && let (Some(user), Some(machine)) = (&d.user, &d.machine)
         {

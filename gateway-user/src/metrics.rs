@@ -1,0 +1,134 @@
+//! Prometheus metrics over HTTP (`[control] metrics_listen`): gate verdicts
+//! by reason and flows by state (read from the pinned maps at each scrape),
+//! decisions by outcome, the decision latency histogram, and the agent
+//! listener's counters.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
+use axum::Router;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::agents::AgentServer;
+use crate::gate::Gate;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Event {
+    event: String,
+}
+
+/// Metrics the control plane updates as it decides.
+pub struct Metrics {
+    registry: Registry,
+    decisions: Family<Outcome, Counter>,
+    latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ackgate");
+        let decisions = Family::<Outcome, Counter>::default();
+        registry.register("decisions", "Flows decided, by outcome (authorized, denied, timed_out)", decisions.clone());
+        // 0.5 ms .. ~16 s.
+        let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register("decision_latency_seconds", "From the gate's event to the decision", latency.clone());
+        Self { registry, decisions, latency }
+    }
+}
+
+impl Metrics {
+    pub fn decision(&self, outcome: &str, latency: Duration) {
+        self.decisions.get_or_create(&Outcome { outcome: outcome.to_owned() }).inc();
+        self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// The full exposition: live values read now, then the accumulated ones.
+    fn render(&self, pin_dir: &std::path::Path, server: &AgentServer) -> String {
+        let mut now = Registry::with_prefix("ackgate");
+        let gate = Family::<Reason, Counter>::default();
+        now.register("gate_packets", "Packets the XDP gate handled, by verdict reason", gate.clone());
+        if let Ok(c) = crate::counters::from_pin_dir(pin_dir) {
+            for (reason, n) in c.labelled() {
+                gate.get_or_create(&Reason { reason: reason.to_owned() }).inc_by(n);
+            }
+        }
+        let flows = Family::<State, Gauge>::default();
+        now.register("flows", "Flows in the gate's flow map, by state", flows.clone());
+        if let Ok(all) = Gate::read_flows(pin_dir) {
+            for (state, name) in [(FLOW_PENDING, "pending"), (FLOW_AUTHORIZED, "authorized"), (FLOW_DENIED, "denied")] {
+                let n = all.iter().filter(|(_, f)| f.state == state).count();
+                flows.get_or_create(&State { state: name.to_owned() }).set(n as i64);
+            }
+        }
+        let sessions = Gauge::<i64>::default();
+        sessions.set(server.connected().len() as i64);
+        now.register("agent_sessions", "Agents with a live session", sessions);
+        let agent = Family::<Event, Counter>::default();
+        now.register("agent_events", "Agent listener events since start", agent.clone());
+        let s = &server.stats;
+        for (name, v) in [
+            ("enrolled", &s.enrolled),
+            ("enroll_refused", &s.enroll_refused),
+            ("sessions_opened", &s.sessions_opened),
+            ("sessions_refused", &s.sessions_refused),
+            ("bad_frames", &s.bad_frames),
+            ("logins_accepted", &s.logins_accepted),
+            ("logins_refused", &s.logins_refused),
+            ("answers_refused", &s.answers_refused),
+        ] {
+            agent.get_or_create(&Event { event: name.to_owned() }).inc_by(v.load(Ordering::Relaxed));
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode_registry(&mut out, &now);
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    pin_dir: PathBuf,
+    server: Arc<AgentServer>,
+) -> std::io::Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let (metrics, pin_dir, server) = (metrics.clone(), pin_dir.clone(), server.clone());
+            async move {
+                let body = metrics.render(&pin_dir, &server);
+                ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
