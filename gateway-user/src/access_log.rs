@@ -18,8 +18,11 @@ pub struct AccessRecord<'a> {
     /// "authorized", "denied" or "timed_out".
     pub decision: &'a str,
     pub reason: &'a str,
-    /// From the gate's event to the decision.
+    /// From the gate's event to the decision ...
     pub latency_ms: f64,
+    /// ... of which waiting for the agent's profile, and validating it.
+    pub profile_ms: f64,
+    pub validation_ms: f64,
 }
 
 pub struct AccessLog {

@@ -68,7 +68,11 @@ pub struct Decision {
     pub service: String,
     pub user: Option<String>,
     pub machine: Option<[u8; 32]>,
+    /// From the gate's event to the decision.
     pub latency: Duration,
+    /// Of which: waiting for the agent's profile, and validating it.
+    pub profile_time: Duration,
+    pub validation_time: Duration,
 }
 
 /// Counters of the state machine (since start).
@@ -136,6 +140,8 @@ impl ControlPlane {
             user: None,
             machine: None,
             latency: received.elapsed(),
+            profile_time: Duration::ZERO,
+            validation_time: Duration::ZERO,
         };
         if self.inflight.contains_key(&event.flow) {
             return None;
@@ -200,9 +206,14 @@ async fn decide(
         user: None,
         machine: None,
         latency: Duration::ZERO,
+        profile_time: Duration::ZERO,
+        validation_time: Duration::ZERO,
     };
     tracing::debug!(flow = ?summary, state = FlowState::ProfileRequested.label());
-    let outcome = match server.request_profile(event.agent_id, summary, settings.profile_timeout).await {
+    let asked = Instant::now();
+    let answer = server.request_profile(event.agent_id, summary, settings.profile_timeout).await;
+    d.profile_time = asked.elapsed();
+    let outcome = match answer {
         Ok(o) => o,
         Err(e @ (ProfileError::Timeout(..) | ProfileError::NoSession(_) | ProfileError::SessionClosed(_))) => {
             d.reason = e.to_string();
@@ -215,8 +226,11 @@ async fn decide(
     tracing::debug!(flow = ?summary, state = FlowState::Validating.label());
     let source = format!("{}:{cport}", std::net::Ipv4Addr::from(caddr));
     let v = validator.clone();
+    let validating = Instant::now();
     let check = tokio::task::spawn_blocking(move || v.validate(&outcome, &rule, &source));
-    match tokio::time::timeout(settings.validation_timeout, check).await {
+    let verdict = tokio::time::timeout(settings.validation_timeout, check).await;
+    d.validation_time = validating.elapsed();
+    match verdict {
         Err(_) => d.reason = format!("the validator did not decide within {:?}", settings.validation_timeout),
         Ok(Err(e)) => {
             d.state = FlowState::Denied;

@@ -190,6 +190,27 @@ impl Store {
         Ok(())
     }
 
+    /// Imports users whose argon2id PHC hashes exist already (migrations,
+    /// benchmarks), each with one approved machine, in one transaction.
+    pub fn import_users(&self, users: &[(String, String, [u8; 32])], groups: &[String]) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        {
+            let mut user =
+                tx.prepare("INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut machine =
+                tx.prepare("INSERT INTO machines (user, fingerprint, approved_unix) VALUES (?1, ?2, ?3)")?;
+            let now = now_unix();
+            for (name, hash, fp) in users {
+                user.execute(params![name, hash, groups.join(","), now])?;
+                machine.execute(params![name, &fp[..], now])?;
+            }
+        }
+        Self::audit(&tx, "import", &format!("{} users", users.len()))?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         let db = self.db();
         let mut stmt = db.prepare("SELECT name, groups, created_unix, revoked FROM users ORDER BY name")?;

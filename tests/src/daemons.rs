@@ -6,11 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of a workspace binary next to the running test executable
-/// (`target/<profile>/NAME`; tests live in `target/<profile>/deps`).
+/// Path of a workspace binary of the running executable's profile:
+/// `target/<profile>/NAME`, the running binary being there itself (bench,
+/// demo) or in `target/<profile>/deps` (tests).
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("locating the test executable: {e}"));
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap_or_else(|| panic!("unexpected test path {exe:?}"));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("locating the running executable: {e}"));
+    let dir = exe.parent().unwrap_or_else(|| panic!("unexpected executable path {exe:?}"));
+    let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

@@ -9,165 +9,15 @@
 //! - An agent that stops answering (SIGSTOP, its stamper still attached)
 //!   times out: the flow gets the service's default response (a reset).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use ackgate_tests::daemons::{Daemon, eventually, in_netns, run_ok, workspace_binary};
-use ackgate_tests::fixture::unique_pin_dir;
-use ackgate_tests::topology::{Ns, Topology};
-use serde_json::Value;
-
-const PORT: u16 = 8443;
-const WAIT: Duration = Duration::from_secs(15);
-
-struct Setup {
-    topo: Topology,
-    dir: PathBuf,
-    pin_dir: PathBuf,
-    gateway_config: PathBuf,
-    agent_config: PathBuf,
-    ackgate: PathBuf,
-    agent_bin: PathBuf,
-}
-
-impl Setup {
-    fn new(tag: &str, default_response: &str, profile_timeout_ms: u64) -> Self {
-        let topo = Topology::new(tag);
-        let dir = std::env::temp_dir().join(format!("ackgate-e2e-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        let pin_dir = unique_pin_dir(tag);
-        let gateway_config = dir.join("gateway.toml");
-        std::fs::write(
-            &gateway_config,
-            format!(
-                r#"[gateway]
-edge_interface = "{edge}"
-xdp_mode = "generic"
-pin_dir = "{pin}"
-
-[control]
-state_dir = "{dir}/state"
-agent_listen = "{vip}:4433"
-access_log = "{dir}/access.jsonl"
-admin_socket = "{dir}/admin.sock"
-metrics_listen = "127.0.0.1:9100"
-profile_timeout_ms = {profile_timeout_ms}
-
-[[services]]
-name = "intranet"
-vip = "{vip}"
-port = {PORT}
-target = "{target}:{PORT}"
-default_response = "{default_response}"
-"#,
-                edge = topo.edge_if,
-                pin = pin_dir.display(),
-                dir = dir.display(),
-                vip = topo.edge_addr,
-                target = topo.target_addr,
-            ),
-        )
-        .expect("gateway config");
-        let agent_config = dir.join("agent.toml");
-        std::fs::write(
-            &agent_config,
-            format!(
-                "state_dir = \"{0}/agent-state\"\ncontrol_socket = \"{0}/agent.sock\"\ninterfaces = [\"{1}\"]\n\n[session]\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
-                dir.display(),
-                topo.client_if
-            ),
-        )
-        .expect("agent config");
-        let setup = Self {
-            topo,
-            dir,
-            pin_dir,
-            gateway_config,
-            agent_config,
-            ackgate: workspace_binary("ackgate"),
-            agent_bin: workspace_binary("ackgate-agent"),
-        };
-        run_ok(setup.ackgate(&["init"]), None, "ackgate init");
-        setup
-    }
-
-    fn ackgate(&self, args: &[&str]) -> Command {
-        let mut c = in_netns(self.topo.ns(Ns::Gateway), &self.ackgate);
-        c.args(args).arg("--config").arg(&self.gateway_config);
-        c
-    }
-
-    fn agent(&self, args: &[&str]) -> Command {
-        let mut c = in_netns(self.topo.ns(Ns::Client), &self.agent_bin);
-        c.arg("--config").arg(&self.agent_config).args(args);
-        c
-    }
-
-    /// Invite, enroll, and both daemons up with the agent connected.
-    fn start(&self) -> (Daemon, Daemon) {
-        let invite = run_ok(self.ackgate(&["invite", "--note", "e2e"]), None, "ackgate invite");
-        let invite = String::from_utf8_lossy(&invite.stdout).trim().to_owned();
-        let mut gateway = Daemon::start(self.ackgate(&["run"]), "ackgate run", self.dir.join("gateway.log"));
-        gateway.wait_for_log("agent listener up", WAIT);
-        run_ok(self.agent(&["enroll", &invite]), None, "ackgate-agent enroll");
-        let agent = Daemon::start(self.agent(&["run"]), "ackgate-agent run", self.dir.join("agent.log"));
-        eventually(WAIT, "the agent's session to come up", || {
-            let out = self.agent(&["status", "--json"]).output().ok()?;
-            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-            (v["session"]["state"] == "connected").then_some(())
-        });
-        (gateway, agent)
-    }
-
-    fn login(&self, user: &str, password: &str) {
-        let out = run_ok(
-            self.agent(&["login", "--user", user, "--password-stdin"]),
-            Some(&format!("{password}\n")),
-            "ackgate-agent login",
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("logged in"), "login output: {out:?}");
-    }
-
-    /// One connection attempt with curl from the client namespace, given
-    /// `max_secs`; returns curl's exit code (28: timed out, 56: reset).
-    fn curl(&self, max_secs: u32) -> i32 {
-        let url = format!("http://{}:{PORT}/", self.topo.edge_addr);
-        let max = max_secs.to_string();
-        let out = self.topo.cmd(Ns::Client, &["curl", "-s", "-m", &max, "-o", "/dev/null", &url]);
-        out.status.code().unwrap_or(-1)
-    }
-
-    fn access_log(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("access.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Waits for the `n`th access-log record and returns it.
-    fn decision(&self, n: usize) -> Value {
-        eventually(WAIT, &format!("access log record {n}"), || self.access_log().get(n - 1).cloned())
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = run_ok(self.ackgate(args), None, &format!("ackgate {args:?}"));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ackgate {args:?} --json: {e}"))
-    }
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-    }
-}
+use ackgate_tests::daemons::{Daemon, run_ok};
+use ackgate_tests::deployment::{PORT, Setup, WAIT};
+use ackgate_tests::topology::Ns;
 
 /// Denied and recorded first, authorized after approval.
 fn approval_flow(tag: &str, add_user_first: bool) {
-    let s = Setup::new(tag, "drop", 3000);
+    let s = Setup::new(tag, "drop", 3000, "");
     if add_user_first {
         run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw-alice\n"), "users add");
     }
@@ -217,7 +67,7 @@ fn unknown_user_is_recorded_then_approved_and_authorized() {
 
 #[test]
 fn an_agent_that_stops_answering_times_out_into_the_default_response() {
-    let s = Setup::new("timeout", "reset", 700);
+    let s = Setup::new("timeout", "reset", 700, "");
     run_ok(s.ackgate(&["users", "add", "bob", "--password-stdin"]), Some("pw\n"), "users add");
     let (_gateway, agent) = s.start();
     s.login("bob", "pw");
@@ -250,7 +100,7 @@ fn an_agent_that_stops_answering_times_out_into_the_default_response() {
 /// the gate's map and the client gets a RST (the service's policy is reset).
 #[test]
 fn revocation_ends_a_live_flow() {
-    let s = Setup::new("revoke", "reset", 3000);
+    let s = Setup::new("revoke", "reset", 3000, "");
     run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
     let (_gateway, _agent) = s.start();
     s.login("alice", "pw");
@@ -297,7 +147,7 @@ fn revocation_ends_a_live_flow() {
 /// and no committed approval is lost.
 #[test]
 fn a_killed_control_plane_loses_nothing() {
-    let s = Setup::new("crash", "drop", 3000);
+    let s = Setup::new("crash", "drop", 3000, "");
     run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
     let (gateway, _agent) = s.start();
     s.login("alice", "pw");

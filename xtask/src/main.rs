@@ -32,8 +32,13 @@ enum Command {
     },
     /// Build, create a namespace topology and show the gate at work.
     Demo,
-    /// Benchmarks: ns/packet per verdict against a do-nothing XDP baseline.
-    Bench,
+    /// Benchmarks, each next to a baseline measured in the same run: gate
+    /// verdict paths and SYN floods, the agent's stamper and memory, the
+    /// control plane's authorizations/s, validator lookups and memory.
+    Bench {
+        /// Only these groups: gate, agent, control, flood (default: all).
+        groups: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,10 +49,13 @@ fn main() -> Result<()> {
             setup::build_tools()?;
             suite::cargo_run_bin("demo", &[])
         }
-        Command::Bench => {
+        Command::Bench { groups } => {
             setup::build_tools()?;
             suite::cargo_build_release("ackgate-agent")?;
-            suite::cargo_run_bin("bench", &["--release"])
+            suite::cargo_build_release("ackgate-gateway")?;
+            let mut args = vec!["--release", "--"];
+            args.extend(groups.iter().map(String::as_str));
+            suite::cargo_run_bin("bench", &args)
         }
     }
 }

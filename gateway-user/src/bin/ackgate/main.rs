@@ -492,6 +492,8 @@ impl Plane {
                         decision: "revoked",
                         reason: "the user or machine was revoked",
                         latency_ms: 0.0,
+                        profile_ms: 0.0,
+                        validation_ms: 0.0,
                     });
                 }
                 AdminReply::Ended(ended.len())
@@ -528,6 +530,8 @@ impl Plane {
             decision: d.state.label(),
             reason: &d.reason,
             latency_ms: d.latency.as_secs_f64() * 1000.0,
+            profile_ms: d.profile_time.as_secs_f64() * 1000.0,
+            validation_ms: d.validation_time.as_secs_f64() * 1000.0,
         });
         self.metrics.decision(d.state.label(), d.latency);
         if d.state == FlowState::Authorized

@@ -1,0 +1,202 @@
+//! The control plane: validator lookups against 100,000 users next to a
+//! bare SQLite primary-key lookup on the same database; authorizations per
+//! second end to end (real daemons, many concurrent connects from the
+//! client namespace); and the gateway daemon's memory with many flows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ackgate_common::proto::Profile;
+use ackgate_gateway::agents::{ProfileOutcome, hash_password};
+use ackgate_gateway::store::Store;
+use ackgate_gateway::validator::{ServiceRule, Validator, Verdict};
+use ackgate_tests::daemons::{eventually, run_ok};
+use ackgate_tests::deployment::{PORT, Setup};
+use ackgate_tests::topology::Ns;
+
+use crate::rss_kib;
+
+const USERS: u32 = 100_000;
+const CONNECTS: usize = 2000;
+const CONCURRENCY: usize = 256;
+const PENDING: usize = 10_000;
+
+fn machine(i: u32) -> [u8; 32] {
+    let mut m = [0u8; 32];
+    m[..4].copy_from_slice(&i.to_be_bytes());
+    m
+}
+
+/// Pseudo-random user indices (a full-period LCG), so lookups do not walk
+/// the B-tree in order.
+fn order(n: u32) -> impl Iterator<Item = u32> {
+    let mut x: u32 = 12345;
+    (0..n).map(move |_| {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        x % USERS
+    })
+}
+
+pub fn validator_bench() {
+    let dir = std::env::temp_dir().join(format!("ackgate-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("users.db");
+    let store = Arc::new(Store::open(&path).expect("store"));
+    let hash = hash_password("pw");
+    let users: Vec<(String, String, [u8; 32])> =
+        (0..USERS).map(|i| (format!("user{i}"), hash.clone(), machine(i))).collect();
+    store.import_users(&users, &["staff".to_owned()]).expect("import");
+    let validator = Validator::new(store.clone());
+    let rule = ServiceRule { name: "intranet".into(), allow_groups: vec!["staff".into()] };
+
+    let bare = rusqlite::Connection::open(&path).expect("second connection");
+    let mut stmt = bare.prepare("SELECT password_hash FROM users WHERE name = ?1").expect("prepare");
+    let start = Instant::now();
+    for i in order(USERS) {
+        let _: String = stmt.query_row([format!("user{i}")], |r| r.get(0)).expect("bare lookup");
+    }
+    let bare_secs = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    for i in order(USERS) {
+        let outcome = ProfileOutcome {
+            agent_id: 1,
+            profile: Profile {
+                user: format!("user{i}"),
+                proof: [0; 32],
+                machine: machine(i),
+                install_serial: "s".into(),
+            },
+            proof_valid: true,
+        };
+        let v = validator.validate(&outcome, &rule, "10.0.0.2:1").expect("validate");
+        assert_eq!(v, Verdict::Authorized, "every imported user on their machine must be authorized");
+    }
+    let validate_secs = start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("validator_users: {USERS}");
+    println!("validator_bare_lookups_per_sec: {:.0}", USERS as f64 / bare_secs);
+    println!("validator_lookups_per_sec: {:.0}", USERS as f64 / validate_secs);
+    println!("validator_cost_ratio_to_bare_lookup: {:.2}", validate_secs / bare_secs);
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Opens `n` connections from the client namespace, at most CONCURRENCY
+/// handshakes at a time, one every `pace` if given, and keeps them open;
+/// returns them with each connect()'s duration in ms.
+fn connect_many(
+    s: &Setup,
+    n: usize,
+    pace: Option<Duration>,
+) -> (Vec<tokio::net::TcpStream>, Vec<f64>, tokio::runtime::Runtime) {
+    let to = std::net::SocketAddr::new(s.topo.edge_addr.into(), PORT);
+    s.topo.run_in(Ns::Client, || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let (conns, times) = rt.block_on(async {
+            let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+            let mut tasks = Vec::with_capacity(n);
+            let mut ticker = pace.map(tokio::time::interval);
+            for _ in 0..n {
+                if let Some(t) = ticker.as_mut() {
+                    t.tick().await;
+                }
+                let gate = gate.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _permit = gate.acquire().await.expect("semaphore");
+                    let t = Instant::now();
+                    let c = tokio::net::TcpStream::connect(to).await.expect("connect");
+                    (c, t.elapsed().as_secs_f64() * 1000.0)
+                }));
+            }
+            let mut conns = Vec::with_capacity(n);
+            let mut times = Vec::with_capacity(n);
+            for t in tasks {
+                let (c, ms) = t.await.expect("connect task");
+                conns.push(c);
+                times.push(ms);
+            }
+            (conns, times)
+        });
+        (conns, times, rt)
+    })
+}
+
+fn raise_fd_limit() {
+    let lim = libc::rlimit { rlim_cur: 65_536, rlim_max: 65_536 };
+    // SAFETY: plain setrlimit on this process.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+}
+
+pub fn authorizations_bench() {
+    raise_fd_limit();
+    let s = Setup::new("auth", "drop", 30_000, "max_pending = 20000\nmax_pending_per_agent = 20000");
+    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
+    let (gateway, agent) = s.start();
+    s.login("alice", "pw");
+    s.curl(2);
+    assert_eq!(s.decision(1)["decision"], "denied");
+    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    let idle_kib = rss_kib(gateway.pid() as u32);
+
+    // A burst (as fast as CONCURRENCY handshakes in flight allow), then the
+    // same number paced at the goal's rate of 2,000/s.
+    let mut keep = Vec::new();
+    let mut seen = 1;
+    for (name, pace) in [("burst", None), ("paced_2000_per_sec", Some(Duration::from_micros(500)))] {
+        let started_ms = std::time::SystemTime::UNIX_EPOCH.elapsed().expect("clock").as_millis() as f64;
+        let (conns, mut connect_ms, rt) = connect_many(&s, CONNECTS, pace);
+        let records = eventually(Duration::from_secs(120), "every connect decided", || {
+            let log = s.access_log();
+            (log.len() >= seen + CONNECTS).then_some(log)
+        });
+        let decided = &records[seen..seen + CONNECTS];
+        seen += CONNECTS;
+        let authorized = decided.iter().filter(|r| r["decision"] == "authorized").count();
+        let last_ms = decided.iter().filter_map(|r| r["at_unix_ms"].as_f64()).fold(0.0, f64::max);
+        let mut latency: Vec<f64> = decided.iter().filter_map(|r| r["latency_ms"].as_f64()).collect();
+        latency.sort_by(f64::total_cmp);
+        connect_ms.sort_by(f64::total_cmp);
+        let mean = |key: &str| decided.iter().filter_map(|r| r[key].as_f64()).sum::<f64>() / decided.len() as f64;
+        // SYN to "authorized": the client's handshake plus the gate's event
+        // to the decision (the event follows the handshake's last ACK).
+        let mut total: Vec<f64> = connect_ms.iter().zip(&latency).map(|(a, b)| a + b).collect();
+        total.sort_by(f64::total_cmp);
+        println!("auth_{name}_connects: {CONNECTS} (at most {CONCURRENCY} handshakes in flight)");
+        println!("auth_{name}_authorized: {authorized}");
+        println!("auth_{name}_per_sec: {:.0} (goal >= 2000)", authorized as f64 / ((last_ms - started_ms) / 1000.0));
+        println!("auth_{name}_handshake_ms_p50: {:.2}", percentile(&connect_ms, 0.5));
+        println!("auth_{name}_handshake_ms_p99: {:.2}", percentile(&connect_ms, 0.99));
+        println!("auth_{name}_event_to_decision_ms_p50: {:.2}", percentile(&latency, 0.5));
+        println!("auth_{name}_event_to_decision_ms_p99: {:.2}", percentile(&latency, 0.99));
+        println!("auth_{name}_syn_to_authorized_ms_p50_est: {:.2}", percentile(&total, 0.5));
+        println!("auth_{name}_syn_to_authorized_ms_p99_est: {:.2} (goal < 10)", percentile(&total, 0.99));
+        println!("auth_{name}_profile_ms_mean: {:.2}", mean("profile_ms"));
+        println!("auth_{name}_validation_ms_mean: {:.2}", mean("validation_ms"));
+        keep.push((conns, rt));
+    }
+    let busy_kib = rss_kib(gateway.pid() as u32);
+    drop(keep);
+
+    // Pending flows: the agent is frozen, so every stamped handshake waits
+    // for its profile (the profile timeout is long here).
+    // SAFETY: signalling the daemon this benchmark started.
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    let (pending_conns, _, rt2) = connect_many(&s, PENDING, None);
+    let flows = eventually(Duration::from_secs(60), "the pending flows in the gate's map", || {
+        let v = s.json(&["flows", "--json"]);
+        let n = v.as_array()?.iter().filter(|f| f["state"] == "pending").count();
+        (n >= PENDING).then_some(n)
+    });
+    let pending_kib = rss_kib(gateway.pid() as u32);
+    println!("control_rss_idle_kib: {idle_kib}");
+    println!("control_rss_after_{}_authorized_kib: {busy_kib}", 2 * CONNECTS);
+    println!("control_rss_with_{flows}_pending_kib: {pending_kib}");
+    // SAFETY: as above.
+    unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+    drop(pending_conns);
+    drop(rt2);
+}

@@ -1,0 +1,165 @@
+//! A full deployment for end-to-end tests and benchmarks: the topology,
+//! gateway and agent configs in a scratch directory, and the real `ackgate`
+//! and `ackgate-agent` binaries driven through their command lines.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::daemons::{Daemon, eventually, in_netns, run_ok, workspace_binary};
+use crate::fixture::unique_pin_dir;
+use crate::topology::{Ns, Topology};
+
+/// The protected service's port.
+pub const PORT: u16 = 8443;
+/// How long any step may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct Setup {
+    pub topo: Topology,
+    pub dir: PathBuf,
+    pin_dir: PathBuf,
+    gateway_config: PathBuf,
+    agent_config: PathBuf,
+    ackgate: PathBuf,
+    agent_bin: PathBuf,
+}
+
+impl Setup {
+    /// A fresh deployment with one service (`default_response`), the
+    /// control plane initialised; `extra_control` is appended to `[control]`.
+    pub fn new(tag: &str, default_response: &str, profile_timeout_ms: u64, extra_control: &str) -> Self {
+        let topo = Topology::new(tag);
+        let dir = std::env::temp_dir().join(format!("ackgate-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let pin_dir = unique_pin_dir(tag);
+        let gateway_config = dir.join("gateway.toml");
+        std::fs::write(
+            &gateway_config,
+            format!(
+                r#"[gateway]
+edge_interface = "{edge}"
+xdp_mode = "generic"
+pin_dir = "{pin}"
+
+[control]
+state_dir = "{dir}/state"
+agent_listen = "{vip}:4433"
+access_log = "{dir}/access.jsonl"
+admin_socket = "{dir}/admin.sock"
+metrics_listen = "127.0.0.1:9100"
+profile_timeout_ms = {profile_timeout_ms}
+{extra_control}
+
+[[services]]
+name = "intranet"
+vip = "{vip}"
+port = {PORT}
+target = "{target}:{PORT}"
+default_response = "{default_response}"
+"#,
+                edge = topo.edge_if,
+                pin = pin_dir.display(),
+                dir = dir.display(),
+                vip = topo.edge_addr,
+                target = topo.target_addr,
+            ),
+        )
+        .expect("gateway config");
+        let agent_config = dir.join("agent.toml");
+        std::fs::write(
+            &agent_config,
+            format!(
+                "state_dir = \"{0}/agent-state\"\ncontrol_socket = \"{0}/agent.sock\"\ninterfaces = [\"{1}\"]\n\n[session]\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+                dir.display(),
+                topo.client_if
+            ),
+        )
+        .expect("agent config");
+        let setup = Self {
+            topo,
+            dir,
+            pin_dir,
+            gateway_config,
+            agent_config,
+            ackgate: workspace_binary("ackgate"),
+            agent_bin: workspace_binary("ackgate-agent"),
+        };
+        run_ok(setup.ackgate(&["init"]), None, "ackgate init");
+        setup
+    }
+
+    pub fn ackgate(&self, args: &[&str]) -> Command {
+        let mut c = in_netns(self.topo.ns(Ns::Gateway), &self.ackgate);
+        c.args(args).arg("--config").arg(&self.gateway_config);
+        c
+    }
+
+    pub fn agent(&self, args: &[&str]) -> Command {
+        let mut c = in_netns(self.topo.ns(Ns::Client), &self.agent_bin);
+        c.arg("--config").arg(&self.agent_config).args(args);
+        c
+    }
+
+    /// Invite, enroll, and both daemons up with the agent connected.
+    pub fn start(&self) -> (Daemon, Daemon) {
+        let invite = run_ok(self.ackgate(&["invite", "--note", "e2e"]), None, "ackgate invite");
+        let invite = String::from_utf8_lossy(&invite.stdout).trim().to_owned();
+        let mut gateway = Daemon::start(self.ackgate(&["run"]), "ackgate run", self.dir.join("gateway.log"));
+        gateway.wait_for_log("agent listener up", WAIT);
+        run_ok(self.agent(&["enroll", &invite]), None, "ackgate-agent enroll");
+        let agent = Daemon::start(self.agent(&["run"]), "ackgate-agent run", self.dir.join("agent.log"));
+        eventually(WAIT, "the agent's session to come up", || {
+            let out = self.agent(&["status", "--json"]).output().ok()?;
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["session"]["state"] == "connected").then_some(())
+        });
+        (gateway, agent)
+    }
+
+    pub fn login(&self, user: &str, password: &str) {
+        let out = run_ok(
+            self.agent(&["login", "--user", user, "--password-stdin"]),
+            Some(&format!("{password}\n")),
+            "ackgate-agent login",
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("logged in"), "login output: {out:?}");
+    }
+
+    /// One connection attempt with curl from the client namespace, given
+    /// `max_secs`; returns curl's exit code (28: timed out, 56: reset).
+    pub fn curl(&self, max_secs: u32) -> i32 {
+        let url = format!("http://{}:{PORT}/", self.topo.edge_addr);
+        let max = max_secs.to_string();
+        let out = self.topo.cmd(Ns::Client, &["curl", "-s", "-m", &max, "-o", "/dev/null", &url]);
+        out.status.code().unwrap_or(-1)
+    }
+
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("access.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for the `n`th access-log record and returns it.
+    pub fn decision(&self, n: usize) -> Value {
+        eventually(WAIT, &format!("access log record {n}"), || self.access_log().get(n - 1).cloned())
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = run_ok(self.ackgate(args), None, &format!("ackgate {args:?}"));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ackgate {args:?} --json: {e}"))
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
