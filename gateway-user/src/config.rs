@@ -148,6 +148,20 @@ pub struct GatewaySection {
     pub xdp_mode: XdpMode,
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// `page` responder: connections served at once, and the time each may
+    /// take.
+    #[serde(default = "default_page_max_connections")]
+    pub page_max_connections: usize,
+    #[serde(default = "default_page_timeout")]
+    pub page_timeout_ms: u64,
+}
+
+fn default_page_max_connections() -> usize {
+    256
+}
+
+fn default_page_timeout() -> u64 {
+    5000
 }
 
 fn default_xdp_mode() -> XdpMode {
@@ -190,6 +204,9 @@ pub struct ServiceSection {
     /// Groups whose users may reach the service; empty: every valid user.
     #[serde(default)]
     pub allow_groups: Vec<String>,
+    /// `page` services: the bytes to serve (a whole HTTP response, say);
+    /// default: a stock nginx 404.
+    pub page_file: Option<PathBuf>,
 }
 
 fn default_response() -> DefaultResponse {
@@ -219,6 +236,11 @@ impl Config {
             return Err(ConfigError::Invalid("gateway.edge_interface is empty".into()));
         }
         self.option.option_id().map_err(ConfigError::Invalid)?;
+        if self.gateway.page_max_connections == 0 || self.gateway.page_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "gateway: page_max_connections and page_timeout_ms must be above zero".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &self.services {
             self.service_v4(s)?;
@@ -267,6 +289,22 @@ impl Config {
 
     pub fn option_id(&self) -> OptionId {
         OptionId { kind: self.option.kind, exid: self.option.experiment_id }
+    }
+
+    /// The `page` services with the bytes each serves.
+    pub fn page_services(&self) -> Result<Vec<crate::page::PageService>, ConfigError> {
+        let mut out = Vec::new();
+        for s in self.services.iter().filter(|s| s.default_response == DefaultResponse::Page) {
+            let (vip, _) = self.service_v4(s)?;
+            let page = match &s.page_file {
+                Some(path) => std::fs::read(path).map_err(|e| {
+                    ConfigError::Invalid(format!("service {:?}: page_file {}: {e}", s.name, path.display()))
+                })?,
+                None => crate::page::DEFAULT_PAGE.to_vec(),
+            };
+            out.push(crate::page::PageService { vip, port: s.port, page: std::sync::Arc::new(page) });
+        }
+        Ok(out)
     }
 
     /// The services as map entries.

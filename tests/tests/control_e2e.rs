@@ -205,3 +205,22 @@ fn a_killed_control_plane_loses_nothing() {
         );
     }
 }
+
+/// `page` mode: an unstamped client completes its handshake into the
+/// gateway's local responder and gets an ordinary 404 page; the gate counts
+/// the refused ACK it passed on.
+#[test]
+fn page_mode_serves_the_page_to_an_unstamped_client() {
+    let s = Setup::new("page", "page", 3000, "");
+    let mut gateway = Daemon::start(s.ackgate(&["run"]), "ackgate run", s.dir.join("gateway.log"));
+    gateway.wait_for_log("page responder up", WAIT);
+    let url = format!("http://{}:{PORT}/secret", s.topo.edge_addr);
+    let out = s.topo.cmd(Ns::Client, &["curl", "-s", "-m", "5", "-i", &url]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl must get an answer in page mode: {out:?}\n{}", gateway.log());
+    assert!(body.starts_with("HTTP/1.1 404 Not Found"), "expected the decoy 404, got:\n{body}");
+    assert!(body.contains("<center>nginx</center>"), "expected the stock page body, got:\n{body}");
+    let status = run_ok(s.ackgate(&["status"]), None, "ackgate status");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("ack_no_option"), "the gate must have counted the unstamped ACK: {text}");
+}

@@ -18,6 +18,7 @@ use ackgate_gateway::counters;
 use ackgate_gateway::events::Events;
 use ackgate_gateway::gate::Gate;
 use ackgate_gateway::metrics::Metrics;
+use ackgate_gateway::page;
 use ackgate_gateway::pki::Ca;
 use ackgate_gateway::store::Store;
 use ackgate_gateway::validator::{ServiceRule, Validator};
@@ -195,6 +196,10 @@ fn run(config_path: PathBuf) -> Result<()> {
         }
         None => None,
     };
+    let pages = config.page_services()?;
+    if !pages.is_empty() {
+        page::install_synproxy(&pages).context("installing the page responder's SYNPROXY rules")?;
+    }
     gate.attach(&config.gateway.edge_interface, config.gateway.xdp_mode)?;
     info!(
         interface = %config.gateway.edge_interface,
@@ -209,7 +214,17 @@ fn run(config_path: PathBuf) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     let admin_socket = config.control.as_ref().map(|c| c.admin_socket.clone());
-    let served = runtime.block_on(serve(&mut gate, events, control));
+    let responder = Responder {
+        pages: pages.clone(),
+        max: config.gateway.page_max_connections,
+        timeout: Duration::from_millis(config.gateway.page_timeout_ms),
+    };
+    let served = runtime.block_on(serve(&mut gate, events, control, responder));
+    if !pages.is_empty()
+        && let Err(e) = page::remove_synproxy()
+    {
+        warn!("removing the page responder's rules: {e}");
+    }
     if let Some(path) = admin_socket {
         let _ = std::fs::remove_file(path);
     }
@@ -282,7 +297,21 @@ impl Prepared {
 
 /// Runs until a termination signal: gate events, and with a control plane
 /// the agent listener, the flow state machine and enrollment keys.
-async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>) -> Result<()> {
+/// The `page` services' local listeners.
+struct Responder {
+    pages: Vec<page::PageService>,
+    max: usize,
+    timeout: Duration,
+}
+
+async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, responder: Responder) -> Result<()> {
+    for p in &responder.pages {
+        let listener = tokio::net::TcpListener::bind((p.vip, p.port))
+            .await
+            .with_context(|| format!("page responder on {}:{}", p.vip, p.port))?;
+        tokio::spawn(page::serve(listener, p.page.clone(), responder.max, responder.timeout));
+        info!(vip = %p.vip, port = p.port, "page responder up");
+    }
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     // SAFETY: `events` owns the ring buffer fd, and AsyncFd owns `events`
