@@ -102,6 +102,37 @@ pub struct ControlSection {
     /// Invites are valid this long.
     #[serde(default = "default_invite_ttl")]
     pub invite_ttl_secs: u64,
+    /// A remote validator (`ackgate validator run`) at this `host:port`;
+    /// absent: the embedded one, on this host's store.
+    pub validator: Option<String>,
+    /// Credentials for the validator link (`ackgate validator credentials`).
+    pub validator_credentials: Option<PathBuf>,
+}
+
+/// The configuration of a validator service (`ackgate validator run`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorConfig {
+    pub validator: ValidatorSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidatorSection {
+    /// Where the gateway connects (mutual TLS 1.3).
+    pub listen: SocketAddr,
+    /// The user store (SQLite; created if missing).
+    pub store: PathBuf,
+    /// `ca.pem`, `validator.pem`, `validator.key`, `gateway.pem`.
+    pub credentials: PathBuf,
+}
+
+impl ValidatorConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+    }
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/ackgate";
@@ -254,6 +285,9 @@ impl Config {
         if let Some(c) = &self.control {
             if c.profile_timeout_ms == 0 || c.validation_timeout_ms == 0 {
                 return Err(ConfigError::Invalid("control: timeouts must be above zero".into()));
+            }
+            if c.validator.is_some() != c.validator_credentials.is_some() {
+                return Err(ConfigError::Invalid("control: validator and validator_credentials go together".into()));
             }
             if c.max_pending == 0 || c.max_pending_per_agent == 0 || c.max_pending_per_agent > c.max_pending {
                 return Err(ConfigError::Invalid("control: need 0 < max_pending_per_agent <= max_pending".into()));

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::agents::{AgentServer, ProfileError};
-use crate::validator::{ServiceRule, Validator, Verdict};
+use crate::validator::{Decider, ServiceRule, Verdict};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -87,7 +87,7 @@ pub struct Totals {
 
 pub struct ControlPlane {
     server: Arc<AgentServer>,
-    validator: Arc<Validator>,
+    validator: Arc<dyn Decider>,
     rules: HashMap<([u8; 4], u16), ServiceRule>,
     settings: Settings,
     inflight: HashMap<FlowKey, u32>,
@@ -101,7 +101,7 @@ impl ControlPlane {
     /// returned receiver.
     pub fn new(
         server: Arc<AgentServer>,
-        validator: Arc<Validator>,
+        validator: Arc<dyn Decider>,
         rules: HashMap<([u8; 4], u16), ServiceRule>,
         settings: Settings,
     ) -> (Self, mpsc::UnboundedReceiver<Decision>) {
@@ -182,7 +182,7 @@ impl ControlPlane {
 
 async fn decide(
     server: &AgentServer,
-    validator: &Arc<Validator>,
+    validator: &Arc<dyn Decider>,
     rule: ServiceRule,
     event: GateEvent,
     settings: Settings,
@@ -227,7 +227,7 @@ async fn decide(
     let source = format!("{}:{cport}", std::net::Ipv4Addr::from(caddr));
     let v = validator.clone();
     let validating = Instant::now();
-    let check = tokio::task::spawn_blocking(move || v.validate(&outcome, &rule, &source));
+    let check = tokio::task::spawn_blocking(move || v.decide(&outcome, &rule, &source));
     let verdict = tokio::time::timeout(settings.validation_timeout, check).await;
     d.validation_time = validating.elapsed();
     match verdict {
@@ -238,7 +238,7 @@ async fn decide(
         }
         Ok(Ok(Err(e))) => {
             d.state = FlowState::Denied;
-            d.reason = format!("user store: {e}");
+            d.reason = format!("validator: {e}");
         }
         Ok(Ok(Ok(Verdict::Authorized))) => {
             d.state = FlowState::Authorized;
@@ -283,7 +283,7 @@ mod tests {
             ServerConfig::default(),
         )
         .expect("server");
-        let validator = Arc::new(Validator::new(Arc::new(
+        let validator: Arc<dyn Decider> = Arc::new(crate::validator::Validator::new(Arc::new(
             crate::store::Store::open(std::path::Path::new(":memory:")).expect("store"),
         )));
         let settings = Settings {

@@ -17,6 +17,7 @@ pub mod pki;
 pub mod rst;
 pub mod store;
 pub mod validator;
+pub mod validator_service;
 
 /// The XDP gate object, built by build.rs.
 pub static GATE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-gateway"));

@@ -6,9 +6,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ackgate_common::proto::GATEWAY_SERVER_NAME;
+pub use rcgen::ExtendedKeyUsagePurpose;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
@@ -98,10 +99,16 @@ impl Ca {
     /// A fresh server certificate for the agent listener, for
     /// [`GATEWAY_SERVER_NAME`], server authentication only.
     pub fn issue_server(&self) -> Result<ServerIdentity, PkiError> {
+        self.issue(GATEWAY_SERVER_NAME, "ackgate gateway", ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A certificate for `dns_name` with one extended key usage (server or
+    /// client authentication), chain (leaf, CA) and key.
+    pub fn issue(&self, dns_name: &str, cn: &str, usage: ExtendedKeyUsagePurpose) -> Result<ServerIdentity, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![GATEWAY_SERVER_NAME.to_owned()])?;
-        params.distinguished_name = name("ackgate gateway");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut params = CertificateParams::new(vec![dns_name.to_owned()])?;
+        params.distinguished_name = name(cn);
+        params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(ServerIdentity {

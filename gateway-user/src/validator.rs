@@ -26,8 +26,55 @@ pub enum Verdict {
     },
 }
 
+/// What decides for the control plane: the embedded [`Validator`] or a
+/// remote validator service (`validator_service::RemoteValidator`). Called
+/// off the async threads.
+pub trait Decider: Send + Sync + 'static {
+    /// The user's password, checked once per agent session.
+    fn check_login(&self, user: &str, password: &str) -> bool;
+    fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String>;
+}
+
 pub struct Validator {
     store: Arc<Store>,
+}
+
+impl Decider for Validator {
+    fn check_login(&self, user: &str, password: &str) -> bool {
+        crate::agents::Directory::verify_password(&*self.store, user, password)
+    }
+
+    fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String> {
+        self.validate(outcome, service, source).map_err(|e| e.to_string())
+    }
+}
+
+/// The gateway's [`crate::agents::Directory`]: agents and invites in the
+/// gateway's own store, passwords checked by the decider (embedded or
+/// remote).
+pub struct GatewayDirectory {
+    pub store: Arc<Store>,
+    pub decider: Arc<dyn Decider>,
+}
+
+impl crate::agents::Directory for GatewayDirectory {
+    fn enroll(
+        &self,
+        invite_id: u64,
+        secret: &[u8; 32],
+        agent: crate::agents::NewAgent,
+    ) -> Result<u32, crate::agents::EnrollRefusal> {
+        self.store.enroll(invite_id, secret, agent)
+    }
+    fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) {
+        self.store.bind_certificate(agent_id, cert_sha256)
+    }
+    fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<crate::agents::AgentRecord> {
+        self.store.agent_by_certificate(cert_sha256)
+    }
+    fn verify_password(&self, user: &str, password: &str) -> bool {
+        self.decider.check_login(user, password)
+    }
 }
 
 impl Validator {

@@ -29,10 +29,15 @@ pub struct Setup {
 
 impl Setup {
     /// A fresh deployment with one service (`default_response`), the
-    /// control plane initialised; `extra_control` is appended to `[control]`.
+    /// control plane initialised; `extra_control` is appended to `[control]`
+    /// with `{dir}` (the scratch directory) and `{target}` (the target's
+    /// address) replaced.
     pub fn new(tag: &str, default_response: &str, profile_timeout_ms: u64, extra_control: &str) -> Self {
         let topo = Topology::new(tag);
         let dir = std::env::temp_dir().join(format!("ackgate-e2e-{tag}-{}", std::process::id()));
+        let extra_control = extra_control
+            .replace("{dir}", &dir.display().to_string())
+            .replace("{target}", &topo.target_addr.to_string());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let pin_dir = unique_pin_dir(tag);

@@ -224,3 +224,62 @@ fn page_mode_serves_the_page_to_an_unstamped_client() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("ack_no_option"), "the gate must have counted the unstamped ACK: {text}");
 }
+
+/// The validator as its own service in the target-side namespace: the same
+/// approval flow passes through it (login check and every decision), and
+/// its store is the one administered.
+#[test]
+fn a_remote_validator_decides_through_mutual_tls() {
+    let s = Setup::new("remote", "drop", 3000, "validator = \"{target}:4434\"\nvalidator_credentials = \"{dir}/link\"");
+    let link = s.dir.join("link");
+    run_ok(
+        s.ackgate(&["validator", "credentials", "--out", &link.display().to_string()]),
+        None,
+        "validator credentials",
+    );
+    let vstore = s.dir.join("validator.db");
+    let vconfig = s.dir.join("validator.toml");
+    std::fs::write(
+        &vconfig,
+        format!(
+            "[validator]\nlisten = \"{}:4434\"\nstore = \"{}\"\ncredentials = \"{}\"\n",
+            s.topo.target_addr,
+            vstore.display(),
+            link.display()
+        ),
+    )
+    .expect("validator config");
+    let ackgate = ackgate_tests::daemons::workspace_binary("ackgate");
+    let mut vcmd = ackgate_tests::daemons::in_netns(s.topo.ns(Ns::Target), &ackgate);
+    vcmd.args(["validator", "run", "--config"]).arg(&vconfig);
+    let mut validator = Daemon::start(vcmd, "ackgate validator run", s.dir.join("validator.log"));
+    validator.wait_for_log("validator up", WAIT);
+    let users = |args: &[&str], input: Option<&str>| {
+        let mut c = std::process::Command::new(&ackgate);
+        c.arg("users").args(args).arg("--store").arg(&vstore);
+        run_ok(c, input, &format!("users {args:?} --store"))
+    };
+    users(&["add", "alice", "--password-stdin"], Some("pw-remote\n"));
+
+    let (_gateway, _agent) = s.start();
+    s.login("alice", "pw-remote");
+    s.curl(2);
+    let first = s.decision(1);
+    assert_eq!(first["decision"], "denied", "{first}");
+    assert!(first["reason"].as_str().unwrap_or("").contains("unapproved machine"), "{first}");
+    let pending: serde_json::Value =
+        serde_json::from_slice(&users(&["pending", "--json"], None).stdout).expect("pending json");
+    assert!(
+        pending.as_array().is_some_and(|p| p.iter().any(|e| e["user"] == "alice")),
+        "the attempt must be recorded in the validator's store: {pending}"
+    );
+    users(&["approve", "alice"], None);
+    s.curl(2);
+    let second = s.decision(2);
+    assert_eq!(second["decision"], "authorized", "authorized through the remote validator: {second}");
+    let local = s.ackgate(&["users", "list"]).output().expect("users list");
+    assert!(
+        String::from_utf8_lossy(&local.stderr).contains("remote validator"),
+        "the gateway must point user administration to the validator"
+    );
+}

@@ -28,6 +28,15 @@ pub enum Message {
     Pong(u64),
     /// Either side, before it closes the session.
     Error(ErrorReport),
+    /// Gateway → remote validator: check a user's password (once per agent
+    /// session).
+    CheckLogin(CheckLogin),
+    /// Validator → gateway.
+    LoginChecked(LoginChecked),
+    /// Gateway → remote validator: decide one profile.
+    Validate(Validate),
+    /// Validator → gateway.
+    Validated(Validated),
 }
 
 impl Message {
@@ -45,6 +54,10 @@ impl Message {
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
             Message::Error(_) => "Error",
+            Message::CheckLogin(_) => "CheckLogin",
+            Message::LoginChecked(_) => "LoginChecked",
+            Message::Validate(_) => "Validate",
+            Message::Validated(_) => "Validated",
         }
     }
 }
@@ -170,4 +183,46 @@ pub enum ErrorCode {
 pub struct ErrorReport {
     pub code: ErrorCode,
     pub message: String,
+}
+
+/// Sent only over the mutually authenticated gateway–validator link.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckLogin {
+    pub request_id: u64,
+    pub user: String,
+    pub password: Zeroizing<String>,
+}
+
+impl core::fmt::Debug for CheckLogin {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CheckLogin").field("request_id", &self.request_id).field("user", &self.user).finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginChecked {
+    pub request_id: u64,
+    pub accepted: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validate {
+    pub request_id: u64,
+    pub agent_id: u32,
+    pub profile: Profile,
+    /// The gateway verified the profile's proof under the session's login.
+    pub proof_valid: bool,
+    pub service: String,
+    pub allow_groups: Vec<String>,
+    /// The client's `addr:port`.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validated {
+    pub request_id: u64,
+    pub authorized: bool,
+    pub reason: String,
+    /// The attempt is now a potential-user entry.
+    pub recorded: bool,
 }

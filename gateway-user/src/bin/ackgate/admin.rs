@@ -117,9 +117,26 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T)) -> Result<
     Ok(())
 }
 
-pub fn users(config_path: Option<&Path>, command: UsersCommand) -> Result<()> {
-    let config_path = config_path.context("--config FILE is required")?;
-    let (config, store) = open_store(config_path)?;
+pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: UsersCommand) -> Result<()> {
+    let (config, store) = match (config_path, store_path) {
+        (Some(c), _) => {
+            let (config, store) = open_store(c)?;
+            if control(&config)?.validator.is_some() {
+                // Users live in the remote validator's store; the gateway
+                // only holds live flows.
+                return match command {
+                    UsersCommand::Revoke { name, machine } => end_live_flows(&config, &name, machine),
+                    _ => bail!(
+                        "this gateway uses a remote validator: manage users on the validator host \
+                         (`ackgate users ... --store FILE`); `users revoke` here ends live flows"
+                    ),
+                };
+            }
+            (Some(config), store)
+        }
+        (None, Some(s)) => (None, Store::open(s)?),
+        (None, None) => bail!("--config FILE (or --store FILE) is required"),
+    };
     match command {
         UsersCommand::Add { name, groups, password_stdin } => {
             let password = read_password(password_stdin)?;
@@ -158,7 +175,10 @@ pub fn users(config_path: Option<&Path>, command: UsersCommand) -> Result<()> {
                 }
             }
             println!("revoked {name}{}", machine.as_ref().map(|m| format!(" on machine {m}…")).unwrap_or_default());
-            end_live_flows(&config, &name, machine)?;
+            match &config {
+                Some(config) => end_live_flows(config, &name, machine)?,
+                None => println!("tell the gateway to end live flows with `ackgate users revoke --config`"),
+            }
         }
         UsersCommand::Show { name, json } => {
             let user = store.user(&name)?.with_context(|| format!("no user named {name:?}"))?;
@@ -171,6 +191,14 @@ pub fn users(config_path: Option<&Path>, command: UsersCommand) -> Result<()> {
             })?;
         }
     }
+    Ok(())
+}
+
+pub fn validator_credentials(config_path: &Path, out: &Path) -> Result<()> {
+    let config = Config::from_file(config_path)?;
+    let ca = Ca::load(&control(&config)?.state_dir).context("loading the CA (run `ackgate init` first)")?;
+    ackgate_gateway::validator_service::write_credentials(&ca, out)?;
+    println!("wrote the validator link's certificates to {}", out.display());
     Ok(())
 }
 

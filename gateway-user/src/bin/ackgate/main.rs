@@ -21,7 +21,8 @@ use ackgate_gateway::metrics::Metrics;
 use ackgate_gateway::page;
 use ackgate_gateway::pki::Ca;
 use ackgate_gateway::store::Store;
-use ackgate_gateway::validator::{ServiceRule, Validator};
+use ackgate_gateway::validator::{Decider, GatewayDirectory, ServiceRule, Validator};
+use ackgate_gateway::validator_service::RemoteValidator;
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use tokio::io::Interest;
@@ -73,10 +74,18 @@ enum Command {
         #[arg(long, default_value = "")]
         note: String,
     },
+    /// The validator as its own service.
+    Validator {
+        #[command(subcommand)]
+        command: ValidatorCommand,
+    },
     /// Valid and potential users.
     Users {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+        /// Work on this store file instead (a remote validator's).
+        #[arg(long, global = true, conflicts_with = "config")]
+        store: Option<PathBuf>,
         #[command(subcommand)]
         command: UsersCommand,
     },
@@ -100,6 +109,24 @@ enum Command {
         /// Print every reason, including those still at zero.
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ValidatorCommand {
+    /// Serve validation requests of one gateway over mutual TLS.
+    Run {
+        /// Validator config (`[validator] listen, store, credentials`).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// On the gateway: issue the certificates of a gateway–validator link
+    /// from the gateway's CA into DIR (copy it to the validator host).
+    Credentials {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -165,7 +192,11 @@ fn real_main() -> Result<()> {
         Command::Run { config } => run(config),
         Command::Init { config, edge_interface, state_dir } => admin::init(&config, &edge_interface, &state_dir),
         Command::Invite { config, note } => admin::invite(&config, &note),
-        Command::Users { config, command } => admin::users(config.as_deref(), command),
+        Command::Users { config, store, command } => admin::users(config.as_deref(), store.as_deref(), command),
+        Command::Validator { command: ValidatorCommand::Run { config } } => validator_run(&config),
+        Command::Validator { command: ValidatorCommand::Credentials { config, out } } => {
+            admin::validator_credentials(&config, &out)
+        }
         Command::Flows { config, json } => admin::flows(&config, json),
         Command::Status { config, pin_dir, all } => {
             let pin_dir = match config {
@@ -250,6 +281,7 @@ struct Prepared {
     admin_socket: std::path::PathBuf,
     metrics_listen: Option<std::net::SocketAddr>,
     pin_dir: std::path::PathBuf,
+    remote_validator: Option<(String, std::path::PathBuf)>,
 }
 
 impl Prepared {
@@ -291,6 +323,7 @@ impl Prepared {
             admin_socket: c.admin_socket.clone(),
             metrics_listen: c.metrics_listen,
             pin_dir: config.gateway.pin_dir.clone(),
+            remote_validator: c.validator.clone().zip(c.validator_credentials.clone()),
         })
     }
 }
@@ -426,7 +459,15 @@ impl Plane {
     async fn start(p: Prepared) -> Result<Started> {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
         admin_socket::serve(&p.admin_socket, admin_tx)?;
-        let server = AgentServer::new(p.ca, p.store.clone(), ServerConfig::default())?;
+        let decider: Arc<dyn Decider> = match &p.remote_validator {
+            Some((addr, creds)) => {
+                info!(validator = %addr, "validating with the remote validator");
+                Arc::new(RemoteValidator::new(addr, creds)?)
+            }
+            None => Arc::new(Validator::new(p.store.clone())),
+        };
+        let directory = Arc::new(GatewayDirectory { store: p.store.clone(), decider: decider.clone() });
+        let server = AgentServer::new(p.ca, directory, ServerConfig::default())?;
         let enrollments = server.enrollments();
         let listener = tokio::net::TcpListener::bind(p.listen)
             .await
@@ -445,8 +486,7 @@ impl Plane {
             });
             info!(listen = %addr, "metrics endpoint up");
         }
-        let validator = Arc::new(Validator::new(p.store));
-        let (cp, decisions) = ControlPlane::new(server, validator, p.rules, p.settings);
+        let (cp, decisions) = ControlPlane::new(server, decider, p.rules, p.settings);
         let plane = Self { cp, access_log: p.access_log, responses: p.responses, live: HashMap::new(), metrics };
         Ok((plane, decisions, enrollments, admin_rx))
     }
@@ -575,6 +615,28 @@ impl Plane {
         }
         self.cp.finish(&d);
     }
+}
+
+/// `ackgate validator run`: serves one gateway until SIGTERM/SIGINT.
+fn validator_run(config_path: &std::path::Path) -> Result<()> {
+    let config = ackgate_gateway::config::ValidatorConfig::from_file(config_path)?;
+    let v = &config.validator;
+    let store = Arc::new(Store::open(&v.store)?);
+    let decider: Arc<dyn Decider> = Arc::new(Validator::new(store));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(v.listen)
+            .await
+            .with_context(|| format!("validator listening on {}", v.listen))?;
+        info!(listen = %v.listen, "validator up");
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        tokio::select! {
+            r = ackgate_gateway::validator_service::serve(listener, &v.credentials, decider) => r.map_err(anyhow::Error::from),
+            _ = term.recv() => Ok(()),
+            _ = int.recv() => Ok(()),
+        }
+    })
 }
 
 fn unix_ms() -> u64 {
