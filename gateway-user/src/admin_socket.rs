@@ -19,12 +19,19 @@ pub enum AdminRequest {
     /// End the live flows of `user` (of one machine, if given as a hex
     /// fingerprint prefix).
     EndFlows { user: String, machine: Option<String> },
+    /// Re-read the services from the config file.
+    ReloadServices,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum AdminReply {
     /// How many live flows were ended.
     Ended(usize),
+    /// Services now in the gate; a note when something needs a restart.
+    Reloaded {
+        services: usize,
+        note: Option<String>,
+    },
     Error(String),
 }
 

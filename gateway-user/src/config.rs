@@ -212,6 +212,14 @@ pub enum DefaultResponse {
 }
 
 impl DefaultResponse {
+    pub fn label(self) -> &'static str {
+        match self {
+            DefaultResponse::Drop => "drop",
+            DefaultResponse::Reset => "reset",
+            DefaultResponse::Page => "page",
+        }
+    }
+
     fn wire(self) -> u8 {
         match self {
             DefaultResponse::Drop => RESPONSE_DROP,

@@ -119,6 +119,11 @@ impl ControlPlane {
         (cp, rx)
     }
 
+    /// New service rules (a reload); flows already started keep theirs.
+    pub fn set_rules(&mut self, rules: HashMap<([u8; 4], u16), ServiceRule>) {
+        self.rules = rules;
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }

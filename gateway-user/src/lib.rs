@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod page;
 pub mod pki;
 pub mod rst;
+pub mod services_edit;
 pub mod store;
 pub mod validator;
 pub mod validator_service;

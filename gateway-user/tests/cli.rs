@@ -103,8 +103,31 @@ fn help_teaches_the_commands() {
     let o = Command::new(BIN).arg("--help").output().expect("running ackgate --help");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "--help must succeed");
-    for cmd in ["run", "status"] {
+    for cmd in ["init", "run", "invite", "users", "services", "flows", "validator", "status"] {
         assert!(text.contains(cmd), "--help should list {cmd}:\n{text}");
+    }
+    // Every command's own help works (clap checks each command's
+    // definition only when it is parsed).
+    for cmd in [
+        "init",
+        "run",
+        "invite",
+        "flows",
+        "status",
+        "users add",
+        "users list",
+        "users pending",
+        "users approve",
+        "users revoke",
+        "users show",
+        "services list",
+        "services add",
+        "services remove",
+        "validator run",
+        "validator credentials",
+    ] {
+        let o = Command::new(BIN).args(cmd.split(' ')).arg("--help").output().expect("running --help");
+        assert!(o.status.success(), "`ackgate {cmd} --help` failed: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
 

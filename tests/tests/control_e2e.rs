@@ -283,3 +283,47 @@ fn a_remote_validator_decides_through_mutual_tls() {
         "the gateway must point user administration to the validator"
     );
 }
+
+/// `services add|remove` edit the config and the running gateway applies
+/// them at once: a new port is gated, a removed one is not.
+#[test]
+fn services_are_added_and_removed_on_a_running_gateway() {
+    let s = Setup::new("services", "drop", 3000, "");
+    let mut gateway = Daemon::start(s.ackgate(&["run"]), "ackgate run", s.dir.join("gateway.log"));
+    gateway.wait_for_log("agent listener up", WAIT);
+    let counter = |reason: &str| -> u64 {
+        let out = run_ok(s.ackgate(&["status", "--all"]), None, "status");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(reason))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let vip = s.topo.edge_addr.to_string();
+    let probe = || {
+        let url = format!("http://{vip}:9443/");
+        s.topo.cmd(Ns::Client, &["curl", "-s", "-m", "1", "-o", "/dev/null", &url]);
+    };
+    let target = format!("{}:9443", s.topo.target_addr);
+    let out = run_ok(
+        s.ackgate(&["services", "add", "admin", "--vip", &vip, "--port", "9443", "--target", &target]),
+        None,
+        "services add",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("now protects 2 service(s)"), "{out:?}");
+    let listed = run_ok(s.ackgate(&["services", "list", "--json"]), None, "services list");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("\"admin\""), "{listed:?}");
+    let cookies = counter("syn_cookie");
+    probe();
+    assert!(counter("syn_cookie") > cookies, "the added port must be gated (cookie SYN/ACK)");
+
+    run_ok(s.ackgate(&["services", "remove", "admin"]), None, "services remove");
+    let (cookies, passed) = (counter("syn_cookie"), counter("pass_not_service"));
+    probe();
+    assert_eq!(counter("syn_cookie"), cookies, "a removed port must no longer be gated");
+    assert!(counter("pass_not_service") > passed, "its SYN must pass to the stack");
+    let bad =
+        s.ackgate(&["services", "add", "x", "--vip", &vip, "--port", "0", "--target", &target]).output().expect("run");
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("port 0"), "{bad:?}");
+}

@@ -16,7 +16,9 @@ use ackgate_gateway::store::Store;
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
-use crate::UsersCommand;
+use ackgate_gateway::services_edit::{self, NewService};
+
+use crate::{ServicesCommand, UsersCommand};
 
 const SKELETON: &str = r#"# ackgate gateway configuration (README "Configuration" explains every key).
 
@@ -202,6 +204,88 @@ pub fn validator_credentials(config_path: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+#[derive(Serialize)]
+struct ServiceRow<'a> {
+    name: &'a str,
+    vip: String,
+    port: u16,
+    target: String,
+    default_response: &'static str,
+    stealth: bool,
+    allow_groups: &'a [String],
+}
+
+pub fn services(config_path: &Path, command: ServicesCommand) -> Result<()> {
+    match command {
+        ServicesCommand::List { json } => {
+            let config = Config::from_file(config_path)?;
+            let rows: Vec<ServiceRow> = config
+                .services
+                .iter()
+                .map(|s| ServiceRow {
+                    name: &s.name,
+                    vip: s.vip.to_string(),
+                    port: s.port,
+                    target: s.target.to_string(),
+                    default_response: s.default_response.label(),
+                    stealth: s.stealth,
+                    allow_groups: &s.allow_groups,
+                })
+                .collect();
+            print(json, &rows, |rows| {
+                for r in rows {
+                    let groups =
+                        if r.allow_groups.is_empty() { "any valid user".to_owned() } else { r.allow_groups.join(",") };
+                    println!(
+                        "{:<16} {}:{} -> {} {}{} ({groups})",
+                        r.name,
+                        r.vip,
+                        r.port,
+                        r.target,
+                        r.default_response,
+                        if r.stealth { " stealth" } else { "" }
+                    );
+                }
+            })
+        }
+        ServicesCommand::Add { name, vip, port, target, default_response, stealth, allow_groups } => {
+            let service = NewService { name: name.clone(), vip, port, target, default_response, stealth, allow_groups };
+            services_edit::add(config_path, &service)?;
+            println!("added service {name} to {}", config_path.display());
+            reload(config_path)
+        }
+        ServicesCommand::Remove { name } => {
+            services_edit::remove(config_path, &name)?;
+            println!("removed service {name} from {}", config_path.display());
+            reload(config_path)
+        }
+    }
+}
+
+/// Asks the running gateway to apply the config's services.
+fn reload(config_path: &Path) -> Result<()> {
+    let config = Config::from_file(config_path)?;
+    let socket = match &config.control {
+        Some(c) if c.admin_socket.exists() => c.admin_socket.clone(),
+        _ => {
+            println!("the gateway is not running (or has no [control]): the change applies when `ackgate run` starts");
+            return Ok(());
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match rt.block_on(admin_socket::request(&socket, &AdminRequest::ReloadServices))? {
+        AdminReply::Reloaded { services, note } => {
+            println!("the running gateway now protects {services} service(s)");
+            if let Some(n) = note {
+                println!("note: {n}");
+            }
+            Ok(())
+        }
+        AdminReply::Error(e) => bail!("the gateway could not apply the change: {e}"),
+        AdminReply::Ended(_) => bail!("unexpected reply"),
+    }
+}
+
 /// Tells the running gateway to end the live flows of a revoked user.
 fn end_live_flows(config: &Config, user: &str, machine: Option<String>) -> Result<()> {
     let socket = control(config)?.admin_socket.clone();
@@ -214,6 +298,7 @@ fn end_live_flows(config: &Config, user: &str, machine: Option<String>) -> Resul
     match rt.block_on(admin_socket::request(&socket, &req))? {
         AdminReply::Ended(n) => println!("ended {n} live flow(s)"),
         AdminReply::Error(e) => bail!("the gateway could not end the live flows: {e}"),
+        AdminReply::Reloaded { .. } => bail!("unexpected reply"),
     }
     Ok(())
 }

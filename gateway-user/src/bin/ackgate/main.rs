@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
-    EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, GateEvent, RESPONSE_DROP, port_value, v4_bytes,
+    EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, GateEvent, RESPONSE_DROP, RESPONSE_PAGE,
+    port_value, v4_bytes,
 };
 use ackgate_gateway::access_log::{AccessLog, AccessRecord};
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest};
@@ -36,7 +37,23 @@ mod admin;
 /// ackgate gateway: hides TCP services behind a capability check done in the
 /// kernel, inside the TCP handshake (XDP SYN cookies + a MAC'd TCP option).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = "ackgate gateway.\n\n\
+        Protected services (VIP:port) answer only handshakes whose final ACK carries a capability TCP \
+        option from an enrolled agent (`ackgate-agent`), checked in XDP before any packet reaches the \
+        server; the control plane then asks the agent who the user is and authorizes or denies the \
+        flow. Everything else gets the service's default response: silence, a reset, or a decoy page.\n\n\
+        First use, as root:\n  \
+        ackgate init --config /etc/ackgate/gateway.toml      (config skeleton, CA, user store)\n  \
+        edit the config: edge_interface and [[services]]\n  \
+        ackgate run --config /etc/ackgate/gateway.toml &     (or the systemd unit)\n  \
+        ackgate users add alice --config ...                 (asks for a password)\n  \
+        ackgate invite --note alice --config ...             (give the text to alice's machine)\n  \
+        ackgate users pending / users approve alice          (bind her machine after her first try)\n  \
+        ackgate flows / ackgate status                       (what the gate is doing)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,6 +106,14 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Protected services (the config's [[services]]).
+    Services {
+        /// The gateway config (required).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: ServicesCommand,
+    },
     /// Flows the gate accepted, with state (pending, authorized, denied)
     /// and age, from the pinned flow map.
     Flows {
@@ -110,6 +135,39 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ServicesCommand {
+    /// The configured services.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a service to the config file (comments kept) and apply it to
+    /// the running gateway.
+    Add {
+        name: String,
+        /// Address clients connect to (an address of this gateway).
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        port: u16,
+        /// The hidden server, ADDR:PORT.
+        #[arg(long)]
+        target: String,
+        /// drop, reset or page.
+        #[arg(long, default_value = "drop")]
+        default_response: String,
+        /// Drop unstamped SYNs too.
+        #[arg(long)]
+        stealth: bool,
+        /// Groups allowed (repeatable); none: every valid user.
+        #[arg(long = "allow-group")]
+        allow_groups: Vec<String>,
+    },
+    /// Remove a service from the config file and the running gateway.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -198,6 +256,9 @@ fn real_main() -> Result<()> {
             admin::validator_credentials(&config, &out)
         }
         Command::Flows { config, json } => admin::flows(&config, json),
+        Command::Services { config, command } => {
+            admin::services(&config.context("--config FILE is required")?, command)
+        }
         Command::Status { config, pin_dir, all } => {
             let pin_dir = match config {
                 Some(path) => Config::from_file(&path)?.gateway.pin_dir,
@@ -219,7 +280,7 @@ fn run(config_path: PathBuf) -> Result<()> {
     }
     let control = match &config.control {
         Some(c) => {
-            let prepared = Prepared::open(c, &config)?;
+            let prepared = Prepared::open(c, &config, &config_path)?;
             for (id, key) in prepared.store.agent_keys()? {
                 gate.set_agent_key(id, key).with_context(|| format!("loading the key of agent {id}"))?;
             }
@@ -267,6 +328,29 @@ fn run(config_path: PathBuf) -> Result<()> {
     Ok(())
 }
 
+type ServiceTables = (HashMap<([u8; 4], u16), ServiceRule>, HashMap<([u8; 4], u16), u8>);
+
+/// The validator's rules and the default responses, by VIP and port.
+fn service_tables(config: &Config) -> Result<ServiceTables> {
+    let rules = config
+        .services
+        .iter()
+        .filter_map(|s| match s.vip {
+            std::net::IpAddr::V4(v4) => Some((
+                (v4.octets(), s.port),
+                ServiceRule { name: s.name.clone(), allow_groups: s.allow_groups.clone() },
+            )),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    let responses = config
+        .service_entries()?
+        .iter()
+        .map(|e| ((v4_bytes(&e.key.addr), port_value(e.key.port)), e.policy.default_response))
+        .collect();
+    Ok((rules, responses))
+}
+
 /// What the control plane needs, opened before the gate attaches so that a
 /// missing CA or store fails start-up with a clear error.
 struct Prepared {
@@ -282,36 +366,22 @@ struct Prepared {
     metrics_listen: Option<std::net::SocketAddr>,
     pin_dir: std::path::PathBuf,
     remote_validator: Option<(String, std::path::PathBuf)>,
+    config_path: PathBuf,
 }
 
 impl Prepared {
-    fn open(c: &ControlSection, config: &Config) -> Result<Self> {
+    fn open(c: &ControlSection, config: &Config, config_path: &std::path::Path) -> Result<Self> {
         let ca = Ca::load(&c.state_dir).context("loading the gateway CA (run `ackgate init` first)")?;
         let store = Arc::new(Store::open(&c.store_path())?);
         let access_log = AccessLog::open(c.access_log.as_deref())
             .with_context(|| format!("opening the access log {:?}", c.access_log))?;
-        let rules = config
-            .services
-            .iter()
-            .filter_map(|s| match s.vip {
-                std::net::IpAddr::V4(v4) => Some((
-                    (v4.octets(), s.port),
-                    ServiceRule { name: s.name.clone(), allow_groups: s.allow_groups.clone() },
-                )),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect();
+        let (rules, responses) = service_tables(config)?;
         let settings = Settings {
             profile_timeout: Duration::from_millis(c.profile_timeout_ms),
             validation_timeout: Duration::from_millis(c.validation_timeout_ms),
             max_pending: c.max_pending,
             max_pending_per_agent: c.max_pending_per_agent,
         };
-        let responses = config
-            .service_entries()?
-            .iter()
-            .map(|e| ((v4_bytes(&e.key.addr), port_value(e.key.port)), e.policy.default_response))
-            .collect();
         Ok(Self {
             store,
             ca,
@@ -324,6 +394,7 @@ impl Prepared {
             metrics_listen: c.metrics_listen,
             pin_dir: config.gateway.pin_dir.clone(),
             remote_validator: c.validator.clone().zip(c.validator_credentials.clone()),
+            config_path: config_path.to_owned(),
         })
     }
 }
@@ -438,6 +509,7 @@ struct Plane {
     /// Authorized flows and who they belong to, for revocation.
     live: HashMap<FlowKey, LiveFlow>,
     metrics: Arc<Metrics>,
+    config_path: PathBuf,
 }
 
 struct LiveFlow {
@@ -487,7 +559,14 @@ impl Plane {
             info!(listen = %addr, "metrics endpoint up");
         }
         let (cp, decisions) = ControlPlane::new(server, decider, p.rules, p.settings);
-        let plane = Self { cp, access_log: p.access_log, responses: p.responses, live: HashMap::new(), metrics };
+        let plane = Self {
+            cp,
+            access_log: p.access_log,
+            responses: p.responses,
+            live: HashMap::new(),
+            metrics,
+            config_path: p.config_path,
+        };
         Ok((plane, decisions, enrollments, admin_rx))
     }
 
@@ -567,7 +646,32 @@ impl Plane {
                 }
                 AdminReply::Ended(ended.len())
             }
+            AdminRequest::ReloadServices => match self.reload(gate) {
+                Ok(reply) => reply,
+                Err(e) => AdminReply::Error(format!("{e:#}")),
+            },
         }
+    }
+
+    /// Re-reads the services: the gate's maps, the rules and the default
+    /// responses. `page` responders start with the daemon, so a change in
+    /// the set of page services needs a restart.
+    fn reload(&mut self, gate: &mut Gate) -> Result<AdminReply> {
+        let config = Config::from_file(&self.config_path)?;
+        let entries = config.service_entries()?;
+        gate.sync_services(&entries)?;
+        let (rules, responses) = service_tables(&config)?;
+        let pages = |r: &HashMap<([u8; 4], u16), u8>| {
+            let mut p: Vec<_> = r.iter().filter(|(_, v)| **v == RESPONSE_PAGE).map(|(k, _)| *k).collect();
+            p.sort();
+            p
+        };
+        let note = (pages(&responses) != pages(&self.responses))
+            .then(|| "page services changed: restart `ackgate run` to start or stop their responders".to_owned());
+        self.cp.set_rules(rules);
+        self.responses = responses;
+        info!(services = entries.len(), "services reloaded");
+        Ok(AdminReply::Reloaded { services: entries.len(), note })
     }
 
     /// Forgets live flows the gate no longer holds (aged out of its LRU map).
