@@ -282,6 +282,47 @@ fn a_remote_validator_decides_through_mutual_tls() {
         String::from_utf8_lossy(&local.stderr).contains("remote validator"),
         "the gateway must point user administration to the validator"
     );
+    // An agent's certificate is signed by the same CA, but the validator
+    // talks to its one gateway only.
+    let agent_state = s.dir.join("agent-state");
+    let to = std::net::SocketAddr::new(s.topo.target_addr.into(), 4434);
+    let answered = s.topo.run_in(Ns::Gateway, || agent_queries_validator(&link, &agent_state, to));
+    assert!(!answered, "the validator must not answer a client holding an agent's certificate");
+}
+
+/// Connects to the validator with the agent's client certificate and asks
+/// for a login check; true if an answer came back.
+fn agent_queries_validator(link: &std::path::Path, agent_state: &std::path::Path, to: std::net::SocketAddr) -> bool {
+    use ackgate_common::proto::{CheckLogin, Message, MessageCodec};
+    use futures_util::{SinkExt, StreamExt};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_file(link.join("ca.pem")).expect("ca")).expect("root");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(agent_state.join("client.pem")).expect("agent cert")],
+                PrivateKeyDer::from_pem_file(agent_state.join("client.key")).expect("agent key"),
+            )
+            .expect("client config");
+        let tcp = tokio::net::TcpStream::connect(to).await.expect("tcp to the validator");
+        let name = ServerName::try_from("validator.ackgate.invalid").expect("name");
+        let Ok(tls) = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await else {
+            return false;
+        };
+        let mut conn = tokio_util::codec::Framed::new(tls, MessageCodec::default());
+        let ask = CheckLogin { request_id: 1, user: "alice".into(), password: zeroize::Zeroizing::new("x".into()) };
+        if conn.send(Message::CheckLogin(ask)).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(Duration::from_secs(3), conn.next()).await, Ok(Some(Ok(_))))
+    })
 }
 
 /// `services add|remove` edit the config and the running gateway applies
