@@ -26,6 +26,7 @@ pub const MAP_COUNTERS: &str = "ACKGATE_COUNTERS";
 
 pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_AGENTS: u32 = 65536;
+/// Default size of the flow map (`[gateway] max_flows` overrides it).
 pub const MAX_PENDING: u32 = 65536;
 /// Ring buffer bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;

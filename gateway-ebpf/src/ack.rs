@@ -16,33 +16,81 @@ use crate::respond::refuse;
 use ackgate_common::kernel::config;
 use ackgate_common::kernel::frame::XdpFrame;
 
+/// The outcome of [`check`]: `reason` is `ACK_PENDING` when the ACK holds
+/// a valid capability and cookie. A plain struct rather than a `Result`:
+/// an enum with a payload leaves bytes undefined on the error path, which
+/// LLVM spills and the verifier refuses (see `option::Capability`).
+struct Checked {
+    reason: u32,
+    agent_id: u32,
+    client_isn: u32,
+    server_isn: u32,
+}
+
+impl Checked {
+    #[inline(always)]
+    fn refused(reason: u32) -> Self {
+        Self { reason, agent_id: 0, client_isn: 0, server_isn: 0 }
+    }
+}
+
 /// Cheapest check first: the option scan and the SipHash MAC cost a
 /// fraction of the kernel's SHA-1 cookie check, so an unstamped or forged
 /// ACK (the flood case) is refused before the cookie is computed. The MAC
 /// binds both ISNs, so no ACK reaches the cookie check without the key.
 #[inline(always)]
-pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
+fn check(frame: &XdpFrame, seg: &Ipv4Tcp) -> Checked {
     let mut slot = core::mem::MaybeUninit::uninit();
     let Some(opts) = OptionBytes::read_into(&mut slot, frame, seg) else {
-        return refuse(frame, seg, policy, reason::ACK_BAD_OPTION);
+        return Checked::refused(reason::ACK_BAD_OPTION);
     };
     let scan = opts.scan(config::option_id());
     match scan.capability {
         Capability::Present => {}
-        Capability::Absent => return refuse(frame, seg, policy, reason::ACK_NO_OPTION),
-        Capability::Malformed => return refuse(frame, seg, policy, reason::ACK_BAD_OPTION),
+        Capability::Absent => return Checked::refused(reason::ACK_NO_OPTION),
+        Capability::Malformed => return Checked::refused(reason::ACK_BAD_OPTION),
     }
     let Some(key) = maps::agent_key(scan.agent_id) else {
-        return refuse(frame, seg, policy, reason::ACK_UNKNOWN_AGENT);
+        return Checked::refused(reason::ACK_UNKNOWN_AGENT);
     };
     let binding = Binding::handshake_ack(seg, scan.agent_id, config::option_id().exid);
     if binding.mac(&key) != scan.mac {
-        return refuse(frame, seg, policy, reason::ACK_BAD_MAC);
+        return Checked::refused(reason::ACK_BAD_MAC);
     }
     if !cookie_valid(seg) {
-        return refuse(frame, seg, policy, reason::ACK_BAD_COOKIE);
+        return Checked::refused(reason::ACK_BAD_COOKIE);
     }
-    record_pending(seg, scan.agent_id, binding.client_isn, binding.second)
+    Checked {
+        reason: reason::ACK_PENDING,
+        agent_id: scan.agent_id,
+        client_isn: binding.client_isn,
+        server_isn: binding.second,
+    }
+}
+
+/// A handshake ACK for a 4-tuple the gate holds no flow for.
+#[inline(always)]
+pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
+    let c = check(frame, seg);
+    if c.reason != reason::ACK_PENDING {
+        return refuse(frame, seg, policy, c.reason);
+    }
+    record_pending(seg, c.agent_id, c.client_isn, c.server_isn)
+}
+
+/// A pure ACK on a 4-tuple the gate already holds a flow for, acknowledging
+/// another server ISN: the client opened a new connection on the same
+/// 4-tuple (the old one ended without the gate noticing, e.g. its RST was
+/// held before the splice). A valid stamp replaces the old flow; anything
+/// else is dropped without a response, so that a forged ACK cannot make
+/// the gate answer on behalf of a live flow.
+#[inline(always)]
+pub fn on_reused_tuple(frame: &XdpFrame, seg: &Ipv4Tcp) -> Verdict {
+    let c = check(frame, seg);
+    if c.reason != reason::ACK_PENDING {
+        return Verdict::new(XDP_DROP, c.reason);
+    }
+    record_pending(seg, c.agent_id, c.client_isn, c.server_isn)
 }
 
 /// `bpf_tcp_raw_check_syncookie_ipv4` takes ACK = cookie + 1 and

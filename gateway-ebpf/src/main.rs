@@ -32,7 +32,7 @@ mod syn;
 #[cfg(target_arch = "bpf")]
 mod program {
     use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED};
-    use ackgate_common::net::{TCP_ACK, TCP_RST, TCP_SYN};
+    use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     use ackgate_common::reason;
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
@@ -79,15 +79,20 @@ mod program {
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
             return syn::on_syn(frame, &seg, &policy);
         }
-        match maps::flow_state(&seg) {
-            None => {}
-            // Never answer a RST with a RST (RFC 9293 §3.10.7.1).
-            Some(FLOW_DENIED) if flags & TCP_RST != 0 => {
-                return Verdict::new(xdp_action::XDP_DROP, reason::FLOW_DENIED);
-            }
-            Some(FLOW_DENIED) => return respond::refuse(frame, &seg, &policy, reason::FLOW_DENIED),
-            Some(FLOW_AUTHORIZED) => return Verdict::new(xdp_action::XDP_DROP, reason::AUTHORIZED_HOLD),
-            Some(_) => return Verdict::new(xdp_action::XDP_DROP, reason::PENDING_HOLD),
+        if let Some(flow) = maps::flow(&seg) {
+            // A new handshake on a reused 4-tuple acknowledges another
+            // cookie; data of the held flow still acknowledges its own.
+            let new_handshake = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK
+                && seg.payload_len == 0
+                && seg.tcp.ack_seq().wrapping_sub(1) != flow.server_isn;
+            return match flow.state {
+                _ if new_handshake => ack::on_reused_tuple(frame, &seg),
+                // Never answer a RST with a RST (RFC 9293 §3.10.7.1).
+                FLOW_DENIED if flags & TCP_RST != 0 => Verdict::new(xdp_action::XDP_DROP, reason::FLOW_DENIED),
+                FLOW_DENIED => respond::refuse(frame, &seg, &policy, reason::FLOW_DENIED),
+                FLOW_AUTHORIZED => Verdict::new(xdp_action::XDP_DROP, reason::AUTHORIZED_HOLD),
+                _ => Verdict::new(xdp_action::XDP_DROP, reason::PENDING_HOLD),
+            };
         }
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK {
             return ack::on_ack(frame, &seg, &policy);

@@ -33,11 +33,11 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map(name = "ACKGATE_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
-/// The state of the segment's flow, if the gate accepted its handshake.
+/// The segment's flow, if the gate accepted a handshake on its 4-tuple.
 #[inline(always)]
-pub fn flow_state(seg: &Ipv4Tcp) -> Option<u8> {
-    // SAFETY: one byte copied out at once.
-    unsafe { PENDING.get(FlowKey::of_segment(seg)) }.map(|f| f.state)
+pub fn flow(seg: &Ipv4Tcp) -> Option<PendingFlow> {
+    // SAFETY: copied out at once.
+    unsafe { PENDING.get(FlowKey::of_segment(seg)) }.copied()
 }
 
 /// The MAC key of `agent_id`, copied out (userspace replaces keys whole).

@@ -179,12 +179,20 @@ pub struct GatewaySection {
     pub xdp_mode: XdpMode,
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// Size of the flow map: flows the gate accepted (pending, authorized,
+    /// denied); the oldest give way beyond it.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: u32,
     /// `page` responder: connections served at once, and the time each may
     /// take.
     #[serde(default = "default_page_max_connections")]
     pub page_max_connections: usize,
     #[serde(default = "default_page_timeout")]
     pub page_timeout_ms: u64,
+}
+
+fn default_max_flows() -> u32 {
+    ackgate_common::abi::MAX_PENDING
 }
 
 fn default_page_max_connections() -> usize {
@@ -275,6 +283,9 @@ impl Config {
             return Err(ConfigError::Invalid("gateway.edge_interface is empty".into()));
         }
         self.option.option_id().map_err(ConfigError::Invalid)?;
+        if self.gateway.max_flows < 1024 {
+            return Err(ConfigError::Invalid("gateway.max_flows must be at least 1024".into()));
+        }
         if self.gateway.page_max_connections == 0 || self.gateway.page_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "gateway: page_max_connections and page_timeout_ms must be above zero".into(),

@@ -26,8 +26,8 @@ pub enum GateError {
     #[error(transparent)]
     Bpffs(#[from] BpffsError),
     #[error(
-        "loading the XDP gate failed (pinned maps in {pin_dir} from an incompatible build? remove that \
-         directory to start fresh, which drops live flows): {source}"
+        "loading the XDP gate failed (pinned maps in {pin_dir} from an incompatible build or another \
+         max_flows? remove that directory to start fresh, which drops live flows): {source}"
     )]
     Load { pin_dir: String, source: Box<EbpfError> },
     #[error("program {PROGRAM_NAME} missing from the gate object")]
@@ -85,10 +85,14 @@ pub struct Gate {
 impl Gate {
     /// Loads the gate. Maps are pinned by name under `pin_dir` and reused if
     /// already there, so a restarted gateway keeps its live state.
-    pub fn load(pin_dir: &Path, option: OptionId) -> Result<Self, GateError> {
+    ///
+    /// `max_flows` sizes the flow map (pending, authorized and denied flows;
+    /// LRU, preallocated: about 110 bytes of kernel memory each).
+    pub fn load(pin_dir: &Path, option: OptionId, max_flows: u32) -> Result<Self, GateError> {
         bpffs::ensure_pin_dir(pin_dir)?;
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(MAP_PENDING, max_flows)
             .override_global("OPTION_KIND", &option.kind, true)
             .override_global("OPTION_EXID", &option.exid, true)
             .load(crate::GATE_OBJECT)

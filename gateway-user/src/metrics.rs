@@ -1,6 +1,6 @@
 //! Prometheus metrics over HTTP (`[control] metrics_listen`): gate verdicts
 //! by reason and flows by state (read from the pinned maps at each scrape),
-//! decisions by outcome, the decision latency histogram, and the agent
+//! decisions by outcome, decision and validation latency histograms, and the agent
 //! listener's counters.
 
 use std::path::PathBuf;
@@ -49,6 +49,7 @@ pub struct Metrics {
     registry: Registry,
     decisions: Family<Outcome, Counter>,
     latency: Histogram,
+    validation: Histogram,
 }
 
 impl Default for Metrics {
@@ -59,14 +60,21 @@ impl Default for Metrics {
         // 0.5 ms .. ~16 s.
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register("decision_latency_seconds", "From the gate's event to the decision", latency.clone());
-        Self { registry, decisions, latency }
+        let validation = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register("validation_latency_seconds", "Time the validator took per decision", validation.clone());
+        Self { registry, decisions, latency, validation }
     }
 }
 
 impl Metrics {
-    pub fn decision(&self, outcome: &str, latency: Duration) {
+    /// One decision: its outcome, its latency from the gate's event, and
+    /// the validator's share (zero when no profile arrived).
+    pub fn decision(&self, outcome: &str, latency: Duration, validation: Duration) {
         self.decisions.get_or_create(&Outcome { outcome: outcome.to_owned() }).inc();
         self.latency.observe(latency.as_secs_f64());
+        if !validation.is_zero() {
+            self.validation.observe(validation.as_secs_f64());
+        }
     }
 
     /// The full exposition: live values read now, then the accumulated ones.

@@ -33,6 +33,17 @@ impl Setup {
     /// with `{dir}` (the scratch directory) and `{target}` (the target's
     /// address) replaced.
     pub fn new(tag: &str, default_response: &str, profile_timeout_ms: u64, extra_control: &str) -> Self {
+        Self::with_gateway(tag, default_response, profile_timeout_ms, extra_control, "")
+    }
+
+    /// As [`Setup::new`], with `extra_gateway` appended to `[gateway]`.
+    pub fn with_gateway(
+        tag: &str,
+        default_response: &str,
+        profile_timeout_ms: u64,
+        extra_control: &str,
+        extra_gateway: &str,
+    ) -> Self {
         let topo = Topology::new(tag);
         let dir = std::env::temp_dir().join(format!("ackgate-e2e-{tag}-{}", std::process::id()));
         let extra_control = extra_control
@@ -49,6 +60,7 @@ impl Setup {
 edge_interface = "{edge}"
 xdp_mode = "generic"
 pin_dir = "{pin}"
+{extra_gateway}
 
 [control]
 state_dir = "{dir}/state"

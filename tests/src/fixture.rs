@@ -55,7 +55,7 @@ impl TestGate {
     /// Loads the gate with `services` and the fixture agent key.
     pub fn new(tag: &str, services: &[ServiceEntry]) -> Self {
         let pin_dir = unique_pin_dir(tag);
-        let mut gate = Gate::load(&pin_dir, OptionId::default())
+        let mut gate = Gate::load(&pin_dir, OptionId::default(), ackgate_common::abi::MAX_PENDING)
             .unwrap_or_else(|e| panic!("the XDP gate must load and pass the verifier: {e}"));
         gate.sync_services(services).unwrap_or_else(|e| panic!("filling the service map failed: {e}"));
         gate.set_agent_key(AGENT_ID, AGENT_KEY).unwrap_or_else(|e| panic!("filling the agent key map failed: {e}"));

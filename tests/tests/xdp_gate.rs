@@ -637,4 +637,39 @@ fn decided_flows_get_their_verdicts() {
         },
     ];
     run_rows(&mut g.0, rows);
+
+    // A new connection on the authorized flow's 4-tuple (its old one ended
+    // unseen): a valid stamp replaces the flow, a forged one is dropped
+    // without a response and leaves it alone.
+    let mut again = syn(VIP, 42000);
+    again.seq ^= 0x0055_5500;
+    let c = cookie_for(&mut g, &again, 1460);
+    let mut forged = ack_of(&again, c);
+    stamp::ack_with_mac(&mut forged, id, AGENT_ID, 0xdead_beef);
+    let mut fresh = ack_of(&again, c);
+    stamp::ack(&mut fresh, id, AGENT_ID, &AGENT_KEY);
+    let rows = vec![
+        Row {
+            name: "forged new handshake on an authorized 4-tuple",
+            input: forged.build(),
+            action: XDP_DROP,
+            reason: reason::ACK_BAD_MAC,
+            out: Out::Dropped,
+        },
+        Row {
+            name: "valid new handshake on an authorized 4-tuple",
+            input: fresh.build(),
+            action: XDP_DROP,
+            reason: reason::ACK_PENDING,
+            out: Out::Dropped,
+        },
+    ];
+    run_rows(&mut g.0, rows);
+    let flows = g.0.gate.pending_flows().expect("flow map readable");
+    let (_, f) = flows.iter().find(|(k, _)| *k == authorized).expect("the 4-tuple's flow");
+    assert_eq!(
+        (f.state, f.client_isn, f.server_isn),
+        (ackgate_common::abi::FLOW_PENDING, again.seq, c),
+        "the new handshake must replace the old flow"
+    );
 }

@@ -134,6 +134,9 @@ enum Command {
         /// Print every reason, including those still at zero.
         #[arg(long)]
         all: bool,
+        /// Machine-readable output (every reason).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -259,12 +262,12 @@ fn real_main() -> Result<()> {
         Command::Services { config, command } => {
             admin::services(&config.context("--config FILE is required")?, command)
         }
-        Command::Status { config, pin_dir, all } => {
+        Command::Status { config, pin_dir, all, json } => {
             let pin_dir = match config {
                 Some(path) => Config::from_file(&path)?.gateway.pin_dir,
                 None => pin_dir,
             };
-            status(pin_dir, all)
+            status(pin_dir, all, json)
         }
     }
 }
@@ -272,7 +275,8 @@ fn real_main() -> Result<()> {
 fn run(config_path: PathBuf) -> Result<()> {
     let config = Config::from_file(&config_path)?;
     let services = config.service_entries()?;
-    let mut gate = Gate::load(&config.gateway.pin_dir, config.option_id()).context("loading the XDP gate")?;
+    let mut gate = Gate::load(&config.gateway.pin_dir, config.option_id(), config.gateway.max_flows)
+        .context("loading the XDP gate")?;
     gate.sync_services(&services).context("filling the service map")?;
     for agent in &config.static_agents {
         let key = agent.load_key()?;
@@ -706,7 +710,7 @@ impl Plane {
             profile_ms: d.profile_time.as_secs_f64() * 1000.0,
             validation_ms: d.validation_time.as_secs_f64() * 1000.0,
         });
-        self.metrics.decision(d.state.label(), d.latency);
+        self.metrics.decision(d.state.label(), d.latency, d.validation_time);
         if d.state == FlowState::Authorized
             && let (Some(user), Some(machine)) = (&d.user, &d.machine)
         {
@@ -747,8 +751,14 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::UNIX_EPOCH.elapsed().map(|t| t.as_millis() as u64).unwrap_or(0)
 }
 
-fn status(pin_dir: PathBuf, all: bool) -> Result<()> {
+fn status(pin_dir: PathBuf, all: bool, json: bool) -> Result<()> {
     let counters = counters::from_pin_dir(&pin_dir)?;
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            counters.labelled().map(|(l, n)| (l.to_owned(), n.into())).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "gate_packets": map }))?);
+        return Ok(());
+    }
     let width = ackgate_common::reason::LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
     let mut shown = 0;
     for (label, n) in counters.labelled() {

@@ -20,6 +20,7 @@ const USERS: u32 = 100_000;
 const CONNECTS: usize = 2000;
 const CONCURRENCY: usize = 256;
 const PENDING: usize = 10_000;
+const MANY: usize = 100_000;
 
 fn machine(i: u32) -> [u8; 32] {
     let mut m = [0u8; 32];
@@ -86,37 +87,55 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Opens `n` connections from the client namespace, at most CONCURRENCY
-/// handshakes at a time, one every `pace` if given, and keeps them open;
-/// returns them with each connect()'s duration in ms.
+/// handshakes at a time, one every `pace` if given, from `sources` in turn
+/// (default: the client's address); returns them with each connect()'s
+/// duration in ms. With `keep` false each is reset (SO_LINGER 0) as soon as
+/// it is up: the gate keeps the flow, the client no file descriptor.
 fn connect_many(
     s: &Setup,
     n: usize,
     pace: Option<Duration>,
+    sources: &[std::net::Ipv4Addr],
+    keep: bool,
 ) -> (Vec<tokio::net::TcpStream>, Vec<f64>, tokio::runtime::Runtime) {
     let to = std::net::SocketAddr::new(s.topo.edge_addr.into(), PORT);
+    let sources: Vec<std::net::Ipv4Addr> = sources.to_vec();
     s.topo.run_in(Ns::Client, || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
         let (conns, times) = rt.block_on(async {
             let gate = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
             let mut tasks = Vec::with_capacity(n);
             let mut ticker = pace.map(tokio::time::interval);
-            for _ in 0..n {
+            for i in 0..n {
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
                 }
                 let gate = gate.clone();
+                // Several source addresses: one has only ~28,000 ephemeral
+                // ports towards one service.
+                let source = sources.get(i % sources.len().max(1)).copied();
                 tasks.push(tokio::spawn(async move {
                     let _permit = gate.acquire().await.expect("semaphore");
                     let t = Instant::now();
-                    let c = tokio::net::TcpStream::connect(to).await.expect("connect");
-                    (c, t.elapsed().as_secs_f64() * 1000.0)
+                    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                    if let Some(src) = source {
+                        socket.bind((src, 0).into()).expect("binding a source address");
+                    }
+                    let c = socket.connect(to).await.expect("connect");
+                    let ms = t.elapsed().as_secs_f64() * 1000.0;
+                    if keep {
+                        (Some(c), ms)
+                    } else {
+                        let _ = c.set_zero_linger();
+                        (None, ms)
+                    }
                 }));
             }
             let mut conns = Vec::with_capacity(n);
             let mut times = Vec::with_capacity(n);
             for t in tasks {
                 let (c, ms) = t.await.expect("connect task");
-                conns.push(c);
+                conns.extend(c);
                 times.push(ms);
             }
             (conns, times)
@@ -125,10 +144,16 @@ fn connect_many(
     })
 }
 
+/// Up to the hard limit: the bursts keep thousands of sockets open.
 fn raise_fd_limit() {
-    let lim = libc::rlimit { rlim_cur: 65_536, rlim_max: 65_536 };
-    // SAFETY: plain setrlimit on this process.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on this process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 pub fn authorizations_bench() {
@@ -148,7 +173,7 @@ pub fn authorizations_bench() {
     let mut seen = 1;
     for (name, pace) in [("burst", None), ("paced_2000_per_sec", Some(Duration::from_micros(500)))] {
         let started_ms = std::time::SystemTime::UNIX_EPOCH.elapsed().expect("clock").as_millis() as f64;
-        let (conns, mut connect_ms, rt) = connect_many(&s, CONNECTS, pace);
+        let (conns, mut connect_ms, rt) = connect_many(&s, CONNECTS, pace, &[], true);
         let records = eventually(Duration::from_secs(120), "every connect decided", || {
             let log = s.access_log();
             (log.len() >= seen + CONNECTS).then_some(log)
@@ -181,11 +206,44 @@ pub fn authorizations_bench() {
     let busy_kib = rss_kib(gateway.pid() as u32);
     drop(keep);
 
+    // Many authorized flows: 100,000 connects from ten source addresses;
+    // the gate and the control plane keep each flow after the client resets
+    // it (no FIN/RST handling before the splice).
+    let subnet = s.topo.client_addr.octets();
+    let sources: Vec<std::net::Ipv4Addr> =
+        (0..10).map(|i| std::net::Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 100 + i)).collect();
+    for a in &sources {
+        let cidr = format!("{a}/24");
+        let out = s.topo.cmd(Ns::Client, &["ip", "addr", "add", &cidr, "dev", &s.topo.client_if]);
+        assert!(out.status.success(), "adding {cidr}: {out:?}");
+    }
+    let before = s.access_log().len();
+    let (many, _, rt_many) = connect_many(&s, MANY, None, &sources, false);
+    // Until the decisions stop coming. A port the client reuses within the
+    // burst replaces a flow still being decided (one decision for both), so
+    // there can be fewer decisions than connects.
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_secs(3));
+        let now = s.access_log().len() - before;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let flows = s.json(&["flows", "--json"]);
+    let authorized = flows.as_array().map(|f| f.iter().filter(|r| r["state"] == "authorized").count()).unwrap_or(0);
+    let many_kib = rss_kib(gateway.pid() as u32);
+    println!("control_connects: {MANY} more, decided {last}, authorized flows in the map {authorized}");
+    println!("control_rss_with_{authorized}_authorized_kib: {many_kib}");
+    drop(many);
+    drop(rt_many);
+
     // Pending flows: the agent is frozen, so every stamped handshake waits
     // for its profile (the profile timeout is long here).
     // SAFETY: signalling the daemon this benchmark started.
     unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
-    let (pending_conns, _, rt2) = connect_many(&s, PENDING, None);
+    let (pending_conns, _, rt2) = connect_many(&s, PENDING, None, &[], true);
     let flows = eventually(Duration::from_secs(60), "the pending flows in the gate's map", || {
         let v = s.json(&["flows", "--json"]);
         let n = v.as_array()?.iter().filter(|f| f["state"] == "pending").count();
