@@ -123,10 +123,22 @@ default_response = "{default_response}"
 
     /// Invite, enroll, and both daemons up with the agent connected.
     pub fn start(&self) -> (Daemon, Daemon) {
-        let invite = run_ok(self.ackgate(&["invite", "--note", "e2e"]), None, "ackgate invite");
-        let invite = String::from_utf8_lossy(&invite.stdout).trim().to_owned();
+        let gateway = self.start_gateway();
+        (gateway, self.start_agent())
+    }
+
+    /// `ackgate run`, up with its agent listener.
+    pub fn start_gateway(&self) -> Daemon {
         let mut gateway = Daemon::start(self.ackgate(&["run"]), "ackgate run", self.dir.join("gateway.log"));
         gateway.wait_for_log("agent listener up", WAIT);
+        gateway
+    }
+
+    /// An invite, `ackgate-agent enroll`, and `ackgate-agent run` with its
+    /// session up (the gateway must be running).
+    pub fn start_agent(&self) -> Daemon {
+        let invite = run_ok(self.ackgate(&["invite", "--note", "e2e"]), None, "ackgate invite");
+        let invite = String::from_utf8_lossy(&invite.stdout).trim().to_owned();
         run_ok(self.agent(&["enroll", &invite]), None, "ackgate-agent enroll");
         let agent = Daemon::start(self.agent(&["run"]), "ackgate-agent run", self.dir.join("agent.log"));
         eventually(WAIT, "the agent's session to come up", || {
@@ -134,7 +146,7 @@ default_response = "{default_response}"
             let v: Value = serde_json::from_slice(&out.stdout).ok()?;
             (v["session"]["state"] == "connected").then_some(())
         });
-        (gateway, agent)
+        agent
     }
 
     pub fn login(&self, user: &str, password: &str) {

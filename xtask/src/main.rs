@@ -30,7 +30,8 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
-    /// Build, create a namespace topology and show the gate at work.
+    /// Build, create a namespace topology and show the product at work with
+    /// the real daemons: an unknown client, enrollment, login, approval.
     Demo,
     /// Benchmarks, each next to a baseline measured in the same run: gate
     /// verdict paths and SYN floods, the agent's stamper and memory, the
@@ -47,6 +48,8 @@ fn main() -> Result<()> {
         Command::Test { no_vm } => suite::run(!no_vm),
         Command::Demo => {
             setup::build_tools()?;
+            suite::cargo_build("ackgate-gateway")?;
+            suite::cargo_build("ackgate-agent")?;
             suite::cargo_run_bin("demo", &[])
         }
         Command::Bench { groups } => {

@@ -155,8 +155,18 @@ pub fn cargo_run_bin(name: &str, extra: &[&str]) -> Result<()> {
 
 /// `cargo build --release -p PACKAGE` (binaries the benchmarks start).
 pub fn cargo_build_release(package: &str) -> Result<()> {
+    build(package, &["--release"])
+}
+
+/// `cargo build -p PACKAGE` (binaries the demo starts).
+pub fn cargo_build(package: &str) -> Result<()> {
+    build(package, &[])
+}
+
+fn build(package: &str, extra: &[&str]) -> Result<()> {
     let status = cargo()
-        .args(["build", "-q", "--release", "-p", package])
+        .args(["build", "-q", "-p", package])
+        .args(extra)
         .status()
         .with_context(|| format!("building {package}"))?;
     if !status.success() {

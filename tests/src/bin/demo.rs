@@ -1,81 +1,77 @@
-//! `cargo xtask demo`: the gate at work on a fresh client / gateway / target
-//! topology, told in plain words.
+//! `cargo xtask demo`: the whole product on a fresh client / gateway /
+//! target topology, told in plain words: the real `ackgate` and
+//! `ackgate-agent` daemons, an unknown client, an enrolled user, an
+//! approval, and what the gateway saw.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use ackgate_tests::daemons::run_ok;
+use ackgate_tests::deployment::{PORT, Setup};
+use ackgate_tests::topology::Ns;
 
-use ackgate_common::abi::{RESPONSE_DROP, RESPONSE_RESET};
-use ackgate_gateway::events::Events;
-use ackgate_tests::fixture::{TestGate, service};
-use ackgate_tests::stamper::stamped_handshake;
-use ackgate_tests::topology::{Ns, Topology};
-
-fn try_plain_client(topo: &Topology, port: u16) -> String {
-    let to = SocketAddr::new(topo.edge_addr.into(), port);
-    topo.run_in(Ns::Client, || {
-        let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
-            Ok(s) => s,
-            Err(e) => return format!("connect failed: {e}"),
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(1500)));
-        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-        let mut buf = [0u8; 64];
-        match s.read(&mut buf) {
-            Ok(0) => "connection closed, no answer".into(),
-            Ok(n) => format!("got {n} bytes back (unexpected!)"),
-            Err(e) => format!("no service: {e}"),
-        }
-    })
+/// curl's exit code in words.
+fn outcome(code: i32) -> &'static str {
+    match code {
+        0 => "answered",
+        7 => "connection refused",
+        28 => "no answer (timed out): the gate holds or drops it",
+        52 | 56 => "connection reset",
+        _ => "failed",
+    }
 }
 
 fn main() {
     println!("Building a topology: client -- gateway (XDP gate on its edge) -- target ...");
-    let topo = Topology::new("demo");
-    let vip = topo.edge_addr;
-    let mut gate = TestGate::new(
-        "demo",
-        &[service(vip.octets(), 443, RESPONSE_DROP, false), service(vip.octets(), 8443, RESPONSE_RESET, false)],
+    let s = Setup::new("demo", "drop", 3000, "");
+    let vip = s.topo.edge_addr;
+    println!("  client {}  ->  VIP {vip}:{PORT} (protected, default response: drop)", s.topo.client_addr);
+    println!("  `ackgate init` created the gateway's CA and user store\n");
+
+    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("correct horse\n"), "users add");
+    println!("1. The administrator adds user alice (`ackgate users add alice`).");
+
+    let _gateway = s.start_gateway();
+    println!("2. `ackgate run` is up. A machine without an agent tries VIP:{PORT}:");
+    println!("   -> {}", outcome(s.curl(2)));
+
+    let _agent = s.start_agent();
+    println!("3. Alice's machine redeemed an invite (`ackgate-agent enroll`) and runs");
+    println!("   `ackgate-agent run`: its TC program stamps her handshakes.");
+    s.login("alice", "correct horse");
+    println!("4. Alice logs in on her machine (`ackgate-agent login`).");
+
+    s.curl(2);
+    let first = s.decision(1);
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    println!("5. Her first connect from this machine: {} ({})", text(&first["decision"]), text(&first["reason"]));
+    println!("   `ackgate users pending` lists her machine for approval.");
+    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    println!("6. The administrator approves it (`ackgate users approve alice`).");
+    s.curl(2);
+    let second = s.decision(2);
+    println!(
+        "7. Her next connect: {} in {:.1} ms ({}). The splice to the target comes next release;",
+        text(&second["decision"]),
+        second["latency_ms"].as_f64().unwrap_or(0.0),
+        text(&second["reason"])
     );
-    topo.attach_gate(&mut gate.gate);
-    let listeners: Vec<TcpListener> = [443, 8443]
-        .iter()
-        .map(|p| topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", *p)).expect("binding a listener")))
-        .collect();
-    println!("  client {}  ->  VIP {vip}  (protected: 443 drop, 8443 reset)", topo.client_addr);
-    println!("  listeners on VIP:443 and VIP:8443 stand for the protected services\n");
+    println!("   until then the gate holds authorized flows.\n");
 
-    println!("1. An ordinary client (no agent, no stamp) connects to VIP:443 (policy: drop):");
-    println!("   -> {}", try_plain_client(&topo, 443));
-    println!("2. The same client connects to VIP:8443 (policy: reset):");
-    println!("   -> {}", try_plain_client(&topo, 8443));
-
-    println!("3. A stamped client (capability option with a valid MAC) handshakes with VIP:443:");
-    let (client, mut events) = (topo.client_addr, Events::take(gate.gate.ebpf_mut()).expect("event ring"));
-    let hs = topo.run_in(Ns::Client, || stamped_handshake(client, 45000, vip, 443, Duration::from_secs(2)));
-    std::thread::sleep(Duration::from_millis(200));
-    match hs {
-        Some(h) => println!("   -> cookie SYN/ACK received (server ISN {:#010x}); stamped ACK sent", h.server_isn),
-        None => println!("   -> no SYN/ACK came back (unexpected!)"),
-    }
-    for ev in events.drain() {
-        let (a, p) = ev.flow.client_v4();
-        println!(
-            "   -> the control plane got an event: flow {}.{}.{}.{}:{p} from agent {} is PENDING (passed the gate)",
-            a[0], a[1], a[2], a[3], ev.agent_id
-        );
-    }
-
-    println!("\nGate counters (per reason):");
-    for (label, n) in gate.counters().labelled().filter(|(_, n)| *n != 0) {
-        println!("  {label:22} {n}");
-    }
-    let reached = listeners.iter().filter(|l| {
-        l.set_nonblocking(true).expect("nonblocking listener");
-        l.accept().is_ok()
-    });
-    match reached.count() {
-        0 => println!("\nNo connection reached the services' listeners. Tearing the topology down."),
-        n => println!("\n{n} listener(s) accepted a connection: the gate let something through!"),
-    }
+    println!("`ackgate flows`:");
+    let flows = run_ok(s.ackgate(&["flows"]), None, "flows");
+    print!("{}", String::from_utf8_lossy(&flows.stdout));
+    println!("\n`ackgate status` (gate verdicts by reason):");
+    let status = run_ok(s.ackgate(&["status"]), None, "status");
+    print!("{}", String::from_utf8_lossy(&status.stdout));
+    let agent =
+        s.agent(&["status"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    println!("\n`ackgate-agent status`:\n{agent}");
+    let target = s.topo.cmd(Ns::Target, &["nstat", "-az", "TcpPassiveOpens"]);
+    let opens = String::from_utf8_lossy(&target.stdout);
+    let opens = opens
+        .lines()
+        .find(|l| l.starts_with("TcpPassiveOpens"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("0")
+        .to_owned();
+    println!("Connections the target accepted: {opens} (nothing of an unauthorized client reached it).");
+    println!("Tearing the topology down.");
 }
