@@ -11,7 +11,7 @@ use ackgate_tests::stamp_fixture::TestStamper;
 use ackgate_tests::test_gateway::TestGateway;
 use ackgate_tests::topology::{Ns, Topology};
 
-use ackgate_tests::daemons::workspace_binary;
+use ackgate_tests::daemons::{Daemon, workspace_binary};
 
 use crate::{CLIENT, RUNS, VIP, median, rss_kib, syn};
 
@@ -85,12 +85,11 @@ pub fn agent_memory_bench() {
     let enrolled = rt.block_on(async { tokio::task::spawn_blocking(enroll_cmd).await });
     let enrolled = enrolled.expect("join").expect("enroll");
     assert!(enrolled.status.success(), "enroll failed: {}", String::from_utf8_lossy(&enrolled.stderr));
-    let mut daemon = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, &agent_bin, "--config", &cfg, "run"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting the agent");
-    let pid = daemon.id();
+    // Stopped (SIGTERM) when dropped, also if this benchmark panics.
+    let mut run = std::process::Command::new("ip");
+    run.args(["netns", "exec", &ns, &agent_bin, "--config", &cfg, "run"]);
+    let daemon = Daemon::start(run, "ackgate-agent run", dir.join("agent.log"));
+    let pid = daemon.pid() as u32;
     rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
     let idle = rss_kib(pid);
     let server = topo.run_in(Ns::Gateway, || TcpListener::bind((topo.edge_addr, 9001)).expect("bind"));
@@ -121,9 +120,7 @@ pub fn agent_memory_bench() {
         peak.max(rss_kib(pid))
     });
     acceptor.join().expect("acceptor");
-    // SAFETY: signalling the child this function started.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
+    drop(daemon);
     drop(gw);
     let _ = std::fs::remove_dir_all(&dir);
     println!("agent_rss_idle_kib: {idle}");
