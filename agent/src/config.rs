@@ -139,7 +139,7 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         self.option.option_id()?;
         for iface in &self.interfaces {
-            if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains(['/', '\0', ' ']) {
+            if !ackgate_common::host::is_valid_iface_name(iface) {
                 return Err(format!("interfaces: {iface:?} is not a valid interface name"));
             }
         }

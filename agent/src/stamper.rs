@@ -144,13 +144,8 @@ impl Stamper {
     }
 }
 
-/// Refuses names the kernel could never have (aya would panic on a NUL).
 fn check_iface_name(iface: &str) -> Result<(), StamperError> {
-    if iface.is_empty()
-        || iface.len() >= libc::IFNAMSIZ
-        || iface.contains(['\0', '/'])
-        || iface.contains(char::is_whitespace)
-    {
+    if !ackgate_common::host::is_valid_iface_name(iface) {
         return Err(StamperError::BadInterfaceName(iface.to_owned()));
     }
     Ok(())

@@ -26,4 +26,6 @@ pub mod report;
 #[cfg(feature = "user")]
 pub mod counters;
 #[cfg(feature = "user")]
+pub mod host;
+#[cfg(feature = "user")]
 mod pod;

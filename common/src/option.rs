@@ -422,17 +422,7 @@ mod tests {
         if scan.capability != Capability::Present {
             return false;
         }
-        let b = Binding {
-            saddr: seg.ip.saddr,
-            daddr: seg.ip.daddr,
-            sport: seg.tcp.sport,
-            dport: seg.tcp.dport,
-            client_isn: seg.tcp.seq().wrapping_sub(1),
-            second: seg.tcp.ack_seq().wrapping_sub(1),
-            agent_id: scan.agent_id,
-            domain: DOMAIN_ACK,
-            exid: ID.exid,
-        };
+        let b = Binding::handshake_ack(&seg, scan.agent_id, ID.exid);
         b.mac(&KEY) == scan.mac
     }
 

@@ -229,7 +229,7 @@ async fn decide(
     d.user = Some(outcome.profile.user.clone());
     d.machine = Some(outcome.profile.machine);
     tracing::debug!(flow = ?summary, state = FlowState::Validating.label());
-    let source = format!("{}:{cport}", std::net::Ipv4Addr::from(caddr));
+    let source = event.flow.client_addr().to_string();
     let v = validator.clone();
     let validating = Instant::now();
     let check = tokio::task::spawn_blocking(move || v.decide(&outcome, &rule, &source));

@@ -257,13 +257,8 @@ impl Gate {
     }
 }
 
-/// Refuses names the kernel could never have (aya would panic on a NUL).
 fn check_iface_name(iface: &str) -> Result<(), GateError> {
-    if iface.is_empty()
-        || iface.len() >= libc::IFNAMSIZ
-        || iface.contains(['\0', '/'])
-        || iface.contains(char::is_whitespace)
-    {
+    if !ackgate_common::host::is_valid_iface_name(iface) {
         return Err(GateError::BadInterfaceName(iface.to_owned()));
     }
     Ok(())

@@ -8,6 +8,7 @@
 
 mod codec;
 mod invite;
+pub mod local;
 mod message;
 mod proof;
 

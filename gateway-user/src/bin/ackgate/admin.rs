@@ -316,21 +316,17 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
     let config = Config::from_file(config_path)?;
     let rows: Vec<FlowRow> = Gate::read_flows(&config.gateway.pin_dir)?
         .into_iter()
-        .map(|(k, f)| {
-            let (ca, cp) = k.client_v4();
-            let (sa, sp) = k.service_v4();
-            FlowRow {
-                client: std::net::SocketAddrV4::new(ca.into(), cp).to_string(),
-                service: std::net::SocketAddrV4::new(sa.into(), sp).to_string(),
-                agent_id: f.agent_id,
-                state: match f.state {
-                    FLOW_PENDING => "pending",
-                    FLOW_AUTHORIZED => "authorized",
-                    FLOW_DENIED => "denied",
-                    _ => "unknown",
-                },
-                age_ms: monotonic_ns().saturating_sub(f.created_ns) / 1_000_000,
-            }
+        .map(|(k, f)| FlowRow {
+            client: k.client_addr().to_string(),
+            service: k.service_addr().to_string(),
+            agent_id: f.agent_id,
+            state: match f.state {
+                FLOW_PENDING => "pending",
+                FLOW_AUTHORIZED => "authorized",
+                FLOW_DENIED => "denied",
+                _ => "unknown",
+            },
+            age_ms: ackgate_common::host::monotonic_ns().saturating_sub(f.created_ns) / 1_000_000,
         })
         .collect();
     print(json, &rows, |rows| {
@@ -338,12 +334,4 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
             println!("{:<22} -> {:<22} agent {:<5} {:<10} {} ms", r.client, r.service, r.agent_id, r.state, r.age_ms);
         }
     })
-}
-
-/// CLOCK_MONOTONIC, the clock of the gate's timestamps.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

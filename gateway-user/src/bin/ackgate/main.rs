@@ -466,12 +466,10 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, respo
                 let events = guard.get_inner_mut();
                 let before = events.malformed();
                 for ev in events.drain() {
-                    let (caddr, cport) = ev.flow.client_v4();
-                    let (saddr, sport) = ev.flow.service_v4();
                     info!(
                         agent = ev.agent_id,
-                        client = %std::net::SocketAddrV4::new(caddr.into(), cport),
-                        service = %std::net::SocketAddrV4::new(saddr.into(), sport),
+                        client = %ev.flow.client_addr(),
+                        service = %ev.flow.service_addr(),
                         "flow pending: capability valid, awaiting profile check"
                     );
                     if let Some(p) = plane.as_mut()
@@ -621,13 +619,8 @@ impl Plane {
                     if let Err(e) = gate.remove_flow(flow) {
                         return AdminReply::Error(format!("removing a flow from the gate: {e}"));
                     }
-                    let (caddr, cport) = flow.client_v4();
-                    let (saddr, sport) = flow.service_v4();
-                    let (client, service) = (
-                        std::net::SocketAddrV4::new(caddr.into(), cport),
-                        std::net::SocketAddrV4::new(saddr.into(), sport),
-                    );
-                    let response = self.responses.get(&(saddr, sport)).copied().unwrap_or(RESPONSE_DROP);
+                    let (client, service) = (flow.client_addr(), flow.service_addr());
+                    let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
                     if response != RESPONSE_DROP
                         && let Err(e) = ackgate_gateway::rst::reset_client(client, service, l.server_isn)
                     {
@@ -694,12 +687,10 @@ impl Plane {
             Ok(false) => warn!("flow aged out of the flow map before its decision"),
             Err(e) => warn!("writing a decision into the flow map: {e}"),
         }
-        let (caddr, cport) = d.event.flow.client_v4();
-        let (saddr, sport) = d.event.flow.service_v4();
         self.access_log.record(&AccessRecord {
             at_unix_ms: unix_ms(),
-            client: std::net::SocketAddrV4::new(caddr.into(), cport).to_string(),
-            service: std::net::SocketAddrV4::new(saddr.into(), sport).to_string(),
+            client: d.event.flow.client_addr().to_string(),
+            service: d.event.flow.service_addr().to_string(),
             service_name: &d.service,
             agent_id: d.event.agent_id,
             user: d.user.as_deref(),

@@ -1,0 +1,79 @@
+//! Root-only local control sockets (the gateway's admin socket, the
+//! agent's control socket): a Unix socket of mode 0600, one request and one
+//! reply per connection, each a length-prefixed postcard frame.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+const MAX_FRAME: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("control socket {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("control socket {path}: unreadable reply: {source}")]
+    Decode { path: String, source: postcard::Error },
+    #[error("control socket {path}: closed without a reply")]
+    Closed { path: String },
+}
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec()
+}
+
+/// Binds `path` (replacing a stale socket) and makes it root-only.
+pub fn bind_private(path: &Path) -> Result<UnixListener, LocalError> {
+    let io = |source| LocalError::Io { path: path.display().to_string(), source };
+    if path.exists() {
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Answers every connection on `listener` with `handle(request)`; an
+/// unreadable request gets `bad_request(why)`.
+pub async fn serve<Q, R, F, Fut>(listener: UnixListener, handle: F, bad_request: fn(String) -> R)
+where
+    Q: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(Q) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = R> + Send,
+{
+    while let Ok((stream, _)) = listener.accept().await {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut conn = Framed::new(stream, codec());
+            let Some(Ok(frame)) = conn.next().await else {
+                return;
+            };
+            let reply = match postcard::from_bytes::<Q>(&frame) {
+                Ok(req) => handle(req).await,
+                Err(e) => bad_request(format!("unreadable request: {e}")),
+            };
+            if let Ok(bytes) = postcard::to_stdvec(&reply) {
+                let _ = conn.send(bytes::Bytes::from(bytes)).await;
+            }
+        });
+    }
+}
+
+/// Sends one request to the socket at `path` and returns the reply.
+pub async fn call<Q: Serialize, R: DeserializeOwned>(path: &Path, req: &Q) -> Result<R, LocalError> {
+    let p = || path.display().to_string();
+    let io = |source| LocalError::Io { path: p(), source };
+    let stream = UnixStream::connect(path).await.map_err(io)?;
+    let mut conn = Framed::new(stream, codec());
+    let bytes = postcard::to_stdvec(req).map_err(|e| io(std::io::Error::other(e)))?;
+    conn.send(bytes::Bytes::from(bytes)).await.map_err(io)?;
+    let frame = conn.next().await.ok_or_else(|| LocalError::Closed { path: p() })?.map_err(io)?;
+    postcard::from_bytes(&frame).map_err(|source| LocalError::Decode { path: p(), source })
+}
