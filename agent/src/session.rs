@@ -10,7 +10,7 @@ use ackgate_common::proto::{
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio_util::codec::Framed;
 use zeroize::Zeroizing;
 
@@ -50,8 +50,10 @@ pub struct SessionStatus {
 /// State shared between the session task and the control socket.
 pub struct Shared {
     status: Mutex<SessionStatus>,
-    credentials: Mutex<Option<Credentials>>,
-    login_changed: Notify,
+    /// A watch rather than a notification: a session started after the
+    /// credentials were set must not see that change again and log in twice
+    /// (two logins in flight would leave it answering under a stale key).
+    credentials: watch::Sender<Option<Credentials>>,
     login_outcome: watch::Sender<Option<LoginOutcome>>,
 }
 
@@ -71,8 +73,7 @@ impl Shared {
                 gateway: gateway.into(),
                 ..Default::default()
             }),
-            credentials: Mutex::new(None),
-            login_changed: Notify::new(),
+            credentials: watch::channel(None).0,
             login_outcome: watch::channel(None).0,
         })
     }
@@ -94,10 +95,9 @@ impl Shared {
     /// next one). Returns a receiver that sees the gateway's verdict.
     pub fn set_credentials(&self, c: Option<Credentials>) -> watch::Receiver<Option<LoginOutcome>> {
         let rx = self.login_outcome.subscribe();
-        *lock(&self.credentials) = c;
         self.login_outcome.send_replace(None);
         lock(&self.status).login = None;
-        self.login_changed.notify_one();
+        self.credentials.send_replace(c);
         rx
     }
 
@@ -167,6 +167,8 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
+type Conn = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, MessageCodec>;
+
 /// One session, from connect to its end. On shutdown it closes the TLS
 /// session properly (close_notify, then FIN) so the gateway sees a goodbye,
 /// not a dead peer.
@@ -204,14 +206,10 @@ async fn serve_once(
     shared.set_state("connected", None);
     tracing::info!(session = welcome.session_id, "gateway session open");
     let silence_limit = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)) * 3);
-    let mut proof_key: Option<[u8; 32]> = None;
-    let mut pending_login: Option<String> = None;
-    let mut deferred: Vec<ProfileRequest> = Vec::new();
-    let credentials = lock(&shared.credentials).clone();
-    if let Some(c) = credentials {
-        pending_login = Some(c.user.clone());
-        conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
-    }
+    let mut login = LoginState::default();
+    let mut credentials = shared.credentials.subscribe();
+    let current = credentials.borrow_and_update().clone();
+    login.start(&mut conn, current).await?;
     loop {
         tokio::select! {
             msg = tokio::time::timeout(silence_limit, conn.next()) => {
@@ -225,20 +223,25 @@ async fn serve_once(
                         lock(&shared.status).profile_requests += 1;
                         // While a login is being checked, answers wait for
                         // its verdict: answered now they would carry no proof.
-                        if pending_login.is_some() {
-                            deferred.push(req);
+                        if login.in_flight > 0 {
+                            login.deferred.push(req);
                             continue;
                         }
-                        let user = lock(&shared.credentials).as_ref().map(|c| c.user.clone()).unwrap_or_default();
-                        let answer = answer(identity, &req, user, proof_key.as_ref());
-                        conn.send(Message::ProfileAnswer(answer)).await?;
+                        conn.send(Message::ProfileAnswer(login.answer(identity, &req))).await?;
                     }
                     Message::LoginResult(r) => {
-                        proof_key = r.accepted.then_some(r.proof_key);
-                        let user = pending_login.take().unwrap_or_default();
-                        shared.record_login(LoginOutcome { user: user.clone(), accepted: r.accepted, message: r.message });
-                        for req in deferred.drain(..) {
-                            conn.send(Message::ProfileAnswer(answer(identity, &req, user.clone(), proof_key.as_ref()))).await?;
+                        // The gateway records each verdict before sending it,
+                        // in order on this connection: the last result is the
+                        // key and user it will check proofs against.
+                        login.in_flight = login.in_flight.saturating_sub(1);
+                        login.proof_key = r.accepted.then_some(r.proof_key);
+                        login.user = r.user.clone();
+                        if login.in_flight > 0 {
+                            continue;
+                        }
+                        shared.record_login(LoginOutcome { user: r.user, accepted: r.accepted, message: r.message });
+                        for req in std::mem::take(&mut login.deferred) {
+                            conn.send(Message::ProfileAnswer(login.answer(identity, &req))).await?;
                         }
                     }
                     Message::Ping(n) => conn.send(Message::Pong(n)).await?,
@@ -252,15 +255,42 @@ async fn serve_once(
                 shared.set_state("stopped", None);
                 return Ok(());
             }
-            _ = shared.login_changed.notified() => {
-                proof_key = None;
-                let credentials = lock(&shared.credentials).clone();
-                if let Some(c) = credentials {
-                    pending_login = Some(c.user.clone());
-                    conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
-                }
+            Ok(()) = credentials.changed() => {
+                let current = credentials.borrow_and_update().clone();
+                login.start(&mut conn, current).await?;
             }
         }
+    }
+}
+
+/// One session's login: the verdict answers are signed under, and the
+/// logins the gateway has not answered yet.
+#[derive(Default)]
+struct LoginState {
+    /// The user of the last verdict: refused or unknown users still name
+    /// themselves, so the gateway can record them as potential users.
+    user: String,
+    /// Session proof key, if the last verdict accepted the login.
+    proof_key: Option<[u8; 32]>,
+    in_flight: u32,
+    deferred: Vec<ProfileRequest>,
+}
+
+impl LoginState {
+    /// Logs in with `credentials`; none (logged out) drops the proof key at once.
+    async fn start(&mut self, conn: &mut Conn, credentials: Option<Credentials>) -> Result<(), ProtoError> {
+        self.proof_key = None;
+        self.user.clear();
+        if let Some(c) = credentials {
+            self.user.clone_from(&c.user);
+            self.in_flight += 1;
+            conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
+        }
+        Ok(())
+    }
+
+    fn answer(&self, identity: &Identity, req: &ProfileRequest) -> ProfileAnswer {
+        answer(identity, req, self.user.clone(), self.proof_key.as_ref())
     }
 }
 

@@ -113,6 +113,8 @@ async fn enrollment_login_and_profile_answer() {
     assert_eq!(outcome.profile.user, "alice");
     assert_eq!(outcome.profile.machine, identity.machine);
     assert_eq!(outcome.profile.install_serial, enrollment.info.install_serial);
+    let logins = gw.server.stats.logins_accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(logins, 1, "credentials set before the session started must give one login per session, not {logins}");
     for file in ["agent.toml", "mac.key", "client.pem", "client.key", "ca.pem"] {
         let text = std::fs::read(dir.0.join(file)).expect(file);
         assert!(

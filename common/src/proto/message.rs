@@ -117,6 +117,9 @@ impl core::fmt::Debug for Login {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginResult {
+    /// Who tried: answers name this user, and a refused or unknown user's
+    /// answers are what the gateway records as a potential user.
+    pub user: String,
     pub accepted: bool,
     /// Session key for per-flow profile proofs; zero when not accepted.
     pub proof_key: [u8; 32],

@@ -356,11 +356,11 @@ impl AgentServer {
             self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
             let key: [u8; 32] = rand::random();
             *lock(&session.login) = Some((key, user.clone()));
-            LoginResult { accepted: true, proof_key: key, message: format!("logged in as {user}") }
+            LoginResult { message: format!("logged in as {user}"), user, accepted: true, proof_key: key }
         } else {
             self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
             *lock(&session.login) = None;
-            LoginResult { accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
+            LoginResult { user, accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
         };
         conn.send(Message::LoginResult(result)).await
     }
