@@ -19,7 +19,7 @@ pub const PROGRAM_NAME: &str = "ackgate_stamp";
 /// A do-nothing TC program in the same object (benchmark baseline).
 pub const PASS_PROGRAM_NAME: &str = "ackgate_tc_pass";
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-agent"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackgate-stamp"));
 
 #[derive(Debug, Error)]
 pub enum StamperError {
