@@ -181,6 +181,10 @@ pub const FLOW_DENIED: u8 = 3;
 pub struct PendingFlow {
     /// CLOCK_MONOTONIC ns when the gate accepted the stamped ACK.
     pub created_ns: u64,
+    /// Who an authorized flow belongs to, written with the decision (zero
+    /// before). Kept in the pinned map, not only in the daemon, so a
+    /// revocation reaches flows authorized before a restart or a crash.
+    pub owner: FlowOwner,
     pub agent_id: u32,
     pub client_isn: u32,
     pub server_isn: u32,
@@ -188,6 +192,15 @@ pub struct PendingFlow {
     pub state: u8,
     pub _pad0: u8,
     pub _pad1: u16,
+}
+
+/// Tags of an authorized flow's user and machine (gateway-user `owner`
+/// computes them; the kernel only stores zeros).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowOwner {
+    pub user_tag: u64,
+    pub machine_tag: u64,
 }
 
 pub const EVENT_PENDING: u32 = 1;
@@ -264,6 +277,7 @@ const _: () = assert!(size_of::<ServicePolicy>() == 24);
 const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<VipInfo>() == 4);
 const _: () = assert!(size_of::<FlowKey>() == 40);
-const _: () = assert!(size_of::<PendingFlow>() == 24);
+const _: () = assert!(size_of::<FlowOwner>() == 16);
+const _: () = assert!(size_of::<PendingFlow>() == 40);
 const _: () = assert!(size_of::<GateEvent>() == 64);
 const _: () = assert!(core::mem::offset_of!(GateEvent, created_ns) == 56);

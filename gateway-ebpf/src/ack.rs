@@ -1,7 +1,7 @@
 //! Handshake ACK stage: cookie, capability, MAC; then the pending record
 //! and the event for the control plane.
 
-use ackgate_common::abi::{EVENT_PENDING, FLOW_PENDING, FlowKey, GateEvent, PendingFlow, ServicePolicy};
+use ackgate_common::abi::{EVENT_PENDING, FLOW_PENDING, FlowKey, FlowOwner, GateEvent, PendingFlow, ServicePolicy};
 use ackgate_common::mac::Binding;
 use ackgate_common::net::Ipv4Tcp;
 use ackgate_common::option::{Capability, OptionBytes};
@@ -113,8 +113,16 @@ fn record_pending(seg: &Ipv4Tcp, agent_id: u32, client_isn: u32, server_isn: u32
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let flow = FlowKey::of_segment(seg);
-    let pending =
-        PendingFlow { created_ns: now, agent_id, client_isn, server_isn, state: FLOW_PENDING, _pad0: 0, _pad1: 0 };
+    let pending = PendingFlow {
+        created_ns: now,
+        owner: FlowOwner::default(),
+        agent_id,
+        client_isn,
+        server_isn,
+        state: FLOW_PENDING,
+        _pad0: 0,
+        _pad1: 0,
+    };
     if PENDING.insert(flow, pending, 0).is_err() {
         entry.discard(0);
         return Verdict::new(XDP_DROP, reason::ERR_PENDING_FULL);

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
-    AgentKey, FlowKey, MAP_AGENT_KEYS, MAP_PENDING, MAP_SERVICES, MAP_VIPS, PendingFlow, ServiceKey, ServicePolicy,
-    VipInfo, VipKey,
+    AgentKey, FlowKey, FlowOwner, MAP_AGENT_KEYS, MAP_PENDING, MAP_SERVICES, MAP_VIPS, PendingFlow, ServiceKey,
+    ServicePolicy, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
 use aya::maps::{HashMap, MapData, MapError};
@@ -215,9 +215,10 @@ impl Gate {
         }
     }
 
-    /// Sets the state of a flow the gate accepted (`FLOW_*`); false if the
-    /// flow is gone (aged out of the LRU map).
-    pub fn set_flow_state(&mut self, flow: &FlowKey, state: u8) -> Result<bool, GateError> {
+    /// Sets the state of a flow the gate accepted (`FLOW_*`) and, for an
+    /// authorized one, its owner; false if the flow is gone (aged out of the
+    /// LRU map).
+    pub fn set_flow_state(&mut self, flow: &FlowKey, state: u8, owner: FlowOwner) -> Result<bool, GateError> {
         let map_err = |source| GateError::Map { map: MAP_PENDING, source };
         let mut flows = self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?;
         let mut entry = match flows.get(flow, 0) {
@@ -226,6 +227,7 @@ impl Gate {
             Err(source) => return Err(map_err(source)),
         };
         entry.state = state;
+        entry.owner = owner;
         flows.insert(*flow, entry, 0).map_err(map_err)?;
         Ok(true)
     }

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod events;
 pub mod gate;
 pub mod metrics;
+pub mod owner;
 pub mod page;
 pub mod pki;
 pub mod rst;

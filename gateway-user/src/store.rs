@@ -234,6 +234,14 @@ impl Store {
         Ok(users)
     }
 
+    /// Every user's name, revoked or not.
+    pub fn user_names(&self) -> Result<Vec<String>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT name FROM users")?;
+        let names = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(names)
+    }
+
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         Ok(self.users()?.into_iter().find(|u| u.name == name))
     }

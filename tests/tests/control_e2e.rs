@@ -144,7 +144,8 @@ fn revocation_ends_a_live_flow() {
 /// are being written: the gate keeps filtering (its link stays pinned),
 /// flows the gate accepted meanwhile wait in the pinned maps, the restarted
 /// control plane decides them, earlier authorized flows are still there,
-/// and no committed approval is lost.
+/// no committed approval is lost, and a revocation after the restart ends
+/// the flows authorized before it.
 #[test]
 fn a_killed_control_plane_loses_nothing() {
     let s = Setup::new("crash", "drop", 3000, "");
@@ -204,6 +205,21 @@ fn a_killed_control_plane_loses_nothing() {
             "committed user {name} lost: {users}"
         );
     }
+
+    // The owner of each authorized flow is in the pinned map, so a
+    // revocation reaches the flow authorized before the crash too.
+    let flows = s.json(&["flows", "--json"]);
+    let owned = |f: &serde_json::Value| f["state"] == "authorized" && f["user"] == "alice" && f["machine"].is_string();
+    let authorized = flows.as_array().map(|f| f.iter().filter(|r| owned(r)).count()).unwrap_or(0);
+    assert_eq!(authorized, 2, "both authorized flows must show alice and her machine: {flows}");
+    let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("ended 2 live flow"), "revoke must end the flows from before and after the crash: {said}");
+    let flows = s.json(&["flows", "--json"]);
+    assert!(
+        !flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized")),
+        "no flow of the revoked user may stay authorized: {flows}"
+    );
 }
 
 /// `page` mode: an unstamped client completes its handshake into the

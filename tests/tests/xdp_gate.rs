@@ -1,7 +1,7 @@
 //! BPF_PROG_TEST_RUN table tests of the XDP gate: packet in → verdict,
 //! reason counter and exact bytes out.
 
-use ackgate_common::abi::{RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET};
+use ackgate_common::abi::{FlowOwner, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET};
 use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ackgate_common::option::OptionId;
 use ackgate_common::reason;
@@ -601,7 +601,10 @@ fn decided_flows_get_their_verdicts() {
     let (denied_drop, drop_data) = accept(&mut g, VIP, 42001);
     let (denied_reset, reset_data) = accept(&mut g, VIP_RESET, 42002);
     for (flow, state) in [(authorized, FLOW_AUTHORIZED), (denied_drop, FLOW_DENIED), (denied_reset, FLOW_DENIED)] {
-        assert!(g.0.gate.set_flow_state(&flow, state).expect("flow map writable"), "flow {flow:?} must exist");
+        assert!(
+            g.0.gate.set_flow_state(&flow, state, FlowOwner::default()).expect("flow map writable"),
+            "flow {flow:?} must exist"
+        );
     }
     let mut reset_rst = reset_data.clone();
     reset_rst.flags = TCP_RST | TCP_ACK;

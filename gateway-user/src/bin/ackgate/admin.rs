@@ -11,6 +11,7 @@ use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest};
 use ackgate_gateway::config::{Config, ControlSection};
 use ackgate_gateway::gate::Gate;
+use ackgate_gateway::owner::{self, OwnerNames};
 use ackgate_gateway::pki::Ca;
 use ackgate_gateway::store::Store;
 use anyhow::{Context as _, Result, bail};
@@ -310,13 +311,32 @@ struct FlowRow {
     agent_id: u32,
     state: &'static str,
     age_ms: u64,
+    /// Authorized flows: the user (when this host has the store) and the
+    /// first 16 hex digits of the machine fingerprint.
+    user: Option<String>,
+    machine: Option<String>,
+}
+
+/// Names for flow owners from the local store; none with a remote
+/// validator or without a control plane (the machine column still shows).
+fn owner_names(config: &Config) -> OwnerNames {
+    let users = match &config.control {
+        Some(c) if c.validator.is_none() && c.store_path().exists() => {
+            Store::open(&c.store_path()).and_then(|s| s.user_names()).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    OwnerNames::new(users)
 }
 
 pub fn flows(config_path: &Path, json: bool) -> Result<()> {
     let config = Config::from_file(config_path)?;
+    let names = owner_names(&config);
     let rows: Vec<FlowRow> = Gate::read_flows(&config.gateway.pin_dir)?
         .into_iter()
         .map(|(k, f)| FlowRow {
+            user: names.user(&f.owner).map(str::to_owned),
+            machine: (f.state == FLOW_AUTHORIZED && f.owner.machine_tag != 0).then(|| owner::machine_hex(&f.owner)),
             client: k.client_addr().to_string(),
             service: k.service_addr().to_string(),
             agent_id: f.agent_id,
@@ -331,7 +351,15 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
         .collect();
     print(json, &rows, |rows| {
         for r in rows {
-            println!("{:<22} -> {:<22} agent {:<5} {:<10} {} ms", r.client, r.service, r.agent_id, r.state, r.age_ms);
+            let owner = match (&r.user, &r.machine) {
+                (Some(u), Some(m)) => format!(" {u} on {m}…"),
+                (None, Some(m)) => format!(" machine {m}…"),
+                _ => String::new(),
+            };
+            println!(
+                "{:<22} -> {:<22} agent {:<5} {:<10} {} ms{owner}",
+                r.client, r.service, r.agent_id, r.state, r.age_ms
+            );
         }
     })
 }

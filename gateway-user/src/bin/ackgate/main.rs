@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
-    EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, GateEvent, RESPONSE_DROP, RESPONSE_PAGE,
+    EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, GateEvent, RESPONSE_DROP, RESPONSE_PAGE,
     port_value, v4_bytes,
 };
 use ackgate_gateway::access_log::{AccessLog, AccessRecord};
@@ -433,7 +433,6 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, respo
         }
         None => (None, None, None, None),
     };
-    let mut prune = tokio::time::interval(Duration::from_secs(30));
     if let Some(p) = plane.as_mut() {
         p.resume(gate);
     }
@@ -449,11 +448,6 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, respo
             Some((req, reply)) = recv_bounded(&mut admin) => {
                 if let Some(p) = plane.as_mut() {
                     let _ = reply.send(p.admin(gate, req));
-                }
-            }
-            _ = prune.tick() => {
-                if let Some(p) = plane.as_mut() {
-                    p.prune(gate);
                 }
             }
             Some((id, key)) = recv(&mut enrollments) => {
@@ -508,16 +502,8 @@ struct Plane {
     cp: ControlPlane,
     access_log: AccessLog,
     responses: HashMap<([u8; 4], u16), u8>,
-    /// Authorized flows and who they belong to, for revocation.
-    live: HashMap<FlowKey, LiveFlow>,
     metrics: Arc<Metrics>,
     config_path: PathBuf,
-}
-
-struct LiveFlow {
-    user: String,
-    machine: String,
-    server_isn: u32,
 }
 
 type Started = (
@@ -561,14 +547,7 @@ impl Plane {
             info!(listen = %addr, "metrics endpoint up");
         }
         let (cp, decisions) = ControlPlane::new(server, decider, p.rules, p.settings);
-        let plane = Self {
-            cp,
-            access_log: p.access_log,
-            responses: p.responses,
-            live: HashMap::new(),
-            metrics,
-            config_path: p.config_path,
-        };
+        let plane = Self { cp, access_log: p.access_log, responses: p.responses, metrics, config_path: p.config_path };
         Ok((plane, decisions, enrollments, admin_rx))
     }
 
@@ -605,44 +584,10 @@ impl Plane {
     /// Administrative requests that act on live state.
     fn admin(&mut self, gate: &mut Gate, req: AdminRequest) -> AdminReply {
         match req {
-            AdminRequest::EndFlows { user, machine } => {
-                let ended: Vec<FlowKey> = self
-                    .live
-                    .iter()
-                    .filter(|(_, l)| {
-                        l.user == user && machine.as_ref().is_none_or(|m| l.machine.starts_with(m.as_str()))
-                    })
-                    .map(|(k, _)| *k)
-                    .collect();
-                for flow in &ended {
-                    let Some(l) = self.live.remove(flow) else { continue };
-                    if let Err(e) = gate.remove_flow(flow) {
-                        return AdminReply::Error(format!("removing a flow from the gate: {e}"));
-                    }
-                    let (client, service) = (flow.client_addr(), flow.service_addr());
-                    let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
-                    if response != RESPONSE_DROP
-                        && let Err(e) = ackgate_gateway::rst::reset_client(client, service, l.server_isn)
-                    {
-                        warn!(%client, "sending the revoked flow's RST: {e}");
-                    }
-                    self.access_log.record(&AccessRecord {
-                        at_unix_ms: unix_ms(),
-                        client: client.to_string(),
-                        service: service.to_string(),
-                        service_name: "",
-                        agent_id: 0,
-                        user: Some(&l.user),
-                        machine: Some(l.machine.clone()),
-                        decision: "revoked",
-                        reason: "the user or machine was revoked",
-                        latency_ms: 0.0,
-                        profile_ms: 0.0,
-                        validation_ms: 0.0,
-                    });
-                }
-                AdminReply::Ended(ended.len())
-            }
+            AdminRequest::EndFlows { user, machine } => match self.end_flows(gate, &user, machine.as_deref()) {
+                Ok(n) => AdminReply::Ended(n),
+                Err(e) => AdminReply::Error(format!("{e:#}")),
+            },
             AdminRequest::ReloadServices => match self.reload(gate) {
                 Ok(reply) => reply,
                 Err(e) => AdminReply::Error(format!("{e:#}")),
@@ -671,18 +616,53 @@ impl Plane {
         Ok(AdminReply::Reloaded { services: entries.len(), note })
     }
 
-    /// Forgets live flows the gate no longer holds (aged out of its LRU map).
-    fn prune(&mut self, gate: &mut Gate) {
-        if let Ok(flows) = gate.pending_flows() {
-            let present: std::collections::HashSet<FlowKey> = flows.into_iter().map(|(k, _)| k).collect();
-            self.live.retain(|k, _| present.contains(k));
+    /// Ends the authorized flows of a revoked user (on the machines whose
+    /// fingerprint starts with `machine`, if given), wherever the gate holds
+    /// them: the owner is in the pinned flow map, so flows authorized before
+    /// a restart are found too.
+    fn end_flows(&mut self, gate: &mut Gate, user: &str, machine: Option<&str>) -> Result<usize> {
+        let flows = gate.pending_flows().context("reading the flow map")?;
+        let mut ended = 0;
+        for (flow, f) in flows.iter().filter(|(_, f)| f.state == FLOW_AUTHORIZED) {
+            if !ackgate_gateway::owner::belongs_to(&f.owner, user, machine) {
+                continue;
+            }
+            gate.remove_flow(flow).context("removing a flow from the gate")?;
+            ended += 1;
+            let (client, service) = (flow.client_addr(), flow.service_addr());
+            let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
+            if response != RESPONSE_DROP
+                && let Err(e) = ackgate_gateway::rst::reset_client(client, service, f.server_isn)
+            {
+                warn!(%client, "sending the revoked flow's RST: {e}");
+            }
+            self.access_log.record(&AccessRecord {
+                at_unix_ms: unix_ms(),
+                client: client.to_string(),
+                service: service.to_string(),
+                service_name: "",
+                agent_id: f.agent_id,
+                user: Some(user),
+                machine: Some(ackgate_gateway::owner::machine_hex(&f.owner)),
+                decision: "revoked",
+                reason: "the user or machine was revoked",
+                latency_ms: 0.0,
+                profile_ms: 0.0,
+                validation_ms: 0.0,
+            });
         }
+        Ok(ended)
     }
 
-    /// Writes a decision into the flow map and the access log.
     fn apply(&mut self, gate: &mut Gate, d: Decision) {
-        let state = if d.state == FlowState::Authorized { FLOW_AUTHORIZED } else { FLOW_DENIED };
-        match gate.set_flow_state(&d.event.flow, state) {
+        let (state, owner) = match (d.state, &d.user, &d.machine) {
+            (FlowState::Authorized, Some(user), Some(machine)) => {
+                (FLOW_AUTHORIZED, ackgate_gateway::owner::owner(user, machine))
+            }
+            (FlowState::Authorized, ..) => (FLOW_AUTHORIZED, FlowOwner::default()),
+            _ => (FLOW_DENIED, FlowOwner::default()),
+        };
+        match gate.set_flow_state(&d.event.flow, state, owner) {
             Ok(true) => {}
             Ok(false) => warn!("flow aged out of the flow map before its decision"),
             Err(e) => warn!("writing a decision into the flow map: {e}"),
@@ -702,16 +682,6 @@ impl Plane {
             validation_ms: d.validation_time.as_secs_f64() * 1000.0,
         });
         self.metrics.decision(d.state.label(), d.latency, d.validation_time);
-        if d.state == FlowState::Authorized
-            && let (Some(user), Some(machine)) = (&d.user, &d.machine)
-        {
-            let live = LiveFlow {
-                user: user.clone(),
-                machine: ackgate_gateway::store::hex(machine),
-                server_isn: d.event.server_isn,
-            };
-            self.live.insert(d.event.flow, live);
-        }
         self.cp.finish(&d);
     }
 }

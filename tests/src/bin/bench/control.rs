@@ -158,7 +158,15 @@ fn raise_fd_limit() {
 
 pub fn authorizations_bench() {
     raise_fd_limit();
-    let s = Setup::new("auth", "drop", 30_000, "max_pending = 20000\nmax_pending_per_agent = 20000");
+    // A flow map with room for every flow of the run, so the figure below
+    // is the memory of 100,000 authorized flows, not of what LRU kept.
+    let s = Setup::with_gateway(
+        "auth",
+        "drop",
+        30_000,
+        "max_pending = 20000\nmax_pending_per_agent = 20000",
+        "max_flows = 262144",
+    );
     run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
     let (gateway, agent) = s.start();
     s.login("alice", "pw");
