@@ -16,6 +16,27 @@ pub enum AdminRequest {
     EndFlows { user: String, machine: Option<String> },
     /// Re-read the services from the config file.
     ReloadServices,
+    /// What the control plane is doing.
+    Status,
+}
+
+/// The running control plane, for `ackgate status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub agent_listen: String,
+    pub agents_connected: usize,
+    /// Flows whose profile or validation is under way.
+    pub awaiting_decision: usize,
+    pub authorized: u64,
+    pub denied: u64,
+    pub timed_out: u64,
+    /// Refused at once: too many flows were awaiting a decision.
+    pub overloaded: u64,
+    pub sessions_opened: u64,
+    pub logins_accepted: u64,
+    pub logins_refused: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,6 +48,7 @@ pub enum AdminReply {
         services: usize,
         note: Option<String>,
     },
+    Status(DaemonStatus),
     Error(String),
 }
 

@@ -184,6 +184,14 @@ default_response = "{default_response}"
         let out = run_ok(self.ackgate(args), None, &format!("ackgate {args:?}"));
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ackgate {args:?} --json: {e}"))
     }
+
+    /// The gate's packet counter for `reason`, from `ackgate status --json`.
+    pub fn gate_counter(&self, reason: &str) -> u64 {
+        let status = self.json(&["status", "--json"]);
+        status["gate_packets"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("status --json has no gate counter {reason}: {status}"))
+    }
 }
 
 impl Drop for Setup {

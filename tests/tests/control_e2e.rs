@@ -46,6 +46,12 @@ fn approval_flow(tag: &str, add_user_first: bool) {
             && r["service"].as_str().is_some_and(|svc| svc.ends_with(&format!(":{PORT}"))))),
         "`ackgate flows` must show the authorized flow: {flows}"
     );
+    let status = s.json(&["status", "--json"]);
+    let (daemon, gate_flows) = (&status["control_plane"], &status["flows"]);
+    assert_eq!(daemon["agents_connected"], 1, "status must show the agent's session: {status}");
+    assert_eq!(daemon["authorized"], 1, "status must count the authorization: {status}");
+    assert_eq!(daemon["denied"], 1, "status must count the first, denied connect: {status}");
+    assert!(gate_flows["authorized"].as_u64() >= Some(1), "status must count the flow in the gate: {status}");
     let users = s.json(&["users", "list", "--json"]);
     assert!(
         users.as_array().is_some_and(|u| u
@@ -86,14 +92,10 @@ fn an_agent_that_stops_answering_times_out_into_the_default_response() {
     // curl's retransmitted request on the now-denied flow got the default
     // response: a reset (curl exit 56, "failure receiving network data").
     assert_eq!(code, 56, "curl should have been reset by the default response");
-    let status = run_ok(s.ackgate(&["status", "--all"]), None, "ackgate status");
-    let denied: u64 = String::from_utf8_lossy(&status.stdout)
-        .lines()
-        .find(|l| l.starts_with("flow_denied"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(denied >= 1, "the gate must count the denied flow's segments: {}", String::from_utf8_lossy(&status.stdout));
+    let denied = s.gate_counter("flow_denied");
+    assert!(denied >= 1, "the gate must count the denied flow's segments");
+    let status = s.json(&["status", "--json"]);
+    assert_eq!(status["control_plane"]["timed_out"], 1, "the control plane must count the timeout: {status}");
 }
 
 /// Revoking a user ends their live authorized flow at once: the flow leaves
@@ -239,6 +241,7 @@ fn page_mode_serves_the_page_to_an_unstamped_client() {
     let status = run_ok(s.ackgate(&["status"]), None, "ackgate status");
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("ack_no_option"), "the gate must have counted the unstamped ACK: {text}");
+    assert!(text.contains("control plane: pid"), "status must show the running control plane: {text}");
 }
 
 /// The validator as its own service in the target-side namespace: the same
@@ -348,15 +351,7 @@ fn services_are_added_and_removed_on_a_running_gateway() {
     let s = Setup::new("services", "drop", 3000, "");
     let mut gateway = Daemon::start(s.ackgate(&["run"]), "ackgate run", s.dir.join("gateway.log"));
     gateway.wait_for_log("agent listener up", WAIT);
-    let counter = |reason: &str| -> u64 {
-        let out = run_ok(s.ackgate(&["status", "--all"]), None, "status");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(reason))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
+    let counter = |reason: &str| s.gate_counter(reason);
     let vip = s.topo.edge_addr.to_string();
     let probe = || {
         let url = format!("http://{vip}:9443/");

@@ -58,7 +58,7 @@ fn main() {
     println!("`ackgate flows`:");
     let flows = run_ok(s.ackgate(&["flows"]), None, "flows");
     print!("{}", String::from_utf8_lossy(&flows.stdout));
-    println!("\n`ackgate status` (gate verdicts by reason):");
+    println!("\n`ackgate status` (gate verdicts by reason, flows, control plane):");
     let status = run_ok(s.ackgate(&["status"]), None, "status");
     print!("{}", String::from_utf8_lossy(&status.stdout));
     let agent =

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
-use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest};
+use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::config::{Config, ControlSection};
+use ackgate_gateway::counters;
 use ackgate_gateway::gate::Gate;
 use ackgate_gateway::owner::{self, OwnerNames};
 use ackgate_gateway::pki::Ca;
@@ -273,8 +274,7 @@ fn reload(config_path: &Path) -> Result<()> {
             return Ok(());
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    match rt.block_on(admin_socket::request(&socket, &AdminRequest::ReloadServices))? {
+    match ask_daemon(&socket, &AdminRequest::ReloadServices)? {
         AdminReply::Reloaded { services, note } => {
             println!("the running gateway now protects {services} service(s)");
             if let Some(n) = note {
@@ -283,7 +283,7 @@ fn reload(config_path: &Path) -> Result<()> {
             Ok(())
         }
         AdminReply::Error(e) => bail!("the gateway could not apply the change: {e}"),
-        AdminReply::Ended(_) => bail!("unexpected reply"),
+        other => bail!("unexpected reply from the gateway: {other:?}"),
     }
 }
 
@@ -294,14 +294,92 @@ fn end_live_flows(config: &Config, user: &str, machine: Option<String>) -> Resul
         println!("the gateway is not running: the revocation applies to every new flow");
         return Ok(());
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let req = AdminRequest::EndFlows { user: user.to_owned(), machine };
-    match rt.block_on(admin_socket::request(&socket, &req))? {
+    match ask_daemon(&socket, &req)? {
         AdminReply::Ended(n) => println!("ended {n} live flow(s)"),
         AdminReply::Error(e) => bail!("the gateway could not end the live flows: {e}"),
-        AdminReply::Reloaded { .. } => bail!("unexpected reply"),
+        other => bail!("unexpected reply from the gateway: {other:?}"),
     }
     Ok(())
+}
+
+/// One request to the running daemon over its admin socket.
+fn ask_daemon(socket: &Path, req: &AdminRequest) -> Result<AdminReply> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(admin_socket::request(socket, req))
+        .with_context(|| format!("asking the running gateway over {}", socket.display()))
+}
+
+#[derive(Serialize, Default)]
+struct FlowCounts {
+    pending: usize,
+    authorized: usize,
+    denied: usize,
+}
+
+#[derive(Serialize)]
+struct StatusReport {
+    gate_packets: serde_json::Map<String, serde_json::Value>,
+    flows: FlowCounts,
+    /// None: no [control] in the config, or the control plane is not running.
+    control_plane: Option<DaemonStatus>,
+}
+
+/// `ackgate status`: the gate's counters and flows from the pinned maps,
+/// and the control plane's own view when it is running.
+pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) -> Result<()> {
+    let counters = counters::from_pin_dir(pin_dir)?;
+    let mut flows = FlowCounts::default();
+    for (_, f) in Gate::read_flows(pin_dir)? {
+        match f.state {
+            FLOW_PENDING => flows.pending += 1,
+            FLOW_AUTHORIZED => flows.authorized += 1,
+            FLOW_DENIED => flows.denied += 1,
+            _ => {}
+        }
+    }
+    let socket = config.and_then(|c| c.control.as_ref()).map(|c| c.admin_socket.clone());
+    let control_plane = match &socket {
+        Some(socket) if socket.exists() => match ask_daemon(socket, &AdminRequest::Status)? {
+            AdminReply::Status(s) => Some(s),
+            AdminReply::Error(e) => bail!("the gateway could not report its status: {e}"),
+            other => bail!("unexpected reply from the gateway: {other:?}"),
+        },
+        _ => None,
+    };
+    let gate_packets = counters.labelled().map(|(l, n)| (l.to_owned(), n.into())).collect();
+    let report = StatusReport { gate_packets, flows, control_plane };
+    print(json, &report, |r| {
+        println!("gate packets by verdict reason:");
+        let width = ackgate_common::reason::LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
+        let shown: Vec<_> = counters.labelled().filter(|(_, n)| all || *n != 0).collect();
+        for (label, n) in &shown {
+            println!("  {label:width$}  {n}");
+        }
+        if shown.is_empty() {
+            println!("  none counted yet (--all lists every reason)");
+        }
+        let f = &r.flows;
+        println!("flows in the gate: {} pending, {} authorized, {} denied", f.pending, f.authorized, f.denied);
+        match (&r.control_plane, &socket) {
+            (Some(d), _) => {
+                println!(
+                    "control plane: pid {}, up {} s, agents on {}: {} connected",
+                    d.pid, d.uptime_secs, d.agent_listen, d.agents_connected
+                );
+                println!(
+                    "  decisions: {} authorized, {} denied, {} timed out, {} overloaded; {} awaiting one",
+                    d.authorized, d.denied, d.timed_out, d.overloaded, d.awaiting_decision
+                );
+                println!(
+                    "  agent sessions opened: {}; logins: {} accepted, {} refused",
+                    d.sessions_opened, d.logins_accepted, d.logins_refused
+                );
+            }
+            (None, Some(_)) => println!("control plane: not running (no admin socket)"),
+            (None, None) => println!("control plane: not configured here (pass --config FILE with [control])"),
+        }
+    })
 }
 
 #[derive(Serialize)]

@@ -11,11 +11,10 @@ use ackgate_common::abi::{
     port_value, v4_bytes,
 };
 use ackgate_gateway::access_log::{AccessLog, AccessRecord};
-use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest};
+use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::agents::{AgentServer, ServerConfig};
 use ackgate_gateway::config::{Config, ControlSection, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 use ackgate_gateway::control::{ControlPlane, Decision, FlowState, Settings};
-use ackgate_gateway::counters;
 use ackgate_gateway::events::Events;
 use ackgate_gateway::gate::Gate;
 use ackgate_gateway::metrics::Metrics;
@@ -122,8 +121,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the gate's verdict counters by reason, read from the pinned maps
-    /// of a running gateway.
+    /// Print the gate's verdict counters by reason and its flows by state
+    /// (read from the pinned maps), and, with --config, what the running
+    /// control plane is doing (agents, decisions; over its admin socket).
     Status {
         /// Read the pin directory from this config file.
         #[arg(long, short, conflicts_with = "pin_dir")]
@@ -263,11 +263,9 @@ fn real_main() -> Result<()> {
             admin::services(&config.context("--config FILE is required")?, command)
         }
         Command::Status { config, pin_dir, all, json } => {
-            let pin_dir = match config {
-                Some(path) => Config::from_file(&path)?.gateway.pin_dir,
-                None => pin_dir,
-            };
-            status(pin_dir, all, json)
+            let config = config.map(|path| Config::from_file(&path)).transpose()?;
+            let pin_dir = config.as_ref().map_or(pin_dir, |c| c.gateway.pin_dir.clone());
+            admin::status(&pin_dir, config.as_ref(), all, json)
         }
     }
 }
@@ -500,6 +498,9 @@ async fn recv_bounded<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Opt
 /// The running control plane.
 struct Plane {
     cp: ControlPlane,
+    server: Arc<AgentServer>,
+    agent_listen: std::net::SocketAddr,
+    started: Instant,
     access_log: AccessLog,
     responses: HashMap<([u8; 4], u16), u8>,
     metrics: Arc<Metrics>,
@@ -546,8 +547,17 @@ impl Plane {
             });
             info!(listen = %addr, "metrics endpoint up");
         }
-        let (cp, decisions) = ControlPlane::new(server, decider, p.rules, p.settings);
-        let plane = Self { cp, access_log: p.access_log, responses: p.responses, metrics, config_path: p.config_path };
+        let (cp, decisions) = ControlPlane::new(server.clone(), decider, p.rules, p.settings);
+        let plane = Self {
+            cp,
+            server,
+            agent_listen: p.listen,
+            started: Instant::now(),
+            access_log: p.access_log,
+            responses: p.responses,
+            metrics,
+            config_path: p.config_path,
+        };
         Ok((plane, decisions, enrollments, admin_rx))
     }
 
@@ -592,6 +602,7 @@ impl Plane {
                 Ok(reply) => reply,
                 Err(e) => AdminReply::Error(format!("{e:#}")),
             },
+            AdminRequest::Status => AdminReply::Status(self.status()),
         }
     }
 
@@ -614,6 +625,25 @@ impl Plane {
         self.responses = responses;
         info!(services = entries.len(), "services reloaded");
         Ok(AdminReply::Reloaded { services: entries.len(), note })
+    }
+
+    fn status(&self) -> DaemonStatus {
+        let (totals, stats) = (&self.cp.totals, &self.server.stats);
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        DaemonStatus {
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            agent_listen: self.agent_listen.to_string(),
+            agents_connected: self.server.connected().len(),
+            awaiting_decision: self.cp.inflight(),
+            authorized: totals.authorized,
+            denied: totals.denied,
+            timed_out: totals.timed_out,
+            overloaded: totals.overloaded,
+            sessions_opened: load(&stats.sessions_opened),
+            logins_accepted: load(&stats.logins_accepted),
+            logins_refused: load(&stats.logins_refused),
+        }
     }
 
     /// Ends the authorized flows of a revoked user (on the machines whose
@@ -710,26 +740,4 @@ fn validator_run(config_path: &std::path::Path) -> Result<()> {
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::UNIX_EPOCH.elapsed().map(|t| t.as_millis() as u64).unwrap_or(0)
-}
-
-fn status(pin_dir: PathBuf, all: bool, json: bool) -> Result<()> {
-    let counters = counters::from_pin_dir(&pin_dir)?;
-    if json {
-        let map: serde_json::Map<String, serde_json::Value> =
-            counters.labelled().map(|(l, n)| (l.to_owned(), n.into())).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "gate_packets": map }))?);
-        return Ok(());
-    }
-    let width = ackgate_common::reason::LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
-    let mut shown = 0;
-    for (label, n) in counters.labelled() {
-        if all || n != 0 {
-            println!("{label:width$}  {n}");
-            shown += 1;
-        }
-    }
-    if shown == 0 {
-        warn!("no packets counted yet (use --all to list every reason)");
-    }
-    Ok(())
 }
