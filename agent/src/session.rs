@@ -234,15 +234,18 @@ async fn serve_once(
                         // in order on this connection: the last result is the
                         // key and user it will check proofs against.
                         login.in_flight = login.in_flight.saturating_sub(1);
-                        login.proof_key = r.accepted.then_some(r.proof_key);
-                        login.user = r.user.clone();
-                        if login.in_flight > 0 {
+                        if login.in_flight > 0 || !login.wanted {
+                            // An earlier login's verdict, or one that came
+                            // after a logout: answers carry no proof under it.
+                            if login.in_flight == 0 {
+                                login.flush(&mut conn, identity).await?;
+                            }
                             continue;
                         }
+                        login.proof_key = r.accepted.then_some(r.proof_key);
+                        login.user = r.user.clone();
                         shared.record_login(LoginOutcome { user: r.user, accepted: r.accepted, message: r.message });
-                        for req in std::mem::take(&mut login.deferred) {
-                            conn.send(Message::ProfileAnswer(login.answer(identity, &req))).await?;
-                        }
+                        login.flush(&mut conn, identity).await?;
                     }
                     Message::Ping(n) => conn.send(Message::Pong(n)).await?,
                     Message::Pong(_) => {}
@@ -272,6 +275,8 @@ struct LoginState {
     user: String,
     /// Session proof key, if the last verdict accepted the login.
     proof_key: Option<[u8; 32]>,
+    /// Whether the last credentials change was a login (not a logout).
+    wanted: bool,
     in_flight: u32,
     deferred: Vec<ProfileRequest>,
 }
@@ -281,10 +286,19 @@ impl LoginState {
     async fn start(&mut self, conn: &mut Conn, credentials: Option<Credentials>) -> Result<(), ProtoError> {
         self.proof_key = None;
         self.user.clear();
+        self.wanted = credentials.is_some();
         if let Some(c) = credentials {
             self.user.clone_from(&c.user);
             self.in_flight += 1;
             conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
+        }
+        Ok(())
+    }
+
+    /// Answers the requests that waited for the logins in flight.
+    async fn flush(&mut self, conn: &mut Conn, identity: &Identity) -> Result<(), ProtoError> {
+        for req in std::mem::take(&mut self.deferred) {
+            conn.send(Message::ProfileAnswer(self.answer(identity, &req))).await?;
         }
         Ok(())
     }

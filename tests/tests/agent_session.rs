@@ -16,6 +16,7 @@ use ackgate_agent::session::{self, Credentials, Identity, Shared};
 use ackgate_agent::state::StateDir;
 use ackgate_agent::tls;
 use ackgate_common::proto::{ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION};
+use ackgate_gateway::agents::LOGINS_QUEUED;
 use ackgate_tests::test_gateway::TestGateway;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,12 +248,11 @@ async fn hostile_frames_get_a_clear_error_and_a_closed_session() {
     enrolled(&gw, &dir).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_and_forged_profile_answers_are_refused() {
-    let gw = TestGateway::start().await;
-    gw.directory.add_user("dave", "pw");
-    let dir = TempDir::new("replay");
-    let (id, state) = enrolled(&gw, &dir).await;
+type RawSession = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, MessageCodec>;
+
+/// An enrolled agent's session opened by hand, up to the gateway's Welcome.
+async fn raw_session(gw: &TestGateway, dir: &TempDir) -> (u32, ackgate_agent::state::Enrollment, RawSession) {
+    let (id, state) = enrolled(gw, dir).await;
     let enrollment = state.load().expect("enrollment");
     let config = tls::session_config(&enrollment).expect("session config");
     let stream = tls::connect(&gw.addr.to_string(), config, DEADLINE).await.expect("session TLS");
@@ -261,9 +261,62 @@ async fn replayed_and_forged_profile_answers_are_refused() {
         Hello { agent_id: id, install_serial: enrollment.info.install_serial.clone(), agent_version: "t".into() };
     conn.send(Message::Hello(hello)).await.expect("hello");
     assert!(matches!(conn.next().await, Some(Ok(Message::Welcome(_)))), "expected Welcome");
-    conn.send(Message::Login(Login { user: "dave".into(), password: Zeroizing::new("pw".into()) }))
-        .await
-        .expect("login");
+    (id, enrollment, conn)
+}
+
+fn login(user: &str, password: &str) -> Message {
+    Message::Login(Login { user: user.into(), password: Zeroizing::new(password.into()) })
+}
+
+/// Logins are answered in the order sent, and an agent that piles them up
+/// is cut off with a clear error instead of queueing password checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_answered_in_order_and_a_login_flood_is_cut_off() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("erin", "right");
+    let dir = TempDir::new("logins");
+    let (_, _, mut conn) = raw_session(&gw, &dir).await;
+    for password in ["wrong", "right", "wrong again"] {
+        conn.send(login("erin", password)).await.expect("login");
+    }
+    let mut verdicts = Vec::new();
+    while verdicts.len() < 3 {
+        match conn.next().await {
+            Some(Ok(Message::LoginResult(r))) => verdicts.push(r.accepted),
+            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected LoginResults, got {other:?}"),
+        }
+    }
+    assert_eq!(verdicts, [false, true, false], "verdicts must come in the order the logins were sent");
+
+    for _ in 0..4 * LOGINS_QUEUED {
+        if conn.send(login("erin", "right")).await.is_err() {
+            break;
+        }
+    }
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match conn.next().await {
+                Some(Ok(Message::Error(report))) => return Some(report),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return None,
+            }
+        }
+    })
+    .await
+    .expect("the flooding session must be closed within the deadline");
+    let report = refused.expect("the gateway must say why it closes the session");
+    assert_eq!(report.code, ErrorCode::TooManyLogins, "{report:?}");
+    assert!(matches!(conn.next().await, None | Some(Err(_))), "the session must be closed after the error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_and_forged_profile_answers_are_refused() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("dave", "pw");
+    let dir = TempDir::new("replay");
+    let (id, enrollment, mut conn) = raw_session(&gw, &dir).await;
+    conn.send(login("dave", "pw")).await.expect("login");
     let key = loop {
         match conn.next().await {
             Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,

@@ -179,6 +179,8 @@ pub enum ErrorCode {
     UnknownAgent,
     /// The gateway failed on its side.
     Internal,
+    /// More logins awaiting their verdict than a session may have.
+    TooManyLogins,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

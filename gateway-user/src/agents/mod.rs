@@ -11,4 +11,4 @@ mod server;
 pub use directory::{
     AgentRecord, Directory, EnrollRefusal, MemoryDirectory, NewAgent, hash_password, verify_password_hash,
 };
-pub use server::{AgentServer, ProfileError, ProfileOutcome, ServerConfig, SessionStats};
+pub use server::{AgentServer, LOGINS_QUEUED, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

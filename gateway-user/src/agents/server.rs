@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{
-    Enrolled, ErrorCode, ErrorReport, FlowSummary, LoginResult, Message, MessageCodec, Profile, ProfileAnswer,
+    Enrolled, ErrorCode, ErrorReport, FlowSummary, Login, LoginResult, Message, MessageCodec, Profile, ProfileAnswer,
     ProfileRequest, ProtoError, Welcome, verify_profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
@@ -95,8 +95,13 @@ pub struct AgentServer {
     sessions: Mutex<HashMap<u32, Arc<Session>>>,
     next_id: AtomicU64,
     enrollments: Mutex<Option<mpsc::UnboundedSender<(u32, MacKey)>>>,
+    /// Password checks running at once, across all sessions.
+    password_checks: Arc<Semaphore>,
     pub stats: SessionStats,
 }
+
+/// Logins one session may have awaiting their verdict.
+pub const LOGINS_QUEUED: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -126,6 +131,9 @@ impl AgentServer {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             enrollments: Mutex::new(None),
+            password_checks: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1),
+            )),
             stats: SessionStats::default(),
         }))
     }
@@ -312,7 +320,9 @@ impl AgentServer {
         let result = async {
             conn.send(Message::Welcome(Welcome { session_id: session.id, heartbeat_secs })).await?;
             let mut ticker = tokio::time::interval(self.config.heartbeat);
-            let (verdicts, mut verdict_rx) = mpsc::channel::<(String, bool)>(4);
+            let (verdicts, mut verdict_rx) = mpsc::channel::<(String, bool)>(LOGINS_QUEUED);
+            let (logins, login_queue) = mpsc::channel::<Login>(LOGINS_QUEUED);
+            tokio::spawn(check_logins(self.directory.clone(), self.password_checks.clone(), login_queue, verdicts));
             let mut last_heard = Instant::now();
             loop {
                 tokio::select! {
@@ -323,7 +333,7 @@ impl AgentServer {
                             Some(Err(e)) => return Err(self.bad_frame(&mut conn, e).await),
                         };
                         last_heard = Instant::now();
-                        self.on_session_message(&mut conn, &session, msg, &verdicts).await?;
+                        self.on_session_message(&mut conn, &session, msg, &logins).await?;
                     }
                     Some((user, ok)) = verdict_rx.recv() => self.on_login_verdict(&mut conn, &session, user, ok).await?,
                     Some(out) = queue.recv() => conn.send(out).await?,
@@ -370,19 +380,18 @@ impl AgentServer {
         conn: &mut Conn,
         session: &Session,
         msg: Message,
-        verdicts: &mpsc::Sender<(String, bool)>,
+        logins: &mpsc::Sender<Login>,
     ) -> Result<(), ProtoError> {
         match msg {
             Message::Login(login) => {
-                // argon2id takes tens of milliseconds of CPU (seconds in an
-                // unoptimised build): off the reactor, and off this loop, so
-                // pings and profile traffic go on meanwhile. Once per session.
-                let directory = self.directory.clone();
-                let verdicts = verdicts.clone();
-                tokio::task::spawn_blocking(move || {
-                    let ok = directory.verify_password(&login.user, &login.password);
-                    let _ = verdicts.blocking_send((login.user, ok));
-                });
+                // Checked beside this loop (see `check_logins`); an agent
+                // that piles up logins is cut off rather than queued.
+                if logins.try_send(login).is_err() {
+                    self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+                    let msg = format!("more than {LOGINS_QUEUED} logins awaiting their verdict");
+                    refuse(conn, ErrorCode::TooManyLogins, &msg).await;
+                    return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::TooManyLogins, message: msg }));
+                }
                 Ok(())
             }
             Message::ProfileAnswer(answer) => {
@@ -415,6 +424,36 @@ impl AgentServer {
 }
 
 /// Best effort: tell the peer why the session ends.
+/// A session's password checks, one at a time and in the order the agent
+/// sent them, so the last verdict it reads is the login the gateway holds.
+/// argon2id takes tens of milliseconds of CPU and its memory cost (seconds
+/// in an unoptimised build): off the reactor and off the session loop, so
+/// pings and profile traffic go on meanwhile, and no more at once across
+/// all sessions than there are CPUs (`permits`), so a crowd of agents
+/// reconnecting together cannot multiply the memory cost without bound.
+async fn check_logins(
+    directory: Arc<dyn Directory>,
+    permits: Arc<Semaphore>,
+    mut logins: mpsc::Receiver<Login>,
+    verdicts: mpsc::Sender<(String, bool)>,
+) {
+    while let Some(login) = logins.recv().await {
+        let Ok(_permit) = permits.acquire().await else { return };
+        let directory = directory.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let ok = directory.verify_password(&login.user, &login.password);
+            (login.user, ok)
+        })
+        .await;
+        // A failed check (the blocking task panicked) or a closed session
+        // ends the worker; the session loop reports its own end.
+        let Ok(verdict) = checked else { return };
+        if verdicts.send(verdict).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn refuse(conn: &mut Conn, code: ErrorCode, message: &str) {
     let _ = conn.send(Message::Error(ErrorReport { code, message: message.to_owned() })).await;
     let _ = conn.close().await;
