@@ -21,6 +21,8 @@ const CONNECTS: usize = 2000;
 const CONCURRENCY: usize = 256;
 const PENDING: usize = 10_000;
 const MANY: usize = 100_000;
+/// Source ports of the 100,000-connect run, below the ephemeral range.
+const FIRST_SOURCE_PORT: u16 = 20_000;
 
 fn machine(i: u32) -> [u8; 32] {
     let mut m = [0u8; 32];
@@ -87,10 +89,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Opens `n` connections from the client namespace, at most CONCURRENCY
-/// handshakes at a time, one every `pace` if given, from `sources` in turn
-/// (default: the client's address); returns them with each connect()'s
-/// duration in ms. With `keep` false each is reset (SO_LINGER 0) as soon as
-/// it is up: the gate keeps the flow, the client no file descriptor.
+/// handshakes at a time, one every `pace` if given; returns them with each
+/// connect()'s duration in ms. With `sources`, connection i comes from
+/// `sources[i % len]`, port FIRST_SOURCE_PORT + i / len: every connection
+/// is a 4-tuple of its own (the kernel's own port choice reuses ports of
+/// reset sockets within a burst, and a reused 4-tuple replaces the flow the
+/// gate held). Without, from the client's address and a kernel-chosen
+/// port. With `keep` false each is reset (SO_LINGER 0) as soon as it is up:
+/// the gate keeps the flow, the client no file descriptor.
 fn connect_many(
     s: &Setup,
     n: usize,
@@ -111,15 +117,17 @@ fn connect_many(
                     t.tick().await;
                 }
                 let gate = gate.clone();
-                // Several source addresses: one has only ~28,000 ephemeral
-                // ports towards one service.
-                let source = sources.get(i % sources.len().max(1)).copied();
+                let source = sources.get(i % sources.len().max(1)).map(|a| {
+                    let port = usize::from(FIRST_SOURCE_PORT) + i / sources.len();
+                    let port = u16::try_from(port).expect("enough source addresses for distinct ports");
+                    std::net::SocketAddr::new((*a).into(), port)
+                });
                 tasks.push(tokio::spawn(async move {
                     let _permit = gate.acquire().await.expect("semaphore");
                     let t = Instant::now();
                     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
                     if let Some(src) = source {
-                        socket.bind((src, 0).into()).expect("binding a source address");
+                        socket.bind(src).unwrap_or_else(|e| panic!("binding {src}: {e}"));
                     }
                     let c = socket.connect(to).await.expect("connect");
                     let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -214,9 +222,9 @@ pub fn authorizations_bench() {
     let busy_kib = rss_kib(gateway.pid() as u32);
     drop(keep);
 
-    // Many authorized flows: 100,000 connects from ten source addresses;
-    // the gate and the control plane keep each flow after the client resets
-    // it (no FIN/RST handling before the splice).
+    // Many authorized flows: 100,000 connects, each its own 4-tuple (ten
+    // source addresses, 10,000 ports each); the gate keeps each flow after
+    // the client resets it (no FIN/RST handling before the splice).
     let subnet = s.topo.client_addr.octets();
     let sources: Vec<std::net::Ipv4Addr> =
         (0..10).map(|i| std::net::Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 100 + i)).collect();
@@ -227,9 +235,7 @@ pub fn authorizations_bench() {
     }
     let before = s.access_log().len();
     let (many, _, rt_many) = connect_many(&s, MANY, None, &sources, false);
-    // Until the decisions stop coming. A port the client reuses within the
-    // burst replaces a flow still being decided (one decision for both), so
-    // there can be fewer decisions than connects.
+    // Until the decisions stop coming.
     let mut last = 0;
     loop {
         std::thread::sleep(Duration::from_secs(3));
