@@ -77,9 +77,8 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
                     Reply::LoggedOut
                 }
                 Request::Login { user, password } => {
-                    let mut verdict = daemon.shared.set_credentials(Some(Credentials { user, password }));
-                    let outcome = tokio::time::timeout(LOGIN_WAIT, verdict.wait_for(Option::is_some)).await;
-                    Reply::Login(outcome.ok().and_then(|r| r.ok().map(|v| v.clone())).flatten())
+                    let wait = daemon.shared.set_credentials(Some(Credentials { user, password }));
+                    Reply::Login(wait.verdict(LOGIN_WAIT).await)
                 }
             }
         }

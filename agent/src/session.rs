@@ -50,11 +50,31 @@ pub struct SessionStatus {
 /// State shared between the session task and the control socket.
 pub struct Shared {
     status: Mutex<SessionStatus>,
-    /// A watch rather than a notification: a session started after the
-    /// credentials were set must not see that change again and log in twice
-    /// (two logins in flight would leave it answering under a stale key).
-    credentials: watch::Sender<Option<Credentials>>,
-    login_outcome: watch::Sender<Option<LoginOutcome>>,
+    /// The credentials and their generation (one per change). A watch, so
+    /// a session started after a change does not see it again.
+    credentials: watch::Sender<(u64, Option<Credentials>)>,
+    /// The verdict on the login of a generation, for the `login` command
+    /// that set it (and only that one).
+    login_outcome: watch::Sender<(u64, Option<LoginOutcome>)>,
+}
+
+/// A `login` command's wait for its own verdict.
+pub struct LoginWait {
+    generation: u64,
+    outcome: watch::Receiver<(u64, Option<LoginOutcome>)>,
+}
+
+impl LoginWait {
+    /// The gateway's verdict, or none within `timeout` (no session, or a
+    /// newer login or logout replaced this one).
+    pub async fn verdict(mut self, timeout: Duration) -> Option<LoginOutcome> {
+        let generation = self.generation;
+        let mine = self.outcome.wait_for(|(g, o)| *g == generation && o.is_some());
+        match tokio::time::timeout(timeout, mine).await {
+            Ok(Ok(v)) => v.1.clone(),
+            _ => None,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,8 +93,8 @@ impl Shared {
                 gateway: gateway.into(),
                 ..Default::default()
             }),
-            credentials: watch::channel(None).0,
-            login_outcome: watch::channel(None).0,
+            credentials: watch::channel((0, None)).0,
+            login_outcome: watch::channel((0, None)).0,
         })
     }
 
@@ -92,18 +112,22 @@ impl Shared {
     }
 
     /// Replaces the credentials and logs in on the live session (or on the
-    /// next one). Returns a receiver that sees the gateway's verdict.
-    pub fn set_credentials(&self, c: Option<Credentials>) -> watch::Receiver<Option<LoginOutcome>> {
-        let rx = self.login_outcome.subscribe();
-        self.login_outcome.send_replace(None);
+    /// next one); none logs out.
+    pub fn set_credentials(&self, c: Option<Credentials>) -> LoginWait {
+        let outcome = self.login_outcome.subscribe();
         lock(&self.status).login = None;
-        self.credentials.send_replace(c);
-        rx
+        let mut generation = 0;
+        self.credentials.send_modify(|(g, creds)| {
+            *g += 1;
+            generation = *g;
+            *creds = c;
+        });
+        LoginWait { generation, outcome }
     }
 
-    fn record_login(&self, outcome: LoginOutcome) {
+    fn record_login(&self, generation: u64, outcome: LoginOutcome) {
         lock(&self.status).login = Some(outcome.clone());
-        self.login_outcome.send_replace(Some(outcome));
+        self.login_outcome.send_replace((generation, Some(outcome)));
     }
 }
 
@@ -209,7 +233,7 @@ async fn serve_once(
     let mut login = LoginState::default();
     let mut credentials = shared.credentials.subscribe();
     let current = credentials.borrow_and_update().clone();
-    login.start(&mut conn, current).await?;
+    login.change(&mut conn, current).await?;
     loop {
         tokio::select! {
             msg = tokio::time::timeout(silence_limit, conn.next()) => {
@@ -223,29 +247,31 @@ async fn serve_once(
                         lock(&shared.status).profile_requests += 1;
                         // While a login is being checked, answers wait for
                         // its verdict: answered now they would carry no proof.
-                        if login.in_flight > 0 {
+                        if login.in_flight.is_some() {
                             login.deferred.push(req);
                             continue;
                         }
                         conn.send(Message::ProfileAnswer(login.answer(identity, &req))).await?;
                     }
                     Message::LoginResult(r) => {
-                        // The gateway records each verdict before sending it,
-                        // in order on this connection: the last result is the
-                        // key and user it will check proofs against.
-                        login.in_flight = login.in_flight.saturating_sub(1);
-                        if login.in_flight > 0 || !login.wanted {
-                            // An earlier login's verdict, or one that came
-                            // after a logout: answers carry no proof under it.
-                            if login.in_flight == 0 {
-                                login.flush(&mut conn, identity).await?;
-                            }
-                            continue;
+                        let Some(generation) = login.in_flight.take() else {
+                            return Err(ProtoError::Unexpected { want: "ProfileRequest or Ping (no login awaits a verdict)", got: "LoginResult" }.into());
+                        };
+                        if let Some(newer) = login.next.take() {
+                            // Replaced while it was checked: its key is not
+                            // used; the newer login (or logout) goes now.
+                            login.change(&mut conn, newer).await?;
+                        } else {
+                            // The gateway records a verdict before sending
+                            // it: this is the key it checks proofs against.
+                            login.proof_key = r.accepted.then_some(r.proof_key);
+                            login.user = r.user.clone();
+                            let outcome = LoginOutcome { user: r.user, accepted: r.accepted, message: r.message };
+                            shared.record_login(generation, outcome);
                         }
-                        login.proof_key = r.accepted.then_some(r.proof_key);
-                        login.user = r.user.clone();
-                        shared.record_login(LoginOutcome { user: r.user, accepted: r.accepted, message: r.message });
-                        login.flush(&mut conn, identity).await?;
+                        if login.in_flight.is_none() {
+                            login.flush(&mut conn, identity).await?;
+                        }
                     }
                     Message::Ping(n) => conn.send(Message::Pong(n)).await?,
                     Message::Pong(_) => {}
@@ -260,14 +286,20 @@ async fn serve_once(
             }
             Ok(()) = credentials.changed() => {
                 let current = credentials.borrow_and_update().clone();
-                login.start(&mut conn, current).await?;
+                if login.in_flight.is_some() {
+                    login.next = Some(current);
+                } else {
+                    login.change(&mut conn, current).await?;
+                }
             }
         }
     }
 }
 
-/// One session's login: the verdict answers are signed under, and the
-/// logins the gateway has not answered yet.
+/// One session's login. At most one login awaits its verdict at a time: a
+/// newer change waits in `next` (only the latest), so the last verdict is
+/// always the key the gateway holds and the gateway's login queue never
+/// fills.
 #[derive(Default)]
 struct LoginState {
     /// The user of the last verdict: refused or unknown users still name
@@ -275,27 +307,32 @@ struct LoginState {
     user: String,
     /// Session proof key, if the last verdict accepted the login.
     proof_key: Option<[u8; 32]>,
-    /// Whether the last credentials change was a login (not a logout).
-    wanted: bool,
-    in_flight: u32,
+    /// Generation of the login awaiting its verdict.
+    in_flight: Option<u64>,
+    /// Credentials changed while a login was in flight.
+    next: Option<(u64, Option<Credentials>)>,
     deferred: Vec<ProfileRequest>,
 }
 
 impl LoginState {
-    /// Logs in with `credentials`; none (logged out) drops the proof key at once.
-    async fn start(&mut self, conn: &mut Conn, credentials: Option<Credentials>) -> Result<(), ProtoError> {
+    /// Applies a credentials change: a login is sent; a logout drops the
+    /// proof key at once.
+    async fn change(
+        &mut self,
+        conn: &mut Conn,
+        (generation, credentials): (u64, Option<Credentials>),
+    ) -> Result<(), ProtoError> {
         self.proof_key = None;
         self.user.clear();
-        self.wanted = credentials.is_some();
         if let Some(c) = credentials {
             self.user.clone_from(&c.user);
-            self.in_flight += 1;
+            self.in_flight = Some(generation);
             conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
         }
         Ok(())
     }
 
-    /// Answers the requests that waited for the logins in flight.
+    /// Answers the requests that waited for the login in flight.
     async fn flush(&mut self, conn: &mut Conn, identity: &Identity) -> Result<(), ProtoError> {
         for req in std::mem::take(&mut self.deferred) {
             conn.send(Message::ProfileAnswer(self.answer(identity, &req))).await?;

@@ -218,6 +218,29 @@ pub struct GateEvent {
     pub created_ns: u64,
 }
 
+impl GateEvent {
+    /// The event of a flow the map holds as pending (for flows whose own
+    /// event userspace did not act on: left by a previous run, or a newer
+    /// handshake on a 4-tuple still being decided).
+    pub fn pending(flow: FlowKey, f: &PendingFlow) -> Self {
+        Self {
+            kind: EVENT_PENDING,
+            agent_id: f.agent_id,
+            flow,
+            client_isn: f.client_isn,
+            server_isn: f.server_isn,
+            created_ns: f.created_ns,
+        }
+    }
+
+    /// Whether `f` is the map entry of this very handshake (a newer one on
+    /// the same 4-tuple has other ISNs and another creation time).
+    pub fn is_handshake_of(&self, f: &PendingFlow) -> bool {
+        (self.created_ns, self.agent_id, self.client_isn, self.server_isn)
+            == (f.created_ns, f.agent_id, f.client_isn, f.server_isn)
+    }
+}
+
 /// Agent maps (pinned under the agent's own directory).
 pub const MAP_AGENT_TARGETS: &str = "ACKGATE_AGENT_TARGETS";
 pub const MAP_AGENT_IDENTITY: &str = "ACKGATE_AGENT_IDENTITY";

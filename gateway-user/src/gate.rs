@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
-    AgentKey, FlowKey, FlowOwner, MAP_AGENT_KEYS, MAP_PENDING, MAP_SERVICES, MAP_VIPS, PendingFlow, ServiceKey,
-    ServicePolicy, VipInfo, VipKey,
+    AgentKey, FlowKey, FlowOwner, GateEvent, MAP_AGENT_KEYS, MAP_PENDING, MAP_SERVICES, MAP_VIPS, PendingFlow,
+    ServiceKey, ServicePolicy, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
 use aya::maps::{HashMap, MapData, MapError};
@@ -215,21 +215,27 @@ impl Gate {
         }
     }
 
-    /// Sets the state of a flow the gate accepted (`FLOW_*`) and, for an
-    /// authorized one, its owner; false if the flow is gone (aged out of the
-    /// LRU map).
-    pub fn set_flow_state(&mut self, flow: &FlowKey, state: u8, owner: FlowOwner) -> Result<bool, GateError> {
+    /// Writes the decision on the handshake of `decided` into its flow's
+    /// entry: the state (`FLOW_*`) and, for an authorized flow, its owner.
+    /// Only if the entry is still that handshake's: a newer handshake on
+    /// the same 4-tuple (`ack::on_reused_tuple`) must not inherit a verdict
+    /// it did not earn. The check and the write are two syscalls; the gate
+    /// replacing the entry in between (microseconds) is not caught.
+    pub fn set_flow_state(&mut self, decided: &GateEvent, state: u8, owner: FlowOwner) -> Result<FlowWrite, GateError> {
         let map_err = |source| GateError::Map { map: MAP_PENDING, source };
         let mut flows = self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?;
-        let mut entry = match flows.get(flow, 0) {
+        let mut entry = match flows.get(&decided.flow, 0) {
             Ok(e) => e,
-            Err(MapError::KeyNotFound) => return Ok(false),
+            Err(MapError::KeyNotFound) => return Ok(FlowWrite::Gone),
             Err(source) => return Err(map_err(source)),
         };
+        if !decided.is_handshake_of(&entry) {
+            return Ok(FlowWrite::Replaced(entry));
+        }
         entry.state = state;
         entry.owner = owner;
-        flows.insert(*flow, entry, 0).map_err(map_err)?;
-        Ok(true)
+        flows.insert(decided.flow, entry, 0).map_err(map_err)?;
+        Ok(FlowWrite::Written)
     }
 
     /// Forgets a flow: its next segment meets the gate as a stranger (no
@@ -257,6 +263,17 @@ impl Gate {
             HashMap::try_from(map).map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
         Ok(pending.iter().filter_map(Result::ok).collect())
     }
+}
+
+/// What writing a decision into the flow map found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowWrite {
+    Written,
+    /// The flow is gone (aged out of the LRU map, or removed).
+    Gone,
+    /// A newer handshake on the same 4-tuple holds the entry (here as it
+    /// is); the decision was not written.
+    Replaced(PendingFlow),
 }
 
 fn check_iface_name(iface: &str) -> Result<(), GateError> {

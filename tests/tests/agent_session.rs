@@ -142,6 +142,50 @@ async fn a_wrong_password_gives_an_unproven_profile() {
     stop.send(true).expect("stop");
 }
 
+/// Logins typed in quick succession end on the latest, each `login` sees
+/// its own verdict or none, and a logout right after a login (its check
+/// still running or just done) leaves answers without proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_logins_end_on_the_latest_and_a_logout_drops_the_proof() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("frank", "right");
+    let dir = TempDir::new("rapid");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let (shared, _identity, stop) = run_agent(&state, None);
+    gw.wait_connected(id, DEADLINE).await;
+    let creds = |pw: &str| Some(Credentials { user: "frank".into(), password: Zeroizing::new(pw.into()) });
+
+    let superseded = shared.set_credentials(creds("wrong"));
+    let latest = shared.set_credentials(creds("right"));
+    let verdict = latest.verdict(DEADLINE).await.expect("the latest login must get its verdict");
+    assert!(verdict.accepted, "the latest login (right password) decides: {verdict:?}");
+    assert_eq!(superseded.verdict(Duration::from_millis(200)).await, None, "a replaced login gets no verdict");
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
+    assert!(outcome.proof_valid, "answers must be signed under the latest login's key");
+
+    let checks = || {
+        let s = &gw.server.stats;
+        s.logins_accepted.load(std::sync::atomic::Ordering::Relaxed)
+            + s.logins_refused.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = checks();
+    let _in_flight = shared.set_credentials(creds("right"));
+    // Long enough for the session to send the login; back to back, the
+    // two changes would merge into the logout alone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _logout = shared.set_credentials(None);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while checks() == before {
+        assert!(tokio::time::Instant::now() < deadline, "the login sent before the logout was never checked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer after logout");
+    assert!(!outcome.proof_valid, "after a logout no answer may carry a proof: {:?}", outcome.profile);
+    assert_eq!(outcome.profile.user, "", "after a logout the profile names nobody");
+    assert_eq!(shared.status().login, None, "status must not show a login after the logout");
+    stop.send(true).expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_reconnects_after_the_gateway_restarts() {
     let mut gw = TestGateway::start().await;

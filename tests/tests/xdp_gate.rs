@@ -582,7 +582,8 @@ fn handshake_acks_get_their_verdicts() {
 /// of a denied flow is never answered.
 #[test]
 fn decided_flows_get_their_verdicts() {
-    use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FlowKey};
+    use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey};
+    use ackgate_gateway::gate::FlowWrite;
     let mut g = TcpFrameGate(gate());
     let id = OptionId::default();
     let accept = |g: &mut TcpFrameGate, vip: [u8; 4], sport: u16| {
@@ -600,11 +601,22 @@ fn decided_flows_get_their_verdicts() {
     let (authorized, auth_data) = accept(&mut g, VIP, 42000);
     let (denied_drop, drop_data) = accept(&mut g, VIP, 42001);
     let (denied_reset, reset_data) = accept(&mut g, VIP_RESET, 42002);
+    let events = ackgate_gateway::events::Events::take(g.0.gate.ebpf_mut()).expect("event ring").drain();
+    let event_of = |flow: FlowKey| {
+        *events.iter().find(|e| e.flow == flow).unwrap_or_else(|| panic!("no pending event for {flow:?}: {events:?}"))
+    };
+    // A decision on an older handshake of the 4-tuple must not land on the
+    // entry a newer handshake holds.
+    let mut older = event_of(authorized);
+    older.client_isn ^= 1;
+    let write = g.0.gate.set_flow_state(&older, FLOW_AUTHORIZED, FlowOwner::default()).expect("flow map readable");
+    assert!(
+        matches!(write, FlowWrite::Replaced(f) if f.state == FLOW_PENDING),
+        "a decision on another handshake must leave the pending entry alone, got {write:?}"
+    );
     for (flow, state) in [(authorized, FLOW_AUTHORIZED), (denied_drop, FLOW_DENIED), (denied_reset, FLOW_DENIED)] {
-        assert!(
-            g.0.gate.set_flow_state(&flow, state, FlowOwner::default()).expect("flow map writable"),
-            "flow {flow:?} must exist"
-        );
+        let write = g.0.gate.set_flow_state(&event_of(flow), state, FlowOwner::default()).expect("flow map writable");
+        assert_eq!(write, FlowWrite::Written, "the decision on flow {flow:?} must be written");
     }
     let mut reset_rst = reset_data.clone();
     reset_rst.flags = TCP_RST | TCP_ACK;

@@ -76,7 +76,8 @@ pub struct SessionStats {
 
 struct Pending {
     request: ProfileRequest,
-    reply: oneshot::Sender<ProfileAnswer>,
+    /// The answer, and whether its proof verified.
+    reply: oneshot::Sender<(ProfileAnswer, bool)>,
 }
 
 struct Session {
@@ -200,20 +201,14 @@ impl AgentServer {
         if session.outbound.send(Message::ProfileRequest(request.clone())).await.is_err() {
             return Err(ProfileError::SessionClosed(agent_id));
         }
-        let answer = match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => return Err(ProfileError::SessionClosed(agent_id)),
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok((answer, proof_valid))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid }),
+            Ok(Err(_)) => Err(ProfileError::SessionClosed(agent_id)),
             Err(_) => {
                 lock(&session.pending).remove(&request.request_id);
-                return Err(ProfileError::Timeout(agent_id, timeout));
+                Err(ProfileError::Timeout(agent_id, timeout))
             }
-        };
-        // The proof must verify under this session's login, and name the
-        // user who logged in (not another user the agent might claim).
-        let proof_valid = lock(&session.login).as_ref().is_some_and(|(key, user)| {
-            *user == answer.profile.user && verify_profile_proof(key, &request, &answer.profile)
-        });
-        Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid })
+        }
     }
 
     async fn connection(self: Arc<Self>, tcp: TcpStream) -> Result<(), ProtoError> {
@@ -398,7 +393,14 @@ impl AgentServer {
                 let mut pending = lock(&session.pending);
                 match pending.remove(&answer.request_id) {
                     Some(p) if p.request.nonce == answer.nonce => {
-                        let _ = p.reply.send(answer);
+                        // Checked on arrival, against the login the session
+                        // holds now (a later login must not void it): the
+                        // proof must verify under it and name the user who
+                        // logged in, not another user the agent might claim.
+                        let proof_valid = lock(&session.login).as_ref().is_some_and(|(key, user)| {
+                            *user == answer.profile.user && verify_profile_proof(key, &p.request, &answer.profile)
+                        });
+                        let _ = p.reply.send((answer, proof_valid));
                     }
                     Some(p) => {
                         // Wrong nonce: put the request back for the real answer.
@@ -423,7 +425,6 @@ impl AgentServer {
     }
 }
 
-/// Best effort: tell the peer why the session ends.
 /// A session's password checks, one at a time and in the order the agent
 /// sent them, so the last verdict it reads is the login the gateway holds.
 /// argon2id takes tens of milliseconds of CPU and its memory cost (seconds
@@ -438,22 +439,30 @@ async fn check_logins(
     verdicts: mpsc::Sender<(String, bool)>,
 ) {
     while let Some(login) = logins.recv().await {
-        let Ok(_permit) = permits.acquire().await else { return };
+        // A session that ends while its login waits for a permit gives the
+        // permit up: nobody would read the verdict.
+        let permit = tokio::select! {
+            p = permits.acquire() => p,
+            () = verdicts.closed() => return,
+        };
+        let Ok(_permit) = permit else { return };
         let directory = directory.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            let ok = directory.verify_password(&login.user, &login.password);
-            (login.user, ok)
-        })
-        .await;
-        // A failed check (the blocking task panicked) or a closed session
-        // ends the worker; the session loop reports its own end.
-        let Ok(verdict) = checked else { return };
-        if verdicts.send(verdict).await.is_err() {
+        let user = login.user.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || directory.verify_password(&login.user, &login.password)).await;
+        // A check that failed (its task panicked) is a refusal: the agent
+        // must get a verdict, or it would hold its answers back for good.
+        let ok = checked.unwrap_or_else(|e| {
+            tracing::warn!(%user, "password check failed: {e}");
+            false
+        });
+        if verdicts.send((user, ok)).await.is_err() {
             return;
         }
     }
 }
 
+/// Best effort: tell the peer why the session ends.
 async fn refuse(conn: &mut Conn, code: ErrorCode, message: &str) {
     let _ = conn.send(Message::Error(ErrorReport { code, message: message.to_owned() })).await;
     let _ = conn.close().await;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
-    EVENT_PENDING, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, GateEvent, RESPONSE_DROP, RESPONSE_PAGE,
-    port_value, v4_bytes,
+    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, GateEvent, RESPONSE_DROP, RESPONSE_PAGE, port_value,
+    v4_bytes,
 };
 use ackgate_gateway::access_log::{AccessLog, AccessRecord};
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
@@ -16,7 +16,7 @@ use ackgate_gateway::agents::{AgentServer, ServerConfig};
 use ackgate_gateway::config::{Config, ControlSection, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 use ackgate_gateway::control::{ControlPlane, Decision, FlowState, Settings};
 use ackgate_gateway::events::Events;
-use ackgate_gateway::gate::Gate;
+use ackgate_gateway::gate::{FlowWrite, Gate};
 use ackgate_gateway::metrics::Metrics;
 use ackgate_gateway::page;
 use ackgate_gateway::pki::Ca;
@@ -573,16 +573,8 @@ impl Plane {
         };
         let mut resumed = 0;
         for (flow, f) in flows.into_iter().filter(|(_, f)| f.state == FLOW_PENDING) {
-            let event = GateEvent {
-                kind: EVENT_PENDING,
-                agent_id: f.agent_id,
-                flow,
-                client_isn: f.client_isn,
-                server_isn: f.server_isn,
-                created_ns: f.created_ns,
-            };
             resumed += 1;
-            if let Some(d) = self.cp.on_event(event, Instant::now()) {
+            if let Some(d) = self.cp.on_event(GateEvent::pending(flow, &f), Instant::now()) {
                 self.apply(gate, d);
             }
         }
@@ -689,12 +681,19 @@ impl Plane {
             (FlowState::Authorized, Some(user), Some(machine)) => {
                 (FLOW_AUTHORIZED, ackgate_gateway::owner::owner(user, machine))
             }
-            (FlowState::Authorized, ..) => (FLOW_AUTHORIZED, FlowOwner::default()),
+            // Every authorization names its user and machine; a flow no
+            // revocation could find is never authorized.
+            (FlowState::Authorized, ..) => {
+                warn!(flow = ?d.event.flow, "an authorization without an owner is written as denied");
+                (FLOW_DENIED, FlowOwner::default())
+            }
             _ => (FLOW_DENIED, FlowOwner::default()),
         };
-        match gate.set_flow_state(&d.event.flow, state, owner) {
-            Ok(true) => {}
-            Ok(false) => warn!("flow aged out of the flow map before its decision"),
+        let mut newer = None;
+        match gate.set_flow_state(&d.event, state, owner) {
+            Ok(FlowWrite::Written) => {}
+            Ok(FlowWrite::Gone) => warn!("flow aged out of the flow map before its decision"),
+            Ok(FlowWrite::Replaced(f)) => newer = Some(f),
             Err(e) => warn!("writing a decision into the flow map: {e}"),
         }
         self.access_log.record(&AccessRecord {
@@ -713,6 +712,14 @@ impl Plane {
         });
         self.metrics.decision(d.state.label(), d.latency, d.validation_time);
         self.cp.finish(&d);
+        // A newer handshake took the 4-tuple while this one was decided; its
+        // own event found the tuple in flight and was set aside. Decide it
+        // now, on its own profile.
+        if let Some(f) = newer.filter(|f| f.state == FLOW_PENDING)
+            && let Some(d) = self.cp.on_event(GateEvent::pending(d.event.flow, &f), Instant::now())
+        {
+            self.apply(gate, d);
+        }
     }
 }
 
