@@ -124,6 +124,11 @@ impl ControlPlane {
         self.rules = rules;
     }
 
+    /// The longest a decision can take: the profile wait, then validation.
+    pub fn longest_decision(&self) -> Duration {
+        self.settings.profile_timeout + self.settings.validation_timeout
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }

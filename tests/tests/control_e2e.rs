@@ -187,6 +187,11 @@ fn a_killed_control_plane_loses_nothing() {
     let link = s.topo.cmd(Ns::Gateway, &["ip", "link", "show", "dev", &s.topo.edge_if]);
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(link.contains("xdp"), "the gate must stay attached after the crash (fail closed): {link}");
+    let status = s.json(&["status", "--json"]);
+    assert!(
+        status["control_plane"].is_null() && status["control_error"].is_string(),
+        "status must report the gate and a control plane that does not answer: {status}"
+    );
     // A connect while the control plane is down: the gate still accepts the
     // stamped handshake and keeps it pending in the pinned map.
     s.curl(2);

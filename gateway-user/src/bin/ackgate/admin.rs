@@ -323,6 +323,8 @@ struct StatusReport {
     flows: FlowCounts,
     /// None: no [control] in the config, or the control plane is not running.
     control_plane: Option<DaemonStatus>,
+    /// Why the control plane did not answer, when its socket exists.
+    control_error: Option<String>,
 }
 
 /// `ackgate status`: the gate's counters and flows from the pinned maps,
@@ -339,16 +341,18 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
         }
     }
     let socket = config.and_then(|c| c.control.as_ref()).map(|c| c.admin_socket.clone());
-    let control_plane = match &socket {
-        Some(socket) if socket.exists() => match ask_daemon(socket, &AdminRequest::Status)? {
-            AdminReply::Status(s) => Some(s),
-            AdminReply::Error(e) => bail!("the gateway could not report its status: {e}"),
-            other => bail!("unexpected reply from the gateway: {other:?}"),
+    // The gate's own figures are printed whatever the control plane says:
+    // after a crash its socket is left behind and nobody answers.
+    let (control_plane, control_error) = match &socket {
+        Some(socket) if socket.exists() => match ask_daemon(socket, &AdminRequest::Status) {
+            Ok(AdminReply::Status(s)) => (Some(s), None),
+            Ok(other) => (None, Some(format!("unexpected reply: {other:?}"))),
+            Err(e) => (None, Some(format!("{e:#}"))),
         },
-        _ => None,
+        _ => (None, None),
     };
     let gate_packets = counters.labelled().map(|(l, n)| (l.to_owned(), n.into())).collect();
-    let report = StatusReport { gate_packets, flows, control_plane };
+    let report = StatusReport { gate_packets, flows, control_plane, control_error };
     print(json, &report, |r| {
         println!("gate packets by verdict reason:");
         let width = ackgate_common::reason::LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
@@ -362,6 +366,11 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
         let f = &r.flows;
         println!("flows in the gate: {} pending, {} authorized, {} denied", f.pending, f.authorized, f.denied);
         match (&r.control_plane, &socket) {
+            (None, Some(path)) if r.control_error.is_some() => println!(
+                "control plane: not answering on {} ({})",
+                path.display(),
+                r.control_error.as_deref().unwrap_or_default()
+            ),
             (Some(d), _) => {
                 println!(
                     "control plane: pid {}, up {} s, agents on {}: {} connected",

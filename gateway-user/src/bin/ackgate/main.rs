@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
-    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, GateEvent, RESPONSE_DROP, RESPONSE_PAGE, port_value,
-    v4_bytes,
+    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, FlowOwner, GateEvent, PendingFlow, RESPONSE_DROP,
+    RESPONSE_PAGE, port_value, v4_bytes,
 };
 use ackgate_gateway::access_log::{AccessLog, AccessRecord};
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
@@ -498,6 +498,9 @@ async fn recv_bounded<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Opt
 /// The running control plane.
 struct Plane {
     cp: ControlPlane,
+    /// Recent revocations, for decisions under way when they came (kept as
+    /// long as a decision can take).
+    revocations: Vec<Revocation>,
     server: Arc<AgentServer>,
     agent_listen: std::net::SocketAddr,
     started: Instant,
@@ -505,6 +508,12 @@ struct Plane {
     responses: HashMap<([u8; 4], u16), u8>,
     metrics: Arc<Metrics>,
     config_path: PathBuf,
+}
+
+struct Revocation {
+    at: Instant,
+    user: String,
+    machine: Option<String>,
 }
 
 type Started = (
@@ -550,6 +559,7 @@ impl Plane {
         let (cp, decisions) = ControlPlane::new(server.clone(), decider, p.rules, p.settings);
         let plane = Self {
             cp,
+            revocations: Vec::new(),
             server,
             agent_listen: p.listen,
             started: Instant::now(),
@@ -643,13 +653,27 @@ impl Plane {
     /// them: the owner is in the pinned flow map, so flows authorized before
     /// a restart are found too.
     fn end_flows(&mut self, gate: &mut Gate, user: &str, machine: Option<&str>) -> Result<usize> {
-        let flows = gate.pending_flows().context("reading the flow map")?;
-        let mut ended = 0;
-        for (flow, f) in flows.iter().filter(|(_, f)| f.state == FLOW_AUTHORIZED) {
-            if !ackgate_gateway::owner::belongs_to(&f.owner, user, machine) {
+        // Decisions under way for this user are denied when they arrive.
+        let now = Instant::now();
+        let window = self.cp.longest_decision();
+        self.revocations.retain(|r| now.duration_since(r.at) <= window);
+        self.revocations.push(Revocation { at: now, user: user.to_owned(), machine: machine.map(str::to_owned) });
+        // One pass over the map (a revocation is rare; the event loop waits
+        // for it). A walk can meet a key twice when the gate changes the
+        // map meanwhile: deduplicated by key.
+        let owned: HashMap<FlowKey, PendingFlow> = gate
+            .pending_flows()
+            .context("reading the flow map")?
+            .into_iter()
+            .filter(|(_, f)| f.state == FLOW_AUTHORIZED && ackgate_gateway::owner::belongs_to(&f.owner, user, machine))
+            .collect();
+        let (mut ended, mut failed) = (0, None);
+        for (flow, f) in &owned {
+            // One flow that cannot be removed must not keep the rest alive.
+            if let Err(e) = gate.remove_flow(flow) {
+                failed = Some(e);
                 continue;
             }
-            gate.remove_flow(flow).context("removing a flow from the gate")?;
             ended += 1;
             let (client, service) = (flow.client_addr(), flow.service_addr());
             let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
@@ -673,13 +697,36 @@ impl Plane {
                 validation_ms: 0.0,
             });
         }
-        Ok(ended)
+        match failed {
+            None => Ok(ended),
+            Some(e) => Err(anyhow::anyhow!(
+                "ended {ended} of {} live flow(s); removing the others from the gate failed: {e}",
+                owned.len()
+            )),
+        }
     }
 
-    fn apply(&mut self, gate: &mut Gate, d: Decision) {
+    /// Whether a revocation came after this decision started and covers
+    /// its owner.
+    fn revoked_meanwhile(&self, d: &Decision, owner: &FlowOwner) -> bool {
+        let started = Instant::now().checked_sub(d.latency);
+        self.revocations.iter().any(|r| {
+            started.is_none_or(|s| r.at >= s)
+                && ackgate_gateway::owner::belongs_to(owner, &r.user, r.machine.as_deref())
+        })
+    }
+
+    fn apply(&mut self, gate: &mut Gate, mut d: Decision) {
         let (state, owner) = match (d.state, &d.user, &d.machine) {
             (FlowState::Authorized, Some(user), Some(machine)) => {
-                (FLOW_AUTHORIZED, ackgate_gateway::owner::owner(user, machine))
+                let owner = ackgate_gateway::owner::owner(user, machine);
+                if self.revoked_meanwhile(&d, &owner) {
+                    d.state = FlowState::Denied;
+                    d.reason = "the user or machine was revoked while the flow was being decided".into();
+                    (FLOW_DENIED, FlowOwner::default())
+                } else {
+                    (FLOW_AUTHORIZED, owner)
+                }
             }
             // Every authorization names its user and machine; a flow no
             // revocation could find is never authorized.
