@@ -234,6 +234,21 @@ impl Store {
         Ok(users)
     }
 
+    /// The approved machines of `user`, none if the user is unknown or
+    /// revoked: what a flow authorized for them still needs.
+    pub fn approved_machines(&self, user: &str) -> Result<Vec<[u8; 32]>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT m.fingerprint FROM machines m JOIN users u ON u.name = m.user \
+             WHERE m.user = ?1 AND m.revoked = 0 AND u.revoked = 0",
+        )?;
+        let machines = stmt
+            .query_map([user], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|m| m.map(|b| <[u8; 32]>::try_from(b.as_slice()).ok()).transpose())
+            .collect::<Result<_, _>>()?;
+        Ok(machines)
+    }
+
     /// Every user's name, revoked or not.
     pub fn user_names(&self) -> Result<Vec<String>, StoreError> {
         let db = self.db();
@@ -577,6 +592,10 @@ mod tests {
         assert_eq!(st.groups, vec!["staff".to_owned()]);
         assert!(s.pending().expect("pending").is_empty());
         assert!(matches!(s.approve("alice", &[]), Err(StoreError::NothingPending(_))));
+        assert_eq!(s.approved_machines("alice").expect("machines"), vec![[1; 32]]);
+        assert_eq!(s.revoke_machine("alice", "0101").expect("revoke machine"), 1);
+        assert!(s.approved_machines("alice").expect("machines").is_empty(), "a revoked machine is not approved");
+        assert!(s.approved_machines("nobody").expect("machines").is_empty());
     }
 
     #[test]
@@ -589,8 +608,10 @@ mod tests {
         s.approve("bob", &["eng".into()]).expect("approve");
         assert!(s.verify_password("bob", "chosen"), "the chosen password is now the user's");
         assert!(!s.verify_password("bob", "other"));
+        assert_eq!(s.approved_machines("bob").expect("machines"), vec![[2; 32]]);
         s.revoke_user("bob").expect("revoke");
         assert!(s.standing("bob", &[2; 32]).expect("standing").revoked);
+        assert!(s.approved_machines("bob").expect("machines").is_empty(), "a revoked user has no approved machine");
         assert!(matches!(s.revoke_user("carol"), Err(StoreError::NoSuchUser(_))));
     }
 }

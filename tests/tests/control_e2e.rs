@@ -142,6 +142,51 @@ fn revocation_ends_a_live_flow() {
     assert!(s.access_log().iter().any(|r| r["decision"] == "revoked"), "the revocation must be in the access log");
 }
 
+/// A revocation stored while the control plane is down (crashed) reaches
+/// the flow it authorized earlier: the restarted daemon finds the owner in
+/// the pinned flow map, sees the revocation in the store, and ends the flow
+/// with a RST.
+#[test]
+fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
+    let s = Setup::new("downrev", "reset", 3000, "");
+    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
+    let (gateway, _agent) = s.start();
+    s.login("alice", "pw");
+    s.curl(2);
+    assert_eq!(s.decision(1)["decision"], "denied");
+    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    let (read, said) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            let to = std::net::SocketAddr::new(s.topo.edge_addr.into(), PORT);
+            s.topo.run_in(Ns::Client, || {
+                let mut c = std::net::TcpStream::connect_timeout(&to, WAIT).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+                std::io::Read::read(&mut c, &mut [0u8; 16]).map_err(|e| e.kind())
+            })
+        });
+        assert_eq!(s.decision(2)["decision"], "authorized", "the flow must be authorized before the crash");
+        // SAFETY: killing the daemon this test started.
+        unsafe { libc::kill(gateway.pid(), libc::SIGKILL) };
+        let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke (gateway down)");
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
+        restarted.wait_for_log("agent listener up", WAIT);
+        (client.join().expect("client thread"), said)
+    });
+    assert!(said.contains("end when it starts"), "revoke must say when the live flows end: {said}");
+    assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "the restarted gateway must reset the revoked flow");
+    let flows = s.json(&["flows", "--json"]);
+    assert!(
+        !flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized")),
+        "the revoked flow must be gone from the gate: {flows}"
+    );
+    assert!(
+        s.access_log().iter().any(|r| r["decision"] == "revoked"
+            && r["reason"].as_str().is_some_and(|why| why.contains("while the gateway was down"))),
+        "the access log must record the revocation at start"
+    );
+}
+
 /// kill -9 of the control plane while flows are authorized and approvals
 /// are being written: the gate keeps filtering (its link stays pinned),
 /// flows the gate accepted meanwhile wait in the pinned maps, the restarted

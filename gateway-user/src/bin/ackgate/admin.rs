@@ -129,7 +129,7 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
                 // Users live in the remote validator's store; the gateway
                 // only holds live flows.
                 return match command {
-                    UsersCommand::Revoke { name, machine } => end_live_flows(&config, &name, machine),
+                    UsersCommand::Revoke { name, machine } => end_live_flows(&config, &name, machine, false),
                     _ => bail!(
                         "this gateway uses a remote validator: manage users on the validator host \
                          (`ackgate users ... --store FILE`); `users revoke` here ends live flows"
@@ -180,7 +180,7 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
             }
             println!("revoked {name}{}", machine.as_ref().map(|m| format!(" on machine {m}…")).unwrap_or_default());
             match &config {
-                Some(config) => end_live_flows(config, &name, machine)?,
+                Some(config) => end_live_flows(config, &name, machine, true)?,
                 None => println!("tell the gateway to end live flows with `ackgate users revoke --config`"),
             }
         }
@@ -288,17 +288,29 @@ fn reload(config_path: &Path) -> Result<()> {
 }
 
 /// Tells the running gateway to end the live flows of a revoked user.
-fn end_live_flows(config: &Config, user: &str, machine: Option<String>) -> Result<()> {
+/// `store_here`: the revocation is in this gateway's own store, so a
+/// gateway that is down ends those flows when it starts (with a remote
+/// validator it cannot know).
+fn end_live_flows(config: &Config, user: &str, machine: Option<String>, store_here: bool) -> Result<()> {
     let socket = control(config)?.admin_socket.clone();
-    if !socket.exists() {
-        println!("the gateway is not running: the revocation applies to every new flow");
-        return Ok(());
-    }
-    let req = AdminRequest::EndFlows { user: user.to_owned(), machine };
-    match ask_daemon(&socket, &req)? {
-        AdminReply::Ended(n) => println!("ended {n} live flow(s)"),
-        AdminReply::Error(e) => bail!("the gateway could not end the live flows: {e}"),
-        other => bail!("unexpected reply from the gateway: {other:?}"),
+    let reply = if socket.exists() {
+        let req = AdminRequest::EndFlows { user: user.to_owned(), machine };
+        ask_daemon(&socket, &req)
+    } else {
+        Err(anyhow::anyhow!("no admin socket at {}", socket.display()))
+    };
+    match reply {
+        Ok(AdminReply::Ended(n)) => println!("ended {n} live flow(s)"),
+        Ok(AdminReply::Error(e)) => bail!("the gateway could not end the live flows: {e}"),
+        Ok(other) => bail!("unexpected reply from the gateway: {other:?}"),
+        Err(e) if store_here => println!(
+            "the gateway is not running ({e:#}): the revocation applies to every new flow, \
+             and the live flows it authorized end when it starts"
+        ),
+        Err(e) => bail!(
+            "the gateway is not running ({e:#}): flows it authorized stay until they age out; \
+             run this again once it runs"
+        ),
     }
     Ok(())
 }

@@ -501,6 +501,8 @@ struct Plane {
     /// Recent revocations, for decisions under way when they came (kept as
     /// long as a decision can take).
     revocations: Vec<Revocation>,
+    /// The user store, when users live here (not on a remote validator).
+    users: Option<Arc<Store>>,
     server: Arc<AgentServer>,
     agent_listen: std::net::SocketAddr,
     started: Instant,
@@ -560,6 +562,7 @@ impl Plane {
         let plane = Self {
             cp,
             revocations: Vec::new(),
+            users: p.remote_validator.is_none().then(|| p.store.clone()),
             server,
             agent_listen: p.listen,
             started: Instant::now(),
@@ -571,9 +574,11 @@ impl Plane {
         Ok((plane, decisions, enrollments, admin_rx))
     }
 
-    /// Flows left pending by a previous run (a restart or a crash) are
-    /// decided again: the pinned flow map kept them, their agents reconnect.
+    /// Picks up the pinned flow map a previous run (a restart or a crash)
+    /// left: authorized flows revoked meanwhile are ended, pending flows are
+    /// decided again (their agents reconnect).
     fn resume(&mut self, gate: &mut Gate) {
+        self.end_revoked_while_down(gate);
         let flows = match gate.pending_flows() {
             Ok(f) => f,
             Err(e) => {
@@ -670,32 +675,10 @@ impl Plane {
         let (mut ended, mut failed) = (0, None);
         for (flow, f) in &owned {
             // One flow that cannot be removed must not keep the rest alive.
-            if let Err(e) = gate.remove_flow(flow) {
-                failed = Some(e);
-                continue;
+            match self.end_flow(gate, flow, f, user, "the user or machine was revoked") {
+                Ok(()) => ended += 1,
+                Err(e) => failed = Some(e),
             }
-            ended += 1;
-            let (client, service) = (flow.client_addr(), flow.service_addr());
-            let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
-            if response != RESPONSE_DROP
-                && let Err(e) = ackgate_gateway::rst::reset_client(client, service, f.server_isn)
-            {
-                warn!(%client, "sending the revoked flow's RST: {e}");
-            }
-            self.access_log.record(&AccessRecord {
-                at_unix_ms: unix_ms(),
-                client: client.to_string(),
-                service: service.to_string(),
-                service_name: "",
-                agent_id: f.agent_id,
-                user: Some(user),
-                machine: Some(ackgate_gateway::owner::machine_hex(&f.owner)),
-                decision: "revoked",
-                reason: "the user or machine was revoked",
-                latency_ms: 0.0,
-                profile_ms: 0.0,
-                validation_ms: 0.0,
-            });
         }
         match failed {
             None => Ok(ended),
@@ -703,6 +686,83 @@ impl Plane {
                 "ended {ended} of {} live flow(s); removing the others from the gate failed: {e}",
                 owned.len()
             )),
+        }
+    }
+
+    /// Removes an authorized flow from the gate, resets the client unless
+    /// the service drops, and logs it as revoked.
+    fn end_flow(
+        &mut self,
+        gate: &mut Gate,
+        flow: &FlowKey,
+        f: &PendingFlow,
+        user: &str,
+        reason: &str,
+    ) -> Result<(), ackgate_gateway::gate::GateError> {
+        gate.remove_flow(flow)?;
+        let (client, service) = (flow.client_addr(), flow.service_addr());
+        let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
+        if response != RESPONSE_DROP
+            && let Err(e) = ackgate_gateway::rst::reset_client(client, service, f.server_isn)
+        {
+            warn!(%client, "sending the revoked flow's RST: {e}");
+        }
+        self.access_log.record(&AccessRecord {
+            at_unix_ms: unix_ms(),
+            client: client.to_string(),
+            service: service.to_string(),
+            service_name: "",
+            agent_id: f.agent_id,
+            user: Some(user),
+            machine: Some(ackgate_gateway::owner::machine_hex(&f.owner)),
+            decision: "revoked",
+            reason,
+            latency_ms: 0.0,
+            profile_ms: 0.0,
+            validation_ms: 0.0,
+        });
+        Ok(())
+    }
+
+    /// Ends the flows authorized before this start whose user or machine
+    /// was revoked meanwhile (with the daemon down, no one told the gate).
+    /// Needs the user store, so not with a remote validator.
+    fn end_revoked_while_down(&mut self, gate: &mut Gate) {
+        let Some(store) = self.users.clone() else { return };
+        let authorized: Vec<(FlowKey, PendingFlow)> = match gate.pending_flows() {
+            Ok(flows) => flows.into_iter().filter(|(_, f)| f.state == FLOW_AUTHORIZED).collect(),
+            Err(e) => return warn!("reading the flow map for authorized flows: {e}"),
+        };
+        if authorized.is_empty() {
+            return;
+        }
+        let names = match store.user_names() {
+            Ok(names) => ackgate_gateway::owner::OwnerNames::new(names),
+            Err(e) => return warn!("reading the users to check authorized flows: {e}"),
+        };
+        let mut approved: HashMap<String, Vec<[u8; 32]>> = HashMap::new();
+        let mut ended = 0;
+        for (flow, f) in &authorized {
+            let user = names.user(&f.owner).unwrap_or("(no longer in the store)").to_owned();
+            if !approved.contains_key(&user) {
+                // A store that cannot be read ends nothing: a transient
+                // error must not cut every live flow.
+                match store.approved_machines(&user) {
+                    Ok(m) => approved.insert(user.clone(), m),
+                    Err(e) => return warn!("reading {user}'s machines to check authorized flows: {e}"),
+                };
+            }
+            let machines = approved.get(&user).map(Vec::as_slice).unwrap_or_default();
+            if machines.iter().any(|m| ackgate_gateway::owner::owner(&user, m) == f.owner) {
+                continue;
+            }
+            match self.end_flow(gate, flow, f, &user, "the user or machine was revoked while the gateway was down") {
+                Ok(()) => ended += 1,
+                Err(e) => warn!("ending a flow revoked while the gateway was down: {e}"),
+            }
+        }
+        if ended > 0 {
+            info!(flows = ended, "ended flows whose user or machine was revoked while the gateway was down");
         }
     }
 
