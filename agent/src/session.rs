@@ -1,6 +1,7 @@
 //! The agent's one session with the gateway (DESIGN.md §4): outbound TLS 1.3
-//! with the enrolled client certificate, login once per session, answers to
-//! profile requests, and reconnects with jittered exponential backoff.
+//! with the enrolled client certificate, a login per session (and per
+//! `ackgate-agent login`), answers to profile requests, and reconnects with
+//! jittered exponential backoff.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -115,7 +116,10 @@ impl Shared {
     /// next one); none logs out.
     pub fn set_credentials(&self, c: Option<Credentials>) -> LoginWait {
         let outcome = self.login_outcome.subscribe();
-        lock(&self.status).login = None;
+        // Under the status lock, as in `record_login`: a verdict on an
+        // older login cannot slip in after this change clears the status.
+        let mut status = lock(&self.status);
+        status.login = None;
         let mut generation = 0;
         self.credentials.send_modify(|(g, creds)| {
             *g += 1;
@@ -125,8 +129,14 @@ impl Shared {
         LoginWait { generation, outcome }
     }
 
+    /// Publishes the verdict on the login of `generation`, unless newer
+    /// credentials (or a logout) replaced it meanwhile.
     fn record_login(&self, generation: u64, outcome: LoginOutcome) {
-        lock(&self.status).login = Some(outcome.clone());
+        let mut status = lock(&self.status);
+        if self.credentials.borrow().0 != generation {
+            return;
+        }
+        status.login = Some(outcome.clone());
         self.login_outcome.send_replace((generation, Some(outcome)));
     }
 }
@@ -236,6 +246,22 @@ async fn serve_once(
     login.change(&mut conn, current).await?;
     loop {
         tokio::select! {
+            // A credentials change first: a logout must not leave one more
+            // answer signed under the old key.
+            biased;
+            Ok(()) = credentials.changed() => {
+                let current = credentials.borrow_and_update().clone();
+                if login.in_flight.is_some() {
+                    login.next = Some(current);
+                } else {
+                    login.change(&mut conn, current).await?;
+                }
+            }
+            _ = stopped(&mut shutdown) => {
+                let _ = conn.close().await;
+                shared.set_state("stopped", None);
+                return Ok(());
+            }
             msg = tokio::time::timeout(silence_limit, conn.next()) => {
                 let msg = match msg {
                     Err(_) => return Err(ProtoError::Timeout { what: "message or ping from the gateway", after: silence_limit }.into()),
@@ -277,19 +303,6 @@ async fn serve_once(
                     Message::Pong(_) => {}
                     Message::Error(report) => return Err(ProtoError::Remote(report).into()),
                     other => return Err(ProtoError::Unexpected { want: "ProfileRequest, LoginResult or Ping", got: other.name() }.into()),
-                }
-            }
-            _ = stopped(&mut shutdown) => {
-                let _ = conn.close().await;
-                shared.set_state("stopped", None);
-                return Ok(());
-            }
-            Ok(()) = credentials.changed() => {
-                let current = credentials.borrow_and_update().clone();
-                if login.in_flight.is_some() {
-                    login.next = Some(current);
-                } else {
-                    login.change(&mut conn, current).await?;
                 }
             }
         }

@@ -68,6 +68,8 @@ pub struct Decision {
     pub service: String,
     pub user: Option<String>,
     pub machine: Option<[u8; 32]>,
+    /// When the control plane received the gate's event.
+    pub received: Instant,
     /// From the gate's event to the decision.
     pub latency: Duration,
     /// Of which: waiting for the agent's profile, and validating it.
@@ -149,6 +151,7 @@ impl ControlPlane {
             service: rule.name.clone(),
             user: None,
             machine: None,
+            received,
             latency: received.elapsed(),
             profile_time: Duration::ZERO,
             validation_time: Duration::ZERO,
@@ -215,6 +218,7 @@ async fn decide(
         service: rule.name.clone(),
         user: None,
         machine: None,
+        received,
         latency: Duration::ZERO,
         profile_time: Duration::ZERO,
         validation_time: Duration::ZERO,

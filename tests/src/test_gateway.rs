@@ -3,10 +3,13 @@
 //! on a loopback port, restartable on the same port with the same CA.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use ackgate_gateway::agents::{AgentServer, MemoryDirectory, ServerConfig};
+use ackgate_gateway::agents::{
+    AgentRecord, AgentServer, Directory, EnrollRefusal, MemoryDirectory, NewAgent, ServerConfig,
+};
 use ackgate_gateway::pki::Ca;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -14,6 +17,8 @@ use tokio::task::JoinHandle;
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub directory: Arc<MemoryDirectory>,
+    /// Holds password checks back, so a test can keep a login in flight.
+    pub logins: Arc<LoginHold>,
     pub server: Arc<AgentServer>,
     ca_dir: std::path::PathBuf,
     task: Option<JoinHandle<()>>,
@@ -33,16 +38,18 @@ impl TestGateway {
         std::fs::create_dir_all(&ca_dir).expect("CA dir");
         Ca::create(&ca_dir).unwrap_or_else(|e| panic!("creating the test CA: {e}"));
         let directory = Arc::new(MemoryDirectory::default());
+        let logins = Arc::new(LoginHold::default());
         let addr = listener.local_addr().expect("local addr");
-        let server = Self::server(&ca_dir, &directory);
+        let server = Self::server(&ca_dir, &directory, &logins);
         let task = Some(tokio::spawn(server.clone().serve(listener)));
-        Self { addr, directory, server, ca_dir, task }
+        Self { addr, directory, logins, server, ca_dir, task }
     }
 
-    fn server(ca_dir: &std::path::Path, directory: &Arc<MemoryDirectory>) -> Arc<AgentServer> {
+    fn server(ca_dir: &std::path::Path, directory: &Arc<MemoryDirectory>, logins: &Arc<LoginHold>) -> Arc<AgentServer> {
         let ca = Ca::load(ca_dir).unwrap_or_else(|e| panic!("loading the test CA: {e}"));
         let config = ServerConfig { handshake_timeout: Duration::from_secs(2), heartbeat: HEARTBEAT };
-        AgentServer::new(ca, directory.clone(), config).unwrap_or_else(|e| panic!("agent server: {e}"))
+        let checked = Arc::new(HeldDirectory { inner: directory.clone(), hold: logins.clone() });
+        AgentServer::new(ca, checked, config).unwrap_or_else(|e| panic!("agent server: {e}"))
     }
 
     pub fn ca_fingerprint(&self) -> [u8; 32] {
@@ -61,7 +68,7 @@ impl TestGateway {
             let _ = t.await;
         }
         // Sessions hold the server; a new one replaces it.
-        self.server = Self::server(&self.ca_dir, &self.directory);
+        self.server = Self::server(&self.ca_dir, &self.directory, &self.logins);
     }
 
     /// Starts again on the same port, same CA and directory.
@@ -78,6 +85,64 @@ impl TestGateway {
             assert!(tokio::time::Instant::now() < deadline, "agent {agent_id} did not connect within {within:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Password checks a test can hold back (`hold`, then `release`).
+#[derive(Default)]
+pub struct LoginHold {
+    held: Mutex<bool>,
+    released: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl LoginHold {
+    pub fn hold(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    pub fn release(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.released.notify_all();
+    }
+
+    /// Password checks waiting for `release` now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The in-memory directory, its password checks passing through a hold.
+struct HeldDirectory {
+    inner: Arc<MemoryDirectory>,
+    hold: Arc<LoginHold>,
+}
+
+impl Directory for HeldDirectory {
+    fn enroll(&self, invite_id: u64, secret: &[u8; 32], agent: NewAgent) -> Result<u32, EnrollRefusal> {
+        self.inner.enroll(invite_id, secret, agent)
+    }
+
+    fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) {
+        self.inner.bind_certificate(agent_id, cert_sha256)
+    }
+
+    fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord> {
+        self.inner.agent_by_certificate(cert_sha256)
+    }
+
+    fn verify_password(&self, user: &str, password: &str) -> bool {
+        self.hold.pass();
+        self.inner.verify_password(user, password)
     }
 }
 

@@ -142,11 +142,22 @@ async fn a_wrong_password_gives_an_unproven_profile() {
     stop.send(true).expect("stop");
 }
 
-/// Logins typed in quick succession end on the latest, each `login` sees
-/// its own verdict or none, and a logout right after a login (its check
-/// still running or just done) leaves answers without proof.
+/// Waits until `n` password checks are held at the gateway.
+async fn held_checks(gw: &TestGateway, n: usize) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while gw.logins.waiting() != n {
+        assert!(tokio::time::Instant::now() < deadline, "expected {n} password check(s) held at the gateway");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A login typed while another is being checked waits for it and then
+/// replaces it: the session ends on the latest, each `login` sees its own
+/// verdict or none, and a logout during a check leaves answers without
+/// proof. The gateway's password checks are held back to have a login in
+/// flight for exactly as long as each step needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rapid_logins_end_on_the_latest_and_a_logout_drops_the_proof() {
+async fn a_login_during_a_check_replaces_it_and_a_logout_drops_the_proof() {
     let gw = TestGateway::start().await;
     gw.directory.add_user("frank", "right");
     let dir = TempDir::new("rapid");
@@ -154,30 +165,35 @@ async fn rapid_logins_end_on_the_latest_and_a_logout_drops_the_proof() {
     let (shared, _identity, stop) = run_agent(&state, None);
     gw.wait_connected(id, DEADLINE).await;
     let creds = |pw: &str| Some(Credentials { user: "frank".into(), password: Zeroizing::new(pw.into()) });
-
-    let superseded = shared.set_credentials(creds("wrong"));
-    let latest = shared.set_credentials(creds("right"));
-    let verdict = latest.verdict(DEADLINE).await.expect("the latest login must get its verdict");
-    assert!(verdict.accepted, "the latest login (right password) decides: {verdict:?}");
-    assert_eq!(superseded.verdict(Duration::from_millis(200)).await, None, "a replaced login gets no verdict");
-    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
-    assert!(outcome.proof_valid, "answers must be signed under the latest login's key");
-
     let checks = || {
         let s = &gw.server.stats;
         s.logins_accepted.load(std::sync::atomic::Ordering::Relaxed)
             + s.logins_refused.load(std::sync::atomic::Ordering::Relaxed)
     };
-    let before = checks();
-    let _in_flight = shared.set_credentials(creds("right"));
-    // Long enough for the session to send the login; back to back, the
-    // two changes would merge into the logout alone.
+
+    gw.logins.hold();
+    let replaced = shared.set_credentials(creds("wrong"));
+    held_checks(&gw, 1).await;
+    let latest = shared.set_credentials(creds("right"));
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.logins.waiting(), 1, "the agent must not send a second login while one awaits its verdict");
+    gw.logins.release();
+    let verdict = latest.verdict(DEADLINE).await.expect("the latest login must get its verdict");
+    assert!(verdict.accepted, "the latest login (right password) decides: {verdict:?}");
+    assert_eq!(replaced.verdict(Duration::from_millis(200)).await, None, "a replaced login gets no verdict of its own");
+    assert_eq!(checks(), 2, "the replaced login and the latest were each checked once");
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
+    assert!(outcome.proof_valid, "answers must be signed under the latest login's key");
+
+    gw.logins.hold();
+    let _in_flight = shared.set_credentials(creds("right"));
+    held_checks(&gw, 1).await;
     let _logout = shared.set_credentials(None);
+    gw.logins.release();
     let deadline = tokio::time::Instant::now() + DEADLINE;
-    while checks() == before {
+    while checks() < 3 {
         assert!(tokio::time::Instant::now() < deadline, "the login sent before the logout was never checked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer after logout");
     assert!(!outcome.proof_valid, "after a logout no answer may carry a proof: {:?}", outcome.profile);

@@ -58,7 +58,7 @@ pub trait Directory: Send + Sync + 'static {
     /// The agent that authenticates with this certificate.
     fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord>;
     /// Checks a password against the user's stored argon2id hash. Slow on
-    /// purpose: the server calls it once per session, off the async threads.
+    /// purpose: the server calls it once per login, off the async threads.
     fn verify_password(&self, user: &str, password: &str) -> bool;
 }
 

@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
@@ -28,7 +28,8 @@ type Conn = Framed<TlsStream<TcpStream>, MessageCodec>;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Time for the TLS handshake and for each expected reply.
+    /// Time for the TLS handshake, for each expected reply, and for the
+    /// agent to take each message sent to it.
     pub handshake_timeout: Duration,
     /// Ping interval; three missed pongs end the session.
     pub heartbeat: Duration,
@@ -83,6 +84,8 @@ struct Pending {
 struct Session {
     id: u64,
     outbound: mpsc::Sender<Message>,
+    /// Told when a newer session of the same agent takes over.
+    replaced: Notify,
     /// Proof key and user of the session's accepted login.
     login: Mutex<Option<([u8; 32], String)>>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -304,16 +307,22 @@ impl AgentServer {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             outbound,
+            replaced: Notify::new(),
             login: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
         });
-        // A reconnecting agent replaces its old session.
-        lock(&self.sessions).insert(agent.agent_id, session.clone());
+        // A reconnecting agent replaces its old session, which ends now
+        // rather than lingering until its heartbeat runs out.
+        if let Some(old) = lock(&self.sessions).insert(agent.agent_id, session.clone()) {
+            old.replaced.notify_one();
+        }
         self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
         tracing::info!(agent_id = agent.agent_id, "agent session open");
         let heartbeat_secs = self.config.heartbeat.as_secs().max(1) as u32;
         let result = async {
-            conn.send(Message::Welcome(Welcome { session_id: session.id, heartbeat_secs })).await?;
+            let within = self.config.handshake_timeout;
+            send_within(&mut conn, Message::Welcome(Welcome { session_id: session.id, heartbeat_secs }), within)
+                .await?;
             let mut ticker = tokio::time::interval(self.config.heartbeat);
             let (verdicts, mut verdict_rx) = mpsc::channel::<(String, bool)>(LOGINS_QUEUED);
             let (logins, login_queue) = mpsc::channel::<Login>(LOGINS_QUEUED);
@@ -331,12 +340,16 @@ impl AgentServer {
                         self.on_session_message(&mut conn, &session, msg, &logins).await?;
                     }
                     Some((user, ok)) = verdict_rx.recv() => self.on_login_verdict(&mut conn, &session, user, ok).await?,
-                    Some(out) = queue.recv() => conn.send(out).await?,
+                    Some(out) = queue.recv() => send_within(&mut conn, out, within).await?,
                     _ = ticker.tick() => {
                         if last_heard.elapsed() > self.config.heartbeat * 3 {
                             return Err(ProtoError::Timeout { what: "sign of life", after: self.config.heartbeat * 3 });
                         }
-                        conn.send(Message::Ping(session.id)).await?;
+                        send_within(&mut conn, Message::Ping(session.id), within).await?;
+                    }
+                    () = session.replaced.notified() => {
+                        let _ = tokio::time::timeout(GOODBYE_WITHIN, conn.close()).await;
+                        return Ok(());
                     }
                 }
             }
@@ -367,7 +380,7 @@ impl AgentServer {
             *lock(&session.login) = None;
             LoginResult { user, accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
         };
-        conn.send(Message::LoginResult(result)).await
+        send_within(conn, Message::LoginResult(result), self.config.handshake_timeout).await
     }
 
     async fn on_session_message(
@@ -413,7 +426,7 @@ impl AgentServer {
                 }
                 Ok(())
             }
-            Message::Ping(n) => conn.send(Message::Pong(n)).await,
+            Message::Ping(n) => send_within(conn, Message::Pong(n), self.config.handshake_timeout).await,
             Message::Pong(_) => Ok(()),
             Message::Error(report) => Err(ProtoError::Remote(report)),
             other => {
@@ -445,11 +458,13 @@ async fn check_logins(
             p = permits.acquire() => p,
             () = verdicts.closed() => return,
         };
-        let Ok(_permit) = permit else { return };
+        let Ok(permit) = permit else { return };
         let directory = directory.clone();
         let user = login.user.clone();
         let checked =
             tokio::task::spawn_blocking(move || directory.verify_password(&login.user, &login.password)).await;
+        // Given back before the verdict waits for the session loop.
+        drop(permit);
         // A check that failed (its task panicked) is a refusal: the agent
         // must get a verdict, or it would hold its answers back for good.
         let ok = checked.unwrap_or_else(|e| {
@@ -462,8 +477,22 @@ async fn check_logins(
     }
 }
 
-/// Best effort: tell the peer why the session ends.
+/// Best effort, and briefly: tell the peer why the session ends.
 async fn refuse(conn: &mut Conn, code: ErrorCode, message: &str) {
-    let _ = conn.send(Message::Error(ErrorReport { code, message: message.to_owned() })).await;
-    let _ = conn.close().await;
+    let goodbye = async {
+        let _ = conn.send(Message::Error(ErrorReport { code, message: message.to_owned() })).await;
+        let _ = conn.close().await;
+    };
+    let _ = tokio::time::timeout(GOODBYE_WITHIN, goodbye).await;
+}
+
+/// Time for a refusal or a goodbye to go out to a peer that may not read.
+const GOODBYE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Sends `msg`, or gives up on an agent that stops reading: a session loop
+/// blocked in a send would never notice its missing heartbeats.
+async fn send_within(conn: &mut Conn, msg: Message, within: Duration) -> Result<(), ProtoError> {
+    tokio::time::timeout(within, conn.send(msg))
+        .await
+        .map_err(|_| ProtoError::Timeout { what: "the agent to take a message", after: within })?
 }

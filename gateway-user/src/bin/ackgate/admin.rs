@@ -268,7 +268,7 @@ pub fn services(config_path: &Path, command: ServicesCommand) -> Result<()> {
 fn reload(config_path: &Path) -> Result<()> {
     let config = Config::from_file(config_path)?;
     let socket = match &config.control {
-        Some(c) if c.admin_socket.exists() => c.admin_socket.clone(),
+        Some(c) if daemon_down(&c.admin_socket).is_none() => c.admin_socket.clone(),
         _ => {
             println!("the gateway is not running (or has no [control]): the change applies when `ackgate run` starts");
             return Ok(());
@@ -293,26 +293,37 @@ fn reload(config_path: &Path) -> Result<()> {
 /// validator it cannot know).
 fn end_live_flows(config: &Config, user: &str, machine: Option<String>, store_here: bool) -> Result<()> {
     let socket = control(config)?.admin_socket.clone();
-    let reply = if socket.exists() {
-        let req = AdminRequest::EndFlows { user: user.to_owned(), machine };
-        ask_daemon(&socket, &req)
-    } else {
-        Err(anyhow::anyhow!("no admin socket at {}", socket.display()))
-    };
-    match reply {
-        Ok(AdminReply::Ended(n)) => println!("ended {n} live flow(s)"),
-        Ok(AdminReply::Error(e)) => bail!("the gateway could not end the live flows: {e}"),
-        Ok(other) => bail!("unexpected reply from the gateway: {other:?}"),
-        Err(e) if store_here => println!(
-            "the gateway is not running ({e:#}): the revocation applies to every new flow, \
-             and the live flows it authorized end when it starts"
-        ),
-        Err(e) => bail!(
-            "the gateway is not running ({e:#}): flows it authorized stay until they age out; \
-             run this again once it runs"
-        ),
+    if let Some(why) = daemon_down(&socket) {
+        if store_here {
+            println!(
+                "the gateway is not running ({why}): the revocation applies to every new flow, \
+                 and the live flows it authorized end when it starts"
+            );
+            return Ok(());
+        }
+        bail!(
+            "the gateway is not running ({why}): flows it authorized stay until they age out; run this again once it runs"
+        );
+    }
+    // Running: every failure from here on is an error, not "down".
+    match ask_daemon(&socket, &AdminRequest::EndFlows { user: user.to_owned(), machine })? {
+        AdminReply::Ended(n) => println!("ended {n} live flow(s)"),
+        AdminReply::Error(e) => bail!("the gateway could not end the live flows: {e}"),
+        other => bail!("unexpected reply from the gateway: {other:?}"),
     }
     Ok(())
+}
+
+/// Why no daemon listens on `socket` (no socket file, or one left by a
+/// crash that nobody accepts on); none when something does.
+fn daemon_down(socket: &Path) -> Option<String> {
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => None,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            Some(format!("{}: {e}", socket.display()))
+        }
+        Err(_) => None,
+    }
 }
 
 /// One request to the running daemon over its admin socket.
@@ -335,7 +346,7 @@ struct StatusReport {
     flows: FlowCounts,
     /// None: no [control] in the config, or the control plane is not running.
     control_plane: Option<DaemonStatus>,
-    /// Why the control plane did not answer, when its socket exists.
+    /// Why not, when the config has a control plane.
     control_error: Option<String>,
 }
 
@@ -356,12 +367,15 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
     // The gate's own figures are printed whatever the control plane says:
     // after a crash its socket is left behind and nobody answers.
     let (control_plane, control_error) = match &socket {
-        Some(socket) if socket.exists() => match ask_daemon(socket, &AdminRequest::Status) {
-            Ok(AdminReply::Status(s)) => (Some(s), None),
-            Ok(other) => (None, Some(format!("unexpected reply: {other:?}"))),
-            Err(e) => (None, Some(format!("{e:#}"))),
+        Some(socket) => match daemon_down(socket) {
+            Some(why) => (None, Some(format!("not running ({why})"))),
+            None => match ask_daemon(socket, &AdminRequest::Status) {
+                Ok(AdminReply::Status(s)) => (Some(s), None),
+                Ok(other) => (None, Some(format!("unexpected reply: {other:?}"))),
+                Err(e) => (None, Some(format!("not answering: {e:#}"))),
+            },
         },
-        _ => (None, None),
+        None => (None, None),
     };
     let gate_packets = counters.labelled().map(|(l, n)| (l.to_owned(), n.into())).collect();
     let report = StatusReport { gate_packets, flows, control_plane, control_error };
@@ -378,11 +392,7 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
         let f = &r.flows;
         println!("flows in the gate: {} pending, {} authorized, {} denied", f.pending, f.authorized, f.denied);
         match (&r.control_plane, &socket) {
-            (None, Some(path)) if r.control_error.is_some() => println!(
-                "control plane: not answering on {} ({})",
-                path.display(),
-                r.control_error.as_deref().unwrap_or_default()
-            ),
+            (None, Some(_)) => println!("control plane: {}", r.control_error.as_deref().unwrap_or_default()),
             (Some(d), _) => {
                 println!(
                     "control plane: pid {}, up {} s, agents on {}: {} connected",
@@ -397,7 +407,6 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
                     d.sessions_opened, d.logins_accepted, d.logins_refused
                 );
             }
-            (None, Some(_)) => println!("control plane: not running (no admin socket)"),
             (None, None) => println!("control plane: not configured here (pass --config FILE with [control])"),
         }
     })

@@ -661,7 +661,7 @@ impl Plane {
         // Decisions under way for this user are denied when they arrive.
         let now = Instant::now();
         let window = self.cp.longest_decision();
-        self.revocations.retain(|r| now.duration_since(r.at) <= window);
+        self.revocations.retain(|r| now.duration_since(r.at) <= 2 * window);
         self.revocations.push(Revocation { at: now, user: user.to_owned(), machine: machine.map(str::to_owned) });
         // One pass over the map (a revocation is rare; the event loop waits
         // for it). A walk can meet a key twice when the gate changes the
@@ -745,11 +745,14 @@ impl Plane {
         for (flow, f) in &authorized {
             let user = names.user(&f.owner).unwrap_or("(no longer in the store)").to_owned();
             if !approved.contains_key(&user) {
-                // A store that cannot be read ends nothing: a transient
-                // error must not cut every live flow.
+                // A user whose machines cannot be read keeps their flows: a
+                // transient store error must not cut live flows.
                 match store.approved_machines(&user) {
                     Ok(m) => approved.insert(user.clone(), m),
-                    Err(e) => return warn!("reading {user}'s machines to check authorized flows: {e}"),
+                    Err(e) => {
+                        warn!("reading {user}'s machines to check an authorized flow: {e}");
+                        continue;
+                    }
                 };
             }
             let machines = approved.get(&user).map(Vec::as_slice).unwrap_or_default();
@@ -766,14 +769,12 @@ impl Plane {
         }
     }
 
-    /// Whether a revocation came after this decision started and covers
-    /// its owner.
+    /// Whether a revocation came after this decision started (its validation
+    /// may have read the store before the revocation) and covers its owner.
     fn revoked_meanwhile(&self, d: &Decision, owner: &FlowOwner) -> bool {
-        let started = Instant::now().checked_sub(d.latency);
-        self.revocations.iter().any(|r| {
-            started.is_none_or(|s| r.at >= s)
-                && ackgate_gateway::owner::belongs_to(owner, &r.user, r.machine.as_deref())
-        })
+        self.revocations
+            .iter()
+            .any(|r| r.at >= d.received && ackgate_gateway::owner::belongs_to(owner, &r.user, r.machine.as_deref()))
     }
 
     fn apply(&mut self, gate: &mut Gate, mut d: Decision) {
@@ -796,11 +797,18 @@ impl Plane {
             }
             _ => (FLOW_DENIED, FlowOwner::default()),
         };
-        let mut newer = None;
+        let (mut newer, mut decision, mut reason) = (None, d.state.label(), d.reason.clone());
         match gate.set_flow_state(&d.event, state, owner) {
             Ok(FlowWrite::Written) => {}
-            Ok(FlowWrite::Gone) => warn!("flow aged out of the flow map before its decision"),
-            Ok(FlowWrite::Replaced(f)) => newer = Some(f),
+            Ok(FlowWrite::Gone) => {
+                decision = "expired";
+                reason = format!("the flow left the flow map before its decision ({})", d.reason);
+            }
+            Ok(FlowWrite::Replaced(f)) => {
+                newer = Some(f);
+                decision = "superseded";
+                reason = format!("a newer handshake took the 4-tuple before the decision ({})", d.reason);
+            }
             Err(e) => warn!("writing a decision into the flow map: {e}"),
         }
         self.access_log.record(&AccessRecord {
@@ -811,8 +819,8 @@ impl Plane {
             agent_id: d.event.agent_id,
             user: d.user.as_deref(),
             machine: d.machine.map(|m| ackgate_gateway::store::hex(&m)),
-            decision: d.state.label(),
-            reason: &d.reason,
+            decision,
+            reason: &reason,
             latency_ms: d.latency.as_secs_f64() * 1000.0,
             profile_ms: d.profile_time.as_secs_f64() * 1000.0,
             validation_ms: d.validation_time.as_secs_f64() * 1000.0,
