@@ -167,7 +167,10 @@ async fn cmd_login(config: &Config, user: Option<String>, password_stdin: bool) 
         }
         Reply::Login(Some(o)) => bail!("the gateway refused the login: {}", o.message),
         Reply::Login(None) => {
-            bail!("no answer from the gateway yet (no session?); the agent will log in when the session comes up")
+            bail!(
+                "no verdict from the gateway (no session yet, or a newer login or logout replaced this one); \
+                 the agent logs in with the latest credentials when its session comes up"
+            )
         }
         other => bail!("unexpected reply: {other:?}"),
     }

@@ -63,18 +63,23 @@ pub struct Shared {
 pub struct LoginWait {
     generation: u64,
     outcome: watch::Receiver<(u64, Option<LoginOutcome>)>,
+    credentials: watch::Receiver<(u64, Option<Credentials>)>,
 }
 
 impl LoginWait {
-    /// The gateway's verdict, or none within `timeout` (no session, or a
-    /// newer login or logout replaced this one).
+    /// The gateway's verdict; none within `timeout` (no session), or at
+    /// once when a newer login or a logout replaces this one.
     pub async fn verdict(mut self, timeout: Duration) -> Option<LoginOutcome> {
         let generation = self.generation;
         let mine = self.outcome.wait_for(|(g, o)| *g == generation && o.is_some());
-        match tokio::time::timeout(timeout, mine).await {
-            Ok(Ok(v)) => v.1.clone(),
-            _ => None,
-        }
+        let replaced = self.credentials.wait_for(|(g, _)| *g > generation);
+        let waited = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                v = mine => v.ok().and_then(|v| v.1.clone()),
+                _ = replaced => None,
+            }
+        });
+        waited.await.ok().flatten()
     }
 }
 
@@ -126,7 +131,7 @@ impl Shared {
             generation = *g;
             *creds = c;
         });
-        LoginWait { generation, outcome }
+        LoginWait { generation, outcome, credentials: self.credentials.subscribe() }
     }
 
     /// Publishes the verdict on the login of `generation`, unless newer
