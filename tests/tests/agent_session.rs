@@ -17,7 +17,7 @@ use ackgate_agent::state::StateDir;
 use ackgate_agent::tls;
 use ackgate_common::proto::{ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION};
 use ackgate_gateway::agents::LOGINS_QUEUED;
-use ackgate_tests::test_gateway::TestGateway;
+use ackgate_tests::test_gateway::{HEARTBEAT, TestGateway};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Framed;
@@ -314,14 +314,42 @@ type RawSession = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 async fn raw_session(gw: &TestGateway, dir: &TempDir) -> (u32, ackgate_agent::state::Enrollment, RawSession) {
     let (id, state) = enrolled(gw, dir).await;
     let enrollment = state.load().expect("enrollment");
-    let config = tls::session_config(&enrollment).expect("session config");
+    let conn = open_session(gw, id, &enrollment).await;
+    (id, enrollment, conn)
+}
+
+/// Another session of an enrolled agent, up to the gateway's Welcome.
+async fn open_session(gw: &TestGateway, id: u32, enrollment: &ackgate_agent::state::Enrollment) -> RawSession {
+    let config = tls::session_config(enrollment).expect("session config");
     let stream = tls::connect(&gw.addr.to_string(), config, DEADLINE).await.expect("session TLS");
     let mut conn = Framed::new(stream, MessageCodec::default());
     let hello =
         Hello { agent_id: id, install_serial: enrollment.info.install_serial.clone(), agent_version: "t".into() };
     conn.send(Message::Hello(hello)).await.expect("hello");
     assert!(matches!(conn.next().await, Some(Ok(Message::Welcome(_)))), "expected Welcome");
-    (id, enrollment, conn)
+    conn
+}
+
+/// A reconnecting agent's new session ends its old one at once, instead of
+/// leaving it to run out its heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_of_an_agent_ends_its_old_one() {
+    let gw = TestGateway::start().await;
+    let dir = TempDir::new("replace");
+    let (id, enrollment, mut old) = raw_session(&gw, &dir).await;
+    let _new = open_session(&gw, id, &enrollment).await;
+    let ended = tokio::time::timeout(HEARTBEAT * 2, async {
+        loop {
+            match old.next().await {
+                Some(Ok(Message::Ping(_))) => {}
+                Some(Ok(other)) => panic!("the old session got {other:?}"),
+                None | Some(Err(_)) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the old session must be closed well before three missed heartbeats");
+    gw.wait_connected(id, DEADLINE).await;
 }
 
 fn login(user: &str, password: &str) -> Message {
