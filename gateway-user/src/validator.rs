@@ -30,7 +30,7 @@ pub enum Verdict {
 /// remote validator service (`validator_service::RemoteValidator`). Called
 /// off the async threads.
 pub trait Decider: Send + Sync + 'static {
-    /// The user's password, checked once per agent session.
+    /// The user's password, checked once per login.
     fn check_login(&self, user: &str, password: &str) -> bool;
     fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String>;
 }

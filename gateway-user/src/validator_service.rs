@@ -8,6 +8,7 @@
 //! Files in a credentials directory: `ca.pem`, `validator.pem` +
 //! `validator.key` (server), `gateway.pem` + `gateway.key` (client).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::agents::ProfileOutcome;
@@ -129,49 +131,82 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
     }
 }
 
+/// Requests one gateway link may have under way; beyond, the link stops
+/// reading until answers go out.
+const LINK_IN_FLIGHT: usize = 256;
+
+/// Answers a gateway's requests concurrently, each as soon as it is
+/// decided (answers carry the request id): a slow password check must not
+/// hold back the validations behind it. Password checks (argon2id: CPU and
+/// memory) run at most as many at once as there are CPUs.
 async fn answer(
-    mut conn: Framed<tokio_rustls::server::TlsStream<TcpStream>, MessageCodec>,
+    conn: Framed<tokio_rustls::server::TlsStream<TcpStream>, MessageCodec>,
     decider: Arc<dyn Decider>,
 ) -> Result<(), ProtoError> {
-    while let Some(msg) = conn.next().await {
-        let d = decider.clone();
-        let reply = match msg? {
-            Message::CheckLogin(c) => {
-                let accepted =
-                    tokio::task::spawn_blocking(move || d.check_login(&c.user, &c.password)).await.unwrap_or(false);
-                Message::LoginChecked(LoginChecked { request_id: c.request_id, accepted })
+    let (mut sink, mut stream) = conn.split();
+    let password_checks =
+        Arc::new(Semaphore::new(std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)));
+    let mut work = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            msg = stream.next(), if work.len() < LINK_IN_FLIGHT => {
+                let Some(msg) = msg else { return Ok(()) };
+                let d = decider.clone();
+                match msg? {
+                    Message::CheckLogin(c) => {
+                        let permits = password_checks.clone();
+                        work.spawn(async move {
+                            let _permit = permits.acquire_owned().await;
+                            let accepted = tokio::task::spawn_blocking(move || d.check_login(&c.user, &c.password))
+                                .await
+                                .unwrap_or(false);
+                            Message::LoginChecked(LoginChecked { request_id: c.request_id, accepted })
+                        });
+                    }
+                    Message::Validate(v) => {
+                        work.spawn(async move { Message::Validated(validate(d, v).await) });
+                    }
+                    Message::Ping(n) => sink.send(Message::Pong(n)).await?,
+                    other => return Err(ProtoError::Unexpected { want: "CheckLogin or Validate", got: other.name() }),
+                }
             }
-            Message::Validate(v) => {
-                let request_id = v.request_id;
-                let outcome = ProfileOutcome { agent_id: v.agent_id, profile: v.profile, proof_valid: v.proof_valid };
-                let rule = ServiceRule { name: v.service, allow_groups: v.allow_groups };
-                let verdict = tokio::task::spawn_blocking(move || d.decide(&outcome, &rule, &v.source))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
-                let (authorized, reason, recorded) = match verdict {
-                    Ok(Verdict::Authorized) => (true, "valid user on an approved machine".to_owned(), false),
-                    Ok(Verdict::Denied { reason, recorded }) => (false, reason, recorded),
-                    Err(e) => (false, format!("validator failed: {e}"), false),
-                };
-                Message::Validated(Validated { request_id, authorized, reason, recorded })
+            Some(done) = work.join_next() => {
+                if let Ok(reply) = done {
+                    sink.send(reply).await?;
+                }
             }
-            Message::Ping(n) => Message::Pong(n),
-            other => return Err(ProtoError::Unexpected { want: "CheckLogin or Validate", got: other.name() }),
-        };
-        conn.send(reply).await?;
+        }
     }
-    Ok(())
+}
+
+async fn validate(d: Arc<dyn Decider>, v: Validate) -> Validated {
+    let request_id = v.request_id;
+    let outcome = ProfileOutcome { agent_id: v.agent_id, profile: v.profile, proof_valid: v.proof_valid };
+    let rule = ServiceRule { name: v.service, allow_groups: v.allow_groups };
+    let verdict = tokio::task::spawn_blocking(move || d.decide(&outcome, &rule, &v.source))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    let (authorized, reason, recorded) = match verdict {
+        Ok(Verdict::Authorized) => (true, "valid user on an approved machine".to_owned(), false),
+        Ok(Verdict::Denied { reason, recorded }) => (false, reason, recorded),
+        Err(e) => (false, format!("validator failed: {e}"), false),
+    };
+    Validated { request_id, authorized, reason, recorded }
 }
 
 type Link = Framed<tokio_rustls::client::TlsStream<TcpStream>, MessageCodec>;
 
+/// A request for the link task, with where its answer goes.
+type LinkRequest = (u64, Message, oneshot::Sender<Message>);
+
 /// The gateway's side: a [`Decider`] that asks the remote validator. One
-/// connection, requests in turn, reconnected after any failure.
+/// connection carries many requests at once (answered in any order, by
+/// request id); it is reconnected when it fails.
 pub struct RemoteValidator {
     addr: String,
     tls: Arc<rustls::ClientConfig>,
-    link: tokio::sync::Mutex<Option<Link>>,
+    link: tokio::sync::Mutex<Option<mpsc::Sender<LinkRequest>>>,
     next: std::sync::atomic::AtomicU64,
     runtime: tokio::runtime::Handle,
 }
@@ -210,29 +245,31 @@ impl RemoteValidator {
         Ok(Framed::new(tls, MessageCodec::default()))
     }
 
-    /// One request and its answer; reconnects and retries once.
-    async fn call(&self, request: Message) -> Result<Message, LinkError> {
+    /// The live link, connecting a new one if there is none.
+    async fn link(&self) -> Result<mpsc::Sender<LinkRequest>, LinkError> {
         let mut link = self.link.lock().await;
+        if let Some(live) = link.as_ref().filter(|l| !l.is_closed()) {
+            return Ok(live.clone());
+        }
+        let (requests, queue) = mpsc::channel(LINK_IN_FLIGHT);
+        tokio::spawn(run_link(self.connect().await?, queue));
+        *link = Some(requests.clone());
+        Ok(requests)
+    }
+
+    /// One request and its answer; a link lost before the answer is
+    /// reconnected and the request sent once more.
+    async fn call(&self, request_id: u64, request: Message) -> Result<Message, LinkError> {
         for attempt in 0..2 {
-            if link.is_none() {
-                *link = Some(self.connect().await?);
+            let link = self.link().await?;
+            let (reply, answer) = oneshot::channel();
+            if link.send((request_id, request.clone(), reply)).await.is_ok()
+                && let Ok(answer) = answer.await
+            {
+                return Ok(answer);
             }
-            let Some(conn) = link.as_mut() else { continue };
-            let result = async {
-                conn.send(request.clone()).await?;
-                conn.next().await.ok_or(ProtoError::Closed)?
-            }
-            .await;
-            match result {
-                Ok(reply) => return Ok(reply),
-                Err(e) if attempt == 0 => {
-                    tracing::info!("validator link: {e}; reconnecting");
-                    *link = None;
-                }
-                Err(e) => {
-                    *link = None;
-                    return Err(e.into());
-                }
+            if attempt == 0 {
+                tracing::info!("validator link lost before an answer; reconnecting");
             }
         }
         Err(ProtoError::Closed.into())
@@ -240,6 +277,40 @@ impl RemoteValidator {
 
     fn id(&self) -> u64 {
         self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Carries requests out and routes answers back by request id until the
+/// connection fails; the requests still waiting then see the link closed.
+async fn run_link(conn: Link, mut requests: mpsc::Receiver<LinkRequest>) {
+    let (mut sink, mut stream) = conn.split();
+    let mut waiting: HashMap<u64, oneshot::Sender<Message>> = HashMap::new();
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some((id, msg, reply)) = request else { return };
+                waiting.insert(id, reply);
+                if let Err(e) = sink.send(msg).await {
+                    return tracing::info!("validator link: {e}");
+                }
+            }
+            answer = stream.next() => {
+                let msg = match answer {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => return tracing::info!("validator link: {e}"),
+                    None => return tracing::info!("validator link closed by the validator"),
+                };
+                let id = match &msg {
+                    Message::LoginChecked(r) => r.request_id,
+                    Message::Validated(v) => v.request_id,
+                    Message::Pong(_) => continue,
+                    other => return tracing::warn!("validator link: unexpected {}", other.name()),
+                };
+                if let Some(reply) = waiting.remove(&id) {
+                    let _ = reply.send(msg);
+                }
+            }
+        }
     }
 }
 
@@ -251,8 +322,8 @@ impl Decider for RemoteValidator {
             user: user.to_owned(),
             password: zeroize::Zeroizing::new(password.to_owned()),
         });
-        match self.runtime.block_on(self.call(msg)) {
-            Ok(Message::LoginChecked(r)) if r.request_id == request_id => r.accepted,
+        match self.runtime.block_on(self.call(request_id, msg)) {
+            Ok(Message::LoginChecked(r)) => r.accepted,
             Ok(other) => {
                 tracing::warn!("validator answered a login check with {}", other.name());
                 false
@@ -275,8 +346,8 @@ impl Decider for RemoteValidator {
             allow_groups: service.allow_groups.clone(),
             source: source.to_owned(),
         });
-        match self.runtime.block_on(self.call(msg)) {
-            Ok(Message::Validated(v)) if v.request_id == request_id => Ok(if v.authorized {
+        match self.runtime.block_on(self.call(request_id, msg)) {
+            Ok(Message::Validated(v)) => Ok(if v.authorized {
                 Verdict::Authorized
             } else {
                 Verdict::Denied { reason: v.reason, recorded: v.recorded }
@@ -284,5 +355,62 @@ impl Decider for RemoteValidator {
             Ok(other) => Err(format!("unexpected answer {}", other.name())),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use ackgate_common::proto::Profile;
+
+    use super::*;
+
+    /// Password checks take long; validations are quick.
+    struct SlowLogins;
+
+    impl Decider for SlowLogins {
+        fn check_login(&self, _user: &str, _password: &str) -> bool {
+            std::thread::sleep(Duration::from_secs(2));
+            true
+        }
+
+        fn decide(&self, _: &ProfileOutcome, _: &ServiceRule, _: &str) -> Result<Verdict, String> {
+            Ok(Verdict::Authorized)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_password_check_does_not_hold_back_validations() {
+        let dir = std::env::temp_dir().join(format!("ackgate-link-test-{}", std::process::id()));
+        let credentials = dir.join("link");
+        std::fs::create_dir_all(&dir).expect("test directory");
+        Ca::create(&dir).expect("test CA");
+        write_credentials(&Ca::load(&dir).expect("CA"), &credentials).expect("link credentials");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
+        let addr = listener.local_addr().expect("address").to_string();
+        let served = credentials.clone();
+        tokio::spawn(async move { serve(listener, &served, Arc::new(SlowLogins)).await });
+        let remote = Arc::new(RemoteValidator::new(&addr, &credentials).expect("remote validator"));
+
+        let r = remote.clone();
+        let login = tokio::task::spawn_blocking(move || r.check_login("alice", "pw"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let r = remote.clone();
+        let outcome = ProfileOutcome {
+            agent_id: 1,
+            profile: Profile { user: "alice".into(), proof: [0; 32], machine: [1; 32], install_serial: "s".into() },
+            proof_valid: true,
+        };
+        let rule = ServiceRule { name: "web".into(), allow_groups: Vec::new() };
+        let verdict = tokio::task::spawn_blocking(move || r.decide(&outcome, &rule, "10.0.0.2:1000"))
+            .await
+            .expect("validation task");
+        let waited = started.elapsed();
+        assert_eq!(verdict, Ok(Verdict::Authorized));
+        assert!(waited < Duration::from_secs(1), "the validation waited {waited:?} behind a password check");
+        assert!(login.await.expect("login task"), "the password check must still be answered");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
