@@ -185,6 +185,38 @@ default_response = "{default_response}"
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ackgate {args:?} --json: {e}"))
     }
 
+    /// Adds `user` (password "pw"), starts both daemons, logs the agent in,
+    /// and approves the user's machine after a first connect that must be
+    /// denied (access log record 1): the next connect is authorized.
+    pub fn start_approved(&self, user: &str) -> (Daemon, Daemon) {
+        run_ok(self.ackgate(&["users", "add", user, "--password-stdin"]), Some("pw\n"), "users add");
+        let daemons = self.start();
+        self.login(user, "pw");
+        self.curl(2);
+        assert_eq!(self.decision(1)["decision"], "denied", "a first connect from a new machine must be denied");
+        run_ok(self.ackgate(&["users", "approve", user]), None, "users approve");
+        daemons
+    }
+
+    /// Connects from the client namespace, sends nothing, and reads until
+    /// the connection ends or `within` passes; returns how the read ended
+    /// and when. Only the gateway can end such an idle connection.
+    pub fn idle_client(&self, within: Duration) -> (Result<usize, std::io::ErrorKind>, std::time::Instant) {
+        let to = std::net::SocketAddr::new(self.topo.edge_addr.into(), PORT);
+        self.topo.run_in(Ns::Client, || {
+            let mut c = std::net::TcpStream::connect_timeout(&to, WAIT).expect("connect");
+            c.set_read_timeout(Some(within)).expect("read timeout");
+            let r = std::io::Read::read(&mut c, &mut [0u8; 16]);
+            (r.map_err(|e| e.kind()), std::time::Instant::now())
+        })
+    }
+
+    /// Flows `ackgate flows --json` lists as authorized.
+    pub fn authorized_flows(&self) -> Vec<Value> {
+        let flows = self.json(&["flows", "--json"]);
+        flows.as_array().into_iter().flatten().filter(|r| r["state"] == "authorized").cloned().collect()
+    }
+
     /// The gate's packet counter for `reason`, from `ackgate status --json`.
     pub fn gate_counter(&self, reason: &str) -> u64 {
         let status = self.json(&["status", "--json"]);

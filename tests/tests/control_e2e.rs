@@ -103,24 +103,11 @@ fn an_agent_that_stops_answering_times_out_into_the_default_response() {
 #[test]
 fn revocation_ends_a_live_flow() {
     let s = Setup::new("revoke", "reset", 3000, "");
-    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
-    let (_gateway, _agent) = s.start();
-    s.login("alice", "pw");
-    s.curl(2);
-    assert_eq!(s.decision(1)["decision"], "denied");
-    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    let (_gateway, _agent) = s.start_approved("alice");
     // An idle client: it sends nothing after the handshake, so only the
     // gateway's own RST can end its connection.
     let (read, revoked_at, ended_at) = std::thread::scope(|scope| {
-        let client = scope.spawn(|| {
-            let to = std::net::SocketAddr::new(s.topo.edge_addr.into(), PORT);
-            s.topo.run_in(Ns::Client, || {
-                let mut c = std::net::TcpStream::connect_timeout(&to, WAIT).expect("connect");
-                c.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-                let r = std::io::Read::read(&mut c, &mut [0u8; 16]);
-                (r.map_err(|e| e.kind()), std::time::Instant::now())
-            })
-        });
+        let client = scope.spawn(|| s.idle_client(Duration::from_secs(20)));
         assert_eq!(s.decision(2)["decision"], "authorized", "the flow must be authorized before the revocation");
         let revoked_at = std::time::Instant::now();
         let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
@@ -134,11 +121,8 @@ fn revocation_ends_a_live_flow() {
     });
     assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "the idle client must see its connection reset");
     assert!(ended_at.duration_since(revoked_at) < Duration::from_secs(3), "the reset must come at once");
-    let flows = s.json(&["flows", "--json"]);
-    assert!(
-        !flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized")),
-        "the revoked flow must be gone from the gate: {flows}"
-    );
+    let left = s.authorized_flows();
+    assert!(left.is_empty(), "the revoked flow must be gone from the gate: {left:?}");
     assert!(s.access_log().iter().any(|r| r["decision"] == "revoked"), "the revocation must be in the access log");
 }
 
@@ -149,21 +133,9 @@ fn revocation_ends_a_live_flow() {
 #[test]
 fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
     let s = Setup::new("downrev", "reset", 3000, "");
-    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
-    let (gateway, _agent) = s.start();
-    s.login("alice", "pw");
-    s.curl(2);
-    assert_eq!(s.decision(1)["decision"], "denied");
-    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    let (gateway, _agent) = s.start_approved("alice");
     let (read, said) = std::thread::scope(|scope| {
-        let client = scope.spawn(|| {
-            let to = std::net::SocketAddr::new(s.topo.edge_addr.into(), PORT);
-            s.topo.run_in(Ns::Client, || {
-                let mut c = std::net::TcpStream::connect_timeout(&to, WAIT).expect("connect");
-                c.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-                std::io::Read::read(&mut c, &mut [0u8; 16]).map_err(|e| e.kind())
-            })
-        });
+        let client = scope.spawn(|| s.idle_client(Duration::from_secs(30)).0);
         assert_eq!(s.decision(2)["decision"], "authorized", "the flow must be authorized before the crash");
         // SAFETY: killing the daemon this test started.
         unsafe { libc::kill(gateway.pid(), libc::SIGKILL) };
@@ -175,11 +147,8 @@ fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
     });
     assert!(said.contains("end when it starts"), "revoke must say when the live flows end: {said}");
     assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "the restarted gateway must reset the revoked flow");
-    let flows = s.json(&["flows", "--json"]);
-    assert!(
-        !flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized")),
-        "the revoked flow must be gone from the gate: {flows}"
-    );
+    let left = s.authorized_flows();
+    assert!(left.is_empty(), "the revoked flow must be gone from the gate: {left:?}");
     assert!(
         s.access_log().iter().any(|r| r["decision"] == "revoked"
             && r["reason"].as_str().is_some_and(|why| why.contains("while the gateway was down"))),
@@ -196,12 +165,7 @@ fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
 #[test]
 fn a_killed_control_plane_loses_nothing() {
     let s = Setup::new("crash", "drop", 3000, "");
-    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
-    let (gateway, _agent) = s.start();
-    s.login("alice", "pw");
-    s.curl(2);
-    assert_eq!(s.decision(1)["decision"], "denied");
-    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    let (gateway, _agent) = s.start_approved("alice");
     s.curl(2);
     assert_eq!(s.decision(2)["decision"], "authorized");
 
@@ -260,18 +224,14 @@ fn a_killed_control_plane_loses_nothing() {
 
     // The owner of each authorized flow is in the pinned map, so a
     // revocation reaches the flow authorized before the crash too.
-    let flows = s.json(&["flows", "--json"]);
-    let owned = |f: &serde_json::Value| f["state"] == "authorized" && f["user"] == "alice" && f["machine"].is_string();
-    let authorized = flows.as_array().map(|f| f.iter().filter(|r| owned(r)).count()).unwrap_or(0);
-    assert_eq!(authorized, 2, "both authorized flows must show alice and her machine: {flows}");
+    let flows = s.authorized_flows();
+    let owned = flows.iter().filter(|f| f["user"] == "alice" && f["machine"].is_string()).count();
+    assert_eq!((flows.len(), owned), (2, 2), "both authorized flows must show alice and her machine: {flows:?}");
     let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("ended 2 live flow"), "revoke must end the flows from before and after the crash: {said}");
-    let flows = s.json(&["flows", "--json"]);
-    assert!(
-        !flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized")),
-        "no flow of the revoked user may stay authorized: {flows}"
-    );
+    let left = s.authorized_flows();
+    assert!(left.is_empty(), "no flow of the revoked user may stay authorized: {left:?}");
 }
 
 /// `page` mode: an unstamped client completes its handshake into the

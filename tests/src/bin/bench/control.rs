@@ -10,7 +10,7 @@ use ackgate_common::proto::Profile;
 use ackgate_gateway::agents::{ProfileOutcome, hash_password};
 use ackgate_gateway::store::Store;
 use ackgate_gateway::validator::{ServiceRule, Validator, Verdict};
-use ackgate_tests::daemons::{eventually, run_ok};
+use ackgate_tests::daemons::eventually;
 use ackgate_tests::deployment::{PORT, Setup};
 use ackgate_tests::topology::Ns;
 
@@ -175,12 +175,7 @@ pub fn authorizations_bench() {
         "max_pending = 20000\nmax_pending_per_agent = 20000",
         "max_flows = 262144",
     );
-    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
-    let (gateway, agent) = s.start();
-    s.login("alice", "pw");
-    s.curl(2);
-    assert_eq!(s.decision(1)["decision"], "denied");
-    run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    let (gateway, agent) = s.start_approved("alice");
     let idle_kib = rss_kib(gateway.pid() as u32);
 
     // A burst (as fast as CONCURRENCY handshakes in flight allow), then the
@@ -245,8 +240,7 @@ pub fn authorizations_bench() {
         }
         last = now;
     }
-    let flows = s.json(&["flows", "--json"]);
-    let authorized = flows.as_array().map(|f| f.iter().filter(|r| r["state"] == "authorized").count()).unwrap_or(0);
+    let authorized = s.authorized_flows().len();
     let many_kib = rss_kib(gateway.pid() as u32);
     println!("control_connects: {MANY} more, decided {last}, authorized flows in the map {authorized}");
     println!("control_rss_with_{authorized}_authorized_kib: {many_kib}");
