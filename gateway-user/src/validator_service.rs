@@ -107,12 +107,13 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
         .and_then(|b| b.with_client_cert_verifier(verifier).with_single_cert(vec![cert, ca], key))
         .map_err(|e| LinkError::Tls(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let password_checks = crate::agents::password_check_limit();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, peer)) = accepted else { continue };
-                let (acceptor, decider) = (acceptor.clone(), decider.clone());
+                let (acceptor, decider, checks) = (acceptor.clone(), decider.clone(), password_checks.clone());
                 connections.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let cert: Option<[u8; 32]> =
@@ -121,7 +122,7 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
                         tracing::warn!(%peer, "validator: refused a client that is not the configured gateway");
                         return;
                     }
-                    if let Err(e) = answer(Framed::new(tls, MessageCodec::default()), decider).await {
+                    if let Err(e) = answer(Framed::new(tls, MessageCodec::default()), decider, checks).await {
                         tracing::info!(%peer, "validator link ended: {e}");
                     }
                 });
@@ -142,10 +143,9 @@ const LINK_IN_FLIGHT: usize = 256;
 async fn answer(
     conn: Framed<tokio_rustls::server::TlsStream<TcpStream>, MessageCodec>,
     decider: Arc<dyn Decider>,
+    password_checks: Arc<Semaphore>,
 ) -> Result<(), ProtoError> {
     let (mut sink, mut stream) = conn.split();
-    let password_checks =
-        Arc::new(Semaphore::new(std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)));
     let mut work = tokio::task::JoinSet::new();
     loop {
         tokio::select! {

@@ -1,13 +1,14 @@
 //! Agents, invites and user credentials as the agent server needs them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{ErrorCode, Invite, invite_secret_digest};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use tokio::sync::Semaphore;
 
 /// Why an enrollment was refused (sent to the agent as is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +61,13 @@ pub trait Directory: Send + Sync + 'static {
     /// Checks a password against the user's stored argon2id hash. Slow on
     /// purpose: the server calls it once per login, off the async threads.
     fn verify_password(&self, user: &str, password: &str) -> bool;
+}
+
+/// Password checks (argon2id: tens of milliseconds of CPU, and its memory
+/// cost) allowed at once in a process: one per CPU, so a crowd of logins
+/// queues instead of multiplying the memory cost.
+pub fn password_check_limit() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)))
 }
 
 /// argon2id PHC string of `password` with a fresh salt.

@@ -9,6 +9,7 @@ mod directory;
 mod server;
 
 pub use directory::{
-    AgentRecord, Directory, EnrollRefusal, MemoryDirectory, NewAgent, hash_password, verify_password_hash,
+    AgentRecord, Directory, EnrollRefusal, MemoryDirectory, NewAgent, hash_password, password_check_limit,
+    verify_password_hash,
 };
 pub use server::{AgentServer, LOGINS_QUEUED, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

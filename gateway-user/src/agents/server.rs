@@ -135,9 +135,7 @@ impl AgentServer {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             enrollments: Mutex::new(None),
-            password_checks: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1),
-            )),
+            password_checks: super::password_check_limit(),
             stats: SessionStats::default(),
         }))
     }
