@@ -15,6 +15,7 @@
 use core::mem::size_of;
 
 pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
 
 /// Pinned map names (the directory is chosen by userspace).
 pub const MAP_SERVICES: &str = "ACKGATE_SERVICES";
@@ -23,6 +24,10 @@ pub const MAP_AGENT_KEYS: &str = "ACKGATE_AGENT_KEYS";
 pub const MAP_PENDING: &str = "ACKGATE_PENDING";
 pub const MAP_EVENTS: &str = "ACKGATE_EVENTS";
 pub const MAP_COUNTERS: &str = "ACKGATE_COUNTERS";
+pub const MAP_SPLICE: &str = "ACKGATE_SPLICE";
+pub const MAP_HELD: &str = "ACKGATE_HELD";
+pub const MAP_REDIRECT: &str = "ACKGATE_REDIRECT";
+pub const MAP_TRANSIT: &str = "ACKGATE_TRANSIT";
 
 pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_AGENTS: u32 = 65536;
@@ -30,6 +35,19 @@ pub const MAX_AGENTS: u32 = 65536;
 pub const MAX_PENDING: u32 = 65536;
 /// Ring buffer bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Default number of spliced flows (`[gateway] max_spliced` overrides it);
+/// each takes two entries of the splice map, one per direction.
+pub const MAX_SPLICED: u32 = 65536;
+/// Held-segment ring bytes: about 650 full-size segments.
+pub const HELD_BYTES: u32 = 1 << 20;
+/// Client bytes held per flow while it is pending or connecting; beyond,
+/// segments are dropped (the client retransmits them after the splice).
+pub const HELD_PER_FLOW: u32 = 32 * 1024;
+/// Largest IPv4 packet the gate copies into the held ring (a 1500-byte
+/// MTU); larger ones are dropped and retransmitted.
+pub const HELD_MAX_PACKET: usize = 1500;
+/// Allowed-transit prefixes (`[gateway] allowed_transit`).
+pub const MAX_TRANSIT_PREFIXES: u32 = 1024;
 
 /// Default response of a service to a handshake that fails the gate.
 pub const RESPONSE_DROP: u8 = 0;
@@ -192,6 +210,34 @@ pub struct PendingFlow {
     pub state: u8,
     pub _pad0: u8,
     pub _pad1: u16,
+    /// What the handshake agreed (the splice repeats it to the target).
+    pub handshake: HandshakeInfo,
+    /// Client bytes copied to the held ring while the flow waits
+    /// (bounded by [`HELD_PER_FLOW`]).
+    pub held_bytes: u32,
+    pub _pad2: u32,
+}
+
+/// What a client's handshake agreed with the gate's cookie SYN/ACK,
+/// decoded from the handshake ACK (its TSecr carries the cookie's
+/// `ClientOffer`, see `cookie`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandshakeInfo {
+    /// TSval of the handshake ACK (meaningful when `ts_ok`).
+    pub client_tsval: u32,
+    /// TSecr of the handshake ACK: the TSval of the gate's SYN/ACK.
+    pub cookie_tsval: u32,
+    /// Raw window of the handshake ACK.
+    pub window: u16,
+    /// Client MSS, rounded down to the cookie table (536 without
+    /// timestamps: nothing brings it back).
+    pub mss: u16,
+    /// Client window scale, `option::NO_WSCALE` when not agreed.
+    pub wscale: u8,
+    pub sack_ok: u8,
+    pub ts_ok: u8,
+    pub ecn: u8,
 }
 
 /// Tags of an authorized flow's user and machine (gateway-user `owner`
@@ -203,9 +249,23 @@ pub struct FlowOwner {
     pub machine_tag: u64,
 }
 
+/// A stamped handshake was accepted: decide it.
 pub const EVENT_PENDING: u32 = 1;
+/// The target answered the splice's SYN and the gate completed the
+/// handshake: the flow is spliced (`server_isn` holds the target's ISN).
+pub const EVENT_SPLICED: u32 = 2;
+/// The target refused the splice's SYN with a RST.
+pub const EVENT_REFUSED: u32 = 3;
+/// A spliced flow ended: `agent_id` holds the `END_*` reason.
+pub const EVENT_ENDED: u32 = 4;
 
-/// Ring buffer record sent to userspace.
+/// `EVENT_ENDED` reasons.
+pub const END_FIN: u32 = 1;
+pub const END_RST_CLIENT: u32 = 2;
+pub const END_RST_TARGET: u32 = 3;
+
+/// Ring buffer record sent to userspace. `flow` is always the client's
+/// 4-tuple (client → VIP).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GateEvent {
@@ -216,6 +276,7 @@ pub struct GateEvent {
     pub client_isn: u32,
     pub server_isn: u32,
     pub created_ns: u64,
+    pub handshake: HandshakeInfo,
 }
 
 impl GateEvent {
@@ -230,6 +291,7 @@ impl GateEvent {
             client_isn: f.client_isn,
             server_isn: f.server_isn,
             created_ns: f.created_ns,
+            handshake: f.handshake,
         }
     }
 
@@ -301,6 +363,136 @@ const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<VipInfo>() == 4);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowOwner>() == 16);
-const _: () = assert!(size_of::<PendingFlow>() == 40);
-const _: () = assert!(size_of::<GateEvent>() == 64);
+const _: () = assert!(size_of::<HandshakeInfo>() == 16);
+const _: () = assert!(size_of::<PendingFlow>() == 64);
+const _: () = assert!(size_of::<GateEvent>() == 80);
 const _: () = assert!(core::mem::offset_of!(GateEvent, created_ns) == 56);
+const _: () = assert!(size_of::<SynAckProfile>() == 16);
+const _: () = assert!(size_of::<HeldSegment>() == 48 + HELD_MAX_PACKET);
+
+/// What the gateway kernel's own SYN/ACK looks like on the edge interface,
+/// computed by userspace at load time from the edge MTU and the network
+/// namespace's sysctls (the way `tcp_openreq_init_rwin` and
+/// `tcp_select_initial_window` in net/ipv4 compute them) and written into
+/// the program's .rodata. The cookie SYN/ACK copies it, so a protected port
+/// answers exactly like an ordinary one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynAckProfile {
+    /// Keys the per-address-pair TSval offset (`cookie::ts_offset`).
+    pub ts_secret: u64,
+    /// Advertised MSS: edge MTU − 40.
+    pub mss: u16,
+    /// Window when the SYN/ACK carries timestamps (MSS − 12 multiples) ...
+    pub window_ts: u16,
+    /// ... and when it does not.
+    pub window_no_ts: u16,
+    /// Window scale offered (to clients that offered one).
+    pub wscale: u8,
+    /// 1: answer ECN SYNs with ECE (net.ipv4.tcp_ecn != 0).
+    pub ecn: u8,
+}
+
+/// A client segment copied while its flow waits for the splice (held ring
+/// record): the IPv4 packet from its first byte, `len` bytes of `packet`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HeldSegment {
+    pub flow: FlowKey,
+    pub len: u32,
+    pub _pad: u32,
+    pub packet: [u8; HELD_MAX_PACKET],
+}
+
+/// Splice entry states (`SpliceEntry::state`).
+/// Written by the control plane: the SYN to the target is out.
+pub const SPLICE_CONNECTING: u8 = 1;
+/// The gate completed the target's handshake: segments are rewritten and
+/// forwarded.
+pub const SPLICE_ESTABLISHED: u8 = 2;
+
+/// `SpliceEntry::flags`.
+/// This entry rewrites client → target segments (else target → client).
+pub const SPLICE_F_TO_TARGET: u8 = 1;
+/// The splice's SYN offered the client's window scale to the target.
+pub const SPLICE_F_WS_SENT: u8 = 2;
+/// The splice's SYN offered timestamps to the target.
+pub const SPLICE_F_TS_SENT: u8 = 4;
+/// A FIN went through in this entry's direction.
+pub const SPLICE_F_FIN: u8 = 8;
+/// A RST went through in this entry's direction.
+pub const SPLICE_F_RST: u8 = 16;
+
+/// One direction of a spliced flow: the value of the splice map, keyed by
+/// the [`FlowKey`] of the segments it rewrites as they arrive (client →
+/// VIP on the edge, target → client or source-NAT address on the internal
+/// side). Each direction is self-contained, so a segment costs one lookup;
+/// the other direction's key is this entry's rewritten 4-tuple reversed.
+///
+/// While `state` is `SPLICE_CONNECTING`, some fields hold what completing
+/// the target's handshake needs (see `splice::complete`): the target →
+/// client entry's `seq_add` holds the cookie ISN and `tsval_add` the
+/// cookie TSval, its `aux` the client's handshake-ACK window; the client →
+/// target entry's `aux` holds the client's handshake-ACK TSval.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceEntry {
+    /// Rewritten source and destination (network-order words, as keys).
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    /// Rewritten ports (network order).
+    pub sport: u16,
+    pub dport: u16,
+    /// Added to SEQ.
+    pub seq_add: u32,
+    /// Added to ACK and to every SACK block edge.
+    pub ack_add: u32,
+    /// Added to the timestamp option's TSval and TSecr.
+    pub tsval_add: u32,
+    pub tsecr_add: u32,
+    /// Window rewrite: `(raw << wnd_shl) >> wnd_shr` (rounded up, at most
+    /// 65535); both zero when the two sides scale alike.
+    pub wnd_shl: u8,
+    pub wnd_shr: u8,
+    /// `SPLICE_*` state.
+    pub state: u8,
+    /// `SPLICE_F_*` flags.
+    pub flags: u8,
+    /// One past the highest sequence number sent in this direction, in the
+    /// sender's space (RSTs that end the flow use it).
+    pub seq_next: u32,
+    /// See the type's docs (connecting only).
+    pub aux: u32,
+    /// Segments and bytes (IP length) forwarded in this direction.
+    pub packets: u64,
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC ns of the last segment in this direction.
+    pub last_ns: u64,
+    /// Who the flow belongs to (revocation finds it by this).
+    pub owner: FlowOwner,
+}
+
+const _: () = assert!(size_of::<SpliceEntry>() == 104);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, packets) == 64);
+
+impl SpliceEntry {
+    /// The key of the other direction's entry.
+    #[inline(always)]
+    pub fn peer_key(&self, family: u8) -> FlowKey {
+        FlowKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            family,
+            proto: crate::net::IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+}
+
+/// An allowed-transit prefix (LPM trie key data): the address family
+/// (`FAMILY_*`, in the first byte of word 0) then the address words, so
+/// that IPv4 and IPv6 prefixes never match each other; the prefix length
+/// counts the 32 family bits.
+pub type TransitKey = [u32; 5];

@@ -28,6 +28,24 @@ pub fn finish(mut acc: u32) -> [u8; 2] {
     (!(acc as u16)).to_be_bytes()
 }
 
+/// Folds a 32-bit one's-complement accumulator to 16 bits.
+#[inline(always)]
+pub fn fold(mut acc: u32) -> u16 {
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc as u16
+}
+
+/// Incremental update (RFC 1624, eqn. 3): the checksum `check` of data
+/// whose words summed to `old_sum` now that they sum to `new_sum`. The
+/// sums may include the checksum field itself as long as both hold the
+/// same value there.
+#[inline(always)]
+pub fn replace(check: [u8; 2], old_sum: u32, new_sum: u32) -> [u8; 2] {
+    let acc = (!u16::from_be_bytes(check)) as u32 + (!fold(old_sum)) as u32 + fold(new_sum) as u32;
+    (!fold(acc)).to_be_bytes()
+}
+
 /// Sum of the IPv4 pseudo-header for a TCP segment of `tcp_len` bytes.
 #[inline(always)]
 pub fn tcp_pseudo_sum(saddr: [u8; 4], daddr: [u8; 4], tcp_len: u16) -> u32 {

@@ -7,12 +7,14 @@
 #![cfg_attr(not(feature = "proto"), no_std)]
 
 pub mod abi;
+pub mod cookie;
 pub mod csum;
 pub mod mac;
 pub mod net;
 pub mod option;
 pub mod reason;
 pub mod reply;
+pub mod splice;
 pub mod stamp;
 
 #[cfg(feature = "kernel")]

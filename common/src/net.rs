@@ -128,6 +128,21 @@ const _: () = assert!(size_of::<EthHdr>() == 14);
 const _: () = assert!(size_of::<VlanHdr>() == 4);
 const _: () = assert!(size_of::<Ipv4Hdr>() == 20);
 const _: () = assert!(size_of::<TcpHdr>() == 20);
+const _: () = assert!(size_of::<Ipv6Hdr>() == 40);
+
+/// The fixed IPv6 header (RFC 8200 §3); extension headers follow it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+unsafe impl Wire for Ipv6Hdr {}
 
 unsafe impl Wire for EthHdr {}
 unsafe impl Wire for VlanHdr {}
@@ -202,15 +217,17 @@ pub enum Parsed {
     /// until then no IPv6 address can be a protected VIP.
     NotIpv4 {
         ether_type: u16,
+        /// Offset of the network header (after any VLAN tags).
+        l3_off: usize,
     },
     /// IPv4 but not TCP (ICMP, UDP, ...).
     Ipv4Other {
-        daddr: [u8; 4],
+        ip: Ipv4Hdr,
     },
     /// An IPv4 fragment. A non-first fragment carries no TCP header, so the
     /// gate cannot classify it by port.
     Ipv4Fragment {
-        daddr: [u8; 4],
+        ip: Ipv4Hdr,
     },
     Tcp(Ipv4Tcp),
     /// Truncated or self-inconsistent headers.
@@ -242,7 +259,7 @@ pub fn parse_ipv4_tcp<F: Frame + ?Sized>(frame: &F) -> Parsed {
     if ether_type != ETH_P_IPV4 {
         // A third stacked tag lands here too and is passed to the stack,
         // which has no VLAN device for it either.
-        return Parsed::NotIpv4 { ether_type };
+        return Parsed::NotIpv4 { ether_type, l3_off };
     }
     let Some(ip) = frame.load::<Ipv4Hdr>(l3_off) else {
         return Parsed::Malformed;
@@ -256,10 +273,10 @@ pub fn parse_ipv4_tcp<F: Frame + ?Sized>(frame: &F) -> Parsed {
         return Parsed::Malformed;
     }
     if ip.is_fragment() {
-        return Parsed::Ipv4Fragment { daddr: ip.daddr };
+        return Parsed::Ipv4Fragment { ip };
     }
     if ip.proto != IPPROTO_TCP {
-        return Parsed::Ipv4Other { daddr: ip.daddr };
+        return Parsed::Ipv4Other { ip };
     }
     let l4_off = l3_off + ihl;
     let Some(tcp) = frame.load::<TcpHdr>(l4_off) else {

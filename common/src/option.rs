@@ -27,6 +27,17 @@ pub const TCPOPT_EOL: u8 = 0;
 pub const TCPOPT_NOP: u8 = 1;
 pub const TCPOPT_MSS: u8 = 2;
 pub const TCPOLEN_MSS: u8 = 4;
+pub const TCPOPT_WINDOW: u8 = 3;
+pub const TCPOLEN_WINDOW: u8 = 3;
+pub const TCPOPT_SACK_PERM: u8 = 4;
+pub const TCPOLEN_SACK_PERM: u8 = 2;
+pub const TCPOPT_SACK: u8 = 5;
+pub const TCPOPT_TIMESTAMP: u8 = 8;
+pub const TCPOLEN_TIMESTAMP: u8 = 10;
+/// `OptionScan::wscale` when the segment has no window-scale option.
+pub const NO_WSCALE: u8 = 0xff;
+/// Largest window scale RFC 7323 allows (larger values are read as 14).
+pub const MAX_WSCALE: u8 = 14;
 /// At most 40 bytes of options, and every step consumes at least one.
 pub const MAX_OPTION_BYTES: usize = 40;
 
@@ -157,6 +168,70 @@ pub struct OptionScan {
     pub mac: u64,
 }
 
+/// The handshake options of a SYN, SYN/ACK or handshake ACK.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandshakeOptions {
+    pub tsval: u32,
+    pub tsecr: u32,
+    /// Window-scale shift (clamped to [`MAX_WSCALE`]), [`NO_WSCALE`] when
+    /// absent.
+    pub wscale: u8,
+    /// 1 when SACK-permitted is present.
+    pub sack_ok: u8,
+    /// 1 when a timestamps option is present; then `tsval`/`tsecr` hold it.
+    pub ts_ok: u8,
+    pub _pad: u8,
+}
+
+impl HandshakeOptions {
+    pub const NONE: Self = Self { tsval: 0, tsecr: 0, wscale: NO_WSCALE, sack_ok: 0, ts_ok: 0, _pad: 0 };
+
+    #[inline(always)]
+    fn clear(&mut self) {
+        // SAFETY: plain stores into `self`.
+        unsafe {
+            core::ptr::write_volatile(&mut self.wscale, NO_WSCALE);
+            core::ptr::write_volatile(&mut self.sack_ok, 0);
+            core::ptr::write_volatile(&mut self.ts_ok, 0);
+        }
+    }
+
+    #[inline(always)]
+    fn set_wscale(&mut self, shift: u8) {
+        // RFC 7323 §2.3: a shift above 14 is used as 14 (applied by the
+        // reader, `wscale()`, so the walk itself does not branch on it).
+        // SAFETY: plain store into `self`.
+        unsafe { core::ptr::write_volatile(&mut self.wscale, shift) };
+    }
+
+    #[inline(always)]
+    fn set_sack_ok(&mut self) {
+        // SAFETY: plain store into `self`.
+        unsafe { core::ptr::write_volatile(&mut self.sack_ok, 1) };
+    }
+
+    #[inline(always)]
+    fn set_ts(&mut self, ts: [u8; 8]) {
+        // SAFETY: plain stores into `self`.
+        unsafe {
+            core::ptr::write_volatile(&mut self.ts_ok, 1);
+            core::ptr::write_volatile(&mut self.tsval, u32::from_be_bytes([ts[0], ts[1], ts[2], ts[3]]));
+            core::ptr::write_volatile(&mut self.tsecr, u32::from_be_bytes([ts[4], ts[5], ts[6], ts[7]]));
+        }
+    }
+
+    /// The window scale, or [`NO_WSCALE`].
+    #[inline(always)]
+    pub fn wscale(&self) -> u8 {
+        match self.wscale {
+            NO_WSCALE => NO_WSCALE,
+            s if s > MAX_WSCALE => MAX_WSCALE,
+            s => s,
+        }
+    }
+}
+
 /// A segment's TCP options, copied out of the frame.
 ///
 /// Stored as words so that zeroing it is five stores (see `read_into`).
@@ -180,7 +255,7 @@ impl OptionBytes {
         slot: &'a mut MaybeUninit<Self>,
         frame: &F,
         seg: &Ipv4Tcp,
-    ) -> Option<&'a Self> {
+    ) -> Option<&'a mut Self> {
         let len = seg.options_len();
         if len > MAX_OPTION_BYTES {
             return None;
@@ -214,10 +289,68 @@ impl OptionBytes {
         unsafe { &*self.words.as_ptr().cast::<[u8; MAX_OPTION_BYTES]>() }
     }
 
+    /// One's-complement sum of the option bytes as 16-bit words (bytes
+    /// past `len` are zero), for incremental checksum updates.
+    #[inline(always)]
+    pub fn word_sum(&self) -> u32 {
+        crate::csum::sum_words(self.bytes(), 0)
+    }
+
     #[inline(always)]
     fn bytes_mut(&mut self) -> &mut [u8; MAX_OPTION_BYTES] {
         // SAFETY: as in `bytes`.
         unsafe { &mut *self.words.as_mut_ptr().cast::<[u8; MAX_OPTION_BYTES]>() }
+    }
+
+    /// Shifts the sequence-space fields a splice translates: the timestamp
+    /// option's TSval by `tsval_add` and TSecr by `tsecr_add`, and both
+    /// edges of every SACK block by `edge_add` (SACK edges are
+    /// acknowledgement numbers: they move with the ACK field, as
+    /// `nf_ct_sack_block_adjust` in net/netfilter/nf_conntrack_seqadj.c
+    /// does). Returns whether it rewrote anything (a timestamp or SACK
+    /// option was there).
+    ///
+    /// The same position walk as [`OptionBytes::scan`], for the same
+    /// verifier reasons; an option list that does not parse is left as it
+    /// is (the endpoint will drop it too).
+    #[inline(always)]
+    pub fn shift_for_splice(&mut self, tsval_add: u32, tsecr_add: u32, edge_add: u32) -> bool {
+        // Bytes past `len` are zero, i.e. EOL, so the walk stops there by
+        // itself; comparing `len` at each position would split the
+        // verifier's states per length value.
+        let opts = self.bytes_mut();
+        let mut changed = false;
+        let mut skip = 0usize;
+        for pos in 0..MAX_OPTION_BYTES {
+            if skip != 0 {
+                skip -= 1;
+                continue;
+            }
+            let kind = opts[..].load::<u8>(pos).unwrap_or(TCPOPT_EOL);
+            if kind == TCPOPT_EOL {
+                break;
+            }
+            if kind == TCPOPT_NOP {
+                continue;
+            }
+            let opt_len = match opts[..].load::<u8>(pos + 1) {
+                Some(l) if l >= 2 && (l as usize) <= MAX_OPTION_BYTES - pos => l as usize,
+                _ => break,
+            };
+            if kind == TCPOPT_TIMESTAMP && opt_len == TCPOLEN_TIMESTAMP as usize {
+                changed |= add_be32(opts, pos + 2, tsval_add);
+                changed |= add_be32(opts, pos + 6, tsecr_add);
+            } else if kind == TCPOPT_SACK && opt_len >= 10 && (opt_len - 2) % 8 == 0 {
+                for block in 0..4 {
+                    if 2 + 8 * block < opt_len {
+                        changed |= add_be32(opts, pos + 2 + 8 * block, edge_add);
+                        changed |= add_be32(opts, pos + 6 + 8 * block, edge_add);
+                    }
+                }
+            }
+            skip = opt_len - 1;
+        }
+        changed
     }
 
     /// Walks the option list once.
@@ -240,8 +373,27 @@ impl OptionBytes {
     ///
     /// Together these keep verification to a few thousand instructions
     /// instead of the 1M-instruction limit.
+    ///
+    /// The handshake options (window scale, SACK-permitted, timestamps)
+    /// go to `hs`, through volatile stores: in the gate `hs` lives in a
+    /// per-CPU map value, whose contents the verifier does not track, so
+    /// these values do not multiply the walk's states (tracked on the
+    /// stack, they pushed verification past the 1M-instruction limit).
+    #[inline(always)]
+    pub fn scan_handshake(&self, id: OptionId, hs: &mut HandshakeOptions) -> OptionScan {
+        hs.clear();
+        self.walk(id, hs)
+    }
+
+    /// As [`OptionBytes::scan_handshake`], ignoring the handshake options.
     #[inline(always)]
     pub fn scan(&self, id: OptionId) -> OptionScan {
+        let mut ignored = HandshakeOptions::NONE;
+        self.walk(id, &mut ignored)
+    }
+
+    #[inline(always)]
+    fn walk(&self, id: OptionId, hs: &mut HandshakeOptions) -> OptionScan {
         let opts = &self.bytes()[..];
         let exid = id.exid.to_be_bytes();
         let mut scan = OptionScan { mss: 0, capability: Capability::Absent, agent_id: 0, mac: 0 };
@@ -278,6 +430,16 @@ impl OptionBytes {
                 if let Some(mss) = opts.load::<[u8; 2]>(pos + 2) {
                     scan.mss = u16::from_be_bytes(mss);
                 }
+            } else if kind == TCPOPT_WINDOW && opt_len == TCPOLEN_WINDOW as usize {
+                if let Some(shift) = opts.load::<u8>(pos + 2) {
+                    hs.set_wscale(shift);
+                }
+            } else if kind == TCPOPT_SACK_PERM && opt_len == TCPOLEN_SACK_PERM as usize {
+                hs.set_sack_ok();
+            } else if kind == TCPOPT_TIMESTAMP && opt_len == TCPOLEN_TIMESTAMP as usize {
+                if let Some(ts) = opts.load::<[u8; 8]>(pos + 2) {
+                    hs.set_ts(ts);
+                }
             } else if kind == id.kind && opt_len >= 4 && opts.load::<[u8; 2]>(pos + 2) == Some(exid) {
                 match (scan.capability, opts.load::<CapabilityOption>(pos)) {
                     (Capability::Absent, Some(cap)) if opt_len == CAPABILITY_LEN && cap.is_current() => {
@@ -298,6 +460,21 @@ impl OptionBytes {
             scan.capability = Capability::Malformed;
         }
         scan
+    }
+}
+
+/// Adds `v` to the big-endian u32 at `at` (if it lies inside `buf`);
+/// whether it was written. Written even when `v` is 0: branching on the
+/// value would split the verifier's states at every option position.
+#[inline(always)]
+fn add_be32(buf: &mut [u8; MAX_OPTION_BYTES], at: usize, v: u32) -> bool {
+    match buf.get_mut(at..at + 4) {
+        Some(field) => {
+            let old = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+            field.copy_from_slice(&old.wrapping_add(v).to_be_bytes());
+            true
+        }
+        None => false,
     }
 }
 

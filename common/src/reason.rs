@@ -15,11 +15,14 @@ macro_rules! reasons {
 pub(crate) use reasons;
 
 reasons! {
-    /// Not IPv4 (ARP, IPv6, ...): passed to the stack.
+    /// Not IPv4 (ARP, LLDP, IPv6 to the gateway itself): passed to the
+    /// stack.
     PASS_NOT_IPV4 = 0, "pass_not_ipv4";
-    /// IPv4, not TCP (ping to the gateway or a VIP): passed.
+    /// IPv4 to the gateway itself, not TCP (ping to the gateway or a
+    /// VIP): passed.
     PASS_NOT_TCP = 1, "pass_not_tcp";
-    /// TCP, but not to a protected VIP:port: passed untouched.
+    /// TCP to the gateway itself, not to a protected VIP:port: passed
+    /// untouched.
     PASS_NOT_SERVICE = 2, "pass_not_service";
     /// Truncated or inconsistent headers: dropped.
     DROP_MALFORMED = 3, "drop_malformed";
@@ -43,7 +46,8 @@ reasons! {
     ACK_BAD_MAC = 11, "ack_bad_mac";
     /// Valid capability: flow pending, event sent to the control plane.
     ACK_PENDING = 12, "ack_pending";
-    /// Segment of a pending flow: held (dropped; the client retransmits).
+    /// Segment of a pending flow: held (its data copied to the held ring
+    /// for the splice, the segment dropped).
     PENDING_HOLD = 13, "pending_hold";
     /// RST, FIN-only or other segment with no handshake and no flow: dropped.
     DROP_NO_FLOW = 14, "drop_no_flow";
@@ -56,6 +60,39 @@ reasons! {
     /// Segment of a flow the control plane denied (or whose profile timed
     /// out): the service's default response.
     FLOW_DENIED = 18, "flow_denied";
-    /// Segment of an authorized flow: held until the splice carries it.
+    /// Segment of an authorized flow whose splice is not set up yet: held
+    /// as a pending one.
     AUTHORIZED_HOLD = 19, "authorized_hold";
+    /// Spliced segment rewritten and redirected to the other interface.
+    SPLICE_REDIRECT = 20, "splice_redirect";
+    /// Spliced segment rewritten and handed to the kernel to forward (no
+    /// redirect to that interface, or no neighbour entry yet).
+    SPLICE_KERNEL = 21, "splice_kernel";
+    /// Segment of a flow whose target handshake is under way: held.
+    SPLICE_HOLD = 22, "splice_hold";
+    /// Spliced segment with TTL <= 1: dropped (a router would too).
+    SPLICE_TTL_EXPIRED = 23, "splice_ttl_expired";
+    /// A held segment could not be copied (held ring full, per-flow bound
+    /// reached, or larger than a 1500-byte packet): dropped; the client
+    /// retransmits it after the splice.
+    HOLD_FULL = 24, "hold_full";
+    /// From the edge to an address that is neither the gateway's nor
+    /// allowed transit: dropped (default-deny forwarding).
+    DROP_TRANSIT = 25, "drop_transit";
+    /// From the edge to an allowed-transit prefix: passed to the kernel.
+    PASS_TRANSIT = 26, "pass_transit";
+    /// Internal interface: not a spliced flow: passed.
+    INTERNAL_PASS = 27, "internal_pass";
+    /// Internal interface: the target's SYN/ACK; the gate answered with the
+    /// handshake's ACK and the flow is spliced.
+    INTERNAL_SPLICED = 28, "internal_spliced";
+    /// Internal interface: a SYN/ACK that does not acknowledge the splice's
+    /// SYN: dropped.
+    INTERNAL_SYNACK_MISMATCH = 29, "internal_synack_mismatch";
+    /// Internal interface: the target refused the splice's SYN (RST):
+    /// dropped, the control plane gives the client the default response.
+    INTERNAL_TARGET_REFUSED = 30, "internal_target_refused";
+    /// Segment of a splice that is being set up, other than the SYN/ACK
+    /// or a RST (internal), or a SYN on a spliced 4-tuple: dropped.
+    SPLICE_UNEXPECTED = 31, "splice_unexpected";
 }

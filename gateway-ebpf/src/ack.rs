@@ -1,10 +1,13 @@
 //! Handshake ACK stage: cookie, capability, MAC; then the pending record
 //! and the event for the control plane.
 
-use ackgate_common::abi::{EVENT_PENDING, FLOW_PENDING, FlowKey, FlowOwner, GateEvent, PendingFlow, ServicePolicy};
+use ackgate_common::abi::{
+    EVENT_PENDING, FLOW_PENDING, FlowKey, FlowOwner, GateEvent, HandshakeInfo, PendingFlow, ServicePolicy,
+};
+use ackgate_common::cookie::ClientOffer;
 use ackgate_common::mac::Binding;
 use ackgate_common::net::Ipv4Tcp;
-use ackgate_common::option::{Capability, OptionBytes};
+use ackgate_common::option::{Capability, HandshakeOptions, NO_WSCALE, OptionBytes};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::bindings::{iphdr, tcphdr};
@@ -13,6 +16,7 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_tcp_raw_check_syncookie_ipv4};
 use crate::maps::{self, EVENTS, PENDING};
 use crate::program::Verdict;
 use crate::respond::refuse;
+use crate::settings;
 use ackgate_common::kernel::config;
 use ackgate_common::kernel::frame::XdpFrame;
 
@@ -25,12 +29,45 @@ struct Checked {
     agent_id: u32,
     client_isn: u32,
     server_isn: u32,
+    handshake: HandshakeInfo,
 }
 
 impl Checked {
     #[inline(always)]
     fn refused(reason: u32) -> Self {
-        Self { reason, agent_id: 0, client_isn: 0, server_isn: 0 }
+        Self { reason, agent_id: 0, client_isn: 0, server_isn: 0, handshake: HandshakeInfo::default() }
+    }
+}
+
+/// What the handshake agreed: the TSecr echoes the cookie SYN/ACK's TSval,
+/// whose low bits hold the client's SYN options (`cookie`). Without
+/// timestamps the SYN/ACK offered MSS only; the client's MSS is then
+/// unknown and taken to be the gateway's own (both sit on the edge link).
+#[inline(always)]
+fn handshake_of(scan: &HandshakeOptions, seg: &Ipv4Tcp) -> HandshakeInfo {
+    let window = u16::from_be_bytes(seg.tcp.window);
+    if scan.ts_ok == 0 {
+        return HandshakeInfo {
+            client_tsval: 0,
+            cookie_tsval: 0,
+            window,
+            mss: settings::synack_profile().mss,
+            wscale: NO_WSCALE,
+            sack_ok: 0,
+            ts_ok: 0,
+            ecn: 0,
+        };
+    }
+    let offer = ClientOffer::decode(scan.tsecr);
+    HandshakeInfo {
+        client_tsval: scan.tsval,
+        cookie_tsval: scan.tsecr,
+        window,
+        mss: offer.mss(),
+        wscale: offer.wscale,
+        sack_ok: offer.sack_ok,
+        ts_ok: 1,
+        ecn: offer.ecn,
     }
 }
 
@@ -40,11 +77,14 @@ impl Checked {
 /// binds both ISNs, so no ACK reaches the cookie check without the key.
 #[inline(always)]
 fn check(frame: &XdpFrame, seg: &Ipv4Tcp) -> Checked {
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let Some(opts) = OptionBytes::read_into(&mut slot, frame, seg) else {
+    let Some(scratch) = maps::scratch() else {
+        return Checked::refused(reason::ERR_REPLY);
+    };
+    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
         return Checked::refused(reason::ACK_BAD_OPTION);
     };
-    let scan = opts.scan(config::option_id());
+    let hs = &mut scratch.hs;
+    let scan = opts.scan_handshake(config::option_id(), hs);
     match scan.capability {
         Capability::Present => {}
         Capability::Absent => return Checked::refused(reason::ACK_NO_OPTION),
@@ -65,17 +105,18 @@ fn check(frame: &XdpFrame, seg: &Ipv4Tcp) -> Checked {
         agent_id: scan.agent_id,
         client_isn: binding.client_isn,
         server_isn: binding.second,
+        handshake: handshake_of(hs, seg),
     }
 }
 
 /// A handshake ACK for a 4-tuple the gate holds no flow for.
-#[inline(always)]
+#[inline(never)]
 pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
     let c = check(frame, seg);
     if c.reason != reason::ACK_PENDING {
         return refuse(frame, seg, policy, c.reason);
     }
-    record_pending(seg, c.agent_id, c.client_isn, c.server_isn)
+    record_pending(seg, &c)
 }
 
 /// A pure ACK on a 4-tuple the gate already holds a flow for, acknowledging
@@ -84,13 +125,13 @@ pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
 /// held before the splice). A valid stamp replaces the old flow; anything
 /// else is dropped without a response, so that a forged ACK cannot make
 /// the gate answer on behalf of a live flow.
-#[inline(always)]
+#[inline(never)]
 pub fn on_reused_tuple(frame: &XdpFrame, seg: &Ipv4Tcp) -> Verdict {
     let c = check(frame, seg);
     if c.reason != reason::ACK_PENDING {
         return Verdict::new(XDP_DROP, c.reason);
     }
-    record_pending(seg, c.agent_id, c.client_isn, c.server_isn)
+    record_pending(seg, &c)
 }
 
 /// `bpf_tcp_raw_check_syncookie_ipv4` takes ACK = cookie + 1 and
@@ -106,7 +147,8 @@ fn cookie_valid(seg: &Ipv4Tcp) -> bool {
 /// Event first, then the map entry, then publish: a full ring buffer or map
 /// leaves no half-recorded flow behind.
 #[inline(always)]
-fn record_pending(seg: &Ipv4Tcp, agent_id: u32, client_isn: u32, server_isn: u32) -> Verdict {
+fn record_pending(seg: &Ipv4Tcp, c: &Checked) -> Verdict {
+    let (agent_id, client_isn, server_isn, handshake) = (c.agent_id, c.client_isn, c.server_isn, c.handshake);
     let Some(mut entry) = EVENTS.reserve::<GateEvent>(0) else {
         return Verdict::new(XDP_DROP, reason::ERR_EVENT_LOST);
     };
@@ -122,14 +164,17 @@ fn record_pending(seg: &Ipv4Tcp, agent_id: u32, client_isn: u32, server_isn: u32
         state: FLOW_PENDING,
         _pad0: 0,
         _pad1: 0,
+        handshake,
+        held_bytes: 0,
+        _pad2: 0,
     };
     if PENDING.insert(flow, pending, 0).is_err() {
         entry.discard(0);
         return Verdict::new(XDP_DROP, reason::ERR_PENDING_FULL);
     }
-    entry.write(GateEvent { kind: EVENT_PENDING, agent_id, flow, client_isn, server_isn, created_ns: now });
+    entry.write(GateEvent { kind: EVENT_PENDING, agent_id, flow, client_isn, server_isn, created_ns: now, handshake });
     entry.submit(0);
     // The client believes the connection is up; its data is held until the
-    // control plane decides (it retransmits, nothing is lost).
+    // splice is up (`hold`).
     Verdict::new(XDP_DROP, reason::ACK_PENDING)
 }

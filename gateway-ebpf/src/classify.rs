@@ -1,38 +1,74 @@
-//! First stage: is this packet about a protected service at all?
+//! First stage: is this packet about a protected service at all? What is
+//! not goes to the transit check (`transit`), called by the entry point.
 
-use ackgate_common::abi::{ServiceKey, ServicePolicy, VipKey};
-use ackgate_common::net::{Ipv4Tcp, Parsed, parse_ipv4_tcp};
+use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, VipKey};
+use ackgate_common::net::{ETH_P_IPV6, Ipv4Hdr, Ipv4Tcp, Parsed, parse_ipv4_tcp};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
-use crate::maps::{SERVICES, VIPS};
+use crate::maps::{SERVICES, Scratch, VIPS};
 use crate::program::Verdict;
 use ackgate_common::kernel::frame::XdpFrame;
 
-pub enum Class {
+/// Parses the frame into `scratch` (segment, service policy, 4-tuple).
+/// Returns [`Verdict::CONTINUE`] for a segment to a protected service,
+/// else the verdict for the packet. A subprogram of its own, so that its
+/// frame is not part of the later stages' call chain.
+#[inline(never)]
+pub fn classify(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
+    match classify_inner(frame) {
+        Class::Protected { seg, policy } => {
+            scratch.key = FlowKey::of_segment(&seg);
+            scratch.seg = seg;
+            scratch.policy = policy;
+            Verdict::CONTINUE
+        }
+        Class::TransitV4 { ip, local } => {
+            scratch.seg.ip = ip;
+            Verdict::transit(false, local)
+        }
+        Class::NotIpv4 { ether_type, l3_off } if ether_type == ETH_P_IPV6 => {
+            scratch.seg.l3_off = l3_off;
+            Verdict::transit(true, reason::PASS_NOT_IPV4)
+        }
+        // ARP, LLDP, ...: not routed.
+        Class::NotIpv4 { .. } => Verdict::new(XDP_PASS, reason::PASS_NOT_IPV4),
+        Class::Other(verdict) => verdict,
+    }
+}
+
+enum Class {
     Protected {
         seg: Ipv4Tcp,
         policy: ServicePolicy,
     },
-    /// Decided already: not ours, or unusable.
+    /// IPv4 not for a protected service: the transit check decides;
+    /// `local` is the reason if it is for the gateway itself.
+    TransitV4 {
+        ip: Ipv4Hdr,
+        local: u32,
+    },
+    NotIpv4 {
+        ether_type: u16,
+        l3_off: usize,
+    },
+    /// Decided already: unusable.
     Other(Verdict),
 }
 
 #[inline(always)]
-pub fn classify(frame: &XdpFrame) -> Class {
+fn classify_inner(frame: &XdpFrame) -> Class {
     let seg = match parse_ipv4_tcp(frame) {
         Parsed::Tcp(seg) => seg,
-        Parsed::NotIpv4 { .. } => return Class::Other(Verdict::new(XDP_PASS, reason::PASS_NOT_IPV4)),
-        Parsed::Ipv4Other { .. } => return Class::Other(Verdict::new(XDP_PASS, reason::PASS_NOT_TCP)),
-        Parsed::Ipv4Fragment { daddr } => {
+        Parsed::NotIpv4 { ether_type, l3_off } => return Class::NotIpv4 { ether_type, l3_off },
+        Parsed::Ipv4Other { ip } => return Class::TransitV4 { ip, local: reason::PASS_NOT_TCP },
+        Parsed::Ipv4Fragment { ip } => {
             // A handshake never needs fragments, and a non-first fragment has
-            // no port to check; to a VIP they are dropped, elsewhere passed.
-            let verdict = if VIPS.get_ptr(VipKey::ipv4(daddr)).is_some() {
-                Verdict::new(XDP_DROP, reason::DROP_FRAGMENT)
-            } else {
-                Verdict::new(XDP_PASS, reason::PASS_NOT_SERVICE)
-            };
-            return Class::Other(verdict);
+            // no port to check: to a VIP they are dropped.
+            if VIPS.get_ptr(VipKey::ipv4(ip.daddr)).is_some() {
+                return Class::Other(Verdict::new(XDP_DROP, reason::DROP_FRAGMENT));
+            }
+            return Class::TransitV4 { ip, local: reason::PASS_NOT_SERVICE };
         }
         // The stack would drop these as well (ip_rcv_core in
         // net/ipv4/ip_input.c, tcp_v4_rcv in net/ipv4/tcp_ipv4.c), and a
@@ -43,6 +79,6 @@ pub fn classify(frame: &XdpFrame) -> Class {
     // SAFETY: the value is copied out at once; services are replaced whole.
     match unsafe { SERVICES.get(key) } {
         Some(policy) => Class::Protected { seg, policy: *policy },
-        None => Class::Other(Verdict::new(XDP_PASS, reason::PASS_NOT_SERVICE)),
+        None => Class::TransitV4 { ip: seg.ip, local: reason::PASS_NOT_SERVICE },
     }
 }

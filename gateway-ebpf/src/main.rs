@@ -8,7 +8,16 @@
 //! - `ack`: check cookie and capability on handshake ACKs, record pending
 //!   flows and notify userspace;
 //! - `respond`: the service's default response when the check fails;
-//! - `maps`, `stats`: maps and counters.
+//! - `held`: segments of flows the gate accepted but has not spliced yet
+//!   (pending, authorized, denied);
+//! - `hold`: client data of flows still waiting, copied for the splice;
+//! - `splice` + `forward`: the data path of spliced flows (rewrite, then
+//!   redirect or kernel forwarding), on both interfaces;
+//! - `internal`: the internal interface's program: the target side of
+//!   spliced flows and the completion of the splice's handshake;
+//! - `transit`: default-deny forwarding for everything else on the edge;
+//! - `events`, `maps`, `settings`, `stats`: events, maps, load-time
+//!   settings and counters.
 //!
 //! Packet access (the one bounds-checked accessor), the parsers and the
 //! load-time option settings come from `ackgate_common`, shared with the
@@ -21,34 +30,81 @@ mod ack;
 #[cfg(target_arch = "bpf")]
 mod classify;
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod forward;
+#[cfg(target_arch = "bpf")]
+mod held;
+#[cfg(target_arch = "bpf")]
+mod hold;
+#[cfg(target_arch = "bpf")]
+mod internal;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod respond;
 #[cfg(target_arch = "bpf")]
+mod settings;
+#[cfg(target_arch = "bpf")]
+mod splice;
+#[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod syn;
+#[cfg(target_arch = "bpf")]
+mod transit;
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED};
     use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     use ackgate_common::reason;
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
-    use crate::classify::{Class, classify};
-    use crate::{ack, maps, respond, stats, syn};
+    use crate::classify::classify;
+    use crate::{ack, held, internal, maps, splice, stats, syn, transit};
     use ackgate_common::kernel::frame::XdpFrame;
 
-    /// What to do with the frame, and why.
-    pub struct Verdict {
-        pub action: u32,
-        pub reason: u32,
-    }
+    /// What to do with the frame (low half), and why (high half). One
+    /// word, so that a stage compiled as its own BPF subprogram returns it
+    /// in a register: an 8-byte struct is returned through a pointer into
+    /// the caller's stack, which the verifier refuses ("cannot return stack
+    /// pointer to the caller").
+    #[derive(Clone, Copy)]
+    pub struct Verdict(u64);
 
     impl Verdict {
+        /// Not a verdict: the stage found more to do (`classify` and
+        /// `internal::parse` parsed a segment for the next stage).
+        pub const CONTINUE: Verdict = Verdict(u64::MAX);
+
         pub const fn new(action: u32, reason: u32) -> Self {
-            Self { action, reason }
+            Self(action as u64 | (reason as u64) << 32)
+        }
+
+        pub const fn is_continue(self) -> bool {
+            self.0 == u64::MAX
+        }
+
+        /// Not a verdict: `classify` found a packet that is not for a
+        /// protected service; the transit check decides it (`local` is
+        /// the reason if it is for the gateway itself). The entry point
+        /// makes that call, so that `classify` and `transit` do not share
+        /// a call chain's stack.
+        pub const fn transit(v6: bool, local: u32) -> Self {
+            Self::new(if v6 { TRANSIT_V6 } else { TRANSIT_V4 }, local)
+        }
+    }
+
+    pub const TRANSIT_V4: u32 = u32::MAX - 1;
+    pub const TRANSIT_V6: u32 = u32::MAX - 2;
+
+    impl Verdict {
+        pub const fn action(self) -> u32 {
+            self.0 as u32
+        }
+
+        pub const fn reason(self) -> u32 {
+            (self.0 >> 32) as u32
         }
     }
 
@@ -56,8 +112,17 @@ mod program {
     pub fn ackgate_gate(ctx: XdpContext) -> u32 {
         let frame = XdpFrame::new(&ctx);
         let verdict = gate(&frame);
-        stats::count(verdict.reason);
-        verdict.action
+        stats::count(verdict.reason());
+        verdict.action()
+    }
+
+    /// The internal interface: spliced flows' target side.
+    #[xdp]
+    pub fn ackgate_internal(ctx: XdpContext) -> u32 {
+        let frame = XdpFrame::new(&ctx);
+        let verdict = internal::internal(&frame);
+        stats::count(verdict.reason());
+        verdict.action()
     }
 
     /// Passes everything. Attached to the far end of a veth pair so that
@@ -71,31 +136,39 @@ mod program {
 
     #[inline(always)]
     fn gate(frame: &XdpFrame) -> Verdict {
-        let (seg, policy) = match classify(frame) {
-            Class::Protected { seg, policy } => (seg, policy),
-            Class::Other(verdict) => return verdict,
+        let Some(scratch) = maps::scratch() else {
+            return Verdict::new(xdp_action::XDP_DROP, reason::ERR_REPLY);
         };
+        let classified = classify(frame, scratch);
+        match classified.action() {
+            TRANSIT_V4 => return transit::ipv4(frame, &scratch.seg.ip, classified.reason()),
+            TRANSIT_V6 => return transit::ipv6(frame, scratch.seg.l3_off),
+            _ if !classified.is_continue() => return classified,
+            _ => {}
+        }
+        let (seg, policy, key) = (&scratch.seg, &scratch.policy, &scratch.key);
         let flags = seg.tcp.flags;
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
-            return syn::on_syn(frame, &seg, &policy);
+            return syn::on_syn(frame, seg, policy);
         }
-        if let Some(flow) = maps::flow(&seg) {
+        if let Some(entry) = maps::splice_entry(key) {
+            return splice::on_segment(frame, seg, key, entry);
+        }
+        if let Some(flow) = maps::flow_mut(key) {
+            // SAFETY: a map value pointer valid for this run.
+            let f = unsafe { &*flow };
             // A new handshake on a reused 4-tuple acknowledges another
             // cookie; data of the held flow still acknowledges its own.
             let new_handshake = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK
                 && seg.payload_len == 0
-                && seg.tcp.ack_seq().wrapping_sub(1) != flow.server_isn;
-            return match flow.state {
-                _ if new_handshake => ack::on_reused_tuple(frame, &seg),
-                // Never answer a RST with a RST (RFC 9293 §3.10.7.1).
-                FLOW_DENIED if flags & TCP_RST != 0 => Verdict::new(xdp_action::XDP_DROP, reason::FLOW_DENIED),
-                FLOW_DENIED => respond::refuse(frame, &seg, &policy, reason::FLOW_DENIED),
-                FLOW_AUTHORIZED => Verdict::new(xdp_action::XDP_DROP, reason::AUTHORIZED_HOLD),
-                _ => Verdict::new(xdp_action::XDP_DROP, reason::PENDING_HOLD),
-            };
+                && seg.tcp.ack_seq().wrapping_sub(1) != f.server_isn;
+            if new_handshake {
+                return ack::on_reused_tuple(frame, seg);
+            }
+            return held::on_segment(frame, seg, policy, key, flow);
         }
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK {
-            return ack::on_ack(frame, &seg, &policy);
+            return ack::on_ack(frame, seg, policy);
         }
         Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_FLOW)
     }

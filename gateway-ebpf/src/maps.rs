@@ -2,14 +2,17 @@
 //! control plane finds the live state (DESIGN.md §7).
 
 use ackgate_common::abi::{
-    AgentKey, EVENTS_BYTES, FlowKey, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, PendingFlow, ServiceKey, ServicePolicy,
-    VipInfo, VipKey,
+    AgentKey, EVENTS_BYTES, FlowKey, HELD_BYTES, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, MAX_SPLICED,
+    MAX_TRANSIT_PREFIXES, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, TransitKey, VipInfo, VipKey,
 };
+use ackgate_common::net::Ipv4Hdr;
 use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::option::{HandshakeOptions, OptionBytes};
 use ackgate_common::reason;
 use aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 
 #[map(name = "ACKGATE_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServicePolicy> = HashMap::pinned(MAX_SERVICES, 0);
@@ -27,17 +30,69 @@ pub static AGENT_KEYS: HashMap<u32, AgentKey> = HashMap::pinned(MAX_AGENTS, 0);
 #[map(name = "ACKGATE_PENDING")]
 pub static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::pinned(MAX_PENDING, BPF_F_NO_COMMON_LRU);
 
+/// Spliced flows, one entry per direction (`SpliceEntry`). A plain hash,
+/// not an LRU: new or pending handshakes, which strangers with a stolen
+/// agent key could multiply, can never evict a live flow. Userspace
+/// removes entries when flows end.
+#[map(name = "ACKGATE_SPLICE")]
+pub static SPLICE: HashMap<FlowKey, SpliceEntry> = HashMap::pinned(2 * MAX_SPLICED, 0);
+
+/// Client segments of flows that wait for their splice, for the control
+/// plane to deliver to the target once it is up (`HeldSegment`).
+#[map(name = "ACKGATE_HELD")]
+pub static HELD: RingBuf = RingBuf::pinned(HELD_BYTES, 0);
+
+/// Interfaces spliced segments may be redirected to, by ifindex.
+#[map(name = "ACKGATE_REDIRECT")]
+pub static REDIRECT: DevMapHash = DevMapHash::pinned(64, 0);
+
+/// Destinations the edge may forward to besides spliced flows
+/// (`[gateway] allowed_transit`): LPM over [family, address words].
+#[map(name = "ACKGATE_TRANSIT")]
+pub static TRANSIT: LpmTrie<TransitKey, u8> = LpmTrie::pinned(MAX_TRANSIT_PREFIXES, 0);
+
+/// Large temporaries of one stage, kept out of the BPF stack: a call chain
+/// of stages shares one 512-byte stack, and these (the option copy, FIB
+/// lookup parameters, a reply's headers) pushed it over.
+#[repr(C)]
+pub struct Scratch {
+    /// The segment being handled, its service and 4-tuple (`classify`,
+    /// `internal::parse`): parsed into map memory so that the entry points'
+    /// frames stay small.
+    pub seg: Ipv4Tcp,
+    pub policy: ServicePolicy,
+    pub key: FlowKey,
+    pub opts: core::mem::MaybeUninit<OptionBytes>,
+    /// Where the option walk leaves a segment's handshake options: map
+    /// memory, which the verifier does not track (see
+    /// `OptionBytes::scan_handshake`).
+    pub hs: HandshakeOptions,
+    pub fib: FibParams,
+    pub reply_ip: Ipv4Hdr,
+    /// A reply's TCP header and options (up to 40 bytes).
+    pub reply_l4: [u8; 40],
+}
+
+/// Not pinned: per-CPU working memory.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "ACKGATE_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
 #[map(name = "ACKGATE_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
-/// The segment's flow, if the gate accepted a handshake on its 4-tuple.
+/// The splice entry of the segment's own 4-tuple, if it is spliced.
 #[inline(always)]
-pub fn flow(seg: &Ipv4Tcp) -> Option<PendingFlow> {
-    // SAFETY: copied out at once.
-    unsafe { PENDING.get(FlowKey::of_segment(seg)) }.copied()
+pub fn splice_entry(key: &FlowKey) -> Option<*mut SpliceEntry> {
+    SPLICE.get_ptr_mut(key)
+}
+
+/// The flow-map entry of a 4-tuple, for in-place updates.
+#[inline(always)]
+pub fn flow_mut(key: &FlowKey) -> Option<*mut PendingFlow> {
+    PENDING.get_ptr_mut(key)
 }
 
 /// The MAC key of `agent_id`, copied out (userspace replaces keys whole).
@@ -45,4 +100,12 @@ pub fn flow(seg: &Ipv4Tcp) -> Option<PendingFlow> {
 pub fn agent_key(agent_id: u32) -> Option<AgentKey> {
     // SAFETY: the value is copied before the lookup's RCU section ends.
     unsafe { AGENT_KEYS.get(agent_id) }.copied()
+}
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU slot; XDP programs do not nest on one CPU, and each
+    // stage uses a field only between its own writes and reads.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }

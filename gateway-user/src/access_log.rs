@@ -23,6 +23,20 @@ pub struct AccessRecord<'a> {
     /// ... of which waiting for the agent's profile, and validating it.
     pub profile_ms: f64,
     pub validation_ms: f64,
+    /// For `decision: "ended"`: how a spliced flow ended, what went each
+    /// way, and how long it lived.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flow_end: Option<FlowEnd>,
+}
+
+/// The end of a spliced flow.
+#[derive(Debug, Serialize)]
+pub struct FlowEnd {
+    pub ended: &'static str,
+    pub target: String,
+    pub to_target: crate::splice::DirectionStats,
+    pub to_client: crate::splice::DirectionStats,
+    pub duration_ms: f64,
 }
 
 pub struct AccessLog {

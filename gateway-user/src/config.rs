@@ -3,6 +3,7 @@
 //! ```toml
 //! [gateway]
 //! edge_interface = "eth0"          # XDP gate attaches here
+//! internal_interface = "eth1"      # towards the targets (the splice)
 //! xdp_mode = "native"              # or "generic"
 //! pin_dir = "/sys/fs/bpf/ackgate"  # pinned maps live here across restarts
 //!
@@ -175,6 +176,28 @@ impl ControlSection {
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     pub edge_interface: String,
+    /// Interface facing the private network (the targets); the splice's
+    /// XDP program attaches here. Required when services are configured.
+    pub internal_interface: Option<String>,
+    /// How spliced segments leave: "redirect" (XDP redirect between the
+    /// two interfaces, the kernel's forwarding only where redirect cannot
+    /// deliver) or "kernel" (always the kernel's forwarding).
+    #[serde(default = "default_forwarding")]
+    pub forwarding: Forwarding,
+    /// Destinations (CIDR prefixes) that edge traffic may be routed to
+    /// besides spliced flows. Default: none (default-deny forwarding).
+    #[serde(default)]
+    pub allowed_transit: Vec<String>,
+    /// Spliced flows the gate can hold at once.
+    #[serde(default = "default_max_spliced")]
+    pub max_spliced: u32,
+    /// How long the target has to answer the splice's SYN (it is sent
+    /// again after a second) before the client gets the default response.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Spliced flows idle this long end (services may set their own).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
     #[serde(default = "default_xdp_mode")]
     pub xdp_mode: XdpMode,
     #[serde(default = "default_pin_dir")]
@@ -189,6 +212,27 @@ pub struct GatewaySection {
     pub page_max_connections: usize,
     #[serde(default = "default_page_timeout")]
     pub page_timeout_ms: u64,
+}
+
+/// How spliced segments are forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    Redirect,
+    Kernel,
+}
+
+fn default_forwarding() -> Forwarding {
+    Forwarding::Redirect
+}
+fn default_max_spliced() -> u32 {
+    ackgate_common::abi::MAX_SPLICED
+}
+fn default_connect_timeout() -> u64 {
+    3000
+}
+fn default_idle_timeout() -> u64 {
+    3600
 }
 
 fn default_max_flows() -> u32 {
@@ -254,6 +298,9 @@ pub struct ServiceSection {
     /// `page` services: the bytes to serve (a whole HTTP response, say);
     /// default: a stock nginx 404.
     pub page_file: Option<PathBuf>,
+    /// Spliced flows of this service idle this long end (default:
+    /// gateway.idle_timeout_secs).
+    pub idle_timeout_secs: Option<u64>,
 }
 
 fn default_response() -> DefaultResponse {
@@ -286,6 +333,22 @@ impl Config {
         if self.gateway.max_flows < 1024 {
             return Err(ConfigError::Invalid("gateway.max_flows must be at least 1024".into()));
         }
+        if !self.services.is_empty() && self.gateway.internal_interface.as_deref().is_none_or(str::is_empty) {
+            return Err(ConfigError::Invalid(
+                "gateway.internal_interface is required with [[services]]: the splice forwards authorized flows \
+                 to their targets through it"
+                    .into(),
+            ));
+        }
+        if self.gateway.max_spliced < 16 {
+            return Err(ConfigError::Invalid("gateway.max_spliced must be at least 16".into()));
+        }
+        if self.gateway.connect_timeout_ms == 0 || self.gateway.idle_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "gateway: connect_timeout_ms and idle_timeout_secs must be above zero".into(),
+            ));
+        }
+        self.transit_prefixes()?;
         if self.gateway.page_max_connections == 0 || self.gateway.page_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "gateway: page_max_connections and page_timeout_ms must be above zero".into(),
@@ -338,6 +401,30 @@ impl Config {
             return Err(ConfigError::Invalid(format!("service {:?}: port 0", s.name)));
         }
         Ok((vip, s.target))
+    }
+
+    /// `gateway.allowed_transit` as (address, prefix length).
+    pub fn transit_prefixes(&self) -> Result<Vec<(IpAddr, u8)>, ConfigError> {
+        self.gateway
+            .allowed_transit
+            .iter()
+            .map(|text| {
+                let bad = |why: &str| ConfigError::Invalid(format!("gateway.allowed_transit {text:?}: {why}"));
+                let (addr, len) = text.split_once('/').ok_or_else(|| bad("expected ADDRESS/PREFIX-LENGTH"))?;
+                let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+                let len: u8 = len.parse().map_err(|_| bad("prefix length is not a number"))?;
+                let max = if addr.is_ipv4() { 32 } else { 128 };
+                if len > max {
+                    return Err(bad(&format!("prefix length above {max}")));
+                }
+                Ok((addr, len))
+            })
+            .collect()
+    }
+
+    /// Idle timeout of a service's spliced flows.
+    pub fn idle_timeout(&self, s: &ServiceSection) -> std::time::Duration {
+        std::time::Duration::from_secs(s.idle_timeout_secs.unwrap_or(self.gateway.idle_timeout_secs))
     }
 
     pub fn option_id(&self) -> OptionId {
@@ -442,11 +529,11 @@ mod tests {
             ("[gateway]\nedge_interface = \"eth0\"\nbogus = 1\n", "unknown field `bogus`"),
             ("[gateway]\nedge_interface = \"eth0\"\nxdp_mode = \"turbo\"\n", "unknown variant `turbo`"),
             (
-                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"::1\"\nport=1\ntarget=\"10.0.0.1:1\"\n",
+                "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"::1\"\nport=1\ntarget=\"10.0.0.1:1\"\n",
                 "IPv6 VIP ::1 is not supported yet",
             ),
             (
-                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\n\
+                "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\n\
                  [[services]]\nname=\"b\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.3:1\"\n",
                 "configured twice",
             ),
@@ -456,7 +543,14 @@ mod tests {
             ),
             ("[gateway]\nedge_interface = \"eth0\"\n[option]\nkind = 1\n", "EOL/NOP"),
             (
-                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\ndefault_response=\"maybe\"\n",
+                "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\n",
+                "internal_interface is required",
+            ),
+            ("[gateway]\nedge_interface = \"eth0\"\nallowed_transit = [\"10.0.0.0\"]\n", "ADDRESS/PREFIX-LENGTH"),
+            ("[gateway]\nedge_interface = \"eth0\"\nallowed_transit = [\"10.0.0.0/33\"]\n", "prefix length above 32"),
+            ("[gateway]\nedge_interface = \"eth0\"\nforwarding = \"teleport\"\n", "unknown variant `teleport`"),
+            (
+                "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\ndefault_response=\"maybe\"\n",
                 "unknown variant `maybe`",
             ),
         ];
@@ -469,7 +563,7 @@ mod tests {
     #[test]
     fn services_become_map_entries() {
         let c = parse(
-            "[gateway]\nedge_interface = \"eth0\"\n[[services]]\nname=\"web\"\nvip=\"10.0.0.1\"\nport=443\n\
+            "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"web\"\nvip=\"10.0.0.1\"\nport=443\n\
              target=\"10.1.0.2:8443\"\ndefault_response=\"reset\"\nstealth=true\n",
         )
         .expect("valid config");

@@ -283,6 +283,7 @@ mod tests {
             client_isn: n,
             server_isn: n,
             created_ns: 0,
+            handshake: Default::default(),
         }
     }
 

@@ -4,11 +4,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
-    AgentKey, FlowKey, FlowOwner, GateEvent, MAP_AGENT_KEYS, MAP_PENDING, MAP_SERVICES, MAP_VIPS, PendingFlow,
-    ServiceKey, ServicePolicy, VipInfo, VipKey,
+    AgentKey, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowOwner, GateEvent, MAP_AGENT_KEYS, MAP_PENDING, MAP_REDIRECT,
+    MAP_SERVICES, MAP_SPLICE, MAP_TRANSIT, MAP_VIPS, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry,
+    SynAckProfile, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{DevMapHash, HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp};
@@ -18,6 +20,8 @@ use thiserror::Error;
 use crate::bpffs::{self, BpffsError};
 
 pub const PROGRAM_NAME: &str = "ackgate_gate";
+/// The internal interface's program (the splice's target side).
+pub const INTERNAL_PROGRAM_NAME: &str = "ackgate_internal";
 /// A do-nothing XDP program in the same object (veth peers, baselines).
 pub const PASS_PROGRAM_NAME: &str = "ackgate_pass";
 
@@ -30,8 +34,8 @@ pub enum GateError {
          max_flows? remove that directory to start fresh, which drops live flows): {source}"
     )]
     Load { pin_dir: String, source: Box<EbpfError> },
-    #[error("program {PROGRAM_NAME} missing from the gate object")]
-    MissingProgram,
+    #[error("program {0} missing from the gate object")]
+    MissingProgram(&'static str),
     #[error("map {0} missing from the gate object")]
     MissingMap(&'static str),
     #[error("XDP program error: {0}")]
@@ -44,6 +48,32 @@ pub enum GateError {
     Map { map: &'static str, source: MapError },
     #[error("pinned XDP link: {0}")]
     Link(String),
+    #[error("redirect map: {0}")]
+    Redirect(String),
+}
+
+/// Load-time settings of the gate.
+#[derive(Clone, Copy, Debug)]
+pub struct GateSettings {
+    pub option: OptionId,
+    /// Size of the flow map (pending, authorized, denied).
+    pub max_flows: u32,
+    /// Spliced flows (the splice map holds two entries each).
+    pub max_spliced: u32,
+    /// The kernel's own SYN/ACK, copied by the cookie SYN/ACK.
+    pub synack: SynAckProfile,
+    /// Redirect spliced segments (else always the kernel's forwarding).
+    pub redirect: bool,
+}
+
+impl GateSettings {
+    /// Defaults for tests and tools: Linux's SYN/ACK on a 1500-byte MTU.
+    pub fn new(option: OptionId, max_flows: u32) -> Self {
+        let synack =
+            crate::synack::HostTcp { mtu: 1500, rmem_default: 131072, rmem_max_tcp: 6291456, rmem_max: 212992, ecn: 2 }
+                .profile(0);
+        Self { option, max_flows, max_spliced: ackgate_common::abi::MAX_SPLICED, synack, redirect: true }
+    }
 }
 
 /// How the gate is attached to an interface.
@@ -77,9 +107,10 @@ pub struct ServiceEntry {
 pub struct Gate {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    /// The pinned XDP link of [`Gate::attach`]: it outlives the process, so
-    /// a crashed gateway keeps dropping (fails closed) until it restarts.
-    link: Option<(PathBuf, Option<PinnedLink>)>,
+    /// The pinned XDP links of [`Gate::attach`]: they outlive the process,
+    /// so a crashed gateway keeps gating (fails closed) and spliced flows
+    /// keep flowing until it restarts.
+    links: Vec<(PathBuf, Option<PinnedLink>)>,
 }
 
 impl Gate {
@@ -88,18 +119,23 @@ impl Gate {
     ///
     /// `max_flows` sizes the flow map (pending, authorized and denied flows;
     /// LRU, preallocated: about 110 bytes of kernel memory each).
-    pub fn load(pin_dir: &Path, option: OptionId, max_flows: u32) -> Result<Self, GateError> {
+    pub fn load(pin_dir: &Path, settings: &GateSettings) -> Result<Self, GateError> {
         bpffs::ensure_pin_dir(pin_dir)?;
+        let redirect = u8::from(settings.redirect);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .map_max_entries(MAP_PENDING, max_flows)
-            .override_global("OPTION_KIND", &option.kind, true)
-            .override_global("OPTION_EXID", &option.exid, true)
+            .map_max_entries(MAP_PENDING, settings.max_flows)
+            .map_max_entries(MAP_SPLICE, 2 * settings.max_spliced)
+            .override_global("OPTION_KIND", &settings.option.kind, true)
+            .override_global("OPTION_EXID", &settings.option.exid, true)
+            .override_global("SYNACK_PROFILE", &settings.synack, true)
+            .override_global("REDIRECT_ENABLED", &redirect, true)
             .load(crate::GATE_OBJECT)
             .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
-        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), link: None };
-        gate.xdp()?.load()?;
-        gate.pass_program()?.load()?;
+        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new() };
+        for name in [PROGRAM_NAME, INTERNAL_PROGRAM_NAME, PASS_PROGRAM_NAME] {
+            gate.program(name)?.load()?;
+        }
         Ok(gate)
     }
 
@@ -108,13 +144,21 @@ impl Gate {
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, GateError> {
-        let prog = self.ebpf.program_mut(PROGRAM_NAME).ok_or(GateError::MissingProgram)?;
-        prog.try_into().map_err(GateError::Program)
+        self.program(PROGRAM_NAME)
+    }
+
+    /// The internal interface's program.
+    pub fn internal_program(&mut self) -> Result<&mut Xdp, GateError> {
+        self.program(INTERNAL_PROGRAM_NAME)
     }
 
     /// The do-nothing XDP program.
     pub fn pass_program(&mut self) -> Result<&mut Xdp, GateError> {
-        let prog = self.ebpf.program_mut(PASS_PROGRAM_NAME).ok_or(GateError::MissingProgram)?;
+        self.program(PASS_PROGRAM_NAME)
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut Xdp, GateError> {
+        let prog = self.ebpf.program_mut(name).ok_or(GateError::MissingProgram(name))?;
         prog.try_into().map_err(GateError::Program)
     }
 
@@ -126,32 +170,119 @@ impl Gate {
     /// [`Gate::detach`] undoes it; dropping the gate without it leaves the
     /// link in place.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), GateError> {
+        self.attach_pinned(PROGRAM_NAME, iface, mode)
+    }
+
+    /// Attaches the internal program to the interface facing the targets,
+    /// pinned and replaced atomically as [`Gate::attach`] does.
+    pub fn attach_internal(&mut self, iface: &str, mode: XdpMode) -> Result<(), GateError> {
+        self.attach_pinned(INTERNAL_PROGRAM_NAME, iface, mode)
+    }
+
+    fn attach_pinned(&mut self, program: &'static str, iface: &str, mode: XdpMode) -> Result<(), GateError> {
         check_iface_name(iface)?;
         let attach_err = |source| GateError::Attach { iface: iface.to_owned(), mode, source };
         let path = self.pin_dir.join(format!("link-{iface}"));
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| GateError::Link(e.to_string()))?;
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| GateError::Link(e.to_string()))?;
-            self.xdp()?.attach_to_link(link).map_err(attach_err)?;
-            self.link = Some((path, None));
+            self.program(program)?.attach_to_link(link).map_err(attach_err)?;
+            self.links.push((path, None));
             return Ok(());
         }
-        let id = self.xdp()?.attach(iface, mode.aya()).map_err(attach_err)?;
-        let link = self.xdp()?.take_link(id)?;
+        let id = self.program(program)?.attach(iface, mode.aya()).map_err(attach_err)?;
+        let link = self.program(program)?.take_link(id)?;
         let fd = FdLink::try_from(link)
             .map_err(|_| GateError::Link("this kernel attaches XDP without bpf_link (before 5.9)".into()))?;
         let pinned = fd.pin(&path).map_err(|e| GateError::Link(e.to_string()))?;
-        self.link = Some((path, Some(pinned)));
+        self.links.push((path, Some(pinned)));
         Ok(())
     }
 
-    /// Detaches the gate from the interface of [`Gate::attach`] (unpins
-    /// its link; the program goes once the gate is dropped).
+    /// Detaches the programs from the interfaces of [`Gate::attach`] and
+    /// [`Gate::attach_internal`] (unpins their links; the programs go once
+    /// the gate is dropped).
     pub fn detach(&mut self) -> Result<(), GateError> {
-        if let Some((path, _)) = self.link.take() {
+        for (path, _) in self.links.drain(..) {
             std::fs::remove_file(&path).map_err(|e| GateError::Link(format!("{}: {e}", path.display())))?;
         }
         Ok(())
+    }
+
+    /// Lets spliced segments be redirected to these interfaces (by index),
+    /// and to no others.
+    pub fn set_redirect_interfaces(&mut self, ifindexes: &[u32]) -> Result<(), GateError> {
+        let map = self.ebpf.map_mut(MAP_REDIRECT).ok_or(GateError::MissingMap(MAP_REDIRECT))?;
+        let mut devs = DevMapHash::try_from(map).map_err(|source| GateError::Map { map: MAP_REDIRECT, source })?;
+        let stale: Vec<u32> = devs.keys().filter_map(Result::ok).filter(|k| !ifindexes.contains(k)).collect();
+        for k in stale {
+            devs.remove(k).map_err(|source| GateError::Map { map: MAP_REDIRECT, source })?;
+        }
+        for &ifindex in ifindexes {
+            devs.insert(ifindex, ifindex, None, 0).map_err(|e| GateError::Redirect(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the allowed-transit prefixes equal to `prefixes`.
+    pub fn sync_transit(&mut self, prefixes: &[(std::net::IpAddr, u8)]) -> Result<(), GateError> {
+        let map = self.ebpf.map_mut(MAP_TRANSIT).ok_or(GateError::MissingMap(MAP_TRANSIT))?;
+        let mut trie: LpmTrie<&mut MapData, TransitKey, u8> =
+            LpmTrie::try_from(map).map_err(|source| GateError::Map { map: MAP_TRANSIT, source })?;
+        let wanted: Vec<LpmKey<TransitKey>> = prefixes.iter().map(|(a, len)| transit_key(*a, *len)).collect();
+        let stale: Vec<LpmKey<TransitKey>> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.iter().any(|w| (w.prefix_len(), w.data()) == (k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            trie.remove(&k).map_err(|source| GateError::Map { map: MAP_TRANSIT, source })?;
+        }
+        for k in &wanted {
+            trie.insert(k, 1, 0).map_err(|source| GateError::Map { map: MAP_TRANSIT, source })?;
+        }
+        Ok(())
+    }
+
+    /// Writes one direction's splice entry.
+    pub fn set_splice(&mut self, key: &FlowKey, entry: &SpliceEntry) -> Result<(), GateError> {
+        self.hash_map::<FlowKey, SpliceEntry>(MAP_SPLICE)?
+            .insert(key, entry, 0)
+            .map_err(|source| GateError::Map { map: MAP_SPLICE, source })
+    }
+
+    /// One direction's splice entry, if present.
+    pub fn splice(&mut self, key: &FlowKey) -> Result<Option<SpliceEntry>, GateError> {
+        match self.hash_map::<FlowKey, SpliceEntry>(MAP_SPLICE)?.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(GateError::Map { map: MAP_SPLICE, source }),
+        }
+    }
+
+    /// Removes one direction's splice entry (absent is fine).
+    pub fn remove_splice(&mut self, key: &FlowKey) -> Result<(), GateError> {
+        match self.hash_map::<FlowKey, SpliceEntry>(MAP_SPLICE)?.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(GateError::Map { map: MAP_SPLICE, source }),
+        }
+    }
+
+    /// Every splice entry (both directions).
+    pub fn splices(&mut self) -> Result<Vec<(FlowKey, SpliceEntry)>, GateError> {
+        let map = self.ebpf.map(MAP_SPLICE).ok_or(GateError::MissingMap(MAP_SPLICE))?;
+        let splice: HashMap<&MapData, FlowKey, SpliceEntry> =
+            HashMap::try_from(map).map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
+        Ok(splice.iter().filter_map(Result::ok).collect())
+    }
+
+    /// The splice entries in the pinned map of a gate running with `pin_dir`.
+    pub fn read_splices(pin_dir: &Path) -> Result<Vec<(FlowKey, SpliceEntry)>, GateError> {
+        let data =
+            MapData::from_pin(pin_dir.join(MAP_SPLICE)).map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
+        let splice: HashMap<MapData, FlowKey, SpliceEntry> = HashMap::try_from(aya::maps::Map::HashMap(data))
+            .map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
+        Ok(splice.iter().filter_map(Result::ok).collect())
     }
 
     /// Attaches the do-nothing program to `iface`, e.g. the client end of a
@@ -238,6 +369,20 @@ impl Gate {
         Ok(FlowWrite::Written)
     }
 
+    /// Marks a flow denied (its target refused the splice): its next
+    /// segments get the service's default response. Absent is fine.
+    pub fn deny_flow(&mut self, flow: &FlowKey) -> Result<(), GateError> {
+        let map_err = |source| GateError::Map { map: MAP_PENDING, source };
+        let mut flows = self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?;
+        let mut entry = match flows.get(flow, 0) {
+            Ok(e) => e,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(source) => return Err(map_err(source)),
+        };
+        entry.state = ackgate_common::abi::FLOW_DENIED;
+        flows.insert(flow, entry, 0).map_err(map_err)
+    }
+
     /// Forgets a flow: its next segment meets the gate as a stranger (no
     /// capability on a data segment: the service's default response).
     pub fn remove_flow(&mut self, flow: &FlowKey) -> Result<(), GateError> {
@@ -274,6 +419,20 @@ pub enum FlowWrite {
     /// A newer handshake on the same 4-tuple holds the entry (here as it
     /// is); the decision was not written.
     Replaced(PendingFlow),
+}
+
+/// The LPM key of an allowed-transit prefix (see `TransitKey`).
+fn transit_key(addr: std::net::IpAddr, len: u8) -> LpmKey<TransitKey> {
+    let family = |f: u8| u32::from_ne_bytes([f, 0, 0, 0]);
+    let data = match addr {
+        std::net::IpAddr::V4(a) => [family(FAMILY_IPV4), u32::from_ne_bytes(a.octets()), 0, 0, 0],
+        std::net::IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            [family(FAMILY_IPV6), w(0), w(4), w(8), w(12)]
+        }
+    };
+    LpmKey::new(32 + len as u32, data)
 }
 
 fn check_iface_name(iface: &str) -> Result<(), GateError> {

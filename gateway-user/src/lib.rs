@@ -12,12 +12,15 @@ pub mod counters;
 pub mod events;
 pub mod gate;
 pub mod metrics;
+pub mod netdev;
 pub mod owner;
 pub mod page;
 pub mod pki;
 pub mod rst;
 pub mod services_edit;
+pub mod splice;
 pub mod store;
+pub mod synack;
 pub mod validator;
 pub mod validator_service;
 

@@ -1,7 +1,7 @@
 //! Prometheus metrics over HTTP (`[control] metrics_listen`): gate verdicts
 //! by reason and flows by state (read from the pinned maps at each scrape),
-//! decisions by outcome, decision and validation latency histograms, and the agent
-//! listener's counters.
+//! decisions by outcome, decision and validation latency histograms, the
+//! splice's flows and bytes, and the agent listener's counters.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,12 +44,20 @@ struct Event {
     event: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: String,
+}
+
 /// Metrics the control plane updates as it decides.
 pub struct Metrics {
     registry: Registry,
     decisions: Family<Outcome, Counter>,
     latency: Histogram,
     validation: Histogram,
+    spliced: Counter,
+    ended: Family<Reason, Counter>,
+    bytes: Family<Direction, Counter>,
 }
 
 impl Default for Metrics {
@@ -62,7 +70,21 @@ impl Default for Metrics {
         registry.register("decision_latency_seconds", "From the gate's event to the decision", latency.clone());
         let validation = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register("validation_latency_seconds", "Time the validator took per decision", validation.clone());
-        Self { registry, decisions, latency, validation }
+        let spliced = Counter::default();
+        registry.register(
+            "flows_spliced",
+            "Authorized flows whose target connection the gate completed",
+            spliced.clone(),
+        );
+        let ended = Family::<Reason, Counter>::default();
+        registry.register(
+            "flows_ended",
+            "Spliced flows ended, by reason (fin, rst_client, rst_target, idle, revoked, target_refused, target_timeout)",
+            ended.clone(),
+        );
+        let bytes = Family::<Direction, Counter>::default();
+        registry.register("spliced_bytes", "IP bytes of ended spliced flows, by direction", bytes.clone());
+        Self { registry, decisions, latency, validation, spliced, ended, bytes }
     }
 }
 
@@ -75,6 +97,18 @@ impl Metrics {
         if !validation.is_zero() {
             self.validation.observe(validation.as_secs_f64());
         }
+    }
+
+    /// A flow spliced to its target.
+    pub fn spliced(&self) {
+        self.spliced.inc();
+    }
+
+    /// A spliced flow ended: why, and what it carried each way.
+    pub fn flow_ended(&self, reason: &str, to_target: u64, to_client: u64) {
+        self.ended.get_or_create(&Reason { reason: reason.to_owned() }).inc();
+        self.bytes.get_or_create(&Direction { direction: "to_target".into() }).inc_by(to_target);
+        self.bytes.get_or_create(&Direction { direction: "to_client".into() }).inc_by(to_client);
     }
 
     /// The full exposition: live values read now, then the accumulated ones.

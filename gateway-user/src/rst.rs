@@ -1,5 +1,6 @@
 //! RSTs sent from userspace: ending a live flow whose user was revoked
-//! (DESIGN.md §6), when the service's policy is not silence.
+//! (DESIGN.md §6), or whose target refused the splice, when the service's
+//! policy is not silence.
 
 use std::net::SocketAddrV4;
 
@@ -12,8 +13,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// client expects while the gateway holds the flow (RFC 5961 §3.2 accepts
 /// an exactly in-window RST without a challenge ACK).
 pub fn reset_client(client: SocketAddrV4, service: SocketAddrV4, server_isn: u32) -> std::io::Result<()> {
-    // The RST the gate sends for an ACK, built from the ACK the client
-    // would send now.
+    reset(service, client, server_isn.wrapping_add(1))
+}
+
+/// Sends `to` a RST from `from` with sequence number `seq` (the one `to`
+/// expects next), built as Linux builds the RST for an ACK-bearing segment
+/// (net/ipv4/tcp_ipv4.c, tcp_v4_send_reset).
+pub fn reset(from: SocketAddrV4, to: SocketAddrV4, seq: u32) -> std::io::Result<()> {
+    // The RST the gate sends for an ACK, built from the ACK `to` would send.
     let ip = Ipv4Hdr {
         version_ihl: 0x45,
         tos: 0,
@@ -23,14 +30,14 @@ pub fn reset_client(client: SocketAddrV4, service: SocketAddrV4, server_isn: u32
         ttl: 64,
         proto: ackgate_common::net::IPPROTO_TCP,
         check: [0, 0],
-        saddr: client.ip().octets(),
-        daddr: service.ip().octets(),
+        saddr: to.ip().octets(),
+        daddr: from.ip().octets(),
     };
     let ack = TcpHdr {
-        sport: client.port().to_be_bytes(),
-        dport: service.port().to_be_bytes(),
+        sport: to.port().to_be_bytes(),
+        dport: from.port().to_be_bytes(),
         seq: [0; 4],
-        ack: server_isn.wrapping_add(1).to_be_bytes(),
+        ack: seq.to_be_bytes(),
         doff_res: 5 << 4,
         flags: TCP_ACK,
         window: [0, 0],
@@ -43,8 +50,7 @@ pub fn reset_client(client: SocketAddrV4, service: SocketAddrV4, server_isn: u32
     packet.extend_from_slice(as_bytes(&rst));
     // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our header as is.
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
-    let to = SocketAddrV4::new(*client.ip(), 0);
-    socket.send_to(&packet, &to.into())?;
+    socket.send_to(&packet, &SocketAddrV4::new(*to.ip(), 0).into())?;
     Ok(())
 }
 

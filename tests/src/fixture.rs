@@ -8,7 +8,7 @@ use ackgate_common::abi::{RESPONSE_DROP, ServiceKey, ServicePolicy, port_field, 
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::OptionId;
 use ackgate_gateway::counters::{self, Counters};
-use ackgate_gateway::gate::{Gate, ServiceEntry};
+use ackgate_gateway::gate::{Gate, GateSettings, ServiceEntry};
 use aya::programs::{TestRun, TestRunOptions};
 
 /// Agent and key the fixtures enrol.
@@ -53,9 +53,18 @@ pub fn service(vip: [u8; 4], port: u16, default_response: u8, stealth: bool) -> 
 
 impl TestGate {
     /// Loads the gate with `services` and the fixture agent key.
+    ///
+    /// Moves the calling thread into a fresh network namespace first: a
+    /// test run's packet arrives on the loopback device of the caller's
+    /// namespace, and the gate's transit check asks that namespace's FIB.
+    /// A fresh one (forwarding off, no routes) makes every verdict the same
+    /// on any host. Tests use a gate from the thread that created it.
     pub fn new(tag: &str, services: &[ServiceEntry]) -> Self {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("a fresh network namespace for the test gate: {e}"));
         let pin_dir = unique_pin_dir(tag);
-        let mut gate = Gate::load(&pin_dir, OptionId::default(), ackgate_common::abi::MAX_PENDING)
+        let settings = GateSettings::new(OptionId::default(), ackgate_common::abi::MAX_PENDING);
+        let mut gate = Gate::load(&pin_dir, &settings)
             .unwrap_or_else(|e| panic!("the XDP gate must load and pass the verifier: {e}"));
         gate.sync_services(services).unwrap_or_else(|e| panic!("filling the service map failed: {e}"));
         gate.set_agent_key(AGENT_ID, AGENT_KEY).unwrap_or_else(|e| panic!("filling the agent key map failed: {e}"));

@@ -5,6 +5,7 @@ use ackgate_common::abi::{FlowOwner, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESE
 use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ackgate_common::option::OptionId;
 use ackgate_common::reason;
+use ackgate_common::reply::{TCP_CWR, TCP_ECE};
 use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate, service};
 use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp};
 
@@ -89,16 +90,31 @@ fn run_rows(gate: &mut TestGate, rows: Vec<Row>) {
 }
 
 /// The SYN/ACK the gate must send for `syn`, built independently of the
-/// gate's own reply code, given the cookie it chose.
-fn expected_synack(syn: &TcpFrame, cookie: u32, mss: u16) -> Vec<u8> {
+/// gate's own reply code, given the cookie and TSval it chose: what Linux
+/// sends on a 1500-byte MTU with default sysctls (the fixture's profile):
+/// MSS 1460, SACK-permitted + timestamps, NOP + window scale 7, window
+/// 65160 (MSS only and 64240 without timestamps).
+fn expected_synack(syn: &TcpFrame, cookie: u32, tsval: u32) -> Vec<u8> {
     let mut f = TcpFrame::new(syn.daddr, syn.dport, syn.saddr, syn.sport, TCP_SYN | TCP_ACK);
     f.src_mac = syn.dst_mac;
     f.dst_mac = syn.src_mac;
     f.vlans = syn.vlans.clone();
     f.seq = cookie;
     f.ack = syn.seq.wrapping_add(1);
-    f.window = 64240;
-    f.tcp_options = vec![2, 4, (mss >> 8) as u8, mss as u8];
+    let syn_ts = syn_timestamp(syn);
+    f.window = if syn_ts.is_some() { 65160 } else { 64240 };
+    f.tcp_options = vec![2, 4, 0x05, 0xb4];
+    if let Some(client_tsval) = syn_ts {
+        f.tcp_options.extend_from_slice(&[4, 2, 8, 10]);
+        f.tcp_options.extend_from_slice(&tsval.to_be_bytes());
+        f.tcp_options.extend_from_slice(&client_tsval.to_be_bytes());
+        if syn_option(syn, 3).is_some() {
+            f.tcp_options.extend_from_slice(&[1, 3, 3, 7]);
+        }
+        if syn.flags & (TCP_ECE | TCP_CWR) == TCP_ECE | TCP_CWR {
+            f.flags |= TCP_ECE;
+        }
+    }
     let mut bytes = f.build();
     // The reply's IP id is 0 (TcpFrame uses 0x1234); patch and re-sum.
     let l3 = 14 + 4 * syn.vlans.len();
@@ -109,14 +125,50 @@ fn expected_synack(syn: &TcpFrame, cookie: u32, mss: u16) -> Vec<u8> {
     bytes
 }
 
+/// The bytes of option `kind` in a test SYN's options (a plain walk).
+fn syn_option(syn: &TcpFrame, kind: u8) -> Option<Vec<u8>> {
+    let o = &syn.tcp_options;
+    let mut i = 0;
+    while i + 1 < o.len() {
+        match o[i] {
+            0 => return None,
+            1 => i += 1,
+            k if k == kind => return o.get(i..i + o[i + 1] as usize).map(<[u8]>::to_vec),
+            _ => i += o[i + 1].max(2) as usize,
+        }
+    }
+    None
+}
+
+/// The TSval of a test SYN, if it has timestamps.
+fn syn_timestamp(syn: &TcpFrame) -> Option<u32> {
+    syn_option(syn, 8).map(|t| u32::from_be_bytes([t[2], t[3], t[4], t[5]]))
+}
+
 /// Runs `syn` through the gate and returns the cookie it answered with,
-/// after checking the SYN/ACK byte for byte.
-fn cookie_for(gate: &mut TcpFrameGate, syn: &TcpFrame, mss: u16) -> u32 {
+/// after checking the SYN/ACK byte for byte, and that its TSval carries
+/// the SYN's options for the handshake ACK to bring back (MSS bucket 1460,
+/// SACK, window scale 7; see `cookie`).
+fn cookie_for(gate: &mut TcpFrameGate, syn: &TcpFrame) -> u32 {
     let out = gate.0.run(&syn.build());
     assert_eq!(out.action, XDP_TX, "SYN to a protected port must be answered with XDP_TX");
     let l4 = 14 + 4 * syn.vlans.len() + 20;
     let cookie = u32::from_be_bytes(out.frame[l4 + 4..l4 + 8].try_into().expect("4 bytes"));
-    assert_eq!(out.frame, expected_synack(syn, cookie, mss), "cookie SYN/ACK bytes differ");
+    let tsval = match out.frame.get(l4 + 28..l4 + 32) {
+        Some(b) if syn_timestamp(syn).is_some() => u32::from_be_bytes(b.try_into().expect("4 bytes")),
+        _ => 0,
+    };
+    assert_eq!(out.frame, expected_synack(syn, cookie, tsval), "cookie SYN/ACK bytes differ");
+    if syn_timestamp(syn).is_some() {
+        let offer = ackgate_common::cookie::ClientOffer::decode(tsval);
+        let wscale = syn_option(syn, 3).map_or(ackgate_common::option::NO_WSCALE, |w| w[2]);
+        let ecn = u8::from(syn.flags & (TCP_ECE | TCP_CWR) == TCP_ECE | TCP_CWR);
+        assert_eq!(
+            (offer.mss(), offer.sack_ok, offer.wscale, offer.ecn),
+            (1460, 1, wscale, ecn),
+            "TSval {tsval:#x} must encode the SYN's options"
+        );
+    }
     assert_checksums(&out.frame, 14 + 4 * syn.vlans.len());
     cookie
 }
@@ -149,8 +201,11 @@ fn not_ours_passes_untouched() {
     let other_addr = TcpFrame::new(CLIENT, 40000, [10, 0, 0, 9], PORT, TCP_SYN).linux_syn_options();
     let mut frag_elsewhere = TcpFrame::new(CLIENT, 40000, [10, 0, 0, 9], PORT, TCP_SYN);
     frag_elsewhere.frag = 0x2000;
-    let mut ipv6 = arp.clone();
-    ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    // A whole IPv6 header (to 2001:db8::1, TCP): the transit check reads it.
+    let mut ipv6: Vec<u8> = [&[0xffu8; 6][..], &[2, 0, 0, 0, 0, 1], &[0x86, 0xdd]].concat();
+    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 6, 64]);
+    ipv6.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    ipv6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     let rows = vec![
         Row { name: "ARP", input: arp, action: XDP_PASS, reason: reason::PASS_NOT_IPV4, out: Out::Unchanged },
         Row { name: "IPv6", input: ipv6, action: XDP_PASS, reason: reason::PASS_NOT_IPV4, out: Out::Unchanged },
@@ -284,23 +339,24 @@ fn syn_gets_a_cookie_synack_with_exact_bytes() {
     let mut g = TcpFrameGate(gate());
     let before = g.0.counters();
     // Linux options: MSS 1460 is in the kernel's cookie MSS table.
-    cookie_for(&mut g, &syn(VIP, 40010), 1460);
-    // No options: RFC default 536.
+    cookie_for(&mut g, &syn(VIP, 40010));
+    // No options: MSS only (nothing would bring the rest back without
+    // timestamps), window 64240.
     let mut bare = syn(VIP, 40011);
     bare.tcp_options.clear();
-    cookie_for(&mut g, &bare, 536);
+    cookie_for(&mut g, &bare);
     // One VLAN tag: kept in the reply.
     let mut tagged = syn(VIP, 40012);
     tagged.vlans = vec![100];
-    cookie_for(&mut g, &tagged, 1460);
+    cookie_for(&mut g, &tagged);
     // QinQ.
     let mut qinq = syn(VIP, 40013);
     qinq.vlans = vec![100, 200];
-    cookie_for(&mut g, &qinq, 1460);
+    cookie_for(&mut g, &qinq);
     // IPv4 options (NOP x4): honoured when parsing, not echoed.
     let mut ipopt = syn(VIP, 40014);
     ipopt.ip_options = vec![1, 1, 1, 1];
-    cookie_for(&mut g, &ipopt, 1460);
+    cookie_for(&mut g, &ipopt);
     // Ethernet padding after a short SYN is ignored.
     let mut padded_syn = syn(VIP, 40015);
     padded_syn.tcp_options.clear();
@@ -309,13 +365,21 @@ fn syn_gets_a_cookie_synack_with_exact_bytes() {
     let out = g.0.run(&padded);
     assert_eq!(out.action, XDP_TX, "padded SYN must be answered");
     let cookie = u32::from_be_bytes(out.frame[38..42].try_into().expect("4 bytes"));
-    assert_eq!(out.frame, expected_synack(&padded_syn, cookie, 536), "padded SYN's reply differs");
+    assert_eq!(out.frame, expected_synack(&padded_syn, cookie, 0), "padded SYN's reply differs");
     // Stealth service with a valid stamp.
     let mut stamped = syn(VIP_STEALTH, 40016);
     stamp::syn(&mut stamped, OptionId::default(), AGENT_ID, &AGENT_KEY, stamp::tai_tick());
-    cookie_for(&mut g, &stamped, 1460);
+    cookie_for(&mut g, &stamped);
+    // Timestamps and SACK but no window scale: none offered back.
+    let mut no_ws = syn(VIP, 40017);
+    no_ws.tcp_options = vec![2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0];
+    cookie_for(&mut g, &no_ws);
+    // An ECN SYN (ECE + CWR): answered with ECE, as tcp_ecn = 2 does.
+    let mut ecn = syn(VIP, 40018);
+    ecn.flags |= TCP_ECE | TCP_CWR;
+    cookie_for(&mut g, &ecn);
     let delta = g.0.counters().since(&before);
-    assert_eq!(delta.get(reason::SYN_COOKIE), 7, "every SYN above must count as syn_cookie");
+    assert_eq!(delta.get(reason::SYN_COOKIE), 9, "every SYN above must count as syn_cookie");
 }
 
 #[test]
@@ -384,7 +448,7 @@ fn handshake_acks_get_their_verdicts() {
     let mut rows = Vec::new();
 
     let s = syn(VIP, 41000);
-    let c = cookie_for(&mut g, &s, 1460);
+    let c = cookie_for(&mut g, &s);
     let mut bad_cookie = ack_of(&s, c ^ 0x0100_0000);
     stamp::ack(&mut bad_cookie, id, AGENT_ID, &AGENT_KEY);
     rows.push(Row {
@@ -403,7 +467,7 @@ fn handshake_acks_get_their_verdicts() {
     });
 
     let s = syn(VIP_RESET, 41001);
-    let c = cookie_for(&mut g, &s, 1460);
+    let c = cookie_for(&mut g, &s);
     let a = ack_of(&s, c);
     rows.push(Row {
         name: "no option, reset policy",
@@ -432,7 +496,7 @@ fn handshake_acks_get_their_verdicts() {
     });
 
     let s = syn(VIP_PAGE, 41002);
-    let c = cookie_for(&mut g, &s, 1460);
+    let c = cookie_for(&mut g, &s);
     rows.push(Row {
         name: "no option, page policy",
         input: ack_of(&s, c).build(),
@@ -442,7 +506,7 @@ fn handshake_acks_get_their_verdicts() {
     });
 
     let s = syn(VIP, 41003);
-    let c = cookie_for(&mut g, &s, 1460);
+    let c = cookie_for(&mut g, &s);
     let mut dup = ack_of(&s, c);
     stamp::ack(&mut dup, id, AGENT_ID, &AGENT_KEY);
     stamp::ack(&mut dup, id, AGENT_ID, &AGENT_KEY);
@@ -588,7 +652,7 @@ fn decided_flows_get_their_verdicts() {
     let id = OptionId::default();
     let accept = |g: &mut TcpFrameGate, vip: [u8; 4], sport: u16| {
         let s = syn(vip, sport);
-        let c = cookie_for(g, &s, 1460);
+        let c = cookie_for(g, &s);
         let mut a = ack_of(&s, c);
         stamp::ack(&mut a, id, AGENT_ID, &AGENT_KEY);
         assert_eq!(g.0.run(&a.build()).action, XDP_DROP, "stamped ACK must be accepted (pending)");
@@ -658,7 +722,7 @@ fn decided_flows_get_their_verdicts() {
     // without a response and leaves it alone.
     let mut again = syn(VIP, 42000);
     again.seq ^= 0x0055_5500;
-    let c = cookie_for(&mut g, &again, 1460);
+    let c = cookie_for(&mut g, &again);
     let mut forged = ack_of(&again, c);
     stamp::ack_with_mac(&mut forged, id, AGENT_ID, 0xdead_beef);
     let mut fresh = ack_of(&again, c);

@@ -1,9 +1,10 @@
 //! The one bounds-checked packet accessor, for XDP frames and TC skbs.
 
-use aya_ebpf::helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes};
+use aya_ebpf::helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes, bpf_xdp_store_bytes};
 use aya_ebpf::programs::{TcContext, XdpContext};
 use core::mem::size_of;
 
+use crate::abi::HELD_MAX_PACKET;
 use crate::net::{Frame, Wire};
 use crate::option::MAX_OPTION_BYTES;
 
@@ -28,6 +29,42 @@ impl<'a> XdpFrame<'a> {
         // SAFETY: `checked_ptr` compared exactly this pointer with data_end.
         unsafe { core::ptr::write_unaligned(at as *mut T, *v) };
         Some(())
+    }
+
+    /// Writes the first `len` bytes of `src` at `offset` (rewritten TCP
+    /// options), through the helper for the same verifier reasons as
+    /// `load_bytes`.
+    #[inline(always)]
+    pub fn store_bytes(&self, offset: usize, len: usize, src: &[u8; MAX_OPTION_BYTES]) -> Option<()> {
+        if !copy_len_ok(len) {
+            return None;
+        }
+        // SAFETY: `src` holds MAX_OPTION_BYTES >= len bytes; the helper
+        // checks the packet range itself.
+        let rc = unsafe { bpf_xdp_store_bytes(self.ctx.ctx, offset as u32, src.as_ptr() as *mut _, len as u32) };
+        (rc == 0).then_some(())
+    }
+
+    /// Copies `len` bytes at `offset` (a whole IPv4 packet) into `dst`.
+    #[inline(always)]
+    pub fn copy_packet(&self, offset: usize, len: usize, dst: &mut [u8; HELD_MAX_PACKET]) -> Option<()> {
+        // Spelled out for the verifier, as `copy_len_ok`; through a barrier
+        // because LLVM drops the zero check when callers imply it, and the
+        // helper's size must be provably non-zero.
+        let len = core::hint::black_box(len);
+        if len == 0 || len > HELD_MAX_PACKET {
+            return None;
+        }
+        // SAFETY: `dst` holds HELD_MAX_PACKET >= len bytes; the helper
+        // checks the packet range itself.
+        let rc = unsafe { bpf_xdp_load_bytes(self.ctx.ctx, offset as u32, dst.as_mut_ptr().cast(), len as u32) };
+        (rc == 0).then_some(())
+    }
+
+    /// Index of the interface the frame arrived on.
+    #[inline(always)]
+    pub fn ingress_ifindex(&self) -> u32 {
+        self.ctx.ingress_ifindex() as u32
     }
 }
 
@@ -117,11 +154,28 @@ fn copy_len_ok(len: usize) -> bool {
 /// the packet". Callers re-read both values from the context on every call
 /// because bpf_xdp_adjust_tail and the skb resize helpers invalidate earlier
 /// packet pointers.
+///
+/// The offset is bounded first: offsets the gate reads back from map
+/// memory (a parsed segment kept in per-CPU scratch) are unknown scalars to
+/// the verifier, and it refuses arithmetic on a packet pointer with an
+/// unbounded register ("math between pkt pointer and register with
+/// unbounded min value").
 #[inline(always)]
 fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<usize> {
+    if offset > MAX_FRAME_OFFSET {
+        return None;
+    }
     let at = core::hint::black_box(data + offset);
     if at + size_of::<T>() > data_end {
         return None;
     }
     Some(at)
 }
+
+/// Largest offset `checked_ptr` accepts. Headers (Ethernet, two VLAN tags,
+/// IPv4 and TCP with options: at most 142 bytes) all lie in the first KiB.
+/// Well below the kernel's MAX_PACKET_OFF (0xffff) on purpose: the
+/// verifier only credits a bounds check to a variable-offset packet
+/// pointer when offset + access size stays within MAX_PACKET_OFF
+/// (find_good_pkt_pointers, kernel/bpf/verifier.c).
+const MAX_FRAME_OFFSET: usize = 0x3ff;

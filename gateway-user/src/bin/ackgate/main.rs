@@ -7,20 +7,25 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
-    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, FlowOwner, GateEvent, PendingFlow, RESPONSE_DROP,
-    RESPONSE_PAGE, port_value, v4_bytes,
+    EVENT_PENDING, EVENT_SPLICED, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, FlowOwner, GateEvent,
+    PendingFlow, RESPONSE_DROP, RESPONSE_PAGE, port_value, v4_bytes,
 };
-use ackgate_gateway::access_log::{AccessLog, AccessRecord};
+use ackgate_gateway::access_log::{AccessLog, AccessRecord, FlowEnd};
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::agents::{AgentServer, ServerConfig};
+use ackgate_gateway::config::Forwarding;
 use ackgate_gateway::config::{Config, ControlSection, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 use ackgate_gateway::control::{ControlPlane, Decision, FlowState, Settings};
 use ackgate_gateway::events::Events;
-use ackgate_gateway::gate::{FlowWrite, Gate};
+use ackgate_gateway::gate::{FlowWrite, Gate, GateSettings};
 use ackgate_gateway::metrics::Metrics;
+use ackgate_gateway::netdev;
+use ackgate_gateway::owner::OwnerNames;
 use ackgate_gateway::page;
 use ackgate_gateway::pki::Ca;
+use ackgate_gateway::splice::{Ended, HeldRing, SpliceSettings, Splicer, Target};
 use ackgate_gateway::store::Store;
+use ackgate_gateway::synack::HostTcp;
 use ackgate_gateway::validator::{Decider, GatewayDirectory, ServiceRule, Validator};
 use ackgate_gateway::validator_service::RemoteValidator;
 use anyhow::{Context as _, Result};
@@ -273,9 +278,20 @@ fn real_main() -> Result<()> {
 fn run(config_path: PathBuf) -> Result<()> {
     let config = Config::from_file(&config_path)?;
     let services = config.service_entries()?;
-    let mut gate = Gate::load(&config.gateway.pin_dir, config.option_id(), config.gateway.max_flows)
-        .context("loading the XDP gate")?;
+    let g = &config.gateway;
+    let host = HostTcp::read(&g.edge_interface)
+        .with_context(|| format!("reading what the kernel's own SYN/ACK looks like on {}", g.edge_interface))?;
+    let settings = GateSettings {
+        option: config.option_id(),
+        max_flows: g.max_flows,
+        max_spliced: g.max_spliced,
+        synack: host.profile(rand::random()),
+        redirect: g.forwarding == Forwarding::Redirect,
+    };
+    let mut gate = Gate::load(&g.pin_dir, &settings).context("loading the XDP gate")?;
     gate.sync_services(&services).context("filling the service map")?;
+    let transit = config.transit_prefixes()?;
+    gate.sync_transit(&transit).context("filling the allowed-transit map")?;
     for agent in &config.static_agents {
         let key = agent.load_key()?;
         gate.set_agent_key(agent.id, key).with_context(|| format!("loading the key of agent {}", agent.id))?;
@@ -294,7 +310,17 @@ fn run(config_path: PathBuf) -> Result<()> {
     if !pages.is_empty() {
         page::install_synproxy(&pages).context("installing the page responder's SYNPROXY rules")?;
     }
+    let splice = match &g.internal_interface {
+        Some(internal) => Some(prepare_splice(&mut gate, &config, internal, settings.synack.wscale)?),
+        None => None,
+    };
     gate.attach(&config.gateway.edge_interface, config.gateway.xdp_mode)?;
+    let transit_text = if transit.is_empty() { "none".to_owned() } else { config.gateway.allowed_transit.join(", ") };
+    info!(
+        interface = %config.gateway.edge_interface,
+        allowed_transit = %transit_text,
+        "forwarding from the edge: default-deny, except spliced flows and allowed transit"
+    );
     info!(
         interface = %config.gateway.edge_interface,
         mode = ?config.gateway.xdp_mode,
@@ -305,6 +331,7 @@ fn run(config_path: PathBuf) -> Result<()> {
         "gate attached"
     );
     let events = Events::take(gate.ebpf_mut()).context("opening the gate event ring buffer")?;
+    let held = HeldRing::take(gate.ebpf_mut()).context("opening the held-segment ring buffer")?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     let admin_socket = config.control.as_ref().map(|c| c.admin_socket.clone());
@@ -313,7 +340,7 @@ fn run(config_path: PathBuf) -> Result<()> {
         max: config.gateway.page_max_connections,
         timeout: Duration::from_millis(config.gateway.page_timeout_ms),
     };
-    let served = runtime.block_on(serve(&mut gate, events, control, responder));
+    let served = runtime.block_on(serve(&mut gate, events, held, control, splice, responder));
     if !pages.is_empty()
         && let Err(e) = page::remove_synproxy()
     {
@@ -330,9 +357,46 @@ fn run(config_path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-type ServiceTables = (HashMap<([u8; 4], u16), ServiceRule>, HashMap<([u8; 4], u16), u8>);
+/// Attaches the internal program and sets up forwarding for the splice.
+fn prepare_splice(gate: &mut Gate, config: &Config, internal: &str, gateway_wscale: u8) -> Result<SpliceSettings> {
+    let g = &config.gateway;
+    gate.attach_internal(internal, g.xdp_mode)?;
+    if g.forwarding == Forwarding::Redirect {
+        let edge = netdev::index(&g.edge_interface).with_context(|| format!("interface {}", g.edge_interface))?;
+        let inside = netdev::index(internal).with_context(|| format!("interface {internal}"))?;
+        gate.set_redirect_interfaces(&[edge, inside]).context("filling the redirect map")?;
+    } else {
+        gate.set_redirect_interfaces(&[]).context("emptying the redirect map")?;
+    }
+    // The kernel-forwarding path (always with forwarding = "kernel", and
+    // for segments redirect cannot deliver) hands the stack target → client
+    // segments whose source is the VIP, a local address, arriving on the
+    // internal interface: without accept_local, ip_route_input drops them
+    // as martians (fib_validate_source, net/ipv4/fib_frontend.c).
+    let sysctl = format!("/proc/sys/net/ipv4/conf/{internal}/accept_local");
+    std::fs::write(&sysctl, "1").with_context(|| format!("setting {sysctl}"))?;
+    let internal_mtu = netdev::mtu(internal).with_context(|| format!("the MTU of {internal}"))?;
+    info!(
+        internal = internal,
+        forwarding = ?g.forwarding,
+        internal_mtu,
+        "splice: internal program attached"
+    );
+    Ok(SpliceSettings {
+        connect_timeout: Duration::from_millis(g.connect_timeout_ms),
+        linger: SPLICE_LINGER,
+        internal_mtu,
+        gateway_wscale,
+    })
+}
 
-/// The validator's rules and the default responses, by VIP and port.
+/// Ended flows keep their entries this long for the last ACK.
+const SPLICE_LINGER: Duration = Duration::from_secs(1);
+
+type ServiceTables = (HashMap<([u8; 4], u16), ServiceRule>, HashMap<([u8; 4], u16), Target>);
+
+/// The validator's rules and the splice targets (with default responses),
+/// by VIP and port.
 fn service_tables(config: &Config) -> Result<ServiceTables> {
     let rules = config
         .services
@@ -345,12 +409,24 @@ fn service_tables(config: &Config) -> Result<ServiceTables> {
             std::net::IpAddr::V6(_) => None,
         })
         .collect();
-    let responses = config
-        .service_entries()?
+    let entries = config.service_entries()?;
+    let targets = config
+        .services
         .iter()
-        .map(|e| ((v4_bytes(&e.key.addr), port_value(e.key.port)), e.policy.default_response))
+        .zip(&entries)
+        .map(|(s, e)| {
+            let addr =
+                std::net::SocketAddrV4::new(v4_bytes(&e.policy.target_addr).into(), port_value(e.policy.target_port));
+            let target = Target {
+                service: s.name.clone(),
+                addr,
+                response: e.policy.default_response,
+                idle_timeout: config.idle_timeout(s),
+            };
+            ((v4_bytes(&e.key.addr), port_value(e.key.port)), target)
+        })
         .collect();
-    Ok((rules, responses))
+    Ok((rules, targets))
 }
 
 /// What the control plane needs, opened before the gate attaches so that a
@@ -361,8 +437,8 @@ struct Prepared {
     listen: std::net::SocketAddr,
     access_log: AccessLog,
     rules: HashMap<([u8; 4], u16), ServiceRule>,
-    /// Default response (`RESPONSE_*`) by VIP and port.
-    responses: HashMap<([u8; 4], u16), u8>,
+    /// Targets and default responses by VIP and port.
+    targets: HashMap<([u8; 4], u16), Target>,
     settings: Settings,
     admin_socket: std::path::PathBuf,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -377,7 +453,7 @@ impl Prepared {
         let store = Arc::new(Store::open(&c.store_path())?);
         let access_log = AccessLog::open(c.access_log.as_deref())
             .with_context(|| format!("opening the access log {:?}", c.access_log))?;
-        let (rules, responses) = service_tables(config)?;
+        let (rules, targets) = service_tables(config)?;
         let settings = Settings {
             profile_timeout: Duration::from_millis(c.profile_timeout_ms),
             validation_timeout: Duration::from_millis(c.validation_timeout_ms),
@@ -390,7 +466,7 @@ impl Prepared {
             listen: c.agent_listen,
             access_log,
             rules,
-            responses,
+            targets,
             settings,
             admin_socket: c.admin_socket.clone(),
             metrics_listen: c.metrics_listen,
@@ -410,7 +486,14 @@ struct Responder {
     timeout: Duration,
 }
 
-async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, responder: Responder) -> Result<()> {
+async fn serve(
+    gate: &mut Gate,
+    events: Events,
+    held: HeldRing,
+    control: Option<Prepared>,
+    splice: Option<SpliceSettings>,
+    responder: Responder,
+) -> Result<()> {
     for p in &responder.pages {
         let listener = tokio::net::TcpListener::bind((p.vip, p.port))
             .await
@@ -424,9 +507,14 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, respo
     // until it is dropped, so the fd stays open while registered.
     let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the event ring buffer: {e}"))?;
+    // SAFETY: as for `events`.
+    let mut held_ring = unsafe { AsyncFd::register_with_interest(held, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the held-segment ring buffer: {e}"))?;
+    let mut ticks = tokio::time::interval(SPLICE_TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut plane, mut decisions, mut enrollments, mut admin) = match control {
         Some(p) => {
-            let (plane, decisions, enrollments, admin) = Plane::start(p).await?;
+            let (plane, decisions, enrollments, admin) = Plane::start(p, splice).await?;
             (Some(plane), Some(decisions), Some(enrollments), Some(admin))
         }
         None => (None, None, None, None),
@@ -458,15 +546,18 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, respo
                 let events = guard.get_inner_mut();
                 let before = events.malformed();
                 for ev in events.drain() {
+                    let Some(p) = plane.as_mut() else { continue };
+                    if ev.kind != EVENT_PENDING {
+                        p.on_splice_event(gate, &ev);
+                        continue;
+                    }
                     info!(
                         agent = ev.agent_id,
                         client = %ev.flow.client_addr(),
                         service = %ev.flow.service_addr(),
                         "flow pending: capability valid, awaiting profile check"
                     );
-                    if let Some(p) = plane.as_mut()
-                        && let Some(d) = p.cp.on_event(ev, Instant::now())
-                    {
+                    if let Some(d) = p.cp.on_event(ev, Instant::now()) {
                         p.apply(gate, d);
                     }
                 }
@@ -475,9 +566,28 @@ async fn serve(gate: &mut Gate, events: Events, control: Option<Prepared>, respo
                 }
                 guard.clear_ready();
             }
+            ready = held_ring.readable_mut() => {
+                let mut guard = ready.context("held-segment ring buffer")?;
+                let segments = guard.get_inner_mut().drain();
+                if let Some(p) = plane.as_mut() {
+                    for (flow, packet) in segments {
+                        p.on_held(gate, flow, packet);
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = ticks.tick() => {
+                if let Some(p) = plane.as_mut() {
+                    p.tick(gate);
+                }
+            }
         }
     }
 }
+
+/// How often the splice's timers run (SYN resent, connect timeouts, idle
+/// checks, lingering ends).
+const SPLICE_TICK: Duration = Duration::from_millis(100);
 
 /// The next item of an optional channel; never resolves without one.
 async fn recv<T>(rx: &mut Option<UnboundedReceiver<T>>) -> Option<T> {
@@ -507,9 +617,11 @@ struct Plane {
     agent_listen: std::net::SocketAddr,
     started: Instant,
     access_log: AccessLog,
-    responses: HashMap<([u8; 4], u16), u8>,
+    targets: HashMap<([u8; 4], u16), Target>,
     metrics: Arc<Metrics>,
     config_path: PathBuf,
+    /// The splice (absent without an internal interface).
+    splicer: Option<Splicer>,
 }
 
 struct Revocation {
@@ -528,7 +640,7 @@ type Started = (
 impl Plane {
     /// Starts the agent listener; returns the plane, its decisions and the
     /// keys of agents that enroll from now on.
-    async fn start(p: Prepared) -> Result<Started> {
+    async fn start(p: Prepared, splice: Option<SpliceSettings>) -> Result<Started> {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
         admin_socket::serve(&p.admin_socket, admin_tx)?;
         let decider: Arc<dyn Decider> = match &p.remote_validator {
@@ -567,9 +679,10 @@ impl Plane {
             agent_listen: p.listen,
             started: Instant::now(),
             access_log: p.access_log,
-            responses: p.responses,
+            targets: p.targets,
             metrics,
             config_path: p.config_path,
+            splicer: splice.map(Splicer::new).transpose().context("starting the splice")?,
         };
         Ok((plane, decisions, enrollments, admin_rx))
     }
@@ -578,6 +691,13 @@ impl Plane {
     /// left: authorized flows revoked meanwhile are ended, pending flows are
     /// decided again (their agents reconnect).
     fn resume(&mut self, gate: &mut Gate) {
+        if let Some(s) = self.splicer.as_mut() {
+            let targets = &self.targets;
+            s.resume(gate, |flow| targets.get(&flow.service_v4()).cloned());
+            if !s.is_empty() {
+                info!(flows = s.len(), "resumed spliced flows left by the previous run");
+            }
+        }
         self.end_revoked_while_down(gate);
         let flows = match gate.pending_flows() {
             Ok(f) => f,
@@ -620,16 +740,16 @@ impl Plane {
         let config = Config::from_file(&self.config_path)?;
         let entries = config.service_entries()?;
         gate.sync_services(&entries)?;
-        let (rules, responses) = service_tables(&config)?;
-        let pages = |r: &HashMap<([u8; 4], u16), u8>| {
-            let mut p: Vec<_> = r.iter().filter(|(_, v)| **v == RESPONSE_PAGE).map(|(k, _)| *k).collect();
+        let (rules, targets) = service_tables(&config)?;
+        let pages = |r: &HashMap<([u8; 4], u16), Target>| {
+            let mut p: Vec<_> = r.iter().filter(|(_, v)| v.response == RESPONSE_PAGE).map(|(k, _)| *k).collect();
             p.sort();
             p
         };
-        let note = (pages(&responses) != pages(&self.responses))
+        let note = (pages(&targets) != pages(&self.targets))
             .then(|| "page services changed: restart `ackgate run` to start or stop their responders".to_owned());
         self.cp.set_rules(rules);
-        self.responses = responses;
+        self.targets = targets;
         info!(services = entries.len(), "services reloaded");
         Ok(AdminReply::Reloaded { services: entries.len(), note })
     }
@@ -673,6 +793,13 @@ impl Plane {
             .filter(|(_, f)| f.state == FLOW_AUTHORIZED && ackgate_gateway::owner::belongs_to(&f.owner, user, machine))
             .collect();
         let (mut ended, mut failed) = (0, None);
+        if let Some(s) = self.splicer.as_mut() {
+            let gone = s.end_owned(gate, |o| ackgate_gateway::owner::belongs_to(o, user, machine));
+            ended += gone.len();
+            for e in &gone {
+                self.log_ended(e);
+            }
+        }
         for (flow, f) in &owned {
             // One flow that cannot be removed must not keep the rest alive.
             match self.end_flow(gate, flow, f, user, "the user or machine was revoked") {
@@ -701,7 +828,7 @@ impl Plane {
     ) -> Result<(), ackgate_gateway::gate::GateError> {
         gate.remove_flow(flow)?;
         let (client, service) = (flow.client_addr(), flow.service_addr());
-        let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
+        let response = self.targets.get(&flow.service_v4()).map_or(RESPONSE_DROP, |t| t.response);
         if response != RESPONSE_DROP
             && let Err(e) = ackgate_gateway::rst::reset_client(client, service, f.server_isn)
         {
@@ -720,6 +847,7 @@ impl Plane {
             latency_ms: 0.0,
             profile_ms: 0.0,
             validation_ms: 0.0,
+            flow_end: None,
         });
         Ok(())
     }
@@ -799,7 +927,12 @@ impl Plane {
         };
         let (mut newer, mut decision, mut reason) = (None, d.state.label(), d.reason.clone());
         match gate.set_flow_state(&d.event, state, owner) {
-            Ok(FlowWrite::Written) => {}
+            Ok(FlowWrite::Written) if state == FLOW_AUTHORIZED => self.splice(gate, &d, owner),
+            Ok(FlowWrite::Written) => {
+                if let Some(s) = self.splicer.as_mut() {
+                    s.discard_held(&d.event.flow);
+                }
+            }
             Ok(FlowWrite::Gone) => {
                 decision = "expired";
                 reason = format!("the flow left the flow map before its decision ({})", d.reason);
@@ -824,6 +957,7 @@ impl Plane {
             latency_ms: d.latency.as_secs_f64() * 1000.0,
             profile_ms: d.profile_time.as_secs_f64() * 1000.0,
             validation_ms: d.validation_time.as_secs_f64() * 1000.0,
+            flow_end: None,
         });
         self.metrics.decision(d.state.label(), d.latency, d.validation_time);
         self.cp.finish(&d);
@@ -835,6 +969,71 @@ impl Plane {
         {
             self.apply(gate, d);
         }
+    }
+}
+
+impl Plane {
+    /// Opens an authorized flow's connection to its target.
+    fn splice(&mut self, gate: &mut Gate, d: &Decision, owner: FlowOwner) {
+        let Some(s) = self.splicer.as_mut() else { return };
+        let Some(target) = self.targets.get(&d.event.flow.service_v4()) else {
+            warn!(flow = ?d.event.flow, "an authorized flow of a service that is gone is not spliced");
+            return;
+        };
+        if let Err(e) = s.start(gate, &d.event, target, owner) {
+            warn!(client = %d.event.flow.client_addr(), target = %target.addr, "splice: {e}");
+        }
+    }
+
+    fn on_splice_event(&mut self, gate: &mut Gate, ev: &GateEvent) {
+        let Some(s) = self.splicer.as_mut() else { return };
+        for e in s.on_event(gate, ev) {
+            self.log_ended(&e);
+        }
+        if ev.kind == EVENT_SPLICED {
+            self.metrics.spliced();
+        }
+    }
+
+    fn on_held(&mut self, gate: &mut Gate, flow: FlowKey, packet: Vec<u8>) {
+        if let Some(s) = self.splicer.as_mut() {
+            s.on_held(gate, flow, packet);
+        }
+    }
+
+    fn tick(&mut self, gate: &mut Gate) {
+        let Some(s) = self.splicer.as_mut() else { return };
+        for e in s.tick(gate, Instant::now()) {
+            self.log_ended(&e);
+        }
+    }
+
+    /// The access-log record and metrics of a spliced flow that ended.
+    fn log_ended(&mut self, e: &Ended) {
+        let names = self.users.as_ref().and_then(|store| store.user_names().ok()).map(OwnerNames::new);
+        let user = names.as_ref().and_then(|n| n.user(&e.owner)).map(str::to_owned);
+        self.access_log.record(&AccessRecord {
+            at_unix_ms: unix_ms(),
+            client: e.client.client_addr().to_string(),
+            service: e.client.service_addr().to_string(),
+            service_name: &e.service,
+            agent_id: e.agent_id,
+            user: user.as_deref(),
+            machine: (e.owner.machine_tag != 0).then(|| ackgate_gateway::owner::machine_hex(&e.owner)),
+            decision: if e.reason.never_spliced() { "refused" } else { "ended" },
+            reason: e.reason.label(),
+            latency_ms: 0.0,
+            profile_ms: 0.0,
+            validation_ms: 0.0,
+            flow_end: Some(FlowEnd {
+                ended: e.reason.label(),
+                target: e.target.to_string(),
+                to_target: e.to_target,
+                to_client: e.to_client,
+                duration_ms: e.duration.as_secs_f64() * 1000.0,
+            }),
+        });
+        self.metrics.flow_ended(e.reason.label(), e.to_target.bytes, e.to_client.bytes);
     }
 }
 

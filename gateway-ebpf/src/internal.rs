@@ -1,0 +1,111 @@
+//! The internal interface (facing the targets): the target's side of
+//! spliced flows, and the completion of the splice's handshake: the
+//! target's SYN/ACK is answered with the ACK in XDP (the gateway's stack
+//! never sees it, so it cannot answer with a RST: tcp_v4_rcv has no socket
+//! for it), both directions' entries become established, and the control
+//! plane is told. Everything else passes.
+
+use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV4, FlowKey, SPLICE_CONNECTING};
+use ackgate_common::net::{Ipv4Tcp, Parsed, TCP_ACK, TCP_RST, TCP_SYN, parse_ipv4_tcp};
+use ackgate_common::option::{Capability, OptionBytes};
+use ackgate_common::reason;
+use ackgate_common::reply::{handshake_ack, handshake_ack_ts};
+use ackgate_common::splice::{TargetAnswer, complete};
+use aya_ebpf::bindings::BPF_EXIST;
+use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+
+use crate::maps::{self, SPLICE, Scratch};
+use crate::program::Verdict;
+use crate::respond::transmit;
+use crate::{events, splice};
+use ackgate_common::kernel::config;
+use ackgate_common::kernel::frame::XdpFrame;
+
+#[inline(always)]
+pub fn internal(frame: &XdpFrame) -> Verdict {
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    };
+    let parsed = parse(frame, scratch);
+    if !parsed.is_continue() {
+        return parsed;
+    }
+    let (seg, key) = (&scratch.seg, &scratch.key);
+    let Some(entry) = maps::splice_entry(key) else {
+        return Verdict::new(XDP_PASS, reason::INTERNAL_PASS);
+    };
+    // SAFETY: copied out at once.
+    if unsafe { (*entry).state } == SPLICE_CONNECTING {
+        return connecting(frame, seg, key);
+    }
+    splice::on_segment(frame, seg, key, entry)
+}
+
+/// Parses a TCP segment into `scratch`, as `classify` does on the edge.
+#[inline(never)]
+fn parse(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
+    let Parsed::Tcp(seg) = parse_ipv4_tcp(frame) else {
+        return Verdict::new(XDP_PASS, reason::INTERNAL_PASS);
+    };
+    scratch.key = FlowKey::of_segment(&seg);
+    scratch.seg = seg;
+    Verdict::CONTINUE
+}
+
+/// A segment from the target while the splice's SYN is out: the SYN/ACK
+/// completes the splice, a RST refuses it.
+#[inline(never)]
+fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
+    // SAFETY: copied out at once.
+    let Some(mut to_client) = (unsafe { SPLICE.get(key) }).copied() else {
+        return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
+    };
+    let client_key = to_client.peer_key(FAMILY_IPV4);
+    let flags = seg.tcp.flags;
+    if flags & TCP_RST != 0 {
+        events::emit(EVENT_REFUSED, &client_key, 0, 0);
+        return Verdict::new(XDP_DROP, reason::INTERNAL_TARGET_REFUSED);
+    }
+    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+        return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
+    }
+    // SAFETY: copied out at once.
+    let Some(mut to_target) = (unsafe { SPLICE.get(&client_key) }).copied() else {
+        return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
+    };
+    if seg.tcp.ack_seq() != to_target.seq_next {
+        return Verdict::new(XDP_DROP, reason::INTERNAL_SYNACK_MISMATCH);
+    }
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    };
+    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
+        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
+    };
+    let hs = &mut scratch.hs;
+    // An option list that does not parse is dropped: no target stack sends
+    // one, and its window scale or timestamps could not be trusted.
+    if opts.scan_handshake(config::option_id(), hs).capability == Capability::Malformed {
+        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
+    }
+    let answer = TargetAnswer { isn: seg.tcp.seq(), wscale: hs.wscale(), tsval: (hs.ts_ok != 0).then_some(hs.tsval) };
+    let ack = complete(&mut to_target, &mut to_client, &answer);
+    // Whole-value updates: another CPU reading an entry sees the old value
+    // or the new one, never a mix (htab_map_update_elem swaps elements).
+    if SPLICE.insert(key, &to_client, BPF_EXIST as u64).is_err()
+        || SPLICE.insert(&client_key, &to_target, BPF_EXIST as u64).is_err()
+    {
+        return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
+    }
+    events::emit(EVENT_SPLICED, &client_key, 0, answer.isn);
+    match ack.ts {
+        Some(ts) => {
+            let (ip, tcp) = handshake_ack_ts(&seg.ip, &seg.tcp, ack.seq, ack.ack, ack.window, ts);
+            transmit(frame, seg.l3_off, &ip, &tcp, reason::INTERNAL_SPLICED)
+        }
+        None => {
+            let (ip, tcp) = handshake_ack(&seg.ip, &seg.tcp, ack.seq, ack.ack, ack.window);
+            transmit(frame, seg.l3_off, &ip, &tcp, reason::INTERNAL_SPLICED)
+        }
+    }
+}

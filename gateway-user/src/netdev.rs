@@ -1,0 +1,36 @@
+//! Interface facts from the current network namespace (an ioctl on a
+//! socket of the namespace, not /sys, which shows the namespace /sys was
+//! mounted in).
+
+use std::io;
+
+/// The MTU of `iface`.
+pub fn mtu(iface: &str) -> io::Result<u32> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    let mut req: libc::ifreq = zeroed_ifreq();
+    let name = iface.as_bytes();
+    if name.is_empty() || name.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {iface:?}")));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_mtu of the ifreq we
+    // own, on a valid socket descriptor.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&sock), libc::SIOCGIFMTU, &mut req) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel filled the ifru_mtu member.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// The index of `iface`.
+pub fn index(iface: &str) -> io::Result<u32> {
+    nix::net::if_::if_nametoindex(iface).map_err(io::Error::from)
+}
+
+fn zeroed_ifreq() -> libc::ifreq {
+    // SAFETY: ifreq is a plain C struct/union for which all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}

@@ -1,0 +1,677 @@
+//! The control plane's side of the splice (DESIGN.md §2 steps 7–8): it
+//! opens the connection to the target when a flow is authorized, hands the
+//! client's held first data over once XDP has completed that connection,
+//! and ends flows (FIN, RST, idle, revocation, a target that refuses).
+//! The data path itself is XDP's (gateway-ebpf `splice`, `internal`);
+//! nothing here touches a spliced segment.
+//!
+//! ```text
+//! authorized ─▶ connecting ──SYN/ACK (XDP)──▶ established ──FIN/FIN, RST──▶ ending ─▶ removed
+//!                   │ └── RST from target, no answer ──▶ refused (default response)
+//!                   └── (client data meanwhile: held, delivered at establishment)
+//! ```
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ackgate_common::abi::{
+    END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV4, FlowKey,
+    FlowOwner, GateEvent, HELD_PER_FLOW, HeldSegment, MAP_HELD, RESPONSE_DROP, RESPONSE_RESET, SPLICE_CONNECTING,
+    SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, port_field, port_value, v4_bytes, v4_words,
+};
+use ackgate_common::net::{Frame as _, IPPROTO_TCP, Ipv4Hdr, TCP_SYN, TcpHdr};
+use ackgate_common::option::OptionBytes;
+use ackgate_common::reply::{TCP_CWR, TCP_ECE, handshake_options};
+use ackgate_common::splice::{SpliceSetup, rescale_window, rewrite};
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+
+use crate::gate::{Gate, GateError};
+
+#[derive(Debug, Error)]
+pub enum SpliceError {
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error("sending to the target {target}: {source}")]
+    Send { target: SocketAddrV4, source: std::io::Error },
+    #[error("raw socket for the splice: {0}")]
+    Socket(std::io::Error),
+}
+
+/// Where an authorized flow goes, and how it is treated.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub service: String,
+    pub addr: SocketAddrV4,
+    /// The service's default response (`RESPONSE_*`), for a target that
+    /// refuses and for revocations.
+    pub response: u8,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SpliceSettings {
+    /// The target's time to answer the SYN (sent again every second).
+    pub connect_timeout: Duration,
+    /// How long ended flows keep their entries, so the last ACK and late
+    /// retransmissions still go through.
+    pub linger: Duration,
+    /// The internal interface's MTU (clamps the MSS offered to targets).
+    pub internal_mtu: u32,
+    /// The window scale the cookie SYN/ACK offers.
+    pub gateway_wscale: u8,
+}
+
+/// How a spliced flow ended (the access log's `ended` field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// FIN in both directions.
+    Fin,
+    RstClient,
+    RstTarget,
+    Idle,
+    Revoked,
+    /// The target answered the splice's SYN with a RST.
+    TargetRefused,
+    /// The target did not answer the splice's SYN in time.
+    TargetTimeout,
+}
+
+impl EndReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            EndReason::Fin => "fin",
+            EndReason::RstClient => "rst_client",
+            EndReason::RstTarget => "rst_target",
+            EndReason::Idle => "idle",
+            EndReason::Revoked => "revoked",
+            EndReason::TargetRefused => "target_refused",
+            EndReason::TargetTimeout => "target_timeout",
+        }
+    }
+
+    /// Whether the client got the service's default response instead of
+    /// the target.
+    pub fn never_spliced(self) -> bool {
+        matches!(self, EndReason::TargetRefused | EndReason::TargetTimeout)
+    }
+}
+
+/// One direction's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A flow the splicer ended, for the access log and metrics.
+#[derive(Clone, Debug)]
+pub struct Ended {
+    pub client: FlowKey,
+    pub target: SocketAddrV4,
+    pub service: String,
+    pub agent_id: u32,
+    pub owner: FlowOwner,
+    pub reason: EndReason,
+    pub to_target: DirectionStats,
+    pub to_client: DirectionStats,
+    /// From the authorization to the end.
+    pub duration: Duration,
+}
+
+/// Counters since start.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SpliceTotals {
+    pub started: u64,
+    pub spliced: u64,
+    pub held_delivered: u64,
+    /// Held segments dropped: their flow was denied or ended, or the held
+    /// store was full (the client retransmits what mattered).
+    pub held_dropped: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting { attempts: u32, last_syn: Instant },
+    Established,
+    Ending { since: Instant, reason: EndReason },
+}
+
+struct Flow {
+    target_key: FlowKey,
+    target: Target,
+    agent_id: u32,
+    owner: FlowOwner,
+    phase: Phase,
+    started: Instant,
+    /// When the idle check next looks at the flow.
+    next_check: Instant,
+    /// The SYN sent to the target (sent again while connecting).
+    syn: Vec<u8>,
+}
+
+/// Held client segments of flows that wait, bounded per flow and overall.
+#[derive(Default)]
+struct HeldStore {
+    by_flow: HashMap<FlowKey, Vec<Vec<u8>>>,
+    bytes: usize,
+}
+
+/// Total bytes of held segments kept in memory.
+const HELD_STORE_BYTES: usize = 16 << 20;
+
+pub struct Splicer {
+    raw: Socket,
+    settings: SpliceSettings,
+    flows: HashMap<FlowKey, Flow>,
+    held: HeldStore,
+    pub totals: SpliceTotals,
+}
+
+impl Splicer {
+    pub fn new(settings: SpliceSettings) -> Result<Self, SpliceError> {
+        // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our IPv4 header
+        // as is (the source is the client's address, not the gateway's).
+        let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
+            .map_err(SpliceError::Socket)?;
+        Ok(Self { raw, settings, flows: HashMap::new(), held: HeldStore::default(), totals: SpliceTotals::default() })
+    }
+
+    /// Spliced or connecting flows.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Starts the splice of an authorized flow: writes both directions'
+    /// entries (connecting) and sends the target the client's SYN.
+    pub fn start(
+        &mut self,
+        gate: &mut Gate,
+        event: &GateEvent,
+        target: &Target,
+        owner: FlowOwner,
+    ) -> Result<(), SpliceError> {
+        let client = event.flow;
+        let setup = SpliceSetup {
+            client,
+            source_addr: client.saddr,
+            source_port: client.sport,
+            target_addr: v4_words(target.addr.ip().octets()),
+            target_port: port_field(target.addr.port().to_be_bytes()),
+            client_isn: event.client_isn,
+            cookie_isn: event.server_isn,
+            handshake: event.handshake,
+            gateway_wscale: self.settings.gateway_wscale,
+            owner,
+        };
+        let (to_target, to_client) = setup.connecting();
+        let target_key = setup.target_key();
+        // Target side first: once the client side exists, client data is
+        // held for this flow.
+        gate.set_splice(&target_key, &to_client)?;
+        gate.set_splice(&client, &to_target)?;
+        let syn = self.syn(&setup, &to_target);
+        let now = Instant::now();
+        self.flows.insert(
+            client,
+            Flow {
+                target_key,
+                target: target.clone(),
+                agent_id: event.agent_id,
+                owner,
+                phase: Phase::Connecting { attempts: 1, last_syn: now },
+                started: now,
+                next_check: now + target.idle_timeout,
+                syn,
+            },
+        );
+        self.totals.started += 1;
+        self.send(&self.flows[&client].syn, target.addr)
+    }
+
+    /// The splice's SYN: the client's ISN and SYN options, the MSS clamped
+    /// to the internal link, the window of the client's handshake ACK.
+    fn syn(&self, s: &SpliceSetup, to_target: &SpliceEntry) -> Vec<u8> {
+        let hs = &s.handshake;
+        let mss = hs.mss.min(self.settings.internal_mtu.saturating_sub(40).min(u16::MAX as u32) as u16);
+        let ts = (hs.ts_ok != 0).then_some((hs.client_tsval, 0));
+        let (opts, n) = handshake_options(mss, hs.sack_ok != 0, ts, s.syn_wscale());
+        let mut flags = TCP_SYN;
+        if hs.ecn != 0 {
+            flags |= TCP_ECE | TCP_CWR;
+        }
+        let tcp = TcpHdr {
+            sport: to_target.sport.to_ne_bytes(),
+            dport: to_target.dport.to_ne_bytes(),
+            seq: s.client_isn.to_be_bytes(),
+            ack: [0; 4],
+            doff_res: (((20 + n) / 4) as u8) << 4,
+            flags,
+            // A SYN's window is never scaled.
+            window: rescale_window(hs.window, to_target.wnd_shl, 0).to_be_bytes(),
+            check: [0, 0],
+            urg: [0, 0],
+        };
+        segment(v4_bytes(&to_target.saddr), v4_bytes(&to_target.daddr), &tcp, &opts[..n], &[])
+    }
+
+    fn send(&self, packet: &[u8], target: SocketAddrV4) -> Result<(), SpliceError> {
+        let to = SocketAddrV4::new(*target.ip(), 0);
+        self.raw.send_to(packet, &to.into()).map(drop).map_err(|source| SpliceError::Send { target, source })
+    }
+
+    /// A client segment XDP held while its flow waited.
+    pub fn on_held(&mut self, gate: &mut Gate, flow: FlowKey, packet: Vec<u8>) {
+        match self.flows.get(&flow).map(|f| f.phase) {
+            Some(Phase::Established) => self.deliver(gate, &flow, vec![packet]),
+            Some(Phase::Ending { .. }) => self.totals.held_dropped += 1,
+            // Pending (not decided yet) or connecting: keep until spliced.
+            Some(Phase::Connecting { .. }) | None => {
+                let kept = self.held.by_flow.get(&flow).map_or(0, |v| v.iter().map(Vec::len).sum::<usize>());
+                if kept + packet.len() > 2 * HELD_PER_FLOW as usize || self.held.bytes + packet.len() > HELD_STORE_BYTES
+                {
+                    self.totals.held_dropped += 1;
+                    return;
+                }
+                self.held.bytes += packet.len();
+                self.held.by_flow.entry(flow).or_default().push(packet);
+            }
+        }
+    }
+
+    /// Forgets what was held for a flow that will not be spliced.
+    pub fn discard_held(&mut self, flow: &FlowKey) {
+        if let Some(v) = self.held.by_flow.remove(flow) {
+            self.held.bytes -= v.iter().map(Vec::len).sum::<usize>();
+            self.totals.held_dropped += v.len() as u64;
+        }
+    }
+
+    /// Rewrites held client segments like XDP rewrites spliced ones and
+    /// sends them to the target.
+    fn deliver(&mut self, gate: &mut Gate, flow: &FlowKey, packets: Vec<Vec<u8>>) {
+        let entry = match gate.splice(flow) {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                self.totals.held_dropped += packets.len() as u64;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("reading a splice entry to deliver held data: {e}");
+                return;
+            }
+        };
+        let target = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&entry.daddr)), port_value(entry.dport));
+        for packet in packets {
+            match rewrite_packet(&packet, &entry) {
+                Some(out) => match self.send(&out, target) {
+                    Ok(()) => self.totals.held_delivered += 1,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        self.totals.held_dropped += 1;
+                    }
+                },
+                None => self.totals.held_dropped += 1,
+            }
+        }
+    }
+
+    /// A splice event from XDP. Returns the flows it ended at once.
+    pub fn on_event(&mut self, gate: &mut Gate, ev: &GateEvent) -> Vec<Ended> {
+        let Some(flow) = self.flows.get_mut(&ev.flow) else { return Vec::new() };
+        match ev.kind {
+            EVENT_SPLICED if matches!(flow.phase, Phase::Connecting { .. }) => {
+                flow.phase = Phase::Established;
+                self.totals.spliced += 1;
+                // The held-data flow map entry has served its purpose.
+                if let Err(e) = gate.remove_flow(&ev.flow) {
+                    tracing::warn!("removing a spliced flow's pending entry: {e}");
+                }
+                if let Some(held) = self.held.by_flow.remove(&ev.flow) {
+                    self.held.bytes -= held.iter().map(Vec::len).sum::<usize>();
+                    self.deliver(gate, &ev.flow, held);
+                }
+                Vec::new()
+            }
+            EVENT_REFUSED if matches!(flow.phase, Phase::Connecting { .. }) => {
+                self.end(gate, &ev.flow, EndReason::TargetRefused).into_iter().collect()
+            }
+            EVENT_ENDED => {
+                let reason = match ev.agent_id {
+                    END_RST_CLIENT => EndReason::RstClient,
+                    END_RST_TARGET => EndReason::RstTarget,
+                    END_FIN => EndReason::Fin,
+                    _ => return Vec::new(),
+                };
+                if !matches!(flow.phase, Phase::Ending { .. }) {
+                    flow.phase = Phase::Ending { since: Instant::now(), reason };
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Timers: the SYN sent again or given up, idle flows, ended flows
+    /// whose linger is over. Returns the flows it ended.
+    pub fn tick(&mut self, gate: &mut Gate, now: Instant) -> Vec<Ended> {
+        let mut resend = Vec::new();
+        let mut end = Vec::new();
+        let mut check = Vec::new();
+        for (key, f) in &mut self.flows {
+            match f.phase {
+                Phase::Connecting { attempts, last_syn } => {
+                    if now.duration_since(f.started) >= self.settings.connect_timeout {
+                        end.push((*key, EndReason::TargetTimeout));
+                    } else if now.duration_since(last_syn) >= Duration::from_secs(1) {
+                        f.phase = Phase::Connecting { attempts: attempts + 1, last_syn: now };
+                        resend.push((f.syn.clone(), f.target.addr));
+                    }
+                }
+                Phase::Ending { since, reason } if now.duration_since(since) >= self.settings.linger => {
+                    end.push((*key, reason));
+                }
+                Phase::Established if now >= f.next_check => check.push(*key),
+                _ => {}
+            }
+        }
+        for (syn, target) in resend {
+            if let Err(e) = self.send(&syn, target) {
+                tracing::warn!("{e}");
+            }
+        }
+        for key in check {
+            match self.activity(gate, &key) {
+                Ok(Activity::Ended(reason)) => {
+                    if let Some(f) = self.flows.get_mut(&key) {
+                        f.phase = Phase::Ending { since: now, reason };
+                    }
+                }
+                Ok(Activity::LastSeen(idle)) => {
+                    let Some(f) = self.flows.get_mut(&key) else { continue };
+                    if idle >= f.target.idle_timeout {
+                        end.push((key, EndReason::Idle));
+                    } else {
+                        f.next_check = now + (f.target.idle_timeout - idle);
+                    }
+                }
+                Err(e) => tracing::warn!("reading a spliced flow's entries: {e}"),
+            }
+        }
+        end.into_iter().filter_map(|(key, reason)| self.end(gate, &key, reason)).collect()
+    }
+
+    /// What the map says of an established flow: ended (both FINs or a
+    /// RST, when XDP's event was lost) or how long it has been idle.
+    fn activity(&mut self, gate: &mut Gate, key: &FlowKey) -> Result<Activity, GateError> {
+        let target_key = match self.flows.get(key) {
+            Some(f) => f.target_key,
+            None => return Ok(Activity::LastSeen(Duration::ZERO)),
+        };
+        let (Some(ct), Some(tc)) = (gate.splice(key)?, gate.splice(&target_key)?) else {
+            return Ok(Activity::Ended(EndReason::Idle));
+        };
+        if ct.flags & SPLICE_F_RST != 0 {
+            return Ok(Activity::Ended(EndReason::RstClient));
+        }
+        if tc.flags & SPLICE_F_RST != 0 {
+            return Ok(Activity::Ended(EndReason::RstTarget));
+        }
+        if ct.flags & tc.flags & SPLICE_F_FIN != 0 {
+            return Ok(Activity::Ended(EndReason::Fin));
+        }
+        let last = ct.last_ns.max(tc.last_ns);
+        Ok(Activity::LastSeen(Duration::from_nanos(ackgate_common::host::monotonic_ns().saturating_sub(last))))
+    }
+
+    /// Ends a flow: removes both entries, and for a target that refused,
+    /// gives the client the service's default response.
+    fn end(&mut self, gate: &mut Gate, key: &FlowKey, reason: EndReason) -> Option<Ended> {
+        let f = self.flows.remove(key)?;
+        let ct = gate.splice(key).ok().flatten().unwrap_or_default();
+        let tc = gate.splice(&f.target_key).ok().flatten().unwrap_or_default();
+        for k in [key, &f.target_key] {
+            if let Err(e) = gate.remove_splice(k) {
+                tracing::warn!("removing a splice entry: {e}");
+            }
+        }
+        if reason.never_spliced() {
+            self.discard_held(key);
+            // Further client segments meet the flow map's denied entry: the
+            // default response. An idle client (a server-speaks-first
+            // protocol) gets the reset now.
+            if let Err(e) = gate.deny_flow(key) {
+                tracing::warn!("marking a refused flow denied: {e}");
+            }
+            if f.target.response == RESPONSE_RESET {
+                let (client, service) = (key.client_addr(), key.service_addr());
+                // Still connecting: the target side's `seq_add` holds the
+                // cookie ISN (see `SpliceEntry`).
+                let cookie_isn = tc.seq_add;
+                if let Err(e) = crate::rst::reset_client(client, service, cookie_isn) {
+                    tracing::warn!(%client, "resetting the client of a refused splice: {e}");
+                }
+            }
+        }
+        // While connecting, `bytes` of the client side counted held bytes.
+        let to_target = if reason.never_spliced() {
+            DirectionStats::default()
+        } else {
+            DirectionStats { packets: ct.packets, bytes: ct.bytes }
+        };
+        Some(Ended {
+            client: *key,
+            target: f.target.addr,
+            service: f.target.service,
+            agent_id: f.agent_id,
+            owner: f.owner,
+            reason,
+            to_target,
+            to_client: DirectionStats { packets: tc.packets, bytes: tc.bytes },
+            duration: f.started.elapsed(),
+        })
+    }
+
+    /// Ends the live flows `revoked` selects by owner: a RST to both sides
+    /// unless the service's policy is silence.
+    pub fn end_owned(&mut self, gate: &mut Gate, revoked: impl Fn(&FlowOwner) -> bool) -> Vec<Ended> {
+        let keys: Vec<FlowKey> = self.flows.iter().filter(|(_, f)| revoked(&f.owner)).map(|(k, _)| *k).collect();
+        let mut out = Vec::new();
+        for key in keys {
+            let f = &self.flows[&key];
+            let (response, target_key) = (f.target.response, f.target_key);
+            if response != RESPONSE_DROP {
+                let (ct, tc) = (gate.splice(&key).ok().flatten(), gate.splice(&target_key).ok().flatten());
+                if let (Some(ct), Some(tc)) = (ct, tc) {
+                    self.reset_both(&key, &ct, &tc);
+                }
+            }
+            out.extend(self.end(gate, &key, EndReason::Revoked));
+        }
+        out
+    }
+
+    /// RSTs that both ends accept at once: each carries the sequence number
+    /// the receiver expects next (RFC 5961 §3.2), in its own space.
+    fn reset_both(&self, client: &FlowKey, ct: &SpliceEntry, tc: &SpliceEntry) {
+        let service = client.service_addr();
+        let to_client = tc.seq_next.wrapping_add(tc.seq_add);
+        if let Err(e) = crate::rst::reset(service, client.client_addr(), to_client) {
+            tracing::warn!("resetting a revoked flow's client: {e}");
+        }
+        let source = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&ct.saddr)), port_value(ct.sport));
+        let target = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&ct.daddr)), port_value(ct.dport));
+        if let Err(e) = crate::rst::reset(source, target, ct.seq_next.wrapping_add(ct.seq_add)) {
+            tracing::warn!("resetting a revoked flow's target: {e}");
+        }
+    }
+
+    /// Picks up the spliced flows a previous run left in the pinned map
+    /// (the data path never stopped). Flows caught connecting are ended:
+    /// their SYN's fate is unknown.
+    pub fn resume(&mut self, gate: &mut Gate, target_of: impl Fn(&FlowKey) -> Option<Target>) -> Vec<Ended> {
+        let entries = match gate.splices() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("reading the splice map: {e}");
+                return Vec::new();
+            }
+        };
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        for (key, e) in entries.iter().filter(|(_, e)| e.flags & SPLICE_F_TO_TARGET != 0) {
+            let target_key = e.peer_key(FAMILY_IPV4);
+            let Some(target) = target_of(key) else {
+                // Its service is gone: end it.
+                stale.push((*key, target_key));
+                continue;
+            };
+            let connecting = e.state == SPLICE_CONNECTING;
+            self.flows.insert(
+                *key,
+                Flow {
+                    target_key,
+                    target,
+                    agent_id: 0,
+                    owner: e.owner,
+                    phase: if connecting {
+                        Phase::Ending { since: now, reason: EndReason::TargetTimeout }
+                    } else {
+                        Phase::Established
+                    },
+                    started: now,
+                    next_check: now,
+                    syn: Vec::new(),
+                },
+            );
+        }
+        for (key, target_key) in stale {
+            let _ = gate.remove_splice(&key);
+            let _ = gate.remove_splice(&target_key);
+        }
+        Vec::new()
+    }
+
+    /// Live flows for `ackgate status`.
+    pub fn connecting(&self) -> usize {
+        self.flows.values().filter(|f| matches!(f.phase, Phase::Connecting { .. })).count()
+    }
+}
+
+enum Activity {
+    Ended(EndReason),
+    LastSeen(Duration),
+}
+
+/// Builds an IPv4 TCP segment with correct checksums.
+fn segment(saddr: [u8; 4], daddr: [u8; 4], tcp: &TcpHdr, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+    let tcp_len = 20 + opts.len() + payload.len();
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        total_len: ((20 + tcp_len) as u16).to_be_bytes(),
+        id: [0, 0],
+        frag: 0x4000u16.to_be_bytes(),
+        ttl: ackgate_common::reply::REPLY_TTL,
+        proto: IPPROTO_TCP,
+        check: [0, 0],
+        saddr,
+        daddr,
+    };
+    ip.check = ackgate_common::csum::finish(ackgate_common::csum::sum_words(&ip, 0));
+    let mut out = Vec::with_capacity(20 + tcp_len);
+    out.extend_from_slice(as_bytes(&ip));
+    out.extend_from_slice(as_bytes(tcp));
+    out.extend_from_slice(opts);
+    out.extend_from_slice(payload);
+    let mut acc = ackgate_common::csum::tcp_pseudo_sum(saddr, daddr, tcp_len as u16);
+    for c in out[20..].chunks(2) {
+        acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    let sum = ackgate_common::csum::finish(acc);
+    out[36..38].copy_from_slice(&sum);
+    out
+}
+
+/// A held IPv4 packet rewritten for the client → target entry `e`, or
+/// `None` if it does not parse (XDP copied it whole, so only a bug or a
+/// packet of another build gets here).
+pub fn rewrite_packet(packet: &[u8], e: &SpliceEntry) -> Option<Vec<u8>> {
+    let mut ip = packet.load::<Ipv4Hdr>(0)?;
+    let ihl = ip.header_len();
+    let mut tcp = packet.load::<TcpHdr>(ihl)?;
+    let tcp_len = tcp.header_len();
+    if ihl < 20 || tcp_len < 20 || packet.len() < ihl + tcp_len || ip.total_len() != packet.len() {
+        return None;
+    }
+    let mut opts = OptionBytes::from_slice(&packet[ihl + 20..ihl + tcp_len])?;
+    let opts_changed = rewrite(&mut ip, &mut tcp, &mut opts, e, false);
+    let mut out = packet.to_vec();
+    out[..20].copy_from_slice(as_bytes(&ip));
+    out[ihl..ihl + 20].copy_from_slice(as_bytes(&tcp));
+    if opts_changed {
+        out[ihl + 20..ihl + tcp_len].copy_from_slice(&opts.bytes()[..tcp_len - 20]);
+    }
+    Some(out)
+}
+
+fn as_bytes<T: ackgate_common::net::Wire>(v: &T) -> &[u8] {
+    // SAFETY: `Wire` types are plain bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+/// Held segments from the ring XDP fills.
+pub struct HeldRing {
+    ring: RingBuf<MapData>,
+    malformed: u64,
+}
+
+impl HeldRing {
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, aya::maps::MapError> {
+        let map = ebpf.take_map(MAP_HELD).ok_or(aya::maps::MapError::InvalidName { name: MAP_HELD.into() })?;
+        Ok(Self { ring: RingBuf::try_from(map)?, malformed: 0 })
+    }
+
+    /// Every queued segment: (client flow, IPv4 packet).
+    pub fn drain(&mut self) -> Vec<(FlowKey, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            let header = std::mem::offset_of!(HeldSegment, packet);
+            if item.len() != std::mem::size_of::<HeldSegment>() {
+                self.malformed += 1;
+                continue;
+            }
+            // SAFETY: length checked; FlowKey and u32 are plain integers.
+            let (flow, len) = unsafe {
+                let p = item.as_ptr().cast::<HeldSegment>();
+                (
+                    std::ptr::read_unaligned(std::ptr::addr_of!((*p).flow)),
+                    std::ptr::read_unaligned(std::ptr::addr_of!((*p).len)) as usize,
+                )
+            };
+            match item.get(header..header + len) {
+                Some(packet) => out.push((flow, packet.to_vec())),
+                None => self.malformed += 1,
+            }
+        }
+        out
+    }
+
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}
+
+impl std::os::fd::AsRawFd for HeldRing {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}
