@@ -70,7 +70,7 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
         return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
     }
     // SAFETY: copied out at once.
-    let Some(mut to_target) = (unsafe { SPLICE.get(&client_key) }).copied() else {
+    let Some(mut to_target) = (unsafe { SPLICE.get(client_key) }).copied() else {
         return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
     };
     if seg.tcp.ack_seq() != to_target.seq_next {
@@ -92,8 +92,8 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
     let ack = complete(&mut to_target, &mut to_client, &answer);
     // Whole-value updates: another CPU reading an entry sees the old value
     // or the new one, never a mix (htab_map_update_elem swaps elements).
-    if SPLICE.insert(key, &to_client, BPF_EXIST as u64).is_err()
-        || SPLICE.insert(&client_key, &to_target, BPF_EXIST as u64).is_err()
+    if SPLICE.insert(key, to_client, BPF_EXIST as u64).is_err()
+        || SPLICE.insert(client_key, to_target, BPF_EXIST as u64).is_err()
     {
         return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
     }

@@ -92,7 +92,11 @@ mod tests {
     #[test]
     fn edits_keep_comments_and_refuse_invalid_results() {
         let path = std::env::temp_dir().join(format!("ackgate-svc-{}.toml", std::process::id()));
-        std::fs::write(&path, "# my gateway\n[gateway]\nedge_interface = \"eth0\" # the edge\n").expect("write");
+        std::fs::write(
+            &path,
+            "# my gateway\n[gateway]\nedge_interface = \"eth0\" # the edge\ninternal_interface = \"eth1\"\n",
+        )
+        .expect("write");
         let web = NewService {
             name: "web".into(),
             vip: "10.0.0.1".into(),

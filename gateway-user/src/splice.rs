@@ -560,6 +560,11 @@ impl Splicer {
         Vec::new()
     }
 
+    /// The owners of the live flows (revocation checks at start).
+    pub fn owners(&self) -> Vec<FlowOwner> {
+        self.flows.values().map(|f| f.owner).collect()
+    }
+
     /// Live flows for `ackgate status`.
     pub fn connecting(&self) -> usize {
         self.flows.values().filter(|f| matches!(f.phase, Phase::Connecting { .. })).count()

@@ -33,6 +33,16 @@ impl Scratch {
         assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
         let up = Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).output().expect("ip link");
         assert!(up.status.success(), "bringing lo up in {name}");
+        // The internal interface the splice needs: one end of a veth pair
+        // will do here.
+        for args in [
+            &["link", "add", INTERNAL, "type", "veth", "peer", "name", "agint1"][..],
+            &["link", "set", INTERNAL, "up"],
+            &["link", "set", "agint1", "up"],
+        ] {
+            let out = Command::new("ip").args(["-n", &name]).args(args).output().expect("ip link");
+            assert!(out.status.success(), "ip {args:?} in {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
         self.netns = Some(name);
         self
     }
@@ -67,7 +77,8 @@ impl Scratch {
         self.write(
             "gateway.toml",
             &format!(
-                "[gateway]\nedge_interface = \"{iface}\"\nxdp_mode = \"{mode}\"\npin_dir = \"{}\"\n{extra}",
+                "[gateway]\nedge_interface = \"{iface}\"\ninternal_interface = \"{INTERNAL}\"\nxdp_mode = \"{mode}\"\n\
+                 pin_dir = \"{}\"\n{extra}",
                 self.pin_dir.display()
             ),
         )
@@ -83,6 +94,9 @@ impl Drop for Scratch {
         }
     }
 }
+
+/// The internal interface of the namespaced runs.
+const INTERNAL: &str = "agint0";
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -216,6 +230,7 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
         .expect("starting ackgate run");
     wait_attached(&mut child);
     assert!(xdp_attached(&s, "lo"), "XDP must be attached to lo while ackgate runs");
+    assert!(xdp_attached(&s, INTERNAL), "the internal program must be attached while ackgate runs");
 
     // A SYN to the protected port gets a cookie SYN/ACK and the ACK a RST;
     // the kernel client sees the connection reset.
@@ -244,5 +259,6 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
     };
     assert!(exit.success(), "ackgate must exit cleanly on SIGTERM, got {exit}");
     assert!(!xdp_attached(&s, "lo"), "XDP must be detached after SIGTERM");
+    assert!(!xdp_attached(&s, INTERNAL), "the internal program must be detached after SIGTERM");
     assert!(Path::new(&s.pin_dir).join("ACKGATE_COUNTERS").exists(), "pinned maps must survive the exit");
 }

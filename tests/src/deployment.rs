@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::daemons::{Daemon, eventually, in_netns, run_ok, workspace_binary};
 use crate::fixture::unique_pin_dir;
+use crate::target::TargetServer;
 use crate::topology::{Ns, Topology};
 
 /// The protected service's port.
@@ -18,6 +19,8 @@ pub const PORT: u16 = 8443;
 pub const WAIT: Duration = Duration::from_secs(15);
 
 pub struct Setup {
+    /// The hidden server (first, so it stops before the topology goes).
+    pub target: TargetServer,
     pub topo: Topology,
     pub dir: PathBuf,
     pin_dir: PathBuf,
@@ -58,6 +61,7 @@ impl Setup {
             format!(
                 r#"[gateway]
 edge_interface = "{edge}"
+internal_interface = "{internal}"
 xdp_mode = "generic"
 pin_dir = "{pin}"
 {extra_gateway}
@@ -79,6 +83,7 @@ target = "{target}:{PORT}"
 default_response = "{default_response}"
 "#,
                 edge = topo.edge_if,
+                internal = topo.internal_if,
                 pin = pin_dir.display(),
                 dir = dir.display(),
                 vip = topo.edge_addr,
@@ -97,6 +102,7 @@ default_response = "{default_response}"
         )
         .expect("agent config");
         let setup = Self {
+            target: TargetServer::start(&topo, PORT),
             topo,
             dir,
             pin_dir,
@@ -161,10 +167,15 @@ default_response = "{default_response}"
     /// One connection attempt with curl from the client namespace, given
     /// `max_secs`; returns curl's exit code (28: timed out, 56: reset).
     pub fn curl(&self, max_secs: u32) -> i32 {
+        self.fetch(max_secs).0
+    }
+
+    /// As [`Setup::curl`], with what it fetched.
+    pub fn fetch(&self, max_secs: u32) -> (i32, String) {
         let url = format!("http://{}:{PORT}/", self.topo.edge_addr);
         let max = max_secs.to_string();
-        let out = self.topo.cmd(Ns::Client, &["curl", "-s", "-m", &max, "-o", "/dev/null", &url]);
-        out.status.code().unwrap_or(-1)
+        let out = self.topo.cmd(Ns::Client, &["curl", "-s", "-m", &max, &url]);
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn access_log(&self) -> Vec<Value> {
@@ -211,10 +222,17 @@ default_response = "{default_response}"
         })
     }
 
-    /// Flows `ackgate flows --json` lists as authorized.
-    pub fn authorized_flows(&self) -> Vec<Value> {
+    /// Flows `ackgate flows --json` lists as live: authorized, being
+    /// spliced or spliced.
+    pub fn live_flows(&self) -> Vec<Value> {
         let flows = self.json(&["flows", "--json"]);
-        flows.as_array().into_iter().flatten().filter(|r| r["state"] == "authorized").cloned().collect()
+        flows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| matches!(r["state"].as_str(), Some("authorized" | "connecting" | "spliced")))
+            .cloned()
+            .collect()
     }
 
     /// The gate's packet counter for `reason`, from `ackgate status --json`.

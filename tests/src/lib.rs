@@ -9,5 +9,6 @@ pub mod kernel_alt;
 pub mod packet;
 pub mod stamp_fixture;
 pub mod stamper;
+pub mod target;
 pub mod test_gateway;
 pub mod topology;

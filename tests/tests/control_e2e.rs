@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
-use ackgate_tests::daemons::{Daemon, run_ok};
+use ackgate_tests::daemons::{Daemon, eventually, run_ok};
 use ackgate_tests::deployment::{PORT, Setup, WAIT};
+use ackgate_tests::target::GREETING;
 use ackgate_tests::topology::Ns;
 
 /// Denied and recorded first, authorized after approval.
@@ -37,21 +38,30 @@ fn approval_flow(tag: &str, add_user_first: bool) {
     );
 
     run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
-    s.curl(2);
+    // The splice carries the authorized flow to the hidden target, which
+    // sees the client's real address.
+    let (code, body) = s.fetch(5);
+    assert_eq!(code, 0, "curl through the gateway must succeed after approval: {body}");
+    assert!(body.starts_with(GREETING), "the target's page must come back: {body:?}");
+    let client = s.topo.client_addr.to_string();
+    assert!(body.contains(&format!("you are {client}:")), "the target must see the real client address: {body}");
+    assert!(s.target.peers().iter().all(|p| p.ip().to_string() == client), "target peers: {:?}", s.target.peers());
     let second = s.decision(2);
     assert_eq!(second["decision"], "authorized", "after approval the next connect must be authorized: {second}");
-    let flows = s.json(&["flows", "--json"]);
-    assert!(
-        flows.as_array().is_some_and(|f| f.iter().any(|r| r["state"] == "authorized"
-            && r["service"].as_str().is_some_and(|svc| svc.ends_with(&format!(":{PORT}"))))),
-        "`ackgate flows` must show the authorized flow: {flows}"
-    );
+    // curl closed: FIN both ways ends the flow, with one access-log record.
+    let ended = s.decision(3);
+    assert_eq!(ended["decision"], "ended", "{ended}");
+    assert_eq!(ended["flow_end"]["ended"], "fin", "{ended}");
+    assert!(ended["flow_end"]["to_client"]["bytes"].as_u64() > Some(100), "bytes to the client: {ended}");
+    assert!(ended["flow_end"]["to_target"]["packets"].as_u64() >= Some(2), "packets to the target: {ended}");
     let status = s.json(&["status", "--json"]);
-    let (daemon, gate_flows) = (&status["control_plane"], &status["flows"]);
+    let daemon = &status["control_plane"];
     assert_eq!(daemon["agents_connected"], 1, "status must show the agent's session: {status}");
     assert_eq!(daemon["authorized"], 1, "status must count the authorization: {status}");
     assert_eq!(daemon["denied"], 1, "status must count the first, denied connect: {status}");
-    assert!(gate_flows["authorized"].as_u64() >= Some(1), "status must count the flow in the gate: {status}");
+    assert!(s.gate_counter("splice_redirect") >= 4, "the data path must have redirected the flow: {status}");
+    assert!(s.gate_counter("internal_spliced") == 1, "one splice handshake completed: {status}");
+    assert!(s.live_flows().is_empty(), "the ended flow's entries must be gone: {:?}", s.live_flows());
     let users = s.json(&["users", "list", "--json"]);
     assert!(
         users.as_array().is_some_and(|u| u
@@ -121,7 +131,7 @@ fn revocation_ends_a_live_flow() {
     });
     assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "the idle client must see its connection reset");
     assert!(ended_at.duration_since(revoked_at) < Duration::from_secs(3), "the reset must come at once");
-    let left = s.authorized_flows();
+    let left = s.live_flows();
     assert!(left.is_empty(), "the revoked flow must be gone from the gate: {left:?}");
     assert!(s.access_log().iter().any(|r| r["decision"] == "revoked"), "the revocation must be in the access log");
 }
@@ -147,7 +157,7 @@ fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
     });
     assert!(said.contains("end when it starts"), "revoke must say when the live flows end: {said}");
     assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "the restarted gateway must reset the revoked flow");
-    let left = s.authorized_flows();
+    let left = s.live_flows();
     assert!(left.is_empty(), "the revoked flow must be gone from the gate: {left:?}");
     assert!(
         s.access_log().iter().any(|r| r["decision"] == "revoked"
@@ -164,74 +174,84 @@ fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
 /// the flows authorized before it.
 #[test]
 fn a_killed_control_plane_loses_nothing() {
-    let s = Setup::new("crash", "drop", 3000, "");
+    let s = Setup::new("crash", "reset", 3000, "");
     let (gateway, _agent) = s.start_approved("alice");
-    s.curl(2);
-    assert_eq!(s.decision(2)["decision"], "authorized");
-
-    // Approvals keep being committed while the daemon dies.
-    let committed = std::thread::scope(|scope| {
-        let writer = scope.spawn(|| {
-            let mut ok = Vec::new();
-            for i in 0..20 {
-                let name = format!("user{i}");
-                let mut cmd = s.ackgate(&["users", "add", &name, "--password-stdin"]);
-                cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-                let mut child = cmd.spawn().expect("users add");
-                use std::io::Write as _;
-                child.stdin.take().expect("stdin").write_all(b"pw\n").expect("password");
-                if child.wait().expect("wait").success() {
-                    ok.push(name);
-                }
-            }
-            ok
+    std::thread::scope(|scope| {
+        // A spliced flow that stays open across the crash.
+        let idle = scope.spawn(|| s.idle_client(Duration::from_secs(40)).0);
+        assert_eq!(s.decision(2)["decision"], "authorized");
+        eventually(WAIT, "the idle flow to be spliced", || {
+            s.live_flows().iter().any(|f| f["state"] == "spliced").then_some(())
         });
-        std::thread::sleep(Duration::from_millis(150));
-        // SAFETY: killing the daemon this test started.
-        unsafe { libc::kill(gateway.pid(), libc::SIGKILL) };
-        writer.join().expect("writer")
-    });
-    assert!(!committed.is_empty(), "some approvals must have been committed");
 
-    let link = s.topo.cmd(Ns::Gateway, &["ip", "link", "show", "dev", &s.topo.edge_if]);
-    let link = String::from_utf8_lossy(&link.stdout);
-    assert!(link.contains("xdp"), "the gate must stay attached after the crash (fail closed): {link}");
-    let status = s.json(&["status", "--json"]);
-    assert!(
-        status["control_plane"].is_null() && status["control_error"].is_string(),
-        "status must report the gate and a control plane that does not answer: {status}"
-    );
-    // A connect while the control plane is down: the gate still accepts the
-    // stamped handshake and keeps it pending in the pinned map.
-    s.curl(2);
-    let flows = s.json(&["flows", "--json"]);
-    let states: Vec<&str> = flows.as_array().into_iter().flatten().filter_map(|f| f["state"].as_str()).collect();
-    assert!(states.contains(&"authorized"), "the authorized flow must survive the crash: {flows}");
-    assert!(states.contains(&"pending"), "the handshake during the outage must wait as pending: {flows}");
+        // Approvals keep being committed while the daemon dies.
+        let committed = std::thread::scope(|inner| {
+            let writer = inner.spawn(|| {
+                let mut ok = Vec::new();
+                for i in 0..20 {
+                    let name = format!("user{i}");
+                    let mut cmd = s.ackgate(&["users", "add", &name, "--password-stdin"]);
+                    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
+                    let mut child = cmd.spawn().expect("users add");
+                    use std::io::Write as _;
+                    child.stdin.take().expect("stdin").write_all(b"pw\n").expect("password");
+                    if child.wait().expect("wait").success() {
+                        ok.push(name);
+                    }
+                }
+                ok
+            });
+            std::thread::sleep(Duration::from_millis(150));
+            // SAFETY: killing the daemon this test started.
+            unsafe { libc::kill(gateway.pid(), libc::SIGKILL) };
+            writer.join().expect("writer")
+        });
+        assert!(!committed.is_empty(), "some approvals must have been committed");
 
-    drop(gateway);
-    let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
-    restarted.wait_for_log("agent listener up", WAIT);
-    let third = s.decision(3);
-    assert_eq!(third["decision"], "authorized", "the flow left pending must be decided after the restart: {third}");
-    let users = s.json(&["users", "list", "--json"]);
-    for name in &committed {
+        let link = s.topo.cmd(Ns::Gateway, &["ip", "link", "show", "dev", &s.topo.edge_if]);
+        let link = String::from_utf8_lossy(&link.stdout);
+        assert!(link.contains("xdp"), "the gate must stay attached after the crash (fail closed): {link}");
+        let status = s.json(&["status", "--json"]);
         assert!(
-            users.as_array().is_some_and(|u| u.iter().any(|r| r["name"] == name.as_str())),
-            "committed user {name} lost: {users}"
+            status["control_plane"].is_null() && status["control_error"].is_string(),
+            "status must report the gate and a control plane that does not answer: {status}"
         );
-    }
+        // A connect while the control plane is down: the gate still accepts
+        // the stamped handshake and keeps it pending in the pinned map.
+        s.curl(2);
+        let flows = s.json(&["flows", "--json"]);
+        let states: Vec<&str> = flows.as_array().into_iter().flatten().filter_map(|f| f["state"].as_str()).collect();
+        assert!(states.contains(&"spliced"), "the spliced flow must survive the crash: {flows}");
+        assert!(states.contains(&"pending"), "the handshake during the outage must wait as pending: {flows}");
 
-    // The owner of each authorized flow is in the pinned map, so a
-    // revocation reaches the flow authorized before the crash too.
-    let flows = s.authorized_flows();
-    let owned = flows.iter().filter(|f| f["user"] == "alice" && f["machine"].is_string()).count();
-    assert_eq!((flows.len(), owned), (2, 2), "both authorized flows must show alice and her machine: {flows:?}");
-    let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("ended 2 live flow"), "revoke must end the flows from before and after the crash: {said}");
-    let left = s.authorized_flows();
-    assert!(left.is_empty(), "no flow of the revoked user may stay authorized: {left:?}");
+        drop(gateway);
+        let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
+        restarted.wait_for_log("agent listener up", WAIT);
+        let third = s.decision(3);
+        assert_eq!(third["decision"], "authorized", "the flow left pending must be decided after the restart: {third}");
+        let users = s.json(&["users", "list", "--json"]);
+        for name in &committed {
+            assert!(
+                users.as_array().is_some_and(|u| u.iter().any(|r| r["name"] == name.as_str())),
+                "committed user {name} lost: {users}"
+            );
+        }
+
+        // The owner of the spliced flow is in the pinned map, so a
+        // revocation after the restart reaches the flow spliced before the
+        // crash.
+        let spliced: Vec<_> = s.live_flows().into_iter().filter(|f| f["state"] == "spliced").collect();
+        assert!(
+            spliced.iter().any(|f| f["user"] == "alice" && f["machine"].is_string()),
+            "the spliced flow must show alice and her machine: {spliced:?}"
+        );
+        let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("ended"), "revoke must end the flow from before the crash: {said}");
+        assert_eq!(idle.join().expect("idle client"), Err(std::io::ErrorKind::ConnectionReset));
+        let left = s.live_flows();
+        assert!(left.is_empty(), "no flow of the revoked user may stay live: {left:?}");
+    });
 }
 
 /// `page` mode: an unstamped client completes its handshake into the

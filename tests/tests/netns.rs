@@ -119,23 +119,35 @@ fn echo_roundtrip(topo: &Topology, to: SocketAddr) -> String {
     })
 }
 
+/// The gateway's own services and ping keep working; the private network
+/// behind it is unreachable from the edge (ip_forward is on in the
+/// topology) until its prefix is allowed transit.
 #[test]
-fn unprotected_traffic_keeps_working() {
+fn edge_forwarding_is_default_deny_except_allowed_transit() {
     let (topo, mut gate) = setup("pass", RESPONSE_DROP);
     let ssh_like =
         topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", 2222)).expect("binding an unprotected port"));
     let h = echo_once(ssh_like);
     assert_eq!(echo_roundtrip(&topo, SocketAddr::new(topo.edge_addr.into(), 2222)), "ping\n", "gateway port 2222");
     h.join().expect("gateway echo thread");
-
-    let target = topo.run_in(Ns::Target, || TcpListener::bind(("0.0.0.0", PORT)).expect("binding on the target"));
-    let h = echo_once(target);
-    assert_eq!(echo_roundtrip(&topo, SocketAddr::new(topo.target_addr.into(), PORT)), "ping\n", "forwarded traffic");
-    h.join().expect("target echo thread");
-
     let ping = topo.cmd(Ns::Client, &["ping", "-c1", "-W2", &topo.edge_addr.to_string()]);
     assert!(ping.status.success(), "ping to the gateway failed: {}", String::from_utf8_lossy(&ping.stdout));
+
+    let target = topo.run_in(Ns::Target, || TcpListener::bind(("0.0.0.0", PORT)).expect("binding on the target"));
+    let to = SocketAddr::new(topo.target_addr.into(), PORT);
+    let bypass = topo.run_in(Ns::Client, || TcpStream::connect_timeout(&to, Duration::from_secs(1)));
+    assert!(bypass.is_err(), "the edge reached the private network around the gate");
     let c = gate.counters();
-    assert!(c.get(reason::PASS_NOT_SERVICE) >= 2 && c.get(reason::PASS_NOT_TCP) >= 1, "pass counters: {c:?}");
+    assert!(c.get(reason::DROP_TRANSIT) >= 1, "the bypass attempt must be dropped as transit: {c:?}");
+    assert_eq!(c.get(reason::PASS_TRANSIT), 0, "nothing is allowed transit yet: {c:?}");
+
+    let private_net = std::net::Ipv4Addr::from(u32::from(topo.target_addr) & 0xffff_ff00);
+    gate.gate.sync_transit(&[(private_net.into(), 24)]).expect("allowing the private /24 as transit");
+    let h = echo_once(target);
+    assert_eq!(echo_roundtrip(&topo, to), "ping\n", "allowed transit");
+    h.join().expect("target echo thread");
+    let c = gate.counters();
+    assert!(c.get(reason::PASS_TRANSIT) >= 2, "allowed transit must be counted: {c:?}");
+    assert!(c.get(reason::PASS_NOT_SERVICE) >= 2 && c.get(reason::PASS_NOT_TCP) >= 1, "local counters: {c:?}");
     assert_eq!(c.get(reason::SYN_COOKIE), 0, "no SYN here was for the protected port");
 }

@@ -7,7 +7,10 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::Duration;
 
-use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
+use ackgate_common::abi::{
+    FAMILY_IPV4, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, port_value,
+    v4_bytes,
+};
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::config::{Config, ControlSection};
 use ackgate_gateway::counters;
@@ -26,8 +29,12 @@ const SKELETON: &str = r#"# ackgate gateway configuration (README "Configuration
 
 [gateway]
 edge_interface = "{EDGE}"        # interface facing clients; the XDP gate attaches here
+# internal_interface = "eth1"    # towards the targets; required with [[services]] (the splice)
 xdp_mode = "native"              # "native" (driver) or "generic" (skb)
 pin_dir = "/sys/fs/bpf/ackgate"  # pinned maps: live flows survive a restart
+# forwarding = "redirect"        # spliced segments: XDP redirect, or "kernel" forwarding
+# allowed_transit = []           # CIDRs edge traffic may be routed to (default-deny)
+# idle_timeout_secs = 3600       # spliced flows idle this long end
 
 [option]                         # the capability TCP option; agents must agree
 kind = 253
@@ -423,6 +430,50 @@ struct FlowRow {
     /// first 16 hex digits of the machine fingerprint.
     user: Option<String>,
     machine: Option<String>,
+    /// Spliced flows: the target, what went each way, and how long since
+    /// the last segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    splice: Option<SpliceRow>,
+}
+
+#[derive(Serialize)]
+struct SpliceRow {
+    target: String,
+    to_target: ackgate_gateway::splice::DirectionStats,
+    to_client: ackgate_gateway::splice::DirectionStats,
+    idle_ms: u64,
+}
+
+/// The spliced flows in the pinned splice map, one row per flow (its
+/// client → target entry, with the other direction's figures).
+fn spliced_rows(config: &Config, names: &OwnerNames) -> Result<Vec<FlowRow>> {
+    let entries: std::collections::HashMap<_, _> = Gate::read_splices(&config.gateway.pin_dir)?.into_iter().collect();
+    let now = ackgate_common::host::monotonic_ns();
+    let rows = entries
+        .iter()
+        .filter(|(_, e)| e.flags & SPLICE_F_TO_TARGET != 0)
+        .map(|(k, ct)| {
+            let tc = entries.get(&ct.peer_key(FAMILY_IPV4)).copied().unwrap_or_default();
+            let target = std::net::SocketAddrV4::new(v4_bytes(&ct.daddr).into(), port_value(ct.dport));
+            let last = ct.last_ns.max(tc.last_ns);
+            FlowRow {
+                client: k.client_addr().to_string(),
+                service: k.service_addr().to_string(),
+                agent_id: 0,
+                state: if ct.state == SPLICE_ESTABLISHED { "spliced" } else { "connecting" },
+                age_ms: 0,
+                user: names.user(&ct.owner).map(str::to_owned),
+                machine: (ct.owner.machine_tag != 0).then(|| owner::machine_hex(&ct.owner)),
+                splice: Some(SpliceRow {
+                    target: target.to_string(),
+                    to_target: ackgate_gateway::splice::DirectionStats { packets: ct.packets, bytes: ct.bytes },
+                    to_client: ackgate_gateway::splice::DirectionStats { packets: tc.packets, bytes: tc.bytes },
+                    idle_ms: if last == 0 { 0 } else { now.saturating_sub(last) / 1_000_000 },
+                }),
+            }
+        })
+        .collect();
+    Ok(rows)
 }
 
 /// Names for flow owners from the local store; none with a remote
@@ -455,7 +506,9 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
                 _ => "unknown",
             },
             age_ms: ackgate_common::host::monotonic_ns().saturating_sub(f.created_ns) / 1_000_000,
+            splice: None,
         })
+        .chain(spliced_rows(&config, &names)?)
         .collect();
     print(json, &rows, |rows| {
         for r in rows {
@@ -464,8 +517,14 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
                 (None, Some(m)) => format!(" machine {m}…"),
                 _ => String::new(),
             };
+            let splice = r.splice.as_ref().map_or(String::new(), |s| {
+                format!(
+                    " -> {} ({} B out, {} B back, idle {} ms)",
+                    s.target, s.to_target.bytes, s.to_client.bytes, s.idle_ms
+                )
+            });
             println!(
-                "{:<22} -> {:<22} agent {:<5} {:<10} {} ms{owner}",
+                "{:<22} -> {:<22} agent {:<5} {:<10} {} ms{owner}{splice}",
                 r.client, r.service, r.agent_id, r.state, r.age_ms
             );
         }

@@ -23,7 +23,7 @@ use ackgate_gateway::netdev;
 use ackgate_gateway::owner::OwnerNames;
 use ackgate_gateway::page;
 use ackgate_gateway::pki::Ca;
-use ackgate_gateway::splice::{Ended, HeldRing, SpliceSettings, Splicer, Target};
+use ackgate_gateway::splice::{EndReason, Ended, HeldRing, SpliceSettings, Splicer, Target};
 use ackgate_gateway::store::Store;
 use ackgate_gateway::synack::HostTcp;
 use ackgate_gateway::validator::{Decider, GatewayDirectory, ServiceRule, Validator};
@@ -797,7 +797,7 @@ impl Plane {
             let gone = s.end_owned(gate, |o| ackgate_gateway::owner::belongs_to(o, user, machine));
             ended += gone.len();
             for e in &gone {
-                self.log_ended(e);
+                self.log_ended(e, None);
             }
         }
         for (flow, f) in &owned {
@@ -861,35 +861,46 @@ impl Plane {
             Ok(flows) => flows.into_iter().filter(|(_, f)| f.state == FLOW_AUTHORIZED).collect(),
             Err(e) => return warn!("reading the flow map for authorized flows: {e}"),
         };
-        if authorized.is_empty() {
+        let spliced = self.splicer.as_ref().map(Splicer::owners).unwrap_or_default();
+        if authorized.is_empty() && spliced.is_empty() {
             return;
         }
         let names = match store.user_names() {
-            Ok(names) => ackgate_gateway::owner::OwnerNames::new(names),
+            Ok(names) => OwnerNames::new(names),
             Err(e) => return warn!("reading the users to check authorized flows: {e}"),
         };
-        let mut approved: HashMap<String, Vec<[u8; 32]>> = HashMap::new();
-        let mut ended = 0;
-        for (flow, f) in &authorized {
-            let user = names.user(&f.owner).unwrap_or("(no longer in the store)").to_owned();
-            if !approved.contains_key(&user) {
-                // A user whose machines cannot be read keeps their flows: a
-                // transient store error must not cut live flows.
-                match store.approved_machines(&user) {
-                    Ok(m) => approved.insert(user.clone(), m),
-                    Err(e) => {
-                        warn!("reading {user}'s machines to check an authorized flow: {e}");
-                        continue;
-                    }
-                };
-            }
-            let machines = approved.get(&user).map(Vec::as_slice).unwrap_or_default();
-            if machines.iter().any(|m| ackgate_gateway::owner::owner(&user, m) == f.owner) {
+        // Owners whose user or machine is no longer approved. A user whose
+        // machines cannot be read keeps their flows: a transient store
+        // error must not cut live flows.
+        let mut revoked: Vec<(FlowOwner, String)> = Vec::new();
+        let mut checked: Vec<FlowOwner> = Vec::new();
+        for owner in authorized.iter().map(|(_, f)| f.owner).chain(spliced) {
+            if checked.contains(&owner) {
                 continue;
             }
-            match self.end_flow(gate, flow, f, &user, "the user or machine was revoked while the gateway was down") {
+            checked.push(owner);
+            let user = names.user(&owner).unwrap_or("(no longer in the store)").to_owned();
+            match store.approved_machines(&user) {
+                Ok(machines) if machines.iter().any(|m| ackgate_gateway::owner::owner(&user, m) == owner) => {}
+                Ok(_) => revoked.push((owner, user)),
+                Err(e) => warn!("reading {user}'s machines to check an authorized flow: {e}"),
+            }
+        }
+        const WHY: &str = "the user or machine was revoked while the gateway was down";
+        let mut ended = 0;
+        for (flow, f) in &authorized {
+            let Some((_, user)) = revoked.iter().find(|(o, _)| *o == f.owner) else { continue };
+            let user = user.clone();
+            match self.end_flow(gate, flow, f, &user, WHY) {
                 Ok(()) => ended += 1,
                 Err(e) => warn!("ending a flow revoked while the gateway was down: {e}"),
+            }
+        }
+        if let Some(s) = self.splicer.as_mut() {
+            let gone = s.end_owned(gate, |o| revoked.iter().any(|(r, _)| r == o));
+            ended += gone.len();
+            for e in &gone {
+                self.log_ended(e, Some(WHY));
             }
         }
         if ended > 0 {
@@ -988,7 +999,7 @@ impl Plane {
     fn on_splice_event(&mut self, gate: &mut Gate, ev: &GateEvent) {
         let Some(s) = self.splicer.as_mut() else { return };
         for e in s.on_event(gate, ev) {
-            self.log_ended(&e);
+            self.log_ended(&e, None);
         }
         if ev.kind == EVENT_SPLICED {
             self.metrics.spliced();
@@ -1004,12 +1015,13 @@ impl Plane {
     fn tick(&mut self, gate: &mut Gate) {
         let Some(s) = self.splicer.as_mut() else { return };
         for e in s.tick(gate, Instant::now()) {
-            self.log_ended(&e);
+            self.log_ended(&e, None);
         }
     }
 
-    /// The access-log record and metrics of a spliced flow that ended.
-    fn log_ended(&mut self, e: &Ended) {
+    /// The access-log record and metrics of a spliced flow that ended
+    /// (`why` replaces the reason's label).
+    fn log_ended(&mut self, e: &Ended, why: Option<&str>) {
         let names = self.users.as_ref().and_then(|store| store.user_names().ok()).map(OwnerNames::new);
         let user = names.as_ref().and_then(|n| n.user(&e.owner)).map(str::to_owned);
         self.access_log.record(&AccessRecord {
@@ -1020,8 +1032,12 @@ impl Plane {
             agent_id: e.agent_id,
             user: user.as_deref(),
             machine: (e.owner.machine_tag != 0).then(|| ackgate_gateway::owner::machine_hex(&e.owner)),
-            decision: if e.reason.never_spliced() { "refused" } else { "ended" },
-            reason: e.reason.label(),
+            decision: match e.reason {
+                EndReason::Revoked => "revoked",
+                r if r.never_spliced() => "refused",
+                _ => "ended",
+            },
+            reason: why.unwrap_or(e.reason.label()),
             latency_ms: 0.0,
             profile_ms: 0.0,
             validation_ms: 0.0,

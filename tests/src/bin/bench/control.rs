@@ -240,7 +240,7 @@ pub fn authorizations_bench() {
         }
         last = now;
     }
-    let authorized = s.authorized_flows().len();
+    let authorized = s.live_flows().len();
     let many_kib = rss_kib(gateway.pid() as u32);
     println!("control_connects: {MANY} more, decided {last}, authorized flows in the map {authorized}");
     println!("control_rss_with_{authorized}_authorized_kib: {many_kib}");
