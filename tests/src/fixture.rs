@@ -88,6 +88,12 @@ impl TestGate {
         test_run(prog, frame, repeat)
     }
 
+    /// Runs the internal interface's program once over `frame`.
+    pub fn run_internal(&mut self, frame: &[u8]) -> RunOutput {
+        let prog = self.gate.internal_program().unwrap_or_else(|e| panic!("internal program: {e}"));
+        test_run(prog, frame, 1)
+    }
+
     /// Runs the do-nothing program once over `frame` (benchmark baseline).
     pub fn run_pass(&mut self, frame: &[u8]) -> RunOutput {
         let prog = self.gate.pass_program().unwrap_or_else(|e| panic!("pass program: {e}"));

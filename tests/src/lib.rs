@@ -9,6 +9,7 @@ pub mod kernel_alt;
 pub mod packet;
 pub mod stamp_fixture;
 pub mod stamper;
+pub mod table;
 pub mod target;
 pub mod test_gateway;
 pub mod topology;

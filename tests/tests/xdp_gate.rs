@@ -8,10 +8,7 @@ use ackgate_common::reason;
 use ackgate_common::reply::{TCP_CWR, TCP_ECE};
 use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate, service};
 use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+use ackgate_tests::table::{Out, Program, Row, XDP_DROP, XDP_PASS, XDP_TX, run_rows};
 
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
 const VIP: [u8; 4] = [10, 0, 0, 1];
@@ -19,32 +16,6 @@ const VIP_RESET: [u8; 4] = [10, 0, 0, 3];
 const VIP_PAGE: [u8; 4] = [10, 0, 0, 4];
 const VIP_STEALTH: [u8; 4] = [10, 0, 0, 5];
 const PORT: u16 = 443;
-
-fn action_name(a: u32) -> &'static str {
-    match a {
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        _ => "other",
-    }
-}
-
-enum Out {
-    /// The frame leaves exactly as it came in.
-    Unchanged,
-    /// Exactly these bytes leave.
-    Exact(Vec<u8>),
-    /// Nothing to compare (dropped).
-    Dropped,
-}
-
-struct Row {
-    name: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    reason: u32,
-    out: Out,
-}
 
 fn gate() -> TestGate {
     TestGate::new(
@@ -56,37 +27,6 @@ fn gate() -> TestGate {
             service(VIP_STEALTH, PORT, RESPONSE_DROP, true),
         ],
     )
-}
-
-fn run_rows(gate: &mut TestGate, rows: Vec<Row>) {
-    for row in rows {
-        let before = gate.counters();
-        let out = gate.run(&row.input);
-        let delta = gate.counters().since(&before);
-        assert_eq!(
-            out.action,
-            row.action,
-            "{}: verdict {} ({}), expected {} ({})",
-            row.name,
-            out.action,
-            action_name(out.action),
-            row.action,
-            action_name(row.action)
-        );
-        let bumped: Vec<(&str, u64)> = delta.labelled().filter(|(_, n)| *n != 0).collect();
-        assert_eq!(
-            bumped,
-            vec![(reason::LABELS[row.reason as usize], 1)],
-            "{}: expected exactly one {} count",
-            row.name,
-            reason::LABELS[row.reason as usize]
-        );
-        match row.out {
-            Out::Unchanged => assert_eq!(out.frame, row.input, "{}: frame must pass byte for byte", row.name),
-            Out::Exact(want) => assert_eq!(out.frame, want, "{}: output bytes differ", row.name),
-            Out::Dropped => {}
-        }
-    }
 }
 
 /// The SYN/ACK the gate must send for `syn`, built independently of the
@@ -238,7 +178,7 @@ fn not_ours_passes_untouched() {
             out: Out::Unchanged,
         },
     ];
-    run_rows(&mut g, rows);
+    run_rows(&mut g, Program::Edge, rows);
 }
 
 #[test]
@@ -331,7 +271,7 @@ fn malformed_and_fragments_to_a_vip_are_dropped() {
             out: Out::Unchanged,
         },
     ];
-    run_rows(&mut g, rows);
+    run_rows(&mut g, Program::Edge, rows);
 }
 
 #[test]
@@ -422,7 +362,7 @@ fn stealth_refuses_unstamped_and_forged_syns() {
             out: Out::Dropped,
         },
     ];
-    run_rows(&mut g, rows);
+    run_rows(&mut g, Program::Edge, rows);
 }
 
 /// The RST Linux would send for `ack` (seq = its ACK number, RST only).
@@ -628,7 +568,7 @@ fn handshake_acks_get_their_verdicts() {
         reason: reason::PENDING_HOLD,
         out: Out::Dropped,
     });
-    run_rows(&mut g.0, rows);
+    run_rows(&mut g.0, Program::Edge, rows);
 
     let pending = g.0.gate.pending_flows().expect("pending map readable");
     assert_eq!(pending.len(), 1, "exactly the one valid handshake must be pending, found {pending:?}");
@@ -715,7 +655,7 @@ fn decided_flows_get_their_verdicts() {
             out: Out::Dropped,
         },
     ];
-    run_rows(&mut g.0, rows);
+    run_rows(&mut g.0, Program::Edge, rows);
 
     // A new connection on the authorized flow's 4-tuple (its old one ended
     // unseen): a valid stamp replaces the flow, a forged one is dropped
@@ -743,7 +683,7 @@ fn decided_flows_get_their_verdicts() {
             out: Out::Dropped,
         },
     ];
-    run_rows(&mut g.0, rows);
+    run_rows(&mut g.0, Program::Edge, rows);
     let flows = g.0.gate.pending_flows().expect("flow map readable");
     let (_, f) = flows.iter().find(|(k, _)| *k == authorized).expect("the 4-tuple's flow");
     assert_eq!(
