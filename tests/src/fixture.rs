@@ -60,11 +60,15 @@ impl TestGate {
     /// A fresh one (forwarding off, no routes) makes every verdict the same
     /// on any host. Tests use a gate from the thread that created it.
     pub fn new(tag: &str, services: &[ServiceEntry]) -> Self {
+        Self::with_settings(tag, services, &GateSettings::new(OptionId::default(), ackgate_common::abi::MAX_PENDING))
+    }
+
+    /// As [`TestGate::new`], loaded with `settings`.
+    pub fn with_settings(tag: &str, services: &[ServiceEntry], settings: &GateSettings) -> Self {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .unwrap_or_else(|e| panic!("a fresh network namespace for the test gate: {e}"));
         let pin_dir = unique_pin_dir(tag);
-        let settings = GateSettings::new(OptionId::default(), ackgate_common::abi::MAX_PENDING);
-        let mut gate = Gate::load(&pin_dir, &settings)
+        let mut gate = Gate::load(&pin_dir, settings)
             .unwrap_or_else(|e| panic!("the XDP gate must load and pass the verifier: {e}"));
         gate.sync_services(services).unwrap_or_else(|e| panic!("filling the service map failed: {e}"));
         gate.set_agent_key(AGENT_ID, AGENT_KEY).unwrap_or_else(|e| panic!("filling the agent key map failed: {e}"));

@@ -78,7 +78,26 @@ pub fn stamped_handshake(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, t
     let fd = raw_tcp_socket().unwrap_or_else(|e| panic!("raw socket: {e}"));
     let mut syn = TcpFrame::new(src.octets(), sport, dst.octets(), dport, TCP_SYN).linux_syn_options();
     syn.seq = 0x5eed_0000 ^ u32::from(sport);
-    send_ip(&fd, &syn).unwrap_or_else(|e| panic!("sending the SYN: {e}"));
+    let synack = exchange(&fd, &syn, timeout)?;
+    let t = &synack[((synack[0] & 0x0f) as usize) * 4..];
+    let server_isn = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+    let mut ack = TcpFrame::new(src.octets(), sport, dst.octets(), dport, TCP_ACK);
+    ack.seq = syn.seq.wrapping_add(1);
+    ack.ack = server_isn.wrapping_add(1);
+    stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
+    send_ip(&fd, &ack).unwrap_or_else(|e| panic!("sending the stamped ACK: {e}"));
+    Some(Handshake { client_isn: syn.seq, server_isn })
+}
+
+/// Sends `syn` and returns the IPv4 packet of the SYN/ACK that answers it,
+/// or `None` if none came within `timeout`.
+pub fn synack_for(syn: &TcpFrame, timeout: Duration) -> Option<Vec<u8>> {
+    let fd = raw_tcp_socket().unwrap_or_else(|e| panic!("raw socket: {e}"));
+    exchange(&fd, syn, timeout)
+}
+
+fn exchange(fd: &OwnedFd, syn: &TcpFrame, timeout: Duration) -> Option<Vec<u8>> {
+    send_ip(fd, syn).unwrap_or_else(|e| panic!("sending the SYN: {e}"));
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
@@ -89,21 +108,15 @@ pub fn stamped_handshake(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, t
         }
         let p = &buf[..n as usize];
         let ihl = ((p[0] & 0x0f) as usize) * 4;
-        if p.len() < ihl + 20 || p[12..16] != dst.octets() {
+        if p.len() < ihl + 20 || p[12..16] != syn.daddr {
             continue;
         }
         let t = &p[ihl..];
         let (sp, dp) = (u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]));
-        if sp != dport || dp != sport || t[13] & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+        if sp != syn.dport || dp != syn.sport || t[13] & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
             continue;
         }
-        let server_isn = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
-        let mut ack = TcpFrame::new(src.octets(), sport, dst.octets(), dport, TCP_ACK);
-        ack.seq = syn.seq.wrapping_add(1);
-        ack.ack = server_isn.wrapping_add(1);
-        stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
-        send_ip(&fd, &ack).unwrap_or_else(|e| panic!("sending the stamped ACK: {e}"));
-        return Some(Handshake { client_isn: syn.seq, server_isn });
+        return Some(p.to_vec());
     }
     None
 }

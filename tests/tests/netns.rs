@@ -7,10 +7,16 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{RESPONSE_DROP, RESPONSE_RESET};
+use ackgate_common::net::TCP_SYN;
+use ackgate_common::option::OptionId;
 use ackgate_common::reason;
+use ackgate_common::reply::{TCP_CWR, TCP_ECE};
 use ackgate_gateway::events::Events;
+use ackgate_gateway::gate::GateSettings;
+use ackgate_gateway::synack::HostTcp;
 use ackgate_tests::fixture::{AGENT_ID, TestGate, service};
-use ackgate_tests::stamper::stamped_handshake;
+use ackgate_tests::packet::TcpFrame;
+use ackgate_tests::stamper::{stamped_handshake, synack_for};
 use ackgate_tests::topology::{Ns, Topology};
 
 const PORT: u16 = 8443;
@@ -150,4 +156,94 @@ fn edge_forwarding_is_default_deny_except_allowed_transit() {
     assert!(c.get(reason::PASS_TRANSIT) >= 2, "allowed transit must be counted: {c:?}");
     assert!(c.get(reason::PASS_NOT_SERVICE) >= 2 && c.get(reason::PASS_NOT_TCP) >= 1, "local counters: {c:?}");
     assert_eq!(c.get(reason::SYN_COOKIE), 0, "no SYN here was for the protected port");
+}
+
+/// The gate's cookie SYN/ACK is the gateway kernel's own: the same SYN sent
+/// to an ordinary listening port and to the protected port gets replies
+/// that agree on everything but the ISN, the TSval and the checksums
+/// (options, their order and values, window, window scale, MSS, ECN, TTL,
+/// DF, IP id). The gate's profile is computed in the gateway namespace the
+/// way `ackgate run` computes it; the kernel's reply is captured here, not
+/// copied from anywhere.
+#[test]
+fn the_cookie_synack_matches_the_kernels_own() {
+    let topo = Topology::new("synack");
+    let edge = topo.edge_if.clone();
+    let host = topo.run_in(Ns::Gateway, || HostTcp::read(&edge)).expect("the gateway's TCP settings");
+    let mut settings = GateSettings::new(OptionId::default(), ackgate_common::abi::MAX_PENDING);
+    settings.synack = host.profile(0x5eed);
+    let mut gate =
+        TestGate::with_settings("synack", &[service(topo.edge_addr.octets(), PORT, RESPONSE_DROP, false)], &settings);
+    topo.attach_gate(&mut gate.gate);
+    let _ordinary =
+        topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", 2222)).expect("binding an ordinary port"));
+    let (client, vip) = (topo.client_addr.octets(), topo.edge_addr.octets());
+    let linux = TcpFrame::new(client, 0, vip, 0, TCP_SYN).linux_syn_options().tcp_options;
+    let no_wscale = vec![2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0];
+    let cases: [(&str, Vec<u8>, u8); 3] = [
+        ("a Linux SYN", linux.clone(), TCP_SYN),
+        ("a SYN without window scale", no_wscale, TCP_SYN),
+        ("an ECN SYN", linux, TCP_SYN | TCP_ECE | TCP_CWR),
+    ];
+    for (i, (name, options, flags)) in cases.into_iter().enumerate() {
+        let reply = |port: u16, sport: u16| {
+            let mut syn = TcpFrame::new(client, sport, vip, port, flags);
+            syn.tcp_options = options.clone();
+            syn.seq = 0x1234_0000 + sport as u32;
+            topo.run_in(Ns::Client, || synack_for(&syn, Duration::from_secs(2)))
+                .unwrap_or_else(|| panic!("{name}: no SYN/ACK from port {port}"))
+        };
+        let kernel = reply(2222, 41000 + i as u16);
+        let gated = reply(PORT, 42000 + i as u16);
+        assert_eq!(
+            synack_shape(&gated),
+            synack_shape(&kernel),
+            "{name}: the gate's SYN/ACK (left) differs from the kernel's own (right)"
+        );
+    }
+    assert_eq!(gate.counters().get(reason::SYN_COOKIE), 3, "the gate answered the protected port");
+}
+
+/// What a SYN/ACK shows a scanner, less what differs per connection by
+/// design (ISN, TSval, checksums, ports): IP TOS, id, flags/fragment, TTL,
+/// length; TCP data offset, flags, window, urgent pointer; each option with
+/// its value (the timestamp option's TSecr only).
+fn synack_shape(p: &[u8]) -> Vec<(String, u64)> {
+    let ihl = ((p[0] & 0x0f) as usize) * 4;
+    let t = &p[ihl..];
+    let u16_at = |b: &[u8], i: usize| u64::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    let mut shape = vec![
+        ("ip tos".to_owned(), u64::from(p[1])),
+        ("ip length".to_owned(), u16_at(p, 2)),
+        ("ip id".to_owned(), u16_at(p, 4)),
+        ("ip flags/fragment".to_owned(), u16_at(p, 6)),
+        ("ip ttl".to_owned(), u64::from(p[8])),
+        ("tcp data offset".to_owned(), u64::from(t[12] >> 4)),
+        ("tcp flags".to_owned(), u64::from(t[13])),
+        ("tcp window".to_owned(), u16_at(t, 14)),
+        ("tcp urgent".to_owned(), u16_at(t, 18)),
+    ];
+    let opts = &t[20..((t[12] >> 4) as usize) * 4];
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => {
+                shape.push(("option NOP".to_owned(), 0));
+                i += 1;
+            }
+            kind => {
+                let len = opts.get(i + 1).copied().unwrap_or(2).max(2) as usize;
+                let body = opts.get(i + 2..i + len).unwrap_or(&[]);
+                let value = match kind {
+                    // TSval differs by design; TSecr echoes the SYN's.
+                    8 if body.len() == 8 => u64::from(u32::from_be_bytes([body[4], body[5], body[6], body[7]])),
+                    _ => body.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)),
+                };
+                shape.push((format!("option {kind} len {len}"), value));
+                i += len;
+            }
+        }
+    }
+    shape
 }

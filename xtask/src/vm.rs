@@ -10,7 +10,7 @@ use crate::setup;
 use crate::suite::{Tally, run_tee, test_binaries};
 
 /// Integration test targets that run in the guest.
-const VM_TARGETS: &[&str] = &["xdp_gate", "tc_stamp", "netns", "agent_netns"];
+const VM_TARGETS: &[&str] = &["xdp_gate", "xdp_splice", "tc_stamp", "netns", "agent_netns"];
 
 pub fn run_suite(tally: &mut Tally) -> Result<()> {
     let bins = test_binaries(VM_TARGETS)?;

@@ -1,0 +1,425 @@
+//! BPF_PROG_TEST_RUN table tests of the splice: segments of spliced flows
+//! through the edge and internal programs, with exact bytes out (expected
+//! frames are built from scratch, checksums included, so the incremental
+//! updates are checked too), and the completion of the target's handshake.
+//!
+//! The test gate runs in a fresh network namespace with nothing routed, so
+//! the FIB never resolves a next hop and every spliced segment takes the
+//! kernel-forwarding path (XDP_PASS of the rewritten segment): the rewrite
+//! is what these rows check. The redirect path is covered end to end.
+
+use ackgate_common::abi::{
+    END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, HandshakeInfo,
+    RESPONSE_DROP, SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words,
+};
+use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use ackgate_common::reason;
+use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
+use ackgate_gateway::events::Events;
+use ackgate_gateway::splice::HeldRing;
+use ackgate_tests::fixture::{TestGate, service};
+use ackgate_tests::packet::{TcpFrame, checksum};
+use ackgate_tests::table::{Out, Program, Row, XDP_DROP, XDP_PASS, XDP_TX, run_rows};
+
+const CLIENT: [u8; 4] = [10, 0, 0, 2];
+const VIP: [u8; 4] = [10, 0, 0, 1];
+const TARGET: [u8; 4] = [10, 99, 0, 2];
+const VPORT: u16 = 443;
+const TPORT: u16 = 8443;
+const CLIENT_ISN: u32 = 0x1000_0000;
+const COOKIE: u32 = 0xc00c_1e00;
+const TARGET_ISN: u32 = 0x7a76_0000;
+/// The cookie SYN/ACK's TSval and the target's.
+const COOKIE_TS: u32 = 0x3000_00d7;
+const TARGET_TS: u32 = 0x0900_0000;
+const CLIENT_TS: u32 = 5000;
+/// The window scale the cookie SYN/ACK offered, and the target's.
+const GATEWAY_WS: u8 = 7;
+const TARGET_WS: u8 = 9;
+
+fn gate() -> TestGate {
+    TestGate::new("splice", &[service(VIP, VPORT, RESPONSE_DROP, false)])
+}
+
+/// The control plane's setup of the flow from client port `cport`.
+fn setup(cport: u16) -> SpliceSetup {
+    SpliceSetup {
+        client: FlowKey::ipv4(CLIENT, VIP, cport.to_be_bytes(), VPORT.to_be_bytes()),
+        source_addr: v4_words(CLIENT),
+        source_port: port_field(cport.to_be_bytes()),
+        target_addr: v4_words(TARGET),
+        target_port: port_field(TPORT.to_be_bytes()),
+        client_isn: CLIENT_ISN,
+        cookie_isn: COOKIE,
+        handshake: HandshakeInfo {
+            client_tsval: CLIENT_TS,
+            cookie_tsval: COOKIE_TS,
+            window: 502,
+            mss: 1460,
+            wscale: 7,
+            sack_ok: 1,
+            ts_ok: 1,
+            ecn: 0,
+        },
+        gateway_wscale: GATEWAY_WS,
+        owner: FlowOwner { user_tag: 1, machine_tag: 2 },
+    }
+}
+
+/// Writes the connecting entries of the flow from `cport`.
+fn connecting(g: &mut TestGate, cport: u16) -> SpliceSetup {
+    let s = setup(cport);
+    let (ct, tc) = s.connecting();
+    g.gate.set_splice(&s.target_key(), &tc).expect("target-side entry");
+    g.gate.set_splice(&s.client, &ct).expect("client-side entry");
+    s
+}
+
+/// Writes the established entries of the flow from `cport`, as if the
+/// target had answered with window scale 9 and timestamps.
+fn established(g: &mut TestGate, cport: u16) -> SpliceSetup {
+    let s = setup(cport);
+    let (mut ct, mut tc) = s.connecting();
+    complete(&mut ct, &mut tc, &TargetAnswer { isn: TARGET_ISN, wscale: TARGET_WS, tsval: Some(TARGET_TS) });
+    g.gate.set_splice(&s.target_key(), &tc).expect("target-side entry");
+    g.gate.set_splice(&s.client, &ct).expect("client-side entry");
+    s
+}
+
+fn ts(tsval: u32, tsecr: u32) -> Vec<u8> {
+    [&[1u8, 1, 8, 10][..], &tsval.to_be_bytes(), &tsecr.to_be_bytes()].concat()
+}
+
+fn sack(blocks: &[(u32, u32)]) -> Vec<u8> {
+    let mut v = vec![1, 1, 5, (2 + 8 * blocks.len()) as u8];
+    for (l, r) in blocks {
+        v.extend_from_slice(&l.to_be_bytes());
+        v.extend_from_slice(&r.to_be_bytes());
+    }
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn seg(
+    from: ([u8; 4], u16),
+    to: ([u8; 4], u16),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    opts: Vec<u8>,
+    payload: &[u8],
+) -> TcpFrame {
+    let mut f = TcpFrame::new(from.0, from.1, to.0, to.1, flags);
+    f.seq = seq;
+    f.ack = ack;
+    f.window = window;
+    f.tcp_options = opts;
+    f.payload = payload.to_vec();
+    f
+}
+
+/// A frame the gate built itself (IP id 0, as Linux's replies).
+fn with_ip_id_zero(mut bytes: Vec<u8>) -> Vec<u8> {
+    bytes[18..20].copy_from_slice(&[0, 0]);
+    bytes[24..26].copy_from_slice(&[0, 0]);
+    let sum = checksum(&bytes[14..34], 0);
+    bytes[24..26].copy_from_slice(&sum);
+    bytes
+}
+
+fn rewritten(name: &'static str, input: TcpFrame, want: TcpFrame, program: Program) -> (Program, Row) {
+    let row = Row {
+        name,
+        input: input.build(),
+        action: XDP_PASS,
+        reason: reason::SPLICE_KERNEL,
+        out: Out::Exact(want.build()),
+    };
+    (program, row)
+}
+
+fn run(g: &mut TestGate, rows: Vec<(Program, Row)>) {
+    for (program, row) in rows {
+        run_rows(g, program, vec![row]);
+    }
+}
+
+#[test]
+fn spliced_segments_are_rewritten_both_ways() {
+    let mut g = gate();
+    let mut events = Events::take(g.gate.ebpf_mut()).expect("event ring");
+    let flow = established(&mut g, 40000);
+    let (c, v, t) = ((CLIENT, 40000), (VIP, VPORT), (TARGET, TPORT));
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    let answer = b"HTTP/1.0 200 OK\r\n\r\nhello";
+    let (c_seq, t_seq) = (CLIENT_ISN + 1, TARGET_ISN + 1);
+    // Windows: the client scales by 7 towards a target that scales alike
+    // (unchanged); the target scales by 9, the client reads it by the
+    // gateway's 7: times 4.
+    let rows = vec![
+        rewritten(
+            "client data with timestamps",
+            seg(c, v, TCP_ACK | TCP_PSH, c_seq, COOKIE + 1, 1000, ts(6000, COOKIE_TS + 5), request),
+            seg(c, t, TCP_ACK | TCP_PSH, c_seq, TARGET_ISN + 1, 1000, ts(6000, TARGET_TS + 5), request),
+            Program::Edge,
+        ),
+        rewritten(
+            "client ACK with SACK blocks",
+            seg(
+                c,
+                v,
+                TCP_ACK,
+                c_seq + 18,
+                COOKIE + 1,
+                999,
+                [ts(6001, COOKIE_TS + 6), sack(&[(COOKIE + 3001, COOKIE + 4001), (COOKIE + 5001, COOKIE + 6001)])]
+                    .concat(),
+                &[],
+            ),
+            seg(
+                c,
+                t,
+                TCP_ACK,
+                c_seq + 18,
+                TARGET_ISN + 1,
+                999,
+                [
+                    ts(6001, TARGET_TS + 6),
+                    sack(&[(TARGET_ISN + 3001, TARGET_ISN + 4001), (TARGET_ISN + 5001, TARGET_ISN + 6001)]),
+                ]
+                .concat(),
+                &[],
+            ),
+            Program::Edge,
+        ),
+        rewritten(
+            "target data, its window rescaled",
+            seg(t, c, TCP_ACK | TCP_PSH, t_seq, c_seq + 18, 1000, ts(TARGET_TS + 7, 6001), answer),
+            seg(v, c, TCP_ACK | TCP_PSH, COOKIE + 1, c_seq + 18, 4000, ts(COOKIE_TS + 7, 6001), answer),
+            Program::Internal,
+        ),
+        rewritten(
+            "target segment without options",
+            seg(t, c, TCP_ACK, t_seq + 24, c_seq + 18, 3, vec![], &[]),
+            seg(v, c, TCP_ACK, COOKIE + 25, c_seq + 18, 12, vec![], &[]),
+            Program::Internal,
+        ),
+        rewritten(
+            "client FIN",
+            seg(c, v, TCP_FIN | TCP_ACK, c_seq + 18, COOKIE + 25, 1000, ts(6002, COOKIE_TS + 8), &[]),
+            seg(c, t, TCP_FIN | TCP_ACK, c_seq + 18, TARGET_ISN + 25, 1000, ts(6002, TARGET_TS + 8), &[]),
+            Program::Edge,
+        ),
+    ];
+    run(&mut g, rows);
+    let ct = g.gate.splice(&flow.client).expect("map").expect("client-side entry");
+    assert_ne!(ct.flags & SPLICE_F_FIN, 0, "the client's FIN must be marked");
+    assert_eq!((ct.packets, ct.state), (3, SPLICE_ESTABLISHED), "client-side counters");
+    assert_eq!(ct.seq_next, c_seq + 19, "past the client's FIN");
+    assert!(events.drain().is_empty(), "one FIN does not end the flow");
+
+    run(
+        &mut g,
+        vec![rewritten(
+            "target FIN after the client's",
+            seg(t, c, TCP_FIN | TCP_ACK, t_seq + 24, c_seq + 19, 1000, ts(TARGET_TS + 9, 6002), &[]),
+            seg(v, c, TCP_FIN | TCP_ACK, COOKIE + 25, c_seq + 19, 4000, ts(COOKIE_TS + 9, 6002), &[]),
+            Program::Internal,
+        )],
+    );
+    let ended = events.drain();
+    assert_eq!(ended.len(), 1, "the second FIN ends the flow: {ended:?}");
+    assert_eq!((ended[0].kind, ended[0].agent_id, ended[0].flow), (EVENT_ENDED, END_FIN, flow.client));
+    let tc = g.gate.splice(&flow.target_key()).expect("map").expect("target-side entry");
+    assert_eq!(tc.bytes, 76 + 40 + 52, "target-side bytes (IP lengths)");
+}
+
+#[test]
+fn resets_end_flows_and_stale_entries_forward_nothing() {
+    let mut g = gate();
+    let mut events = Events::take(g.gate.ebpf_mut()).expect("event ring");
+    let flow = established(&mut g, 40001);
+    let (c, v, t) = ((CLIENT, 40001), (VIP, VPORT), (TARGET, TPORT));
+    run(
+        &mut g,
+        vec![rewritten(
+            "target RST",
+            seg(t, c, TCP_RST | TCP_ACK, TARGET_ISN + 1, CLIENT_ISN + 1, 0, vec![], &[]),
+            seg(v, c, TCP_RST | TCP_ACK, COOKIE + 1, CLIENT_ISN + 1, 0, vec![], &[]),
+            Program::Internal,
+        )],
+    );
+    let tc = g.gate.splice(&flow.target_key()).expect("map").expect("entry");
+    assert_ne!(tc.flags & SPLICE_F_RST, 0, "the RST must be marked");
+    let ended = events.drain();
+    assert_eq!(ended.len(), 1, "a RST ends the flow: {ended:?}");
+    assert_eq!((ended[0].kind, ended[0].agent_id, ended[0].flow), (EVENT_ENDED, END_RST_TARGET, flow.client));
+
+    // The control plane removed the entries: a late segment is a stranger
+    // (no capability on a data segment: the service's default response).
+    g.gate.remove_splice(&flow.client).expect("remove");
+    g.gate.remove_splice(&flow.target_key()).expect("remove");
+    let late = seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, vec![], b"late");
+    run_rows(
+        &mut g,
+        Program::Edge,
+        vec![Row {
+            name: "stale segment",
+            input: late.build(),
+            action: XDP_DROP,
+            reason: reason::ACK_NO_OPTION,
+            out: Out::Dropped,
+        }],
+    );
+    let unrelated = seg((TARGET, 22), (CLIENT, 5555), TCP_ACK, 1, 1, 100, vec![], &[]);
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![Row {
+            name: "not spliced on the internal side",
+            input: unrelated.build(),
+            action: XDP_PASS,
+            reason: reason::INTERNAL_PASS,
+            out: Out::Unchanged,
+        }],
+    );
+}
+
+#[test]
+fn the_target_handshake_completes_in_xdp() {
+    let mut g = gate();
+    let mut events = Events::take(g.gate.ebpf_mut()).expect("event ring");
+    let mut held = HeldRing::take(g.gate.ebpf_mut()).expect("held ring");
+    let flow = connecting(&mut g, 40002);
+    let (c, v, t) = ((CLIENT, 40002), (VIP, VPORT), (TARGET, TPORT));
+
+    // Client data while the target's handshake is under way: held for the
+    // control plane, byte for byte.
+    let early = seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 502, ts(CLIENT_TS + 1, COOKIE_TS), b"GET /");
+    run_rows(
+        &mut g,
+        Program::Edge,
+        vec![Row {
+            name: "client data while connecting",
+            input: early.build(),
+            action: XDP_DROP,
+            reason: reason::SPLICE_HOLD,
+            out: Out::Dropped,
+        }],
+    );
+    let copies = held.drain();
+    assert_eq!(copies.len(), 1, "the segment must be held");
+    assert_eq!((copies[0].0, &copies[0].1[..]), (flow.client, &early.build()[14..]), "held flow and IPv4 bytes");
+
+    let synack_opts = [
+        &[2u8, 4, 5, 0xb4, 4, 2, 8, 10][..],
+        &TARGET_TS.to_be_bytes(),
+        &CLIENT_TS.to_be_bytes(),
+        &[1, 3, 3, TARGET_WS],
+    ]
+    .concat();
+    let wrong = seg(t, c, TCP_SYN | TCP_ACK, TARGET_ISN, CLIENT_ISN + 5, 65160, synack_opts.clone(), &[]);
+    let synack = seg(t, c, TCP_SYN | TCP_ACK, TARGET_ISN, CLIENT_ISN + 1, 65160, synack_opts, &[]);
+    // The ACK back to the target: the client's address and next sequence
+    // number, its handshake-ACK window and TSval, echoing the target's.
+    let mut ack = seg(c, t, TCP_ACK, CLIENT_ISN + 1, TARGET_ISN + 1, 502, ts(CLIENT_TS, TARGET_TS), &[]);
+    ack.src_mac = synack.dst_mac;
+    ack.dst_mac = synack.src_mac;
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![
+            Row {
+                name: "SYN/ACK acknowledging another ISN",
+                input: wrong.build(),
+                action: XDP_DROP,
+                reason: reason::INTERNAL_SYNACK_MISMATCH,
+                out: Out::Dropped,
+            },
+            Row {
+                name: "target SYN/ACK",
+                input: synack.build(),
+                action: XDP_TX,
+                reason: reason::INTERNAL_SPLICED,
+                out: Out::Exact(with_ip_id_zero(ack.build())),
+            },
+        ],
+    );
+    let ct = g.gate.splice(&flow.client).expect("map").expect("client-side entry");
+    let tc = g.gate.splice(&flow.target_key()).expect("map").expect("target-side entry");
+    assert_eq!((ct.state, tc.state), (SPLICE_ESTABLISHED, SPLICE_ESTABLISHED));
+    assert_eq!(tc.seq_add, COOKIE.wrapping_sub(TARGET_ISN), "target → client sequence shift");
+    assert_eq!(ct.ack_add, TARGET_ISN.wrapping_sub(COOKIE), "client → target acknowledgement shift");
+    assert_eq!(tc.tsval_add, COOKIE_TS.wrapping_sub(TARGET_TS), "timestamp offset");
+    assert_eq!((tc.wnd_shl, tc.wnd_shr, ct.wnd_shl, ct.wnd_shr), (TARGET_WS, GATEWAY_WS, 7, 7), "window rescaling");
+    let ev = events.drain();
+    assert_eq!(ev.len(), 1, "one event: {ev:?}");
+    assert_eq!((ev[0].kind, ev[0].flow, ev[0].server_isn), (EVENT_SPLICED, flow.client, TARGET_ISN));
+}
+
+#[test]
+fn targets_that_refuse_or_differ_are_handled() {
+    let mut g = gate();
+    let mut events = Events::take(g.gate.ebpf_mut()).expect("event ring");
+    let refusing = connecting(&mut g, 40003);
+    let (c3, t) = ((CLIENT, 40003), (TARGET, TPORT));
+    let rst = seg(t, c3, TCP_RST | TCP_ACK, 0, CLIENT_ISN + 1, 0, vec![], &[]);
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![Row {
+            name: "target refuses",
+            input: rst.build(),
+            action: XDP_DROP,
+            reason: reason::INTERNAL_TARGET_REFUSED,
+            out: Out::Dropped,
+        }],
+    );
+    let ev = events.drain();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].kind, ev[0].flow), (EVENT_REFUSED, refusing.client));
+
+    // A target without timestamps or window scaling: the ACK carries no
+    // options and the client's scaled window is sent unscaled; from then
+    // on windows are rescaled both ways.
+    let plain = connecting(&mut g, 40004);
+    let c4 = (CLIENT, 40004);
+    let synack = seg(t, c4, TCP_SYN | TCP_ACK, TARGET_ISN, CLIENT_ISN + 1, 29200, vec![2, 4, 5, 0xb4], &[]);
+    let mut ack = seg(c4, t, TCP_ACK, CLIENT_ISN + 1, TARGET_ISN + 1, 64256, vec![], &[]);
+    ack.src_mac = synack.dst_mac;
+    ack.dst_mac = synack.src_mac;
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![Row {
+            name: "SYN/ACK of a target without options",
+            input: synack.build(),
+            action: XDP_TX,
+            reason: reason::INTERNAL_SPLICED,
+            out: Out::Exact(with_ip_id_zero(ack.build())),
+        }],
+    );
+    let ct = g.gate.splice(&plain.client).expect("map").expect("entry");
+    let tc = g.gate.splice(&plain.target_key()).expect("map").expect("entry");
+    assert_eq!((tc.wnd_shl, tc.wnd_shr, ct.wnd_shl, ct.wnd_shr), (0, GATEWAY_WS, 7, 0), "window rescaling");
+    assert_eq!((tc.tsval_add, ct.tsecr_add), (0, 0), "no timestamps to shift");
+    let v = (VIP, VPORT);
+    run(
+        &mut g,
+        vec![
+            rewritten(
+                "client window to an unscaling target",
+                seg(c4, v, TCP_ACK, CLIENT_ISN + 1, COOKIE + 1, 100, ts(6000, COOKIE_TS), &[]),
+                seg(c4, t, TCP_ACK, CLIENT_ISN + 1, TARGET_ISN + 1, 12800, ts(6000, COOKIE_TS), &[]),
+                Program::Edge,
+            ),
+            rewritten(
+                "unscaled target window to the client",
+                seg(t, c4, TCP_ACK, TARGET_ISN + 1, CLIENT_ISN + 1, 29200, vec![], &[]),
+                seg(v, c4, TCP_ACK, COOKIE + 1, CLIENT_ISN + 1, 229, vec![], &[]),
+                Program::Internal,
+            ),
+        ],
+    );
+}
