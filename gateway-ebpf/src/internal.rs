@@ -13,6 +13,7 @@ use ackgate_common::reply::{handshake_ack, handshake_ack_ts};
 use ackgate_common::splice::{TargetAnswer, complete};
 use aya_ebpf::bindings::BPF_EXIST;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::maps::{self, SPLICE, Scratch};
 use crate::program::Verdict;
@@ -90,6 +91,11 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
     }
     let answer = TargetAnswer { isn: seg.tcp.seq(), wscale: hs.wscale(), tsval: (hs.ts_ok != 0).then_some(hs.tsval) };
     let ack = complete(&mut to_target, &mut to_client, &answer);
+    // The idle clock starts now, even for a flow that never sends anything.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    to_target.last_ns = now;
+    to_client.last_ns = now;
     // Whole-value updates: another CPU reading an entry sees the old value
     // or the new one, never a mix (htab_map_update_elem swaps elements).
     // By reference on purpose: by value, the two 104-byte entries are

@@ -366,6 +366,7 @@ impl Splicer {
         let mut resend = Vec::new();
         let mut end = Vec::new();
         let mut check = Vec::new();
+        let mut idle_ends = Vec::new();
         for (key, f) in &mut self.flows {
             match f.phase {
                 Phase::Connecting { attempts, last_syn } => {
@@ -398,7 +399,7 @@ impl Splicer {
                 Ok(Activity::LastSeen(idle)) => {
                     let Some(f) = self.flows.get_mut(&key) else { continue };
                     if idle >= f.target.idle_timeout {
-                        end.push((key, EndReason::Idle));
+                        idle_ends.push(key);
                     } else {
                         f.next_check = now + (f.target.idle_timeout - idle);
                     }
@@ -406,7 +407,25 @@ impl Splicer {
                 Err(e) => tracing::warn!("reading a spliced flow's entries: {e}"),
             }
         }
+        // Idle flows: both ends are told (unless the service is silent),
+        // so neither waits on a connection the gateway forgot.
+        for key in idle_ends {
+            self.reset_if_not_silent(gate, &key);
+            end.push((key, EndReason::Idle));
+        }
         end.into_iter().filter_map(|(key, reason)| self.end(gate, &key, reason)).collect()
+    }
+
+    /// RSTs to both ends of a live flow, unless its service's default
+    /// response is silence.
+    fn reset_if_not_silent(&self, gate: &mut Gate, key: &FlowKey) {
+        let Some(f) = self.flows.get(key) else { return };
+        if f.target.response == RESPONSE_DROP {
+            return;
+        }
+        if let (Ok(Some(ct)), Ok(Some(tc))) = (gate.splice(key), gate.splice(&f.target_key)) {
+            self.reset_both(key, &ct, &tc);
+        }
     }
 
     /// What the map says of an established flow: ended (both FINs or a
@@ -486,14 +505,7 @@ impl Splicer {
         let keys: Vec<FlowKey> = self.flows.iter().filter(|(_, f)| revoked(&f.owner)).map(|(k, _)| *k).collect();
         let mut out = Vec::new();
         for key in keys {
-            let f = &self.flows[&key];
-            let (response, target_key) = (f.target.response, f.target_key);
-            if response != RESPONSE_DROP {
-                let (ct, tc) = (gate.splice(&key).ok().flatten(), gate.splice(&target_key).ok().flatten());
-                if let (Some(ct), Some(tc)) = (ct, tc) {
-                    self.reset_both(&key, &ct, &tc);
-                }
-            }
+            self.reset_if_not_silent(gate, &key);
             out.extend(self.end(gate, &key, EndReason::Revoked));
         }
         out

@@ -12,6 +12,7 @@ use crate::daemons::{Daemon, eventually, in_netns, run_ok, workspace_binary};
 use crate::fixture::unique_pin_dir;
 use crate::target::TargetServer;
 use crate::topology::{Ns, Topology};
+use crate::transfer;
 
 /// The protected service's port.
 pub const PORT: u16 = 8443;
@@ -220,6 +221,23 @@ default_response = "{default_response}"
             let r = std::io::Read::read(&mut c, &mut [0u8; 16]);
             (r.map_err(|e| e.kind()), std::time::Instant::now())
         })
+    }
+
+    /// Downloads `len` bytes of the target's pattern through the gateway
+    /// (a stamped connection from the client namespace); `progress` hears
+    /// the bytes received so far after every read. Returns the SHA-256 of
+    /// what arrived, or how the transfer broke.
+    pub fn download(&self, len: usize, progress: impl FnMut(usize) + Send) -> std::io::Result<String> {
+        let to = std::net::SocketAddr::new(self.topo.edge_addr.into(), PORT);
+        let request = format!("GET /bytes/{len} HTTP/1.0\r\n\r\n");
+        self.topo.run_in(Ns::Client, || transfer::download(to, &request, len, progress))
+    }
+
+    /// Uploads `len` bytes of the pattern to the target through the
+    /// gateway; returns the SHA-256 the target computed.
+    pub fn upload(&self, len: usize) -> std::io::Result<String> {
+        let to = std::net::SocketAddr::new(self.topo.edge_addr.into(), PORT);
+        self.topo.run_in(Ns::Client, || transfer::upload(to, len))
     }
 
     /// Flows `ackgate flows --json` lists as live: authorized, being

@@ -13,3 +13,4 @@ pub mod table;
 pub mod target;
 pub mod test_gateway;
 pub mod topology;
+pub mod transfer;

@@ -1,7 +1,13 @@
 //! The hidden server of end-to-end tests: a TCP listener in the target
-//! namespace that answers each HTTP request with the client address it
-//! saw, so a test can check that the splice delivered the client's real
-//! address. Stopped on drop.
+//! namespace that speaks just enough HTTP/1.0:
+//! - `GET /` → a greeting naming the client address it saw (the splice
+//!   must deliver the client's real address);
+//! - `GET /bytes/N` → N bytes of [`pattern`] (downloads);
+//! - `POST /sha256` with a Content-Length → the body's SHA-256 in hex
+//!   (uploads).
+//!
+//! Stopped on drop, or earlier with [`TargetServer::stop`] (a target that
+//! refuses).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,6 +58,52 @@ impl TargetServer {
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().expect("peers").clone()
     }
+
+    /// Closes the listening socket: new connections are refused (RST).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.accepter.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The bytes of a download: a deterministic sequence that no compression
+/// or coincidence makes easy (xorshift64 words), so a corrupted or shifted
+/// segment changes the digest.
+pub fn pattern(len: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut left = len;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(64 * 1024);
+        let mut chunk = Vec::with_capacity(n + 8);
+        while chunk.len() < n {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            chunk.extend_from_slice(&state.to_le_bytes());
+        }
+        chunk.truncate(n);
+        left -= n;
+        Some(chunk)
+    })
+}
+
+/// SHA-256 of `pattern(len)`, hex.
+pub fn pattern_sha256(len: usize) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for chunk in pattern(len) {
+        h.update(&chunk);
+    }
+    hex(&h.finalize())
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads one request (up to its blank line) and answers it; a client that
@@ -67,6 +119,44 @@ fn serve(mut conn: TcpStream, peer: SocketAddr) {
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
+    let end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let head = String::from_utf8_lossy(&request[..end]).into_owned();
+    let first = head.lines().next().unwrap_or("");
+    if let Some(n) = first.strip_prefix("GET /bytes/").and_then(|r| r.split(' ').next()) {
+        let n: usize = n.parse().unwrap_or(0);
+        let _ = conn.write_all(format!("HTTP/1.0 200 OK\r\nContent-Length: {n}\r\n\r\n").as_bytes());
+        for chunk in pattern(n) {
+            if conn.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        return;
+    }
+    if first.starts_with("POST /sha256") {
+        use sha2::Digest as _;
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut h = sha2::Sha256::new();
+        h.update(&request[end..]);
+        let mut got = request.len() - end;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < len {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    got += n;
+                }
+            }
+        }
+        let body = format!("{}\n", hex(&h.finalize()));
+        let reply = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let _ = conn.write_all(reply.as_bytes());
+        return;
+    }
     let body = format!("{GREETING}; you are {peer}\n");
     let reply = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     let _ = conn.write_all(reply.as_bytes());
@@ -74,9 +164,6 @@ fn serve(mut conn: TcpStream, peer: SocketAddr) {
 
 impl Drop for TargetServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.accepter.take() {
-            let _ = h.join();
-        }
+        self.stop();
     }
 }

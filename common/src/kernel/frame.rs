@@ -36,9 +36,7 @@ impl<'a> XdpFrame<'a> {
     /// `load_bytes`.
     #[inline(always)]
     pub fn store_bytes(&self, offset: usize, len: usize, src: &[u8; MAX_OPTION_BYTES]) -> Option<()> {
-        if !copy_len_ok(len) {
-            return None;
-        }
+        let len = bounded_len(len, MAX_OPTION_BYTES)?;
         // SAFETY: `src` holds MAX_OPTION_BYTES >= len bytes; the helper
         // checks the packet range itself.
         let rc = unsafe { bpf_xdp_store_bytes(self.ctx.ctx, offset as u32, src.as_ptr() as *mut _, len as u32) };
@@ -48,13 +46,7 @@ impl<'a> XdpFrame<'a> {
     /// Copies `len` bytes at `offset` (a whole IPv4 packet) into `dst`.
     #[inline(always)]
     pub fn copy_packet(&self, offset: usize, len: usize, dst: &mut [u8; HELD_MAX_PACKET]) -> Option<()> {
-        // Spelled out for the verifier, as `copy_len_ok`; through a barrier
-        // because LLVM drops the zero check when callers imply it, and the
-        // helper's size must be provably non-zero.
-        let len = core::hint::black_box(len);
-        if len == 0 || len > HELD_MAX_PACKET {
-            return None;
-        }
+        let len = bounded_len(len, HELD_MAX_PACKET)?;
         // SAFETY: `dst` holds HELD_MAX_PACKET >= len bytes; the helper
         // checks the packet range itself.
         let rc = unsafe { bpf_xdp_load_bytes(self.ctx.ctx, offset as u32, dst.as_mut_ptr().cast(), len as u32) };
@@ -76,9 +68,7 @@ impl Frame for XdpFrame<'_> {
 
     #[inline(always)]
     fn load_bytes(&self, offset: usize, len: usize, dst: &mut [u8; MAX_OPTION_BYTES]) -> Option<()> {
-        if !copy_len_ok(len) {
-            return None;
-        }
+        let len = bounded_len(len, MAX_OPTION_BYTES)?;
         // SAFETY: `dst` holds MAX_OPTION_BYTES >= len bytes; the helper
         // checks the packet range itself.
         let rc = unsafe { bpf_xdp_load_bytes(self.ctx.ctx, offset as u32, dst.as_mut_ptr().cast(), len as u32) };
@@ -118,9 +108,7 @@ impl Frame for SkbFrame<'_> {
 
     #[inline(always)]
     fn load_bytes(&self, offset: usize, len: usize, dst: &mut [u8; MAX_OPTION_BYTES]) -> Option<()> {
-        if !copy_len_ok(len) {
-            return None;
-        }
+        let len = bounded_len(len, MAX_OPTION_BYTES)?;
         // SAFETY: as for XDP; bpf_skb_load_bytes also reads paged data.
         let rc = unsafe {
             bpf_skb_load_bytes(self.ctx.skb.skb as *const _, offset as u32, dst.as_mut_ptr().cast(), len as u32)
@@ -136,11 +124,24 @@ impl Frame for SkbFrame<'_> {
     }
 }
 
-/// Spelled out for the verifier: a copy helper's size must be provably
-/// within 1..=sizeof(dst).
+/// `len` if it is within 1..=`max`, checked so that the verifier can prove
+/// a copy helper's size within 1..=sizeof(buffer): two compares on the very
+/// register the helper gets, with a barrier between. Written as one
+/// condition, LLVM turns it into `len - 1 < max` on another register, and
+/// verifiers before about 6.13 do not carry that bound back to `len`
+/// ("R4 min value is negative"); it also drops the zero check when a
+/// caller implies it.
 #[inline(always)]
-fn copy_len_ok(len: usize) -> bool {
-    len != 0 && len <= MAX_OPTION_BYTES
+fn bounded_len(len: usize, max: usize) -> Option<usize> {
+    let len = core::hint::black_box(len);
+    if len > max {
+        return None;
+    }
+    let len = core::hint::black_box(len);
+    if len == 0 {
+        return None;
+    }
+    Some(len)
 }
 
 /// `data + offset` if `size_of::<T>()` bytes from there are before

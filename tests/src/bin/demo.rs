@@ -32,7 +32,7 @@ fn main() {
     println!("2. `ackgate run` is up. A machine without an agent tries VIP:{PORT}:");
     println!("   -> {}", outcome(s.curl(2)));
 
-    let _agent = s.start_agent();
+    let agent = s.start_agent();
     println!("3. Alice's machine redeemed an invite (`ackgate-agent enroll`) and runs");
     println!("   `ackgate-agent run`: its TC program stamps her handshakes.");
     s.login("alice", "correct horse");
@@ -45,25 +45,45 @@ fn main() {
     println!("   `ackgate users pending` lists her machine for approval.");
     run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
     println!("6. The administrator approves it (`ackgate users approve alice`).");
-    s.curl(2);
+    let (code, page) = s.fetch(5);
     let second = s.decision(2);
     println!(
-        "7. Her next connect: {} in {:.1} ms ({}). The splice to the target comes next release;",
+        "7. Her next connect: {} in {:.1} ms ({}); the gateway spliced it to the hidden",
         text(&second["decision"]),
         second["latency_ms"].as_f64().unwrap_or(0.0),
         text(&second["reason"])
     );
-    println!("   until then the gate holds authorized flows.\n");
-
-    println!("`ackgate flows`:");
-    let flows = run_ok(s.ackgate(&["flows"]), None, "flows");
+    println!("   target {}:{PORT} in XDP. curl {} and fetched:", s.topo.target_addr, outcome(code));
+    println!("   | {}", page.trim_end());
+    println!("   (the target saw her real address, {})", s.topo.client_addr);
+    let ended = s.decision(3);
+    println!(
+        "8. curl closed the connection: the flow {} ({}), {} bytes to the target, {} back.\n",
+        text(&ended["decision"]),
+        text(&ended["flow_end"]["ended"]),
+        ended["flow_end"]["to_target"]["bytes"],
+        ended["flow_end"]["to_client"]["bytes"]
+    );
+    println!("`ackgate flows` (an idle spliced flow of alice's is open meanwhile):");
+    let flows = std::thread::scope(|scope| {
+        let idle = scope.spawn(|| s.idle_client(std::time::Duration::from_secs(2)));
+        ackgate_tests::daemons::eventually(ackgate_tests::deployment::WAIT, "the idle flow's splice", || {
+            s.live_flows().iter().any(|f| f["state"] == "spliced").then_some(())
+        });
+        let flows = run_ok(s.ackgate(&["flows"]), None, "flows");
+        let _ = idle.join();
+        flows
+    });
     print!("{}", String::from_utf8_lossy(&flows.stdout));
     println!("\n`ackgate status` (gate verdicts by reason, flows, control plane):");
     let status = run_ok(s.ackgate(&["status"]), None, "status");
     print!("{}", String::from_utf8_lossy(&status.stdout));
-    let agent =
+    let agent_status =
         s.agent(&["status"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    println!("\n`ackgate-agent status`:\n{agent}");
+    println!("\n`ackgate-agent status`:\n{agent_status}");
+    drop(agent);
+    println!("Alice's agent stops (SIGTERM; its stamper detaches), so her machine is one without");
+    println!("an agent now. The same curl: -> {}\n", outcome(s.curl(2)));
     let target = s.topo.cmd(Ns::Target, &["nstat", "-az", "TcpPassiveOpens"]);
     let opens = String::from_utf8_lossy(&target.stdout);
     let opens = opens
@@ -72,6 +92,9 @@ fn main() {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("0")
         .to_owned();
-    println!("Connections the target accepted: {opens} (nothing of an unauthorized client reached it).");
+    let peers = s.target.peers();
+    println!("Connections the target accepted: {opens}, all from {:?}:", s.topo.client_addr);
+    println!("   {peers:?}");
+    println!("   (alice's; nothing of the machine without an agent reached it).");
     println!("Tearing the topology down.");
 }

@@ -423,9 +423,12 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
 struct FlowRow {
     client: String,
     service: String,
-    agent_id: u32,
+    /// Flows the gate holds (the splice map does not keep them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<u32>,
     state: &'static str,
-    age_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    age_ms: Option<u64>,
     /// Authorized flows: the user (when this host has the store) and the
     /// first 16 hex digits of the machine fingerprint.
     user: Option<String>,
@@ -459,9 +462,9 @@ fn spliced_rows(config: &Config, names: &OwnerNames) -> Result<Vec<FlowRow>> {
             FlowRow {
                 client: k.client_addr().to_string(),
                 service: k.service_addr().to_string(),
-                agent_id: 0,
+                agent_id: None,
                 state: if ct.state == SPLICE_ESTABLISHED { "spliced" } else { "connecting" },
-                age_ms: 0,
+                age_ms: None,
                 user: names.user(&ct.owner).map(str::to_owned),
                 machine: (ct.owner.machine_tag != 0).then(|| owner::machine_hex(&ct.owner)),
                 splice: Some(SpliceRow {
@@ -498,14 +501,14 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
             machine: (f.state == FLOW_AUTHORIZED && f.owner.machine_tag != 0).then(|| owner::machine_hex(&f.owner)),
             client: k.client_addr().to_string(),
             service: k.service_addr().to_string(),
-            agent_id: f.agent_id,
+            agent_id: Some(f.agent_id),
             state: match f.state {
                 FLOW_PENDING => "pending",
                 FLOW_AUTHORIZED => "authorized",
                 FLOW_DENIED => "denied",
                 _ => "unknown",
             },
-            age_ms: ackgate_common::host::monotonic_ns().saturating_sub(f.created_ns) / 1_000_000,
+            age_ms: Some(ackgate_common::host::monotonic_ns().saturating_sub(f.created_ns) / 1_000_000),
             splice: None,
         })
         .chain(spliced_rows(&config, &names)?)
@@ -517,16 +520,16 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
                 (None, Some(m)) => format!(" machine {m}…"),
                 _ => String::new(),
             };
-            let splice = r.splice.as_ref().map_or(String::new(), |s| {
-                format!(
-                    " -> {} ({} B out, {} B back, idle {} ms)",
-                    s.target, s.to_target.bytes, s.to_client.bytes, s.idle_ms
-                )
-            });
-            println!(
-                "{:<22} -> {:<22} agent {:<5} {:<10} {} ms{owner}{splice}",
-                r.client, r.service, r.agent_id, r.state, r.age_ms
-            );
+            match (&r.splice, r.agent_id, r.age_ms) {
+                (Some(s), ..) => println!(
+                    "{:<22} -> {:<22} {:<10} -> {} ({} B out, {} B back, idle {} ms){owner}",
+                    r.client, r.service, r.state, s.target, s.to_target.bytes, s.to_client.bytes, s.idle_ms
+                ),
+                (None, Some(agent), Some(age)) => {
+                    println!("{:<22} -> {:<22} {:<10} agent {agent}, {age} ms{owner}", r.client, r.service, r.state)
+                }
+                _ => {}
+            }
         }
     })
 }

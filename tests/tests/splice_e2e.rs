@@ -1,0 +1,190 @@
+//! The splice end to end, with the real daemons (`ackgate run`,
+//! `ackgate-agent run`) on a fresh client / gateway / target topology:
+//! bulk transfers both ways (also with loss on the edge link), targets
+//! tuned differently from the gateway, the kernel-forwarding path, a
+//! target that refuses, idle flows, and a transfer that a revocation cuts
+//! or that outlives a kill -9 of the control plane.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ackgate_tests::daemons::{Daemon, eventually, run_ok};
+use ackgate_tests::deployment::{Setup, WAIT};
+use ackgate_tests::target::pattern_sha256;
+use ackgate_tests::topology::Ns;
+
+const MB: usize = 1 << 20;
+
+/// An approved user with a working agent on a fresh deployment.
+fn approved(tag: &str, response: &str, extra_gateway: &str) -> (Setup, Daemon, Daemon) {
+    let s = Setup::with_gateway(tag, response, 3000, "", extra_gateway);
+    let (gateway, agent) = s.start_approved("alice");
+    (s, gateway, agent)
+}
+
+fn transfer_both_ways(s: &Setup, len: usize) {
+    let want = pattern_sha256(len);
+    let got = s.download(len, |_| {}).unwrap_or_else(|e| panic!("download of {len} bytes: {e}"));
+    assert_eq!(got, want, "the download's SHA-256 differs");
+    let got = s.upload(len).unwrap_or_else(|e| panic!("upload of {len} bytes: {e}"));
+    assert_eq!(got, want, "the upload's SHA-256 (computed by the target) differs");
+}
+
+#[test]
+fn transfers_of_100_mb_arrive_intact_both_ways() {
+    let (s, _gateway, _agent) = approved("bulk", "drop", "");
+    transfer_both_ways(&s, 100 * MB);
+    assert!(s.gate_counter("splice_redirect") > 10_000, "the data must have gone through the redirect path");
+}
+
+/// 1 % loss each way on the client's side of the edge link: the endpoints
+/// recover with SACK, whose blocks the splice translates. (nftables
+/// `numgen random` drops at the client's input and output; netem would do
+/// the same where the kernel has sch_netem.)
+#[test]
+fn transfers_survive_loss_on_the_edge_link() {
+    let (s, _gateway, _agent) = approved("loss", "drop", "");
+    let rules = "table inet ackgate_loss {\n\
+                 chain out { type filter hook output priority 0; numgen random mod 100 0 drop; }\n\
+                 chain in { type filter hook input priority 0; numgen random mod 100 0 drop; }\n}\n";
+    // Per segment, not per 64 KiB offload super-packet.
+    let dev = &s.topo.client_if;
+    let out = s.topo.cmd(Ns::Client, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
+    assert!(out.status.success(), "offloads off on {dev}: {}", String::from_utf8_lossy(&out.stderr));
+    let rules_file = s.dir.join("loss.nft");
+    std::fs::write(&rules_file, rules).expect("writing the loss rules");
+    let out = s.topo.cmd(Ns::Client, &["nft", "-f", &rules_file.display().to_string()]);
+    assert!(out.status.success(), "nft loss rules: {}", String::from_utf8_lossy(&out.stderr));
+    transfer_both_ways(&s, 100 * MB);
+    // Both ends lost segments and recovered with SACK, and neither found
+    // a SACK block invalid (a mistranslated edge is discarded and counted
+    // as TCPSACKDiscard, tcp_sacktag_write_queue in net/ipv4/tcp_input.c).
+    for ns in [Ns::Client, Ns::Target] {
+        let nstat =
+            s.topo.cmd(ns, &["nstat", "-az", "TcpRetransSegs", "TcpExtTCPSackRecovery", "TcpExtTCPSACKDiscard"]);
+        let text = String::from_utf8_lossy(&nstat.stdout).into_owned();
+        let count = |name: &str| -> u64 {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(count("TcpRetransSegs") > 20, "{ns:?}: the loss must cause retransmissions:\n{text}");
+        assert!(count("TcpExtTCPSackRecovery") >= 1, "{ns:?}: recovery must use SACK:\n{text}");
+        assert_eq!(count("TcpExtTCPSACKDiscard"), 0, "{ns:?}: SACK blocks discarded as invalid:\n{text}");
+    }
+}
+
+/// A target without window scaling, SACK or timestamps, behind a gateway
+/// whose cookie SYN/ACK offered all three.
+#[test]
+fn a_target_tuned_differently_still_works() {
+    let (s, _gateway, _agent) = approved("tuned", "drop", "");
+    for knob in ["net.ipv4.tcp_window_scaling=0", "net.ipv4.tcp_sack=0", "net.ipv4.tcp_timestamps=0"] {
+        let out = s.topo.cmd(Ns::Target, &["sysctl", "-qw", knob]);
+        assert!(out.status.success(), "sysctl {knob} in the target namespace");
+    }
+    transfer_both_ways(&s, 20 * MB);
+}
+
+/// `forwarding = "kernel"`: spliced segments are rewritten in XDP and
+/// routed by the kernel, never redirected.
+#[test]
+fn the_kernel_forwarding_path_carries_flows_too() {
+    let (s, _gateway, _agent) = approved("kernel", "drop", "forwarding = \"kernel\"");
+    transfer_both_ways(&s, 10 * MB);
+    assert!(s.gate_counter("splice_kernel") > 1000, "segments must take the kernel path");
+    assert_eq!(s.gate_counter("splice_redirect"), 0, "no segment may be redirected");
+}
+
+#[test]
+fn a_target_that_refuses_gives_the_default_response() {
+    let (mut s, _gateway, _agent) = approved("refuse", "reset", "");
+    s.target.stop();
+    let code = s.curl(5);
+    assert_eq!(code, 56, "the client must be reset (curl 56), not left hanging");
+    let refused = eventually(WAIT, "the refusal in the access log", || {
+        s.access_log().into_iter().find(|r| r["decision"] == "refused")
+    });
+    assert_eq!(refused["reason"], "target_refused", "{refused}");
+    assert!(s.gate_counter("internal_target_refused") >= 1, "the target's RST must be counted");
+    assert!(s.live_flows().is_empty(), "a refused splice leaves no live flow: {:?}", s.live_flows());
+}
+
+#[test]
+fn idle_flows_end_and_free_their_entries() {
+    let (s, _gateway, _agent) = approved("idle", "reset", "idle_timeout_secs = 1");
+    let (read, _) = s.idle_client(Duration::from_secs(20));
+    assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "an idle flow's client is reset when it ends");
+    let ended = eventually(WAIT, "the idle end in the access log", || {
+        s.access_log().into_iter().find(|r| r["decision"] == "ended")
+    });
+    assert_eq!(ended["flow_end"]["ended"], "idle", "{ended}");
+    assert!(s.live_flows().is_empty(), "an idle flow's entries must be freed: {:?}", s.live_flows());
+}
+
+/// Revocation cuts a transfer in the middle: both ends are reset at once.
+#[test]
+fn revocation_cuts_a_transfer_mid_way() {
+    let (s, _gateway, _agent) = approved("cut", "reset", "");
+    let len = 1 << 30;
+    let revoked = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        let transfer = scope.spawn(|| {
+            s.download(len, |got| {
+                // Slow reader: the transfer is still running when the
+                // revocation comes.
+                if got > 8 * MB && !revoked.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        });
+        eventually(WAIT, "the transfer to be under way", || {
+            s.live_flows()
+                .iter()
+                .any(|f| f["splice"]["to_client"]["bytes"].as_u64() > Some(8 * MB as u64))
+                .then_some(())
+        });
+        let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
+        revoked.store(true, Ordering::Relaxed);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ended 1 live flow"), "{out:?}");
+        transfer.join().expect("transfer thread")
+    });
+    let err = result.expect_err("the revoked transfer must not complete");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "the client must be reset: {err}");
+    assert!(s.access_log().iter().any(|r| r["decision"] == "revoked"), "the cut must be in the access log");
+}
+
+/// kill -9 of `ackgate run` in the middle of a transfer: XDP keeps
+/// splicing (its programs and maps are pinned), the transfer completes
+/// intact, and the restarted control plane picks the flow up.
+#[test]
+fn a_killed_control_plane_does_not_interrupt_a_transfer() {
+    let (s, gateway, _agent) = approved("kill", "drop", "");
+    let len = 200 * MB;
+    let killed = AtomicBool::new(false);
+    let digest = std::thread::scope(|scope| {
+        let transfer = scope.spawn(|| {
+            s.download(len, |got| {
+                if got > 8 * MB && !killed.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        });
+        eventually(WAIT, "the transfer to be under way", || {
+            s.live_flows()
+                .iter()
+                .any(|f| f["splice"]["to_client"]["bytes"].as_u64() > Some(8 * MB as u64))
+                .then_some(())
+        });
+        // SAFETY: killing the daemon this test started.
+        unsafe { libc::kill(gateway.pid(), libc::SIGKILL) };
+        killed.store(true, Ordering::Relaxed);
+        transfer.join().expect("transfer thread")
+    });
+    assert_eq!(digest.expect("the transfer must complete"), pattern_sha256(len), "SHA-256 after the kill");
+    drop(gateway);
+    let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
+    restarted.wait_for_log("agent listener up", WAIT);
+    assert!(s.access_log().iter().all(|r| r["decision"] != "revoked"), "nothing was revoked");
+}
