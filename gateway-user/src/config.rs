@@ -198,6 +198,12 @@ pub struct GatewaySection {
     /// Spliced flows idle this long end (services may set their own).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
+    /// Ports (first, last) the gateway's internal address uses for
+    /// `source_nat` services. `ackgate run` adds them to
+    /// net.ipv4.ip_local_reserved_ports, so its own connections never take
+    /// one.
+    #[serde(default = "default_source_nat_ports")]
+    pub source_nat_ports: [u16; 2],
     #[serde(default = "default_xdp_mode")]
     pub xdp_mode: XdpMode,
     #[serde(default = "default_pin_dir")]
@@ -233,6 +239,9 @@ fn default_connect_timeout() -> u64 {
 }
 fn default_idle_timeout() -> u64 {
     3600
+}
+fn default_source_nat_ports() -> [u16; 2] {
+    [20000, 29999]
 }
 
 fn default_max_flows() -> u32 {
@@ -301,6 +310,11 @@ pub struct ServiceSection {
     /// Spliced flows of this service idle this long end (default:
     /// gateway.idle_timeout_secs).
     pub idle_timeout_secs: Option<u64>,
+    /// The target sees the gateway's internal address (a port from
+    /// gateway.source_nat_ports) instead of the client's: for targets whose
+    /// route back to clients does not go through the gateway.
+    #[serde(default)]
+    pub source_nat: bool,
 }
 
 fn default_response() -> DefaultResponse {
@@ -349,6 +363,12 @@ impl Config {
             ));
         }
         self.transit_prefixes()?;
+        let [first, last] = self.gateway.source_nat_ports;
+        if first == 0 || first > last {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.source_nat_ports [{first}, {last}]: need 0 < first <= last"
+            )));
+        }
         if self.gateway.page_max_connections == 0 || self.gateway.page_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "gateway: page_max_connections and page_timeout_ms must be above zero".into(),
@@ -549,6 +569,7 @@ mod tests {
             ("[gateway]\nedge_interface = \"eth0\"\nallowed_transit = [\"10.0.0.0\"]\n", "ADDRESS/PREFIX-LENGTH"),
             ("[gateway]\nedge_interface = \"eth0\"\nallowed_transit = [\"10.0.0.0/33\"]\n", "prefix length above 32"),
             ("[gateway]\nedge_interface = \"eth0\"\nforwarding = \"teleport\"\n", "unknown variant `teleport`"),
+            ("[gateway]\nedge_interface = \"eth0\"\nsource_nat_ports = [30000, 20000]\n", "need 0 < first <= last"),
             (
                 "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\ndefault_response=\"maybe\"\n",
                 "unknown variant `maybe`",

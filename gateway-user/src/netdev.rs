@@ -34,3 +34,12 @@ fn zeroed_ifreq() -> libc::ifreq {
     // SAFETY: ifreq is a plain C struct/union for which all-zero is valid.
     unsafe { std::mem::zeroed() }
 }
+
+/// The first IPv4 address of `iface`, if it has one.
+pub fn ipv4_address(iface: &str) -> io::Result<Option<std::net::Ipv4Addr>> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    Ok(addrs
+        .filter(|a| a.interface_name == iface)
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|sin| sin.ip()))
+        .next())
+}

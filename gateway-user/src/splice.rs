@@ -39,6 +39,10 @@ pub enum SpliceError {
     Send { target: SocketAddrV4, source: std::io::Error },
     #[error("raw socket for the splice: {0}")]
     Socket(std::io::Error),
+    #[error("service {0}: source_nat needs an IPv4 address on the internal interface")]
+    NoSourceAddress(String),
+    #[error("no free source-NAT port towards {0} (gateway.source_nat_ports is exhausted)")]
+    NoSourcePort(SocketAddrV4),
 }
 
 /// Where an authorized flow goes, and how it is treated.
@@ -50,6 +54,8 @@ pub struct Target {
     /// refuses and for revocations.
     pub response: u8,
     pub idle_timeout: Duration,
+    /// The target sees the gateway's internal address, not the client's.
+    pub source_nat: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +69,9 @@ pub struct SpliceSettings {
     pub internal_mtu: u32,
     /// The window scale the cookie SYN/ACK offers.
     pub gateway_wscale: u8,
+    /// `source_nat` services: the internal interface's address and the
+    /// ports it may use.
+    pub source_nat: Option<(Ipv4Addr, [u16; 2])>,
 }
 
 /// How a spliced flow ended (the access log's `ended` field).
@@ -152,6 +161,39 @@ struct Flow {
     next_check: Instant,
     /// The SYN sent to the target (sent again while connecting).
     syn: Vec<u8>,
+    /// The source-NAT port the flow holds, if any.
+    nat_port: Option<u16>,
+}
+
+/// Source-NAT ports in use, per target: a port may serve flows to other
+/// targets at once (their 4-tuples differ).
+#[derive(Default)]
+struct NatPorts {
+    in_use: HashMap<SocketAddrV4, std::collections::BTreeSet<u16>>,
+    /// Where the next search starts, so ports are not reused at once
+    /// (a target may still hold the last flow in TIME_WAIT).
+    next: u16,
+}
+
+impl NatPorts {
+    fn take(&mut self, target: SocketAddrV4, [first, last]: [u16; 2]) -> Option<u16> {
+        let used = self.in_use.entry(target).or_default();
+        let span = u32::from(last - first) + 1;
+        let start = u32::from(self.next.clamp(first, last) - first);
+        let port = (0..span).map(|i| first + ((start + i) % span) as u16).find(|p| !used.contains(p))?;
+        used.insert(port);
+        self.next = if port == last { first } else { port + 1 };
+        Some(port)
+    }
+
+    fn give_back(&mut self, target: SocketAddrV4, port: u16) {
+        if let Some(used) = self.in_use.get_mut(&target) {
+            used.remove(&port);
+            if used.is_empty() {
+                self.in_use.remove(&target);
+            }
+        }
+    }
 }
 
 /// Held client segments of flows that wait, bounded per flow and overall.
@@ -168,6 +210,7 @@ pub struct Splicer {
     raw: Socket,
     settings: SpliceSettings,
     flows: HashMap<FlowKey, Flow>,
+    nat: NatPorts,
     held: HeldStore,
     pub totals: SpliceTotals,
 }
@@ -178,7 +221,14 @@ impl Splicer {
         // as is (the source is the client's address, not the gateway's).
         let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
             .map_err(SpliceError::Socket)?;
-        Ok(Self { raw, settings, flows: HashMap::new(), held: HeldStore::default(), totals: SpliceTotals::default() })
+        Ok(Self {
+            raw,
+            settings,
+            flows: HashMap::new(),
+            nat: NatPorts::default(),
+            held: HeldStore::default(),
+            totals: SpliceTotals::default(),
+        })
     }
 
     /// Spliced or connecting flows.
@@ -200,10 +250,19 @@ impl Splicer {
         owner: FlowOwner,
     ) -> Result<(), SpliceError> {
         let client = event.flow;
+        let (source_addr, source_port, nat_port) = if target.source_nat {
+            let Some((addr, ports)) = self.settings.source_nat else {
+                return Err(SpliceError::NoSourceAddress(target.service.clone()));
+            };
+            let port = self.nat.take(target.addr, ports).ok_or(SpliceError::NoSourcePort(target.addr))?;
+            (v4_words(addr.octets()), port_field(port.to_be_bytes()), Some(port))
+        } else {
+            (client.saddr, client.sport, None)
+        };
         let setup = SpliceSetup {
             client,
-            source_addr: client.saddr,
-            source_port: client.sport,
+            source_addr,
+            source_port,
             target_addr: v4_words(target.addr.ip().octets()),
             target_port: port_field(target.addr.port().to_be_bytes()),
             client_isn: event.client_isn,
@@ -231,6 +290,7 @@ impl Splicer {
                 started: now,
                 next_check: now + target.idle_timeout,
                 syn,
+                nat_port,
             },
         );
         self.totals.started += 1;
@@ -455,6 +515,9 @@ impl Splicer {
     /// gives the client the service's default response.
     fn end(&mut self, gate: &mut Gate, key: &FlowKey, reason: EndReason) -> Option<Ended> {
         let f = self.flows.remove(key)?;
+        if let Some(port) = f.nat_port {
+            self.nat.give_back(f.target.addr, port);
+        }
         let ct = gate.splice(key).ok().flatten().unwrap_or_default();
         let tc = gate.splice(&f.target_key).ok().flatten().unwrap_or_default();
         for k in [key, &f.target_key] {
@@ -547,6 +610,14 @@ impl Splicer {
                 continue;
             };
             let connecting = e.state == SPLICE_CONNECTING;
+            let nat_port = self
+                .settings
+                .source_nat
+                .filter(|(addr, _)| v4_bytes(&e.saddr) == addr.octets())
+                .map(|_| port_value(e.sport));
+            if let Some(port) = nat_port {
+                self.nat.in_use.entry(target.addr).or_default().insert(port);
+            }
             self.flows.insert(
                 *key,
                 Flow {
@@ -562,6 +633,7 @@ impl Splicer {
                     started: now,
                     next_check: now,
                     syn: Vec::new(),
+                    nat_port,
                 },
             );
         }
@@ -580,6 +652,28 @@ impl Splicer {
     /// Live flows for `ackgate status`.
     pub fn connecting(&self) -> usize {
         self.flows.values().filter(|f| matches!(f.phase, Phase::Connecting { .. })).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports are handed out round robin within the range, never twice
+    /// towards one target, and independently per target.
+    #[test]
+    fn source_nat_ports_do_not_collide() {
+        let mut nat = NatPorts::default();
+        let (a, b) = ("10.1.0.2:443".parse().expect("addr"), "10.1.0.3:443".parse().expect("addr"));
+        let range = [100, 102];
+        assert_eq!(nat.take(a, range), Some(100));
+        assert_eq!(nat.take(b, range), Some(101), "round robin over all targets");
+        assert_eq!(nat.take(a, range), Some(102));
+        assert_eq!(nat.take(a, range), Some(101), "wraps around, skips the port in use");
+        assert_eq!(nat.take(a, range), None, "range exhausted towards a");
+        assert_eq!(nat.take(b, range), Some(102), "b still has ports");
+        nat.give_back(a, 101);
+        assert_eq!(nat.take(a, range), Some(101), "a port given back is free again");
     }
 }
 

@@ -37,16 +37,18 @@ impl Setup {
     /// with `{dir}` (the scratch directory) and `{target}` (the target's
     /// address) replaced.
     pub fn new(tag: &str, default_response: &str, profile_timeout_ms: u64, extra_control: &str) -> Self {
-        Self::with_gateway(tag, default_response, profile_timeout_ms, extra_control, "")
+        Self::with_gateway(tag, default_response, profile_timeout_ms, extra_control, "", "")
     }
 
-    /// As [`Setup::new`], with `extra_gateway` appended to `[gateway]`.
+    /// As [`Setup::new`], with `extra_gateway` appended to `[gateway]` and
+    /// `extra_service` to the service.
     pub fn with_gateway(
         tag: &str,
         default_response: &str,
         profile_timeout_ms: u64,
         extra_control: &str,
         extra_gateway: &str,
+        extra_service: &str,
     ) -> Self {
         let topo = Topology::new(tag);
         let dir = std::env::temp_dir().join(format!("ackgate-e2e-{tag}-{}", std::process::id()));
@@ -82,6 +84,7 @@ vip = "{vip}"
 port = {PORT}
 target = "{target}:{PORT}"
 default_response = "{default_response}"
+{extra_service}
 "#,
                 edge = topo.edge_if,
                 internal = topo.internal_if,

@@ -17,7 +17,12 @@ const MB: usize = 1 << 20;
 
 /// An approved user with a working agent on a fresh deployment.
 fn approved(tag: &str, response: &str, extra_gateway: &str) -> (Setup, Daemon, Daemon) {
-    let s = Setup::with_gateway(tag, response, 3000, "", extra_gateway);
+    approved_with(tag, response, extra_gateway, "")
+}
+
+/// As [`approved`], with `extra_service` in the service's table.
+fn approved_with(tag: &str, response: &str, extra_gateway: &str, extra_service: &str) -> (Setup, Daemon, Daemon) {
+    let s = Setup::with_gateway(tag, response, 3000, "", extra_gateway, extra_service);
     let (gateway, agent) = s.start_approved("alice");
     (s, gateway, agent)
 }
@@ -85,6 +90,28 @@ fn a_target_tuned_differently_still_works() {
         assert!(out.status.success(), "sysctl {knob} in the target namespace");
     }
     transfer_both_ways(&s, 20 * MB);
+}
+
+/// `source_nat`: the target sees the gateway's internal address (a port
+/// from `source_nat_ports`) and needs no route back to clients; here it has
+/// none, so nothing else could work.
+#[test]
+fn source_nat_serves_a_target_without_a_route_to_clients() {
+    let (s, _gateway, _agent) = approved_with("snat", "drop", "source_nat_ports = [21000, 21009]", "source_nat = true");
+    let out = s.topo.cmd(Ns::Target, &["ip", "route", "del", "default"]);
+    assert!(out.status.success(), "removing the target's default route");
+    let (code, body) = s.fetch(5);
+    assert_eq!(code, 0, "curl through source NAT: {body}");
+    let seen: std::net::SocketAddr = body
+        .rsplit("you are ")
+        .next()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the target's page names the peer: {body:?}"));
+    assert_eq!(seen.ip(), std::net::IpAddr::from(s.topo.internal_addr), "the target must see the gateway");
+    assert!((21000..=21009).contains(&seen.port()), "a port from source_nat_ports: {seen}");
+    transfer_both_ways(&s, 10 * MB);
+    let reserved = s.topo.cmd(Ns::Gateway, &["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"]);
+    assert!(String::from_utf8_lossy(&reserved.stdout).contains("21000-21009"), "the range must be reserved");
 }
 
 /// `forwarding = "kernel"`: spliced segments are rewritten in XDP and

@@ -37,7 +37,7 @@ enum Command {
     /// verdict paths and SYN floods, the agent's stamper and memory, the
     /// control plane's authorizations/s, validator lookups and memory.
     Bench {
-        /// Only these groups: gate, agent, control, flood (default: all).
+        /// Only these groups: gate, agent, control, flood, splice (default: all).
         groups: Vec<String>,
     },
 }
@@ -54,6 +54,7 @@ fn main() -> Result<()> {
         }
         Command::Bench { groups } => {
             setup::build_tools()?;
+            setup::bench_tools()?;
             suite::cargo_build_release("ackgate-agent")?;
             suite::cargo_build_release("ackgate-gateway")?;
             let mut args = vec!["--release", "--"];

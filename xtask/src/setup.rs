@@ -13,6 +13,9 @@ use anyhow::{Context as _, Result, bail};
 const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
 const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "iputils-ping", "nftables", "tcpdump", "curl"];
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "udev", "python3-venv"];
+/// What the splice benchmark compares against (HAProxy) and measures with
+/// (iperf3).
+const BENCH_PACKAGES: &[&str] = &["haproxy", "iperf3"];
 
 pub const VIRTME_NG_VERSION: &str = "1.42";
 /// Pinned distribution kernel for the VM run (Debian 12 backports 6.12).
@@ -27,7 +30,7 @@ pub fn cache_dir() -> PathBuf {
 
 pub fn all() -> Result<()> {
     build_tools()?;
-    test_tools()?;
+    bench_tools()?;
     vm_tools()?;
     println!("setup: everything is in place");
     Ok(())
@@ -43,6 +46,12 @@ pub fn build_tools() -> Result<()> {
 /// What the namespace tests need.
 pub fn test_tools() -> Result<()> {
     apt(TEST_PACKAGES)
+}
+
+/// What the benchmarks need besides the test tools.
+pub fn bench_tools() -> Result<()> {
+    test_tools()?;
+    apt(BENCH_PACKAGES)
 }
 
 /// What the VM run needs.

@@ -376,6 +376,20 @@ fn prepare_splice(gate: &mut Gate, config: &Config, internal: &str, gateway_wsca
     let sysctl = format!("/proc/sys/net/ipv4/conf/{internal}/accept_local");
     std::fs::write(&sysctl, "1").with_context(|| format!("setting {sysctl}"))?;
     let internal_mtu = netdev::mtu(internal).with_context(|| format!("the MTU of {internal}"))?;
+    let source_nat = if config.services.iter().any(|s| s.source_nat) {
+        let addr = netdev::ipv4_address(internal)
+            .with_context(|| format!("the addresses of {internal}"))?
+            .with_context(|| format!("source_nat services need an IPv4 address on {internal}"))?;
+        reserve_ports(g.source_nat_ports)?;
+        // Client → target segments now leave with a local source address;
+        // on the kernel-forwarding path they arrive on the edge (see above).
+        let sysctl = format!("/proc/sys/net/ipv4/conf/{}/accept_local", g.edge_interface);
+        std::fs::write(&sysctl, "1").with_context(|| format!("setting {sysctl}"))?;
+        info!(address = %addr, ports = ?g.source_nat_ports, "source NAT for source_nat services");
+        Some((addr, g.source_nat_ports))
+    } else {
+        None
+    };
     info!(
         internal = internal,
         forwarding = ?g.forwarding,
@@ -387,7 +401,22 @@ fn prepare_splice(gate: &mut Gate, config: &Config, internal: &str, gateway_wsca
         linger: SPLICE_LINGER,
         internal_mtu,
         gateway_wscale,
+        source_nat,
     })
+}
+
+/// Adds the source-NAT ports to net.ipv4.ip_local_reserved_ports (keeping
+/// what is there), so the gateway's own connections never pick one.
+fn reserve_ports([first, last]: [u16; 2]) -> Result<()> {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let current = std::fs::read_to_string(SYSCTL).with_context(|| format!("reading {SYSCTL}"))?;
+    let range = format!("{first}-{last}");
+    let current = current.trim();
+    if current.split(',').any(|r| r == range) {
+        return Ok(());
+    }
+    let value = if current.is_empty() { range } else { format!("{current},{range}") };
+    std::fs::write(SYSCTL, &value).with_context(|| format!("setting {SYSCTL} to {value}"))
 }
 
 /// Ended flows keep their entries this long for the last ACK.
@@ -422,6 +451,7 @@ fn service_tables(config: &Config) -> Result<ServiceTables> {
                 addr,
                 response: e.policy.default_response,
                 idle_timeout: config.idle_timeout(s),
+                source_nat: s.source_nat,
             };
             ((v4_bytes(&e.key.addr), port_value(e.key.port)), target)
         })
@@ -992,7 +1022,11 @@ impl Plane {
             return;
         };
         if let Err(e) = s.start(gate, &d.event, target, owner) {
+            // Not spliced: the client gets the service's default response.
             warn!(client = %d.event.flow.client_addr(), target = %target.addr, "splice: {e}");
+            if let Err(e) = gate.deny_flow(&d.event.flow) {
+                warn!("marking an unspliced flow denied: {e}");
+            }
         }
     }
 

@@ -174,6 +174,7 @@ pub fn authorizations_bench() {
         30_000,
         "max_pending = 20000\nmax_pending_per_agent = 20000",
         "max_flows = 262144",
+        "",
     );
     let (gateway, agent) = s.start_approved("alice");
     let idle_kib = rss_kib(gateway.pid() as u32);

@@ -10,11 +10,15 @@
 //!   daemon's resident memory;
 //! - control plane: authorizations per second end to end, validator
 //!   lookups against 100,000 users next to a bare SQLite lookup, and the
-//!   control plane's memory with many flows.
+//!   control plane's memory with many flows;
+//! - splice: the rewrite next to the do-nothing program, the splice map's
+//!   memory, and time to first byte, transactions/s and bulk throughput
+//!   through ackgate next to nftables DNAT, HAProxy and a direct route.
 
 mod agent;
 mod control;
 mod gate;
+mod splice;
 
 use ackgate_common::net::TCP_SYN;
 use ackgate_tests::packet::TcpFrame;
@@ -34,12 +38,13 @@ pub fn syn(sport: u16) -> TcpFrame {
     f
 }
 
-/// `bench [GROUP...]`: gate, agent, control, flood; all when none given.
+/// `bench [GROUP...]`: gate, agent, control, flood, splice; all when none
+/// given.
 fn main() {
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |g: &str| groups.is_empty() || groups.iter().any(|a| a == g);
-    if let Some(bad) = groups.iter().find(|g| !["gate", "agent", "control", "flood"].contains(&g.as_str())) {
-        eprintln!("bench: unknown group {bad:?} (gate, agent, control, flood)");
+    if let Some(bad) = groups.iter().find(|g| !["gate", "agent", "control", "flood", "splice"].contains(&g.as_str())) {
+        eprintln!("bench: unknown group {bad:?} (gate, agent, control, flood, splice)");
         std::process::exit(2);
     }
     if wanted("gate") {
@@ -52,6 +57,9 @@ fn main() {
     if wanted("control") {
         control::validator_bench();
         control::authorizations_bench();
+    }
+    if wanted("splice") {
+        splice::splice_bench();
     }
     if wanted("flood") {
         for defence in [gate::Defence::Gate, gate::Defence::KernelSyncookies, gate::Defence::NftSynproxy] {

@@ -1,0 +1,349 @@
+//! The splice: the rewrite's cost per packet through BPF_PROG_TEST_RUN next
+//! to the do-nothing program, the kernel memory of the splice map sized
+//! for 1,000,000 flows, and, on the namespace topology, time to first
+//! byte, request/response transactions and bulk throughput through
+//! ackgate next to what a user would deploy instead: nftables DNAT with
+//! conntrack, HAProxy in TCP mode, and a direct route (no gateway
+//! function but forwarding), each measured in the same run.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ackgate_common::abi::{FlowKey, FlowOwner, HandshakeInfo, RESPONSE_DROP, port_field, v4_words};
+use ackgate_common::net::{TCP_ACK, TCP_PSH};
+use ackgate_common::option::OptionId;
+use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
+use ackgate_gateway::gate::{Gate, GateSettings};
+use ackgate_tests::daemons::Daemon;
+use ackgate_tests::deployment::{PORT, Setup};
+use ackgate_tests::fixture::{TestGate, service, unique_pin_dir};
+use ackgate_tests::kernel_alt::ns_exec;
+use ackgate_tests::packet::TcpFrame;
+use ackgate_tests::target::TargetServer;
+use ackgate_tests::topology::{Ns, Topology};
+
+use crate::{CLIENT, RUNS, VIP, median};
+
+const TARGET: [u8; 4] = [10, 99, 0, 2];
+
+pub fn splice_bench() {
+    rewrite_cost();
+    map_memory();
+    let mut results = Vec::new();
+    for path in [Path::Direct, Path::NftDnat, Path::Haproxy, Path::Ackgate] {
+        results.push((path, measure(path)));
+    }
+    let get = |p: Path| results.iter().find(|(q, _)| *q == p).map(|(_, r)| *r).expect("measured");
+    let (ack, nft, ha, direct) = (get(Path::Ackgate), get(Path::NftDnat), get(Path::Haproxy), get(Path::Direct));
+    println!("splice_rr_1b_vs_nft_dnat: {:.2}x (goal > 1.0x)", ack.rr_1b / nft.rr_1b);
+    println!("splice_rr_1b_vs_haproxy: {:.2}x (goal >= 3x)", ack.rr_1b / ha.rr_1b);
+    println!("splice_rr_1k_vs_nft_dnat: {:.2}x", ack.rr_1k / nft.rr_1k);
+    println!("splice_rr_1k_vs_haproxy: {:.2}x", ack.rr_1k / ha.rr_1k);
+    println!("splice_bulk_vs_direct: {:.2}x (goal >= 0.9x)", ack.bulk_gbps / direct.bulk_gbps);
+    println!("splice_bulk_vs_nft_dnat: {:.2}x", ack.bulk_gbps / nft.bulk_gbps);
+    println!("splice_ttfb_median_minus_direct_ms: {:.2} (goal <= 2 ms)", ack.ttfb_median_ms - direct.ttfb_median_ms);
+}
+
+/// Two established directions of one flow, as `complete` leaves them.
+fn spliced(g: &mut TestGate) -> (FlowKey, FlowKey) {
+    let s = SpliceSetup {
+        client: FlowKey::ipv4(CLIENT, VIP, 40000u16.to_be_bytes(), 443u16.to_be_bytes()),
+        source_addr: v4_words(CLIENT),
+        source_port: port_field(40000u16.to_be_bytes()),
+        target_addr: v4_words(TARGET),
+        target_port: port_field(8443u16.to_be_bytes()),
+        client_isn: 1000,
+        cookie_isn: 2000,
+        handshake: HandshakeInfo {
+            client_tsval: 5,
+            cookie_tsval: 6,
+            window: 502,
+            mss: 1460,
+            wscale: 7,
+            sack_ok: 1,
+            ts_ok: 1,
+            ecn: 0,
+        },
+        gateway_wscale: 7,
+        owner: FlowOwner::default(),
+    };
+    let (mut ct, mut tc) = s.connecting();
+    complete(&mut ct, &mut tc, &TargetAnswer { isn: 9000, wscale: 9, tsval: Some(77) });
+    g.gate.set_splice(&s.target_key(), &tc).expect("entry");
+    g.gate.set_splice(&s.client, &ct).expect("entry");
+    (s.client, s.target_key())
+}
+
+/// ns per packet of the rewrite (client data with timestamps, and the
+/// target's answer), single shots next to the do-nothing program. The
+/// test gate's namespace routes nothing, so this is the rewrite and the
+/// FIB lookup that finds no route, then XDP_PASS: the redirect itself is
+/// in the end-to-end figures.
+fn rewrite_cost() {
+    let mut g = TestGate::new("bench-splice", &[service(VIP, 443, RESPONSE_DROP, false)]);
+    spliced(&mut g);
+    let ts = |a: u32, b: u32| [&[1u8, 1, 8, 10][..], &a.to_be_bytes(), &b.to_be_bytes()].concat();
+    let mut to_target = TcpFrame::new(CLIENT, 40000, VIP, 443, TCP_ACK | TCP_PSH);
+    (to_target.seq, to_target.ack, to_target.tcp_options, to_target.payload) = (1001, 2001, ts(10, 6), vec![7; 100]);
+    let mut to_client = TcpFrame::new(TARGET, 8443, CLIENT, 40000, TCP_ACK | TCP_PSH);
+    (to_client.seq, to_client.ack, to_client.tcp_options, to_client.payload) = (9001, 1101, ts(78, 10), vec![7; 1000]);
+    let (a, b) = (to_target.build(), to_client.build());
+    let (mut base, mut edge, mut internal) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        base.push(g.run_pass(&a).duration_ns);
+        edge.push(g.run(&a).duration_ns);
+        internal.push(g.run_internal(&b).duration_ns);
+    }
+    let base = median(base);
+    println!("splice_rewrite_baseline_ns: {base:.0}");
+    println!("splice_rewrite_to_target: {:.2}x (goal <= 2x)", median(edge) / base);
+    println!("splice_rewrite_to_client: {:.2}x (goal <= 2x)", median(internal) / base);
+}
+
+/// Kernel memory (memlock, from fdinfo) of the splice map sized for
+/// 1,000,000 flows (preallocated: the figure does not depend on the fill).
+fn map_memory() {
+    let pin_dir = unique_pin_dir("bench-mem");
+    let mut settings = GateSettings::new(OptionId::default(), ackgate_common::abi::MAX_PENDING);
+    settings.max_spliced = 1_000_000;
+    let gate = Gate::load(&pin_dir, &settings).expect("loading the gate with 1,000,000 spliced flows");
+    let memlock = |name: &str| -> u64 {
+        let path = pin_dir.join(name);
+        let data = aya::maps::MapData::from_pin(&path).expect("pinned map");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(data.fd()));
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+        info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let splice = memlock(ackgate_common::abi::MAP_SPLICE);
+    println!("splice_map_mib_1m_flows: {:.0} (goal <= 256)", splice as f64 / (1 << 20) as f64);
+    drop(gate);
+    let _ = std::fs::remove_dir_all(&pin_dir);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Direct,
+    NftDnat,
+    Haproxy,
+    Ackgate,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::NftDnat => "nft_dnat",
+            Path::Haproxy => "haproxy",
+            Path::Ackgate => "ackgate",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Figures {
+    ttfb_median_ms: f64,
+    rr_1b: f64,
+    rr_1k: f64,
+    bulk_gbps: f64,
+}
+
+/// What a path runs on: ackgate's full deployment (its daemons first, so
+/// they stop before the topology goes), or a bare topology.
+enum Deployed {
+    Ackgate { _daemons: (Daemon, Daemon), setup: Box<Setup> },
+    Bare { topo: Topology, target: TargetServer, _proxy: Option<Proxy> },
+}
+
+/// HAProxy, stopped on drop.
+struct Proxy(Child, std::path::PathBuf);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+impl Deployed {
+    fn topo(&self) -> &Topology {
+        match self {
+            Deployed::Ackgate { setup, .. } => &setup.topo,
+            Deployed::Bare { topo, .. } => topo,
+        }
+    }
+
+    fn stop_target(&mut self) {
+        match self {
+            Deployed::Ackgate { setup, .. } => setup.target.stop(),
+            Deployed::Bare { target, .. } => target.stop(),
+        }
+    }
+}
+
+fn deploy(path: Path) -> (Deployed, SocketAddr) {
+    if path == Path::Ackgate {
+        let s = Setup::new("bench", "drop", 3000, "");
+        let daemons = s.start_approved("alice");
+        let to = SocketAddr::new(s.topo.edge_addr.into(), PORT);
+        return (Deployed::Ackgate { _daemons: daemons, setup: Box::new(s) }, to);
+    }
+    let topo = Topology::new("bench");
+    let target = TargetServer::start(&topo, PORT);
+    let gw = topo.ns(Ns::Gateway).to_owned();
+    let (vip, tgt) = (topo.edge_addr, topo.target_addr);
+    let mut proxy = None;
+    let to = match path {
+        Path::Direct => SocketAddr::new(tgt.into(), PORT),
+        Path::NftDnat => {
+            let rules = format!(
+                "table ip ackgate_bench {{ chain pre {{ type nat hook prerouting priority dstnat; \
+                 ip daddr {vip} tcp dport {PORT} dnat to {tgt}:{PORT} }} }}"
+            );
+            ns_exec(&gw, &["nft", &rules]);
+            SocketAddr::new(vip.into(), PORT)
+        }
+        Path::Haproxy => {
+            let dir = std::env::temp_dir().join(format!("ackgate-bench-haproxy-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("haproxy dir");
+            let cfg = dir.join("haproxy.cfg");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  \
+                     timeout server 60s\nfrontend f\n  bind {vip}:{PORT}\n  default_backend b\nbackend b\n  \
+                     server t {tgt}:{PORT}\n"
+                ),
+            )
+            .expect("haproxy config");
+            let child = Command::new("ip")
+                .args(["netns", "exec", &gw, "haproxy", "-db", "-f"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting haproxy (cargo xtask bench installs it)");
+            proxy = Some(Proxy(child, dir));
+            let to = SocketAddr::new(vip.into(), PORT);
+            wait_listening(&topo, to);
+            to
+        }
+        Path::Ackgate => unreachable!("handled above"),
+    };
+    (Deployed::Bare { topo, target, _proxy: proxy }, to)
+}
+
+fn wait_listening(topo: &Topology, to: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if topo.run_in(Ns::Client, || TcpStream::connect_timeout(&to, Duration::from_millis(200))).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listens on {to}");
+}
+
+fn measure(path: Path) -> Figures {
+    let (mut d, to) = deploy(path);
+    let topo_ttfb = d.topo();
+    let mut ttfb: Vec<f64> = (0..60).map(|_| topo_ttfb.run_in(Ns::Client, || first_byte_ms(to))).collect();
+    ttfb.sort_by(f64::total_cmp);
+    let (med, p99) = (ttfb[ttfb.len() / 2], ttfb[ttfb.len() * 99 / 100]);
+    println!("{}_ttfb_ms: median {med:.2} p99 {p99:.2}", path.name());
+    // The same port now echoes, then serves iperf3.
+    d.stop_target();
+    let echo = d.topo().run_in(Ns::Target, || TcpListener::bind(("0.0.0.0", PORT)).expect("echo listener"));
+    let echoer = std::thread::spawn(move || echo_server(echo));
+    let rr_1b = d.topo().run_in(Ns::Client, || transactions(to, 1));
+    let rr_1k = d.topo().run_in(Ns::Client, || transactions(to, 1024));
+    println!("{}_rr_per_s: 1 B {rr_1b:.0}, 1 KiB {rr_1k:.0}", path.name());
+    stop_echo(d.topo(), to);
+    let _ = echoer.join();
+    let bulk_gbps = iperf3(d.topo(), to);
+    println!("{}_bulk_gbit_s: {bulk_gbps:.2}", path.name());
+    if let Deployed::Ackgate { setup, .. } = &d {
+        println!("ackgate_splice_redirect_packets: {}", setup.gate_counter("splice_redirect"));
+    }
+    Figures { ttfb_median_ms: med, rr_1b, rr_1k, bulk_gbps }
+}
+
+/// A fresh connect, an HTTP GET, and the first byte of the answer.
+fn first_byte_ms(to: SocketAddr) -> f64 {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).expect("first byte");
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Request/response transactions per second over one connection for 3 s,
+/// `size` bytes each way (netperf TCP_RR's measure).
+fn transactions(to: SocketAddr, size: usize) -> f64 {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let (req, mut resp) = (vec![1u8; size], vec![0u8; size]);
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(3) {
+        s.write_all(&req).expect("request");
+        s.read_exact(&mut resp).expect("response");
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Echoes every connection until a connection sends "stop".
+fn echo_server(l: TcpListener) {
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { continue };
+        let _ = c.set_nodelay(true);
+        let mut buf = [0u8; 4096];
+        let mut first = true;
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) if first && &buf[..n] == b"stop" => return,
+                Ok(n) => {
+                    first = false;
+                    if c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn stop_echo(topo: &Topology, to: SocketAddr) {
+    topo.run_in(Ns::Client, || {
+        if let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+            let _ = s.write_all(b"stop");
+        }
+    });
+}
+
+/// iperf3 for 3 s through `to` (a server on the target's PORT): Gbit/s.
+fn iperf3(topo: &Topology, to: SocketAddr) -> f64 {
+    let port = PORT.to_string();
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", topo.ns(Ns::Target), "iperf3", "-s", "-1", "-p", &port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting iperf3 (cargo xtask bench installs it)");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = topo.cmd(
+        Ns::Client,
+        &["iperf3", "-c", &to.ip().to_string(), "-p", &port, "-t", "3", "-J", "--connect-timeout", "5000"],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
+}
