@@ -37,6 +37,11 @@ pub struct DaemonStatus {
     pub sessions_opened: u64,
     pub logins_accepted: u64,
     pub logins_refused: u64,
+    /// Live spliced flows, and of those the ones whose target handshake is
+    /// under way.
+    pub spliced: usize,
+    pub splice_connecting: usize,
+    pub splice: crate::splice::SpliceTotals,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

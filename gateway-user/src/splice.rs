@@ -133,7 +133,7 @@ pub struct Ended {
 }
 
 /// Counters since start.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SpliceTotals {
     pub started: u64,
     pub spliced: u64,
@@ -592,13 +592,10 @@ impl Splicer {
     /// Picks up the spliced flows a previous run left in the pinned map
     /// (the data path never stopped). Flows caught connecting are ended:
     /// their SYN's fate is unknown.
-    pub fn resume(&mut self, gate: &mut Gate, target_of: impl Fn(&FlowKey) -> Option<Target>) -> Vec<Ended> {
+    pub fn resume(&mut self, gate: &mut Gate, target_of: impl Fn(&FlowKey) -> Option<Target>) {
         let entries = match gate.splices() {
             Ok(e) => e,
-            Err(e) => {
-                tracing::warn!("reading the splice map: {e}");
-                return Vec::new();
-            }
+            Err(e) => return tracing::warn!("reading the splice map: {e}"),
         };
         let now = Instant::now();
         let mut stale = Vec::new();
@@ -638,10 +635,12 @@ impl Splicer {
             );
         }
         for (key, target_key) in stale {
-            let _ = gate.remove_splice(&key);
-            let _ = gate.remove_splice(&target_key);
+            for k in [key, target_key] {
+                if let Err(e) = gate.remove_splice(&k) {
+                    tracing::warn!("removing a splice entry of a service that is gone: {e}");
+                }
+            }
         }
-        Vec::new()
     }
 
     /// The owners of the live flows (revocation checks at start).
@@ -649,31 +648,9 @@ impl Splicer {
         self.flows.values().map(|f| f.owner).collect()
     }
 
-    /// Live flows for `ackgate status`.
+    /// Flows whose target handshake is under way (`ackgate status`).
     pub fn connecting(&self) -> usize {
         self.flows.values().filter(|f| matches!(f.phase, Phase::Connecting { .. })).count()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Ports are handed out round robin within the range, never twice
-    /// towards one target, and independently per target.
-    #[test]
-    fn source_nat_ports_do_not_collide() {
-        let mut nat = NatPorts::default();
-        let (a, b) = ("10.1.0.2:443".parse().expect("addr"), "10.1.0.3:443".parse().expect("addr"));
-        let range = [100, 102];
-        assert_eq!(nat.take(a, range), Some(100));
-        assert_eq!(nat.take(b, range), Some(101), "round robin over all targets");
-        assert_eq!(nat.take(a, range), Some(102));
-        assert_eq!(nat.take(a, range), Some(101), "wraps around, skips the port in use");
-        assert_eq!(nat.take(a, range), None, "range exhausted towards a");
-        assert_eq!(nat.take(b, range), Some(102), "b still has ports");
-        nat.give_back(a, 101);
-        assert_eq!(nat.take(a, range), Some(101), "a port given back is free again");
     }
 }
 
@@ -784,5 +761,27 @@ impl HeldRing {
 impl std::os::fd::AsRawFd for HeldRing {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports are handed out round robin within the range, never twice
+    /// towards one target, and independently per target.
+    #[test]
+    fn source_nat_ports_do_not_collide() {
+        let mut nat = NatPorts::default();
+        let (a, b) = ("10.1.0.2:443".parse().expect("addr"), "10.1.0.3:443".parse().expect("addr"));
+        let range = [100, 102];
+        assert_eq!(nat.take(a, range), Some(100));
+        assert_eq!(nat.take(b, range), Some(101), "round robin over all targets");
+        assert_eq!(nat.take(a, range), Some(102));
+        assert_eq!(nat.take(a, range), Some(101), "wraps around, skips the port in use");
+        assert_eq!(nat.take(a, range), None, "range exhausted towards a");
+        assert_eq!(nat.take(b, range), Some(102), "b still has ports");
+        nat.give_back(a, 101);
+        assert_eq!(nat.take(a, range), Some(101), "a port given back is free again");
     }
 }

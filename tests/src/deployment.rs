@@ -16,8 +16,11 @@ use crate::transfer;
 
 /// The protected service's port.
 pub const PORT: u16 = 8443;
-/// How long any step may take before a test fails.
-pub const WAIT: Duration = Duration::from_secs(15);
+/// How long any step may take before a test fails. Tests wait for events,
+/// never for this long when things work; it is generous because the VM
+/// run emulates its CPU (about 14 times slower: loading and verifying the
+/// gate's programs alone takes seconds there).
+pub const WAIT: Duration = Duration::from_secs(60);
 
 pub struct Setup {
     /// The hidden server (first, so it stops before the topology goes).

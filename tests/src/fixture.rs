@@ -111,7 +111,7 @@ impl TestGate {
 
 fn test_run(prog: &mut aya::programs::Xdp, frame: &[u8], repeat: u32) -> RunOutput {
     {
-        let mut out = vec![0u8; 256];
+        let mut out = vec![0u8; 2048];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);

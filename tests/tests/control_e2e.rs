@@ -59,6 +59,11 @@ fn approval_flow(tag: &str, add_user_first: bool) {
     assert_eq!(daemon["agents_connected"], 1, "status must show the agent's session: {status}");
     assert_eq!(daemon["authorized"], 1, "status must count the authorization: {status}");
     assert_eq!(daemon["denied"], 1, "status must count the first, denied connect: {status}");
+    assert_eq!(daemon["splice"]["spliced"], 1, "status must count the splice: {status}");
+    // curl sent its request right after the handshake, while the flow was
+    // still being decided: the gate held it and the control plane handed it
+    // to the target once spliced (no wait for curl's retransmission).
+    assert!(daemon["splice"]["held_delivered"].as_u64() >= Some(1), "the early request must be delivered: {status}");
     assert!(s.gate_counter("splice_redirect") >= 4, "the data path must have redirected the flow: {status}");
     assert!(s.gate_counter("internal_spliced") == 1, "one splice handshake completed: {status}");
     assert!(s.live_flows().is_empty(), "the ended flow's entries must be gone: {:?}", s.live_flows());

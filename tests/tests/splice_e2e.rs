@@ -15,6 +15,13 @@ use ackgate_tests::topology::Ns;
 
 const MB: usize = 1 << 20;
 
+/// `n` MiB; an eighth of that when `ACKGATE_SMALL_TRANSFERS` is set, as
+/// `cargo xtask test` does for the VM run, whose emulated CPU is about 14
+/// times slower than the host's.
+fn mib(n: usize) -> usize {
+    if std::env::var_os("ACKGATE_SMALL_TRANSFERS").is_some() { n * MB / 8 } else { n * MB }
+}
+
 /// An approved user with a working agent on a fresh deployment.
 fn approved(tag: &str, response: &str, extra_gateway: &str) -> (Setup, Daemon, Daemon) {
     approved_with(tag, response, extra_gateway, "")
@@ -38,8 +45,8 @@ fn transfer_both_ways(s: &Setup, len: usize) {
 #[test]
 fn transfers_of_100_mb_arrive_intact_both_ways() {
     let (s, _gateway, _agent) = approved("bulk", "drop", "");
-    transfer_both_ways(&s, 100 * MB);
-    assert!(s.gate_counter("splice_redirect") > 10_000, "the data must have gone through the redirect path");
+    transfer_both_ways(&s, mib(100));
+    assert!(s.gate_counter("splice_redirect") > 1000, "the data must have gone through the redirect path");
 }
 
 /// 1 % loss each way on the client's side of the edge link: the endpoints
@@ -60,7 +67,7 @@ fn transfers_survive_loss_on_the_edge_link() {
     std::fs::write(&rules_file, rules).expect("writing the loss rules");
     let out = s.topo.cmd(Ns::Client, &["nft", "-f", &rules_file.display().to_string()]);
     assert!(out.status.success(), "nft loss rules: {}", String::from_utf8_lossy(&out.stderr));
-    transfer_both_ways(&s, 100 * MB);
+    transfer_both_ways(&s, mib(100));
     // Both ends lost segments and recovered with SACK, and neither found
     // a SACK block invalid (a mistranslated edge is discarded and counted
     // as TCPSACKDiscard, tcp_sacktag_write_queue in net/ipv4/tcp_input.c).
@@ -74,7 +81,7 @@ fn transfers_survive_loss_on_the_edge_link() {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
                 .unwrap_or(0)
         };
-        assert!(count("TcpRetransSegs") > 20, "{ns:?}: the loss must cause retransmissions:\n{text}");
+        assert!(count("TcpRetransSegs") > 5, "{ns:?}: the loss must cause retransmissions:\n{text}");
         assert!(count("TcpExtTCPSackRecovery") >= 1, "{ns:?}: recovery must use SACK:\n{text}");
         assert_eq!(count("TcpExtTCPSACKDiscard"), 0, "{ns:?}: SACK blocks discarded as invalid:\n{text}");
     }
@@ -89,7 +96,7 @@ fn a_target_tuned_differently_still_works() {
         let out = s.topo.cmd(Ns::Target, &["sysctl", "-qw", knob]);
         assert!(out.status.success(), "sysctl {knob} in the target namespace");
     }
-    transfer_both_ways(&s, 20 * MB);
+    transfer_both_ways(&s, mib(20));
 }
 
 /// `source_nat`: the target sees the gateway's internal address (a port
@@ -109,7 +116,7 @@ fn source_nat_serves_a_target_without_a_route_to_clients() {
         .unwrap_or_else(|| panic!("the target's page names the peer: {body:?}"));
     assert_eq!(seen.ip(), std::net::IpAddr::from(s.topo.internal_addr), "the target must see the gateway");
     assert!((21000..=21009).contains(&seen.port()), "a port from source_nat_ports: {seen}");
-    transfer_both_ways(&s, 10 * MB);
+    transfer_both_ways(&s, mib(10));
     let reserved = s.topo.cmd(Ns::Gateway, &["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"]);
     assert!(String::from_utf8_lossy(&reserved.stdout).contains("21000-21009"), "the range must be reserved");
 }
@@ -119,7 +126,7 @@ fn source_nat_serves_a_target_without_a_route_to_clients() {
 #[test]
 fn the_kernel_forwarding_path_carries_flows_too() {
     let (s, _gateway, _agent) = approved("kernel", "drop", "forwarding = \"kernel\"");
-    transfer_both_ways(&s, 10 * MB);
+    transfer_both_ways(&s, mib(10));
     assert!(s.gate_counter("splice_kernel") > 1000, "segments must take the kernel path");
     assert_eq!(s.gate_counter("splice_redirect"), 0, "no segment may be redirected");
 }
@@ -150,7 +157,7 @@ fn idle_flows_end_and_free_their_entries() {
     assert!(s.live_flows().is_empty(), "an idle flow's entries must be freed: {:?}", s.live_flows());
 }
 
-/// Downloads `len` bytes and, once more than 8 MB have arrived, runs
+/// Downloads `len` bytes and, once more than 8 MiB (scaled) have arrived, runs
 /// `act` while the transfer is still going (the reader is slowed down until
 /// `act` has run); returns how the transfer ended.
 fn during_a_transfer(s: &Setup, len: usize, act: impl FnOnce()) -> std::io::Result<String> {
@@ -158,7 +165,7 @@ fn during_a_transfer(s: &Setup, len: usize, act: impl FnOnce()) -> std::io::Resu
     std::thread::scope(|scope| {
         let transfer = scope.spawn(|| {
             s.download(len, |got| {
-                if got > 8 * MB && !acted.load(Ordering::Relaxed) {
+                if got > mib(8) && !acted.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             })
@@ -166,7 +173,7 @@ fn during_a_transfer(s: &Setup, len: usize, act: impl FnOnce()) -> std::io::Resu
         eventually(WAIT, "the transfer to be under way", || {
             s.live_flows()
                 .iter()
-                .any(|f| f["splice"]["to_client"]["bytes"].as_u64() > Some(8 * MB as u64))
+                .any(|f| f["splice"]["to_client"]["bytes"].as_u64() > Some(mib(8) as u64))
                 .then_some(())
         });
         act();
@@ -179,7 +186,7 @@ fn during_a_transfer(s: &Setup, len: usize, act: impl FnOnce()) -> std::io::Resu
 #[test]
 fn revocation_cuts_a_transfer_mid_way() {
     let (s, _gateway, _agent) = approved("cut", "reset", "");
-    let result = during_a_transfer(&s, 1 << 30, || {
+    let result = during_a_transfer(&s, mib(1024), || {
         let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke");
         assert!(String::from_utf8_lossy(&out.stdout).contains("ended 1 live flow"), "{out:?}");
     });
@@ -194,7 +201,7 @@ fn revocation_cuts_a_transfer_mid_way() {
 #[test]
 fn a_killed_control_plane_does_not_interrupt_a_transfer() {
     let (s, gateway, _agent) = approved("kill", "drop", "");
-    let len = 200 * MB;
+    let len = mib(200);
     // SAFETY: killing the daemon this test started.
     let digest = during_a_transfer(&s, len, || unsafe {
         libc::kill(gateway.pid(), libc::SIGKILL);

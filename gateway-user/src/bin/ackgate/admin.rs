@@ -413,6 +413,11 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
                     "  agent sessions opened: {}; logins: {} accepted, {} refused",
                     d.sessions_opened, d.logins_accepted, d.logins_refused
                 );
+                let t = &d.splice;
+                println!(
+                    "  splice: {} live ({} connecting); {} started, {} spliced; held segments: {} delivered, {} dropped",
+                    d.spliced, d.splice_connecting, t.started, t.spliced, t.held_delivered, t.held_dropped
+                );
             }
             (None, None) => println!("control plane: not configured here (pass --config FILE with [control])"),
         }

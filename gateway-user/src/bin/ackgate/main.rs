@@ -598,7 +598,11 @@ async fn serve(
             }
             ready = held_ring.readable_mut() => {
                 let mut guard = ready.context("held-segment ring buffer")?;
+                let before = guard.get_inner().malformed();
                 let segments = guard.get_inner_mut().drain();
+                if guard.get_inner().malformed() != before {
+                    warn!(total = guard.get_inner().malformed(), "undecodable held segments (object from another build?)");
+                }
                 if let Some(p) = plane.as_mut() {
                     for (flow, packet) in segments {
                         p.on_held(gate, flow, packet);
@@ -800,6 +804,9 @@ impl Plane {
             sessions_opened: load(&stats.sessions_opened),
             logins_accepted: load(&stats.logins_accepted),
             logins_refused: load(&stats.logins_refused),
+            spliced: self.splicer.as_ref().map_or(0, Splicer::len),
+            splice_connecting: self.splicer.as_ref().map_or(0, Splicer::connecting),
+            splice: self.splicer.as_ref().map(|s| s.totals).unwrap_or_default(),
         }
     }
 

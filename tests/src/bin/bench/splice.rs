@@ -199,10 +199,13 @@ fn deploy(path: Path) -> (Deployed, SocketAddr) {
         Path::Direct => SocketAddr::new(tgt.into(), PORT),
         Path::NftDnat => {
             let rules = format!(
-                "table ip ackgate_bench {{ chain pre {{ type nat hook prerouting priority dstnat; \
-                 ip daddr {vip} tcp dport {PORT} dnat to {tgt}:{PORT} }} }}"
+                "table ip ackgate_bench {{\n  chain pre {{\n    type nat hook prerouting priority dstnat;\n    \
+                 ip daddr {vip} tcp dport {PORT} dnat to {tgt}:{PORT}\n  }}\n}}\n"
             );
-            ns_exec(&gw, &["nft", &rules]);
+            let file = std::env::temp_dir().join(format!("ackgate-bench-dnat-{}.nft", std::process::id()));
+            std::fs::write(&file, rules).expect("writing the DNAT rules");
+            ns_exec(&gw, &["nft", "-f", &file.display().to_string()]);
+            let _ = std::fs::remove_file(&file);
             SocketAddr::new(vip.into(), PORT)
         }
         Path::Haproxy => {
@@ -212,7 +215,7 @@ fn deploy(path: Path) -> (Deployed, SocketAddr) {
             std::fs::write(
                 &cfg,
                 format!(
-                    "global\n  maxconn 20000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  \
+                    "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  \
                      timeout server 60s\nfrontend f\n  bind {vip}:{PORT}\n  default_backend b\nbackend b\n  \
                      server t {tgt}:{PORT}\n"
                 ),
