@@ -36,6 +36,21 @@ pub struct RunOutput {
     pub duration_ns: u64,
 }
 
+/// What a Linux client's handshake with the cookie SYN/ACK agrees: MSS
+/// 1460, window scale 7, SACK, timestamps, a 502 window.
+pub fn linux_handshake(client_tsval: u32, cookie_tsval: u32) -> ackgate_common::abi::HandshakeInfo {
+    ackgate_common::abi::HandshakeInfo {
+        client_tsval,
+        cookie_tsval,
+        window: 502,
+        mss: 1460,
+        wscale: 7,
+        sack_ok: 1,
+        ts_ok: 1,
+        ecn: 0,
+    }
+}
+
 pub fn service(vip: [u8; 4], port: u16, default_response: u8, stealth: bool) -> ServiceEntry {
     ServiceEntry {
         key: ServiceKey::ipv4(vip, port.to_be_bytes()),

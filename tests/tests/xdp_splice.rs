@@ -9,15 +9,15 @@
 //! is what these rows check. The redirect path is covered end to end.
 
 use ackgate_common::abi::{
-    END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, HandshakeInfo,
-    RESPONSE_DROP, SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words,
+    END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, RESPONSE_DROP,
+    SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words,
 };
 use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ackgate_common::reason;
 use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
 use ackgate_gateway::events::Events;
 use ackgate_gateway::splice::HeldRing;
-use ackgate_tests::fixture::{TestGate, service};
+use ackgate_tests::fixture::{TestGate, linux_handshake, service};
 use ackgate_tests::packet::{TcpFrame, checksum};
 use ackgate_tests::table::{Out, Program, Row, XDP_DROP, XDP_PASS, XDP_TX, run_rows};
 
@@ -51,16 +51,7 @@ fn setup(cport: u16) -> SpliceSetup {
         target_port: port_field(TPORT.to_be_bytes()),
         client_isn: CLIENT_ISN,
         cookie_isn: COOKIE,
-        handshake: HandshakeInfo {
-            client_tsval: CLIENT_TS,
-            cookie_tsval: COOKIE_TS,
-            window: 502,
-            mss: 1460,
-            wscale: 7,
-            sack_ok: 1,
-            ts_ok: 1,
-            ecn: 0,
-        },
+        handshake: linux_handshake(CLIENT_TS, COOKIE_TS),
         gateway_wscale: GATEWAY_WS,
         owner: FlowOwner { user_tag: 1, machine_tag: 2 },
     }

@@ -11,14 +11,14 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ackgate_common::abi::{FlowKey, FlowOwner, HandshakeInfo, RESPONSE_DROP, port_field, v4_words};
+use ackgate_common::abi::{FlowKey, FlowOwner, RESPONSE_DROP, port_field, v4_words};
 use ackgate_common::net::{TCP_ACK, TCP_PSH};
 use ackgate_common::option::OptionId;
 use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
 use ackgate_gateway::gate::{Gate, GateSettings};
 use ackgate_tests::daemons::Daemon;
 use ackgate_tests::deployment::{PORT, Setup};
-use ackgate_tests::fixture::{TestGate, service, unique_pin_dir};
+use ackgate_tests::fixture::{TestGate, linux_handshake, service, unique_pin_dir};
 use ackgate_tests::kernel_alt::ns_exec;
 use ackgate_tests::packet::TcpFrame;
 use ackgate_tests::target::TargetServer;
@@ -56,16 +56,7 @@ fn spliced(g: &mut TestGate) -> (FlowKey, FlowKey) {
         target_port: port_field(8443u16.to_be_bytes()),
         client_isn: 1000,
         cookie_isn: 2000,
-        handshake: HandshakeInfo {
-            client_tsval: 5,
-            cookie_tsval: 6,
-            window: 502,
-            mss: 1460,
-            wscale: 7,
-            sack_ok: 1,
-            ts_ok: 1,
-            ecn: 0,
-        },
+        handshake: linux_handshake(5, 6),
         gateway_wscale: 7,
         owner: FlowOwner::default(),
     };
