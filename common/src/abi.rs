@@ -461,7 +461,9 @@ pub struct SpliceEntry {
     /// One past the highest sequence number sent in this direction, in the
     /// sender's space (RSTs that end the flow use it).
     pub seq_next: u32,
-    /// See the type's docs (connecting only).
+    /// Connecting: see the type's docs. Established: the ACK number of
+    /// this direction's latest segment, in the sender's view (the sequence
+    /// number a RST to this sender must carry to be accepted at once).
     pub aux: u32,
     /// Segments and bytes (IP length) forwarded in this direction.
     pub packets: u64,

@@ -6,7 +6,7 @@ use ackgate_common::abi::{
     END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, FAMILY_IPV4, FlowKey, SPLICE_CONNECTING, SPLICE_ESTABLISHED,
     SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry,
 };
-use ackgate_common::net::{EthHdr, Frame, Ipv4Tcp, TCP_FIN, TCP_RST};
+use ackgate_common::net::{EthHdr, Frame, Ipv4Tcp, TCP_ACK, TCP_FIN, TCP_RST};
 use ackgate_common::option::OptionBytes;
 use ackgate_common::reason;
 use ackgate_common::splice::{advance_seq_next, rewrite};
@@ -40,6 +40,11 @@ pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut Sp
     e.packets += 1;
     e.bytes += seg.ip.total_len() as u64;
     advance_seq_next(e, &seg.tcp, seg.payload_len);
+    if seg.tcp.flags & TCP_ACK != 0 {
+        // What this sender expects next from the other side: the exact
+        // sequence number of a RST it accepts at once (see `SpliceEntry`).
+        e.aux = seg.tcp.ack_seq();
+    }
     forward(frame, seg, e)
 }
 

@@ -574,18 +574,25 @@ impl Splicer {
         out
     }
 
-    /// RSTs that both ends accept at once: each carries the sequence number
-    /// the receiver expects next (RFC 5961 §3.2), in its own space.
+    /// RSTs that end both sides. Each end gets two: one with the ACK number
+    /// it last sent (its next expected sequence number, exact unless data
+    /// arrived since: accepted at once, RFC 5961 §3.2, even with a full
+    /// receive window), and one with the other side's highest sequence
+    /// number sent (in its window when data is in flight: it answers with a
+    /// challenge ACK, which, the flow being gone, gets the gate's reset).
     fn reset_both(&self, client: &FlowKey, ct: &SpliceEntry, tc: &SpliceEntry) {
         let service = client.service_addr();
-        let to_client = tc.seq_next.wrapping_add(tc.seq_add);
-        if let Err(e) = crate::rst::reset(service, client.client_addr(), to_client) {
-            tracing::warn!("resetting a revoked flow's client: {e}");
+        for seq in [ct.aux, tc.seq_next.wrapping_add(tc.seq_add)] {
+            if let Err(e) = crate::rst::reset(service, client.client_addr(), seq) {
+                tracing::warn!("resetting a flow's client: {e}");
+            }
         }
         let source = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&ct.saddr)), port_value(ct.sport));
         let target = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&ct.daddr)), port_value(ct.dport));
-        if let Err(e) = crate::rst::reset(source, target, ct.seq_next.wrapping_add(ct.seq_add)) {
-            tracing::warn!("resetting a revoked flow's target: {e}");
+        for seq in [tc.aux, ct.seq_next.wrapping_add(ct.seq_add)] {
+            if let Err(e) = crate::rst::reset(source, target, seq) {
+                tracing::warn!("resetting a flow's target: {e}");
+            }
         }
     }
 

@@ -179,11 +179,14 @@ fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
 /// the flows authorized before it.
 #[test]
 fn a_killed_control_plane_loses_nothing() {
-    let s = Setup::new("crash", "reset", 3000, "");
+    // A long profile timeout: after the restart the agent reconnects and
+    // logs in again before it can answer, which takes seconds in the
+    // emulated VM.
+    let s = Setup::new("crash", "reset", 30_000, "");
     let (gateway, _agent) = s.start_approved("alice");
     std::thread::scope(|scope| {
         // A spliced flow that stays open across the crash.
-        let idle = scope.spawn(|| s.idle_client(Duration::from_secs(40)).0);
+        let idle = scope.spawn(|| s.idle_client(Duration::from_secs(180)).0);
         assert_eq!(s.decision(2)["decision"], "authorized");
         eventually(WAIT, "the idle flow to be spliced", || {
             s.live_flows().iter().any(|f| f["state"] == "spliced").then_some(())
@@ -232,8 +235,11 @@ fn a_killed_control_plane_loses_nothing() {
         drop(gateway);
         let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
         restarted.wait_for_log("agent listener up", WAIT);
-        let third = s.decision(3);
-        assert_eq!(third["decision"], "authorized", "the flow left pending must be decided after the restart: {third}");
+        // Records come in the order things happen; on a slow machine the
+        // decision need not be the third.
+        eventually(WAIT, "the flow left pending to be authorized after the restart", || {
+            (s.access_log().iter().filter(|r| r["decision"] == "authorized").count() == 2).then_some(())
+        });
         let users = s.json(&["users", "list", "--json"]);
         for name in &committed {
             assert!(
