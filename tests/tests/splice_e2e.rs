@@ -128,7 +128,7 @@ fn source_nat_serves_a_target_without_a_route_to_clients() {
 fn the_kernel_forwarding_path_carries_flows_too() {
     let (s, _gateway, _agent) = approved("kernel", "drop", "forwarding = \"kernel\"");
     transfer_both_ways(&s, mib(10));
-    assert!(s.gate_counter("splice_kernel") > 1000, "segments must take the kernel path");
+    assert!(s.gate_counter("splice_kernel") > 100, "segments must take the kernel path");
     assert_eq!(s.gate_counter("splice_redirect"), 0, "no segment may be redirected");
 }
 
