@@ -31,6 +31,8 @@ impl Scratch {
         let name = format!("agcli{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::Relaxed));
         let out = Command::new("ip").args(["netns", "add", &name]).output().expect("running ip netns add");
         assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        // Recorded at once, so that Drop deletes it whatever fails next.
+        self.netns = Some(name.clone());
         let up = Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]).output().expect("ip link");
         assert!(up.status.success(), "bringing lo up in {name}");
         // The internal interface the splice needs: one end of a veth pair
@@ -43,7 +45,6 @@ impl Scratch {
             let out = Command::new("ip").args(["-n", &name]).args(args).output().expect("ip link");
             assert!(out.status.success(), "ip {args:?} in {name}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        self.netns = Some(name);
         self
     }
 
