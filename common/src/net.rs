@@ -10,7 +10,14 @@ use core::mem::size_of;
 /// # Safety
 /// Implementors must be `#[repr(C)]`, contain no padding-sensitive invariants
 /// and accept any bit pattern.
-pub unsafe trait Wire: Copy {}
+pub unsafe trait Wire: Copy {
+    /// The value's bytes, as they go on the wire.
+    #[inline(always)]
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: implementors are plain bytes (the trait's contract).
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+}
 
 unsafe impl Wire for u8 {}
 unsafe impl<const N: usize> Wire for [u8; N] {}

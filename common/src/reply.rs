@@ -84,19 +84,25 @@ pub fn handshake_options(mss: u16, sack: bool, ts: Option<(u32, u32)>, wscale: O
 
 #[inline(always)]
 fn reply_ip(req: &Ipv4Hdr, tcp_len: usize) -> Ipv4Hdr {
+    tcp_ipv4_header(req.daddr, req.saddr, tcp_len)
+}
+
+/// The IPv4 header Linux puts on a TCP segment of `tcp_len` bytes the host
+/// sends itself: no options, TTL 64, DF, id 0 (a request socket's DF
+/// packets, ip_build_and_send_pkt in net/ipv4/ip_output.c), checksum set.
+#[inline(always)]
+pub fn tcp_ipv4_header(saddr: [u8; 4], daddr: [u8; 4], tcp_len: usize) -> Ipv4Hdr {
     let mut ip = Ipv4Hdr {
         version_ihl: 0x45,
         tos: 0,
         total_len: ((core::mem::size_of::<Ipv4Hdr>() + tcp_len) as u16).to_be_bytes(),
-        // Linux sends id 0 on DF packets of a request socket
-        // (ip_build_and_send_pkt, net/ipv4/ip_output.c).
         id: [0, 0],
         frag: IP_DF.to_be_bytes(),
         ttl: REPLY_TTL,
-        proto: req.proto,
+        proto: crate::net::IPPROTO_TCP,
         check: [0, 0],
-        saddr: req.daddr,
-        daddr: req.saddr,
+        saddr,
+        daddr,
     };
     ip.check = csum::finish(csum::sum_words(&ip, 0));
     ip

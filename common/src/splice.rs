@@ -37,8 +37,12 @@ use crate::option::{NO_WSCALE, OptionBytes};
 pub fn rewrite(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, opts: &mut OptionBytes, e: &SpliceEntry, forwarding: bool) -> bool {
     let ip_old = csum::sum_words(ip, 0);
     let tcp_old = csum::sum_words(tcp, pseudo_addr_sum(ip));
-    let opts_old = opts.word_sum();
-    let opts_changed = opts.len != 0 && opts.shift_for_splice(e.tsval_add, e.tsecr_add, e.ack_add);
+    // Only segments with options pay for summing them.
+    let (opts_old, opts_changed) = if opts.len == 0 {
+        (0, false)
+    } else {
+        (opts.word_sum(), opts.shift_for_splice(e.tsval_add, e.tsecr_add, e.ack_add))
+    };
     let opts_new = if opts_changed { opts.word_sum() } else { opts_old };
 
     ip.saddr = crate::abi::v4_bytes(&e.saddr);

@@ -34,7 +34,11 @@ pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut Sp
         }
         return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
     }
-    lifecycle(seg, key, e);
+    // Checked here, not in `lifecycle`: most segments carry neither flag,
+    // and the call into that subprogram is not free.
+    if seg.tcp.flags & (TCP_FIN | TCP_RST) != 0 {
+        lifecycle(seg, key, e);
+    }
     // SAFETY: helper without arguments.
     e.last_ns = unsafe { bpf_ktime_get_ns() };
     e.packets += 1;
@@ -55,9 +59,6 @@ pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut Sp
 #[inline(never)]
 fn lifecycle(seg: &Ipv4Tcp, key: &FlowKey, e: &mut SpliceEntry) {
     let flags = seg.tcp.flags;
-    if flags & (TCP_FIN | TCP_RST) == 0 {
-        return;
-    }
     let to_target = e.flags & SPLICE_F_TO_TARGET != 0;
     let client = if to_target { *key } else { e.peer_key(FAMILY_IPV4) };
     if flags & TCP_RST != 0 {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddrV4;
 
+use ackgate_common::net::Wire as _;
 use ackgate_common::net::{Ipv4Hdr, TCP_ACK, TcpHdr};
 use ackgate_common::reply::reset_for_ack;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -46,15 +47,10 @@ pub fn reset(from: SocketAddrV4, to: SocketAddrV4, seq: u32) -> std::io::Result<
     };
     let (out_ip, rst) = reset_for_ack(&ip, &ack);
     let mut packet = Vec::with_capacity(40);
-    packet.extend_from_slice(as_bytes(&out_ip));
-    packet.extend_from_slice(as_bytes(&rst));
+    packet.extend_from_slice(out_ip.as_bytes());
+    packet.extend_from_slice(rst.as_bytes());
     // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our header as is.
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
     socket.send_to(&packet, &SocketAddrV4::new(*to.ip(), 0).into())?;
     Ok(())
-}
-
-fn as_bytes<T: ackgate_common::net::Wire>(v: &T) -> &[u8] {
-    // SAFETY: `Wire` types are plain bytes.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }

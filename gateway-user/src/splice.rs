@@ -20,7 +20,8 @@ use ackgate_common::abi::{
     FlowOwner, GateEvent, HELD_PER_FLOW, HeldSegment, MAP_HELD, RESPONSE_DROP, RESPONSE_RESET, SPLICE_CONNECTING,
     SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, port_field, port_value, v4_bytes, v4_words,
 };
-use ackgate_common::net::{Frame as _, IPPROTO_TCP, Ipv4Hdr, TCP_SYN, TcpHdr};
+use ackgate_common::net::Wire as _;
+use ackgate_common::net::{Frame as _, Ipv4Hdr, TCP_SYN, TcpHdr};
 use ackgate_common::option::OptionBytes;
 use ackgate_common::reply::{TCP_CWR, TCP_ECE, handshake_options};
 use ackgate_common::splice::{SpliceSetup, rescale_window, rewrite};
@@ -669,22 +670,10 @@ enum Activity {
 /// Builds an IPv4 TCP segment with correct checksums.
 fn segment(saddr: [u8; 4], daddr: [u8; 4], tcp: &TcpHdr, opts: &[u8], payload: &[u8]) -> Vec<u8> {
     let tcp_len = 20 + opts.len() + payload.len();
-    let mut ip = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: 0,
-        total_len: ((20 + tcp_len) as u16).to_be_bytes(),
-        id: [0, 0],
-        frag: 0x4000u16.to_be_bytes(),
-        ttl: ackgate_common::reply::REPLY_TTL,
-        proto: IPPROTO_TCP,
-        check: [0, 0],
-        saddr,
-        daddr,
-    };
-    ip.check = ackgate_common::csum::finish(ackgate_common::csum::sum_words(&ip, 0));
+    let ip = ackgate_common::reply::tcp_ipv4_header(saddr, daddr, tcp_len);
     let mut out = Vec::with_capacity(20 + tcp_len);
-    out.extend_from_slice(as_bytes(&ip));
-    out.extend_from_slice(as_bytes(tcp));
+    out.extend_from_slice(ip.as_bytes());
+    out.extend_from_slice(tcp.as_bytes());
     out.extend_from_slice(opts);
     out.extend_from_slice(payload);
     let mut acc = ackgate_common::csum::tcp_pseudo_sum(saddr, daddr, tcp_len as u16);
@@ -710,17 +699,12 @@ pub fn rewrite_packet(packet: &[u8], e: &SpliceEntry) -> Option<Vec<u8>> {
     let mut opts = OptionBytes::from_slice(&packet[ihl + 20..ihl + tcp_len])?;
     let opts_changed = rewrite(&mut ip, &mut tcp, &mut opts, e, false);
     let mut out = packet.to_vec();
-    out[..20].copy_from_slice(as_bytes(&ip));
-    out[ihl..ihl + 20].copy_from_slice(as_bytes(&tcp));
+    out[..20].copy_from_slice(ip.as_bytes());
+    out[ihl..ihl + 20].copy_from_slice(tcp.as_bytes());
     if opts_changed {
         out[ihl + 20..ihl + tcp_len].copy_from_slice(&opts.bytes()[..tcp_len - 20]);
     }
     Some(out)
-}
-
-fn as_bytes<T: ackgate_common::net::Wire>(v: &T) -> &[u8] {
-    // SAFETY: `Wire` types are plain bytes.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 /// Held segments from the ring XDP fills.

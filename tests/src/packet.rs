@@ -16,6 +16,8 @@ pub struct TcpFrame {
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
     pub ip_options: Vec<u8>,
+    /// IP identification (the gate's own replies carry 0, as Linux's).
+    pub ip_id: u16,
     pub frag: u16,
     pub ttl: u8,
     pub proto: u8,
@@ -38,6 +40,7 @@ impl TcpFrame {
             saddr,
             daddr,
             ip_options: Vec::new(),
+            ip_id: 0x1234,
             frag: 0x4000,
             ttl: 64,
             proto: IPPROTO_TCP,
@@ -87,7 +90,7 @@ impl TcpFrame {
         f.push(0x40 | (ihl / 4) as u8);
         f.push(0);
         f.extend_from_slice(&((ihl + tcp_len) as u16).to_be_bytes());
-        f.extend_from_slice(&[0x12, 0x34]);
+        f.extend_from_slice(&self.ip_id.to_be_bytes());
         f.extend_from_slice(&self.frag.to_be_bytes());
         f.push(self.ttl);
         f.push(self.proto);
