@@ -254,7 +254,8 @@ pub const EVENT_PENDING: u32 = 1;
 /// The target answered the splice's SYN and the gate completed the
 /// handshake: the flow is spliced (`server_isn` holds the target's ISN).
 pub const EVENT_SPLICED: u32 = 2;
-/// The target refused the splice's SYN with a RST.
+/// The target refused the splice's SYN: `agent_id` holds the
+/// `REFUSED_*` reason.
 pub const EVENT_REFUSED: u32 = 3;
 /// A spliced flow ended: `agent_id` holds the `END_*` reason.
 pub const EVENT_ENDED: u32 = 4;
@@ -263,6 +264,11 @@ pub const EVENT_ENDED: u32 = 4;
 pub const END_FIN: u32 = 1;
 pub const END_RST_CLIENT: u32 = 2;
 pub const END_RST_TARGET: u32 = 3;
+
+/// `EVENT_REFUSED` reasons: a RST, or an ICMP error (unreachable, time
+/// exceeded) about the splice's SYN.
+pub const REFUSED_RST: u32 = 0;
+pub const REFUSED_UNREACHABLE: u32 = 1;
 
 /// Ring buffer record sent to userspace. `flow` is always the client's
 /// 4-tuple (client → VIP).

@@ -9,6 +9,7 @@
 pub mod abi;
 pub mod cookie;
 pub mod csum;
+pub mod icmp;
 pub mod mac;
 pub mod net;
 pub mod option;

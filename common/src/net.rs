@@ -76,6 +76,8 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_TCP: u8 = 6;
+/// IPv4 don't-fragment flag (in `Ipv4Hdr::frag`).
+pub const IP_DF: u16 = 0x4000;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -230,11 +232,14 @@ pub enum Parsed {
     /// IPv4 but not TCP (ICMP, UDP, ...).
     Ipv4Other {
         ip: Ipv4Hdr,
+        /// Offset of the IPv4 header.
+        l3_off: usize,
     },
     /// An IPv4 fragment. A non-first fragment carries no TCP header, so the
     /// gate cannot classify it by port.
     Ipv4Fragment {
         ip: Ipv4Hdr,
+        l3_off: usize,
     },
     Tcp(Ipv4Tcp),
     /// Truncated or self-inconsistent headers.
@@ -280,10 +285,10 @@ pub fn parse_ipv4_tcp<F: Frame + ?Sized>(frame: &F) -> Parsed {
         return Parsed::Malformed;
     }
     if ip.is_fragment() {
-        return Parsed::Ipv4Fragment { ip };
+        return Parsed::Ipv4Fragment { ip, l3_off };
     }
     if ip.proto != IPPROTO_TCP {
-        return Parsed::Ipv4Other { ip };
+        return Parsed::Ipv4Other { ip, l3_off };
     }
     let l4_off = l3_off + ihl;
     let Some(tcp) = frame.load::<TcpHdr>(l4_off) else {

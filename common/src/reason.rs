@@ -95,4 +95,16 @@ reasons! {
     /// Segment of a splice that is being set up, other than the SYN/ACK
     /// or a RST (internal), or a SYN on a spliced 4-tuple: dropped.
     SPLICE_UNEXPECTED = 31, "splice_unexpected";
+    /// An ICMP error about a spliced segment, translated for the endpoint
+    /// that sent the segment (`common::icmp`) and redirected to it.
+    ICMP_TRANSLATED = 32, "icmp_translated";
+    /// As `icmp_translated`, handed to the kernel to forward.
+    ICMP_TRANSLATED_KERNEL = 33, "icmp_translated_kernel";
+    /// Internal interface: an ICMP error (unreachable, time exceeded)
+    /// answered the splice's SYN: dropped, the control plane gives the
+    /// client the default response.
+    INTERNAL_TARGET_UNREACHABLE = 34, "internal_target_unreachable";
+    /// Spliced segment with DF larger than the next hop's MTU: answered
+    /// with ICMP "fragmentation needed" from the address it was sent to.
+    SPLICE_FRAG_NEEDED = 35, "splice_frag_needed";
 }

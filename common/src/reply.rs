@@ -18,7 +18,6 @@ use crate::option::{
 /// host's own.
 pub const REPLY_TTL: u8 = 64;
 /// IPv4 "don't fragment", as Linux sets on TCP.
-const IP_DF: u16 = 0x4000;
 /// TCP flags ECE and CWR (RFC 3168).
 pub const TCP_ECE: u8 = 0x40;
 pub const TCP_CWR: u8 = 0x80;
@@ -97,7 +96,7 @@ pub fn tcp_ipv4_header(saddr: [u8; 4], daddr: [u8; 4], tcp_len: usize) -> Ipv4Hd
         tos: 0,
         total_len: ((core::mem::size_of::<Ipv4Hdr>() + tcp_len) as u16).to_be_bytes(),
         id: [0, 0],
-        frag: IP_DF.to_be_bytes(),
+        frag: crate::net::IP_DF.to_be_bytes(),
         ttl: REPLY_TTL,
         proto: crate::net::IPPROTO_TCP,
         check: [0, 0],

@@ -23,8 +23,9 @@ pub fn classify(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
             scratch.policy = policy;
             Verdict::CONTINUE
         }
-        Class::TransitV4 { ip, local } => {
+        Class::TransitV4 { ip, l3_off, local } => {
             scratch.seg.ip = ip;
+            scratch.seg.l3_off = l3_off;
             Verdict::transit(false, local)
         }
         Class::NotIpv4 { ether_type, l3_off } if ether_type == ETH_P_IPV6 => {
@@ -42,10 +43,11 @@ enum Class {
         seg: Ipv4Tcp,
         policy: ServicePolicy,
     },
-    /// IPv4 not for a protected service: the transit check decides;
-    /// `local` is the reason if it is for the gateway itself.
+    /// IPv4 not for a protected service (at `l3_off`): the transit check
+    /// decides; `local` is the reason if it is for the gateway itself.
     TransitV4 {
         ip: Ipv4Hdr,
+        l3_off: usize,
         local: u32,
     },
     NotIpv4 {
@@ -61,14 +63,14 @@ fn classify_inner(frame: &XdpFrame) -> Class {
     let seg = match parse_ipv4_tcp(frame) {
         Parsed::Tcp(seg) => seg,
         Parsed::NotIpv4 { ether_type, l3_off } => return Class::NotIpv4 { ether_type, l3_off },
-        Parsed::Ipv4Other { ip } => return Class::TransitV4 { ip, local: reason::PASS_NOT_TCP },
-        Parsed::Ipv4Fragment { ip } => {
+        Parsed::Ipv4Other { ip, l3_off } => return Class::TransitV4 { ip, l3_off, local: reason::PASS_NOT_TCP },
+        Parsed::Ipv4Fragment { ip, l3_off } => {
             // A handshake never needs fragments, and a non-first fragment has
             // no port to check: to a VIP they are dropped.
             if VIPS.get_ptr(VipKey::ipv4(ip.daddr)).is_some() {
                 return Class::Other(Verdict::new(XDP_DROP, reason::DROP_FRAGMENT));
             }
-            return Class::TransitV4 { ip, local: reason::PASS_NOT_SERVICE };
+            return Class::TransitV4 { ip, l3_off, local: reason::PASS_NOT_SERVICE };
         }
         // The stack would drop these as well (ip_rcv_core in
         // net/ipv4/ip_input.c, tcp_v4_rcv in net/ipv4/tcp_ipv4.c), and a
@@ -79,6 +81,6 @@ fn classify_inner(frame: &XdpFrame) -> Class {
     // SAFETY: the value is copied out at once; services are replaced whole.
     match unsafe { SERVICES.get(key) } {
         Some(policy) => Class::Protected { seg, policy: *policy },
-        None => Class::TransitV4 { ip: seg.ip, local: reason::PASS_NOT_SERVICE },
+        None => Class::TransitV4 { ip: seg.ip, l3_off: seg.l3_off, local: reason::PASS_NOT_SERVICE },
     }
 }

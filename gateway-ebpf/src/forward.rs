@@ -1,18 +1,25 @@
 //! Where a spliced segment goes: the next hop from the kernel's FIB
 //! (`bpf_fib_lookup`) and a redirect to that interface, or, when redirect
 //! cannot deliver, the kernel's own forwarding (XDP_PASS of the rewritten
-//! segment).
+//! segment). A segment too big for the next hop is the caller's to answer
+//! (`Route::too_big`): the kernel would send its "fragmentation needed"
+//! about the rewritten segment, which the sender cannot recognise.
 
 use aya_ebpf::bindings::{
-    BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, bpf_fib_lookup__bindgen_ty_1, bpf_fib_lookup__bindgen_ty_2,
-    bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4, bpf_fib_lookup__bindgen_ty_5,
+    BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, bpf_fib_lookup__bindgen_ty_1,
+    bpf_fib_lookup__bindgen_ty_2, bpf_fib_lookup__bindgen_ty_3, bpf_fib_lookup__bindgen_ty_4,
+    bpf_fib_lookup__bindgen_ty_5,
 };
 use aya_ebpf::helpers::bpf_fib_lookup;
 
 use crate::maps::{self, REDIRECT};
 use crate::settings;
 use ackgate_common::kernel::frame::XdpFrame;
-use ackgate_common::net::Ipv4Hdr;
+use ackgate_common::net::{EthHdr, Frame, Ipv4Hdr};
+use ackgate_common::reason;
+use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+
+use crate::program::Verdict;
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
@@ -23,10 +30,12 @@ pub struct Route {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    /// The next hop's MTU when the packet does not fit it, else 0.
+    pub too_big: u16,
 }
 
 impl Route {
-    const KERNEL: Route = Route { ifindex: 0, smac: [0; 6], dmac: [0; 6] };
+    const KERNEL: Route = Route { ifindex: 0, smac: [0; 6], dmac: [0; 6], too_big: 0 };
 
     #[inline(always)]
     pub fn is_redirect(&self) -> bool {
@@ -34,16 +43,16 @@ impl Route {
     }
 }
 
-/// The route of an IPv4 segment from `saddr` to `daddr` (the rewritten
+/// The route of an IPv4 packet from `saddr` to `daddr` (the rewritten
 /// addresses) arriving on the frame's interface. Redirect needs the FIB to
 /// resolve the next hop completely (`BPF_FIB_LKUP_RET_SUCCESS`, which also
 /// means a valid neighbour entry) and the egress interface to be in the
-/// redirect map; anything else (no neighbour yet, a VLAN frame, MTU) goes
-/// through the kernel, which resolves ARP, fragments or answers with ICMP
-/// as a router does.
+/// redirect map; anything else (no neighbour yet, a VLAN frame) goes
+/// through the kernel, which resolves ARP as a router does. The lookup
+/// runs with kernel forwarding too, for its MTU check.
 #[inline(always)]
 pub fn route_v4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr, saddr: [u8; 4], daddr: [u8; 4]) -> Route {
-    if !settings::redirect_enabled() || l3_off != core::mem::size_of::<ackgate_common::net::EthHdr>() {
+    if l3_off != core::mem::size_of::<EthHdr>() {
         return Route::KERNEL;
     }
     let Some(scratch) = maps::scratch() else {
@@ -83,10 +92,14 @@ fn lookup(frame: &XdpFrame, p: &mut FibParams) -> Route {
     let rc = unsafe {
         bpf_fib_lookup(frame.ctx().ctx.cast(), p as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || REDIRECT.get(p.ifindex).is_none() {
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        // SAFETY: the output side of the union, set with this result.
+        return Route { too_big: unsafe { p.__bindgen_anon_1.mtu_result }, ..Route::KERNEL };
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !settings::redirect_enabled() || REDIRECT.get(p.ifindex).is_none() {
         return Route::KERNEL;
     }
-    Route { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac }
+    Route { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, too_big: 0 }
 }
 
 /// Raw result of a FIB lookup for the transit check (`transit`).
@@ -96,9 +109,22 @@ pub fn fib_result(frame: &XdpFrame, p: &mut FibParams) -> i64 {
     unsafe { bpf_fib_lookup(frame.ctx().ctx.cast(), p as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0) }
 }
 
-/// Redirects the frame to `route.ifindex` (the Ethernet header already
-/// rewritten). Returns the XDP action.
+/// Sends the rewritten frame on: redirected to `route`'s interface with
+/// its next hop's addresses (`redirected` is the reason counted), or
+/// handed to the kernel (`kernel`).
 #[inline(always)]
-pub fn redirect(route: &Route) -> Result<u32, u32> {
-    REDIRECT.redirect(route.ifindex, 0)
+pub fn send(frame: &XdpFrame, route: &Route, redirected: u32, kernel: u32) -> Verdict {
+    if !route.is_redirect() {
+        return Verdict::new(XDP_PASS, kernel);
+    }
+    let Some(eth) = frame.load::<EthHdr>(0) else {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    };
+    if frame.store(0, &EthHdr { dst: route.dmac, src: route.smac, ether_type: eth.ether_type }).is_none() {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    }
+    match REDIRECT.redirect(route.ifindex, 0) {
+        Ok(action) => Verdict::new(action, redirected),
+        Err(_) => Verdict::new(XDP_DROP, reason::ERR_REPLY),
+    }
 }

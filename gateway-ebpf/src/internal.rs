@@ -5,7 +5,8 @@
 //! for it), both directions' entries become established, and the control
 //! plane is told. Everything else passes.
 
-use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV4, FlowKey, SPLICE_CONNECTING};
+use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV4, FlowKey, REFUSED_RST, SPLICE_CONNECTING};
+use ackgate_common::icmp::IPPROTO_ICMP;
 use ackgate_common::net::{Ipv4Tcp, Parsed, TCP_ACK, TCP_RST, TCP_SYN, parse_ipv4_tcp};
 use ackgate_common::option::{Capability, OptionBytes};
 use ackgate_common::reason;
@@ -18,7 +19,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use crate::maps::{self, SPLICE, Scratch};
 use crate::program::Verdict;
 use crate::respond::transmit;
-use crate::{events, splice};
+use crate::{events, icmp, splice};
 use ackgate_common::kernel::config;
 use ackgate_common::kernel::frame::XdpFrame;
 
@@ -28,6 +29,10 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
     let parsed = parse(frame, scratch);
+    if parsed.action() == ICMP.action() {
+        let translated = icmp::on_ipv4(frame, scratch.seg.l3_off, &scratch.seg.ip);
+        return if translated.is_continue() { Verdict::new(XDP_PASS, reason::INTERNAL_PASS) } else { translated };
+    }
     if !parsed.is_continue() {
         return parsed;
     }
@@ -43,15 +48,28 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
 }
 
 /// Parses a TCP segment into `scratch`, as `classify` does on the edge.
+/// An ICMP packet's header goes there too, with the [`ICMP`] marker: the
+/// caller translates it, so that the two stages do not share a call
+/// chain's stack.
 #[inline(never)]
 fn parse(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
-    let Parsed::Tcp(seg) = parse_ipv4_tcp(frame) else {
-        return Verdict::new(XDP_PASS, reason::INTERNAL_PASS);
-    };
-    scratch.key = FlowKey::of_segment(&seg);
-    scratch.seg = seg;
-    Verdict::CONTINUE
+    match parse_ipv4_tcp(frame) {
+        Parsed::Tcp(seg) => {
+            scratch.key = FlowKey::of_segment(&seg);
+            scratch.seg = seg;
+            Verdict::CONTINUE
+        }
+        Parsed::Ipv4Other { ip, l3_off } if ip.proto == IPPROTO_ICMP => {
+            scratch.seg.ip = ip;
+            scratch.seg.l3_off = l3_off;
+            ICMP
+        }
+        _ => Verdict::new(XDP_PASS, reason::INTERNAL_PASS),
+    }
 }
+
+/// Not a verdict: `parse` found ICMP.
+const ICMP: Verdict = Verdict::new(u32::MAX - 1, reason::INTERNAL_PASS);
 
 /// A segment from the target while the splice's SYN is out: the SYN/ACK
 /// completes the splice, a RST refuses it.
@@ -64,7 +82,7 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
     let client_key = to_client.peer_key(FAMILY_IPV4);
     let flags = seg.tcp.flags;
     if flags & TCP_RST != 0 {
-        events::emit(EVENT_REFUSED, &client_key, 0, 0);
+        events::emit(EVENT_REFUSED, &client_key, REFUSED_RST, 0);
         return Verdict::new(XDP_DROP, reason::INTERNAL_TARGET_REFUSED);
     }
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {

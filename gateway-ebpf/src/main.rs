@@ -15,6 +15,8 @@
 //!   redirect or kernel forwarding), on both interfaces;
 //! - `internal`: the internal interface's program: the target side of
 //!   spliced flows and the completion of the splice's handshake;
+//! - `icmp`: ICMP errors about spliced segments, translated for the
+//!   endpoint that sent them, on both interfaces;
 //! - `transit`: default-deny forwarding for everything else on the edge;
 //! - `events`, `maps`, `settings`, `stats`: events, maps, load-time
 //!   settings and counters.
@@ -38,6 +40,8 @@ mod held;
 #[cfg(target_arch = "bpf")]
 mod hold;
 #[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod internal;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -56,12 +60,13 @@ mod transit;
 
 #[cfg(target_arch = "bpf")]
 mod program {
+    use ackgate_common::icmp::IPPROTO_ICMP;
     use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     use ackgate_common::reason;
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
     use crate::classify::classify;
-    use crate::{ack, held, internal, maps, splice, stats, syn, transit};
+    use crate::{ack, held, icmp, internal, maps, splice, stats, syn, transit};
     use ackgate_common::kernel::frame::XdpFrame;
 
     /// What to do with the frame (low half), and why (high half). One
@@ -141,7 +146,16 @@ mod program {
         };
         let classified = classify(frame, scratch);
         match classified.action() {
-            TRANSIT_V4 => return transit::ipv4(frame, &scratch.seg.ip, classified.reason()),
+            TRANSIT_V4 => {
+                let (ip, l3_off) = (&scratch.seg.ip, scratch.seg.l3_off);
+                if ip.proto == IPPROTO_ICMP {
+                    let translated = icmp::on_ipv4(frame, l3_off, ip);
+                    if !translated.is_continue() {
+                        return translated;
+                    }
+                }
+                return transit::ipv4(frame, ip, classified.reason());
+            }
             TRANSIT_V6 => return transit::ipv6(frame, scratch.seg.l3_off),
             _ if !classified.is_continue() => return classified,
             _ => {}

@@ -5,6 +5,7 @@ use ackgate_common::abi::{
     AgentKey, EVENTS_BYTES, FlowKey, HELD_BYTES, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, MAX_SPLICED,
     MAX_TRANSIT_PREFIXES, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, TransitKey, VipInfo, VipKey,
 };
+use ackgate_common::icmp::IcmpError;
 use ackgate_common::net::Ipv4Hdr;
 use ackgate_common::net::Ipv4Tcp;
 use ackgate_common::option::{HandshakeOptions, OptionBytes};
@@ -69,6 +70,8 @@ pub struct Scratch {
     pub hs: HandshakeOptions,
     pub fib: FibParams,
     pub reply_ip: Ipv4Hdr,
+    /// An ICMP error being translated (`icmp`).
+    pub icmp: IcmpError,
     /// A reply's TCP header and options (up to 40 bytes).
     pub reply_l4: [u8; 40],
 }

@@ -2,20 +2,22 @@
 //! interface: lifecycle flags, counters, the rewrite (`common::splice`) and
 //! the forward (`forward`). No userspace in the path.
 
+use ackgate_common::abi::v4_bytes;
 use ackgate_common::abi::{
     END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, FAMILY_IPV4, FlowKey, SPLICE_CONNECTING, SPLICE_ESTABLISHED,
     SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry,
 };
-use ackgate_common::net::{EthHdr, Frame, Ipv4Tcp, TCP_ACK, TCP_FIN, TCP_RST};
+use ackgate_common::icmp;
+use ackgate_common::net::{IP_DF, Ipv4Tcp, TCP_ACK, TCP_FIN, TCP_RST};
 use ackgate_common::option::OptionBytes;
 use ackgate_common::reason;
 use ackgate_common::splice::{advance_seq_next, rewrite};
-use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::maps::{self, SPLICE};
 use crate::program::Verdict;
-use crate::{events, forward, hold};
+use crate::{events, forward, hold, respond};
 use ackgate_common::kernel::frame::XdpFrame;
 
 /// A segment whose 4-tuple `key` has the splice entry `entry`.
@@ -83,13 +85,14 @@ fn lifecycle(seg: &Ipv4Tcp, key: &FlowKey, e: &mut SpliceEntry) {
 /// stack room (see `on_segment`).
 #[inline(never)]
 fn forward(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry) -> Verdict {
-    let route = forward::route_v4(
-        frame,
-        seg.l3_off,
-        &seg.ip,
-        ackgate_common::abi::v4_bytes(&e.saddr),
-        ackgate_common::abi::v4_bytes(&e.daddr),
-    );
+    let route = forward::route_v4(frame, seg.l3_off, &seg.ip, v4_bytes(&e.saddr), v4_bytes(&e.daddr));
+    if route.too_big != 0 && u16::from_be_bytes(seg.ip.frag) & IP_DF != 0 {
+        // What a router between the two would answer; without it the
+        // kernel would, about the rewritten segment, and the sender could
+        // not match the error to its connection.
+        let (ip, error) = icmp::frag_needed(&seg.ip, &seg.tcp, route.too_big);
+        return respond::transmit(frame, seg.l3_off, &ip, &error, reason::SPLICE_FRAG_NEEDED);
+    }
     if route.is_redirect() && seg.ip.ttl <= 1 {
         return Verdict::new(XDP_DROP, reason::SPLICE_TTL_EXPIRED);
     }
@@ -107,17 +110,5 @@ fn forward(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry) -> Verdict {
     if written.is_none() {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     }
-    if !route.is_redirect() {
-        return Verdict::new(XDP_PASS, reason::SPLICE_KERNEL);
-    }
-    let Some(eth) = frame.load::<EthHdr>(0) else {
-        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
-    };
-    if frame.store(0, &EthHdr { dst: route.dmac, src: route.smac, ether_type: eth.ether_type }).is_none() {
-        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
-    }
-    match forward::redirect(&route) {
-        Ok(action) => Verdict::new(action, reason::SPLICE_REDIRECT),
-        Err(_) => Verdict::new(XDP_DROP, reason::ERR_REPLY),
-    }
+    forward::send(frame, &route, reason::SPLICE_REDIRECT, reason::SPLICE_KERNEL)
 }

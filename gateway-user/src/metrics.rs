@@ -79,7 +79,7 @@ impl Default for Metrics {
         let ended = Family::<Reason, Counter>::default();
         registry.register(
             "flows_ended",
-            "Spliced flows ended, by reason (fin, rst_client, rst_target, idle, revoked, target_refused, target_timeout)",
+            "Spliced flows ended, by reason (fin, rst_client, rst_target, idle, revoked, target_refused, target_unreachable, target_timeout)",
             ended.clone(),
         );
         let bytes = Family::<Direction, Counter>::default();

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
     END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV4, FlowKey,
-    FlowOwner, GateEvent, HELD_PER_FLOW, HeldSegment, MAP_HELD, RESPONSE_DROP, RESPONSE_RESET, SPLICE_CONNECTING,
-    SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, port_field, port_value, v4_bytes, v4_words,
+    FlowOwner, GateEvent, HELD_PER_FLOW, HeldSegment, MAP_HELD, REFUSED_UNREACHABLE, RESPONSE_DROP, RESPONSE_RESET,
+    SPLICE_CONNECTING, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, port_field, port_value, v4_bytes,
+    v4_words,
 };
 use ackgate_common::net::Wire as _;
 use ackgate_common::net::{Frame as _, Ipv4Hdr, TCP_SYN, TcpHdr};
@@ -87,6 +88,9 @@ pub enum EndReason {
     Revoked,
     /// The target answered the splice's SYN with a RST.
     TargetRefused,
+    /// An ICMP error (unreachable, time exceeded) answered the splice's
+    /// SYN.
+    TargetUnreachable,
     /// The target did not answer the splice's SYN in time.
     TargetTimeout,
 }
@@ -100,6 +104,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::Revoked => "revoked",
             EndReason::TargetRefused => "target_refused",
+            EndReason::TargetUnreachable => "target_unreachable",
             EndReason::TargetTimeout => "target_timeout",
         }
     }
@@ -107,7 +112,7 @@ impl EndReason {
     /// Whether the client got the service's default response instead of
     /// the target.
     pub fn never_spliced(self) -> bool {
-        matches!(self, EndReason::TargetRefused | EndReason::TargetTimeout)
+        matches!(self, EndReason::TargetRefused | EndReason::TargetUnreachable | EndReason::TargetTimeout)
     }
 }
 
@@ -403,7 +408,12 @@ impl Splicer {
                 Vec::new()
             }
             EVENT_REFUSED if matches!(flow.phase, Phase::Connecting { .. }) => {
-                self.end(gate, &ev.flow, EndReason::TargetRefused).into_iter().collect()
+                let reason = if ev.agent_id == REFUSED_UNREACHABLE {
+                    EndReason::TargetUnreachable
+                } else {
+                    EndReason::TargetRefused
+                };
+                self.end(gate, &ev.flow, reason).into_iter().collect()
             }
             EVENT_ENDED => {
                 let reason = match ev.agent_id {

@@ -259,6 +259,14 @@ default_response = "{default_response}"
             .collect()
     }
 
+    /// Loads nftables `rules` (a whole table) in namespace `ns`.
+    pub fn nft(&self, ns: Ns, rules: &str) {
+        let file = self.dir.join(format!("rules-{}.nft", std::process::id()));
+        std::fs::write(&file, rules).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        let out = self.topo.cmd(ns, &["nft", "-f", &file.display().to_string()]);
+        assert!(out.status.success(), "nft rules in {ns:?}: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// The gate's packet counter for `reason`, from `ackgate status --json`.
     pub fn gate_counter(&self, reason: &str) -> u64 {
         let status = self.json(&["status", "--json"]);

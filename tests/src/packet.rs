@@ -2,6 +2,7 @@
 //! with correct checksums, and checks checksums of frames the gate emits.
 
 use ackgate_common::csum;
+use ackgate_common::icmp::IPPROTO_ICMP;
 use ackgate_common::net::{ETH_P_8021Q, ETH_P_IPV4, IPPROTO_TCP};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -114,6 +115,74 @@ impl TcpFrame {
         let pseudo = csum::tcp_pseudo_sum(self.saddr, self.daddr, tcp_len as u16);
         let tcp_sum = checksum(&f[l4..], pseudo);
         f[l4 + 16..l4 + 18].copy_from_slice(&tcp_sum);
+        f
+    }
+}
+
+/// An ICMPv4 error frame: `kind`/`code` from `saddr` to `daddr`, with
+/// the type-specific word `rest` (the next-hop MTU of "fragmentation
+/// needed" in its low half), quoting `quote` (an IPv4 packet, or its
+/// first bytes).
+#[derive(Clone, Debug)]
+pub struct IcmpFrame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub tos: u8,
+    pub ip_id: u16,
+    pub frag: u16,
+    pub ttl: u8,
+    pub kind: u8,
+    pub code: u8,
+    pub rest: [u8; 4],
+    pub quote: Vec<u8>,
+}
+
+impl IcmpFrame {
+    /// "Fragmentation needed" from a router, as Linux sends it (TOS 0xc0,
+    /// DF clear), quoting the first `quote_len` bytes of the IPv4 packet in
+    /// `frame` (an Ethernet frame).
+    pub fn frag_needed(saddr: [u8; 4], daddr: [u8; 4], mtu: u16, frame: &[u8], quote_len: usize) -> Self {
+        let mut rest = [0; 4];
+        rest[2..].copy_from_slice(&mtu.to_be_bytes());
+        let ip = &frame[14..];
+        Self {
+            src_mac: CLIENT_MAC,
+            dst_mac: GATE_MAC,
+            saddr,
+            daddr,
+            tos: 0xc0,
+            ip_id: 0x4242,
+            frag: 0,
+            ttl: 64,
+            kind: 3,
+            code: 4,
+            rest,
+            quote: ip[..quote_len.min(ip.len())].to_vec(),
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let total = 20 + 8 + self.quote.len();
+        f.extend_from_slice(&[0x45, self.tos]);
+        f.extend_from_slice(&(total as u16).to_be_bytes());
+        f.extend_from_slice(&self.ip_id.to_be_bytes());
+        f.extend_from_slice(&self.frag.to_be_bytes());
+        f.extend_from_slice(&[self.ttl, IPPROTO_ICMP, 0, 0]);
+        f.extend_from_slice(&self.saddr);
+        f.extend_from_slice(&self.daddr);
+        let ip_sum = checksum(&f[14..34], 0);
+        f[24..26].copy_from_slice(&ip_sum);
+        f.extend_from_slice(&[self.kind, self.code, 0, 0]);
+        f.extend_from_slice(&self.rest);
+        f.extend_from_slice(&self.quote);
+        let icmp_sum = checksum(&f[34..], 0);
+        f[36..38].copy_from_slice(&icmp_sum);
         f
     }
 }

@@ -64,10 +64,7 @@ fn transfers_survive_loss_on_the_edge_link() {
     let dev = &s.topo.client_if;
     let out = s.topo.cmd(Ns::Client, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
     assert!(out.status.success(), "offloads off on {dev}: {}", String::from_utf8_lossy(&out.stderr));
-    let rules_file = s.dir.join("loss.nft");
-    std::fs::write(&rules_file, rules).expect("writing the loss rules");
-    let out = s.topo.cmd(Ns::Client, &["nft", "-f", &rules_file.display().to_string()]);
-    assert!(out.status.success(), "nft loss rules: {}", String::from_utf8_lossy(&out.stderr));
+    s.nft(Ns::Client, rules);
     transfer_both_ways(&s, mib(100));
     // Both ends lost segments and recovered with SACK, and neither found
     // a SACK block invalid (a mistranslated edge is discarded and counted
@@ -144,6 +141,97 @@ fn a_target_that_refuses_gives_the_default_response() {
     assert_eq!(refused["reason"], "target_refused", "{refused}");
     assert!(s.gate_counter("internal_target_refused") >= 1, "the target's RST must be counted");
     assert!(s.live_flows().is_empty(), "a refused splice leaves no live flow: {:?}", s.live_flows());
+}
+
+/// A target whose network answers the splice's SYN with "host
+/// unreachable": the client gets the default response at once, not after
+/// the connect timeout.
+#[test]
+fn an_unreachable_target_gives_the_default_response_at_once() {
+    let (s, _gateway, _agent) = approved_with("unreach", "reset", "connect_timeout_ms = 30000", "");
+    let client = s.topo.client_addr;
+    s.nft(
+        Ns::Target,
+        &format!(
+            "table ip ackgate_unreach {{\n chain in {{\n type filter hook input priority 0;\n\
+             ip saddr {client} tcp flags syn reject with icmp type host-unreachable\n }}\n}}\n"
+        ),
+    );
+    let started = std::time::Instant::now();
+    let code = s.curl(20);
+    assert_eq!(code, 56, "the client must be reset (curl 56), not left hanging");
+    assert!(started.elapsed() < Duration::from_secs(15), "refused at once, not at the 30 s connect timeout");
+    let refused = eventually(WAIT, "the refusal in the access log", || {
+        s.access_log().into_iter().find(|r| r["decision"] == "refused")
+    });
+    assert_eq!(refused["reason"], "target_unreachable", "{refused}");
+    assert!(s.gate_counter("internal_target_unreachable") >= 1, "the ICMP error must be counted");
+}
+
+/// An ICMP error from the target's side about a spliced segment reaches
+/// the client translated for the VIP: the client's kernel matches it to
+/// its connection (quoted 4-tuple and sequence number, tcp_v4_err in
+/// net/ipv4/tcp_ipv4.c), so a socket with IP_RECVERR sees the error.
+/// Untranslated, the error would name the target and be ignored, and the
+/// writes would only time out.
+#[test]
+fn icmp_errors_from_the_target_side_reach_the_client() {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+
+    let (s, _gateway, _agent) = approved("icmp", "drop", "");
+    let to = std::net::SocketAddr::new(s.topo.edge_addr.into(), ackgate_tests::deployment::PORT);
+    let client = s.topo.client_addr;
+    let err = s.topo.run_in(Ns::Client, || {
+        let mut c = std::net::TcpStream::connect_timeout(&to, WAIT).expect("connect through the gateway");
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket and option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "IP_RECVERR: {}", std::io::Error::last_os_error());
+        c.set_write_timeout(Some(WAIT)).expect("write timeout");
+        c.write_all(b"POST /sha256 HTTP/1.0\r\nContent-Length: 1000000000\r\n\r\n").expect("request header");
+        eventually(WAIT, "the flow to be spliced", || {
+            s.live_flows().iter().any(|f| f["state"] == "spliced").then_some(())
+        });
+        s.nft(
+            Ns::Target,
+            &format!(
+                "table ip ackgate_icmp {{\n chain in {{\n type filter hook input priority 0;\n\
+                 ip saddr {client} reject with icmp type port-unreachable\n }}\n}}\n"
+            ),
+        );
+        let chunk = [0x61u8; 16 * 1024];
+        loop {
+            if let Err(e) = c.write_all(&chunk) {
+                return e;
+            }
+        }
+    });
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "the client must see the target's error: {err}");
+    assert!(s.gate_counter("icmp_translated") >= 1, "the translated error must be counted");
+}
+
+/// The internal link is narrower than the edge (1280 bytes against 1500):
+/// the client's full-sized segments do not fit it, and the gateway answers
+/// them with "fragmentation needed" from the VIP, as a router there would,
+/// so path MTU discovery works and the transfers finish.
+#[test]
+fn a_narrower_internal_link_is_no_black_hole() {
+    let (s, _gateway, _agent) = approved("mtu", "drop", "");
+    for (ns, dev) in [(Ns::Gateway, &s.topo.internal_if), (Ns::Target, &s.topo.target_if)] {
+        let out = s.topo.cmd(ns, &["ip", "link", "set", dev, "mtu", "1280"]);
+        assert!(out.status.success(), "mtu 1280 on {dev}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    transfer_both_ways(&s, mib(20));
+    assert!(s.gate_counter("splice_frag_needed") >= 1, "the client's large segments must earn the error");
 }
 
 #[test]

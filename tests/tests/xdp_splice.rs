@@ -6,11 +6,13 @@
 //! The test gate runs in a fresh network namespace with nothing routed, so
 //! the FIB never resolves a next hop and every spliced segment takes the
 //! kernel-forwarding path (XDP_PASS of the rewritten segment): the rewrite
-//! is what these rows check. The redirect path is covered end to end.
+//! is what these rows check. The redirect path is covered end to end. ICMP
+//! errors about spliced segments are translated (exact bytes too), and the
+//! MTU test routes the target's network over a narrow link.
 
 use ackgate_common::abi::{
-    END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, RESPONSE_DROP,
-    SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words,
+    END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, REFUSED_UNREACHABLE,
+    RESPONSE_DROP, SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words,
 };
 use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ackgate_common::reason;
@@ -18,7 +20,7 @@ use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
 use ackgate_gateway::events::Events;
 use ackgate_gateway::splice::HeldRing;
 use ackgate_tests::fixture::{TestGate, linux_handshake, service};
-use ackgate_tests::packet::TcpFrame;
+use ackgate_tests::packet::{IcmpFrame, TcpFrame};
 use ackgate_tests::table::{Out, Program, Row, XDP_DROP, XDP_PASS, XDP_TX, run_rows};
 
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
@@ -406,6 +408,150 @@ fn targets_that_refuse_or_differ_are_handled() {
                 seg(v, c4, TCP_ACK, COOKIE + 1, CLIENT_ISN + 1, 229, vec![], &[]),
                 Program::Internal,
             ),
+        ],
+    );
+}
+
+/// A router on the target's side, and one on the client's.
+const INTERNAL_ROUTER: [u8; 4] = [10, 99, 0, 254];
+const EDGE_ROUTER: [u8; 4] = [10, 0, 0, 254];
+
+#[test]
+fn icmp_errors_about_spliced_segments_are_translated() {
+    let mut g = gate();
+    let mut events = Events::take(g.gate.ebpf_mut()).expect("event ring");
+    established(&mut g, 40005);
+    let (c, v, t) = ((CLIENT, 40005), (VIP, VPORT), (TARGET, TPORT));
+    let data = [0x5a; 1000];
+    // A client segment as the client sent it and as the splice forwarded
+    // it; a target segment likewise. The quoted options and window keep
+    // their forwarded values (nobody reads them), so the segments the
+    // translated errors must quote carry those.
+    let forwarded =
+        seg(c, t, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, TARGET_ISN + 1, 1000, ts(6000, TARGET_TS + 5), &data).build();
+    let as_client_sent =
+        seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, ts(6000, TARGET_TS + 5), &data).build();
+    let delivered = seg(v, c, TCP_ACK, COOKIE + 1, CLIENT_ISN + 1, 4000, ts(COOKIE_TS + 7, 6000), &data).build();
+    let as_target_sent =
+        seg(t, c, TCP_ACK, TARGET_ISN + 1, CLIENT_ISN + 1, 4000, ts(COOKIE_TS + 7, 6000), &data).build();
+    let full = 576 - 28;
+    let translated = |name, program, input: IcmpFrame, want: IcmpFrame| {
+        let row = Row {
+            name,
+            input: input.build(),
+            action: XDP_PASS,
+            reason: reason::ICMP_TRANSLATED_KERNEL,
+            out: Out::Exact(want.build()),
+        };
+        (program, row)
+    };
+    run(
+        &mut g,
+        vec![
+            translated(
+                "fragmentation needed about a client segment, ports and SEQ quoted",
+                Program::Internal,
+                IcmpFrame::frag_needed(INTERNAL_ROUTER, CLIENT, 1280, &forwarded, 28),
+                IcmpFrame::frag_needed(VIP, CLIENT, 1280, &as_client_sent, 28),
+            ),
+            translated(
+                "fragmentation needed about a client segment, 548 bytes quoted",
+                Program::Internal,
+                IcmpFrame::frag_needed(INTERNAL_ROUTER, CLIENT, 1280, &forwarded, full),
+                IcmpFrame::frag_needed(VIP, CLIENT, 1280, &as_client_sent, full),
+            ),
+            translated(
+                "fragmentation needed about a target segment",
+                Program::Edge,
+                IcmpFrame::frag_needed(EDGE_ROUTER, VIP, 1280, &delivered, full),
+                IcmpFrame::frag_needed(CLIENT, TARGET, 1280, &as_target_sent, full),
+            ),
+        ],
+    );
+    let stranger = seg((TARGET, 22), (CLIENT, 5555), TCP_ACK, 1, 1, 100, vec![], &[]).build();
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![Row {
+            name: "an error about a flow that is not spliced",
+            input: IcmpFrame::frag_needed(INTERNAL_ROUTER, TARGET, 1280, &stranger, 40).build(),
+            action: XDP_PASS,
+            reason: reason::INTERNAL_PASS,
+            out: Out::Unchanged,
+        }],
+    );
+    assert!(events.drain().is_empty(), "translating errors tells the control plane nothing");
+
+    // An unreachable target answers the splice's SYN with an error: the
+    // splice is refused at once, as by a RST.
+    let refused = connecting(&mut g, 40006);
+    let syn = seg((CLIENT, 40006), t, TCP_SYN, CLIENT_ISN, 0, 64240, vec![], &[]).build();
+    let mut unreachable = IcmpFrame::frag_needed(INTERNAL_ROUTER, CLIENT, 0, &syn, 28);
+    unreachable.code = 1;
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![Row {
+            name: "host unreachable about the splice's SYN",
+            input: unreachable.build(),
+            action: XDP_DROP,
+            reason: reason::INTERNAL_TARGET_UNREACHABLE,
+            out: Out::Dropped,
+        }],
+    );
+    let ev = events.drain();
+    assert_eq!(ev.len(), 1, "one refusal: {ev:?}");
+    assert_eq!((ev[0].kind, ev[0].agent_id, ev[0].flow), (EVENT_REFUSED, REFUSED_UNREACHABLE, refused.client));
+}
+
+/// Runs `ip` in the calling thread's network namespace (the test gate's).
+fn ip(args: &str) {
+    let status = std::process::Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .unwrap_or_else(|e| panic!("running ip {args}: {e}"));
+    assert!(status.success(), "ip {args} failed: {status}");
+}
+
+#[test]
+fn segments_too_big_for_the_next_hop_earn_fragmentation_needed() {
+    let mut g = gate();
+    established(&mut g, 40007);
+    // The target's network behind a 1280-byte link, forwarding on where
+    // test runs arrive (loopback), so that the FIB answers with its MTU.
+    ip("link set lo up");
+    ip("link add ag-mtu type veth peer name ag-mtu-peer");
+    ip("link set ag-mtu mtu 1280 up");
+    ip("link set ag-mtu-peer up");
+    ip("addr add 10.99.0.1/24 dev ag-mtu");
+    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding on in the test namespace");
+    let (c, v, t) = ((CLIENT, 40007), (VIP, VPORT), (TARGET, TPORT));
+    let data = [0x11; 1400];
+    let big = seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, vec![], &data);
+    let mut error = IcmpFrame::frag_needed(VIP, CLIENT, 1280, &big.build(), 28);
+    (error.src_mac, error.dst_mac, error.ip_id) = (big.dst_mac, big.src_mac, 0);
+    let mut fragmentable = big.clone();
+    fragmentable.frag = 0;
+    let mut fragmentable_out = seg(c, t, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, TARGET_ISN + 1, 1000, vec![], &data);
+    fragmentable_out.frag = 0;
+    run_rows(
+        &mut g,
+        Program::Edge,
+        vec![
+            Row {
+                name: "1440-byte segment with DF towards a 1280-byte link",
+                input: big.build(),
+                action: XDP_TX,
+                reason: reason::SPLICE_FRAG_NEEDED,
+                out: Out::Exact(error.build()),
+            },
+            Row {
+                name: "the same without DF: the kernel fragments it",
+                input: fragmentable.build(),
+                action: XDP_PASS,
+                reason: reason::SPLICE_KERNEL,
+                out: Out::Exact(fragmentable_out.build()),
+            },
         ],
     );
 }

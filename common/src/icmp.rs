@@ -1,0 +1,454 @@
+//! ICMP errors about spliced segments (RFC 792, RFC 1191).
+//!
+//! A router on either side of the gateway reports a problem with a spliced
+//! segment to the address that segment carried after the rewrite: an error
+//! about a client → target segment goes to the client (or the source-NAT
+//! address) and quotes the target's address and port; one about a target →
+//! client segment goes to the VIP and quotes the VIP. Neither endpoint
+//! would recognise the quote, so path MTU discovery through the splice
+//! would black-hole. The gateway translates such an error as the opposite
+//! direction's entry rewrites segments, and quotes what the endpoint itself
+//! sent (the kernel's tcp_v4_err in net/ipv4/tcp_ipv4.c finds the socket by
+//! the quoted 4-tuple and checks the quoted sequence number):
+//! - outer source and destination become the reply entry's, so the error
+//!   comes from the address the endpoint talks to (VIP, or the client as
+//!   the target knows it);
+//! - the quoted addresses and ports become the endpoint's own;
+//! - the quoted SEQ (and ACK, when quoted) move back into the endpoint's
+//!   sequence space;
+//! - the quoted IPv4 checksum, the quoted TCP checksum when the whole TCP
+//!   header is quoted, the ICMP checksum and the outer checksum are updated
+//!   incrementally. Quoted TCP options (timestamps, SACK) keep their
+//!   rewritten values: no receiver reads them.
+//!
+//! The gateway also sends errors of its own: when a spliced segment does
+//! not fit the next hop's MTU, [`frag_needed`] builds the "fragmentation
+//! needed" a router there would send, quoting the segment as it arrived.
+
+use crate::abi::{SpliceEntry, v4_bytes};
+use crate::csum;
+use crate::net::{Frame, IPPROTO_TCP, Ipv4Hdr, TcpHdr, Wire};
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETERPROB: u8 = 12;
+/// `ICMP_DEST_UNREACH` code: fragmentation needed and DF set; the next
+/// hop's MTU is in the low half of the header's last word.
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+
+/// The ICMP header: type, code, checksum and the type-specific word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub rest: [u8; 4],
+}
+
+unsafe impl Wire for IcmpHdr {}
+
+const _: () = assert!(core::mem::size_of::<IcmpHdr>() == 8);
+
+/// The first eight bytes of a TCP header: all that RFC 792 guarantees an
+/// error quotes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpPorts {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
+}
+
+unsafe impl Wire for TcpPorts {}
+
+/// The quoted TCP header: whole when the error quotes 20 bytes or more of
+/// it (Linux quotes up to 576 bytes of the packet in all), else only its
+/// first eight bytes, the rest zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotedTcp {
+    pub tcp: TcpHdr,
+    pub complete: bool,
+}
+
+/// An ICMPv4 error that quotes a TCP segment, located in the frame.
+#[derive(Clone, Copy, Debug)]
+pub struct IcmpError {
+    pub l3_off: usize,
+    pub ip: Ipv4Hdr,
+    pub icmp_off: usize,
+    pub icmp: IcmpHdr,
+    /// Offset of the quoted IPv4 header.
+    pub inner_off: usize,
+    pub inner: Ipv4Hdr,
+    /// Offset of the quoted TCP header.
+    pub inner_l4_off: usize,
+    pub quoted: QuotedTcp,
+}
+
+impl IcmpError {
+    /// Whether, for a splice still connecting, the error ends the attempt
+    /// as the kernel ends a connecting socket's (tcp_v4_err: any
+    /// destination-unreachable or time-exceeded error in SYN-SENT), except
+    /// "fragmentation needed", which a SYN that small never earns honestly.
+    pub fn is_hard(&self) -> bool {
+        match self.icmp.kind {
+            ICMP_DEST_UNREACH => self.icmp.code != ICMP_FRAG_NEEDED,
+            ICMP_TIME_EXCEEDED => true,
+            _ => false,
+        }
+    }
+}
+
+/// Locates an ICMP error about a TCP segment in the IPv4 packet `ip` at
+/// `l3_off` (already checked by `parse_ipv4_tcp`: total length inside the
+/// frame) and writes it to `out` (in BPF, map memory: the error is too big
+/// for the stack of the stage that translates it). `None` for anything
+/// else: echo, errors about UDP, quotes of fragments or too short to hold
+/// the ports and SEQ.
+#[inline(always)]
+pub fn parse_error<F: Frame + ?Sized>(frame: &F, l3_off: usize, ip: &Ipv4Hdr, out: &mut IcmpError) -> Option<()> {
+    if ip.proto != IPPROTO_ICMP || ip.is_fragment() {
+        return None;
+    }
+    let icmp_off = l3_off + ip.header_len();
+    let icmp = frame.load::<IcmpHdr>(icmp_off)?;
+    if !matches!(icmp.kind, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB) {
+        return None;
+    }
+    let inner_off = icmp_off + core::mem::size_of::<IcmpHdr>();
+    let inner = frame.load::<Ipv4Hdr>(inner_off)?;
+    let inner_ihl = inner.header_len();
+    if inner.version_ihl >> 4 != 4 || inner_ihl < core::mem::size_of::<Ipv4Hdr>() {
+        return None;
+    }
+    // A quoted non-first fragment has no TCP header to translate.
+    if inner.proto != IPPROTO_TCP || u16::from_be_bytes(inner.frag) & 0x1fff != 0 {
+        return None;
+    }
+    let inner_l4_off = inner_off + inner_ihl;
+    let end = l3_off + ip.total_len();
+    // Only what the outer length covers is the quote; the rest is padding.
+    if inner_l4_off + core::mem::size_of::<TcpHdr>() <= end {
+        out.quoted = QuotedTcp { tcp: frame.load::<TcpHdr>(inner_l4_off)?, complete: true };
+    } else if inner_l4_off + core::mem::size_of::<TcpPorts>() <= end {
+        let head = frame.load::<TcpPorts>(inner_l4_off)?;
+        let tcp = TcpHdr {
+            sport: head.sport,
+            dport: head.dport,
+            seq: head.seq,
+            ack: [0; 4],
+            doff_res: 0,
+            flags: 0,
+            window: [0; 2],
+            check: [0; 2],
+            urg: [0; 2],
+        };
+        out.quoted = QuotedTcp { tcp, complete: false };
+    } else {
+        return None;
+    }
+    out.l3_off = l3_off;
+    out.ip = *ip;
+    out.icmp_off = icmp_off;
+    out.icmp = icmp;
+    out.inner_off = inner_off;
+    out.inner = inner;
+    out.inner_l4_off = inner_l4_off;
+    Some(())
+}
+
+/// Translates `err` with `reply`, the splice entry of the direction
+/// opposite to the quoted segment's (its key is the quoted 4-tuple
+/// reversed), as the module's docs describe. `forwarding` decrements the
+/// outer TTL (the gate routes the error itself). Checksums are updated
+/// from the changed words alone: summing whole headers twice costs more
+/// BPF stack than a stage has.
+#[inline(always)]
+pub fn translate(err: &mut IcmpError, reply: &SpliceEntry, forwarding: bool) {
+    let (near, far) = (v4_bytes(&reply.saddr), v4_bytes(&reply.daddr));
+
+    let outer_old = word4(err.ip.saddr) + word4(err.ip.daddr) + word2([err.ip.ttl, err.ip.proto]);
+    err.ip.saddr = near;
+    err.ip.daddr = far;
+    if forwarding {
+        err.ip.ttl = err.ip.ttl.wrapping_sub(1);
+    }
+    let outer_new = word4(near) + word4(far) + word2([err.ip.ttl, err.ip.proto]);
+    err.ip.check = csum::replace(err.ip.check, outer_old, outer_new);
+
+    // Inside the quote: what changes, summed before and after. The quoted
+    // addresses count for the IPv4 header and the TCP pseudo-header.
+    let inner = &mut err.inner;
+    let tcp = &mut err.quoted.tcp;
+    let addrs_old = word4(inner.saddr) + word4(inner.daddr);
+    let addrs_new = word4(far) + word4(near);
+    let mut tcp_old = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq);
+    let checks_old = word2(inner.check) + if err.quoted.complete { word2(tcp.check) } else { 0 };
+
+    inner.saddr = far;
+    inner.daddr = near;
+    tcp.sport = reply.dport.to_ne_bytes();
+    tcp.dport = reply.sport.to_ne_bytes();
+    // The reply entry adds `ack_add` to what the endpoint acknowledges,
+    // i.e. moves the quoted sender's sequence space back to its own; its
+    // `seq_add` does the same for the other side's, which ACK quotes.
+    tcp.seq = tcp.seq().wrapping_add(reply.ack_add).to_be_bytes();
+    let mut tcp_new = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq);
+    inner.check = csum::replace(inner.check, addrs_old, addrs_new);
+    let mut checks_new = word2(inner.check);
+    if err.quoted.complete {
+        if tcp.flags & crate::net::TCP_ACK != 0 {
+            tcp_old += word4(tcp.ack);
+            tcp.ack = tcp.ack_seq().wrapping_add(reply.seq_add).to_be_bytes();
+            tcp_new += word4(tcp.ack);
+        }
+        tcp.check = csum::replace(tcp.check, addrs_old + tcp_old, addrs_new + tcp_new);
+        checks_new += word2(tcp.check);
+    }
+    err.icmp.check = csum::replace(err.icmp.check, addrs_old + tcp_old + checks_old, addrs_new + tcp_new + checks_new);
+}
+
+#[inline(always)]
+fn word2(w: [u8; 2]) -> u32 {
+    u16::from_be_bytes(w) as u32
+}
+
+#[inline(always)]
+fn word4(a: [u8; 4]) -> u32 {
+    word2([a[0], a[1]]) + word2([a[2], a[3]])
+}
+
+/// The ICMP part of [`frag_needed`]: the header, and the segment's IPv4
+/// header (without options) and first eight bytes of TCP, as RFC 792 asks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragNeeded {
+    pub icmp: IcmpHdr,
+    pub quoted_ip: Ipv4Hdr,
+    pub quoted_tcp: TcpPorts,
+}
+
+unsafe impl Wire for FragNeeded {}
+
+const _: () = assert!(core::mem::size_of::<FragNeeded>() == 36);
+
+/// TTL of the errors the gateway sends (Linux's default, as for its own
+/// TCP replies).
+const ERROR_TTL: u8 = 64;
+
+/// "Fragmentation needed" for the segment `ip` + `tcp` (as it arrived),
+/// which does not fit the next hop's `mtu`, sent back to its source from
+/// the address it was sent to, as a router there would (icmp_send in
+/// net/ipv4/icmp.c: TOS 0xc0 for errors, DF clear, TTL 64).
+#[inline(always)]
+pub fn frag_needed(ip: &Ipv4Hdr, tcp: &TcpHdr, mtu: u16) -> (Ipv4Hdr, FragNeeded) {
+    let quoted_tcp = TcpPorts { sport: tcp.sport, dport: tcp.dport, seq: tcp.seq };
+    let mut icmp = IcmpHdr { kind: ICMP_DEST_UNREACH, code: ICMP_FRAG_NEEDED, check: [0; 2], rest: [0, 0, 0, 0] };
+    icmp.rest[2..].copy_from_slice(&mtu.to_be_bytes());
+    let mut quoted_ip = *ip;
+    // The quote is the header alone: options are not carried over.
+    quoted_ip.version_ihl = 0x45;
+    if ip.header_len() != core::mem::size_of::<Ipv4Hdr>() {
+        let old = csum::sum_words(&[ip.version_ihl, ip.tos], 0);
+        quoted_ip.check = csum::replace(ip.check, old, csum::sum_words(&[quoted_ip.version_ihl, ip.tos], 0));
+    }
+    icmp.check =
+        csum::finish(csum::sum_words(&icmp, 0) + csum::sum_words(&quoted_ip, 0) + csum::sum_words(&quoted_tcp, 0));
+    let mut out_ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0xc0,
+        total_len: ((core::mem::size_of::<Ipv4Hdr>() + core::mem::size_of::<FragNeeded>()) as u16).to_be_bytes(),
+        id: [0, 0],
+        frag: [0, 0],
+        ttl: ERROR_TTL,
+        proto: IPPROTO_ICMP,
+        check: [0, 0],
+        saddr: ip.daddr,
+        daddr: ip.saddr,
+    };
+    out_ip.check = csum::finish(csum::sum_words(&out_ip, 0));
+    (out_ip, FragNeeded { icmp, quoted_ip, quoted_tcp })
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::{vec, vec::Vec};
+
+    use super::*;
+    use crate::abi::v4_words;
+
+    fn ipv4(saddr: [u8; 4], daddr: [u8; 4], proto: u8, payload: usize) -> Ipv4Hdr {
+        let mut ip = Ipv4Hdr {
+            version_ihl: 0x45,
+            tos: 0,
+            total_len: ((20 + payload) as u16).to_be_bytes(),
+            id: [0x12, 0x34],
+            frag: [0x40, 0],
+            ttl: 61,
+            proto,
+            check: [0, 0],
+            saddr,
+            daddr,
+        };
+        ip.check = csum::finish(csum::sum_words(&ip, 0));
+        ip
+    }
+
+    fn tcp_segment(ip: &Ipv4Hdr, sport: u16, dport: u16, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        let mut tcp = TcpHdr {
+            sport: sport.to_be_bytes(),
+            dport: dport.to_be_bytes(),
+            seq: seq.to_be_bytes(),
+            ack: ack.to_be_bytes(),
+            doff_res: 5 << 4,
+            flags: crate::net::TCP_ACK,
+            window: 502u16.to_be_bytes(),
+            check: [0, 0],
+            urg: [0, 0],
+        };
+        let len = (20 + payload.len()) as u16;
+        let mut bytes = tcp.as_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        let mut acc = csum::tcp_pseudo_sum(ip.saddr, ip.daddr, len);
+        for c in bytes.chunks(2) {
+            acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        tcp.check = csum::finish(acc);
+        let mut out = ip.as_bytes().to_vec();
+        out.extend_from_slice(tcp.as_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// An Ethernet frame holding an ICMP error from `from` to `to` that
+    /// quotes `quote` bytes of `segment`.
+    fn error_frame(from: [u8; 4], to: [u8; 4], kind: u8, code: u8, segment: &[u8], quote: usize) -> Vec<u8> {
+        let quote = &segment[..quote.min(segment.len())];
+        let ip = ipv4(from, to, IPPROTO_ICMP, 8 + quote.len());
+        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(quote);
+        let check = csum::finish({
+            let mut acc = 0u32;
+            for c in icmp.chunks(2) {
+                acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+            }
+            acc
+        });
+        icmp[2..4].copy_from_slice(&check);
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(ip.as_bytes());
+        frame.extend_from_slice(&icmp);
+        frame
+    }
+
+    /// The reply entry of a spliced flow: target 10.1.0.2:8080 → client
+    /// 198.51.100.7:40000, shown to the client as VIP 203.0.113.1:443.
+    fn target_to_client() -> SpliceEntry {
+        SpliceEntry {
+            saddr: v4_words([203, 0, 113, 1]),
+            daddr: v4_words([198, 51, 100, 7]),
+            sport: 443u16.to_be(),
+            dport: 40000u16.to_be(),
+            seq_add: 0x1000_0000,
+            ack_add: 0,
+            ..Default::default()
+        }
+    }
+
+    fn empty() -> IcmpError {
+        let ip = ipv4([0; 4], [0; 4], 0, 0);
+        let icmp = IcmpHdr { kind: 0, code: 0, check: [0; 2], rest: [0; 4] };
+        let tcp = TcpHdr {
+            sport: [0; 2],
+            dport: [0; 2],
+            seq: [0; 4],
+            ack: [0; 4],
+            doff_res: 0,
+            flags: 0,
+            window: [0; 2],
+            check: [0; 2],
+            urg: [0; 2],
+        };
+        let quoted = QuotedTcp { tcp, complete: false };
+        IcmpError { l3_off: 0, ip, icmp_off: 0, icmp, inner_off: 0, inner: ip, inner_l4_off: 0, quoted }
+    }
+
+    fn write_back(frame: &mut [u8], err: &IcmpError) {
+        frame[err.l3_off..err.l3_off + 20].copy_from_slice(err.ip.as_bytes());
+        frame[err.icmp_off..err.icmp_off + 8].copy_from_slice(err.icmp.as_bytes());
+        frame[err.inner_off..err.inner_off + 20].copy_from_slice(err.inner.as_bytes());
+        let n = if err.quoted.complete { 20 } else { 8 };
+        frame[err.inner_l4_off..err.inner_l4_off + n].copy_from_slice(&err.quoted.tcp.as_bytes()[..n]);
+    }
+
+    #[test]
+    fn an_error_about_a_client_segment_quotes_what_the_client_sent() {
+        let (client, vip, target, router) = ([198, 51, 100, 7], [203, 0, 113, 1], [10, 1, 0, 2], [10, 1, 0, 254]);
+        // As the client sent it, and as the splice forwarded it (SEQ as
+        // is, ACK + 0xf000_0000: the target's ISN is that far from the
+        // cookie).
+        let sent_ip = ipv4(client, vip, IPPROTO_TCP, 20 + 1400);
+        let sent = tcp_segment(&sent_ip, 40000, 443, 77, 0x2000_0001, &[0xab; 1400]);
+        let fwd_ip = ipv4(client, target, IPPROTO_TCP, 20 + 1400);
+        let forwarded = tcp_segment(&fwd_ip, 40000, 8080, 77, 0x1000_0001, &[0xab; 1400]);
+        let reply = target_to_client();
+
+        for quote in [28, 40, 576 - 28] {
+            let mut frame = error_frame(router, client, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, &forwarded, quote);
+            let ip = frame.as_slice().load::<Ipv4Hdr>(14).unwrap();
+            let mut err = empty();
+            parse_error(frame.as_slice(), 14, &ip, &mut err).expect("an error about TCP");
+            assert_eq!(err.quoted.complete, quote >= 40, "quote of {quote} bytes");
+            translate(&mut err, &reply, true);
+            write_back(&mut frame, &err);
+            // The error the VIP itself would send about the client's own
+            // segment, one hop older.
+            let mut want = error_frame(vip, client, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, &sent, quote);
+            want[14 + 8] -= 1;
+            want[24..26].copy_from_slice(&[0, 0]);
+            let check = csum::finish(csum::sum_words(&want.as_slice().load::<Ipv4Hdr>(14).unwrap(), 0));
+            want[24..26].copy_from_slice(&check);
+            assert_eq!(frame, want, "quote of {quote} bytes");
+            assert!(csum::verifies(&frame[34..], 0), "ICMP checksum, quote of {quote} bytes");
+        }
+    }
+
+    #[test]
+    fn echo_udp_and_short_quotes_are_not_errors_to_translate() {
+        let seg_ip = ipv4([1, 1, 1, 1], [2, 2, 2, 2], IPPROTO_TCP, 20);
+        let seg = tcp_segment(&seg_ip, 1, 2, 3, 4, &[]);
+        let cases: [(&str, Vec<u8>); 3] = [
+            ("echo request", error_frame([3, 3, 3, 3], [1, 1, 1, 1], 8, 0, &seg, 28)),
+            ("quote shorter than ports and SEQ", error_frame([3, 3, 3, 3], [1, 1, 1, 1], 3, 1, &seg, 27)),
+            ("quote of UDP", {
+                let mut f = error_frame([3, 3, 3, 3], [1, 1, 1, 1], 3, 3, &seg, 28);
+                f[14 + 20 + 8 + 9] = 17;
+                f
+            }),
+        ];
+        for (what, frame) in cases {
+            let ip = frame.as_slice().load::<Ipv4Hdr>(14).unwrap();
+            assert!(parse_error(frame.as_slice(), 14, &ip, &mut empty()).is_none(), "{what} must not be translated");
+        }
+    }
+
+    #[test]
+    fn frag_needed_quotes_the_segment_and_verifies() {
+        let ip = ipv4([198, 51, 100, 7], [203, 0, 113, 1], IPPROTO_TCP, 1480);
+        let seg = tcp_segment(&ip, 40000, 443, 9, 10, &[0; 1460]);
+        let tcp = seg.as_slice().load::<TcpHdr>(20).unwrap();
+        let (out_ip, out) = frag_needed(&ip, &tcp, 1400);
+        let bytes = [out_ip.as_bytes(), out.as_bytes()].concat();
+        assert_eq!(&bytes[12..16], &[203, 0, 113, 1], "from the address the segment was sent to");
+        assert_eq!(&bytes[16..20], &[198, 51, 100, 7], "to its source");
+        assert!(csum::verifies(&bytes[..20], 0), "IPv4 checksum");
+        assert!(csum::verifies(&bytes[20..], 0), "ICMP checksum");
+        assert_eq!(&bytes[20..22], &[ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED], "type and code");
+        assert_eq!(u16::from_be_bytes([bytes[26], bytes[27]]), 1400, "next-hop MTU");
+        assert_eq!(&bytes[28..56], &seg[..28], "the segment's header and first 8 TCP bytes");
+    }
+}

@@ -1,0 +1,67 @@
+//! ICMP errors about spliced segments, on either interface: translated for
+//! the endpoint that sent the quoted segment (`common::icmp` says how and
+//! why) and sent on as a spliced segment is. An error about the splice's
+//! own SYN ends the splice as a RST does.
+
+use ackgate_common::abi::{EVENT_REFUSED, FAMILY_IPV4, FlowKey, REFUSED_UNREACHABLE, SPLICE_ESTABLISHED, v4_bytes};
+use ackgate_common::icmp::{self, TcpPorts};
+use ackgate_common::kernel::frame::XdpFrame;
+use ackgate_common::net::Ipv4Hdr;
+use ackgate_common::reason;
+use aya_ebpf::bindings::xdp_action::XDP_DROP;
+
+use crate::maps::{self, SPLICE};
+use crate::program::Verdict;
+use crate::{events, forward};
+
+/// The IPv4 packet `ip` at `l3_off`, not TCP. [`Verdict::CONTINUE`] unless
+/// it is an ICMP error about a spliced flow.
+#[inline(never)]
+pub fn on_ipv4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr) -> Verdict {
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    };
+    let err = &mut scratch.icmp;
+    if icmp::parse_error(frame, l3_off, ip, err).is_none() {
+        return Verdict::CONTINUE;
+    }
+    // The entry of the direction opposite to the quoted segment's: it
+    // knows what the quoted segment's sender calls everything.
+    let quoted = &err.quoted.tcp;
+    let reply_key = FlowKey::ipv4(err.inner.daddr, err.inner.saddr, quoted.dport, quoted.sport);
+    let Some(reply) = SPLICE.get_ptr(reply_key) else {
+        return Verdict::CONTINUE;
+    };
+    // SAFETY: a map value pointer valid for this run; entries change only
+    // by whole-value replacement while connecting, which is checked first.
+    let reply = unsafe { &*reply };
+    if reply.state != SPLICE_ESTABLISHED {
+        // The splice's SYN is the only segment a connecting flow sends.
+        if err.is_hard() {
+            events::emit(EVENT_REFUSED, &reply.peer_key(FAMILY_IPV4), REFUSED_UNREACHABLE, 0);
+            return Verdict::new(XDP_DROP, reason::INTERNAL_TARGET_UNREACHABLE);
+        }
+        return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
+    }
+    let route = forward::route_v4(frame, l3_off, ip, v4_bytes(&reply.saddr), v4_bytes(&reply.daddr));
+    if route.is_redirect() && ip.ttl <= 1 {
+        return Verdict::new(XDP_DROP, reason::SPLICE_TTL_EXPIRED);
+    }
+    icmp::translate(err, reply, route.is_redirect());
+    let t = &err.quoted.tcp;
+    let written = frame
+        .store(err.l3_off, &err.ip)
+        .and_then(|_| frame.store(err.icmp_off, &err.icmp))
+        .and_then(|_| frame.store(err.inner_off, &err.inner))
+        .and_then(|_| {
+            if err.quoted.complete {
+                frame.store(err.inner_l4_off, t)
+            } else {
+                frame.store(err.inner_l4_off, &TcpPorts { sport: t.sport, dport: t.dport, seq: t.seq })
+            }
+        });
+    if written.is_none() {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    }
+    forward::send(frame, &route, reason::ICMP_TRANSLATED, reason::ICMP_TRANSLATED_KERNEL)
+}
