@@ -44,6 +44,18 @@ pub fn splice_bench() {
     println!("splice_bulk_vs_direct: {:.2}x (goal >= 0.9x)", ack.bulk_gbps / direct.bulk_gbps);
     println!("splice_bulk_vs_nft_dnat: {:.2}x", ack.bulk_gbps / nft.bulk_gbps);
     println!("splice_ttfb_median_minus_direct_ms: {:.2} (goal <= 2 ms)", ack.ttfb_median_ms - direct.ttfb_median_ms);
+    // What each gateway adds to the machine's CPU per transaction: the
+    // same transactions over the direct route cost the rest (client,
+    // target, veth), so the difference is the gateway's share.
+    let added = |p: Figures| p.cpu_us_per_tx - direct.cpu_us_per_tx;
+    for (name, p) in [("nft_dnat", nft), ("haproxy", ha), ("ackgate", ack)] {
+        println!("{name}_gateway_cpu_us_per_tx: {:.2}", added(p));
+    }
+    if added(nft) > 0.0 {
+        println!("splice_gateway_cpu_per_tx_vs_nft_dnat: {:.2}x (goal <= 0.5x)", added(ack) / added(nft));
+    } else {
+        println!("splice_gateway_cpu_per_tx_vs_nft_dnat: n/a (nftables DNAT measured no cost over the direct route)");
+    }
 }
 
 /// Two established directions of one flow, as `complete` leaves them.
@@ -137,6 +149,8 @@ struct Figures {
     ttfb_median_ms: f64,
     rr_1b: f64,
     rr_1k: f64,
+    /// CPU time of the whole machine per 1-byte transaction.
+    cpu_us_per_tx: f64,
     bulk_gbps: f64,
 }
 
@@ -251,9 +265,12 @@ fn measure(path: Path) -> Figures {
     d.stop_target();
     let echo = d.topo().run_in(Ns::Target, || TcpListener::bind(("0.0.0.0", PORT)).expect("echo listener"));
     let echoer = std::thread::spawn(move || echo_server(echo));
-    let rr_1b = d.topo().run_in(Ns::Client, || transactions(to, 1));
-    let rr_1k = d.topo().run_in(Ns::Client, || transactions(to, 1024));
+    let cpu_before = busy_cpu_secs();
+    let (rr_1b, count) = d.topo().run_in(Ns::Client, || transactions(to, 1));
+    let cpu_us_per_tx = (busy_cpu_secs() - cpu_before) * 1e6 / count as f64;
+    let (rr_1k, _) = d.topo().run_in(Ns::Client, || transactions(to, 1024));
     println!("{}_rr_per_s: 1 B {rr_1b:.0}, 1 KiB {rr_1k:.0}", path.name());
+    println!("{}_cpu_us_per_tx: {cpu_us_per_tx:.2}", path.name());
     stop_echo(d.topo(), to);
     let _ = echoer.join();
     let bulk_gbps = iperf3(d.topo(), to);
@@ -261,7 +278,21 @@ fn measure(path: Path) -> Figures {
     if let Deployed::Ackgate { setup, .. } = &d {
         println!("ackgate_splice_redirect_packets: {}", setup.gate_counter("splice_redirect"));
     }
-    Figures { ttfb_median_ms: med, rr_1b, rr_1k, bulk_gbps }
+    Figures { ttfb_median_ms: med, rr_1b, rr_1k, cpu_us_per_tx, bulk_gbps }
+}
+
+/// Busy CPU time of the whole machine so far (user, nice, system, irq,
+/// softirq and steal of every CPU, from /proc/stat), in seconds: softirq
+/// work, where forwarding and XDP run, is charged to no process.
+fn busy_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("reading /proc/stat");
+    let line = stat.lines().next().expect("/proc/stat has a total line");
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    busy as f64 / ticks
 }
 
 /// A fresh connect, an HTTP GET, and the first byte of the answer.
@@ -276,8 +307,8 @@ fn first_byte_ms(to: SocketAddr) -> f64 {
 }
 
 /// Request/response transactions per second over one connection for 3 s,
-/// `size` bytes each way (netperf TCP_RR's measure).
-fn transactions(to: SocketAddr, size: usize) -> f64 {
+/// `size` bytes each way (netperf TCP_RR's measure), and how many.
+fn transactions(to: SocketAddr, size: usize) -> (f64, u64) {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
     s.set_nodelay(true).expect("nodelay");
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -289,7 +320,7 @@ fn transactions(to: SocketAddr, size: usize) -> f64 {
         s.read_exact(&mut resp).expect("response");
         n += 1;
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    (n as f64 / start.elapsed().as_secs_f64(), n)
 }
 
 /// Echoes every connection until a connection sends "stop".
