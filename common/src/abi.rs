@@ -429,33 +429,103 @@ pub const SPLICE_F_FIN: u8 = 8;
 /// A RST went through in this entry's direction.
 pub const SPLICE_F_RST: u8 = 16;
 
-/// One direction of a spliced flow: the value of the splice map, keyed by
-/// the [`FlowKey`] of the segments it rewrites as they arrive (client →
-/// VIP on the edge, target → client or source-NAT address on the internal
-/// side). Each direction is self-contained, so a segment costs one lookup;
-/// the other direction's key is this entry's rewritten 4-tuple reversed.
+/// Key of the splice map: an IPv4 segment's 4-tuple as it arrives
+/// (network-order words and ports, as in [`FlowKey`]). Twelve bytes rather
+/// than a [`FlowKey`]'s forty: with two entries per flow, every byte of key
+/// and value counts twice per flow (see [`SpliceEntry`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SpliceKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+const _: () = assert!(size_of::<SpliceKey>() == 12);
+
+impl SpliceKey {
+    /// The key of a parsed segment, in the direction it travels.
+    #[inline(always)]
+    pub fn of_segment(seg: &crate::net::Ipv4Tcp) -> Self {
+        Self {
+            saddr: u32::from_ne_bytes(seg.ip.saddr),
+            daddr: u32::from_ne_bytes(seg.ip.daddr),
+            sport: port_field(seg.tcp.sport),
+            dport: port_field(seg.tcp.dport),
+        }
+    }
+
+    /// The key of an IPv4 flow; `None` for another family.
+    #[inline(always)]
+    pub fn of_flow(flow: &FlowKey) -> Option<Self> {
+        (flow.family == FAMILY_IPV4).then_some(Self {
+            saddr: flow.saddr[0],
+            daddr: flow.daddr[0],
+            sport: flow.sport,
+            dport: flow.dport,
+        })
+    }
+
+    /// The same 4-tuple as a [`FlowKey`] (events, the flow map).
+    #[inline(always)]
+    pub fn flow(&self) -> FlowKey {
+        FlowKey {
+            saddr: [self.saddr, 0, 0, 0],
+            daddr: [self.daddr, 0, 0, 0],
+            sport: self.sport,
+            dport: self.dport,
+            family: FAMILY_IPV4,
+            proto: crate::net::IPPROTO_TCP,
+            _pad: 0,
+        }
+    }
+}
+
+/// Units of [`SpliceEntry::last_seen`]: CLOCK_MONOTONIC nanoseconds shifted
+/// right by this (about a millisecond; the u32 wraps after 52 days, and
+/// readers compare with wrapping arithmetic).
+pub const LAST_SEEN_SHIFT: u32 = 20;
+
+/// One direction of a spliced IPv4 flow: the value of the splice map, keyed
+/// by the [`SpliceKey`] of the segments it rewrites as they arrive (client
+/// → VIP on the edge, target → client or source-NAT address on the
+/// internal side). Each direction is self-contained, so a segment costs one
+/// lookup; the other direction's key is this entry's rewritten 4-tuple
+/// reversed.
+///
+/// 56 bytes, so that with its key and the kernel's 48 bytes per element a
+/// flow's two entries take 240 bytes (htab_elem in kernel/bpf/hashtab.c):
+/// 229 MiB for a million flows. Hence:
+/// - one sequence shift and one timestamp shift: the client → target
+///   direction keeps SEQ and TSval (the target's SYN carried the client's
+///   own) and shifts ACK, SACK edges and TSecr; the target → client one
+///   shifts SEQ and TSval and keeps ACK, SACK edges and TSecr (the target
+///   acknowledges and echoes the client's own numbers);
+/// - the owner's two tags split across the two entries;
+/// - a 32-bit packet count (it wraps after 2^32 segments; `bytes` does not)
+///   and a coarse last-seen clock.
 ///
 /// While `state` is `SPLICE_CONNECTING`, some fields hold what completing
 /// the target's handshake needs (see `splice::complete`): the target →
-/// client entry's `seq_add` holds the cookie ISN and `tsval_add` the
+/// client entry's `seq_shift` holds the cookie ISN and `ts_shift` the
 /// cookie TSval, its `aux` the client's handshake-ACK window; the client →
 /// target entry's `aux` holds the client's handshake-ACK TSval.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpliceEntry {
     /// Rewritten source and destination (network-order words, as keys).
-    pub saddr: [u32; 4],
-    pub daddr: [u32; 4],
+    pub saddr: u32,
+    pub daddr: u32,
     /// Rewritten ports (network order).
     pub sport: u16,
     pub dport: u16,
-    /// Added to SEQ.
-    pub seq_add: u32,
-    /// Added to ACK and to every SACK block edge.
-    pub ack_add: u32,
-    /// Added to the timestamp option's TSval and TSecr.
-    pub tsval_add: u32,
-    pub tsecr_add: u32,
+    /// Added to SEQ (target → client), or to ACK and every SACK block edge
+    /// (client → target).
+    pub seq_shift: u32,
+    /// Added to the timestamp option's TSval (target → client) or TSecr
+    /// (client → target).
+    pub ts_shift: u32,
     /// Window rewrite: `(raw << wnd_shl) >> wnd_shr` (rounded up, at most
     /// 65535); both zero when the two sides scale alike.
     pub wnd_shl: u8,
@@ -471,31 +541,67 @@ pub struct SpliceEntry {
     /// this direction's latest segment, in the sender's view (the sequence
     /// number a RST to this sender must carry to be accepted at once).
     pub aux: u32,
-    /// Segments and bytes (IP length) forwarded in this direction.
-    pub packets: u64,
+    /// Segments forwarded in this direction (modulo 2^32).
+    pub packets: u32,
+    /// The coarse monotonic clock at the last segment in this direction,
+    /// in units of [`LAST_SEEN_SHIFT`].
+    pub last_seen: u32,
+    /// Bytes (IP length) forwarded in this direction.
     pub bytes: u64,
-    /// CLOCK_MONOTONIC ns of the last segment in this direction.
-    pub last_ns: u64,
-    /// Who the flow belongs to (revocation finds it by this).
-    pub owner: FlowOwner,
+    /// Who the flow belongs to (revocation finds it by this): the owner's
+    /// user tag in the client → target entry, its machine tag in the
+    /// target → client one (`FlowOwner`).
+    pub owner_tag: u64,
 }
 
-const _: () = assert!(size_of::<SpliceEntry>() == 104);
-const _: () = assert!(core::mem::offset_of!(SpliceEntry, packets) == 64);
+const _: () = assert!(size_of::<SpliceEntry>() == 56);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry, bytes) == 40);
+
+/// How long ago, in ns, the later of two `last_seen` stamps was, at
+/// CLOCK_MONOTONIC `now_ns` (wrapping arithmetic: the stamps wrap).
+pub fn last_seen_ago_ns(now_ns: u64, a: u32, b: u32) -> u64 {
+    let later = if (b.wrapping_sub(a) as i32) > 0 { b } else { a };
+    let now = (now_ns >> LAST_SEEN_SHIFT) as u32;
+    (now.wrapping_sub(later) as u64) << LAST_SEEN_SHIFT
+}
 
 impl SpliceEntry {
     /// The key of the other direction's entry.
     #[inline(always)]
-    pub fn peer_key(&self, family: u8) -> FlowKey {
-        FlowKey {
-            saddr: self.daddr,
-            daddr: self.saddr,
-            sport: self.dport,
-            dport: self.sport,
-            family,
-            proto: crate::net::IPPROTO_TCP,
-            _pad: 0,
-        }
+    pub fn peer_key(&self) -> SpliceKey {
+        SpliceKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport }
+    }
+
+    /// All ones for the client → target direction, else zero: the shifts
+    /// below select with it rather than branch (fewer registers live in
+    /// the data path's tightest stack frame).
+    #[inline(always)]
+    fn client_side_mask(&self) -> u32 {
+        0u32.wrapping_sub((self.flags & SPLICE_F_TO_TARGET) as u32)
+    }
+
+    /// What this direction adds to SEQ.
+    #[inline(always)]
+    pub fn seq_add(&self) -> u32 {
+        self.seq_shift & !self.client_side_mask()
+    }
+
+    /// What this direction adds to ACK and SACK edges.
+    #[inline(always)]
+    pub fn ack_add(&self) -> u32 {
+        self.seq_shift & self.client_side_mask()
+    }
+
+    /// What this direction adds to TSval.
+    #[inline(always)]
+    pub fn tsval_add(&self) -> u32 {
+        self.ts_shift & !self.client_side_mask()
+    }
+
+    /// What this direction adds to TSecr.
+    #[inline(always)]
+    pub fn tsecr_add(&self) -> u32 {
+        self.ts_shift & self.client_side_mask()
     }
 }
 

@@ -20,6 +20,18 @@ pub fn sum_words<T: Wire>(v: &T, mut acc: u32) -> u32 {
     acc
 }
 
+/// A 16-bit field as a checksum word.
+#[inline(always)]
+pub fn word2(w: [u8; 2]) -> u32 {
+    u16::from_be_bytes(w) as u32
+}
+
+/// The sum of a 32-bit field's two checksum words.
+#[inline(always)]
+pub fn word4(a: [u8; 4]) -> u32 {
+    word2([a[0], a[1]]) + word2([a[2], a[3]])
+}
+
 /// Folds the carries and complements: the value to store in a header.
 #[inline(always)]
 pub fn finish(mut acc: u32) -> [u8; 2] {

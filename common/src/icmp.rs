@@ -25,8 +25,8 @@
 //! not fit the next hop's MTU, [`frag_needed`] builds the "fragmentation
 //! needed" a router there would send, quoting the segment as it arrived.
 
-use crate::abi::{SpliceEntry, v4_bytes};
-use crate::csum;
+use crate::abi::SpliceEntry;
+use crate::csum::{self, word2, word4};
 use crate::net::{Frame, IPPROTO_TCP, Ipv4Hdr, TcpHdr, Wire};
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -167,7 +167,7 @@ pub fn parse_error<F: Frame + ?Sized>(frame: &F, l3_off: usize, ip: &Ipv4Hdr, ou
 /// BPF stack than a stage has.
 #[inline(always)]
 pub fn translate(err: &mut IcmpError, reply: &SpliceEntry, forwarding: bool) {
-    let (near, far) = (v4_bytes(&reply.saddr), v4_bytes(&reply.daddr));
+    let (near, far) = (reply.saddr.to_ne_bytes(), reply.daddr.to_ne_bytes());
 
     let outer_old = word4(err.ip.saddr) + word4(err.ip.daddr) + word2([err.ip.ttl, err.ip.proto]);
     err.ip.saddr = near;
@@ -194,30 +194,20 @@ pub fn translate(err: &mut IcmpError, reply: &SpliceEntry, forwarding: bool) {
     // The reply entry adds `ack_add` to what the endpoint acknowledges,
     // i.e. moves the quoted sender's sequence space back to its own; its
     // `seq_add` does the same for the other side's, which ACK quotes.
-    tcp.seq = tcp.seq().wrapping_add(reply.ack_add).to_be_bytes();
+    tcp.seq = tcp.seq().wrapping_add(reply.ack_add()).to_be_bytes();
     let mut tcp_new = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq);
     inner.check = csum::replace(inner.check, addrs_old, addrs_new);
     let mut checks_new = word2(inner.check);
     if err.quoted.complete {
         if tcp.flags & crate::net::TCP_ACK != 0 {
             tcp_old += word4(tcp.ack);
-            tcp.ack = tcp.ack_seq().wrapping_add(reply.seq_add).to_be_bytes();
+            tcp.ack = tcp.ack_seq().wrapping_add(reply.seq_add()).to_be_bytes();
             tcp_new += word4(tcp.ack);
         }
         tcp.check = csum::replace(tcp.check, addrs_old + tcp_old, addrs_new + tcp_new);
         checks_new += word2(tcp.check);
     }
     err.icmp.check = csum::replace(err.icmp.check, addrs_old + tcp_old + checks_old, addrs_new + tcp_new + checks_new);
-}
-
-#[inline(always)]
-fn word2(w: [u8; 2]) -> u32 {
-    u16::from_be_bytes(w) as u32
-}
-
-#[inline(always)]
-fn word4(a: [u8; 4]) -> u32 {
-    word2([a[0], a[1]]) + word2([a[2], a[3]])
 }
 
 /// The ICMP part of [`frag_needed`]: the header, and the segment's IPv4
@@ -278,7 +268,6 @@ mod tests {
     use std::{vec, vec::Vec};
 
     use super::*;
-    use crate::abi::v4_words;
 
     fn ipv4(saddr: [u8; 4], daddr: [u8; 4], proto: u8, payload: usize) -> Ipv4Hdr {
         let mut ip = Ipv4Hdr {
@@ -349,12 +338,11 @@ mod tests {
     /// 198.51.100.7:40000, shown to the client as VIP 203.0.113.1:443.
     fn target_to_client() -> SpliceEntry {
         SpliceEntry {
-            saddr: v4_words([203, 0, 113, 1]),
-            daddr: v4_words([198, 51, 100, 7]),
+            saddr: u32::from_ne_bytes([203, 0, 113, 1]),
+            daddr: u32::from_ne_bytes([198, 51, 100, 7]),
             sport: 443u16.to_be(),
             dport: 40000u16.to_be(),
-            seq_add: 0x1000_0000,
-            ack_add: 0,
+            seq_shift: 0x1000_0000,
             ..Default::default()
         }
     }

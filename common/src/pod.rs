@@ -2,8 +2,8 @@
 //! does): the kernel side never needs it.
 
 use crate::abi::{
-    AgentIdentity, FlowKey, GateEvent, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, StampedFlow, SynAckProfile,
-    TargetPolicy, VipInfo, VipKey,
+    AgentIdentity, FlowKey, GateEvent, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey, StampedFlow,
+    SynAckProfile, TargetPolicy, VipInfo, VipKey,
 };
 use crate::mac::MacKey;
 
@@ -21,4 +21,5 @@ unsafe impl aya::Pod for TargetPolicy {}
 unsafe impl aya::Pod for AgentIdentity {}
 unsafe impl aya::Pod for StampedFlow {}
 unsafe impl aya::Pod for SpliceEntry {}
+unsafe impl aya::Pod for SpliceKey {}
 unsafe impl aya::Pod for SynAckProfile {}

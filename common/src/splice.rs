@@ -20,10 +20,10 @@
 //! host property tests.
 
 use crate::abi::{
-    FAMILY_IPV4, FlowKey, HandshakeInfo, SPLICE_CONNECTING, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, SPLICE_F_TS_SENT,
-    SPLICE_F_WS_SENT, SpliceEntry,
+    FlowKey, HandshakeInfo, SPLICE_CONNECTING, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, SPLICE_F_TS_SENT,
+    SPLICE_F_WS_SENT, SpliceEntry, SpliceKey,
 };
-use crate::csum;
+use crate::csum::{self, word2, word4};
 use crate::net::{Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_SYN, TcpHdr};
 use crate::option::{NO_WSCALE, OptionBytes};
 
@@ -35,41 +35,100 @@ use crate::option::{NO_WSCALE, OptionBytes};
 /// the segment itself; on the kernel-forwarding path the stack does it).
 #[inline(always)]
 pub fn rewrite(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, opts: &mut OptionBytes, e: &SpliceEntry, forwarding: bool) -> bool {
-    let ip_old = csum::sum_words(ip, 0);
-    let tcp_old = csum::sum_words(tcp, pseudo_addr_sum(ip));
     // Only segments with options pay for summing them.
     let (opts_old, opts_changed) = if opts.len == 0 {
         (0, false)
     } else {
-        (opts.word_sum(), opts.shift_for_splice(e.tsval_add, e.tsecr_add, e.ack_add))
+        (opts.word_sum(), opts.shift_for_splice(e.tsval_add(), e.tsecr_add(), e.ack_add()))
     };
     let opts_new = if opts_changed { opts.word_sum() } else { opts_old };
+    rewrite_headers(ip, tcp, e, forwarding, opts_old, opts_new);
+    opts_changed
+}
 
-    ip.saddr = crate::abi::v4_bytes(&e.saddr);
-    ip.daddr = crate::abi::v4_bytes(&e.daddr);
+/// The option block of nearly every segment of a connection with
+/// timestamps: NOP, NOP, timestamp (RFC 7323 appendix A; Linux sends
+/// exactly this on every segment without SACK blocks).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlignedTimestamp {
+    pub nops: [u8; 2],
+    pub kind: u8,
+    pub len: u8,
+    pub tsval: [u8; 4],
+    pub tsecr: [u8; 4],
+}
+
+unsafe impl crate::net::Wire for AlignedTimestamp {}
+
+const _: () = assert!(core::mem::size_of::<AlignedTimestamp>() == 12);
+
+impl AlignedTimestamp {
+    #[inline(always)]
+    pub fn is_aligned_timestamp(&self) -> bool {
+        self.nops == [crate::option::TCPOPT_NOP; 2]
+            && self.kind == crate::option::TCPOPT_TIMESTAMP
+            && self.len == crate::option::TCPOLEN_TIMESTAMP
+    }
+}
+
+/// [`rewrite`] for a segment whose options are exactly an
+/// [`AlignedTimestamp`]: the data path's fast path, with no option walk
+/// and no copy of the options.
+#[inline(always)]
+pub fn rewrite_aligned_timestamp(
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    ts: &mut AlignedTimestamp,
+    e: &SpliceEntry,
+    forwarding: bool,
+) {
+    let old = csum::sum_words(&ts.tsval, 0) + csum::sum_words(&ts.tsecr, 0);
+    ts.tsval = u32::from_be_bytes(ts.tsval).wrapping_add(e.tsval_add()).to_be_bytes();
+    ts.tsecr = u32::from_be_bytes(ts.tsecr).wrapping_add(e.tsecr_add()).to_be_bytes();
+    let new = csum::sum_words(&ts.tsval, 0) + csum::sum_words(&ts.tsecr, 0);
+    rewrite_headers(ip, tcp, e, forwarding, old, new);
+}
+
+/// The fixed headers' part of the rewrite; `opts_old` and `opts_new` are
+/// the word sums of whatever option bytes changed, before and after. The
+/// checksums are updated from the changed words alone: summing whole
+/// headers twice costs more instructions, and more BPF stack than the data
+/// path's stage can spare.
+#[inline(always)]
+fn rewrite_headers(
+    ip: &mut Ipv4Hdr,
+    tcp: &mut TcpHdr,
+    e: &SpliceEntry,
+    forwarding: bool,
+    opts_old: u32,
+    opts_new: u32,
+) {
+    let addrs_old = word4(ip.saddr) + word4(ip.daddr);
+    let ttl_old = word2([ip.ttl, ip.proto]);
+    let tcp_old = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
+
+    ip.saddr = e.saddr.to_ne_bytes();
+    ip.daddr = e.daddr.to_ne_bytes();
     if forwarding {
         ip.ttl = ip.ttl.wrapping_sub(1);
     }
     tcp.sport = e.sport.to_ne_bytes();
     tcp.dport = e.dport.to_ne_bytes();
-    tcp.seq = tcp.seq().wrapping_add(e.seq_add).to_be_bytes();
+    tcp.seq = tcp.seq().wrapping_add(e.seq_add()).to_be_bytes();
     if tcp.flags & TCP_ACK != 0 {
-        tcp.ack = tcp.ack_seq().wrapping_add(e.ack_add).to_be_bytes();
+        tcp.ack = tcp.ack_seq().wrapping_add(e.ack_add()).to_be_bytes();
     }
     if e.wnd_shl | e.wnd_shr != 0 {
         tcp.window = rescale_window(u16::from_be_bytes(tcp.window), e.wnd_shl, e.wnd_shr).to_be_bytes();
     }
 
-    ip.check = csum::replace(ip.check, ip_old, csum::sum_words(ip, 0));
-    let tcp_new = csum::sum_words(tcp, pseudo_addr_sum(ip));
-    tcp.check = csum::replace(tcp.check, tcp_old + opts_old, tcp_new + opts_new);
-    opts_changed
-}
-
-/// The part of the TCP pseudo-header a splice changes: both addresses.
-#[inline(always)]
-fn pseudo_addr_sum(ip: &Ipv4Hdr) -> u32 {
-    csum::sum_words(&ip.saddr, 0) + csum::sum_words(&ip.daddr, 0)
+    let addrs_new = word4(ip.saddr) + word4(ip.daddr);
+    let ttl_new = word2([ip.ttl, ip.proto]);
+    let tcp_new = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
+    ip.check = csum::replace(ip.check, addrs_old + ttl_old, addrs_new + ttl_new);
+    // The addresses count again for the TCP pseudo-header.
+    tcp.check = csum::replace(tcp.check, addrs_old + tcp_old + opts_old, addrs_new + tcp_new + opts_new);
 }
 
 /// `(raw << shl) >> shr`, rounded up so that an open window never becomes
@@ -116,15 +175,22 @@ pub struct SpliceSetup {
 
 impl SpliceSetup {
     /// Key of the target → client entry: the target's replies.
-    pub fn target_key(&self) -> FlowKey {
-        FlowKey {
-            saddr: self.target_addr,
-            daddr: self.source_addr,
+    pub fn target_key(&self) -> SpliceKey {
+        SpliceKey {
+            saddr: self.target_addr[0],
+            daddr: self.source_addr[0],
             sport: self.target_port,
             dport: self.source_port,
-            family: FAMILY_IPV4,
-            proto: crate::net::IPPROTO_TCP,
-            _pad: 0,
+        }
+    }
+
+    /// Key of the client → target entry: the client's segments.
+    pub fn client_key(&self) -> SpliceKey {
+        SpliceKey {
+            saddr: self.client.saddr[0],
+            daddr: self.client.daddr[0],
+            sport: self.client.sport,
+            dport: self.client.dport,
         }
     }
 
@@ -153,8 +219,8 @@ impl SpliceSetup {
         }
         let client_shift = if self.client_scales() { hs.wscale } else { 0 };
         let to_target = SpliceEntry {
-            saddr: self.source_addr,
-            daddr: self.target_addr,
+            saddr: self.source_addr[0],
+            daddr: self.target_addr[0],
             sport: self.source_port,
             dport: self.target_port,
             wnd_shl: client_shift,
@@ -165,21 +231,21 @@ impl SpliceSetup {
             flags: flags | SPLICE_F_TO_TARGET,
             seq_next: self.client_isn.wrapping_add(1),
             aux: hs.client_tsval,
-            owner: self.owner,
+            owner_tag: self.owner.user_tag,
             ..SpliceEntry::default()
         };
         let to_client = SpliceEntry {
-            saddr: self.client.daddr,
-            daddr: self.client.saddr,
+            saddr: self.client.daddr[0],
+            daddr: self.client.saddr[0],
             sport: self.client.dport,
             dport: self.client.sport,
-            seq_add: self.cookie_isn,
-            tsval_add: if hs.ts_ok != 0 { hs.cookie_tsval } else { 0 },
+            seq_shift: self.cookie_isn,
+            ts_shift: if hs.ts_ok != 0 { hs.cookie_tsval } else { 0 },
             wnd_shr: if self.client_scales() { self.gateway_wscale } else { 0 },
             state: SPLICE_CONNECTING,
             flags,
             aux: hs.window as u32,
-            owner: self.owner,
+            owner_tag: self.owner.machine_tag,
             ..SpliceEntry::default()
         };
         (to_target, to_client)
@@ -216,14 +282,14 @@ pub fn complete(to_target: &mut SpliceEntry, to_client: &mut SpliceEntry, answer
         _ => (false, 0),
     };
     // cookie − target ISN: target sequence numbers into the client's space.
-    to_client.seq_add = to_client.seq_add.wrapping_sub(answer.isn);
-    to_target.ack_add = 0u32.wrapping_sub(to_client.seq_add);
+    to_client.seq_shift = to_client.seq_shift.wrapping_sub(answer.isn);
+    to_target.seq_shift = 0u32.wrapping_sub(to_client.seq_shift);
     if ts_ok {
-        to_client.tsval_add = to_client.tsval_add.wrapping_sub(target_tsval);
-        to_target.tsecr_add = 0u32.wrapping_sub(to_client.tsval_add);
+        to_client.ts_shift = to_client.ts_shift.wrapping_sub(target_tsval);
+        to_target.ts_shift = 0u32.wrapping_sub(to_client.ts_shift);
     } else {
-        to_client.tsval_add = 0;
-        to_target.tsecr_add = 0;
+        to_client.ts_shift = 0;
+        to_target.ts_shift = 0;
     }
     to_client.wnd_shl = if ws_ok { answer.wscale } else { 0 };
     if !ws_ok {
@@ -250,6 +316,7 @@ mod tests {
 
     use super::*;
     use crate::abi::{FlowOwner, v4_words};
+    use crate::net::{Frame as _, Wire as _};
     use crate::option::{MAX_OPTION_BYTES, OptionBytes};
     use proptest::prelude::*;
 
@@ -404,14 +471,13 @@ mod tests {
     /// and then with this one is the original).
     fn inverse(e: &SpliceEntry, orig: &Seg) -> SpliceEntry {
         SpliceEntry {
-            saddr: v4_words(orig.ip.saddr),
-            daddr: v4_words(orig.ip.daddr),
+            saddr: u32::from_ne_bytes(orig.ip.saddr),
+            daddr: u32::from_ne_bytes(orig.ip.daddr),
             sport: u16::from_ne_bytes(orig.tcp.sport),
             dport: u16::from_ne_bytes(orig.tcp.dport),
-            seq_add: 0u32.wrapping_sub(e.seq_add),
-            ack_add: 0u32.wrapping_sub(e.ack_add),
-            tsval_add: 0u32.wrapping_sub(e.tsval_add),
-            tsecr_add: 0u32.wrapping_sub(e.tsecr_add),
+            seq_shift: 0u32.wrapping_sub(e.seq_shift),
+            ts_shift: 0u32.wrapping_sub(e.ts_shift),
+            flags: e.flags & SPLICE_F_TO_TARGET,
             ..SpliceEntry::default()
         }
     }
@@ -459,7 +525,7 @@ mod tests {
         assert_eq!((tc.wnd_shl, tc.wnd_shr), (0, 10), "unscaled target windows to the client's scale");
         assert_eq!((ct.wnd_shl, ct.wnd_shr), (7, 0), "the client's scaled windows to an unscaling target");
         assert_eq!(ack.window, 64256, "502 << 7 for a target that does not scale");
-        assert_eq!((tc.tsval_add, ct.tsecr_add), (0, 0));
+        assert_eq!((tc.ts_shift, ct.ts_shift), (0, 0));
     }
 
     proptest! {
@@ -519,7 +585,19 @@ mod tests {
             prop_assert_eq!(at_client.tcp.seq(), cookie.wrapping_add(1 + sent), "SEQ into the cookie's space");
             prop_assert_eq!(at_client.tcp.ack_seq(), t_ack, "the client's own space is not shifted");
             prop_assert_eq!(at_client.ts(), Some((cookie_ts.wrapping_add(sent), client_ts)));
-            prop_assert_eq!(at_client.apply(&inverse(&tc, &from_target)), from_target, "there and back");
+            prop_assert_eq!(at_client.apply(&inverse(&tc, &from_target)), from_target.clone(), "there and back");
+
+            // The data path's fast path for the usual option layout gives
+            // the same bytes as the general rewrite, both ways.
+            let plain_client = Seg::new(CLIENT, VIP, 40000, 443, c_seq, c_ack, ts_opts(client_ts, c_tsecr));
+            for (seg, e) in [(&plain_client, &ct), (&from_target, &tc)] {
+                let mut fast = seg.clone();
+                let mut ts = fast.opts[..].load::<AlignedTimestamp>(0).expect("12 option bytes");
+                prop_assert!(ts.is_aligned_timestamp());
+                rewrite_aligned_timestamp(&mut fast.ip, &mut fast.tcp, &mut ts, e, false);
+                fast.opts = ts.as_bytes().to_vec();
+                prop_assert_eq!(fast, seg.apply(e), "fast path");
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! why) and sent on as a spliced segment is. An error about the splice's
 //! own SYN ends the splice as a RST does.
 
-use ackgate_common::abi::{EVENT_REFUSED, FAMILY_IPV4, FlowKey, REFUSED_UNREACHABLE, SPLICE_ESTABLISHED, v4_bytes};
+use ackgate_common::abi::{EVENT_REFUSED, REFUSED_UNREACHABLE, SPLICE_ESTABLISHED, SpliceKey, port_field};
 use ackgate_common::icmp::{self, TcpPorts};
 use ackgate_common::kernel::frame::XdpFrame;
 use ackgate_common::net::Ipv4Hdr;
@@ -28,7 +28,12 @@ pub fn on_ipv4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr) -> Verdict {
     // The entry of the direction opposite to the quoted segment's: it
     // knows what the quoted segment's sender calls everything.
     let quoted = &err.quoted.tcp;
-    let reply_key = FlowKey::ipv4(err.inner.daddr, err.inner.saddr, quoted.dport, quoted.sport);
+    let reply_key = SpliceKey {
+        saddr: u32::from_ne_bytes(err.inner.daddr),
+        daddr: u32::from_ne_bytes(err.inner.saddr),
+        sport: port_field(quoted.dport),
+        dport: port_field(quoted.sport),
+    };
     let Some(reply) = SPLICE.get_ptr(reply_key) else {
         return Verdict::CONTINUE;
     };
@@ -38,12 +43,12 @@ pub fn on_ipv4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr) -> Verdict {
     if reply.state != SPLICE_ESTABLISHED {
         // The splice's SYN is the only segment a connecting flow sends.
         if err.is_hard() {
-            events::emit(EVENT_REFUSED, &reply.peer_key(FAMILY_IPV4), REFUSED_UNREACHABLE, 0);
+            events::emit(EVENT_REFUSED, &reply.peer_key().flow(), REFUSED_UNREACHABLE, 0);
             return Verdict::new(XDP_DROP, reason::INTERNAL_TARGET_UNREACHABLE);
         }
         return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
     }
-    let route = forward::route_v4(frame, l3_off, ip, v4_bytes(&reply.saddr), v4_bytes(&reply.daddr));
+    let route = forward::route_v4(frame, l3_off, ip, reply.saddr.to_ne_bytes(), reply.daddr.to_ne_bytes());
     if route.is_redirect() && ip.ttl <= 1 {
         return Verdict::new(XDP_DROP, reason::SPLICE_TTL_EXPIRED);
     }

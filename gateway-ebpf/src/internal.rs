@@ -5,7 +5,7 @@
 //! for it), both directions' entries become established, and the control
 //! plane is told. Everything else passes.
 
-use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV4, FlowKey, REFUSED_RST, SPLICE_CONNECTING};
+use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FlowKey, REFUSED_RST, SPLICE_CONNECTING, SpliceKey};
 use ackgate_common::icmp::IPPROTO_ICMP;
 use ackgate_common::net::{Ipv4Tcp, Parsed, TCP_ACK, TCP_RST, TCP_SYN, parse_ipv4_tcp};
 use ackgate_common::option::{Capability, OptionBytes};
@@ -14,7 +14,6 @@ use ackgate_common::reply::{handshake_ack, handshake_ack_ts};
 use ackgate_common::splice::{TargetAnswer, complete};
 use aya_ebpf::bindings::BPF_EXIST;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::maps::{self, SPLICE, Scratch};
 use crate::program::Verdict;
@@ -36,13 +35,13 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
     if !parsed.is_continue() {
         return parsed;
     }
-    let (seg, key) = (&scratch.seg, &scratch.key);
-    let Some(entry) = maps::splice_entry(key) else {
+    let (seg, key, splice_key) = (&scratch.seg, &scratch.key, &scratch.splice_key);
+    let Some(entry) = maps::splice_entry(splice_key) else {
         return Verdict::new(XDP_PASS, reason::INTERNAL_PASS);
     };
     // SAFETY: copied out at once.
     if unsafe { (*entry).state } == SPLICE_CONNECTING {
-        return connecting(frame, seg, key);
+        return connecting(frame, seg, splice_key);
     }
     splice::on_segment(frame, seg, key, entry)
 }
@@ -56,6 +55,7 @@ fn parse(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
     match parse_ipv4_tcp(frame) {
         Parsed::Tcp(seg) => {
             scratch.key = FlowKey::of_segment(&seg);
+            scratch.splice_key = SpliceKey::of_segment(&seg);
             scratch.seg = seg;
             Verdict::CONTINUE
         }
@@ -74,15 +74,15 @@ const ICMP: Verdict = Verdict::new(u32::MAX - 1, reason::INTERNAL_PASS);
 /// A segment from the target while the splice's SYN is out: the SYN/ACK
 /// completes the splice, a RST refuses it.
 #[inline(never)]
-fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
+fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, target_key: &SpliceKey) -> Verdict {
     // SAFETY: copied out at once.
-    let Some(mut to_client) = (unsafe { SPLICE.get(key) }).copied() else {
+    let Some(mut to_client) = (unsafe { SPLICE.get(target_key) }).copied() else {
         return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
     };
-    let client_key = to_client.peer_key(FAMILY_IPV4);
+    let client_key = to_client.peer_key();
     let flags = seg.tcp.flags;
     if flags & TCP_RST != 0 {
-        events::emit(EVENT_REFUSED, &client_key, REFUSED_RST, 0);
+        events::emit(EVENT_REFUSED, &client_key.flow(), REFUSED_RST, 0);
         return Verdict::new(XDP_DROP, reason::INTERNAL_TARGET_REFUSED);
     }
     if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
@@ -95,36 +95,30 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
     if seg.tcp.ack_seq() != to_target.seq_next {
         return Verdict::new(XDP_DROP, reason::INTERNAL_SYNACK_MISMATCH);
     }
+    if !scan_synack_options(frame, seg) {
+        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
+    }
     let Some(scratch) = maps::scratch() else {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
-    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
-        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
-    };
-    let hs = &mut scratch.hs;
-    // An option list that does not parse is dropped: no target stack sends
-    // one, and its window scale or timestamps could not be trusted.
-    if opts.scan_handshake(config::option_id(), hs).capability == Capability::Malformed {
-        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
-    }
+    let hs = &scratch.hs;
     let answer = TargetAnswer { isn: seg.tcp.seq(), wscale: hs.wscale(), tsval: (hs.ts_ok != 0).then_some(hs.tsval) };
     let ack = complete(&mut to_target, &mut to_client, &answer);
     // The idle clock starts now, even for a flow that never sends anything.
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    to_target.last_ns = now;
-    to_client.last_ns = now;
+    let now = splice::last_seen_now();
+    to_target.last_seen = now;
+    to_client.last_seen = now;
     // Whole-value updates: another CPU reading an entry sees the old value
     // or the new one, never a mix (htab_map_update_elem swaps elements).
-    // By reference on purpose: by value, the two 104-byte entries are
-    // copied onto the stack again and the frame passes 512 bytes.
+    // By reference on purpose: by value, the two entries are copied onto
+    // the stack again and the frame grows past what the stage can spare.
     #[allow(clippy::needless_borrows_for_generic_args)]
-    let written = SPLICE.insert(key, &to_client, BPF_EXIST as u64).is_ok()
-        && SPLICE.insert(client_key, &to_target, BPF_EXIST as u64).is_ok();
+    let written = SPLICE.insert(target_key, &to_client, BPF_EXIST as u64).is_ok()
+        && SPLICE.insert(&client_key, &to_target, BPF_EXIST as u64).is_ok();
     if !written {
         return Verdict::new(XDP_DROP, reason::SPLICE_UNEXPECTED);
     }
-    events::emit(EVENT_SPLICED, &client_key, 0, answer.isn);
+    events::emit(EVENT_SPLICED, &client_key.flow(), 0, answer.isn);
     match ack.ts {
         Some(ts) => {
             let (ip, tcp) = handshake_ack_ts(&seg.ip, &seg.tcp, ack.seq, ack.ack, ack.window, ts);
@@ -135,4 +129,21 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Verdict {
             transmit(frame, seg.l3_off, &ip, &tcp, reason::INTERNAL_SPLICED)
         }
     }
+}
+
+/// Reads the SYN/ACK's options into the scratch map (`Scratch::hs`);
+/// false if they do not parse: no target stack sends such a list, and its
+/// window scale or timestamps could not be trusted. Its own subprogram: the
+/// option walk verifies in a few thousand instructions alone, but inlined
+/// into `connecting`, the entries' values live across it multiplied its
+/// states past the verifier's limit.
+#[inline(never)]
+fn scan_synack_options(frame: &XdpFrame, seg: &Ipv4Tcp) -> bool {
+    let Some(scratch) = maps::scratch() else {
+        return false;
+    };
+    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
+        return false;
+    };
+    opts.scan_handshake(config::option_id(), &mut scratch.hs).capability != Capability::Malformed
 }

@@ -165,7 +165,7 @@ mod program {
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
             return syn::on_syn(frame, seg, policy);
         }
-        if let Some(entry) = maps::splice_entry(key) {
+        if let Some(entry) = maps::splice_entry(&scratch.splice_key) {
             return splice::on_segment(frame, seg, key, entry);
         }
         if let Some(flow) = maps::flow_mut(key) {

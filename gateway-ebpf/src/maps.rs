@@ -3,7 +3,7 @@
 
 use ackgate_common::abi::{
     AgentKey, EVENTS_BYTES, FlowKey, HELD_BYTES, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, MAX_SPLICED,
-    MAX_TRANSIT_PREFIXES, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, TransitKey, VipInfo, VipKey,
+    MAX_TRANSIT_PREFIXES, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::icmp::IcmpError;
 use ackgate_common::net::Ipv4Hdr;
@@ -36,7 +36,7 @@ pub static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::pinned(MAX_PE
 /// agent key could multiply, can never evict a live flow. Userspace
 /// removes entries when flows end.
 #[map(name = "ACKGATE_SPLICE")]
-pub static SPLICE: HashMap<FlowKey, SpliceEntry> = HashMap::pinned(2 * MAX_SPLICED, 0);
+pub static SPLICE: HashMap<SpliceKey, SpliceEntry> = HashMap::pinned(2 * MAX_SPLICED, 0);
 
 /// Client segments of flows that wait for their splice, for the control
 /// plane to deliver to the target once it is up (`HeldSegment`).
@@ -63,6 +63,8 @@ pub struct Scratch {
     pub seg: Ipv4Tcp,
     pub policy: ServicePolicy,
     pub key: FlowKey,
+    /// The same 4-tuple as a splice-map key.
+    pub splice_key: SpliceKey,
     pub opts: core::mem::MaybeUninit<OptionBytes>,
     /// Where the option walk leaves a segment's handshake options: map
     /// memory, which the verifier does not track (see
@@ -88,7 +90,7 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
 /// The splice entry of the segment's own 4-tuple, if it is spliced.
 #[inline(always)]
-pub fn splice_entry(key: &FlowKey) -> Option<*mut SpliceEntry> {
+pub fn splice_entry(key: &SpliceKey) -> Option<*mut SpliceEntry> {
     SPLICE.get_ptr_mut(key)
 }
 

@@ -2,18 +2,18 @@
 //! interface: lifecycle flags, counters, the rewrite (`common::splice`) and
 //! the forward (`forward`). No userspace in the path.
 
-use ackgate_common::abi::v4_bytes;
 use ackgate_common::abi::{
-    END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, FAMILY_IPV4, FlowKey, SPLICE_CONNECTING, SPLICE_ESTABLISHED,
-    SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry,
+    END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, FlowKey, LAST_SEEN_SHIFT, SPLICE_CONNECTING,
+    SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry,
 };
 use ackgate_common::icmp;
-use ackgate_common::net::{IP_DF, Ipv4Tcp, TCP_ACK, TCP_FIN, TCP_RST};
+use ackgate_common::net::{Frame, IP_DF, Ipv4Tcp, TCP_ACK, TCP_FIN, TCP_RST};
 use ackgate_common::option::OptionBytes;
 use ackgate_common::reason;
-use ackgate_common::splice::{advance_seq_next, rewrite};
+use ackgate_common::splice::{AlignedTimestamp, advance_seq_next, rewrite, rewrite_aligned_timestamp};
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use core::mem::size_of;
 
 use crate::maps::{self, SPLICE};
 use crate::program::Verdict;
@@ -41,9 +41,8 @@ pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut Sp
     if seg.tcp.flags & (TCP_FIN | TCP_RST) != 0 {
         lifecycle(seg, key, e);
     }
-    // SAFETY: helper without arguments.
-    e.last_ns = unsafe { bpf_ktime_get_ns() };
-    e.packets += 1;
+    e.last_seen = last_seen_now();
+    e.packets = e.packets.wrapping_add(1);
     e.bytes += seg.ip.total_len() as u64;
     advance_seq_next(e, &seg.tcp, seg.payload_len);
     if seg.tcp.flags & TCP_ACK != 0 {
@@ -54,6 +53,15 @@ pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut Sp
     forward(frame, seg, e)
 }
 
+/// The clock of `SpliceEntry::last_seen`: the coarse monotonic clock,
+/// which costs a fraction of the precise one per segment and is precise
+/// enough (a tick) for idle timeouts.
+#[inline(always)]
+pub fn last_seen_now() -> u32 {
+    // SAFETY: helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } >> LAST_SEEN_SHIFT) as u32
+}
+
 /// Marks FIN and RST, and tells the control plane when the flow ended: a
 /// RST from either side, or the second direction's FIN. The segment itself
 /// still goes through; the control plane removes the entries a moment
@@ -62,7 +70,7 @@ pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut Sp
 fn lifecycle(seg: &Ipv4Tcp, key: &FlowKey, e: &mut SpliceEntry) {
     let flags = seg.tcp.flags;
     let to_target = e.flags & SPLICE_F_TO_TARGET != 0;
-    let client = if to_target { *key } else { e.peer_key(FAMILY_IPV4) };
+    let client = if to_target { *key } else { e.peer_key().flow() };
     if flags & TCP_RST != 0 {
         if e.flags & SPLICE_F_RST == 0 {
             e.flags |= SPLICE_F_RST;
@@ -75,40 +83,93 @@ fn lifecycle(seg: &Ipv4Tcp, key: &FlowKey, e: &mut SpliceEntry) {
     }
     e.flags |= SPLICE_F_FIN;
     // SAFETY: copied out at once.
-    let peer_fin = unsafe { SPLICE.get(e.peer_key(FAMILY_IPV4)) }.is_some_and(|p| p.flags & SPLICE_F_FIN != 0);
+    let peer_fin = unsafe { SPLICE.get(e.peer_key()) }.is_some_and(|p| p.flags & SPLICE_F_FIN != 0);
     if peer_fin {
         events::emit(EVENT_ENDED, &client, END_FIN, 0);
     }
 }
 
-/// Rewrites the segment for `e` and sends it on. Its own subprogram, for
-/// stack room (see `on_segment`).
+/// Routes the segment for `e`, then rewrites it and sends it on. The
+/// rewrite and the MTU answer are subprograms of their own, for stack
+/// room: each alone fits under this frame, inlined together they do not.
 #[inline(never)]
 fn forward(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry) -> Verdict {
-    let route = forward::route_v4(frame, seg.l3_off, &seg.ip, v4_bytes(&e.saddr), v4_bytes(&e.daddr));
+    let route = forward::route_v4(frame, seg.l3_off, &seg.ip, e.saddr.to_ne_bytes(), e.daddr.to_ne_bytes());
     if route.too_big != 0 && u16::from_be_bytes(seg.ip.frag) & IP_DF != 0 {
-        // What a router between the two would answer; without it the
-        // kernel would, about the rewritten segment, and the sender could
-        // not match the error to its connection.
-        let (ip, error) = icmp::frag_needed(&seg.ip, &seg.tcp, route.too_big);
-        return respond::transmit(frame, seg.l3_off, &ip, &error, reason::SPLICE_FRAG_NEEDED);
+        return too_big(frame, seg, route.too_big);
     }
     if route.is_redirect() && seg.ip.ttl <= 1 {
         return Verdict::new(XDP_DROP, reason::SPLICE_TTL_EXPIRED);
     }
-    let Some(scratch) = maps::scratch() else {
-        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
-    };
-    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
-        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
-    };
-    let (mut ip, mut tcp) = (seg.ip, seg.tcp);
-    let opts_changed = rewrite(&mut ip, &mut tcp, opts, e, route.is_redirect());
-    let written = frame.store(seg.l3_off, &ip).and_then(|_| frame.store(seg.l4_off, &tcp)).and_then(|_| {
-        if opts_changed { frame.store_bytes(seg.options_off(), opts.len, opts.bytes()) } else { Some(()) }
-    });
-    if written.is_none() {
+    let mut written = Rewritten::No;
+    if seg.options_len() == size_of::<AlignedTimestamp>() {
+        written = rewrite_timestamped(frame, seg, e, route.is_redirect());
+    }
+    if written == Rewritten::NotTimestamped || seg.options_len() != size_of::<AlignedTimestamp>() {
+        written = rewrite_any(frame, seg, e, route.is_redirect());
+    }
+    if written != Rewritten::Yes {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     }
     forward::send(frame, &route, reason::SPLICE_REDIRECT, reason::SPLICE_KERNEL)
+}
+
+/// The fast path: options that are exactly NOP, NOP, timestamp (nearly
+/// every segment of a connection with timestamps), read and written in
+/// place. Other 12-byte option lists take the general path.
+#[inline(never)]
+fn rewrite_timestamped(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry, forwarding: bool) -> Rewritten {
+    let Some(mut ts) = frame.load::<AlignedTimestamp>(seg.options_off()) else {
+        return Rewritten::No;
+    };
+    if !ts.is_aligned_timestamp() {
+        return Rewritten::NotTimestamped;
+    }
+    let (mut ip, mut tcp) = (seg.ip, seg.tcp);
+    rewrite_aligned_timestamp(&mut ip, &mut tcp, &mut ts, e, forwarding);
+    let written = frame
+        .store(seg.l3_off, &ip)
+        .and_then(|_| frame.store(seg.l4_off, &tcp))
+        .and_then(|_| frame.store(seg.options_off(), &ts));
+    if written.is_some() { Rewritten::Yes } else { Rewritten::No }
+}
+
+/// How a rewrite stage ended. A plain integer enum: subprograms return
+/// it in a register.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Rewritten {
+    Yes,
+    /// Failed: the segment is dropped.
+    No,
+    /// Twelve option bytes, but not NOP, NOP, timestamp: the general path.
+    NotTimestamped,
+}
+
+/// The general rewrite: any options, copied to the scratch map, walked
+/// (timestamps, SACK blocks) and written back if they changed.
+#[inline(never)]
+fn rewrite_any(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry, forwarding: bool) -> Rewritten {
+    let Some(scratch) = maps::scratch() else {
+        return Rewritten::No;
+    };
+    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
+        return Rewritten::No;
+    };
+    let (mut ip, mut tcp) = (seg.ip, seg.tcp);
+    let opts_changed = rewrite(&mut ip, &mut tcp, opts, e, forwarding);
+    let written = frame.store(seg.l3_off, &ip).and_then(|_| frame.store(seg.l4_off, &tcp)).and_then(|_| {
+        if opts_changed { frame.store_bytes(seg.options_off(), opts.len, opts.bytes()) } else { Some(()) }
+    });
+    if written.is_some() { Rewritten::Yes } else { Rewritten::No }
+}
+
+/// Answers a segment with DF that does not fit the next hop's `mtu` with
+/// "fragmentation needed", as a router between the two would; left to the
+/// kernel, the error would quote the rewritten segment, which the sender
+/// cannot match to its connection.
+#[inline(never)]
+fn too_big(frame: &XdpFrame, seg: &Ipv4Tcp, mtu: u16) -> Verdict {
+    let (ip, error) = icmp::frag_needed(&seg.ip, &seg.tcp, mtu);
+    respond::transmit(frame, seg.l3_off, &ip, &error, reason::SPLICE_FRAG_NEEDED)
 }

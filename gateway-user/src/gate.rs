@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
     AgentKey, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowOwner, GateEvent, MAP_AGENT_KEYS, MAP_PENDING, MAP_REDIRECT,
-    MAP_SERVICES, MAP_SPLICE, MAP_TRANSIT, MAP_VIPS, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry,
+    MAP_SERVICES, MAP_SPLICE, MAP_TRANSIT, MAP_VIPS, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey,
     SynAckProfile, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
@@ -245,15 +245,15 @@ impl Gate {
     }
 
     /// Writes one direction's splice entry.
-    pub fn set_splice(&mut self, key: &FlowKey, entry: &SpliceEntry) -> Result<(), GateError> {
-        self.hash_map::<FlowKey, SpliceEntry>(MAP_SPLICE)?
+    pub fn set_splice(&mut self, key: &SpliceKey, entry: &SpliceEntry) -> Result<(), GateError> {
+        self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?
             .insert(key, entry, 0)
             .map_err(|source| GateError::Map { map: MAP_SPLICE, source })
     }
 
     /// One direction's splice entry, if present.
-    pub fn splice(&mut self, key: &FlowKey) -> Result<Option<SpliceEntry>, GateError> {
-        match self.hash_map::<FlowKey, SpliceEntry>(MAP_SPLICE)?.get(key, 0) {
+    pub fn splice(&mut self, key: &SpliceKey) -> Result<Option<SpliceEntry>, GateError> {
+        match self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?.get(key, 0) {
             Ok(e) => Ok(Some(e)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(GateError::Map { map: MAP_SPLICE, source }),
@@ -261,26 +261,26 @@ impl Gate {
     }
 
     /// Removes one direction's splice entry (absent is fine).
-    pub fn remove_splice(&mut self, key: &FlowKey) -> Result<(), GateError> {
-        match self.hash_map::<FlowKey, SpliceEntry>(MAP_SPLICE)?.remove(key) {
+    pub fn remove_splice(&mut self, key: &SpliceKey) -> Result<(), GateError> {
+        match self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(GateError::Map { map: MAP_SPLICE, source }),
         }
     }
 
     /// Every splice entry (both directions).
-    pub fn splices(&mut self) -> Result<Vec<(FlowKey, SpliceEntry)>, GateError> {
+    pub fn splices(&mut self) -> Result<Vec<(SpliceKey, SpliceEntry)>, GateError> {
         let map = self.ebpf.map(MAP_SPLICE).ok_or(GateError::MissingMap(MAP_SPLICE))?;
-        let splice: HashMap<&MapData, FlowKey, SpliceEntry> =
+        let splice: HashMap<&MapData, SpliceKey, SpliceEntry> =
             HashMap::try_from(map).map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
         Ok(splice.iter().filter_map(Result::ok).collect())
     }
 
     /// The splice entries in the pinned map of a gate running with `pin_dir`.
-    pub fn read_splices(pin_dir: &Path) -> Result<Vec<(FlowKey, SpliceEntry)>, GateError> {
+    pub fn read_splices(pin_dir: &Path) -> Result<Vec<(SpliceKey, SpliceEntry)>, GateError> {
         let data =
             MapData::from_pin(pin_dir.join(MAP_SPLICE)).map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
-        let splice: HashMap<MapData, FlowKey, SpliceEntry> = HashMap::try_from(aya::maps::Map::HashMap(data))
+        let splice: HashMap<MapData, SpliceKey, SpliceEntry> = HashMap::try_from(aya::maps::Map::HashMap(data))
             .map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
         Ok(splice.iter().filter_map(Result::ok).collect())
     }

@@ -16,9 +16,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
-    END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV4, FlowKey,
-    FlowOwner, GateEvent, HELD_PER_FLOW, HeldSegment, MAP_HELD, REFUSED_UNREACHABLE, RESPONSE_DROP, RESPONSE_RESET,
-    SPLICE_CONNECTING, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, port_field, port_value, v4_bytes,
+    END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, GateEvent,
+    HELD_PER_FLOW, HeldSegment, MAP_HELD, REFUSED_UNREACHABLE, RESPONSE_DROP, RESPONSE_RESET, SPLICE_CONNECTING,
+    SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, SpliceKey, last_seen_ago_ns, port_field, port_value,
     v4_words,
 };
 use ackgate_common::net::Wire as _;
@@ -45,6 +45,8 @@ pub enum SpliceError {
     NoSourceAddress(String),
     #[error("no free source-NAT port towards {0} (gateway.source_nat_ports is exhausted)")]
     NoSourcePort(SocketAddrV4),
+    #[error("only IPv4 flows can be spliced")]
+    NotIpv4,
 }
 
 /// Where an authorized flow goes, and how it is treated.
@@ -157,7 +159,8 @@ enum Phase {
 }
 
 struct Flow {
-    target_key: FlowKey,
+    client_key: SpliceKey,
+    target_key: SpliceKey,
     target: Target,
     agent_id: u32,
     owner: FlowOwner,
@@ -256,6 +259,7 @@ impl Splicer {
         owner: FlowOwner,
     ) -> Result<(), SpliceError> {
         let client = event.flow;
+        let client_key = SpliceKey::of_flow(&client).ok_or(SpliceError::NotIpv4)?;
         let (source_addr, source_port, nat_port) = if target.source_nat {
             let Some((addr, ports)) = self.settings.source_nat else {
                 return Err(SpliceError::NoSourceAddress(target.service.clone()));
@@ -282,12 +286,13 @@ impl Splicer {
         // Target side first: once the client side exists, client data is
         // held for this flow.
         gate.set_splice(&target_key, &to_client)?;
-        gate.set_splice(&client, &to_target)?;
+        gate.set_splice(&client_key, &to_target)?;
         let syn = self.syn(&setup, &to_target);
         let now = Instant::now();
         self.flows.insert(
             client,
             Flow {
+                client_key,
                 target_key,
                 target: target.clone(),
                 agent_id: event.agent_id,
@@ -326,7 +331,7 @@ impl Splicer {
             check: [0, 0],
             urg: [0, 0],
         };
-        segment(v4_bytes(&to_target.saddr), v4_bytes(&to_target.daddr), &tcp, &opts[..n], &[])
+        segment(to_target.saddr.to_ne_bytes(), to_target.daddr.to_ne_bytes(), &tcp, &opts[..n], &[])
     }
 
     fn send(&self, packet: &[u8], target: SocketAddrV4) -> Result<(), SpliceError> {
@@ -364,7 +369,11 @@ impl Splicer {
     /// Rewrites held client segments like XDP rewrites spliced ones and
     /// sends them to the target.
     fn deliver(&mut self, gate: &mut Gate, flow: &FlowKey, packets: Vec<Vec<u8>>) {
-        let entry = match gate.splice(flow) {
+        let Some(key) = SpliceKey::of_flow(flow) else {
+            self.totals.held_dropped += packets.len() as u64;
+            return;
+        };
+        let entry = match gate.splice(&key) {
             Ok(Some(e)) => e,
             Ok(None) => {
                 self.totals.held_dropped += packets.len() as u64;
@@ -375,7 +384,7 @@ impl Splicer {
                 return;
             }
         };
-        let target = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&entry.daddr)), port_value(entry.dport));
+        let target = SocketAddrV4::new(Ipv4Addr::from(entry.daddr.to_ne_bytes()), port_value(entry.dport));
         for packet in packets {
             match rewrite_packet(&packet, &entry) {
                 Some(out) => match self.send(&out, target) {
@@ -494,7 +503,7 @@ impl Splicer {
         if f.target.response == RESPONSE_DROP {
             return;
         }
-        if let (Ok(Some(ct)), Ok(Some(tc))) = (gate.splice(key), gate.splice(&f.target_key)) {
+        if let (Ok(Some(ct)), Ok(Some(tc))) = (gate.splice(&f.client_key), gate.splice(&f.target_key)) {
             self.reset_both(key, &ct, &tc);
         }
     }
@@ -502,11 +511,11 @@ impl Splicer {
     /// What the map says of an established flow: ended (both FINs or a
     /// RST, when XDP's event was lost) or how long it has been idle.
     fn activity(&mut self, gate: &mut Gate, key: &FlowKey) -> Result<Activity, GateError> {
-        let target_key = match self.flows.get(key) {
-            Some(f) => f.target_key,
+        let (client_key, target_key) = match self.flows.get(key) {
+            Some(f) => (f.client_key, f.target_key),
             None => return Ok(Activity::LastSeen(Duration::ZERO)),
         };
-        let (Some(ct), Some(tc)) = (gate.splice(key)?, gate.splice(&target_key)?) else {
+        let (Some(ct), Some(tc)) = (gate.splice(&client_key)?, gate.splice(&target_key)?) else {
             return Ok(Activity::Ended(EndReason::Idle));
         };
         if ct.flags & SPLICE_F_RST != 0 {
@@ -518,8 +527,8 @@ impl Splicer {
         if ct.flags & tc.flags & SPLICE_F_FIN != 0 {
             return Ok(Activity::Ended(EndReason::Fin));
         }
-        let last = ct.last_ns.max(tc.last_ns);
-        Ok(Activity::LastSeen(Duration::from_nanos(ackgate_common::host::monotonic_ns().saturating_sub(last))))
+        let ago = last_seen_ago_ns(ackgate_common::host::monotonic_ns(), ct.last_seen, tc.last_seen);
+        Ok(Activity::LastSeen(Duration::from_nanos(ago)))
     }
 
     /// Ends a flow: removes both entries, and for a target that refused,
@@ -529,9 +538,9 @@ impl Splicer {
         if let Some(port) = f.nat_port {
             self.nat.give_back(f.target.addr, port);
         }
-        let ct = gate.splice(key).ok().flatten().unwrap_or_default();
+        let ct = gate.splice(&f.client_key).ok().flatten().unwrap_or_default();
         let tc = gate.splice(&f.target_key).ok().flatten().unwrap_or_default();
-        for k in [key, &f.target_key] {
+        for k in [&f.client_key, &f.target_key] {
             if let Err(e) = gate.remove_splice(k) {
                 tracing::warn!("removing a splice entry: {e}");
             }
@@ -546,9 +555,9 @@ impl Splicer {
             }
             if f.target.response == RESPONSE_RESET {
                 let (client, service) = (key.client_addr(), key.service_addr());
-                // Still connecting: the target side's `seq_add` holds the
-                // cookie ISN (see `SpliceEntry`).
-                let cookie_isn = tc.seq_add;
+                // Still connecting: the target side's `seq_shift` holds
+                // the cookie ISN (see `SpliceEntry`).
+                let cookie_isn = tc.seq_shift;
                 if let Err(e) = crate::rst::reset_client(client, service, cookie_isn) {
                     tracing::warn!(%client, "resetting the client of a refused splice: {e}");
                 }
@@ -558,7 +567,7 @@ impl Splicer {
         let to_target = if reason.never_spliced() {
             DirectionStats::default()
         } else {
-            DirectionStats { packets: ct.packets, bytes: ct.bytes }
+            DirectionStats { packets: ct.packets.into(), bytes: ct.bytes }
         };
         Some(Ended {
             client: *key,
@@ -568,7 +577,7 @@ impl Splicer {
             owner: f.owner,
             reason,
             to_target,
-            to_client: DirectionStats { packets: tc.packets, bytes: tc.bytes },
+            to_client: DirectionStats { packets: tc.packets.into(), bytes: tc.bytes },
             duration: f.started.elapsed(),
         })
     }
@@ -593,14 +602,14 @@ impl Splicer {
     /// challenge ACK, which, the flow being gone, gets the gate's reset).
     fn reset_both(&self, client: &FlowKey, ct: &SpliceEntry, tc: &SpliceEntry) {
         let service = client.service_addr();
-        for seq in [ct.aux, tc.seq_next.wrapping_add(tc.seq_add)] {
+        for seq in [ct.aux, tc.seq_next.wrapping_add(tc.seq_add())] {
             if let Err(e) = crate::rst::reset(service, client.client_addr(), seq) {
                 tracing::warn!("resetting a flow's client: {e}");
             }
         }
-        let source = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&ct.saddr)), port_value(ct.sport));
-        let target = SocketAddrV4::new(Ipv4Addr::from(v4_bytes(&ct.daddr)), port_value(ct.dport));
-        for seq in [tc.aux, ct.seq_next.wrapping_add(ct.seq_add)] {
+        let source = SocketAddrV4::new(Ipv4Addr::from(ct.saddr.to_ne_bytes()), port_value(ct.sport));
+        let target = SocketAddrV4::new(Ipv4Addr::from(ct.daddr.to_ne_bytes()), port_value(ct.dport));
+        for seq in [tc.aux, ct.seq_next.wrapping_add(ct.seq_add())] {
             if let Err(e) = crate::rst::reset(source, target, seq) {
                 tracing::warn!("resetting a flow's target: {e}");
             }
@@ -617,29 +626,35 @@ impl Splicer {
         };
         let now = Instant::now();
         let mut stale = Vec::new();
+        let by_key: HashMap<SpliceKey, SpliceEntry> = entries.iter().copied().collect();
         for (key, e) in entries.iter().filter(|(_, e)| e.flags & SPLICE_F_TO_TARGET != 0) {
-            let target_key = e.peer_key(FAMILY_IPV4);
-            let Some(target) = target_of(key) else {
+            let target_key = e.peer_key();
+            let client = key.flow();
+            let Some(target) = target_of(&client) else {
                 // Its service is gone: end it.
                 stale.push((*key, target_key));
                 continue;
             };
+            // The owner's tags are split across the two entries.
+            let machine_tag = by_key.get(&target_key).map_or(0, |tc| tc.owner_tag);
+            let owner = FlowOwner { user_tag: e.owner_tag, machine_tag };
             let connecting = e.state == SPLICE_CONNECTING;
             let nat_port = self
                 .settings
                 .source_nat
-                .filter(|(addr, _)| v4_bytes(&e.saddr) == addr.octets())
+                .filter(|(addr, _)| e.saddr.to_ne_bytes() == addr.octets())
                 .map(|_| port_value(e.sport));
             if let Some(port) = nat_port {
                 self.nat.in_use.entry(target.addr).or_default().insert(port);
             }
             self.flows.insert(
-                *key,
+                client,
                 Flow {
+                    client_key: *key,
                     target_key,
                     target,
                     agent_id: 0,
-                    owner: e.owner,
+                    owner,
                     phase: if connecting {
                         Phase::Ending { since: now, reason: EndReason::TargetTimeout }
                     } else {

@@ -68,7 +68,7 @@ impl Setup {
                 r#"[gateway]
 edge_interface = "{edge}"
 internal_interface = "{internal}"
-xdp_mode = "generic"
+{mode}
 pin_dir = "{pin}"
 {extra_gateway}
 
@@ -92,6 +92,8 @@ default_response = "{default_response}"
                 edge = topo.edge_if,
                 internal = topo.internal_if,
                 pin = pin_dir.display(),
+                // Generic unless the caller picks a mode.
+                mode = if extra_gateway.contains("xdp_mode") { "" } else { "xdp_mode = \"generic\"" },
                 dir = dir.display(),
                 vip = topo.edge_addr,
                 target = topo.target_addr,

@@ -64,7 +64,7 @@ fn connecting(g: &mut TestGate, cport: u16) -> SpliceSetup {
     let s = setup(cport);
     let (ct, tc) = s.connecting();
     g.gate.set_splice(&s.target_key(), &tc).expect("target-side entry");
-    g.gate.set_splice(&s.client, &ct).expect("client-side entry");
+    g.gate.set_splice(&s.client_key(), &ct).expect("client-side entry");
     s
 }
 
@@ -75,7 +75,7 @@ fn established(g: &mut TestGate, cport: u16) -> SpliceSetup {
     let (mut ct, mut tc) = s.connecting();
     complete(&mut ct, &mut tc, &TargetAnswer { isn: TARGET_ISN, wscale: TARGET_WS, tsval: Some(TARGET_TS) });
     g.gate.set_splice(&s.target_key(), &tc).expect("target-side entry");
-    g.gate.set_splice(&s.client, &ct).expect("client-side entry");
+    g.gate.set_splice(&s.client_key(), &ct).expect("client-side entry");
     s
 }
 
@@ -197,7 +197,7 @@ fn spliced_segments_are_rewritten_both_ways() {
         ),
     ];
     run(&mut g, rows);
-    let ct = g.gate.splice(&flow.client).expect("map").expect("client-side entry");
+    let ct = g.gate.splice(&flow.client_key()).expect("map").expect("client-side entry");
     assert_ne!(ct.flags & SPLICE_F_FIN, 0, "the client's FIN must be marked");
     assert_eq!((ct.packets, ct.state), (3, SPLICE_ESTABLISHED), "client-side counters");
     assert_eq!(ct.seq_next, c_seq + 19, "past the client's FIN");
@@ -242,7 +242,7 @@ fn resets_end_flows_and_stale_entries_forward_nothing() {
 
     // The control plane removed the entries: a late segment is a stranger
     // (no capability on a data segment: the service's default response).
-    g.gate.remove_splice(&flow.client).expect("remove");
+    g.gate.remove_splice(&flow.client_key()).expect("remove");
     g.gate.remove_splice(&flow.target_key()).expect("remove");
     let late = seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, vec![], b"late");
     run_rows(
@@ -332,12 +332,12 @@ fn the_target_handshake_completes_in_xdp() {
             },
         ],
     );
-    let ct = g.gate.splice(&flow.client).expect("map").expect("client-side entry");
+    let ct = g.gate.splice(&flow.client_key()).expect("map").expect("client-side entry");
     let tc = g.gate.splice(&flow.target_key()).expect("map").expect("target-side entry");
     assert_eq!((ct.state, tc.state), (SPLICE_ESTABLISHED, SPLICE_ESTABLISHED));
-    assert_eq!(tc.seq_add, COOKIE.wrapping_sub(TARGET_ISN), "target → client sequence shift");
-    assert_eq!(ct.ack_add, TARGET_ISN.wrapping_sub(COOKIE), "client → target acknowledgement shift");
-    assert_eq!(tc.tsval_add, COOKIE_TS.wrapping_sub(TARGET_TS), "timestamp offset");
+    assert_eq!(tc.seq_shift, COOKIE.wrapping_sub(TARGET_ISN), "target → client sequence shift");
+    assert_eq!(ct.seq_shift, TARGET_ISN.wrapping_sub(COOKIE), "client → target acknowledgement shift");
+    assert_eq!(tc.ts_shift, COOKIE_TS.wrapping_sub(TARGET_TS), "timestamp offset");
     assert_eq!((tc.wnd_shl, tc.wnd_shr, ct.wnd_shl, ct.wnd_shr), (TARGET_WS, GATEWAY_WS, 7, 7), "window rescaling");
     let ev = events.drain();
     assert_eq!(ev.len(), 1, "one event: {ev:?}");
@@ -388,10 +388,10 @@ fn targets_that_refuse_or_differ_are_handled() {
             out: Out::Exact(ack.build()),
         }],
     );
-    let ct = g.gate.splice(&plain.client).expect("map").expect("entry");
+    let ct = g.gate.splice(&plain.client_key()).expect("map").expect("entry");
     let tc = g.gate.splice(&plain.target_key()).expect("map").expect("entry");
     assert_eq!((tc.wnd_shl, tc.wnd_shr, ct.wnd_shl, ct.wnd_shr), (0, GATEWAY_WS, 7, 0), "window rescaling");
-    assert_eq!((tc.tsval_add, ct.tsecr_add), (0, 0), "no timestamps to shift");
+    assert_eq!((tc.ts_shift, ct.ts_shift), (0, 0), "no timestamps to shift");
     let v = (VIP, VPORT);
     run(
         &mut g,

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ackgate_common::abi::{
-    FAMILY_IPV4, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, port_value,
-    v4_bytes,
+    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, last_seen_ago_ns,
+    port_value,
 };
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::config::{Config, ControlSection};
@@ -461,22 +461,28 @@ fn spliced_rows(config: &Config, names: &OwnerNames) -> Result<Vec<FlowRow>> {
         .iter()
         .filter(|(_, e)| e.flags & SPLICE_F_TO_TARGET != 0)
         .map(|(k, ct)| {
-            let tc = entries.get(&ct.peer_key(FAMILY_IPV4)).copied().unwrap_or_default();
-            let target = std::net::SocketAddrV4::new(v4_bytes(&ct.daddr).into(), port_value(ct.dport));
-            let last = ct.last_ns.max(tc.last_ns);
+            let tc = entries.get(&ct.peer_key()).copied().unwrap_or_default();
+            let target = std::net::SocketAddrV4::new(ct.daddr.to_ne_bytes().into(), port_value(ct.dport));
+            // The owner's tags are split across the two entries.
+            let owner = FlowOwner { user_tag: ct.owner_tag, machine_tag: tc.owner_tag };
+            let flow = k.flow();
             FlowRow {
-                client: k.client_addr().to_string(),
-                service: k.service_addr().to_string(),
+                client: flow.client_addr().to_string(),
+                service: flow.service_addr().to_string(),
                 agent_id: None,
                 state: if ct.state == SPLICE_ESTABLISHED { "spliced" } else { "connecting" },
                 age_ms: None,
-                user: names.user(&ct.owner).map(str::to_owned),
-                machine: (ct.owner.machine_tag != 0).then(|| owner::machine_hex(&ct.owner)),
+                user: names.user(&owner).map(str::to_owned),
+                machine: (owner.machine_tag != 0).then(|| owner::machine_hex(&owner)),
                 splice: Some(SpliceRow {
                     target: target.to_string(),
-                    to_target: ackgate_gateway::splice::DirectionStats { packets: ct.packets, bytes: ct.bytes },
-                    to_client: ackgate_gateway::splice::DirectionStats { packets: tc.packets, bytes: tc.bytes },
-                    idle_ms: if last == 0 { 0 } else { now.saturating_sub(last) / 1_000_000 },
+                    to_target: ackgate_gateway::splice::DirectionStats { packets: ct.packets.into(), bytes: ct.bytes },
+                    to_client: ackgate_gateway::splice::DirectionStats { packets: tc.packets.into(), bytes: tc.bytes },
+                    idle_ms: if ct.state == SPLICE_ESTABLISHED {
+                        last_seen_ago_ns(now, ct.last_seen, tc.last_seen) / 1_000_000
+                    } else {
+                        0
+                    },
                 }),
             }
         })

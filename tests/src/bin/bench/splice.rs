@@ -15,7 +15,7 @@ use ackgate_common::abi::{FlowKey, FlowOwner, RESPONSE_DROP, port_field, v4_word
 use ackgate_common::net::{TCP_ACK, TCP_PSH};
 use ackgate_common::option::OptionId;
 use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
-use ackgate_gateway::gate::{Gate, GateSettings};
+use ackgate_gateway::gate::{Gate, GateSettings, XdpMode};
 use ackgate_tests::daemons::Daemon;
 use ackgate_tests::deployment::{PORT, Setup};
 use ackgate_tests::fixture::{TestGate, linux_handshake, service, unique_pin_dir};
@@ -59,7 +59,7 @@ pub fn splice_bench() {
 }
 
 /// Two established directions of one flow, as `complete` leaves them.
-fn spliced(g: &mut TestGate) -> (FlowKey, FlowKey) {
+fn spliced(g: &mut TestGate) {
     let s = SpliceSetup {
         client: FlowKey::ipv4(CLIENT, VIP, 40000u16.to_be_bytes(), 443u16.to_be_bytes()),
         source_addr: v4_words(CLIENT),
@@ -75,8 +75,7 @@ fn spliced(g: &mut TestGate) -> (FlowKey, FlowKey) {
     let (mut ct, mut tc) = s.connecting();
     complete(&mut ct, &mut tc, &TargetAnswer { isn: 9000, wscale: 9, tsval: Some(77) });
     g.gate.set_splice(&s.target_key(), &tc).expect("entry");
-    g.gate.set_splice(&s.client, &ct).expect("entry");
-    (s.client, s.target_key())
+    g.gate.set_splice(&s.client_key(), &ct).expect("entry");
 }
 
 /// ns per packet of the rewrite (client data with timestamps, and the
@@ -157,7 +156,7 @@ struct Figures {
 /// What a path runs on: ackgate's full deployment (its daemons first, so
 /// they stop before the topology goes), or a bare topology.
 enum Deployed {
-    Ackgate { _daemons: (Daemon, Daemon), setup: Box<Setup> },
+    Ackgate { _daemons: (Daemon, Daemon), setup: Box<Setup>, _peers: Gate },
     Bare { topo: Topology, target: TargetServer, _proxy: Option<Proxy> },
 }
 
@@ -190,10 +189,21 @@ impl Deployed {
 
 fn deploy(path: Path) -> (Deployed, SocketAddr) {
     if path == Path::Ackgate {
-        let s = Setup::new("bench", "drop", 3000, "");
+        // Native mode, as on a real edge. Native XDP_TX and redirect into
+        // a veth deliver only when its peer runs XDP (drivers/net/veth.c):
+        // the client's and the target's ends get the do-nothing program.
+        let s = Setup::with_gateway("bench", "drop", 3000, "", "xdp_mode = \"native\"", "");
+        let pin_dir = unique_pin_dir("bench-peers");
+        let mut peers = Gate::load(&pin_dir, &GateSettings::new(OptionId::default(), 1024)).expect("peer programs");
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        for (ns, dev) in [(Ns::Client, &s.topo.client_if), (Ns::Target, &s.topo.target_if)] {
+            s.topo
+                .run_in(ns, || peers.attach_pass(dev, XdpMode::Native))
+                .unwrap_or_else(|e| panic!("the do-nothing program on {dev}: {e}"));
+        }
         let daemons = s.start_approved("alice");
         let to = SocketAddr::new(s.topo.edge_addr.into(), PORT);
-        return (Deployed::Ackgate { _daemons: daemons, setup: Box::new(s) }, to);
+        return (Deployed::Ackgate { _daemons: daemons, setup: Box::new(s), _peers: peers }, to);
     }
     let topo = Topology::new("bench");
     let target = TargetServer::start(&topo, PORT);
