@@ -158,6 +158,16 @@ pub fn cargo_build_release(package: &str) -> Result<()> {
     build(package, &["--release"])
 }
 
+/// `cargo build --release -p PACKAGE --bin NAME`; returns the binary's path.
+pub fn cargo_build_release_bin(package: &str, name: &str) -> Result<std::path::PathBuf> {
+    build(package, &["--release", "--bin", name])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"),
+        std::path::PathBuf::from,
+    );
+    Ok(target.join("release").join(name))
+}
+
 /// `cargo build -p PACKAGE` (binaries the demo starts).
 pub fn cargo_build(package: &str) -> Result<()> {
     build(package, &[])

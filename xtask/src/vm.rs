@@ -14,6 +14,42 @@ use crate::suite::{Tally, run_tee, test_binaries};
 const VM_TARGETS: &[&str] =
     &["xdp_gate", "xdp_splice", "tc_stamp", "netns", "agent_netns", "control_e2e", "splice_e2e"];
 
+/// Runs the benchmark binary `bench` with `groups` in the guest, whose
+/// kernel has what the host's lacks (sch_netem). Its figures are ratios
+/// measured side by side in the guest; its emulated CPU makes absolute
+/// figures meaningless.
+pub fn run_bench(bench: &std::path::Path, groups: &[&str]) -> Result<()> {
+    let rw = std::env::temp_dir().join(format!("ackgate-vm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&rw)?;
+    let script = format!(
+        "set -u; modprobe -a veth sch_netem; mount -t bpf bpf /sys/fs/bpf 2>/dev/null; {} {}",
+        bench.display(),
+        groups.join(" ")
+    );
+    let (ok, _) = run_tee(&mut vng(&rw, &script))?;
+    let _ = std::fs::remove_dir_all(&rw);
+    anyhow::ensure!(ok, "the benchmark in the VM failed");
+    Ok(())
+}
+
+/// vng booting the pinned kernel with the host's files read-only, `rw`
+/// writable, running `script`. Its stdout must be a pipe (QEMU reopens and
+/// truncates a file), which run_tee provides; no KVM here (a PVM device),
+/// so TCG emulation.
+fn vng(rw: &std::path::Path, script: &str) -> Command {
+    let mut cmd = Command::new(setup::vng_bin());
+    // vng calls virtme-run from PATH.
+    let venv_bin = setup::vng_bin().parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let path = std::env::var("PATH").unwrap_or_default();
+    cmd.env("PATH", format!("{}:{path}", venv_bin.display()));
+    cmd.arg("-r")
+        .arg(setup::vm_kernel_image())
+        .args(["--disable-kvm", "--force-9p", "-m", "2G"])
+        .arg(format!("--rwdir={}", rw.display()))
+        .args(["--exec", script]);
+    cmd
+}
+
 pub fn run_suite(tally: &mut Tally) -> Result<()> {
     let bins = test_binaries(VM_TARGETS)?;
     let rw = std::env::temp_dir().join(format!("ackgate-vm-{}", std::process::id()));
@@ -28,19 +64,7 @@ pub fn run_suite(tally: &mut Tally) -> Result<()> {
         script.push_str(&format!("ACKGATE_SMALL_TRANSFERS=1 {exe} --test-threads=1 || rc=1; "));
     }
     script.push_str("exit $rc");
-    // vng's stdout must be a pipe (QEMU reopens and truncates a file), which
-    // run_tee provides; no KVM here (a PVM device), so TCG emulation.
-    let mut cmd = Command::new(setup::vng_bin());
-    // vng calls virtme-run from PATH.
-    let venv_bin = setup::vng_bin().parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    let path = std::env::var("PATH").unwrap_or_default();
-    cmd.env("PATH", format!("{}:{path}", venv_bin.display()));
-    cmd.arg("-r")
-        .arg(setup::vm_kernel_image())
-        .args(["--disable-kvm", "--force-9p", "-m", "2G"])
-        .arg(format!("--rwdir={}", rw.display()))
-        .args(["--exec", &script]);
-    let (ok, out) = run_tee(&mut cmd)?;
+    let (ok, out) = run_tee(&mut vng(&rw, &script))?;
     let _ = std::fs::remove_dir_all(&rw);
     let booted = out.lines().any(|l| l.trim() == setup::VM_KERNEL_RELEASE);
     if !booted {

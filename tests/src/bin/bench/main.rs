@@ -13,7 +13,10 @@
 //!   control plane's memory with many flows;
 //! - splice: the rewrite next to the do-nothing program, the splice map's
 //!   memory, and time to first byte, transactions/s and bulk throughput
-//!   through ackgate next to nftables DNAT, HAProxy and a direct route.
+//!   through ackgate next to nftables DNAT, HAProxy and a direct route;
+//! - delayed: bulk throughput over a 40 ms edge link, ackgate next to the
+//!   direct route (needs sch_netem: `cargo xtask bench delayed` runs it in
+//!   the VM).
 
 mod agent;
 mod control;
@@ -38,13 +41,14 @@ pub fn syn(sport: u16) -> TcpFrame {
     f
 }
 
-/// `bench [GROUP...]`: gate, agent, control, flood, splice; all when none
-/// given.
+/// `bench [GROUP...]`: gate, agent, control, flood, splice, delayed; all
+/// when none given.
 fn main() {
     let groups: Vec<String> = std::env::args().skip(1).collect();
     let wanted = |g: &str| groups.is_empty() || groups.iter().any(|a| a == g);
-    if let Some(bad) = groups.iter().find(|g| !["gate", "agent", "control", "flood", "splice"].contains(&g.as_str())) {
-        eprintln!("bench: unknown group {bad:?} (gate, agent, control, flood, splice)");
+    let known = ["gate", "agent", "control", "flood", "splice", "delayed"];
+    if let Some(bad) = groups.iter().find(|g| !known.contains(&g.as_str())) {
+        eprintln!("bench: unknown group {bad:?} ({})", known.join(", "));
         std::process::exit(2);
     }
     if wanted("gate") {
@@ -60,6 +64,9 @@ fn main() {
     }
     if wanted("splice") {
         splice::splice_bench();
+    }
+    if wanted("delayed") {
+        splice::delayed_bench();
     }
     if wanted("flood") {
         for defence in [gate::Defence::Gate, gate::Defence::KernelSyncookies, gate::Defence::NftSynproxy] {
