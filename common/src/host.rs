@@ -17,8 +17,9 @@ pub fn is_valid_iface_name(name: &str) -> bool {
         && !name.contains(char::is_whitespace)
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so the
-/// age of a map entry the kernel stamped.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns` (and,
+/// a tick behind at most, of `bpf_ktime_get_coarse_ns`), so the age of a
+/// map entry the kernel stamped.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out pointer; CLOCK_MONOTONIC always exists.

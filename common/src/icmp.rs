@@ -63,6 +63,24 @@ pub struct TcpPorts {
 
 unsafe impl Wire for TcpPorts {}
 
+impl TcpPorts {
+    /// A TCP header with these first eight bytes, the rest zero.
+    #[inline(always)]
+    pub fn header(self) -> TcpHdr {
+        TcpHdr {
+            sport: self.sport,
+            dport: self.dport,
+            seq: self.seq,
+            ack: [0; 4],
+            doff_res: 0,
+            flags: 0,
+            window: [0; 2],
+            check: [0; 2],
+            urg: [0; 2],
+        }
+    }
+}
+
 /// The quoted TCP header: whole when the error quotes 20 bytes or more of
 /// it (Linux quotes up to 576 bytes of the packet in all), else only its
 /// first eight bytes, the rest zero.
@@ -133,19 +151,7 @@ pub fn parse_error<F: Frame + ?Sized>(frame: &F, l3_off: usize, ip: &Ipv4Hdr, ou
     if inner_l4_off + core::mem::size_of::<TcpHdr>() <= end {
         out.quoted = QuotedTcp { tcp: frame.load::<TcpHdr>(inner_l4_off)?, complete: true };
     } else if inner_l4_off + core::mem::size_of::<TcpPorts>() <= end {
-        let head = frame.load::<TcpPorts>(inner_l4_off)?;
-        let tcp = TcpHdr {
-            sport: head.sport,
-            dport: head.dport,
-            seq: head.seq,
-            ack: [0; 4],
-            doff_res: 0,
-            flags: 0,
-            window: [0; 2],
-            check: [0; 2],
-            urg: [0; 2],
-        };
-        out.quoted = QuotedTcp { tcp, complete: false };
+        out.quoted = QuotedTcp { tcp: frame.load::<TcpPorts>(inner_l4_off)?.header(), complete: false };
     } else {
         return None;
     }
@@ -350,17 +356,7 @@ mod tests {
     fn empty() -> IcmpError {
         let ip = ipv4([0; 4], [0; 4], 0, 0);
         let icmp = IcmpHdr { kind: 0, code: 0, check: [0; 2], rest: [0; 4] };
-        let tcp = TcpHdr {
-            sport: [0; 2],
-            dport: [0; 2],
-            seq: [0; 4],
-            ack: [0; 4],
-            doff_res: 0,
-            flags: 0,
-            window: [0; 2],
-            check: [0; 2],
-            urg: [0; 2],
-        };
+        let tcp = TcpPorts { sport: [0; 2], dport: [0; 2], seq: [0; 4] }.header();
         let quoted = QuotedTcp { tcp, complete: false };
         IcmpError { l3_off: 0, ip, icmp_off: 0, icmp, inner_off: 0, inner: ip, inner_l4_off: 0, quoted }
     }
