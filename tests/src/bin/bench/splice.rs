@@ -403,28 +403,37 @@ fn iperf3_run(topo: &Topology, to: SocketAddr, secs: u32, reverse: bool) -> f64 
     report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9
 }
 
-/// Bulk throughput over an edge link with 40 ms of delay (netem on the
-/// client's side, client to gateway: a redirect into the client's veth
-/// would bypass a qdisc on the gateway's side), through ackgate next to
-/// the direct route, both directions. The round trip makes the window
-/// scale matter: unscaled, 64 KiB per 40 ms is 13 Mbit/s. Needs
-/// sch_netem: `cargo xtask bench delayed` runs it in the VM, whose kernel
-/// has it.
+/// Bulk throughput over an edge link with 40 ms of round trip, through
+/// ackgate next to the direct route, both directions. The link, not the
+/// CPU, is the bottleneck (50 Mbit/s each way, so that the VM's emulated
+/// CPU keeps up): the bandwidth-delay product is 250 KB, so anything that
+/// kept a side's window from scaling would show (unscaled, 64 KiB per
+/// 40 ms is 13 Mbit/s). netem delays the client's side (a redirect into
+/// the client's veth would bypass a qdisc on the gateway's side) and
+/// limits the rate of both ends. Needs sch_netem: `cargo xtask bench
+/// delayed` runs it in the VM, whose kernel has it.
 pub fn delayed_bench() {
     if !Command::new("modprobe").arg("sch_netem").status().is_ok_and(|s| s.success()) {
-        println!("splice_delayed_bulk: n/a (this kernel has no sch_netem; `cargo xtask bench delayed` runs it in the VM)");
+        println!(
+            "splice_delayed_bulk: n/a (this kernel has no sch_netem; `cargo xtask bench delayed` runs it in the VM)"
+        );
         return;
     }
     let mut figures = Vec::new();
     for path in [Path::Direct, Path::Ackgate] {
         let (mut d, to) = deploy(path);
         d.stop_target();
-        let dev = d.topo().client_if.clone();
-        let out = d.topo().cmd(Ns::Client, &["tc", "qdisc", "add", "dev", &dev, "root", "netem", "delay", "40ms", "limit", "100000"]);
-        assert!(out.status.success(), "netem on {dev}: {}", String::from_utf8_lossy(&out.stderr));
-        let up = iperf3_run(d.topo(), to, 10, false) * 1000.0;
-        let down = iperf3_run(d.topo(), to, 10, true) * 1000.0;
-        println!("{}_delayed_40ms_mbit_s: up {up:.0}, down {down:.0}", path.name());
+        let topo = d.topo();
+        for (ns, dev, delay) in [(Ns::Client, &topo.client_if, "40ms"), (Ns::Target, &topo.target_if, "0ms")] {
+            let args = [
+                "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", delay, "rate", "50mbit", "limit", "100000",
+            ];
+            let out = topo.cmd(ns, &args);
+            assert!(out.status.success(), "netem on {dev}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let up = iperf3_run(topo, to, 10, false) * 1000.0;
+        let down = iperf3_run(topo, to, 10, true) * 1000.0;
+        println!("{}_delayed_40ms_50mbit_mbit_s: up {up:.1}, down {down:.1}", path.name());
         figures.push((up, down));
     }
     let ((du, dd), (au, ad)) = (figures[0], figures[1]);
