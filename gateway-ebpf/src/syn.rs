@@ -4,7 +4,7 @@
 use ackgate_common::abi::ServicePolicy;
 use ackgate_common::cookie::{ClientOffer, mss_index, ts_offset};
 use ackgate_common::mac::{Binding, syn_tick};
-use ackgate_common::net::{Ipv4Tcp, TcpHdr};
+use ackgate_common::net::{Ipv4Tcp, TCP_FIN, TcpHdr};
 use ackgate_common::option::{Capability, NO_WSCALE, OptionBytes, OptionScan, TCPOLEN_MSS, TCPOPT_MSS};
 use ackgate_common::reason;
 use ackgate_common::reply::{
@@ -26,6 +26,12 @@ const DEFAULT_MSS: u16 = 536;
 
 #[inline(never)]
 pub fn on_syn(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
+    // A listening Linux socket discards SYN+FIN silently
+    // (tcp_rcv_state_process in net/ipv4/tcp_input.c); answering it would
+    // tell a scanner (nmap's T3 probe) which port is protected.
+    if seg.tcp.flags & TCP_FIN != 0 {
+        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
+    }
     let Some(scratch) = maps::scratch() else {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };

@@ -201,7 +201,16 @@ fn malformed_and_fragments_to_a_vip_are_dropped() {
         f.vlans = vec![1, 2, 3];
         f.build()
     };
+    let mut syn_fin = syn(VIP, 40001);
+    syn_fin.flags |= TCP_FIN | TCP_PSH;
     let rows = vec![
+        Row {
+            name: "SYN with FIN (a Linux listener discards it silently)",
+            input: syn_fin.build(),
+            action: XDP_DROP,
+            reason: reason::DROP_MALFORMED,
+            out: Out::Dropped,
+        },
         Row {
             name: "truncated TCP header",
             input: truncated_tcp,
