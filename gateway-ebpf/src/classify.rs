@@ -1,7 +1,7 @@
 //! First stage: is this packet about a protected service at all? What is
 //! not goes to the transit check (`transit`), called by the entry point.
 
-use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, SpliceKey, VipKey};
+use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, VipKey};
 use ackgate_common::net::{ETH_P_IPV6, Ipv4Hdr, Ipv4Tcp, Parsed, parse_ipv4_tcp};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
@@ -19,7 +19,6 @@ pub fn classify(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
     match classify_inner(frame) {
         Class::Protected { seg, policy } => {
             scratch.key = FlowKey::of_segment(&seg);
-            scratch.splice_key = SpliceKey::of_segment(&seg);
             scratch.seg = seg;
             scratch.policy = policy;
             Verdict::CONTINUE

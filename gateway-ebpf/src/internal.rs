@@ -16,7 +16,7 @@ use aya_ebpf::bindings::BPF_EXIST;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
 use crate::maps::{self, SPLICE, Scratch};
-use crate::program::Verdict;
+use crate::program::{ICMP_V4, Verdict};
 use crate::respond::transmit;
 use crate::{events, icmp, splice};
 use ackgate_common::kernel::config;
@@ -28,7 +28,7 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
     let parsed = parse(frame, scratch);
-    if parsed.action() == ICMP.action() {
+    if parsed.action() == ICMP_V4 {
         let translated = icmp::on_ipv4(frame, scratch.seg.l3_off, &scratch.seg.ip);
         return if translated.is_continue() { Verdict::new(XDP_PASS, reason::INTERNAL_PASS) } else { translated };
     }
@@ -47,7 +47,7 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
 }
 
 /// Parses a TCP segment into `scratch`, as `classify` does on the edge.
-/// An ICMP packet's header goes there too, with the [`ICMP`] marker: the
+/// An ICMP packet's header goes there too, with the `ICMP_V4` marker: the
 /// caller translates it, so that the two stages do not share a call
 /// chain's stack.
 #[inline(never)]
@@ -62,14 +62,11 @@ fn parse(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
         Parsed::Ipv4Other { ip, l3_off } if ip.proto == IPPROTO_ICMP => {
             scratch.seg.ip = ip;
             scratch.seg.l3_off = l3_off;
-            ICMP
+            Verdict::new(ICMP_V4, reason::INTERNAL_PASS)
         }
         _ => Verdict::new(XDP_PASS, reason::INTERNAL_PASS),
     }
 }
-
-/// Not a verdict: `parse` found ICMP.
-const ICMP: Verdict = Verdict::new(u32::MAX - 1, reason::INTERNAL_PASS);
 
 /// A segment from the target while the splice's SYN is out: the SYN/ACK
 /// completes the splice, a RST refuses it.

@@ -60,6 +60,7 @@ mod transit;
 
 #[cfg(target_arch = "bpf")]
 mod program {
+    use ackgate_common::abi::SpliceKey;
     use ackgate_common::icmp::IPPROTO_ICMP;
     use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     use ackgate_common::reason;
@@ -102,6 +103,9 @@ mod program {
 
     pub const TRANSIT_V4: u32 = u32::MAX - 1;
     pub const TRANSIT_V6: u32 = u32::MAX - 2;
+    /// Not a verdict: the internal side's parse found ICMP (its header is
+    /// in the scratch map); the entry point hands it to `icmp`.
+    pub const ICMP_V4: u32 = u32::MAX - 3;
 
     impl Verdict {
         pub const fn action(self) -> u32 {
@@ -165,7 +169,8 @@ mod program {
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
             return syn::on_syn(frame, seg, policy);
         }
-        if let Some(entry) = maps::splice_entry(&scratch.splice_key) {
+        // The splice key only now: SYNs, the flood path, never need it.
+        if let Some(entry) = maps::splice_entry(&SpliceKey::of_segment(seg)) {
             return splice::on_segment(frame, seg, key, entry);
         }
         if let Some(flow) = maps::flow_mut(key) {

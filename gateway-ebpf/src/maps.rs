@@ -63,7 +63,7 @@ pub struct Scratch {
     pub seg: Ipv4Tcp,
     pub policy: ServicePolicy,
     pub key: FlowKey,
-    /// The same 4-tuple as a splice-map key.
+    /// The same 4-tuple as a splice-map key (`internal::parse`).
     pub splice_key: SpliceKey,
     pub opts: core::mem::MaybeUninit<OptionBytes>,
     /// Where the option walk leaves a segment's handshake options: map

@@ -101,11 +101,12 @@ fn forward(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry) -> Verdict {
     if route.is_redirect() && seg.ip.ttl <= 1 {
         return Verdict::new(XDP_DROP, reason::SPLICE_TTL_EXPIRED);
     }
-    let mut written = Rewritten::No;
-    if seg.options_len() == size_of::<AlignedTimestamp>() {
-        written = rewrite_timestamped(frame, seg, e, route.is_redirect());
-    }
-    if written == Rewritten::NotTimestamped || seg.options_len() != size_of::<AlignedTimestamp>() {
+    let mut written = if seg.options_len() == size_of::<AlignedTimestamp>() {
+        rewrite_timestamped(frame, seg, e, route.is_redirect())
+    } else {
+        Rewritten::NotTimestamped
+    };
+    if written == Rewritten::NotTimestamped {
         written = rewrite_any(frame, seg, e, route.is_redirect());
     }
     if written != Rewritten::Yes {
@@ -142,7 +143,7 @@ enum Rewritten {
     Yes,
     /// Failed: the segment is dropped.
     No,
-    /// Twelve option bytes, but not NOP, NOP, timestamp: the general path.
+    /// Not exactly NOP, NOP, timestamp: the general path.
     NotTimestamped,
 }
 

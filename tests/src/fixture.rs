@@ -83,8 +83,11 @@ impl TestGate {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .unwrap_or_else(|e| panic!("a fresh network namespace for the test gate: {e}"));
         let pin_dir = unique_pin_dir(tag);
-        let mut gate = Gate::load(&pin_dir, settings)
-            .unwrap_or_else(|e| panic!("the XDP gate must load and pass the verifier: {e}"));
+        let mut gate = Gate::load(&pin_dir, settings).unwrap_or_else(|e| {
+            // No TestGate owns the directory yet to remove it on drop.
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            panic!("the XDP gate must load and pass the verifier: {e}")
+        });
         gate.sync_services(services).unwrap_or_else(|e| panic!("filling the service map failed: {e}"));
         gate.set_agent_key(AGENT_ID, AGENT_KEY).unwrap_or_else(|e| panic!("filling the agent key map failed: {e}"));
         Self { gate, pin_dir }
