@@ -38,7 +38,8 @@ pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
     let tick = syn_tick(unsafe { bpf_ktime_get_tai_ns() });
     let mac = Binding::stealth_syn(seg, me.agent_id, id.exid, tick).mac(&me.key);
     let option = CapabilityOption::new(id.kind, id.exid, me.agent_id, mac);
-    finish(frame, seg, option, flow, STAMP_KIND_SYN, reason::STAMPED_SYN)
+    let stamp = StampedFlow { kind: STAMP_KIND_SYN, client_isn: seg.tcp.seq(), ..StampedFlow::default() };
+    finish(frame, seg, option, flow, stamp, reason::STAMPED_SYN)
 }
 
 #[inline(always)]
@@ -62,7 +63,13 @@ pub fn on_ack(frame: &SkbFrame, seg: &Ipv4Tcp) -> u32 {
     let id = config::option_id();
     let mac = Binding::handshake_ack(seg, me.agent_id, id.exid).mac(&me.key);
     let option = CapabilityOption::new(id.kind, id.exid, me.agent_id, mac);
-    finish(frame, seg, option, flow, STAMP_KIND_ACK, reason::STAMPED_ACK)
+    let stamp = StampedFlow {
+        kind: STAMP_KIND_ACK,
+        client_isn: isn,
+        server_isn: seg.tcp.ack_seq().wrapping_sub(1),
+        ..StampedFlow::default()
+    };
+    finish(frame, seg, option, flow, stamp, reason::STAMPED_ACK)
 }
 
 /// A segment that already carries a capability (a second agent on the path,
@@ -81,12 +88,19 @@ fn refuse_restamp(frame: &SkbFrame, seg: &Ipv4Tcp) -> Option<u32> {
 }
 
 #[inline(always)]
-fn finish(frame: &SkbFrame, seg: &Ipv4Tcp, option: CapabilityOption, flow: FlowKey, kind: u32, done: u32) -> u32 {
+fn finish(
+    frame: &SkbFrame,
+    seg: &Ipv4Tcp,
+    option: CapabilityOption,
+    flow: FlowKey,
+    stamp: StampedFlow,
+    done: u32,
+) -> u32 {
     if let Err(why) = edit::stamp(frame, seg, option) {
         return why;
     }
     // SAFETY: helper without arguments.
     let stamped_ns = unsafe { bpf_ktime_get_ns() };
-    let _ = STAMPED.insert(flow, StampedFlow { stamped_ns, kind, _pad: 0 }, 0);
+    let _ = STAMPED.insert(flow, StampedFlow { stamped_ns, ..stamp }, 0);
     done
 }

@@ -20,7 +20,8 @@ pub static IDENTITY: Array<AgentIdentity> = Array::with_max_entries(1, 0);
 #[map(name = "ACKGATE_AGENT_HANDSHAKES")]
 pub static HANDSHAKES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_HANDSHAKES, 0);
 
-/// Recently stamped flows, for `ackgate-agent status`.
+/// Flows this machine stamped: the profile answer's stolen-key check, and
+/// `ackgate-agent status`.
 #[map(name = "ACKGATE_AGENT_STAMPED")]
 pub static STAMPED: LruHashMap<FlowKey, StampedFlow> = LruHashMap::with_max_entries(MAX_STAMPED, 0);
 

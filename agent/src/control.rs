@@ -56,7 +56,7 @@ pub struct Daemon {
     pub agent_id: u32,
     pub interfaces: Vec<String>,
     pub shared: Arc<Shared>,
-    pub stamper: Mutex<Stamper>,
+    pub stamper: Arc<Mutex<Stamper>>,
 }
 
 pub use ackgate_common::proto::local::LocalError as ControlError;

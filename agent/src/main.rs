@@ -198,16 +198,13 @@ async fn cmd_run(config: Config) -> Result<()> {
     }
     tracing::info!(agent_id, interfaces = ?config.interfaces, targets = targets.len(), "stamper attached");
     let shared = Shared::new(&enrollment.info.gateway);
+    let stamper = Arc::new(Mutex::new(stamper));
     let identity = Arc::new(Identity {
         machine: fingerprint::digest(&fingerprint::collect(std::path::Path::new("/"))),
         enrollment,
+        stamps: stamper.clone(),
     });
-    let daemon = Arc::new(Daemon {
-        agent_id,
-        interfaces: config.interfaces.clone(),
-        shared: shared.clone(),
-        stamper: Mutex::new(stamper),
-    });
+    let daemon = Arc::new(Daemon { agent_id, interfaces: config.interfaces.clone(), shared: shared.clone(), stamper });
     let listener = control::bind(&config.control_socket)?;
     let control_task = tokio::spawn(control::serve(listener, daemon.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -244,8 +241,8 @@ async fn cmd_status(config: &Config, json: bool) -> Result<()> {
     let s = &report.session;
     println!("agent {} on {}", report.agent_id, report.interfaces.join(", "));
     println!(
-        "session: {} (gateway {}, {} connects, {} profile requests)",
-        s.state, s.gateway, s.connects, s.profile_requests
+        "session: {} (gateway {}, {} connects, {} profile requests, {} refused as not stamped here)",
+        s.state, s.gateway, s.connects, s.profile_requests, s.profile_refusals
     );
     if let Some(e) = &s.last_error {
         println!("last error: {e}");

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use ackgate_common::proto::{
-    Hello, Login, Message, MessageCodec, Profile, ProfileAnswer, ProfileRequest, ProtoError, profile_proof,
+    FlowSummary, Hello, Login, Message, MessageCodec, Profile, ProfileAnswer, ProfileRefusal, ProfileRequest,
+    ProtoError, RefusalReason, profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -42,6 +43,9 @@ pub struct SessionStatus {
     pub gateway: String,
     pub connects: u64,
     pub profile_requests: u64,
+    /// Requests about flows this machine never stamped, refused: someone
+    /// else is using a copy of this agent's key.
+    pub profile_refusals: u64,
     pub last_error: Option<String>,
     pub login: Option<LoginOutcome>,
     /// Unix seconds of the last state change.
@@ -146,10 +150,20 @@ impl Shared {
     }
 }
 
+/// The flows this machine stamped. A profile is given only for those: the
+/// MAC key alone, copied to another machine, stamps handshakes this log
+/// never saw, and the agent refuses to vouch for them.
+pub trait StampLog: Send + Sync {
+    /// Whether this machine stamped the handshake ACK of `flow` (same
+    /// 4-tuple, same ISNs). A lookup that fails answers no.
+    fn stamped(&self, flow: &FlowSummary) -> bool;
+}
+
 /// What a session needs that does not change between reconnects.
 pub struct Identity {
     pub enrollment: Enrollment,
     pub machine: [u8; 32],
+    pub stamps: Arc<dyn StampLog>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +290,13 @@ async fn serve_once(
                 match msg {
                     Message::ProfileRequest(req) => {
                         lock(&shared.status).profile_requests += 1;
+                        if !identity.stamps.stamped(&req.flow) {
+                            lock(&shared.status).profile_refusals += 1;
+                            tracing::warn!(flow = ?req.flow, "profile request for a flow this machine did not stamp: is a copy of this agent's key in use elsewhere?");
+                            let refusal = ProfileRefusal { request_id: req.request_id, nonce: req.nonce, reason: RefusalReason::NotStamped };
+                            conn.send(Message::ProfileRefused(refusal)).await?;
+                            continue;
+                        }
                         // While a login is being checked, answers wait for
                         // its verdict: answered now they would carry no proof.
                         if login.in_flight.is_some() {
@@ -334,18 +355,23 @@ struct LoginState {
 
 impl LoginState {
     /// Applies a credentials change: a login is sent; a logout drops the
-    /// proof key at once.
+    /// proof key at once, here and (told so) at the gateway.
     async fn change(
         &mut self,
         conn: &mut Conn,
         (generation, credentials): (u64, Option<Credentials>),
     ) -> Result<(), ProtoError> {
+        let had_login = self.proof_key.is_some() || !self.user.is_empty();
         self.proof_key = None;
         self.user.clear();
-        if let Some(c) = credentials {
-            self.user.clone_from(&c.user);
-            self.in_flight = Some(generation);
-            conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
+        match credentials {
+            Some(c) => {
+                self.user.clone_from(&c.user);
+                self.in_flight = Some(generation);
+                conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
+            }
+            None if had_login => conn.send(Message::Logout).await?,
+            None => {}
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use ackgate_common::abi::{
 use ackgate_common::counters::Counters;
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::OptionId;
+use ackgate_common::proto::FlowSummary;
 use ackgate_common::stamp::reason;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, tc};
@@ -132,6 +133,25 @@ impl Stamper {
         Counters::read(&map, &reason::LABELS).map_err(map_err)
     }
 
+    /// Whether this machine stamped the handshake ACK of `flow` (same
+    /// 4-tuple, same ISNs).
+    pub fn stamped(&self, flow: &FlowSummary) -> Result<bool, StamperError> {
+        let map = self.ebpf.map(MAP_AGENT_STAMPED).ok_or(StamperError::MissingMap(MAP_AGENT_STAMPED))?;
+        let map: HashMap<&MapData, FlowKey, StampedFlow> =
+            HashMap::try_from(map).map_err(|source| StamperError::Map { map: MAP_AGENT_STAMPED, source })?;
+        let key = FlowKey::ipv4(
+            flow.client_addr,
+            flow.service_addr,
+            flow.client_port.to_be_bytes(),
+            flow.service_port.to_be_bytes(),
+        );
+        match map.get(&key, 0) {
+            Ok(entry) => Ok(entry.is_handshake(flow.client_isn, flow.server_isn)),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(StamperError::Map { map: MAP_AGENT_STAMPED, source }),
+        }
+    }
+
     /// The most recently stamped flows, newest first.
     pub fn recent_stamps(&self, limit: usize) -> Result<Vec<(FlowKey, StampedFlow)>, StamperError> {
         let map = self.ebpf.map(MAP_AGENT_STAMPED).ok_or(StamperError::MissingMap(MAP_AGENT_STAMPED))?;
@@ -141,6 +161,17 @@ impl Stamper {
         flows.sort_by_key(|(_, f)| std::cmp::Reverse(f.stamped_ns));
         flows.truncate(limit);
         Ok(flows)
+    }
+}
+
+/// The stamper's own map is the log of what this machine stamped.
+impl crate::session::StampLog for std::sync::Mutex<Stamper> {
+    fn stamped(&self, flow: &FlowSummary) -> bool {
+        let stamper = self.lock().unwrap_or_else(|p| p.into_inner());
+        stamper.stamped(flow).unwrap_or_else(|e| {
+            tracing::warn!("reading the stamped-flow map: {e}");
+            false
+        })
     }
 }
 

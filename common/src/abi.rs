@@ -319,8 +319,10 @@ pub const MAP_AGENT_COUNTERS: &str = "ACKGATE_AGENT_COUNTERS";
 pub const MAX_TARGETS: u32 = 1024;
 /// SYNs in flight whose handshake ACK is still to be stamped.
 pub const MAX_HANDSHAKES: u32 = 16384;
-/// Recently stamped flows kept for `ackgate-agent status`.
-pub const MAX_STAMPED: u32 = 1024;
+/// Stamped flows remembered (LRU). The gateway asks about a flow within
+/// milliseconds of its stamp, so this only has to outlast a burst of new
+/// connections: a flow evicted before the question is refused as unstamped.
+pub const MAX_STAMPED: u32 = 16384;
 
 /// A target of the agent is a [`ServiceKey`]; port 0 stands for every port
 /// of that gateway address.
@@ -349,7 +351,10 @@ pub struct AgentIdentity {
 pub const STAMP_KIND_SYN: u32 = 1;
 pub const STAMP_KIND_ACK: u32 = 2;
 
-/// A recently stamped flow (value of the stamped map, keyed by [`FlowKey`]).
+/// A flow this machine stamped (value of the stamped map, keyed by
+/// [`FlowKey`]). The agent answers a profile request only for a flow whose
+/// entry holds the same ISNs: a copy of the MAC key used elsewhere stamps
+/// handshakes this map never saw (docs/protocol.md, "A stolen key").
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StampedFlow {
@@ -357,12 +362,24 @@ pub struct StampedFlow {
     pub stamped_ns: u64,
     /// `STAMP_KIND_*` of the last stamp.
     pub kind: u32,
+    /// The client's ISN (a SYN's SEQ; an ACK's SEQ - 1).
+    pub client_isn: u32,
+    /// The server's ISN (an ACK's ACK - 1); 0 for a SYN stamp.
+    pub server_isn: u32,
     pub _pad: u32,
+}
+
+impl StampedFlow {
+    /// Whether this is the handshake ACK stamp of the handshake with these
+    /// ISNs.
+    pub fn is_handshake(&self, client_isn: u32, server_isn: u32) -> bool {
+        self.kind == STAMP_KIND_ACK && self.client_isn == client_isn && self.server_isn == server_isn
+    }
 }
 
 const _: () = assert!(size_of::<TargetPolicy>() == 4);
 const _: () = assert!(size_of::<AgentIdentity>() == 24);
-const _: () = assert!(size_of::<StampedFlow>() == 16);
+const _: () = assert!(size_of::<StampedFlow>() == 24);
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServicePolicy>() == 24);
 const _: () = assert!(size_of::<VipKey>() == 20);

@@ -14,6 +14,9 @@ pub enum AdminRequest {
     /// End the live flows of `user` (of one machine, if given as a hex
     /// fingerprint prefix).
     EndFlows { user: String, machine: Option<String> },
+    /// Take a revoked agent out of the gate, end its session and its live
+    /// flows (the store already marks it revoked).
+    RevokeAgent { agent_id: u32 },
     /// Re-read the services from the config file.
     ReloadServices,
     /// What the control plane is doing.
@@ -37,6 +40,8 @@ pub struct DaemonStatus {
     pub sessions_opened: u64,
     pub logins_accepted: u64,
     pub logins_refused: u64,
+    /// Flows whose agent said it never stamped them (suspected stolen keys).
+    pub not_stamped: u64,
     /// Live spliced flows, and of those the ones whose target handshake is
     /// under way.
     pub spliced: usize,
@@ -48,6 +53,10 @@ pub struct DaemonStatus {
 pub enum AdminReply {
     /// How many live flows were ended.
     Ended(usize),
+    AgentRevoked {
+        session_ended: bool,
+        flows_ended: usize,
+    },
     /// Services now in the gate; a note when something needs a restart.
     Reloaded {
         services: usize,

@@ -229,6 +229,19 @@ async fn decide(
     d.profile_time = asked.elapsed();
     let outcome = match answer {
         Ok(o) => o,
+        Err(e @ ProfileError::NotStamped(agent_id)) => {
+            d.state = FlowState::Denied;
+            d.reason = e.to_string();
+            let (directory, service) = (server.directory(), rule.name.clone());
+            let source = std::net::Ipv4Addr::from(caddr).to_string();
+            let recorded =
+                tokio::task::spawn_blocking(move || directory.record_key_misuse(agent_id, &source, &service)).await;
+            if let Err(e) | Ok(Err(e)) = recorded.map_err(|e| e.to_string()) {
+                tracing::error!(agent_id, "recording a suspected stolen key: {e}");
+            }
+            d.latency = received.elapsed();
+            return d;
+        }
         Err(e @ (ProfileError::Timeout(..) | ProfileError::NoSession(_) | ProfileError::SessionClosed(_))) => {
             d.reason = e.to_string();
             d.latency = received.elapsed();

@@ -339,6 +339,31 @@ impl Gate {
             .map_err(|source| GateError::Map { map: MAP_AGENT_KEYS, source })
     }
 
+    /// Makes the key map hold exactly `keys`: a pinned map outlives the
+    /// daemon, and keys of agents revoked or deleted while it was down must
+    /// not survive into the next run.
+    pub fn sync_agent_keys(&mut self, keys: &[(u32, AgentKey)]) -> Result<(), GateError> {
+        let map_err = |source| GateError::Map { map: MAP_AGENT_KEYS, source };
+        let mut map = self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?;
+        let stale: Vec<u32> =
+            map.keys().filter_map(Result::ok).filter(|id| !keys.iter().any(|(k, _)| k == id)).collect();
+        for id in stale {
+            match map.remove(&id) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_err(source)),
+            }
+        }
+        for (id, key) in keys {
+            map.insert(id, key, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    /// The agent ids in the key map.
+    pub fn agent_ids(&mut self) -> Result<Vec<u32>, GateError> {
+        Ok(self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?.keys().filter_map(Result::ok).collect())
+    }
+
     pub fn remove_agent_key(&mut self, agent_id: u32) -> Result<(), GateError> {
         match self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?.remove(&agent_id) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),

@@ -144,6 +144,8 @@ impl Metrics {
             ("logins_accepted", &s.logins_accepted),
             ("logins_refused", &s.logins_refused),
             ("answers_refused", &s.answers_refused),
+            ("not_stamped", &s.not_stamped),
+            ("logouts", &s.logouts),
         ] {
             agent.get_or_create(&Event { event: name.to_owned() }).inc_by(v.load(Ordering::Relaxed));
         }

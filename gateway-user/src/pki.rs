@@ -117,6 +117,13 @@ impl Ca {
         })
     }
 
+    /// Checks an agent's certificate request (parsed, self-signature
+    /// verified) before anything is spent on it, such as an invite.
+    pub fn check_agent_request(csr_der: &[u8]) -> Result<(), PkiError> {
+        let der = CertificateSigningRequestDer::from(csr_der);
+        CertificateSigningRequestParams::from_der(&der).map(drop).map_err(PkiError::BadRequest)
+    }
+
     /// Signs an agent's certificate request: client authentication only, so
     /// an agent certificate can never pose as the gateway.
     pub fn sign_agent(&self, csr_der: &[u8], agent_id: u32) -> Result<CertificateDer<'static>, PkiError> {

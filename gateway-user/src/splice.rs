@@ -582,10 +582,12 @@ impl Splicer {
         })
     }
 
-    /// Ends the live flows `revoked` selects by owner: a RST to both sides
-    /// unless the service's policy is silence.
-    pub fn end_owned(&mut self, gate: &mut Gate, revoked: impl Fn(&FlowOwner) -> bool) -> Vec<Ended> {
-        let keys: Vec<FlowKey> = self.flows.iter().filter(|(_, f)| revoked(&f.owner)).map(|(k, _)| *k).collect();
+    /// Ends the live flows `revoked` selects by owner and agent id (0 for a
+    /// flow resumed from a previous run: the splice map does not keep it): a
+    /// RST to both sides unless the service's policy is silence.
+    pub fn end_matching(&mut self, gate: &mut Gate, revoked: impl Fn(&FlowOwner, u32) -> bool) -> Vec<Ended> {
+        let keys: Vec<FlowKey> =
+            self.flows.iter().filter(|(_, f)| revoked(&f.owner, f.agent_id)).map(|(k, _)| *k).collect();
         let mut out = Vec::new();
         for key in keys {
             self.reset_if_not_silent(gate, &key);

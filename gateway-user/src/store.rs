@@ -7,8 +7,9 @@
 //! (every failed first attempt: user, machine, source, service, reason,
 //! first/last seen, count, and for an unknown user the hash of the password
 //! they logged in with, which becomes theirs if approved), `agents`
-//! (enrolled agents and their MAC keys), `invites` (SHA-256 of each one-time
-//! secret), `audit` (every administrative change).
+//! (enrolled agents and their MAC keys), `key_misuse` (where an agent's key
+//! was used without the agent: suspected stolen keys), `invites` (SHA-256 of
+//! each one-time secret), `audit` (every administrative change).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,7 +20,7 @@ use ackgate_common::proto::{Invite, invite_secret_digest};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::agents::{AgentRecord, Directory, EnrollRefusal, NewAgent, hash_password, verify_password_hash};
+use crate::agents::{AgentRecord, Directory, EnrollRefusal, KeyMisuse, NewAgent, hash_password, verify_password_hash};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -33,6 +34,40 @@ pub enum StoreError {
     UserExists(String),
     #[error("nothing is waiting for approval for {0:?}")]
     NothingPending(String),
+    #[error("no agent with id {0}")]
+    NoSuchAgent(u32),
+    #[error(
+        "{path} has mode {mode:o}: others can read the gateway's secrets (CA key, password records, \
+         agent keys); `chmod go-rwx {path}`"
+    )]
+    Exposed { path: String, mode: u32 },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// Refuses a state directory, store or store journal that anyone but the
+/// owner can read or write: they hold the CA key, the password records and
+/// every agent's MAC key.
+pub fn check_private(state_dir: Option<&Path>, store: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let wal = store.with_extension("db-wal");
+    let shm = store.with_extension("db-shm");
+    let files = [state_dir, Some(store), Some(wal.as_path()), Some(shm.as_path())];
+    for path in files.into_iter().flatten() {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            // The journal files exist only while the store is open.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path != store && Some(path) != state_dir => {
+                continue;
+            }
+            Err(source) => return Err(StoreError::Io { path: path.display().to_string(), source }),
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StoreError::Exposed { path: path.display().to_string(), mode });
+        }
+    }
+    Ok(())
 }
 
 const SCHEMA: &str = "
@@ -73,12 +108,22 @@ CREATE TABLE IF NOT EXISTS agents (
     enrolled_unix INTEGER NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS agents_by_certificate ON agents (cert_sha256);
 CREATE TABLE IF NOT EXISTS invites (
     invite_id INTEGER PRIMARY KEY,
     secret_sha256 BLOB NOT NULL,
     note TEXT NOT NULL,
     expires_unix INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS key_misuse (
+    agent_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    service TEXT NOT NULL,
+    first_unix INTEGER NOT NULL,
+    last_unix INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, source)
 );
 CREATE TABLE IF NOT EXISTS audit (
     at_unix INTEGER NOT NULL,
@@ -118,6 +163,20 @@ pub struct PotentialRecord {
     pub count: u64,
 }
 
+/// An enrolled agent, as `ackgate agents` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentEntry {
+    pub agent_id: u32,
+    pub hostname: String,
+    pub install_serial: String,
+    pub enrolled_unix: u64,
+    pub revoked: bool,
+    /// SHA-256 of its client certificate (hex), once issued.
+    pub certificate: Option<String>,
+    /// Where its key was used without it (suspected copies).
+    pub key_misuse: Vec<KeyMisuse>,
+}
+
 /// A failed first attempt, as the validator reports it.
 #[derive(Clone, Debug)]
 pub struct Attempt<'a> {
@@ -152,8 +211,19 @@ fn groups_of(text: &str) -> Vec<String> {
 }
 
 impl Store {
+    /// Opens the store, creating it (mode 0600: SQLite gives its journal
+    /// files the database file's mode) if it does not exist.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        if path != Path::new(":memory:") {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let created = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path);
+            match created {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(StoreError::Io { path: path.display().to_string(), source }),
+            }
+        }
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
@@ -443,6 +513,94 @@ impl Store {
         Ok(Invite { gateway: gateway.to_owned(), ca_sha256, invite_id, secret, expires_unix })
     }
 
+    /// Counts a flow stamped with `agent_id`'s key that the agent never
+    /// stamped, per agent and source address.
+    pub fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO key_misuse VALUES (?1, ?2, ?3, ?4, ?4, 1)
+             ON CONFLICT (agent_id, source) DO UPDATE SET
+                service = excluded.service, last_unix = excluded.last_unix, count = count + 1",
+            params![agent_id, source, service, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    /// Where the keys of agents (of `agent_id`, if given) were used without
+    /// the agent, most recent first.
+    pub fn key_misuse(&self, agent_id: Option<u32>) -> Result<Vec<KeyMisuse>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT agent_id, source, service, first_unix, last_unix, count FROM key_misuse
+             WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY last_unix DESC",
+        )?;
+        let rows = stmt.query_map([agent_id], |r| {
+            Ok(KeyMisuse {
+                agent_id: r.get(0)?,
+                source: r.get(1)?,
+                service: r.get(2)?,
+                first_unix: r.get(3)?,
+                last_unix: r.get(4)?,
+                count: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every enrolled agent (revoked ones too), with where its key was
+    /// misused.
+    pub fn agents(&self) -> Result<Vec<AgentEntry>, StoreError> {
+        let mut agents = {
+            let db = self.db();
+            let mut stmt = db.prepare(
+                "SELECT agent_id, hostname, install_serial, enrolled_unix, revoked, cert_sha256 FROM agents ORDER BY enrolled_unix, agent_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(AgentEntry {
+                    agent_id: r.get(0)?,
+                    hostname: r.get(1)?,
+                    install_serial: r.get(2)?,
+                    enrolled_unix: r.get(3)?,
+                    revoked: r.get::<_, i64>(4)? != 0,
+                    certificate: r.get::<_, Option<Vec<u8>>>(5)?.map(|c| hex(&c)),
+                    key_misuse: Vec::new(),
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let mut misuse = self.key_misuse(None)?;
+        for a in &mut agents {
+            a.key_misuse = misuse.extract_if(.., |m| m.agent_id == a.agent_id).collect();
+        }
+        Ok(agents)
+    }
+
+    pub fn agent(&self, agent_id: u32) -> Result<AgentEntry, StoreError> {
+        self.agents()?.into_iter().find(|a| a.agent_id == agent_id).ok_or(StoreError::NoSuchAgent(agent_id))
+    }
+
+    /// Marks the agent revoked: its key leaves the gate's map at the next
+    /// sync, and its certificate no longer opens a session.
+    pub fn revoke_agent(&self, agent_id: u32) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        if tx.execute("UPDATE agents SET revoked = 1 WHERE agent_id = ?1", [agent_id])? == 0 {
+            return Err(StoreError::NoSuchAgent(agent_id));
+        }
+        Self::audit(&tx, "revoke agent", &agent_id.to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether `agent_id` was revoked; none for an agent the store does not
+    /// know (a static agent from the config).
+    pub fn agent_revoked(&self, agent_id: u32) -> Result<Option<bool>, StoreError> {
+        let revoked: Option<i64> = self
+            .db()
+            .query_row("SELECT revoked FROM agents WHERE agent_id = ?1", [agent_id], |r| r.get(0))
+            .optional()?;
+        Ok(revoked.map(|r| r != 0))
+    }
+
     /// Every enrolled, unrevoked agent and its MAC key (for the gate's map).
     pub fn agent_keys(&self) -> Result<Vec<(u32, MacKey)>, StoreError> {
         let db = self.db();
@@ -491,11 +649,21 @@ impl Directory for Store {
                 return Ok(Err(EnrollRefusal::Expired));
             }
             tx.execute("UPDATE invites SET used = 1 WHERE invite_id = ?1", [invite_id])?;
+            // A random id, not the next row: the id travels in clear in every
+            // stamped handshake, and sequential ids would tell an observer
+            // how many machines are enrolled.
+            let id = loop {
+                let id = crate::agents::random_agent_id();
+                let taken =
+                    tx.query_row("SELECT 1 FROM agents WHERE agent_id = ?1", [id], |_| Ok(())).optional()?.is_some();
+                if !taken {
+                    break id;
+                }
+            };
             tx.execute(
-                "INSERT INTO agents (hostname, install_serial, mac_key, enrolled_unix) VALUES (?1, ?2, ?3, ?4)",
-                params![agent.hostname, agent.install_serial, &key_bytes(&agent.mac_key)[..], now_unix()],
+                "INSERT INTO agents (agent_id, hostname, install_serial, mac_key, enrolled_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, agent.hostname, agent.install_serial, &key_bytes(&agent.mac_key)[..], now_unix()],
             )?;
-            let id = tx.last_insert_rowid() as u32;
             tx.execute(
                 "INSERT INTO audit VALUES (?1, 'enroll', ?2)",
                 params![now_unix(), format!("agent {id} ({})", agent.hostname)],
@@ -560,6 +728,10 @@ impl Directory for Store {
                 self.record_new_user_password(user, &hash).is_ok()
             }
         }
+    }
+
+    fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
+        Store::record_key_misuse(self, agent_id, source, service).map_err(|e| e.to_string())
     }
 }
 

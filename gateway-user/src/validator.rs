@@ -75,6 +75,9 @@ impl crate::agents::Directory for GatewayDirectory {
     fn verify_password(&self, user: &str, password: &str) -> bool {
         self.decider.check_login(user, password)
     }
+    fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
+        self.store.record_key_misuse(agent_id, source, service).map_err(|e| e.to_string())
+    }
 }
 
 impl Validator {

@@ -118,7 +118,7 @@ fn help_teaches_the_commands() {
     let o = Command::new(BIN).arg("--help").output().expect("running ackgate --help");
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "--help must succeed");
-    for cmd in ["init", "run", "invite", "users", "services", "flows", "validator", "status"] {
+    for cmd in ["init", "run", "invite", "users", "agents", "services", "flows", "validator", "status"] {
         assert!(text.contains(cmd), "--help should list {cmd}:\n{text}");
     }
     // Every command's own help works (clap checks each command's
@@ -135,6 +135,9 @@ fn help_teaches_the_commands() {
         "users approve",
         "users revoke",
         "users show",
+        "agents list",
+        "agents show",
+        "agents revoke",
         "services list",
         "services add",
         "services remove",
@@ -168,6 +171,29 @@ fn bad_input_gets_a_clear_error() {
 
     assert_fails_with(&s.run(&["run", "--bogus"]), &["--bogus"]);
     assert_fails_with(&s.run(&["status", "--pin-dir", "/sys/fs/bpf/ackgate-no-such-dir"]), &["ackgate run"]);
+}
+
+/// `run` refuses a state directory or user store others can read (the CA
+/// key, password records and agent keys are in there); `init` creates both
+/// private.
+#[test]
+fn run_refuses_state_that_others_can_read() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let s = Scratch::new("exposed");
+    let state = s.dir.join("state");
+    let config = s.config("lo", "generic", &format!("[control]\nstate_dir = \"{}\"\n", state.display()));
+    let config = config.to_str().expect("utf-8");
+    let init = s.run(&["init", "--config", config]);
+    assert!(init.status.success(), "ackgate init: {}", stderr(&init));
+    let store = state.join("users.db");
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "init must create the state directory private");
+    assert_eq!(mode(&store), 0o600, "init must create the user store private");
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert_fails_with(&s.run(&["run", "--config", config]), &["users.db", "644", "chmod go-rwx"]);
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert_fails_with(&s.run(&["run", "--config", config]), &["state", "755", "chmod go-rwx"]);
 }
 
 fn xdp_attached(s: &Scratch, iface: &str) -> bool {

@@ -164,6 +164,12 @@ default_response = "{default_response}"
         agent
     }
 
+    /// `ackgate-agent status --json`.
+    pub fn agent_status(&self) -> Value {
+        let out = run_ok(self.agent(&["status", "--json"]), None, "ackgate-agent status");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ackgate-agent status --json: {e}"))
+    }
+
     pub fn login(&self, user: &str, password: &str) {
         let out = run_ok(
             self.agent(&["login", "--user", user, "--password-stdin"]),

@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use ackgate_common::mac::MacKey;
 use ackgate_common::net::{TCP_ACK, TCP_SYN};
 use ackgate_common::option::OptionId;
 
@@ -75,6 +76,20 @@ fn send_ip(fd: &OwnedFd, frame: &TcpFrame) -> io::Result<()> {
 /// SYN from `src:sport` to `dst:dport`, wait for the SYN/ACK, send the
 /// stamped ACK. `None` if no SYN/ACK came within `timeout`.
 pub fn stamped_handshake(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, timeout: Duration) -> Option<Handshake> {
+    stamped_handshake_as(AGENT_ID, &AGENT_KEY, src, sport, dst, dport, timeout)
+}
+
+/// As [`stamped_handshake`], stamping with agent `agent_id`'s `key` (a
+/// thief holding a copy of an enrolled agent's key).
+pub fn stamped_handshake_as(
+    agent_id: u32,
+    key: &MacKey,
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    timeout: Duration,
+) -> Option<Handshake> {
     let fd = raw_tcp_socket().unwrap_or_else(|e| panic!("raw socket: {e}"));
     let mut syn = TcpFrame::new(src.octets(), sport, dst.octets(), dport, TCP_SYN).linux_syn_options();
     syn.seq = 0x5eed_0000 ^ u32::from(sport);
@@ -84,7 +99,7 @@ pub fn stamped_handshake(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, t
     let mut ack = TcpFrame::new(src.octets(), sport, dst.octets(), dport, TCP_ACK);
     ack.seq = syn.seq.wrapping_add(1);
     ack.ack = server_isn.wrapping_add(1);
-    stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
+    stamp::ack(&mut ack, OptionId::default(), agent_id, key);
     send_ip(&fd, &ack).unwrap_or_else(|e| panic!("sending the stamped ACK: {e}"));
     Some(Handshake { client_isn: syn.seq, server_isn })
 }

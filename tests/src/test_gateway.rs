@@ -144,6 +144,10 @@ impl Directory for HeldDirectory {
         self.hold.pass();
         self.inner.verify_password(user, password)
     }
+
+    fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
+        self.inner.record_key_misuse(agent_id, source, service)
+    }
 }
 
 fn rand_suffix() -> u64 {

@@ -98,17 +98,7 @@ impl Topology {
     /// Runs `f` on a thread inside namespace `ns`: sockets it creates live
     /// there. Panics propagate.
     pub fn run_in<R: Send>(&self, ns: Ns, f: impl FnOnce() -> R + Send) -> R {
-        let path = format!("/var/run/netns/{}", self.ns(ns));
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-                nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        run_in_netns(self.ns(ns), f)
     }
 
     /// `ip netns exec NS ARGS...`, output returned whatever the status.
@@ -129,6 +119,66 @@ impl Topology {
         self.run_in(Ns::Client, || gate.attach_pass(&self.client_if, XdpMode::Native))
             .unwrap_or_else(|e| panic!("attaching the pass program to {}: {e}", self.client_if));
     }
+}
+
+/// Another machine on the client's segment: its own namespace, on a
+/// macvlan of the client's interface, at the client's address + 1. It runs
+/// no agent. Removed on drop.
+pub struct Neighbour {
+    pub ns: String,
+    pub addr: Ipv4Addr,
+}
+
+impl Topology {
+    /// Adds a [`Neighbour`] on the client's segment.
+    pub fn neighbour(&self) -> Neighbour {
+        let c = self.ns(Ns::Client);
+        let ns = format!("{}n", &c[..c.len().min(14)]);
+        let ifc = format!("{}n", self.client_if);
+        let [a, b, net, host] = self.client_addr.octets();
+        let addr = Ipv4Addr::new(a, b, net, host + 1);
+        run(&["ip", "netns", "add", &ns]);
+        let neighbour = Neighbour { ns, addr };
+        run(&["ip", "-n", c, "link", "add", &ifc, "link", &self.client_if, "type", "macvlan", "mode", "bridge"]);
+        run(&["ip", "-n", c, "link", "set", &ifc, "netns", &neighbour.ns]);
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["link", "set", &ifc, "up"],
+            vec!["addr", "add", &format!("{addr}/24"), "dev", &ifc],
+        ] {
+            let mut full = vec!["ip", "-n", &neighbour.ns];
+            full.extend(args);
+            run(&full);
+        }
+        neighbour
+    }
+}
+
+impl Neighbour {
+    /// Runs `f` on a thread inside the neighbour's namespace.
+    pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        run_in_netns(&self.ns, f)
+    }
+}
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+fn run_in_netns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns into {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
 }
 
 impl Drop for Topology {

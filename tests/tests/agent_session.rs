@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use ackgate_agent::config::SessionSection;
 use ackgate_agent::enroll::{EnrollError, enroll};
-use ackgate_agent::session::{self, Credentials, Identity, Shared};
+use ackgate_agent::session::{self, Credentials, Identity, Shared, StampLog};
 use ackgate_agent::state::StateDir;
 use ackgate_agent::tls;
-use ackgate_common::proto::{ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION};
-use ackgate_gateway::agents::LOGINS_QUEUED;
+use ackgate_common::proto::{
+    EnrollRequest, ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION,
+};
+use ackgate_gateway::agents::{LOGINS_QUEUED, ProfileError};
 use ackgate_tests::test_gateway::{HEARTBEAT, TestGateway};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +34,19 @@ const FLOW: FlowSummary = FlowSummary {
     client_isn: 11,
     server_isn: 22,
 };
+
+/// The agent's stamp log in these tests: it stamped `FLOW` and nothing else.
+struct StampedOnly(FlowSummary);
+
+impl StampLog for StampedOnly {
+    fn stamped(&self, flow: &FlowSummary) -> bool {
+        *flow == self.0
+    }
+}
+
+fn identity(enrollment: ackgate_agent::state::Enrollment, machine: [u8; 32]) -> Identity {
+    Identity { enrollment, machine, stamps: Arc::new(StampedOnly(FLOW)) }
+}
 
 struct TempDir(PathBuf);
 
@@ -72,7 +87,7 @@ fn run_agent(
     if let Some((user, pw)) = creds {
         shared.set_credentials(Some(Credentials { user: user.into(), password: Zeroizing::new(pw.into()) }));
     }
-    let identity = Arc::new(Identity { enrollment, machine: [7; 32] });
+    let identity = Arc::new(identity(enrollment, [7; 32]));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(session::run(identity.clone(), shared.clone(), fast_reconnect(), stopped));
     (shared, identity, stop)
@@ -422,7 +437,7 @@ async fn replayed_and_forged_profile_answers_are_refused() {
             other => panic!("expected a ProfileRequest, got {other:?}"),
         }
     };
-    let identity = Identity { enrollment, machine: [1; 32] };
+    let identity = identity(enrollment, [1; 32]);
     let good = session::answer(&identity, &req, "dave".into(), Some(&key));
     let mut wrong_nonce = good.clone();
     wrong_nonce.nonce[0] ^= 1;
@@ -437,4 +452,97 @@ async fn replayed_and_forged_profile_answers_are_refused() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(refused(), 2, "the forged-nonce answer and the replay must both be refused");
+}
+
+/// A stamped handshake the agent never saw (a copy of its key in use
+/// elsewhere): the agent refuses to vouch for it even with a user logged
+/// in, and the gateway counts it as a suspected stolen key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_refuses_profiles_for_flows_it_did_not_stamp() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("alice", "pw");
+    let dir = TempDir::new("unstamped");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let (shared, _identity, stop) = run_agent(&state, Some(("alice", "pw")));
+    gw.wait_connected(id, DEADLINE).await;
+    assert!(wait_login(&shared).await.accepted, "the login must be accepted");
+    let foreign = [
+        FlowSummary { client_addr: [10, 0, 0, 3], ..FLOW },
+        FlowSummary { client_port: FLOW.client_port + 1, ..FLOW },
+        FlowSummary { client_isn: FLOW.client_isn + 1, ..FLOW },
+        FlowSummary { server_isn: FLOW.server_isn + 1, ..FLOW },
+    ];
+    for flow in foreign {
+        let asked = gw.server.request_profile(id, flow, DEADLINE).await;
+        assert_eq!(asked, Err(ProfileError::NotStamped(id)), "a flow the agent did not stamp ({flow:?})");
+    }
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("the stamped flow is answered");
+    assert!(outcome.proof_valid && outcome.profile.user == "alice", "the stamped flow must be vouched for");
+    let not_stamped = gw.server.stats.not_stamped.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(not_stamped, 4, "each refusal must be counted");
+    assert_eq!(shared.status().profile_refusals, 4, "the agent must count its refusals too");
+    let _ = stop.send(true);
+}
+
+/// `logout` tells the gateway: an answer signed with the old proof key,
+/// sent after the logout, no longer verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_kills_the_proof_key_at_the_gateway() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("dave", "pw");
+    let dir = TempDir::new("logout");
+    let (id, enrollment, mut conn) = raw_session(&gw, &dir).await;
+    conn.send(login("dave", "pw")).await.expect("login");
+    let key = loop {
+        match conn.next().await {
+            Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,
+            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected an accepted LoginResult, got {other:?}"),
+        }
+    };
+    conn.send(Message::Logout).await.expect("logout");
+    let server = gw.server.clone();
+    let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
+    let req = loop {
+        match conn.next().await {
+            Some(Ok(Message::ProfileRequest(r))) => break r,
+            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected a ProfileRequest, got {other:?}"),
+        }
+    };
+    let identity = identity(enrollment, [1; 32]);
+    conn.send(Message::ProfileAnswer(session::answer(&identity, &req, "dave".into(), Some(&key))))
+        .await
+        .expect("answer");
+    let outcome = asked.await.expect("join").expect("profile outcome");
+    assert!(!outcome.proof_valid, "a proof under a key the user logged out of must not verify");
+    assert_eq!(gw.server.stats.logouts.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// An enrollment whose certificate request cannot be signed is refused
+/// before the invite is spent: the same invite still enrolls afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_certificate_request_leaves_the_invite_unspent() {
+    let gw = TestGateway::start().await;
+    let invite = gw.invite(Duration::from_secs(60));
+    let mut conn = Framed::new(raw_tls(&gw).await, MessageCodec::default());
+    let bad = EnrollRequest {
+        invite_id: invite.invite_id,
+        secret: invite.secret,
+        csr_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+        hostname: "laptop".into(),
+        install_serial: "serial".into(),
+    };
+    conn.send(Message::EnrollRequest(bad)).await.expect("enroll request");
+    match tokio::time::timeout(DEADLINE, conn.next()).await {
+        Ok(Some(Ok(Message::Error(report)))) => {
+            assert_eq!(report.code, ErrorCode::BadFrame, "{report:?}");
+            assert!(report.message.contains("certificate request"), "{report:?}");
+        }
+        other => panic!("expected an Error for the unusable request, got {other:?}"),
+    }
+    let dir = TempDir::new("csr");
+    enroll(&invite, "laptop", &StateDir::new(&dir.0), DEADLINE)
+        .await
+        .unwrap_or_else(|e| panic!("the invite must still be unspent after a refused request: {e}"));
 }

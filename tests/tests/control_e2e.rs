@@ -11,8 +11,10 @@
 
 use std::time::Duration;
 
+use ackgate_agent::state::StateDir;
 use ackgate_tests::daemons::{Daemon, eventually, run_ok};
 use ackgate_tests::deployment::{PORT, Setup, WAIT};
+use ackgate_tests::stamper::stamped_handshake_as;
 use ackgate_tests::target::GREETING;
 use ackgate_tests::topology::Ns;
 
@@ -419,4 +421,96 @@ fn services_are_added_and_removed_on_a_running_gateway() {
     let bad =
         s.ackgate(&["services", "add", "x", "--vip", &vip, "--port", "0", "--target", &target]).output().expect("run");
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("port 0"), "{bad:?}");
+}
+
+/// A thief on the client's segment holds a copy of the enrolled agent's
+/// MAC key and stamps valid handshakes while the real agent is logged in as
+/// an approved user. The gate accepts the stamps (the MAC is right), but the
+/// agent never stamped those handshakes and says so: every one is denied,
+/// recorded against the agent and counted; none is authorized.
+#[test]
+fn a_stolen_key_alone_authorizes_nothing() {
+    let s = Setup::new("stolen", "reset", 3000, "");
+    let (_gateway, _agent) = s.start_approved("alice");
+    let (code, body) = s.fetch(5);
+    assert_eq!(code, 0, "the real agent's own flow must go through: {body}");
+    let enrollment = StateDir::new(&s.dir.join("agent-state")).load().expect("the agent's enrollment");
+    let (agent_id, key) = (enrollment.info.agent_id, enrollment.mac_key);
+    let thief = s.topo.neighbour();
+    const TRIES: u16 = 3;
+    for i in 0..TRIES {
+        let shook = thief.run_in(|| {
+            stamped_handshake_as(agent_id, &key, thief.addr, 41000 + i, s.topo.edge_addr, PORT, Duration::from_secs(5))
+        });
+        assert!(shook.is_some(), "the gate must answer the thief's SYN {i} with its SYN/ACK");
+    }
+    let from_thief =
+        |r: &serde_json::Value| r["client"].as_str().is_some_and(|c| c.starts_with(&format!("{}:", thief.addr)));
+    let rows = eventually(WAIT, "a decision on each of the thief's flows", || {
+        let rows: Vec<_> = s.access_log().into_iter().filter(from_thief).collect();
+        (rows.len() == usize::from(TRIES)).then_some(rows)
+    });
+    for r in &rows {
+        assert_eq!(r["decision"], "denied", "a stolen key must not authorize: {r}");
+        assert!(r["reason"].as_str().is_some_and(|w| w.contains("suspected stolen key")), "reason: {r}");
+    }
+    let shown = s.json(&["agents", "show", &agent_id.to_string(), "--json"]);
+    let misuse = &shown["key_misuse"][0];
+    assert_eq!(misuse["source"], thief.addr.to_string(), "the thief's address must be recorded: {shown}");
+    assert_eq!(misuse["count"], TRIES, "every stolen-key flow must be recorded: {shown}");
+    let status = s.json(&["status", "--json"]);
+    assert_eq!(status["control_plane"]["not_stamped"], TRIES, "the gateway must count them: {status}");
+    let agent = s.agent_status();
+    assert_eq!(agent["session"]["profile_refusals"], TRIES, "the agent must count its refusals: {agent}");
+    assert!(!s.access_log().iter().any(|r| from_thief(r) && r["decision"] == "authorized"));
+}
+
+/// `agents revoke` on a running gateway: the agent's live flow gets a RST,
+/// its session ends, its certificate is refused at the next TLS handshake,
+/// and its stamps no longer pass the gate.
+#[test]
+fn a_revoked_agent_loses_its_flows_its_session_and_its_key() {
+    let s = Setup::new("agrevoke", "reset", 3000, "");
+    let (_gateway, _agent) = s.start_approved("alice");
+    let agents = s.json(&["agents", "list", "--json"]);
+    let id = agents[0]["agent_id"].as_u64().unwrap_or_else(|| panic!("agents list names the agent: {agents}"));
+    let (read, said) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| s.idle_client(Duration::from_secs(20)).0);
+        assert_eq!(s.decision(2)["decision"], "authorized", "the flow must be authorized before the revocation");
+        let out = run_ok(s.ackgate(&["agents", "revoke", &id.to_string()]), None, "agents revoke");
+        (client.join().expect("client thread"), String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert!(said.contains("ended 1 live flow(s) and the agent's session"), "agents revoke said: {said}");
+    assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset), "the agent's live flow must be reset");
+    let refused = eventually(WAIT, "the agent's reconnect to be refused in the TLS handshake", || {
+        let agent = s.agent_status();
+        let error = agent["session"]["last_error"].as_str().unwrap_or("").to_owned();
+        (agent["session"]["connects"] == 1 && error.contains("CertificateRevoked")).then_some(error)
+    });
+    assert!(refused.contains("CertificateRevoked"), "{refused}");
+    let before = s.gate_counter("ack_unknown_agent");
+    assert_ne!(s.curl(2), 0, "a revoked agent's stamp must not open the service");
+    assert!(s.gate_counter("ack_unknown_agent") > before, "the gate must no longer know the agent's key");
+    let shown = s.json(&["agents", "show", &id.to_string(), "--json"]);
+    assert_eq!(shown["revoked"], true, "{shown}");
+}
+
+/// An agent revoked while the gateway is down: at start the gate's pinned
+/// key map is rebuilt from the store, so the revoked key does not survive.
+#[test]
+fn a_key_revoked_while_the_gateway_is_down_does_not_survive_its_restart() {
+    let s = Setup::new("keysync", "reset", 3000, "");
+    let (gateway, _agent) = s.start();
+    s.curl(2);
+    assert_eq!(s.decision(1)["decision"], "denied", "the agent's key must pass the gate before the revocation");
+    let agents = s.json(&["agents", "list", "--json"]);
+    let id = agents[0]["agent_id"].as_u64().unwrap_or_else(|| panic!("agents list names the agent: {agents}"));
+    drop(gateway);
+    let out = run_ok(s.ackgate(&["agents", "revoke", &id.to_string()]), None, "agents revoke (gateway down)");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("when it starts"), "{out:?}");
+    let _restarted = s.start_gateway();
+    let before = s.gate_counter("ack_unknown_agent");
+    assert_ne!(s.curl(2), 0, "a revoked agent's stamp must not open the service");
+    assert!(s.gate_counter("ack_unknown_agent") > before, "the revoked key must be gone from the pinned map");
+    assert_eq!(s.access_log().len(), 1, "no flow of the revoked agent may reach the control plane");
 }

@@ -54,10 +54,10 @@ pub fn run_suite(tally: &mut Tally) -> Result<()> {
     let bins = test_binaries(VM_TARGETS)?;
     let rw = std::env::temp_dir().join(format!("ackgate-vm-{}", std::process::id()));
     std::fs::create_dir_all(&rw)?;
-    // Module autoloading does not reach modprobe in the guest; load veth by
-    // hand.
+    // Module autoloading does not reach modprobe in the guest; load veth
+    // and macvlan (a second machine on the client's segment) by hand.
     let mut script =
-        String::from("set -u; modprobe -a veth; mount -t bpf bpf /sys/fs/bpf 2>/dev/null; uname -r; rc=0; ");
+        String::from("set -u; modprobe -a veth macvlan; mount -t bpf bpf /sys/fs/bpf 2>/dev/null; uname -r; rc=0; ");
     // The guest's CPU is emulated (about 14 times slower): bulk transfers
     // are scaled down there (tests/tests/splice_e2e.rs).
     for (_, exe) in &bins {

@@ -23,6 +23,11 @@ pub enum Message {
     ProfileRequest(ProfileRequest),
     /// Agent → gateway.
     ProfileAnswer(ProfileAnswer),
+    /// Agent → gateway: no profile for this flow (this machine did not
+    /// stamp it).
+    ProfileRefused(ProfileRefusal),
+    /// Agent → gateway: the user logged out; the session's proof key dies.
+    Logout,
     /// Either side: liveness probe, answered by `Pong` with the same value.
     Ping(u64),
     Pong(u64),
@@ -51,6 +56,8 @@ impl Message {
             Message::LoginResult(_) => "LoginResult",
             Message::ProfileRequest(_) => "ProfileRequest",
             Message::ProfileAnswer(_) => "ProfileAnswer",
+            Message::ProfileRefused(_) => "ProfileRefused",
+            Message::Logout => "Logout",
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
             Message::Error(_) => "Error",
@@ -128,7 +135,7 @@ pub struct LoginResult {
 }
 
 /// The flow a profile request is about, as the gate saw its handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowSummary {
     pub client_addr: [u8; 4],
     pub client_port: u16,
@@ -163,6 +170,21 @@ pub struct ProfileAnswer {
     pub request_id: u64,
     pub nonce: [u8; 16],
     pub profile: Profile,
+}
+
+/// Why an agent gives no profile for a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalReason {
+    /// The agent's stamper never stamped a handshake with this 4-tuple and
+    /// these ISNs: someone else holds a copy of the agent's MAC key.
+    NotStamped,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileRefusal {
+    pub request_id: u64,
+    pub nonce: [u8; 16],
+    pub reason: RefusalReason,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,8 +20,9 @@ pub use proof::{profile_proof, verify_profile_proof};
 use std::time::Duration;
 
 /// The version byte this build writes and accepts. 2: `LoginResult` names
-/// the user, `ErrorCode::TooManyLogins`.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// the user, `ErrorCode::TooManyLogins`. 3: agents refuse profile requests
+/// for flows they did not stamp (`ProfileRefused`), and `Logout`.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest frame (version byte + message) either side accepts. A profile
 /// answer is about 150 bytes and an enrollment answer, with its

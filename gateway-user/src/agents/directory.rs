@@ -61,6 +61,29 @@ pub trait Directory: Send + Sync + 'static {
     /// Checks a password against the user's stored argon2id hash. Slow on
     /// purpose: the server calls it once per login, off the async threads.
     fn verify_password(&self, user: &str, password: &str) -> bool;
+    /// Records a flow stamped with `agent_id`'s key that the agent says it
+    /// never stamped: someone at `source` holds a copy of the key. Blocking
+    /// (a store write).
+    fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String>;
+}
+
+/// Where a suspected stolen key was used from, as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct KeyMisuse {
+    pub agent_id: u32,
+    /// The client address the stamped handshakes came from.
+    pub source: String,
+    /// The service of the latest one.
+    pub service: String,
+    pub first_unix: u64,
+    pub last_unix: u64,
+    pub count: u64,
+}
+
+/// A fresh agent id: random and non-zero (0 means "no agent" in the gate's
+/// maps).
+pub fn random_agent_id() -> u32 {
+    rand::random::<u32>().max(1)
 }
 
 /// Password checks (argon2id: tens of milliseconds of CPU, and its memory
@@ -96,7 +119,7 @@ struct Inner {
     invites: HashMap<u64, InviteRecord>,
     agents: HashMap<u32, AgentRecord>,
     users: HashMap<String, String>,
-    next_agent: u32,
+    key_misuse: Vec<KeyMisuse>,
     next_invite: u64,
 }
 
@@ -137,6 +160,11 @@ impl MemoryDirectory {
     pub fn agent(&self, agent_id: u32) -> Option<AgentRecord> {
         self.lock().agents.get(&agent_id).cloned()
     }
+
+    /// Every recorded use of a suspected stolen key.
+    pub fn key_misuse(&self) -> Vec<KeyMisuse> {
+        self.lock().key_misuse.clone()
+    }
 }
 
 impl Directory for MemoryDirectory {
@@ -153,8 +181,12 @@ impl Directory for MemoryDirectory {
             return Err(EnrollRefusal::Expired);
         }
         invite.used = true;
-        inner.next_agent += 1;
-        let agent_id = inner.next_agent;
+        let agent_id = loop {
+            let id = random_agent_id();
+            if !inner.agents.contains_key(&id) {
+                break id;
+            }
+        };
         inner.agents.insert(
             agent_id,
             AgentRecord {
@@ -183,5 +215,26 @@ impl Directory for MemoryDirectory {
             return false;
         };
         verify_password_hash(&stored, password)
+    }
+
+    fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
+        let now = now_unix();
+        let mut inner = self.lock();
+        match inner.key_misuse.iter_mut().find(|m| m.agent_id == agent_id && m.source == source) {
+            Some(m) => {
+                m.count += 1;
+                m.last_unix = now;
+                service.clone_into(&mut m.service);
+            }
+            None => inner.key_misuse.push(KeyMisuse {
+                agent_id,
+                source: source.to_owned(),
+                service: service.to_owned(),
+                first_unix: now,
+                last_unix: now,
+                count: 1,
+            }),
+        }
+        Ok(())
     }
 }

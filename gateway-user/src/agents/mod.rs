@@ -7,9 +7,10 @@
 
 mod directory;
 mod server;
+mod verifier;
 
 pub use directory::{
-    AgentRecord, Directory, EnrollRefusal, MemoryDirectory, NewAgent, hash_password, password_check_limit,
-    verify_password_hash,
+    AgentRecord, Directory, EnrollRefusal, KeyMisuse, MemoryDirectory, NewAgent, hash_password, password_check_limit,
+    random_agent_id, verify_password_hash,
 };
 pub use server::{AgentServer, LOGINS_QUEUED, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

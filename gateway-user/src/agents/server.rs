@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{
     Enrolled, ErrorCode, ErrorReport, FlowSummary, Login, LoginResult, Message, MessageCodec, Profile, ProfileAnswer,
-    ProfileRequest, ProtoError, Welcome, verify_profile_proof,
+    ProfileRequest, ProtoError, RefusalReason, Welcome, verify_profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
@@ -22,6 +22,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 
 use super::directory::{Directory, NewAgent};
+use super::verifier::EnrolledAgents;
 use crate::pki::{Ca, PkiError};
 
 type Conn = Framed<TlsStream<TcpStream>, MessageCodec>;
@@ -59,6 +60,11 @@ pub enum ProfileError {
     Timeout(u32, Duration),
     #[error("the session of agent {0} closed before it answered")]
     SessionClosed(u32),
+    /// The agent's stamper never stamped this handshake, yet it carried the
+    /// agent's capability: a copy of the agent's MAC key is in use
+    /// elsewhere.
+    #[error("agent {0} did not stamp this flow: suspected stolen key")]
+    NotStamped(u32),
 }
 
 /// Counters of the listener (all since start).
@@ -73,19 +79,27 @@ pub struct SessionStats {
     pub logins_refused: AtomicU64,
     /// Answers to no outstanding request, or with the wrong nonce: replays.
     pub answers_refused: AtomicU64,
+    /// Flows the named agent says it never stamped (suspected stolen keys).
+    pub not_stamped: AtomicU64,
+    pub logouts: AtomicU64,
 }
+
+/// What the agent said about a flow: its profile and whether the proof
+/// verified, or why it gives none.
+type Reply = Result<(ProfileAnswer, bool), RefusalReason>;
 
 struct Pending {
     request: ProfileRequest,
-    /// The answer, and whether its proof verified.
-    reply: oneshot::Sender<(ProfileAnswer, bool)>,
+    reply: oneshot::Sender<Reply>,
 }
 
 struct Session {
     id: u64,
     outbound: mpsc::Sender<Message>,
-    /// Told when a newer session of the same agent takes over.
+    /// Told when a newer session of the same agent takes over, or the agent
+    /// is revoked (then with why).
     replaced: Notify,
+    revoked: Mutex<Option<String>>,
     /// Proof key and user of the session's accepted login.
     login: Mutex<Option<([u8; 32], String)>>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -119,10 +133,11 @@ impl AgentServer {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         // Enrollment connections have no client certificate yet; sessions
         // must present one (checked per connection below).
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        let signed = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .allow_unauthenticated()
             .build()
             .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let verifier = Arc::new(EnrolledAgents { signed, directory: directory.clone() });
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .and_then(|b| b.with_client_cert_verifier(verifier).with_single_cert(identity.chain, identity.key))
@@ -170,6 +185,22 @@ impl AgentServer {
         rx
     }
 
+    /// What the server knows about agents, users and invites.
+    pub fn directory(&self) -> Arc<dyn Directory> {
+        self.directory.clone()
+    }
+
+    /// Ends the live session of `agent_id` (revoked) with an error that
+    /// says `why`; whether it had one.
+    pub fn end_session(&self, agent_id: u32, why: &str) -> bool {
+        let Some(session) = lock(&self.sessions).remove(&agent_id) else {
+            return false;
+        };
+        *lock(&session.revoked) = Some(why.to_owned());
+        session.replaced.notify_one();
+        true
+    }
+
     /// Agents with a live session.
     pub fn connected(&self) -> Vec<u32> {
         lock(&self.sessions).keys().copied().collect()
@@ -203,7 +234,8 @@ impl AgentServer {
             return Err(ProfileError::SessionClosed(agent_id));
         }
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok((answer, proof_valid))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid }),
+            Ok(Ok(Ok((answer, proof_valid)))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid }),
+            Ok(Ok(Err(RefusalReason::NotStamped))) => Err(ProfileError::NotStamped(agent_id)),
             Ok(Err(_)) => Err(ProfileError::SessionClosed(agent_id)),
             Err(_) => {
                 lock(&session.pending).remove(&request.request_id);
@@ -254,6 +286,12 @@ impl AgentServer {
     }
 
     async fn enroll(&self, conn: &mut Conn, req: ackgate_common::proto::EnrollRequest) -> Result<(), ProtoError> {
+        // The invite is spent only on a request that can be signed.
+        if let Err(e) = Ca::check_agent_request(&req.csr_der) {
+            self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
+            refuse(conn, ErrorCode::BadFrame, &e.to_string()).await;
+            return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::BadFrame, message: e.to_string() }));
+        }
         let mac_key: [u8; 16] = rand::random();
         let agent = NewAgent {
             hostname: req.hostname.clone(),
@@ -306,6 +344,7 @@ impl AgentServer {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             outbound,
             replaced: Notify::new(),
+            revoked: Mutex::new(None),
             login: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
         });
@@ -346,6 +385,11 @@ impl AgentServer {
                         send_within(&mut conn, Message::Ping(session.id), within).await?;
                     }
                     () = session.replaced.notified() => {
+                        let revoked = lock(&session.revoked).take();
+                        if let Some(why) = revoked {
+                            refuse(&mut conn, ErrorCode::UnknownAgent, &why).await;
+                            return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::UnknownAgent, message: why }));
+                        }
                         let _ = tokio::time::timeout(GOODBYE_WITHIN, conn.close()).await;
                         return Ok(());
                     }
@@ -411,7 +455,7 @@ impl AgentServer {
                         let proof_valid = lock(&session.login).as_ref().is_some_and(|(key, user)| {
                             *user == answer.profile.user && verify_profile_proof(key, &p.request, &answer.profile)
                         });
-                        let _ = p.reply.send((answer, proof_valid));
+                        let _ = p.reply.send(Ok((answer, proof_valid)));
                     }
                     Some(p) => {
                         // Wrong nonce: put the request back for the real answer.
@@ -424,11 +468,37 @@ impl AgentServer {
                 }
                 Ok(())
             }
+            Message::ProfileRefused(refusal) => {
+                let mut pending = lock(&session.pending);
+                match pending.remove(&refusal.request_id) {
+                    Some(p) if p.request.nonce == refusal.nonce => {
+                        self.stats.not_stamped.fetch_add(1, Ordering::Relaxed);
+                        let _ = p.reply.send(Err(refusal.reason));
+                    }
+                    Some(p) => {
+                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
+                        pending.insert(refusal.request_id, p);
+                    }
+                    None => {
+                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            }
+            Message::Logout => {
+                // Proofs made under the old key fail from now on.
+                *lock(&session.login) = None;
+                self.stats.logouts.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Message::Ping(n) => send_within(conn, Message::Pong(n), self.config.handshake_timeout).await,
             Message::Pong(_) => Ok(()),
             Message::Error(report) => Err(ProtoError::Remote(report)),
             other => {
-                let e = ProtoError::Unexpected { want: "Login, ProfileAnswer, Ping or Pong", got: other.name() };
+                let e = ProtoError::Unexpected {
+                    want: "Login, Logout, ProfileAnswer, ProfileRefused, Ping or Pong",
+                    got: other.name(),
+                };
                 refuse(conn, ErrorCode::UnexpectedMessage, &e.to_string()).await;
                 Err(e)
             }

@@ -17,13 +17,13 @@ use ackgate_gateway::counters;
 use ackgate_gateway::gate::Gate;
 use ackgate_gateway::owner::{self, OwnerNames};
 use ackgate_gateway::pki::Ca;
-use ackgate_gateway::store::Store;
+use ackgate_gateway::store::{AgentEntry, Store};
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use ackgate_gateway::services_edit::{self, NewService};
 
-use crate::{ServicesCommand, UsersCommand};
+use crate::{AgentsCommand, ServicesCommand, UsersCommand};
 
 const SKELETON: &str = r#"# ackgate gateway configuration (README "Configuration" explains every key).
 
@@ -200,6 +200,51 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
                     println!("machine: {m}");
                 }
             })?;
+        }
+    }
+    Ok(())
+}
+
+pub fn agents(config_path: &Path, command: AgentsCommand) -> Result<()> {
+    let (config, store) = open_store(config_path)?;
+    let human = |a: &AgentEntry| {
+        let state = if a.revoked { "revoked" } else { "enrolled" };
+        let misuse: u64 = a.key_misuse.iter().map(|m| m.count).sum();
+        let warning = if misuse > 0 { format!(" SUSPECTED STOLEN KEY ({misuse} flows)") } else { String::new() };
+        println!("{:<10} {state:<8} {:<24} enrolled {}{warning}", a.agent_id, a.hostname, a.enrolled_unix);
+    };
+    match command {
+        AgentsCommand::List { json } => print(json, &store.agents()?, |agents| agents.iter().for_each(human))?,
+        AgentsCommand::Show { id, json } => print(json, &store.agent(id)?, |a| {
+            human(a);
+            println!("install serial: {}", a.install_serial);
+            println!("certificate: {}", a.certificate.as_deref().unwrap_or("none issued"));
+            for m in &a.key_misuse {
+                println!(
+                    "key used without the agent from {} (to {}) x{}, first {} last {}",
+                    m.source, m.service, m.count, m.first_unix, m.last_unix
+                );
+            }
+        })?,
+        AgentsCommand::Revoke { id } => {
+            store.revoke_agent(id)?;
+            println!("revoked agent {id}");
+            let socket = control(&config)?.admin_socket.clone();
+            if let Some(why) = daemon_down(&socket) {
+                println!(
+                    "the gateway is not running ({why}): its key leaves the gate and its certificate \
+                     opens no session when it starts"
+                );
+                return Ok(());
+            }
+            match ask_daemon(&socket, &AdminRequest::RevokeAgent { agent_id: id })? {
+                AdminReply::AgentRevoked { session_ended, flows_ended } => println!(
+                    "ended {flows_ended} live flow(s){}",
+                    if session_ended { " and the agent's session" } else { "" }
+                ),
+                AdminReply::Error(e) => bail!("the gateway could not apply the revocation: {e}"),
+                other => bail!("unexpected reply from the gateway: {other:?}"),
+            }
         }
     }
     Ok(())
@@ -413,6 +458,13 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
                     "  agent sessions opened: {}; logins: {} accepted, {} refused",
                     d.sessions_opened, d.logins_accepted, d.logins_refused
                 );
+                if d.not_stamped > 0 {
+                    println!(
+                        "  SUSPECTED STOLEN KEYS: {} flows stamped with an agent's key that the agent never stamped \
+                         (`ackgate agents list`)",
+                        d.not_stamped
+                    );
+                }
                 let t = &d.splice;
                 println!(
                     "  splice: {} live ({} connecting); {} started, {} spliced; held segments: {} delivered, {} dropped",

@@ -110,6 +110,14 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Enrolled agents: list them, show one (with any use of its key from
+    /// elsewhere), revoke one.
+    Agents {
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
     /// Protected services (the config's [[services]]).
     Services {
         /// The gateway config (required).
@@ -242,6 +250,26 @@ enum UsersCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum AgentsCommand {
+    /// Every enrolled agent, revoked ones too.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One agent, with the addresses its key was used from without it
+    /// (a suspected stolen key).
+    Show {
+        id: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent: its key leaves the gate, its certificate opens no
+    /// session, and the running gateway ends its session and its live flows
+    /// at once (a RST to the client unless the service's policy is drop).
+    Revoke { id: u32 },
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("ackgate: {}", ackgate_common::report::error_report(e.as_ref()));
@@ -259,6 +287,7 @@ fn real_main() -> Result<()> {
         Command::Init { config, edge_interface, state_dir } => admin::init(&config, &edge_interface, &state_dir),
         Command::Invite { config, note } => admin::invite(&config, &note),
         Command::Users { config, store, command } => admin::users(config.as_deref(), store.as_deref(), command),
+        Command::Agents { config, command } => admin::agents(&config.context("--config FILE is required")?, command),
         Command::Validator { command: ValidatorCommand::Run { config } } => validator_run(&config),
         Command::Validator { command: ValidatorCommand::Credentials { config, out } } => {
             admin::validator_credentials(&config, &out)
@@ -277,6 +306,9 @@ fn real_main() -> Result<()> {
 
 fn run(config_path: PathBuf) -> Result<()> {
     let config = Config::from_file(&config_path)?;
+    if let Some(c) = &config.control {
+        ackgate_gateway::store::check_private(Some(&c.state_dir), &c.store_path())?;
+    }
     let services = config.service_entries()?;
     let g = &config.gateway;
     let host = HostTcp::read(&g.edge_interface)
@@ -292,20 +324,19 @@ fn run(config_path: PathBuf) -> Result<()> {
     gate.sync_services(&services).context("filling the service map")?;
     let transit = config.transit_prefixes()?;
     gate.sync_transit(&transit).context("filling the allowed-transit map")?;
+    let mut agent_keys = Vec::new();
     for agent in &config.static_agents {
-        let key = agent.load_key()?;
-        gate.set_agent_key(agent.id, key).with_context(|| format!("loading the key of agent {}", agent.id))?;
+        agent_keys.push((agent.id, agent.load_key()?));
     }
     let control = match &config.control {
         Some(c) => {
             let prepared = Prepared::open(c, &config, &config_path)?;
-            for (id, key) in prepared.store.agent_keys()? {
-                gate.set_agent_key(id, key).with_context(|| format!("loading the key of agent {id}"))?;
-            }
+            agent_keys.extend(prepared.store.agent_keys()?);
             Some(prepared)
         }
         None => None,
     };
+    gate.sync_agent_keys(&agent_keys).context("filling the agent key map")?;
     let pages = config.page_services()?;
     if !pages.is_empty() {
         page::install_synproxy(&pages).context("installing the page responder's SYNPROXY rules")?;
@@ -660,8 +691,26 @@ struct Plane {
 
 struct Revocation {
     at: Instant,
-    user: String,
-    machine: Option<String>,
+    whom: Revoked,
+}
+
+enum Revoked {
+    /// A user, or one of their machines (hex fingerprint prefix).
+    User {
+        user: String,
+        machine: Option<String>,
+    },
+    Agent(u32),
+}
+
+impl Revoked {
+    /// Whether a flow of `agent_id` authorized for `owner` falls under it.
+    fn covers(&self, owner: &FlowOwner, agent_id: u32) -> bool {
+        match self {
+            Revoked::User { user, machine } => ackgate_gateway::owner::belongs_to(owner, user, machine.as_deref()),
+            Revoked::Agent(id) => *id == agent_id,
+        }
+    }
 }
 
 type Started = (
@@ -755,10 +804,13 @@ impl Plane {
     /// Administrative requests that act on live state.
     fn admin(&mut self, gate: &mut Gate, req: AdminRequest) -> AdminReply {
         match req {
-            AdminRequest::EndFlows { user, machine } => match self.end_flows(gate, &user, machine.as_deref()) {
+            AdminRequest::EndFlows { user, machine } => match self.end_flows(gate, Revoked::User { user, machine }) {
                 Ok(n) => AdminReply::Ended(n),
                 Err(e) => AdminReply::Error(format!("{e:#}")),
             },
+            AdminRequest::RevokeAgent { agent_id } => {
+                self.revoke_agent(gate, agent_id).unwrap_or_else(|e| AdminReply::Error(format!("{e:#}")))
+            }
             AdminRequest::ReloadServices => match self.reload(gate) {
                 Ok(reply) => reply,
                 Err(e) => AdminReply::Error(format!("{e:#}")),
@@ -804,6 +856,7 @@ impl Plane {
             sessions_opened: load(&stats.sessions_opened),
             logins_accepted: load(&stats.logins_accepted),
             logins_refused: load(&stats.logins_refused),
+            not_stamped: load(&stats.not_stamped),
             spliced: self.splicer.as_ref().map_or(0, Splicer::len),
             splice_connecting: self.splicer.as_ref().map_or(0, Splicer::connecting),
             splice: self.splicer.as_ref().map(|s| s.totals).unwrap_or_default(),
@@ -814,12 +867,12 @@ impl Plane {
     /// fingerprint starts with `machine`, if given), wherever the gate holds
     /// them: the owner is in the pinned flow map, so flows authorized before
     /// a restart are found too.
-    fn end_flows(&mut self, gate: &mut Gate, user: &str, machine: Option<&str>) -> Result<usize> {
-        // Decisions under way for this user are denied when they arrive.
+    fn end_flows(&mut self, gate: &mut Gate, whom: Revoked) -> Result<usize> {
+        // Decisions under way for this user or agent are denied when they
+        // arrive.
         let now = Instant::now();
         let window = self.cp.longest_decision();
         self.revocations.retain(|r| now.duration_since(r.at) <= 2 * window);
-        self.revocations.push(Revocation { at: now, user: user.to_owned(), machine: machine.map(str::to_owned) });
         // One pass over the map (a revocation is rare; the event loop waits
         // for it). A walk can meet a key twice when the gate changes the
         // map meanwhile: deduplicated by key.
@@ -827,23 +880,29 @@ impl Plane {
             .pending_flows()
             .context("reading the flow map")?
             .into_iter()
-            .filter(|(_, f)| f.state == FLOW_AUTHORIZED && ackgate_gateway::owner::belongs_to(&f.owner, user, machine))
+            .filter(|(_, f)| f.state == FLOW_AUTHORIZED && whom.covers(&f.owner, f.agent_id))
             .collect();
         let (mut ended, mut failed) = (0, None);
         if let Some(s) = self.splicer.as_mut() {
-            let gone = s.end_owned(gate, |o| ackgate_gateway::owner::belongs_to(o, user, machine));
+            let gone = s.end_matching(gate, |owner, agent_id| whom.covers(owner, agent_id));
             ended += gone.len();
             for e in &gone {
                 self.log_ended(e, None);
             }
         }
+        let why = match whom {
+            Revoked::User { .. } => "the user or machine was revoked",
+            Revoked::Agent(_) => "the agent was revoked",
+        };
+        let names = self.owner_names();
         for (flow, f) in &owned {
             // One flow that cannot be removed must not keep the rest alive.
-            match self.end_flow(gate, flow, f, user, "the user or machine was revoked") {
+            match self.end_flow(gate, flow, f, names.user(&f.owner), why) {
                 Ok(()) => ended += 1,
                 Err(e) => failed = Some(e),
             }
         }
+        self.revocations.push(Revocation { at: now, whom });
         match failed {
             None => Ok(ended),
             Some(e) => Err(anyhow::anyhow!(
@@ -853,6 +912,25 @@ impl Plane {
         }
     }
 
+    /// The names of flow owners, as far as this gateway's store knows them.
+    fn owner_names(&self) -> OwnerNames {
+        let names = self.users.as_ref().map(|s| s.user_names()).transpose().unwrap_or_else(|e| {
+            warn!("reading user names for the access log: {e}");
+            None
+        });
+        OwnerNames::new(names.unwrap_or_default())
+    }
+
+    /// Revokes an agent on the running gateway: its key leaves the gate,
+    /// its session ends, and so do its live flows.
+    fn revoke_agent(&mut self, gate: &mut Gate, agent_id: u32) -> Result<AdminReply> {
+        gate.remove_agent_key(agent_id).context("removing the agent's key from the gate")?;
+        let session_ended = self.server.end_session(agent_id, "this agent was revoked");
+        let flows_ended = self.end_flows(gate, Revoked::Agent(agent_id))?;
+        info!(agent_id, session_ended, flows_ended, "agent revoked");
+        Ok(AdminReply::AgentRevoked { session_ended, flows_ended })
+    }
+
     /// Removes an authorized flow from the gate, resets the client unless
     /// the service drops, and logs it as revoked.
     fn end_flow(
@@ -860,7 +938,7 @@ impl Plane {
         gate: &mut Gate,
         flow: &FlowKey,
         f: &PendingFlow,
-        user: &str,
+        user: Option<&str>,
         reason: &str,
     ) -> Result<(), ackgate_gateway::gate::GateError> {
         gate.remove_flow(flow)?;
@@ -877,7 +955,7 @@ impl Plane {
             service: service.to_string(),
             service_name: "",
             agent_id: f.agent_id,
-            user: Some(user),
+            user,
             machine: Some(ackgate_gateway::owner::machine_hex(&f.owner)),
             decision: "revoked",
             reason,
@@ -923,18 +1001,29 @@ impl Plane {
                 Err(e) => warn!("reading {user}'s machines to check an authorized flow: {e}"),
             }
         }
-        const WHY: &str = "the user or machine was revoked while the gateway was down";
+        // Agents revoked meanwhile: their key left the gate at start; their
+        // flows go too.
+        let mut revoked_agents: Vec<u32> = Vec::new();
+        for (_, f) in &authorized {
+            if !revoked_agents.contains(&f.agent_id) && matches!(store.agent_revoked(f.agent_id), Ok(Some(true))) {
+                revoked_agents.push(f.agent_id);
+            }
+        }
+        const WHY: &str = "the user, machine or agent was revoked while the gateway was down";
         let mut ended = 0;
         for (flow, f) in &authorized {
-            let Some((_, user)) = revoked.iter().find(|(o, _)| *o == f.owner) else { continue };
-            let user = user.clone();
-            match self.end_flow(gate, flow, f, &user, WHY) {
+            let user = match revoked.iter().find(|(o, _)| *o == f.owner) {
+                Some((_, user)) => Some(user.clone()),
+                None if revoked_agents.contains(&f.agent_id) => names.user(&f.owner).map(str::to_owned),
+                None => continue,
+            };
+            match self.end_flow(gate, flow, f, user.as_deref(), WHY) {
                 Ok(()) => ended += 1,
                 Err(e) => warn!("ending a flow revoked while the gateway was down: {e}"),
             }
         }
         if let Some(s) = self.splicer.as_mut() {
-            let gone = s.end_owned(gate, |o| revoked.iter().any(|(r, _)| r == o));
+            let gone = s.end_matching(gate, |o, _| revoked.iter().any(|(r, _)| r == o));
             ended += gone.len();
             for e in &gone {
                 self.log_ended(e, Some(WHY));
@@ -948,9 +1037,7 @@ impl Plane {
     /// Whether a revocation came after this decision started (its validation
     /// may have read the store before the revocation) and covers its owner.
     fn revoked_meanwhile(&self, d: &Decision, owner: &FlowOwner) -> bool {
-        self.revocations
-            .iter()
-            .any(|r| r.at >= d.received && ackgate_gateway::owner::belongs_to(owner, &r.user, r.machine.as_deref()))
+        self.revocations.iter().any(|r| r.at >= d.received && r.whom.covers(owner, d.event.agent_id))
     }
 
     fn apply(&mut self, gate: &mut Gate, mut d: Decision) {
@@ -959,7 +1046,7 @@ impl Plane {
                 let owner = ackgate_gateway::owner::owner(user, machine);
                 if self.revoked_meanwhile(&d, &owner) {
                     d.state = FlowState::Denied;
-                    d.reason = "the user or machine was revoked while the flow was being decided".into();
+                    d.reason = "the user, machine or agent was revoked while the flow was being decided".into();
                     (FLOW_DENIED, FlowOwner::default())
                 } else {
                     (FLOW_AUTHORIZED, owner)
@@ -1099,6 +1186,7 @@ fn validator_run(config_path: &std::path::Path) -> Result<()> {
     let config = ackgate_gateway::config::ValidatorConfig::from_file(config_path)?;
     let v = &config.validator;
     let store = Arc::new(Store::open(&v.store)?);
+    ackgate_gateway::store::check_private(None, &v.store)?;
     let decider: Arc<dyn Decider> = Arc::new(Validator::new(store));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
