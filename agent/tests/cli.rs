@@ -119,7 +119,11 @@ fn enroll_run_login_status_and_clean_stop() {
     directory.add_user("alice", "s3cret");
     let ca = Ca::generate().expect("CA");
     let fingerprint = ca.fingerprint();
-    let config = ServerConfig { handshake_timeout: Duration::from_secs(2), heartbeat: Duration::from_secs(1) };
+    let config = ServerConfig {
+        handshake_timeout: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
     let server = AgentServer::new(ca, directory.clone(), config).expect("server");
     let l = rt.block_on(async { tokio::net::TcpListener::from_std(listener) }).expect("tokio listener");
     rt.spawn(server.clone().serve(l));

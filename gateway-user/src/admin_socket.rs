@@ -17,6 +17,8 @@ pub enum AdminRequest {
     /// Take a revoked agent out of the gate, end its session and its live
     /// flows (the store already marks it revoked).
     RevokeAgent { agent_id: u32 },
+    /// Forget the failed logins of a user an administrator unlocked.
+    ForgiveLogins { user: String },
     /// Re-read the services from the config file.
     ReloadServices,
     /// What the control plane is doing.
@@ -63,6 +65,7 @@ pub enum AdminReply {
         note: Option<String>,
     },
     Status(DaemonStatus),
+    Done,
     Error(String),
 }
 

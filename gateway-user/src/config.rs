@@ -103,6 +103,16 @@ pub struct ControlSection {
     /// Invites are valid this long.
     #[serde(default = "default_invite_ttl")]
     pub invite_ttl_secs: u64,
+    /// Wait after a failed login before the same user's, or the same
+    /// agent's, next login is checked; doubled per further failure.
+    #[serde(default = "default_login_backoff")]
+    pub login_backoff_ms: u64,
+    #[serde(default = "default_login_backoff_max")]
+    pub login_backoff_max_secs: u64,
+    /// Consecutive failed logins that lock a user until `users unlock`;
+    /// 0 never locks.
+    #[serde(default = "default_login_lockout")]
+    pub login_lockout_after: u32,
     /// A remote validator (`ackgate validator run`) at this `host:port`;
     /// absent: the embedded one, on this host's store.
     pub validator: Option<String>,
@@ -163,7 +173,28 @@ fn default_invite_ttl() -> u64 {
     7 * 86_400
 }
 
+fn default_login_backoff() -> u64 {
+    1000
+}
+
+fn default_login_backoff_max() -> u64 {
+    300
+}
+
+fn default_login_lockout() -> u32 {
+    10
+}
+
 impl ControlSection {
+    /// The failed-login policy.
+    pub fn login_policy(&self) -> crate::agents::LoginPolicy {
+        crate::agents::LoginPolicy {
+            backoff: std::time::Duration::from_millis(self.login_backoff_ms),
+            backoff_max: std::time::Duration::from_secs(self.login_backoff_max_secs),
+            lockout_after: self.login_lockout_after,
+        }
+    }
+
     pub fn advertised(&self) -> String {
         self.advertise.clone().unwrap_or_else(|| self.agent_listen.to_string())
     }
@@ -393,6 +424,11 @@ impl Config {
             }
             if c.max_pending == 0 || c.max_pending_per_agent == 0 || c.max_pending_per_agent > c.max_pending {
                 return Err(ConfigError::Invalid("control: need 0 < max_pending_per_agent <= max_pending".into()));
+            }
+            if c.login_backoff_ms == 0 || c.login_backoff_ms > c.login_backoff_max_secs.saturating_mul(1000) {
+                return Err(ConfigError::Invalid(
+                    "control: need 0 < login_backoff_ms <= login_backoff_max_secs * 1000".into(),
+                ));
             }
         }
         let mut ids = std::collections::HashSet::new();

@@ -143,6 +143,8 @@ impl Metrics {
             ("bad_frames", &s.bad_frames),
             ("logins_accepted", &s.logins_accepted),
             ("logins_refused", &s.logins_refused),
+            ("logins_throttled", &s.logins_throttled),
+            ("logins_locked", &s.logins_locked),
             ("answers_refused", &s.answers_refused),
             ("not_stamped", &s.not_stamped),
             ("logouts", &s.logouts),

@@ -20,7 +20,9 @@ use ackgate_common::proto::{Invite, invite_secret_digest};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::agents::{AgentRecord, Directory, EnrollRefusal, KeyMisuse, NewAgent, hash_password, verify_password_hash};
+use crate::agents::{
+    AgentRecord, Directory, EnrollRefusal, KeyMisuse, LoginFailure, NewAgent, hash_password, verify_password_hash,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -125,6 +127,10 @@ CREATE TABLE IF NOT EXISTS key_misuse (
     count INTEGER NOT NULL,
     PRIMARY KEY (agent_id, source)
 );
+CREATE TABLE IF NOT EXISTS login_locks (
+    user TEXT PRIMARY KEY,
+    locked_unix INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     at_unix INTEGER NOT NULL,
     action TEXT NOT NULL,
@@ -142,6 +148,8 @@ pub struct UserRecord {
     pub groups: Vec<String>,
     pub created_unix: u64,
     pub revoked: bool,
+    /// Locked after too many failed logins (`users unlock`).
+    pub locked: bool,
     /// Approved machine fingerprints (hex).
     pub machines: Vec<String>,
 }
@@ -283,13 +291,17 @@ impl Store {
 
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         let db = self.db();
-        let mut stmt = db.prepare("SELECT name, groups, created_unix, revoked FROM users ORDER BY name")?;
+        let mut stmt = db.prepare(
+            "SELECT name, groups, created_unix, revoked, EXISTS (SELECT 1 FROM login_locks l WHERE l.user = name)
+             FROM users ORDER BY name",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(UserRecord {
                 name: r.get(0)?,
                 groups: groups_of(&r.get::<_, String>(1)?),
                 created_unix: r.get(2)?,
                 revoked: r.get::<_, i64>(3)? != 0,
+                locked: r.get(4)?,
                 machines: Vec::new(),
             })
         })?;
@@ -459,6 +471,26 @@ impl Store {
         Self::audit(&tx, "approve", &format!("{user} ({} machine(s))", machines.len()))?;
         tx.commit()?;
         Ok(machines.len())
+    }
+
+    /// Unlocks a user locked after failed logins; whether it was locked.
+    pub fn unlock_user(&self, user: &str) -> Result<bool, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let was = tx.execute("DELETE FROM login_locks WHERE user = ?1", [user])? > 0;
+        Self::audit(&tx, "unlock", user)?;
+        tx.commit()?;
+        Ok(was)
+    }
+
+    /// Failed logins recorded in the audit log since `since_unix`, newest
+    /// first, as their detail text.
+    pub fn login_failures(&self, since_unix: u64) -> Result<Vec<String>, StoreError> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare("SELECT detail FROM audit WHERE action = 'login failed' AND at_unix >= ?1 ORDER BY rowid DESC")?;
+        let rows = stmt.query_map([since_unix], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn revoke_user(&self, user: &str) -> Result<(), StoreError> {
@@ -733,6 +765,38 @@ impl Directory for Store {
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
         Store::record_key_misuse(self, agent_id, source, service).map_err(|e| e.to_string())
     }
+
+    fn login_locked(&self, user: &str) -> bool {
+        let locked = self.db().query_row("SELECT 1 FROM login_locks WHERE user = ?1", [user], |_| Ok(())).optional();
+        // A store that cannot answer locks nobody out, but says so.
+        locked
+            .unwrap_or_else(|e| {
+                tracing::error!("user store: reading {user}'s lock: {e}");
+                None
+            })
+            .is_some()
+    }
+
+    fn record_login_failure(&self, f: &LoginFailure<'_>, lock: bool) {
+        let result = (|| -> Result<(), StoreError> {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let detail = format!("user {:?} agent {} from {}", f.user, f.agent_id, f.source);
+            Self::audit(&tx, "login failed", &detail)?;
+            if lock {
+                tx.execute(
+                    "INSERT INTO login_locks VALUES (?1, ?2) ON CONFLICT (user) DO NOTHING",
+                    params![f.user, now_unix()],
+                )?;
+                Self::audit(&tx, "user locked", f.user)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!("user store: recording a failed login of {}: {e}", f.user);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -768,6 +832,24 @@ mod tests {
         assert_eq!(s.revoke_machine("alice", "0101").expect("revoke machine"), 1);
         assert!(s.approved_machines("alice").expect("machines").is_empty(), "a revoked machine is not approved");
         assert!(s.approved_machines("nobody").expect("machines").is_empty());
+    }
+
+    #[test]
+    fn failed_logins_are_audited_and_a_lock_holds_until_unlocked() {
+        let s = store();
+        s.add_user("erin", "pw", &[]).expect("add");
+        let failure = LoginFailure { user: "erin", agent_id: 42, source: "10.0.0.2" };
+        s.record_login_failure(&failure, false);
+        assert!(!s.login_locked("erin"), "a failure below the threshold does not lock");
+        s.record_login_failure(&failure, true);
+        assert!(s.login_locked("erin"));
+        assert!(s.users().expect("users")[0].locked, "users list shows the lock");
+        let audited = s.login_failures(0).expect("audit");
+        assert_eq!(audited.len(), 2, "one audit row per failure: {audited:?}");
+        assert!(audited[0].contains("erin") && audited[0].contains("agent 42") && audited[0].contains("10.0.0.2"));
+        assert!(s.unlock_user("erin").expect("unlock"));
+        assert!(!s.login_locked("erin"));
+        assert!(!s.unlock_user("erin").expect("unlock again"), "unlocking an unlocked user says so");
     }
 
     #[test]

@@ -78,6 +78,12 @@ impl crate::agents::Directory for GatewayDirectory {
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
         self.store.record_key_misuse(agent_id, source, service).map_err(|e| e.to_string())
     }
+    fn login_locked(&self, user: &str) -> bool {
+        crate::agents::Directory::login_locked(&*self.store, user)
+    }
+    fn record_login_failure(&self, failure: &crate::agents::LoginFailure<'_>, lock: bool) {
+        crate::agents::Directory::record_login_failure(&*self.store, failure, lock)
+    }
 }
 
 impl Validator {

@@ -8,7 +8,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ackgate_gateway::agents::{
-    AgentRecord, AgentServer, Directory, EnrollRefusal, MemoryDirectory, NewAgent, ServerConfig,
+    AgentRecord, AgentServer, Directory, EnrollRefusal, LoginFailure, LoginPolicy, MemoryDirectory, NewAgent,
+    ServerConfig,
 };
 use ackgate_gateway::pki::Ca;
 use tokio::net::TcpListener;
@@ -20,34 +21,64 @@ pub struct TestGateway {
     /// Holds password checks back, so a test can keep a login in flight.
     pub logins: Arc<LoginHold>,
     pub server: Arc<AgentServer>,
+    login: LoginPolicy,
     ca_dir: std::path::PathBuf,
     task: Option<JoinHandle<()>>,
 }
 
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+const NO_GUESSING_LIMITS: LoginPolicy =
+    LoginPolicy { backoff: Duration::ZERO, backoff_max: Duration::ZERO, lockout_after: 0 };
+
+/// Password checks the test gateway runs at once.
+pub const PASSWORD_WORKERS: usize = 2;
 
 impl TestGateway {
+    /// Without failed-login backoff or lockout (tests of those use
+    /// [`TestGateway::start_with`]), so a test may log in wrong and right in
+    /// quick succession.
     pub async fn start() -> Self {
+        Self::start_with(NO_GUESSING_LIMITS).await
+    }
+
+    /// With this failed-login policy.
+    pub async fn start_with(login: LoginPolicy) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
-        Self::start_on(listener)
+        Self::start_on_with(listener, login)
     }
 
     /// On a listener bound elsewhere (e.g. inside a test namespace).
     pub fn start_on(listener: TcpListener) -> Self {
+        Self::start_on_with(listener, NO_GUESSING_LIMITS)
+    }
+
+    fn start_on_with(listener: TcpListener, login: LoginPolicy) -> Self {
         let ca_dir = std::env::temp_dir().join(format!("ackgate-testgw-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&ca_dir).expect("CA dir");
         Ca::create(&ca_dir).unwrap_or_else(|e| panic!("creating the test CA: {e}"));
         let directory = Arc::new(MemoryDirectory::default());
         let logins = Arc::new(LoginHold::default());
         let addr = listener.local_addr().expect("local addr");
-        let server = Self::server(&ca_dir, &directory, &logins);
+        let server = Self::server(&ca_dir, &directory, &logins, login);
         let task = Some(tokio::spawn(server.clone().serve(listener)));
-        Self { addr, directory, logins, server, ca_dir, task }
+        Self { addr, directory, logins, server, login, ca_dir, task }
     }
 
-    fn server(ca_dir: &std::path::Path, directory: &Arc<MemoryDirectory>, logins: &Arc<LoginHold>) -> Arc<AgentServer> {
+    fn server(
+        ca_dir: &std::path::Path,
+        directory: &Arc<MemoryDirectory>,
+        logins: &Arc<LoginHold>,
+        login: LoginPolicy,
+    ) -> Arc<AgentServer> {
         let ca = Ca::load(ca_dir).unwrap_or_else(|e| panic!("loading the test CA: {e}"));
-        let config = ServerConfig { handshake_timeout: Duration::from_secs(2), heartbeat: HEARTBEAT };
+        // Two password workers whatever the machine, so tests of who gets
+        // them do not depend on its CPU count.
+        let config = ServerConfig {
+            handshake_timeout: Duration::from_secs(2),
+            heartbeat: HEARTBEAT,
+            login,
+            password_checks: PASSWORD_WORKERS,
+        };
         let checked = Arc::new(HeldDirectory { inner: directory.clone(), hold: logins.clone() });
         AgentServer::new(ca, checked, config).unwrap_or_else(|e| panic!("agent server: {e}"))
     }
@@ -68,7 +99,7 @@ impl TestGateway {
             let _ = t.await;
         }
         // Sessions hold the server; a new one replaces it.
-        self.server = Self::server(&self.ca_dir, &self.directory, &self.logins);
+        self.server = Self::server(&self.ca_dir, &self.directory, &self.logins, self.login);
     }
 
     /// Starts again on the same port, same CA and directory.
@@ -94,6 +125,8 @@ pub struct LoginHold {
     held: Mutex<bool>,
     released: Condvar,
     waiting: AtomicUsize,
+    /// The users whose checks are waiting.
+    users: Mutex<Vec<String>>,
 }
 
 impl LoginHold {
@@ -111,13 +144,26 @@ impl LoginHold {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    fn pass(&self) {
+    /// The users whose checks wait for `release` now, sorted.
+    pub fn waiting_users(&self) -> Vec<String> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        users.sort();
+        users
+    }
+
+    fn pass(&self, user: &str) {
+        self.users.lock().unwrap_or_else(|p| p.into_inner()).push(user.to_owned());
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         while *held {
             held = self.released.wait(held).unwrap_or_else(|p| p.into_inner());
         }
+        drop(held);
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = users.iter().position(|u| u == user) {
+            users.remove(at);
+        }
     }
 }
 
@@ -141,8 +187,16 @@ impl Directory for HeldDirectory {
     }
 
     fn verify_password(&self, user: &str, password: &str) -> bool {
-        self.hold.pass();
+        self.hold.pass(user);
         self.inner.verify_password(user, password)
+    }
+
+    fn login_locked(&self, user: &str) -> bool {
+        self.inner.login_locked(user)
+    }
+
+    fn record_login_failure(&self, failure: &LoginFailure<'_>, lock: bool) {
+        self.inner.record_login_failure(failure, lock)
     }
 
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {

@@ -18,7 +18,7 @@ use ackgate_agent::tls;
 use ackgate_common::proto::{
     EnrollRequest, ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION,
 };
-use ackgate_gateway::agents::{LOGINS_QUEUED, ProfileError};
+use ackgate_gateway::agents::{LOGINS_QUEUED, LoginPolicy, ProfileError};
 use ackgate_tests::test_gateway::{HEARTBEAT, TestGateway};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -545,4 +545,98 @@ async fn an_unusable_certificate_request_leaves_the_invite_unspent() {
     enroll(&invite, "laptop", &StateDir::new(&dir.0), DEADLINE)
         .await
         .unwrap_or_else(|e| panic!("the invite must still be unspent after a refused request: {e}"));
+}
+
+/// Sends a login on a raw session and returns the gateway's verdict.
+async fn login_verdict(conn: &mut RawSession, user: &str, password: &str) -> ackgate_common::proto::LoginResult {
+    conn.send(login(user, password)).await.expect("login");
+    loop {
+        match tokio::time::timeout(DEADLINE, conn.next()).await {
+            Ok(Some(Ok(Message::LoginResult(r)))) => return r,
+            Ok(Some(Ok(Message::Ping(n)))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected a LoginResult, got {other:?}"),
+        }
+    }
+}
+
+/// Failed logins back off per user and agent (a login during the backoff
+/// is refused without a password check), every failure is recorded with
+/// its user, agent and source, and the lockout threshold locks the user
+/// until an administrator unlocks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_back_off_and_lock_the_user_out() {
+    let backoff = Duration::from_secs(1);
+    let policy = LoginPolicy { backoff, backoff_max: 2 * backoff, lockout_after: 2 };
+    let gw = TestGateway::start_with(policy).await;
+    gw.directory.add_user("erin", "right");
+    let dir = TempDir::new("guess");
+    let (id, _, mut conn) = raw_session(&gw, &dir).await;
+    let stat = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+
+    let first = login_verdict(&mut conn, "erin", "guess 1").await;
+    assert!(!first.accepted && first.message.contains("wrong"), "{first:?}");
+    let throttled = login_verdict(&mut conn, "erin", "right").await;
+    assert!(!throttled.accepted && throttled.message.contains("try again"), "within the backoff: {throttled:?}");
+    assert_eq!(stat(&gw.server.stats.logins_throttled), 1);
+
+    tokio::time::sleep(backoff).await;
+    let second = login_verdict(&mut conn, "erin", "guess 2").await;
+    assert!(!second.accepted && second.message.contains("wrong"), "{second:?}");
+    tokio::time::sleep(2 * backoff).await;
+    let locked = login_verdict(&mut conn, "erin", "right").await;
+    assert!(!locked.accepted && locked.message.contains("locked"), "the second failure locks erin: {locked:?}");
+    let failures = gw.directory.login_failures();
+    let expected = vec![("erin".to_owned(), id, "127.0.0.1".to_owned()); 2];
+    assert_eq!(failures, expected, "each failure is recorded with user, agent and source (a throttled one is not)");
+
+    gw.directory.unlock("erin");
+    gw.server.forgive_logins("erin");
+    let unlocked = login_verdict(&mut conn, "erin", "right").await;
+    assert!(unlocked.accepted, "unlocked, the right password works again: {unlocked:?}");
+}
+
+/// One user's logins are checked one at a time: a user under attack from
+/// several sessions holds at most one of the password workers, and another
+/// user's login gets one meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_under_attack_holds_one_password_worker() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("victim", "secret");
+    gw.directory.add_user("alice", "pw");
+    gw.logins.hold();
+    let dirs = [TempDir::new("attack1"), TempDir::new("attack2"), TempDir::new("bystander")];
+    let mut sessions = Vec::new();
+    for dir in &dirs {
+        sessions.push(raw_session(&gw, dir).await.2);
+    }
+    for conn in &mut sessions[..2] {
+        conn.send(login("victim", "guess")).await.expect("login");
+    }
+    let waiting = |want: &[&str]| {
+        let gw = &gw;
+        let want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while gw.logins.waiting_users() != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "checks under way: {:?}, expected {want:?}",
+                    gw.logins.waiting_users()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    waiting(&["victim"]).await;
+    sessions[2].send(login("alice", "pw")).await.expect("login");
+    waiting(&["alice", "victim"]).await;
+    gw.logins.release();
+    let alice = loop {
+        match tokio::time::timeout(DEADLINE, sessions[2].next()).await {
+            Ok(Some(Ok(Message::LoginResult(r)))) => break r,
+            Ok(Some(Ok(Message::Ping(n)))) => sessions[2].send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected alice's LoginResult, got {other:?}"),
+        }
+    };
+    assert!(alice.accepted, "{alice:?}");
 }

@@ -65,6 +65,19 @@ pub trait Directory: Send + Sync + 'static {
     /// never stamped: someone at `source` holds a copy of the key. Blocking
     /// (a store write).
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String>;
+    /// Whether `user` is locked after too many failed logins.
+    fn login_locked(&self, user: &str) -> bool;
+    /// Records a failed login (an audit row), and locks the user if `lock`.
+    fn record_login_failure(&self, failure: &LoginFailure<'_>, lock: bool);
+}
+
+/// One failed login, as the audit log keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginFailure<'a> {
+    pub user: &'a str,
+    pub agent_id: u32,
+    /// The agent's address.
+    pub source: &'a str,
 }
 
 /// Where a suspected stolen key was used from, as the store keeps it.
@@ -89,8 +102,13 @@ pub fn random_agent_id() -> u32 {
 /// Password checks (argon2id: tens of milliseconds of CPU, and its memory
 /// cost) allowed at once in a process: one per CPU, so a crowd of logins
 /// queues instead of multiplying the memory cost.
+pub fn password_check_workers() -> usize {
+    std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)
+}
+
+/// A semaphore of [`password_check_workers`] permits.
 pub fn password_check_limit() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)))
+    Arc::new(Semaphore::new(password_check_workers()))
 }
 
 /// argon2id PHC string of `password` with a fresh salt.
@@ -120,6 +138,9 @@ struct Inner {
     agents: HashMap<u32, AgentRecord>,
     users: HashMap<String, String>,
     key_misuse: Vec<KeyMisuse>,
+    /// Failed logins as (user, agent id, source), and the locked users.
+    login_failures: Vec<(String, u32, String)>,
+    locked: std::collections::HashSet<String>,
     next_invite: u64,
 }
 
@@ -159,6 +180,16 @@ impl MemoryDirectory {
 
     pub fn agent(&self, agent_id: u32) -> Option<AgentRecord> {
         self.lock().agents.get(&agent_id).cloned()
+    }
+
+    /// Every failed login recorded, as (user, agent id, source).
+    pub fn login_failures(&self) -> Vec<(String, u32, String)> {
+        self.lock().login_failures.clone()
+    }
+
+    /// Unlocks a user locked after failed logins.
+    pub fn unlock(&self, user: &str) {
+        self.lock().locked.remove(user);
     }
 
     /// Every recorded use of a suspected stolen key.
@@ -215,6 +246,18 @@ impl Directory for MemoryDirectory {
             return false;
         };
         verify_password_hash(&stored, password)
+    }
+
+    fn login_locked(&self, user: &str) -> bool {
+        self.lock().locked.contains(user)
+    }
+
+    fn record_login_failure(&self, f: &LoginFailure<'_>, lock: bool) {
+        let mut inner = self.lock();
+        inner.login_failures.push((f.user.to_owned(), f.agent_id, f.source.to_owned()));
+        if lock {
+            inner.locked.insert(f.user.to_owned());
+        }
     }
 
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {

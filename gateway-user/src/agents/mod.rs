@@ -6,11 +6,13 @@
 //! [`Directory`]; [`MemoryDirectory`] keeps it in memory.
 
 mod directory;
+mod guard;
 mod server;
 mod verifier;
 
 pub use directory::{
-    AgentRecord, Directory, EnrollRefusal, KeyMisuse, MemoryDirectory, NewAgent, hash_password, password_check_limit,
-    random_agent_id, verify_password_hash,
+    AgentRecord, Directory, EnrollRefusal, KeyMisuse, LoginFailure, MemoryDirectory, NewAgent, hash_password,
+    password_check_limit, password_check_workers, random_agent_id, verify_password_hash,
 };
+pub use guard::{LoginGuard, LoginPolicy, MAX_TRACKED, Throttled};
 pub use server::{AgentServer, LOGINS_QUEUED, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

@@ -21,7 +21,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 
-use super::directory::{Directory, NewAgent};
+use super::directory::{Directory, LoginFailure, NewAgent};
+use super::guard::{LoginGuard, LoginPolicy, Throttled};
 use super::verifier::EnrolledAgents;
 use crate::pki::{Ca, PkiError};
 
@@ -34,11 +35,20 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Ping interval; three missed pongs end the session.
     pub heartbeat: Duration,
+    /// Backoff and lockout of failed logins.
+    pub login: LoginPolicy,
+    /// Password checks (argon2id) at once across all sessions.
+    pub password_checks: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { handshake_timeout: Duration::from_secs(10), heartbeat: Duration::from_secs(15) }
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(15),
+            login: LoginPolicy::default(),
+            password_checks: super::password_check_workers(),
+        }
     }
 }
 
@@ -77,6 +87,10 @@ pub struct SessionStats {
     pub bad_frames: AtomicU64,
     pub logins_accepted: AtomicU64,
     pub logins_refused: AtomicU64,
+    /// Of the refused: turned away by the backoff before any check.
+    pub logins_throttled: AtomicU64,
+    /// Of the refused: the user is locked.
+    pub logins_locked: AtomicU64,
     /// Answers to no outstanding request, or with the wrong nonce: replays.
     pub answers_refused: AtomicU64,
     /// Flows the named agent says it never stamped (suspected stolen keys).
@@ -115,6 +129,7 @@ pub struct AgentServer {
     enrollments: Mutex<Option<mpsc::UnboundedSender<(u32, MacKey)>>>,
     /// Password checks running at once, across all sessions.
     password_checks: Arc<Semaphore>,
+    guard: Arc<LoginGuard>,
     pub stats: SessionStats,
 }
 
@@ -142,6 +157,7 @@ impl AgentServer {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .and_then(|b| b.with_client_cert_verifier(verifier).with_single_cert(identity.chain, identity.key))
             .map_err(|e| PkiError::Tls(e.to_string()))?;
+        let (password_checks, login) = (config.password_checks.max(1), config.login);
         Ok(Arc::new(Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             ca,
@@ -150,7 +166,8 @@ impl AgentServer {
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             enrollments: Mutex::new(None),
-            password_checks: super::password_check_limit(),
+            password_checks: Arc::new(Semaphore::new(password_checks)),
+            guard: Arc::new(LoginGuard::new(login)),
             stats: SessionStats::default(),
         }))
     }
@@ -167,7 +184,7 @@ impl AgentServer {
                     };
                     let server = self.clone();
                     connections.spawn(async move {
-                        if let Err(e) = server.connection(tcp).await {
+                        if let Err(e) = server.connection(tcp, peer).await {
                             tracing::info!(%peer, "agent connection ended: {e}");
                         }
                     });
@@ -199,6 +216,11 @@ impl AgentServer {
         *lock(&session.revoked) = Some(why.to_owned());
         session.replaced.notify_one();
         true
+    }
+
+    /// Forgets the failed logins of `user` (an administrator unlocked it).
+    pub fn forgive_logins(&self, user: &str) {
+        self.guard.forgive(user);
     }
 
     /// Agents with a live session.
@@ -244,7 +266,7 @@ impl AgentServer {
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream) -> Result<(), ProtoError> {
+    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: std::net::SocketAddr) -> Result<(), ProtoError> {
         let _ = tcp.set_nodelay(true);
         let after = self.config.handshake_timeout;
         let tls = tokio::time::timeout(after, self.acceptor.accept(tcp))
@@ -256,7 +278,7 @@ impl AgentServer {
         let first = self.recv(&mut conn, "the first message").await?;
         match (peer_cert, first) {
             (None, Message::EnrollRequest(req)) => self.enroll(&mut conn, req).await,
-            (Some(cert), Message::Hello(hello)) => self.session(conn, cert, hello).await,
+            (Some(cert), Message::Hello(hello)) => self.session(conn, cert, hello, peer).await,
             (_, other) => {
                 let e = ProtoError::Unexpected { want: "EnrollRequest or Hello", got: other.name() };
                 refuse(&mut conn, ErrorCode::UnexpectedMessage, &e.to_string()).await;
@@ -329,6 +351,7 @@ impl AgentServer {
         mut conn: Conn,
         cert: [u8; 32],
         hello: ackgate_common::proto::Hello,
+        peer: std::net::SocketAddr,
     ) -> Result<(), ProtoError> {
         let agent = match self.directory.agent_by_certificate(&cert) {
             Some(a) if a.agent_id == hello.agent_id => a,
@@ -361,9 +384,11 @@ impl AgentServer {
             send_within(&mut conn, Message::Welcome(Welcome { session_id: session.id, heartbeat_secs }), within)
                 .await?;
             let mut ticker = tokio::time::interval(self.config.heartbeat);
-            let (verdicts, mut verdict_rx) = mpsc::channel::<(String, bool)>(LOGINS_QUEUED);
+            let (verdicts, mut verdict_rx) = mpsc::channel::<LoginVerdict>(LOGINS_QUEUED);
             let (logins, login_queue) = mpsc::channel::<Login>(LOGINS_QUEUED);
-            tokio::spawn(check_logins(self.directory.clone(), self.password_checks.clone(), login_queue, verdicts));
+            let checker =
+                LoginChecker { server: self.clone(), agent_id: agent.agent_id, source: peer.ip().to_string() };
+            tokio::spawn(checker.run(login_queue, verdicts));
             let mut last_heard = Instant::now();
             loop {
                 tokio::select! {
@@ -376,7 +401,7 @@ impl AgentServer {
                         last_heard = Instant::now();
                         self.on_session_message(&mut conn, &session, msg, &logins).await?;
                     }
-                    Some((user, ok)) = verdict_rx.recv() => self.on_login_verdict(&mut conn, &session, user, ok).await?,
+                    Some(verdict) = verdict_rx.recv() => self.on_login_verdict(&mut conn, &session, verdict).await?,
                     Some(out) = queue.recv() => send_within(&mut conn, out, within).await?,
                     _ = ticker.tick() => {
                         if last_heard.elapsed() > self.config.heartbeat * 3 {
@@ -409,18 +434,20 @@ impl AgentServer {
         &self,
         conn: &mut Conn,
         session: &Session,
-        user: String,
-        ok: bool,
+        LoginVerdict { user, refused }: LoginVerdict,
     ) -> Result<(), ProtoError> {
-        let result = if ok {
-            self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
-            let key: [u8; 32] = rand::random();
-            *lock(&session.login) = Some((key, user.clone()));
-            LoginResult { message: format!("logged in as {user}"), user, accepted: true, proof_key: key }
-        } else {
-            self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
-            *lock(&session.login) = None;
-            LoginResult { user, accepted: false, proof_key: [0; 32], message: "wrong user name or password".into() }
+        let result = match refused {
+            None => {
+                self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
+                let key: [u8; 32] = rand::random();
+                *lock(&session.login) = Some((key, user.clone()));
+                LoginResult { message: format!("logged in as {user}"), user, accepted: true, proof_key: key }
+            }
+            Some(message) => {
+                self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+                *lock(&session.login) = None;
+                LoginResult { user, accepted: false, proof_key: [0; 32], message }
+            }
         };
         send_within(conn, Message::LoginResult(result), self.config.handshake_timeout).await
     }
@@ -506,41 +533,101 @@ impl AgentServer {
     }
 }
 
+/// The verdict on one login: accepted, or why not (for the agent).
+struct LoginVerdict {
+    user: String,
+    refused: Option<String>,
+}
+
+/// What a password check found.
+enum Checked {
+    Accepted,
+    WrongPassword,
+    Locked,
+}
+
 /// A session's password checks, one at a time and in the order the agent
 /// sent them, so the last verdict it reads is the login the gateway holds.
 /// argon2id takes tens of milliseconds of CPU and its memory cost (seconds
 /// in an unoptimised build): off the reactor and off the session loop, so
 /// pings and profile traffic go on meanwhile, and no more at once across
-/// all sessions than there are CPUs (`permits`), so a crowd of agents
-/// reconnecting together cannot multiply the memory cost without bound.
-async fn check_logins(
-    directory: Arc<dyn Directory>,
-    permits: Arc<Semaphore>,
-    mut logins: mpsc::Receiver<Login>,
-    verdicts: mpsc::Sender<(String, bool)>,
-) {
-    while let Some(login) = logins.recv().await {
-        // A session that ends while its login waits for a permit gives the
-        // permit up: nobody would read the verdict.
-        let permit = tokio::select! {
-            p = permits.acquire() => p,
-            () = verdicts.closed() => return,
+/// all sessions than `password_checks`, so a crowd of agents reconnecting
+/// together cannot multiply the memory cost without bound. Before any of
+/// that, the login guard (`guard.rs`) may turn the login away.
+struct LoginChecker {
+    server: Arc<AgentServer>,
+    agent_id: u32,
+    /// The agent's address, for the audit row of a failure.
+    source: String,
+}
+
+impl LoginChecker {
+    async fn run(self, mut logins: mpsc::Receiver<Login>, verdicts: mpsc::Sender<LoginVerdict>) {
+        while let Some(login) = logins.recv().await {
+            let user = login.user.clone();
+            let refused = tokio::select! {
+                r = self.check(login) => r,
+                // A session that ends while its login waits gives up its
+                // place: nobody would read the verdict.
+                () = verdicts.closed() => return,
+            };
+            if verdicts.send(LoginVerdict { user, refused }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// None: accepted; else why not.
+    async fn check(&self, login: Login) -> Option<String> {
+        let (server, stats) = (&self.server, &self.server.stats);
+        let throttled = |t: Throttled| {
+            stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
+            Some(t.to_string())
         };
-        let Ok(permit) = permit else { return };
-        let directory = directory.clone();
+        if let Err(t) = server.guard.admit(&login.user, self.agent_id, Instant::now()) {
+            return throttled(t);
+        }
+        // One check per user at a time; then admitted again, as the check
+        // this one waited for may have failed.
+        let serial = server.guard.user_lock(&login.user);
+        let _serial = serial.lock().await;
+        if let Err(t) = server.guard.admit(&login.user, self.agent_id, Instant::now()) {
+            return throttled(t);
+        }
+        let Ok(_permit) = server.password_checks.acquire().await else {
+            return Some("the gateway is shutting down".into());
+        };
+        let (directory, guard) = (server.directory.clone(), server.guard.clone());
+        let (agent_id, source) = (self.agent_id, self.source.clone());
         let user = login.user.clone();
-        let checked =
-            tokio::task::spawn_blocking(move || directory.verify_password(&login.user, &login.password)).await;
-        // Given back before the verdict waits for the session loop.
-        drop(permit);
-        // A check that failed (its task panicked) is a refusal: the agent
-        // must get a verdict, or it would hold its answers back for good.
-        let ok = checked.unwrap_or_else(|e| {
-            tracing::warn!(%user, "password check failed: {e}");
-            false
-        });
-        if verdicts.send((user, ok)).await.is_err() {
-            return;
+        let checked = tokio::task::spawn_blocking(move || {
+            if directory.login_locked(&login.user) {
+                return Checked::Locked;
+            }
+            let ok = directory.verify_password(&login.user, &login.password);
+            match guard.checked(&login.user, agent_id, ok, Instant::now()) {
+                None => Checked::Accepted,
+                Some(failure) => {
+                    let record = LoginFailure { user: &login.user, agent_id, source: &source };
+                    directory.record_login_failure(&record, failure.lock);
+                    Checked::WrongPassword
+                }
+            }
+        })
+        .await;
+        match checked {
+            Ok(Checked::Accepted) => None,
+            Ok(Checked::WrongPassword) => Some("wrong user name or password".into()),
+            Ok(Checked::Locked) => {
+                stats.logins_locked.fetch_add(1, Ordering::Relaxed);
+                Some("this user is locked after too many failed logins; an administrator can unlock it".into())
+            }
+            // A check that failed (its task panicked) is a refusal: the
+            // agent must get a verdict, or it would hold its answers back.
+            Err(e) => {
+                tracing::warn!(%user, "password check failed: {e}");
+                Some("the gateway could not check the password".into())
+            }
         }
     }
 }

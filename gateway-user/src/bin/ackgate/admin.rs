@@ -49,6 +49,9 @@ profile_timeout_ms = 3000        # an agent's time to answer a profile request
 validation_timeout_ms = 2000     # the validator's time to decide
 max_pending = 10000              # flows awaiting a decision, overall ...
 max_pending_per_agent = 256      # ... and per agent
+login_backoff_ms = 1000          # after a failed login, the user's and agent's next wait this long (doubling)
+login_backoff_max_secs = 300     # ... up to this
+login_lockout_after = 10         # consecutive failures that lock a user until `ackgate users unlock` (0: never)
 
 # One block per protected VIP:port.
 # [[services]]
@@ -134,9 +137,10 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
             let (config, store) = open_store(c)?;
             if control(&config)?.validator.is_some() {
                 // Users live in the remote validator's store; the gateway
-                // only holds live flows.
+                // only holds live flows and the login locks.
                 return match command {
                     UsersCommand::Revoke { name, machine } => end_live_flows(&config, &name, machine, false),
+                    UsersCommand::Unlock { name } => unlock(&config, &store, &name),
                     _ => bail!(
                         "this gateway uses a remote validator: manage users on the validator host \
                          (`ackgate users ... --store FILE`); `users revoke` here ends live flows"
@@ -160,7 +164,8 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
         UsersCommand::List { json } => print(json, &store.users()?, |users| {
             for u in users {
                 let state = if u.revoked { "revoked" } else { "valid" };
-                println!("{:<20} {state:<8} groups={} machines={}", u.name, u.groups.join(","), u.machines.len());
+                let lock = if u.locked { " LOCKED" } else { "" };
+                println!("{:<20} {state:<8} groups={} machines={}{lock}", u.name, u.groups.join(","), u.machines.len());
             }
         })?,
         UsersCommand::Pending { json } => print(json, &store.pending()?, |pending| {
@@ -191,6 +196,10 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
                 None => println!("tell the gateway to end live flows with `ackgate users revoke --config`"),
             }
         }
+        UsersCommand::Unlock { name } => match &config {
+            Some(config) => unlock(config, &store, &name)?,
+            None => bail!("login locks live in the gateway's store: `ackgate users unlock NAME --config FILE`"),
+        },
         UsersCommand::Show { name, json } => {
             let user = store.user(&name)?.with_context(|| format!("no user named {name:?}"))?;
             print(json, &user, |u| {
@@ -245,6 +254,21 @@ pub fn agents(config_path: &Path, command: AgentsCommand) -> Result<()> {
                 AdminReply::Error(e) => bail!("the gateway could not apply the revocation: {e}"),
                 other => bail!("unexpected reply from the gateway: {other:?}"),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Unlocks `user` in the gateway's store, and has a running gateway forget
+/// the failures that led to the lock (else the next one would lock again).
+fn unlock(config: &Config, store: &Store, user: &str) -> Result<()> {
+    let was = store.unlock_user(user)?;
+    println!("{}", if was { format!("unlocked {user}") } else { format!("{user} was not locked") });
+    let socket = control(config)?.admin_socket.clone();
+    if daemon_down(&socket).is_none() {
+        match ask_daemon(&socket, &AdminRequest::ForgiveLogins { user: user.to_owned() })? {
+            AdminReply::Done => {}
+            other => bail!("the gateway did not take the unlock: {other:?}"),
         }
     }
     Ok(())

@@ -248,6 +248,9 @@ enum UsersCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Unlock a user locked after too many failed logins (see
+    /// `control.login_lockout_after`).
+    Unlock { name: String },
 }
 
 #[derive(Subcommand)]
@@ -494,6 +497,7 @@ fn service_tables(config: &Config) -> Result<ServiceTables> {
 /// missing CA or store fails start-up with a clear error.
 struct Prepared {
     store: Arc<Store>,
+    login: ackgate_gateway::agents::LoginPolicy,
     ca: Ca,
     listen: std::net::SocketAddr,
     access_log: AccessLog,
@@ -523,6 +527,7 @@ impl Prepared {
         };
         Ok(Self {
             store,
+            login: c.login_policy(),
             ca,
             listen: c.agent_listen,
             access_log,
@@ -734,7 +739,7 @@ impl Plane {
             None => Arc::new(Validator::new(p.store.clone())),
         };
         let directory = Arc::new(GatewayDirectory { store: p.store.clone(), decider: decider.clone() });
-        let server = AgentServer::new(p.ca, directory, ServerConfig::default())?;
+        let server = AgentServer::new(p.ca, directory, ServerConfig { login: p.login, ..ServerConfig::default() })?;
         let enrollments = server.enrollments();
         let listener = tokio::net::TcpListener::bind(p.listen)
             .await
@@ -808,6 +813,10 @@ impl Plane {
                 Ok(n) => AdminReply::Ended(n),
                 Err(e) => AdminReply::Error(format!("{e:#}")),
             },
+            AdminRequest::ForgiveLogins { user } => {
+                self.server.forgive_logins(&user);
+                AdminReply::Done
+            }
             AdminRequest::RevokeAgent { agent_id } => {
                 self.revoke_agent(gate, agent_id).unwrap_or_else(|e| AdminReply::Error(format!("{e:#}")))
             }
