@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod enroll;
 pub mod fingerprint;
+pub mod renew;
 pub mod session;
 pub mod stamper;
 pub mod state;

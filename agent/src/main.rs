@@ -199,11 +199,9 @@ async fn cmd_run(config: Config) -> Result<()> {
     tracing::info!(agent_id, interfaces = ?config.interfaces, targets = targets.len(), "stamper attached");
     let shared = Shared::new(&enrollment.info.gateway);
     let stamper = Arc::new(Mutex::new(stamper));
-    let identity = Arc::new(Identity {
-        machine: fingerprint::digest(&fingerprint::collect(std::path::Path::new("/"))),
-        enrollment,
-        stamps: stamper.clone(),
-    });
+    let machine = fingerprint::digest(&fingerprint::collect(std::path::Path::new("/")));
+    let state = Some(StateDir::new(&config.state_dir));
+    let identity = Arc::new(Identity::new(enrollment, machine, stamper.clone(), state));
     let daemon = Arc::new(Daemon { agent_id, interfaces: config.interfaces.clone(), shared: shared.clone(), stamper });
     let listener = control::bind(&config.control_socket)?;
     let control_task = tokio::spawn(control::serve(listener, daemon.clone()));

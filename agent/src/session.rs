@@ -8,16 +8,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ackgate_common::proto::{
     FlowSummary, Hello, Login, Message, MessageCodec, Profile, ProfileAnswer, ProfileRefusal, ProfileRequest,
-    ProtoError, RefusalReason, profile_proof,
+    ProtoError, RefusalReason, RenewCertificate, profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::codec::Framed;
 use zeroize::Zeroizing;
 
 use crate::config::SessionSection;
-use crate::state::Enrollment;
+use crate::renew::{self, RenewError};
+use crate::state::{Enrollment, StateDir, StateError};
 use crate::tls::{self, TlsError};
 
 /// The user's credentials, kept in memory only (zeroed on drop).
@@ -46,6 +48,8 @@ pub struct SessionStatus {
     /// Requests about flows this machine never stamped, refused: someone
     /// else is using a copy of this agent's key.
     pub profile_refusals: u64,
+    /// Session certificates renewed since the agent started.
+    pub certificate_renewals: u64,
     pub last_error: Option<String>,
     pub login: Option<LoginOutcome>,
     /// Unix seconds of the last state change.
@@ -159,12 +163,46 @@ pub trait StampLog: Send + Sync {
     fn stamped(&self, flow: &FlowSummary) -> bool;
 }
 
-/// What a session needs that does not change between reconnects.
+/// What a session needs across reconnects.
 pub struct Identity {
     pub enrollment: Enrollment,
     pub machine: [u8; 32],
     pub stamps: Arc<dyn StampLog>,
+    /// Where a renewed certificate is stored (none: kept in memory only).
+    pub state: Option<StateDir>,
+    /// The session certificate and key: the enrolled ones, then renewed.
+    certificate: Mutex<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
 }
+
+impl Identity {
+    pub fn new(enrollment: Enrollment, machine: [u8; 32], stamps: Arc<dyn StampLog>, state: Option<StateDir>) -> Self {
+        let certificate = Mutex::new((enrollment.cert.clone(), enrollment.key.clone_key()));
+        Self { enrollment, machine, stamps, state, certificate }
+    }
+
+    /// The certificate sessions present now.
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        lock(&self.certificate).0.clone()
+    }
+
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let c = lock(&self.certificate);
+        tls::session_config(&self.enrollment.ca, &c.0, &c.1)
+    }
+
+    /// Stores a renewed certificate and key, and uses them from the next
+    /// connection on.
+    fn renewed(&self, cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Result<(), StateError> {
+        if let Some(state) = &self.state {
+            state.store_renewed(&cert, &key)?;
+        }
+        *lock(&self.certificate) = (cert, key);
+        Ok(())
+    }
+}
+
+/// How often a session looks at its certificate's remaining validity.
+const RENEWAL_CHECK: Duration = Duration::from_secs(12 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -172,6 +210,10 @@ pub enum SessionError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Protocol(#[from] ProtoError),
+    #[error("renewing the session certificate: {0}")]
+    Renew(#[from] RenewError),
+    #[error("storing the renewed certificate: {0}")]
+    State(#[from] StateError),
 }
 
 /// Keeps a session up until `shutdown` turns true.
@@ -233,7 +275,7 @@ async fn serve_once(
 ) -> Result<(), SessionError> {
     let e = &identity.enrollment;
     let stream = tokio::select! {
-        s = tls::connect(&e.info.gateway, tls::session_config(e)?, cfg.connect_timeout()) => s?,
+        s = tls::connect(&e.info.gateway, identity.tls_config()?, cfg.connect_timeout()) => s?,
         _ = stopped(&mut shutdown) => return Ok(()),
     };
     let mut conn = Framed::new(stream, MessageCodec::default());
@@ -260,6 +302,11 @@ async fn serve_once(
     tracing::info!(session = welcome.session_id, "gateway session open");
     let silence_limit = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)) * 3);
     let mut login = LoginState::default();
+    // The first tick is at once: a session checks its certificate when it
+    // opens, then twice a day.
+    let mut renewal_check = tokio::time::interval(RENEWAL_CHECK);
+    let mut renewal: Option<renew::Pending> = None;
+    let mut renewed_here = false;
     let mut credentials = shared.credentials.subscribe();
     let current = credentials.borrow_and_update().clone();
     login.change(&mut conn, current).await?;
@@ -280,6 +327,13 @@ async fn serve_once(
                 let _ = conn.close().await;
                 shared.set_state("stopped", None);
                 return Ok(());
+            }
+            _ = renewal_check.tick(), if renewal.is_none() && !renewed_here => {
+                if renew::due(&identity.certificate(), now_unix() as i64)? {
+                    let (pending, csr_der) = renew::Pending::start()?;
+                    renewal = Some(pending);
+                    conn.send(Message::RenewCertificate(RenewCertificate { csr_der })).await?;
+                }
             }
             msg = tokio::time::timeout(silence_limit, conn.next()) => {
                 let msg = match msg {
@@ -324,6 +378,16 @@ async fn serve_once(
                         if login.in_flight.is_none() {
                             login.flush(&mut conn, identity).await?;
                         }
+                    }
+                    Message::CertificateRenewed(r) => {
+                        let Some(pending) = renewal.take() else {
+                            return Err(ProtoError::Unexpected { want: "ProfileRequest, LoginResult or Ping (no renewal asked)", got: "CertificateRenewed" }.into());
+                        };
+                        let (cert, key) = pending.finish(r.cert_der)?;
+                        identity.renewed(cert, key)?;
+                        renewed_here = true;
+                        lock(&shared.status).certificate_renewals += 1;
+                        tracing::info!("session certificate renewed");
                     }
                     Message::Ping(n) => conn.send(Message::Pong(n)).await?,
                     Message::Pong(_) => {}

@@ -100,6 +100,7 @@ impl StateDir {
         if mode & 0o077 != 0 {
             return Err(StateError::Permissions { dir: self.dir.display().to_string(), mode });
         }
+        self.finish_renewal()?;
         let info_path = self.dir.join("agent.toml");
         let info: AgentInfo = toml::from_str(&std::fs::read_to_string(&info_path).map_err(io(&info_path))?)
             .map_err(|e| damaged(&info_path, e))?;
@@ -115,6 +116,33 @@ impl StateDir {
         Ok(Enrollment { info, mac_key, cert, key, ca })
     }
 
+    /// Replaces the session certificate and its key. Both new files are
+    /// written in full first (`*.renewed`), then renamed key first; a crash
+    /// between the renames is finished by the next [`StateDir::load`], so
+    /// the pair on disk always matches.
+    pub fn store_renewed(&self, cert: &CertificateDer<'_>, key: &PrivateKeyDer<'_>) -> Result<(), StateError> {
+        self.write(RENEWED_KEY, pem("PRIVATE KEY", key.secret_der()).as_bytes(), 0o600)?;
+        self.write(RENEWED_CERT, pem("CERTIFICATE", cert).as_bytes(), 0o644)?;
+        self.finish_renewal()
+    }
+
+    /// Moves a fully written renewal into place; drops a half-written one
+    /// (a key without its certificate: the old pair is still whole).
+    fn finish_renewal(&self) -> Result<(), StateError> {
+        let (cert, key) = (self.dir.join(RENEWED_CERT), self.dir.join(RENEWED_KEY));
+        if !cert.exists() {
+            let _ = std::fs::remove_file(&key);
+            return Ok(());
+        }
+        if key.exists() {
+            let to = self.dir.join("client.key");
+            std::fs::rename(&key, &to).map_err(io(&to))?;
+        }
+        let to = self.dir.join("client.pem");
+        std::fs::rename(&cert, &to).map_err(io(&to))?;
+        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+    }
+
     fn write(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
@@ -125,6 +153,9 @@ impl StateDir {
         std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
     }
 }
+
+const RENEWED_CERT: &str = "client.pem.renewed";
+const RENEWED_KEY: &str = "client.key.renewed";
 
 fn key_bytes(k: &MacKey) -> [u8; 16] {
     let mut b = [0u8; 16];

@@ -18,13 +18,11 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-
-use crate::state::Enrollment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -103,12 +101,14 @@ pub fn enrollment_config(ca_sha256: [u8; 32]) -> Result<Arc<ClientConfig>, TlsEr
     Ok(Arc::new(builder()?.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()))
 }
 
-pub fn session_config(e: &Enrollment) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn session_config(
+    ca: &CertificateDer<'static>,
+    cert: &CertificateDer<'static>,
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
-    roots.add(e.ca.clone())?;
-    Ok(Arc::new(
-        builder()?.with_root_certificates(roots).with_client_auth_cert(vec![e.cert.clone()], e.key.clone_key())?,
-    ))
+    roots.add(ca.clone())?;
+    Ok(Arc::new(builder()?.with_root_certificates(roots).with_client_auth_cert(vec![cert.clone()], key.clone_key())?))
 }
 
 /// TCP connect (bounded by `timeout`) and TLS handshake (bounded too).

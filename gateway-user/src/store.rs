@@ -111,6 +111,11 @@ CREATE TABLE IF NOT EXISTS agents (
     revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS agents_by_certificate ON agents (cert_sha256);
+CREATE TABLE IF NOT EXISTS agent_certs (
+    cert_sha256 BLOB PRIMARY KEY,
+    agent_id INTEGER NOT NULL,
+    replaced_unix INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS invites (
     invite_id INTEGER PRIMARY KEY,
     secret_sha256 BLOB NOT NULL,
@@ -623,6 +628,26 @@ impl Store {
         Ok(())
     }
 
+    /// Binds a renewed certificate to `agent_id`; the one it replaces moves
+    /// to `agent_certs` and stays valid until it expires.
+    pub fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO agent_certs SELECT cert_sha256, agent_id, ?2 FROM agents
+             WHERE agent_id = ?1 AND cert_sha256 IS NOT NULL",
+            params![agent_id, now_unix()],
+        )?;
+        if tx.execute("UPDATE agents SET cert_sha256 = ?2 WHERE agent_id = ?1", params![agent_id, &cert_sha256[..]])?
+            == 0
+        {
+            return Err(StoreError::NoSuchAgent(agent_id));
+        }
+        Self::audit(&tx, "renew certificate", &agent_id.to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Whether `agent_id` was revoked; none for an agent the store does not
     /// know (a static agent from the config).
     pub fn agent_revoked(&self, agent_id: u32) -> Result<Option<bool>, StoreError> {
@@ -722,7 +747,8 @@ impl Directory for Store {
         let row = self
             .db()
             .query_row(
-                "SELECT agent_id, hostname, install_serial, mac_key FROM agents WHERE cert_sha256 = ?1 AND revoked = 0",
+                "SELECT agent_id, hostname, install_serial, mac_key FROM agents a WHERE revoked = 0 AND (cert_sha256 = ?1
+                 OR agent_id = (SELECT c.agent_id FROM agent_certs c WHERE c.cert_sha256 = ?1))",
                 [&cert_sha256[..]],
                 |r| Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Vec<u8>>(3)?)),
             )
@@ -764,6 +790,10 @@ impl Directory for Store {
 
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
         Store::record_key_misuse(self, agent_id, source, service).map_err(|e| e.to_string())
+    }
+
+    fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {
+        Store::renew_certificate(self, agent_id, cert_sha256).map_err(|e| e.to_string())
     }
 
     fn login_locked(&self, user: &str) -> bool {

@@ -78,6 +78,9 @@ impl crate::agents::Directory for GatewayDirectory {
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
         self.store.record_key_misuse(agent_id, source, service).map_err(|e| e.to_string())
     }
+    fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {
+        self.store.renew_certificate(agent_id, cert_sha256).map_err(|e| e.to_string())
+    }
     fn login_locked(&self, user: &str) -> bool {
         crate::agents::Directory::login_locked(&*self.store, user)
     }

@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::agents::ProfileOutcome;
-use crate::pki::{Ca, ExtendedKeyUsagePurpose, PkiError, certificate_pem};
+use crate::pki::{Ca, ExtendedKeyUsagePurpose, LINK_CERT_VALIDITY, PkiError, certificate_pem};
 use crate::validator::{Decider, ServiceRule, Verdict};
 
 /// The name the validator's certificate carries and the gateway checks.
@@ -67,9 +67,14 @@ pub fn write_credentials(ca: &Ca, dir: &Path) -> Result<(), LinkError> {
         reason: e.to_string(),
     };
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| io(dir, e))?;
-    let server = ca.issue(VALIDATOR_SERVER_NAME, "ackgate validator", ExtendedKeyUsagePurpose::ServerAuth)?;
-    let client =
-        ca.issue("gateway.client.ackgate.invalid", "ackgate gateway client", ExtendedKeyUsagePurpose::ClientAuth)?;
+    let server =
+        ca.issue(VALIDATOR_SERVER_NAME, "ackgate validator", ExtendedKeyUsagePurpose::ServerAuth, LINK_CERT_VALIDITY)?;
+    let client = ca.issue(
+        "gateway.client.ackgate.invalid",
+        "ackgate gateway client",
+        ExtendedKeyUsagePurpose::ClientAuth,
+        LINK_CERT_VALIDITY,
+    )?;
     let key_pem = |k: &PrivateKeyDer<'_>| pem::encode(&pem::Pem::new("PRIVATE KEY", k.secret_der().to_vec()));
     let files: [(&str, String, u32); 5] = [
         ("ca.pem", certificate_pem(ca.cert_der()), 0o644),

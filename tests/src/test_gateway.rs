@@ -21,64 +21,64 @@ pub struct TestGateway {
     /// Holds password checks back, so a test can keep a login in flight.
     pub logins: Arc<LoginHold>,
     pub server: Arc<AgentServer>,
-    login: LoginPolicy,
+    config: ServerConfig,
     ca_dir: std::path::PathBuf,
     task: Option<JoinHandle<()>>,
 }
 
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-const NO_GUESSING_LIMITS: LoginPolicy =
-    LoginPolicy { backoff: Duration::ZERO, backoff_max: Duration::ZERO, lockout_after: 0 };
-
-/// Password checks the test gateway runs at once.
-pub const PASSWORD_WORKERS: usize = 2;
 
 impl TestGateway {
-    /// Without failed-login backoff or lockout (tests of those use
-    /// [`TestGateway::start_with`]), so a test may log in wrong and right in
-    /// quick succession.
+    /// With [`TestGateway::config`].
     pub async fn start() -> Self {
-        Self::start_with(NO_GUESSING_LIMITS).await
+        Self::start_with(Self::config()).await
     }
 
-    /// With this failed-login policy.
-    pub async fn start_with(login: LoginPolicy) -> Self {
+    /// The listener's settings in these tests: short deadlines, two
+    /// password workers whatever the machine (so tests of who gets them do
+    /// not depend on its CPU count), and no failed-login backoff or lockout
+    /// (tests of those set a policy), so a test may log in wrong and right
+    /// in quick succession.
+    pub fn config() -> ServerConfig {
+        ServerConfig {
+            handshake_timeout: Duration::from_secs(2),
+            heartbeat: HEARTBEAT,
+            login: LoginPolicy { backoff: Duration::ZERO, backoff_max: Duration::ZERO, lockout_after: 0 },
+            password_checks: 2,
+            ..ServerConfig::default()
+        }
+    }
+
+    /// With these listener settings.
+    pub async fn start_with(config: ServerConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding a loopback port");
-        Self::start_on_with(listener, login)
+        Self::start_on_with(listener, config)
     }
 
     /// On a listener bound elsewhere (e.g. inside a test namespace).
     pub fn start_on(listener: TcpListener) -> Self {
-        Self::start_on_with(listener, NO_GUESSING_LIMITS)
+        Self::start_on_with(listener, Self::config())
     }
 
-    fn start_on_with(listener: TcpListener, login: LoginPolicy) -> Self {
+    fn start_on_with(listener: TcpListener, config: ServerConfig) -> Self {
         let ca_dir = std::env::temp_dir().join(format!("ackgate-testgw-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&ca_dir).expect("CA dir");
         Ca::create(&ca_dir).unwrap_or_else(|e| panic!("creating the test CA: {e}"));
         let directory = Arc::new(MemoryDirectory::default());
         let logins = Arc::new(LoginHold::default());
         let addr = listener.local_addr().expect("local addr");
-        let server = Self::server(&ca_dir, &directory, &logins, login);
+        let server = Self::server(&ca_dir, &directory, &logins, config.clone());
         let task = Some(tokio::spawn(server.clone().serve(listener)));
-        Self { addr, directory, logins, server, login, ca_dir, task }
+        Self { addr, directory, logins, server, config, ca_dir, task }
     }
 
     fn server(
         ca_dir: &std::path::Path,
         directory: &Arc<MemoryDirectory>,
         logins: &Arc<LoginHold>,
-        login: LoginPolicy,
+        config: ServerConfig,
     ) -> Arc<AgentServer> {
         let ca = Ca::load(ca_dir).unwrap_or_else(|e| panic!("loading the test CA: {e}"));
-        // Two password workers whatever the machine, so tests of who gets
-        // them do not depend on its CPU count.
-        let config = ServerConfig {
-            handshake_timeout: Duration::from_secs(2),
-            heartbeat: HEARTBEAT,
-            login,
-            password_checks: PASSWORD_WORKERS,
-        };
         let checked = Arc::new(HeldDirectory { inner: directory.clone(), hold: logins.clone() });
         AgentServer::new(ca, checked, config).unwrap_or_else(|e| panic!("agent server: {e}"))
     }
@@ -99,7 +99,7 @@ impl TestGateway {
             let _ = t.await;
         }
         // Sessions hold the server; a new one replaces it.
-        self.server = Self::server(&self.ca_dir, &self.directory, &self.logins, self.login);
+        self.server = Self::server(&self.ca_dir, &self.directory, &self.logins, self.config.clone());
     }
 
     /// Starts again on the same port, same CA and directory.
@@ -189,6 +189,10 @@ impl Directory for HeldDirectory {
     fn verify_password(&self, user: &str, password: &str) -> bool {
         self.hold.pass(user);
         self.inner.verify_password(user, password)
+    }
+
+    fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {
+        self.inner.renew_certificate(agent_id, cert_sha256)
     }
 
     fn login_locked(&self, user: &str) -> bool {

@@ -18,9 +18,10 @@ use ackgate_agent::tls;
 use ackgate_common::proto::{
     EnrollRequest, ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION,
 };
-use ackgate_gateway::agents::{LOGINS_QUEUED, LoginPolicy, ProfileError};
+use ackgate_gateway::agents::{LOGINS_QUEUED, LoginPolicy, ProfileError, ServerConfig};
 use ackgate_tests::test_gateway::{HEARTBEAT, TestGateway};
 use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Framed;
 use zeroize::Zeroizing;
@@ -45,7 +46,7 @@ impl StampLog for StampedOnly {
 }
 
 fn identity(enrollment: ackgate_agent::state::Enrollment, machine: [u8; 32]) -> Identity {
-    Identity { enrollment, machine, stamps: Arc::new(StampedOnly(FLOW)) }
+    Identity::new(enrollment, machine, Arc::new(StampedOnly(FLOW)), None)
 }
 
 struct TempDir(PathBuf);
@@ -335,7 +336,7 @@ async fn raw_session(gw: &TestGateway, dir: &TempDir) -> (u32, ackgate_agent::st
 
 /// Another session of an enrolled agent, up to the gateway's Welcome.
 async fn open_session(gw: &TestGateway, id: u32, enrollment: &ackgate_agent::state::Enrollment) -> RawSession {
-    let config = tls::session_config(enrollment).expect("session config");
+    let config = tls::session_config(&enrollment.ca, &enrollment.cert, &enrollment.key).expect("session config");
     let stream = tls::connect(&gw.addr.to_string(), config, DEADLINE).await.expect("session TLS");
     let mut conn = Framed::new(stream, MessageCodec::default());
     let hello =
@@ -567,7 +568,7 @@ async fn login_verdict(conn: &mut RawSession, user: &str, password: &str) -> ack
 async fn failed_logins_back_off_and_lock_the_user_out() {
     let backoff = Duration::from_secs(1);
     let policy = LoginPolicy { backoff, backoff_max: 2 * backoff, lockout_after: 2 };
-    let gw = TestGateway::start_with(policy).await;
+    let gw = TestGateway::start_with(ServerConfig { login: policy, ..TestGateway::config() }).await;
     gw.directory.add_user("erin", "right");
     let dir = TempDir::new("guess");
     let (id, _, mut conn) = raw_session(&gw, &dir).await;
@@ -639,4 +640,42 @@ async fn a_user_under_attack_holds_one_password_worker() {
         }
     };
     assert!(alice.accepted, "{alice:?}");
+}
+
+/// A session certificate with a third of its validity left is renewed over
+/// the live session, without a new invite: the agent stores the new
+/// certificate and key, the gateway binds them, and the next session opens
+/// with them. The old certificate stays valid at the gateway until it
+/// expires, in case the agent never stored the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_certificate_is_renewed_before_it_expires() {
+    // Valid for a minute (and backdated an hour): due at once.
+    let config = ServerConfig { agent_cert_validity: Duration::from_secs(60), ..TestGateway::config() };
+    let mut gw = TestGateway::start_with(config).await;
+    let dir = TempDir::new("renew");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let old = state.load().expect("enrollment");
+    let enrollment = state.load().expect("enrollment");
+    let identity =
+        Arc::new(Identity::new(enrollment, [7; 32], Arc::new(StampedOnly(FLOW)), Some(StateDir::new(&dir.0))));
+    let shared = Shared::new(&old.info.gateway);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(session::run(identity.clone(), shared.clone(), fast_reconnect(), stopped));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while shared.status().certificate_renewals == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no renewal within {DEADLINE:?}: {:?}", shared.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stored = state.load().expect("the renewed state loads");
+    assert_ne!(stored.cert, old.cert, "the renewed certificate must be stored");
+    assert_eq!(identity.certificate(), stored.cert, "and used from the next session on");
+    let bound = gw.directory.agent(id).and_then(|a| a.cert_sha256);
+    assert_eq!(bound, Some(Sha256::digest(&stored.cert).into()), "the gateway binds the renewed certificate");
+    assert_eq!(gw.server.stats.certificates_renewed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let _old_session = open_session(&gw, id, &old).await;
+
+    gw.restart().await;
+    gw.wait_connected(id, DEADLINE).await;
+    assert_eq!(shared.status().state, "connected", "the renewed certificate opens the next session");
+    let _ = stop.send(true);
 }

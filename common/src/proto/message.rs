@@ -28,6 +28,11 @@ pub enum Message {
     ProfileRefused(ProfileRefusal),
     /// Agent → gateway: the user logged out; the session's proof key dies.
     Logout,
+    /// Agent → gateway: a certificate request for a fresh key, to renew the
+    /// session certificate before it expires (at most once per session).
+    RenewCertificate(RenewCertificate),
+    /// Gateway → agent: the renewed certificate.
+    CertificateRenewed(CertificateRenewed),
     /// Either side: liveness probe, answered by `Pong` with the same value.
     Ping(u64),
     Pong(u64),
@@ -58,6 +63,8 @@ impl Message {
             Message::ProfileAnswer(_) => "ProfileAnswer",
             Message::ProfileRefused(_) => "ProfileRefused",
             Message::Logout => "Logout",
+            Message::RenewCertificate(_) => "RenewCertificate",
+            Message::CertificateRenewed(_) => "CertificateRenewed",
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
             Message::Error(_) => "Error",
@@ -170,6 +177,17 @@ pub struct ProfileAnswer {
     pub request_id: u64,
     pub nonce: [u8; 16],
     pub profile: Profile,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewCertificate {
+    /// PKCS#10 request; the new private key never leaves the agent.
+    pub csr_der: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRenewed {
+    pub cert_der: Vec<u8>,
 }
 
 /// Why an agent gives no profile for a flow.

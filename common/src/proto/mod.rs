@@ -21,7 +21,8 @@ use std::time::Duration;
 
 /// The version byte this build writes and accepts. 2: `LoginResult` names
 /// the user, `ErrorCode::TooManyLogins`. 3: agents refuse profile requests
-/// for flows they did not stamp (`ProfileRefused`), and `Logout`.
+/// for flows they did not stamp (`ProfileRefused`), `Logout`, and
+/// certificate renewal over the session.
 pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest frame (version byte + message) either side accepts. A profile

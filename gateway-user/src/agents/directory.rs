@@ -65,6 +65,9 @@ pub trait Directory: Send + Sync + 'static {
     /// never stamped: someone at `source` holds a copy of the key. Blocking
     /// (a store write).
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String>;
+    /// Binds a renewed certificate to `agent_id`; its earlier certificates
+    /// stay valid until they expire.
+    fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String>;
     /// Whether `user` is locked after too many failed logins.
     fn login_locked(&self, user: &str) -> bool;
     /// Records a failed login (an audit row), and locks the user if `lock`.
@@ -141,6 +144,8 @@ struct Inner {
     /// Failed logins as (user, agent id, source), and the locked users.
     login_failures: Vec<(String, u32, String)>,
     locked: std::collections::HashSet<String>,
+    /// Certificates renewal replaced, by agent.
+    earlier_certs: Vec<(u32, [u8; 32])>,
     next_invite: u64,
 }
 
@@ -238,7 +243,13 @@ impl Directory for MemoryDirectory {
     }
 
     fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord> {
-        self.lock().agents.values().find(|a| a.cert_sha256.as_ref() == Some(cert_sha256)).cloned()
+        let inner = self.lock();
+        let earlier = inner.earlier_certs.iter().find(|(_, c)| c == cert_sha256).map(|(id, _)| *id);
+        inner
+            .agents
+            .values()
+            .find(|a| a.cert_sha256.as_ref() == Some(cert_sha256) || Some(a.agent_id) == earlier)
+            .cloned()
     }
 
     fn verify_password(&self, user: &str, password: &str) -> bool {
@@ -246,6 +257,15 @@ impl Directory for MemoryDirectory {
             return false;
         };
         verify_password_hash(&stored, password)
+    }
+
+    fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {
+        let mut inner = self.lock();
+        let agent = inner.agents.get_mut(&agent_id).ok_or_else(|| format!("no agent {agent_id}"))?;
+        if let Some(old) = agent.cert_sha256.replace(cert_sha256) {
+            inner.earlier_certs.push((agent_id, old));
+        }
+        Ok(())
     }
 
     fn login_locked(&self, user: &str) -> bool {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{
-    Enrolled, ErrorCode, ErrorReport, FlowSummary, Login, LoginResult, Message, MessageCodec, Profile, ProfileAnswer,
-    ProfileRequest, ProtoError, RefusalReason, Welcome, verify_profile_proof,
+    CertificateRenewed, Enrolled, ErrorCode, ErrorReport, FlowSummary, Login, LoginResult, Message, MessageCodec,
+    Profile, ProfileAnswer, ProfileRequest, ProtoError, RefusalReason, Welcome, verify_profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
@@ -24,7 +24,7 @@ use tokio_util::codec::Framed;
 use super::directory::{Directory, LoginFailure, NewAgent};
 use super::guard::{LoginGuard, LoginPolicy, Throttled};
 use super::verifier::EnrolledAgents;
-use crate::pki::{Ca, PkiError};
+use crate::pki::{AGENT_CERT_VALIDITY, Ca, PkiError, ReissuingServerCert};
 
 type Conn = Framed<TlsStream<TcpStream>, MessageCodec>;
 
@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub login: LoginPolicy,
     /// Password checks (argon2id) at once across all sessions.
     pub password_checks: usize,
+    /// Validity of the agents' certificates (renewed over the session when
+    /// a third is left).
+    pub agent_cert_validity: Duration,
 }
 
 impl Default for ServerConfig {
@@ -48,6 +51,7 @@ impl Default for ServerConfig {
             heartbeat: Duration::from_secs(15),
             login: LoginPolicy::default(),
             password_checks: super::password_check_workers(),
+            agent_cert_validity: AGENT_CERT_VALIDITY,
         }
     }
 }
@@ -95,6 +99,7 @@ pub struct SessionStats {
     pub answers_refused: AtomicU64,
     /// Flows the named agent says it never stamped (suspected stolen keys).
     pub not_stamped: AtomicU64,
+    pub certificates_renewed: AtomicU64,
     pub logouts: AtomicU64,
 }
 
@@ -109,6 +114,9 @@ struct Pending {
 
 struct Session {
     id: u64,
+    agent_id: u32,
+    /// The session renewed its certificate already (once per session).
+    renewed: std::sync::atomic::AtomicBool,
     outbound: mpsc::Sender<Message>,
     /// Told when a newer session of the same agent takes over, or the agent
     /// is revoked (then with why).
@@ -121,7 +129,7 @@ struct Session {
 
 pub struct AgentServer {
     acceptor: TlsAcceptor,
-    ca: Ca,
+    ca: Arc<Ca>,
     directory: Arc<dyn Directory>,
     config: ServerConfig,
     sessions: Mutex<HashMap<u32, Arc<Session>>>,
@@ -142,7 +150,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl AgentServer {
     pub fn new(ca: Ca, directory: Arc<dyn Directory>, config: ServerConfig) -> Result<Arc<Self>, PkiError> {
-        let identity = ca.issue_server()?;
+        let ca = Arc::new(ca);
+        let listener_cert = Arc::new(ReissuingServerCert::new(ca.clone())?);
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert_der().clone()).map_err(|e| PkiError::Tls(e.to_string()))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -155,7 +164,7 @@ impl AgentServer {
         let verifier = Arc::new(EnrolledAgents { signed, directory: directory.clone() });
         let tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .and_then(|b| b.with_client_cert_verifier(verifier).with_single_cert(identity.chain, identity.key))
+            .map(|b| b.with_client_cert_verifier(verifier).with_cert_resolver(listener_cert))
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         let (password_checks, login) = (config.password_checks.max(1), config.login);
         Ok(Arc::new(Self {
@@ -328,7 +337,7 @@ impl AgentServer {
                 return Err(ProtoError::Remote(ErrorReport { code: refusal.code(), message: refusal.to_string() }));
             }
         };
-        let cert = match self.ca.sign_agent(&req.csr_der, agent_id) {
+        let cert = match self.ca.sign_agent(&req.csr_der, agent_id, self.config.agent_cert_validity) {
             Ok(cert) => cert,
             Err(e) => {
                 refuse(conn, ErrorCode::BadFrame, &e.to_string()).await;
@@ -365,6 +374,8 @@ impl AgentServer {
         let (outbound, mut queue) = mpsc::channel(256);
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            agent_id: agent.agent_id,
+            renewed: std::sync::atomic::AtomicBool::new(false),
             outbound,
             replaced: Notify::new(),
             revoked: Mutex::new(None),
@@ -452,6 +463,35 @@ impl AgentServer {
         send_within(conn, Message::LoginResult(result), self.config.handshake_timeout).await
     }
 
+    /// Signs a renewed certificate for the session's agent and binds it (the
+    /// old one stays valid until it expires, in case the agent never
+    /// stores the new one). Once per session: more is refused.
+    async fn renew_certificate(&self, conn: &mut Conn, session: &Session, csr_der: &[u8]) -> Result<(), ProtoError> {
+        if session.renewed.swap(true, Ordering::Relaxed) {
+            let msg = "one certificate renewal per session";
+            refuse(conn, ErrorCode::UnexpectedMessage, msg).await;
+            return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::UnexpectedMessage, message: msg.into() }));
+        }
+        let cert = match self.ca.sign_agent(csr_der, session.agent_id, self.config.agent_cert_validity) {
+            Ok(cert) => cert,
+            Err(e) => {
+                refuse(conn, ErrorCode::BadFrame, &e.to_string()).await;
+                return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::BadFrame, message: e.to_string() }));
+            }
+        };
+        let (directory, agent_id, digest) = (self.directory.clone(), session.agent_id, Sha256::digest(&cert).into());
+        let bound = tokio::task::spawn_blocking(move || directory.renew_certificate(agent_id, digest)).await;
+        if let Err(e) | Ok(Err(e)) = bound.map_err(|e| e.to_string()) {
+            tracing::error!(agent_id, "binding a renewed certificate: {e}");
+            refuse(conn, ErrorCode::Internal, "the gateway could not record the renewed certificate").await;
+            return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::Internal, message: e }));
+        }
+        self.stats.certificates_renewed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(agent_id, "agent certificate renewed");
+        let renewed = CertificateRenewed { cert_der: cert.to_vec() };
+        send_within(conn, Message::CertificateRenewed(renewed), self.config.handshake_timeout).await
+    }
+
     async fn on_session_message(
         &self,
         conn: &mut Conn,
@@ -512,6 +552,7 @@ impl AgentServer {
                 }
                 Ok(())
             }
+            Message::RenewCertificate(req) => self.renew_certificate(conn, session, &req.csr_der).await,
             Message::Logout => {
                 // Proofs made under the old key fail from now on.
                 *lock(&session.login) = None;
@@ -523,7 +564,7 @@ impl AgentServer {
             Message::Error(report) => Err(ProtoError::Remote(report)),
             other => {
                 let e = ProtoError::Unexpected {
-                    want: "Login, Logout, ProfileAnswer, ProfileRefused, Ping or Pong",
+                    want: "Login, Logout, ProfileAnswer, ProfileRefused, RenewCertificate, Ping or Pong",
                     got: other.name(),
                 };
                 refuse(conn, ErrorCode::UnexpectedMessage, &e.to_string()).await;
