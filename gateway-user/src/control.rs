@@ -242,6 +242,12 @@ async fn decide(
             d.latency = received.elapsed();
             return d;
         }
+        Err(e @ ProfileError::SerialMismatch(_)) => {
+            d.state = FlowState::Denied;
+            d.reason = e.to_string();
+            d.latency = received.elapsed();
+            return d;
+        }
         Err(e @ (ProfileError::Timeout(..) | ProfileError::NoSession(_) | ProfileError::SessionClosed(_))) => {
             d.reason = e.to_string();
             d.latency = received.elapsed();

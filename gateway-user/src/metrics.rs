@@ -147,6 +147,8 @@ impl Metrics {
             ("logins_locked", &s.logins_locked),
             ("answers_refused", &s.answers_refused),
             ("not_stamped", &s.not_stamped),
+            ("serial_mismatches", &s.serial_mismatches),
+            ("certificates_renewed", &s.certificates_renewed),
             ("logouts", &s.logouts),
         ] {
             agent.get_or_create(&Event { event: name.to_owned() }).inc_by(v.load(Ordering::Relaxed));

@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS machines (
     revoked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user, fingerprint)
 );
+CREATE TABLE IF NOT EXISTS machine_agents (
+    user TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    agent_id INTEGER NOT NULL,
+    PRIMARY KEY (user, fingerprint, agent_id)
+);
 CREATE TABLE IF NOT EXISTS potential (
     user TEXT NOT NULL,
     fingerprint BLOB NOT NULL,
@@ -348,7 +354,10 @@ impl Store {
         Ok(self.users()?.into_iter().find(|u| u.name == name))
     }
 
-    pub fn standing(&self, user: &str, machine: &[u8; 32]) -> Result<Standing, StoreError> {
+    /// Where `user` stands on `machine` as enrolled agent `agent_id`: the
+    /// machine is approved only with an agent the approval bound (a
+    /// machine imported without one accepts any agent).
+    pub fn standing(&self, user: &str, machine: &[u8; 32], agent_id: u32) -> Result<Standing, StoreError> {
         let db = self.db();
         let row: Option<(String, i64)> = db
             .query_row("SELECT groups, revoked FROM users WHERE name = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -358,8 +367,12 @@ impl Store {
         };
         let machine_approved = db
             .query_row(
-                "SELECT 1 FROM machines WHERE user = ?1 AND fingerprint = ?2 AND revoked = 0",
-                params![user, &machine[..]],
+                "SELECT 1 FROM machines m WHERE m.user = ?1 AND m.fingerprint = ?2 AND m.revoked = 0 AND (
+                    EXISTS (SELECT 1 FROM machine_agents a
+                            WHERE a.user = m.user AND a.fingerprint = m.fingerprint AND a.agent_id = ?3)
+                    OR NOT EXISTS (SELECT 1 FROM machine_agents a
+                                   WHERE a.user = m.user AND a.fingerprint = m.fingerprint))",
+                params![user, &machine[..], agent_id],
                 |_| Ok(()),
             )
             .optional()?
@@ -440,10 +453,10 @@ impl Store {
         let mut db = self.db();
         let tx = db.transaction()?;
         let known = tx.query_row("SELECT 1 FROM users WHERE name = ?1", [user], |_| Ok(())).optional()?.is_some();
-        let machines: Vec<Vec<u8>> = {
+        let machines: Vec<(Vec<u8>, u32)> = {
             let mut stmt =
-                tx.prepare("SELECT fingerprint FROM potential WHERE user = ?1 AND length(fingerprint) > 0")?;
-            stmt.query_map([user], |r| r.get(0))?.collect::<Result<_, _>>()?
+                tx.prepare("SELECT fingerprint, agent_id FROM potential WHERE user = ?1 AND length(fingerprint) > 0")?;
+            stmt.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
         };
         if !known {
             let hash: Option<String> = tx
@@ -465,11 +478,18 @@ impl Store {
         } else if !groups.is_empty() {
             tx.execute("UPDATE users SET groups = ?2 WHERE name = ?1", params![user, groups.join(",")])?;
         }
-        for m in &machines {
+        for (m, agent_id) in &machines {
             tx.execute(
                 "INSERT INTO machines (user, fingerprint, approved_unix) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, fingerprint) DO UPDATE SET revoked = 0, approved_unix = excluded.approved_unix",
                 params![user, m, now_unix()],
+            )?;
+            // The approval binds the enrolled agent the attempt came from,
+            // not only the fingerprint, which a root user can forge and
+            // cloned machines share.
+            tx.execute(
+                "INSERT OR IGNORE INTO machine_agents (user, fingerprint, agent_id) VALUES (?1, ?2, ?3)",
+                params![user, m, agent_id],
             )?;
         }
         tx.execute("DELETE FROM potential WHERE user = ?1", [user])?;
@@ -846,16 +866,18 @@ mod tests {
         let s = store();
         s.add_user("alice", "pw", &["staff".into()]).expect("add");
         assert!(matches!(s.add_user("alice", "x", &[]), Err(StoreError::UserExists(_))));
-        assert!(!s.standing("alice", &[1; 32]).expect("standing").machine_approved);
+        assert!(!s.standing("alice", &[1; 32], 1).expect("standing").machine_approved);
         s.record_attempt(&attempt("alice", [1; 32])).expect("record");
         s.record_attempt(&attempt("alice", [1; 32])).expect("record again");
         let pending = s.pending().expect("pending");
         assert_eq!(pending.len(), 1, "one entry per user and machine: {pending:?}");
         assert_eq!((pending[0].count, pending[0].new_user), (2, false));
         assert_eq!(s.approve("alice", &[]).expect("approve"), 1);
-        let st = s.standing("alice", &[1; 32]).expect("standing");
+        let st = s.standing("alice", &[1; 32], 1).expect("standing");
         assert!(st.known && st.machine_approved && !st.revoked);
         assert_eq!(st.groups, vec!["staff".to_owned()]);
+        let other_agent = s.standing("alice", &[1; 32], 2).expect("standing");
+        assert!(!other_agent.machine_approved, "the approval binds the agent, not only the fingerprint");
         assert!(s.pending().expect("pending").is_empty());
         assert!(matches!(s.approve("alice", &[]), Err(StoreError::NothingPending(_))));
         assert_eq!(s.approved_machines("alice").expect("machines"), vec![[1; 32]]);
@@ -894,7 +916,7 @@ mod tests {
         assert!(!s.verify_password("bob", "other"));
         assert_eq!(s.approved_machines("bob").expect("machines"), vec![[2; 32]]);
         s.revoke_user("bob").expect("revoke");
-        assert!(s.standing("bob", &[2; 32]).expect("standing").revoked);
+        assert!(s.standing("bob", &[2; 32], 1).expect("standing").revoked);
         assert!(s.approved_machines("bob").expect("machines").is_empty(), "a revoked user has no approved machine");
         assert!(matches!(s.revoke_user("carol"), Err(StoreError::NoSuchUser(_))));
     }

@@ -120,7 +120,7 @@ impl Validator {
         if !outcome.proof_valid {
             return record("password not verified in this agent session");
         }
-        let standing = self.store.standing(&p.user, &p.machine)?;
+        let standing = self.store.standing(&p.user, &p.machine, outcome.agent_id)?;
         if !standing.known {
             return record("unknown user");
         }
@@ -128,7 +128,7 @@ impl Validator {
             return Ok(Verdict::Denied { reason: "user revoked".into(), recorded: false });
         }
         if !standing.machine_approved {
-            return record("known user on an unapproved machine");
+            return record("known user on an unapproved machine (or through another agent)");
         }
         if !service.allow_groups.is_empty() && !standing.groups.iter().any(|g| service.allow_groups.contains(g)) {
             return Ok(Verdict::Denied {

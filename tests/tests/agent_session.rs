@@ -679,3 +679,51 @@ async fn the_session_certificate_is_renewed_before_it_expires() {
     assert_eq!(shared.status().state, "connected", "the renewed certificate opens the next session");
     let _ = stop.send(true);
 }
+
+/// The install serial is the enrollment's: a session that says another is
+/// refused, and a profile that names another gives no profile to decide on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_install_serial_than_the_enrollments_is_refused() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("dave", "pw");
+    let dir = TempDir::new("serial");
+    let (id, mut enrollment, mut conn) = raw_session(&gw, &dir).await;
+    conn.send(login("dave", "pw")).await.expect("login");
+    let key = loop {
+        match conn.next().await {
+            Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,
+            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected an accepted LoginResult, got {other:?}"),
+        }
+    };
+    let server = gw.server.clone();
+    let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
+    let req = loop {
+        match conn.next().await {
+            Some(Ok(Message::ProfileRequest(r))) => break r,
+            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected a ProfileRequest, got {other:?}"),
+        }
+    };
+    let config = tls::session_config(&enrollment.ca, &enrollment.cert, &enrollment.key).expect("session config");
+    enrollment.info.install_serial = "copied-elsewhere".into();
+    let identity = identity(enrollment, [1; 32]);
+    conn.send(Message::ProfileAnswer(session::answer(&identity, &req, "dave".into(), Some(&key))))
+        .await
+        .expect("answer");
+    let outcome = asked.await.expect("join");
+    assert_eq!(outcome, Err(ProfileError::SerialMismatch(id)), "a profile with another install serial");
+
+    let stream = tls::connect(&gw.addr.to_string(), config, DEADLINE).await.expect("session TLS");
+    let mut other = Framed::new(stream, MessageCodec::default());
+    let hello = Hello { agent_id: id, install_serial: "copied-elsewhere".into(), agent_version: "t".into() };
+    other.send(Message::Hello(hello)).await.expect("hello");
+    match tokio::time::timeout(DEADLINE, other.next()).await {
+        Ok(Some(Ok(Message::Error(report)))) => {
+            assert_eq!(report.code, ErrorCode::UnknownAgent, "{report:?}");
+            assert!(report.message.contains("install serial"), "{report:?}");
+        }
+        other => panic!("expected the session to be refused, got {other:?}"),
+    }
+    assert_eq!(gw.server.stats.serial_mismatches.load(std::sync::atomic::Ordering::Relaxed), 2);
+}

@@ -187,8 +187,11 @@ fn a_killed_control_plane_loses_nothing() {
     let s = Setup::new("crash", "reset", 30_000, "");
     let (gateway, _agent) = s.start_approved("alice");
     std::thread::scope(|scope| {
-        // A spliced flow that stays open across the crash.
-        let idle = scope.spawn(|| s.idle_client(Duration::from_secs(180)).0);
+        // A spliced flow that stays open across the crash, until the
+        // revocation at the end resets it. Its read waits far longer than
+        // the test takes on the slowest (emulated, loaded) machine: a read
+        // that gave up first would close the flow and fail the test.
+        let idle = scope.spawn(|| s.idle_client(Duration::from_secs(900)).0);
         assert_eq!(s.decision(2)["decision"], "authorized");
         eventually(WAIT, "the idle flow to be spliced", || {
             s.live_flows().iter().any(|f| f["state"] == "spliced").then_some(())

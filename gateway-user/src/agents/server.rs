@@ -79,6 +79,10 @@ pub enum ProfileError {
     /// elsewhere.
     #[error("agent {0} did not stamp this flow: suspected stolen key")]
     NotStamped(u32),
+    /// The profile names another install serial than the agent's
+    /// enrollment: its state directory was copied or tampered with.
+    #[error("agent {0} answered with an install serial other than the one it enrolled with")]
+    SerialMismatch(u32),
 }
 
 /// Counters of the listener (all since start).
@@ -99,13 +103,21 @@ pub struct SessionStats {
     pub answers_refused: AtomicU64,
     /// Flows the named agent says it never stamped (suspected stolen keys).
     pub not_stamped: AtomicU64,
+    /// Profiles or sessions with an install serial other than the agent's
+    /// enrollment.
+    pub serial_mismatches: AtomicU64,
     pub certificates_renewed: AtomicU64,
     pub logouts: AtomicU64,
 }
 
 /// What the agent said about a flow: its profile and whether the proof
-/// verified, or why it gives none.
-type Reply = Result<(ProfileAnswer, bool), RefusalReason>;
+/// verified, or why there is no profile to decide on.
+type Reply = Result<(ProfileAnswer, bool), NoProfile>;
+
+enum NoProfile {
+    Refused(RefusalReason),
+    SerialMismatch,
+}
 
 struct Pending {
     request: ProfileRequest,
@@ -115,6 +127,8 @@ struct Pending {
 struct Session {
     id: u64,
     agent_id: u32,
+    /// The install serial the agent enrolled with.
+    install_serial: String,
     /// The session renewed its certificate already (once per session).
     renewed: std::sync::atomic::AtomicBool,
     outbound: mpsc::Sender<Message>,
@@ -266,7 +280,8 @@ impl AgentServer {
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(Ok((answer, proof_valid)))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid }),
-            Ok(Ok(Err(RefusalReason::NotStamped))) => Err(ProfileError::NotStamped(agent_id)),
+            Ok(Ok(Err(NoProfile::Refused(RefusalReason::NotStamped)))) => Err(ProfileError::NotStamped(agent_id)),
+            Ok(Ok(Err(NoProfile::SerialMismatch))) => Err(ProfileError::SerialMismatch(agent_id)),
             Ok(Err(_)) => Err(ProfileError::SessionClosed(agent_id)),
             Err(_) => {
                 lock(&session.pending).remove(&request.request_id);
@@ -363,7 +378,14 @@ impl AgentServer {
         peer: std::net::SocketAddr,
     ) -> Result<(), ProtoError> {
         let agent = match self.directory.agent_by_certificate(&cert) {
-            Some(a) if a.agent_id == hello.agent_id => a,
+            Some(a) if a.agent_id == hello.agent_id && a.install_serial == hello.install_serial => a,
+            Some(a) if a.agent_id == hello.agent_id => {
+                self.stats.serial_mismatches.fetch_add(1, Ordering::Relaxed);
+                self.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("agent {} says another install serial than the one it enrolled with", a.agent_id);
+                refuse(&mut conn, ErrorCode::UnknownAgent, &msg).await;
+                return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::UnknownAgent, message: msg }));
+            }
             _ => {
                 self.stats.sessions_refused.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("agent {} is not enrolled here (or was revoked)", hello.agent_id);
@@ -375,6 +397,7 @@ impl AgentServer {
         let session = Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             agent_id: agent.agent_id,
+            install_serial: agent.install_serial.clone(),
             renewed: std::sync::atomic::AtomicBool::new(false),
             outbound,
             replaced: Notify::new(),
@@ -522,7 +545,13 @@ impl AgentServer {
                         let proof_valid = lock(&session.login).as_ref().is_some_and(|(key, user)| {
                             *user == answer.profile.user && verify_profile_proof(key, &p.request, &answer.profile)
                         });
-                        let _ = p.reply.send(Ok((answer, proof_valid)));
+                        let reply = if answer.profile.install_serial == session.install_serial {
+                            Ok((answer, proof_valid))
+                        } else {
+                            self.stats.serial_mismatches.fetch_add(1, Ordering::Relaxed);
+                            Err(NoProfile::SerialMismatch)
+                        };
+                        let _ = p.reply.send(reply);
                     }
                     Some(p) => {
                         // Wrong nonce: put the request back for the real answer.
@@ -540,7 +569,7 @@ impl AgentServer {
                 match pending.remove(&refusal.request_id) {
                     Some(p) if p.request.nonce == refusal.nonce => {
                         self.stats.not_stamped.fetch_add(1, Ordering::Relaxed);
-                        let _ = p.reply.send(Err(refusal.reason));
+                        let _ = p.reply.send(Err(NoProfile::Refused(refusal.reason)));
                     }
                     Some(p) => {
                         self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
