@@ -16,12 +16,13 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ackgate_common::mac::MacKey;
-use ackgate_common::proto::{Invite, invite_secret_digest};
+use ackgate_common::proto::{Invite, LoginGrant, invite_secret_digest};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::agents::{
-    AgentRecord, Directory, EnrollRefusal, KeyMisuse, LoginFailure, NewAgent, hash_password, verify_password_hash,
+    AgentRecord, CLAIMS_PER_AGENT, Directory, EnrollRefusal, KeyMisuse, LoginAttempt, LoginFailure, NewAgent,
+    hash_password, verify_password_hash,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,12 @@ pub enum StoreError {
     NothingPending(String),
     #[error("no agent with id {0}")]
     NoSuchAgent(u32),
+    #[error("{0:?} is a valid user: approve their machines without --claim")]
+    ClaimOnValidUser(String),
+    #[error("{user:?} has no claim {claim} (see `ackgate users pending`)")]
+    NoSuchClaim { user: String, claim: u64 },
+    #[error("{user:?} is claimed {} times ({claims:?}): pick one with --claim ID", claims.len())]
+    ManyClaims { user: String, claims: Vec<u64> },
     #[error(
         "{path} has mode {mode:o}: others can read the gateway's secrets (CA key, password records, \
          agent keys); `chmod go-rwx {path}`"
@@ -96,7 +103,6 @@ CREATE TABLE IF NOT EXISTS machine_agents (
 CREATE TABLE IF NOT EXISTS potential (
     user TEXT NOT NULL,
     fingerprint BLOB NOT NULL,
-    password_hash TEXT,
     install_serial TEXT NOT NULL,
     agent_id INTEGER NOT NULL,
     source TEXT NOT NULL,
@@ -128,6 +134,28 @@ CREATE TABLE IF NOT EXISTS invites (
     note TEXT NOT NULL,
     expires_unix INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS claims (
+    claim_id INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    agent_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    first_unix INTEGER NOT NULL,
+    last_unix INTEGER NOT NULL,
+    -- 1: approved; its password became the user's.
+    approved INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (user, agent_id)
+);
+CREATE TABLE IF NOT EXISTS claim_machines (
+    claim_id INTEGER NOT NULL REFERENCES claims(claim_id) ON DELETE CASCADE,
+    fingerprint BLOB NOT NULL,
+    agent_id INTEGER NOT NULL,
+    service TEXT NOT NULL,
+    first_unix INTEGER NOT NULL,
+    last_unix INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (claim_id, fingerprint, agent_id)
 );
 CREATE TABLE IF NOT EXISTS key_misuse (
     agent_id INTEGER NOT NULL,
@@ -170,8 +198,13 @@ pub struct PotentialRecord {
     pub user: String,
     /// Machine fingerprint (hex).
     pub machine: String,
-    /// The user is unknown (the entry carries the password they chose).
+    /// The name is no valid user's.
     pub new_user: bool,
+    /// The claim on the unknown name this entry belongs to (`users approve
+    /// NAME --claim ID`).
+    pub claim: Option<u64>,
+    /// The attempt proved the password: approving binds this machine.
+    pub proven: bool,
     pub install_serial: String,
     pub agent_id: u32,
     pub source: String,
@@ -206,6 +239,8 @@ pub struct Attempt<'a> {
     pub source: &'a str,
     pub service: &'a str,
     pub reason: &'a str,
+    /// The profile carried a valid proof of the user's own password.
+    pub proven: bool,
 }
 
 /// What the validator needs to know about one user and machine.
@@ -219,6 +254,21 @@ pub struct Standing {
 
 pub struct Store {
     conn: Mutex<Connection>,
+}
+
+/// Brings a store made by an earlier version up to date (SQLite's
+/// `user_version` counts the steps applied).
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 1 {
+        // Whether an attempt carried a valid proof of the user's password:
+        // only proven attempts bind a machine.
+        conn.execute_batch(
+            "ALTER TABLE potential ADD COLUMN proven INTEGER NOT NULL DEFAULT 0;
+             PRAGMA user_version = 1;",
+        )?;
+    }
+    Ok(())
 }
 
 pub fn hex(b: &[u8]) -> String {
@@ -249,6 +299,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -380,104 +431,148 @@ impl Store {
         Ok(Standing { known: true, revoked: revoked != 0, machine_approved, groups: groups_of(&groups) })
     }
 
-    /// Records (or counts again) a failed first attempt.
+    /// Records (or counts again) a failed first attempt. Once an attempt
+    /// from a machine was proven, the machine stays proven.
     pub fn record_attempt(&self, a: &Attempt<'_>) -> Result<(), StoreError> {
         let now = now_unix();
         self.db().execute(
-            "INSERT INTO potential (user, fingerprint, install_serial, agent_id, source, service, reason, first_unix, last_unix, count)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)
+            "INSERT INTO potential (user, fingerprint, install_serial, agent_id, source, service, reason, first_unix, last_unix, count, proven)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1, ?9)
              ON CONFLICT (user, fingerprint) DO UPDATE SET
                 install_serial = excluded.install_serial, agent_id = excluded.agent_id, source = excluded.source,
-                service = excluded.service, reason = excluded.reason, last_unix = excluded.last_unix, count = count + 1",
-            params![a.user, &a.machine[..], a.install_serial, a.agent_id, a.source, a.service, a.reason, now],
+                service = excluded.service, reason = excluded.reason, last_unix = excluded.last_unix, count = count + 1,
+                proven = max(proven, excluded.proven)",
+            params![a.user, &a.machine[..], a.install_serial, a.agent_id, a.source, a.service, a.reason, now, a.proven],
         )?;
         Ok(())
     }
 
-    /// Remembers the password an unknown user logged in with, so that an
-    /// approval can make them a valid user with it.
-    pub fn record_new_user_password(&self, user: &str, password_hash: &str) -> Result<(), StoreError> {
-        let now = now_unix();
-        self.db().execute(
-            "INSERT INTO potential (user, fingerprint, password_hash, install_serial, agent_id, source, service, reason, first_unix, last_unix, count)
-             VALUES (?1, x'', ?2, '', 0, '', '', 'unknown user logged in', ?3, ?3, 0)
-             ON CONFLICT (user, fingerprint) DO UPDATE SET password_hash = excluded.password_hash, last_unix = excluded.last_unix",
-            params![user, password_hash, now],
-        )?;
-        Ok(())
-    }
-
-    /// The unknown user's chosen password hash, if they logged in.
-    pub fn new_user_password_hash(&self, user: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
+    /// Whether `claim` was approved as `user`: its password is the user's.
+    pub fn claim_approved_as(&self, claim: u64, user: &str) -> Result<bool, StoreError> {
+        let found = self
             .db()
             .query_row(
-                "SELECT password_hash FROM potential WHERE user = ?1 AND password_hash IS NOT NULL",
-                [user],
-                |r| r.get(0),
+                "SELECT 1 FROM claims WHERE claim_id = ?1 AND user = ?2 AND approved = 1",
+                params![claim, user],
+                |_| Ok(()),
             )
-            .optional()?)
+            .optional()?;
+        Ok(found.is_some())
     }
 
+    /// Records that `machine`, through `agent_id`, proved the password of
+    /// `claim` (a profile with a valid proof under the claim's login).
+    pub fn record_claim_machine(
+        &self,
+        claim: u64,
+        machine: &[u8; 32],
+        agent_id: u32,
+        service: &str,
+    ) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO claim_machines VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)
+             ON CONFLICT (claim_id, fingerprint, agent_id) DO UPDATE SET
+                service = excluded.service, last_unix = excluded.last_unix, count = count + 1",
+            params![claim, &machine[..], agent_id, service, now_unix()],
+        )?;
+        Ok(())
+    }
+
+    /// What waits for an administrator: attempts of valid users from
+    /// machines not approved for them, attempts under unknown names, and
+    /// claims on unknown names with the machines that proved them.
     pub fn pending(&self) -> Result<Vec<PotentialRecord>, StoreError> {
         let db = self.db();
         let mut stmt = db.prepare(
-            "SELECT p.user, p.fingerprint, u.name IS NULL, p.install_serial, p.agent_id, p.source, p.service, p.reason,
-                    p.first_unix, p.last_unix, p.count
+            "SELECT p.user, p.fingerprint, u.name IS NULL, NULL, p.proven, p.install_serial, p.agent_id, p.source,
+                    p.service, p.reason, p.first_unix, p.last_unix, p.count
              FROM potential p LEFT JOIN users u ON u.name = p.user
-             WHERE length(p.fingerprint) > 0 ORDER BY p.last_unix DESC",
+             WHERE length(p.fingerprint) > 0
+             UNION ALL
+             SELECT c.user, coalesce(m.fingerprint, x''), 1, c.claim_id, m.fingerprint IS NOT NULL, '', c.agent_id,
+                    c.source, coalesce(m.service, ''),
+                    CASE WHEN m.fingerprint IS NULL THEN 'claimed; no machine has proven it yet'
+                         ELSE 'claimed; this machine proved the password' END,
+                    c.first_unix, max(c.last_unix, coalesce(m.last_unix, 0)), coalesce(m.count, 0)
+             FROM claims c LEFT JOIN claim_machines m ON m.claim_id = c.claim_id
+             WHERE c.approved = 0
+             ORDER BY 12 DESC",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(PotentialRecord {
                 user: r.get(0)?,
                 machine: hex(&r.get::<_, Vec<u8>>(1)?),
                 new_user: r.get(2)?,
-                install_serial: r.get(3)?,
-                agent_id: r.get(4)?,
-                source: r.get(5)?,
-                service: r.get(6)?,
-                reason: r.get(7)?,
-                first_unix: r.get(8)?,
-                last_unix: r.get(9)?,
-                count: r.get(10)?,
+                claim: r.get(3)?,
+                proven: r.get(4)?,
+                install_serial: r.get(5)?,
+                agent_id: r.get(6)?,
+                source: r.get(7)?,
+                service: r.get(8)?,
+                reason: r.get(9)?,
+                first_unix: r.get(10)?,
+                last_unix: r.get(11)?,
+                count: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Approves everything pending for `user`: an unknown user becomes a
-    /// valid user (with the password they logged in with and `groups`), and
-    /// every machine they tried from is bound to them. One transaction.
-    /// Returns the number of machines bound.
-    pub fn approve(&self, user: &str, groups: &[String]) -> Result<usize, StoreError> {
+    /// Approves what is pending for `user`, in one transaction; returns the
+    /// number of machines bound. A valid user: the machines whose attempts
+    /// proved their password are bound to them. An unknown name: one claim
+    /// (`claim`, or the only one) makes it a valid user with that claim's
+    /// password and `groups`, bound to the machines that proved that claim
+    /// only; the name's other claims are void. Machines are bound together
+    /// with the agent they were seen through.
+    pub fn approve(&self, user: &str, claim: Option<u64>, groups: &[String]) -> Result<usize, StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
         let known = tx.query_row("SELECT 1 FROM users WHERE name = ?1", [user], |_| Ok(())).optional()?.is_some();
-        let machines: Vec<(Vec<u8>, u32)> = {
-            let mut stmt =
-                tx.prepare("SELECT fingerprint, agent_id FROM potential WHERE user = ?1 AND length(fingerprint) > 0")?;
-            stmt.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
-        };
-        if !known {
-            let hash: Option<String> = tx
-                .query_row(
-                    "SELECT password_hash FROM potential WHERE user = ?1 AND password_hash IS NOT NULL",
-                    [user],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(hash) = hash else {
+        let machines: Vec<(Vec<u8>, u32)> = if known {
+            if claim.is_some() {
+                return Err(StoreError::ClaimOnValidUser(user.to_owned()));
+            }
+            let mut stmt = tx.prepare(
+                "SELECT fingerprint, agent_id FROM potential WHERE user = ?1 AND length(fingerprint) > 0 AND proven = 1",
+            )?;
+            let machines = stmt.query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+            if machines.is_empty() {
                 return Err(StoreError::NothingPending(user.to_owned()));
+            }
+            if !groups.is_empty() {
+                tx.execute("UPDATE users SET groups = ?2 WHERE name = ?1", params![user, groups.join(",")])?;
+            }
+            machines
+        } else {
+            let claims: Vec<u64> = {
+                let mut stmt =
+                    tx.prepare("SELECT claim_id FROM claims WHERE user = ?1 AND approved = 0 ORDER BY claim_id")?;
+                stmt.query_map([user], |r| r.get(0))?.collect::<Result<_, _>>()?
             };
+            let chosen = match (claim, claims.as_slice()) {
+                (Some(c), _) if claims.contains(&c) => c,
+                (Some(c), _) => return Err(StoreError::NoSuchClaim { user: user.to_owned(), claim: c }),
+                (None, []) => return Err(StoreError::NothingPending(user.to_owned())),
+                (None, [only]) => *only,
+                (None, many) => return Err(StoreError::ManyClaims { user: user.to_owned(), claims: many.to_vec() }),
+            };
+            let hash: String =
+                tx.query_row("SELECT password_hash FROM claims WHERE claim_id = ?1", [chosen], |r| r.get(0))?;
             tx.execute(
                 "INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)",
                 params![user, hash, groups.join(","), now_unix()],
             )?;
-        } else if machines.is_empty() {
-            return Err(StoreError::NothingPending(user.to_owned()));
-        } else if !groups.is_empty() {
-            tx.execute("UPDATE users SET groups = ?2 WHERE name = ?1", params![user, groups.join(",")])?;
-        }
+            let mut stmt = tx.prepare("SELECT fingerprint, agent_id FROM claim_machines WHERE claim_id = ?1")?;
+            let machines = stmt.query_map([chosen], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+            drop(stmt);
+            // The chosen claim stays, marked approved: sessions logged in
+            // under it hold the user's password now. The others are void.
+            tx.execute("DELETE FROM claims WHERE user = ?1 AND claim_id != ?2", params![user, chosen])?;
+            tx.execute("DELETE FROM claim_machines WHERE claim_id = ?1", [chosen])?;
+            tx.execute("UPDATE claims SET approved = 1 WHERE claim_id = ?1", [chosen])?;
+            machines
+        };
         for (m, agent_id) in &machines {
             tx.execute(
                 "INSERT INTO machines (user, fingerprint, approved_unix) VALUES (?1, ?2, ?3)
@@ -493,7 +588,11 @@ impl Store {
             )?;
         }
         tx.execute("DELETE FROM potential WHERE user = ?1", [user])?;
-        Self::audit(&tx, "approve", &format!("{user} ({} machine(s))", machines.len()))?;
+        let detail = match claim {
+            Some(c) => format!("{user} claim {c} ({} machine(s))", machines.len()),
+            None => format!("{user} ({} machine(s))", machines.len()),
+        };
+        Self::audit(&tx, "approve", &detail)?;
         tx.commit()?;
         Ok(machines.len())
     }
@@ -601,6 +700,53 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn check_login_in_store(&self, a: &LoginAttempt<'_>) -> Result<LoginGrant, StoreError> {
+        let verdict = |ok: bool, grant: LoginGrant| if ok { grant } else { LoginGrant::Refused };
+        let stored: Option<String> = self
+            .db()
+            .query_row("SELECT password_hash FROM users WHERE name = ?1", [a.user], |r| r.get(0))
+            .optional()?;
+        if let Some(hash) = stored {
+            return Ok(verdict(verify_password_hash(&hash, a.password), LoginGrant::User));
+        }
+        let claim: Option<(u64, String)> = self
+            .db()
+            .query_row(
+                "SELECT claim_id, password_hash FROM claims WHERE user = ?1 AND agent_id = ?2",
+                params![a.user, a.agent_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((id, hash)) = claim {
+            let ok = verify_password_hash(&hash, a.password);
+            if ok {
+                self.db().execute("UPDATE claims SET last_unix = ?2 WHERE claim_id = ?1", params![id, now_unix()])?;
+            }
+            return Ok(verdict(ok, LoginGrant::Claim(id)));
+        }
+        // The hash is made before the write, outside the lock (it is the
+        // slow part).
+        let hash = hash_password(a.password);
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let held: usize =
+            tx.query_row("SELECT count(*) FROM claims WHERE agent_id = ?1 AND approved = 0", [a.agent_id], |r| {
+                r.get(0)
+            })?;
+        if held >= CLAIMS_PER_AGENT {
+            tracing::warn!(agent_id = a.agent_id, "refusing a claim on {:?}: the agent holds {held} claims", a.user);
+            return Ok(LoginGrant::Refused);
+        }
+        tx.execute(
+            "INSERT INTO claims (user, password_hash, agent_id, source, first_unix, last_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![a.user, hash, a.agent_id, a.source, now_unix()],
+        )?;
+        let id = tx.last_insert_rowid() as u64;
+        Self::audit(&tx, "claim", &format!("{:?} claim {id} by agent {} from {}", a.user, a.agent_id, a.source))?;
+        tx.commit()?;
+        Ok(LoginGrant::Claim(id))
     }
 
     /// Every enrolled agent (revoked ones too), with where its key was
@@ -785,25 +931,15 @@ impl Directory for Store {
         })
     }
 
-    /// A known user: their password is checked. An unknown user: the login
-    /// is accepted as a claim, and the password they chose is recorded so an
-    /// administrator's approval can make them a user (DESIGN.md §6).
-    fn verify_password(&self, user: &str, password: &str) -> bool {
-        let stored: Option<String> = self
-            .db()
-            .query_row("SELECT password_hash FROM users WHERE name = ?1", [user], |r| r.get(0))
-            .optional()
-            .ok()
-            .flatten();
-        match stored {
-            Some(hash) => verify_password_hash(&hash, password),
-            None => {
-                let hash = match self.new_user_password_hash(user) {
-                    Ok(Some(existing)) if verify_password_hash(&existing, password) => return true,
-                    Ok(Some(_)) => return false,
-                    _ => hash_password(password),
-                };
-                self.record_new_user_password(user, &hash).is_ok()
+    /// A valid user: their password is checked. An unknown name: the
+    /// agent's claim on it is checked, or made at its first login under the
+    /// name (DESIGN.md §6); a claim never replaces another agent's.
+    fn check_login(&self, a: &LoginAttempt<'_>) -> LoginGrant {
+        match self.check_login_in_store(a) {
+            Ok(grant) => grant,
+            Err(e) => {
+                tracing::error!("user store: checking a login of {}: {e}", a.user);
+                LoginGrant::Refused
             }
         }
     }
@@ -857,8 +993,13 @@ mod tests {
         Store::open(Path::new(":memory:")).expect("in-memory store")
     }
 
-    fn attempt<'a>(user: &'a str, machine: [u8; 32]) -> Attempt<'a> {
-        Attempt { user, machine, install_serial: "s", agent_id: 1, source: "10.0.0.2:1", service: "web", reason: "r" }
+    fn attempt<'a>(user: &'a str, machine: [u8; 32], proven: bool) -> Attempt<'a> {
+        let (install_serial, source, service, reason) = ("s", "10.0.0.2:1", "web", "r");
+        Attempt { user, machine, install_serial, agent_id: 1, source, service, reason, proven }
+    }
+
+    fn login<'a>(user: &'a str, password: &'a str, agent_id: u32) -> LoginAttempt<'a> {
+        LoginAttempt { user, password, agent_id, source: "10.0.0.2" }
     }
 
     #[test]
@@ -867,19 +1008,23 @@ mod tests {
         s.add_user("alice", "pw", &["staff".into()]).expect("add");
         assert!(matches!(s.add_user("alice", "x", &[]), Err(StoreError::UserExists(_))));
         assert!(!s.standing("alice", &[1; 32], 1).expect("standing").machine_approved);
-        s.record_attempt(&attempt("alice", [1; 32])).expect("record");
-        s.record_attempt(&attempt("alice", [1; 32])).expect("record again");
+        s.record_attempt(&attempt("alice", [1; 32], true)).expect("record");
+        s.record_attempt(&attempt("alice", [1; 32], false)).expect("record again");
+        s.record_attempt(&attempt("alice", [3; 32], false)).expect("record an unproven machine");
         let pending = s.pending().expect("pending");
-        assert_eq!(pending.len(), 1, "one entry per user and machine: {pending:?}");
-        assert_eq!((pending[0].count, pending[0].new_user), (2, false));
-        assert_eq!(s.approve("alice", &[]).expect("approve"), 1);
+        assert_eq!(pending.len(), 2, "one entry per user and machine: {pending:?}");
+        let first = pending.iter().find(|p| p.machine.starts_with("0101")).expect("machine 1");
+        assert_eq!((first.count, first.new_user, first.proven), (2, false, true), "a proven machine stays proven");
+        assert_eq!(s.approve("alice", None, &[]).expect("approve"), 1, "only the proven machine is bound");
+        assert!(!s.standing("alice", &[3; 32], 1).expect("standing").machine_approved, "no proof, no binding");
         let st = s.standing("alice", &[1; 32], 1).expect("standing");
         assert!(st.known && st.machine_approved && !st.revoked);
         assert_eq!(st.groups, vec!["staff".to_owned()]);
         let other_agent = s.standing("alice", &[1; 32], 2).expect("standing");
         assert!(!other_agent.machine_approved, "the approval binds the agent, not only the fingerprint");
         assert!(s.pending().expect("pending").is_empty());
-        assert!(matches!(s.approve("alice", &[]), Err(StoreError::NothingPending(_))));
+        assert!(matches!(s.approve("alice", None, &[]), Err(StoreError::NothingPending(_))));
+        assert!(matches!(s.approve("alice", Some(1), &[]), Err(StoreError::ClaimOnValidUser(_))));
         assert_eq!(s.approved_machines("alice").expect("machines"), vec![[1; 32]]);
         assert_eq!(s.revoke_machine("alice", "0101").expect("revoke machine"), 1);
         assert!(s.approved_machines("alice").expect("machines").is_empty(), "a revoked machine is not approved");
@@ -905,19 +1050,73 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_user_becomes_valid_with_the_password_they_chose() {
+    fn claims_are_per_agent_and_an_approval_takes_one_claim_and_its_proven_machines() {
         let s = store();
-        assert!(s.verify_password("bob", "chosen"), "an unknown user's first login is accepted as a claim");
-        assert!(!s.verify_password("bob", "other"), "and later logins must use the same password");
-        s.record_attempt(&attempt("bob", [2; 32])).expect("record");
-        assert!(s.pending().expect("pending")[0].new_user);
-        s.approve("bob", &["eng".into()]).expect("approve");
-        assert!(s.verify_password("bob", "chosen"), "the chosen password is now the user's");
-        assert!(!s.verify_password("bob", "other"));
-        assert_eq!(s.approved_machines("bob").expect("machines"), vec![[2; 32]]);
+        let bobs = s.check_login(&login("bob", "chosen", 1));
+        let LoginGrant::Claim(bobs) = bobs else { panic!("an unknown name's first login is a claim: {bobs:?}") };
+        assert_eq!(s.check_login(&login("bob", "other", 1)), LoginGrant::Refused, "the agent's claim holds");
+        assert_eq!(s.check_login(&login("bob", "chosen", 1)), LoginGrant::Claim(bobs));
+        let LoginGrant::Claim(mallorys) = s.check_login(&login("bob", "mallory", 2)) else {
+            panic!("another agent's claim on the name is its own")
+        };
+        assert_ne!(bobs, mallorys, "a claim never overwrites another");
+        assert_eq!(s.check_login(&login("bob", "chosen", 1)), LoginGrant::Claim(bobs), "and leaves the first intact");
+        s.record_claim_machine(bobs, &[2; 32], 1, "web").expect("bob's machine proved his claim");
+        s.record_claim_machine(mallorys, &[6; 32], 2, "web").expect("mallory's machine proved hers");
+        s.record_attempt(&attempt("bob", [9; 32], false)).expect("an attempt without a proof");
+        let pending = s.pending().expect("pending");
+        assert_eq!(pending.iter().filter(|p| p.claim.is_some()).count(), 2, "both claims are listed: {pending:?}");
+        assert!(matches!(s.approve("bob", None, &[]), Err(StoreError::ManyClaims { .. })), "two claims: pick one");
+        assert!(matches!(s.approve("bob", Some(999), &[]), Err(StoreError::NoSuchClaim { .. })));
+        assert_eq!(s.approve("bob", Some(bobs), &["eng".into()]).expect("approve"), 1);
+        assert_eq!(s.check_login(&login("bob", "chosen", 3)), LoginGrant::User, "the claim's password is now bob's");
+        assert_eq!(s.check_login(&login("bob", "mallory", 2)), LoginGrant::Refused, "the other claim is void");
+        assert_eq!(s.approved_machines("bob").expect("machines"), vec![[2; 32]], "only bob's proven machine");
+        assert!(s.claim_approved_as(bobs, "bob").expect("claim"), "sessions under the approved claim are bob's");
+        assert!(!s.claim_approved_as(mallorys, "bob").expect("claim"), "the void claim proves nothing");
+        assert!(s.pending().expect("pending").is_empty(), "the name's claims and attempts are settled");
         s.revoke_user("bob").expect("revoke");
         assert!(s.standing("bob", &[2; 32], 1).expect("standing").revoked);
         assert!(s.approved_machines("bob").expect("machines").is_empty(), "a revoked user has no approved machine");
         assert!(matches!(s.revoke_user("carol"), Err(StoreError::NoSuchUser(_))));
+    }
+
+    #[test]
+    fn an_agent_holds_a_bounded_number_of_claims() {
+        let s = store();
+        for n in 0..CLAIMS_PER_AGENT {
+            let grant = s.check_login(&login(&format!("name{n}"), "pw", 1));
+            assert!(matches!(grant, LoginGrant::Claim(_)), "claim {n}: {grant:?}");
+        }
+        assert_eq!(s.check_login(&login("one-more", "pw", 1)), LoginGrant::Refused);
+        assert!(
+            matches!(s.check_login(&login("one-more", "pw", 2)), LoginGrant::Claim(_)),
+            "other agents are not held"
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_claims_is_migrated() {
+        let path = std::env::temp_dir().join(format!("ackgate-store-migrate-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).expect("old store");
+            conn.execute_batch(
+                "CREATE TABLE potential (user TEXT NOT NULL, fingerprint BLOB NOT NULL, password_hash TEXT,
+                 install_serial TEXT NOT NULL, agent_id INTEGER NOT NULL, source TEXT NOT NULL, service TEXT NOT NULL,
+                 reason TEXT NOT NULL, first_unix INTEGER NOT NULL, last_unix INTEGER NOT NULL, count INTEGER NOT NULL,
+                 PRIMARY KEY (user, fingerprint));",
+            )
+            .expect("old schema");
+        }
+        let s = Store::open(&path).expect("the old store opens");
+        s.record_attempt(&attempt("alice", [1; 32], true)).expect("the migrated table takes proven attempts");
+        assert!(s.pending().expect("pending")[0].proven);
+        drop(s);
+        Store::open(&path).expect("and opens again, migrated once");
+        let _ = std::fs::remove_file(&path);
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::agents::ProfileOutcome;
+use ackgate_common::proto::LoginGrant;
+
+use crate::agents::{LoginAttempt, ProfileOutcome};
 use crate::store::{Attempt, Store, StoreError};
 
 /// What a service allows.
@@ -30,8 +32,8 @@ pub enum Verdict {
 /// remote validator service (`validator_service::RemoteValidator`). Called
 /// off the async threads.
 pub trait Decider: Send + Sync + 'static {
-    /// The user's password, checked once per login.
-    fn check_login(&self, user: &str, password: &str) -> bool;
+    /// A login's password, checked once per login.
+    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant;
     fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String>;
 }
 
@@ -40,8 +42,8 @@ pub struct Validator {
 }
 
 impl Decider for Validator {
-    fn check_login(&self, user: &str, password: &str) -> bool {
-        crate::agents::Directory::verify_password(&*self.store, user, password)
+    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
+        crate::agents::Directory::check_login(&*self.store, attempt)
     }
 
     fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String> {
@@ -72,8 +74,8 @@ impl crate::agents::Directory for GatewayDirectory {
     fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<crate::agents::AgentRecord> {
         self.store.agent_by_certificate(cert_sha256)
     }
-    fn verify_password(&self, user: &str, password: &str) -> bool {
-        self.decider.check_login(user, password)
+    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
+        self.decider.check_login(attempt)
     }
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
         self.store.record_key_misuse(agent_id, source, service).map_err(|e| e.to_string())
@@ -102,7 +104,10 @@ impl Validator {
         source: &str,
     ) -> Result<Verdict, StoreError> {
         let p = &outcome.profile;
-        let record = |reason: &str| -> Result<Verdict, StoreError> {
+        // `proven`: the attempt's profile carried a valid proof of the
+        // user's own password; only such attempts may bind a machine when
+        // approved.
+        let record = |reason: &str, proven: bool| -> Result<Verdict, StoreError> {
             self.store.record_attempt(&Attempt {
                 user: &p.user,
                 machine: p.machine,
@@ -111,24 +116,36 @@ impl Validator {
                 source,
                 service: &service.name,
                 reason,
+                proven,
             })?;
             Ok(Verdict::Denied { reason: reason.to_owned(), recorded: true })
         };
         if p.user.is_empty() {
-            return record("nobody is logged in on the agent");
+            return record("nobody is logged in on the agent", false);
         }
         if !outcome.proof_valid {
-            return record("password not verified in this agent session");
+            return record("password not verified in this agent session", false);
         }
         let standing = self.store.standing(&p.user, &p.machine, outcome.agent_id)?;
-        if !standing.known {
-            return record("unknown user");
+        match (standing.known, outcome.claim) {
+            (false, Some(claim)) => {
+                self.store.record_claim_machine(claim, &p.machine, outcome.agent_id, &service.name)?;
+                return Ok(Verdict::Denied { reason: format!("unknown user (claim {claim})"), recorded: true });
+            }
+            (false, None) => return record("unknown user", false),
+            // A login under a claim made before the name became a valid
+            // user's proves the user's password only if that claim is the
+            // one approved.
+            (true, Some(claim)) if !self.store.claim_approved_as(claim, &p.user)? => {
+                return record("logged in with another claim's password", false);
+            }
+            (true, _) => {}
         }
         if standing.revoked {
             return Ok(Verdict::Denied { reason: "user revoked".into(), recorded: false });
         }
         if !standing.machine_approved {
-            return record("known user on an unapproved machine (or through another agent)");
+            return record("known user on an unapproved machine (or through another agent)", true);
         }
         if !service.allow_groups.is_empty() && !standing.groups.iter().any(|g| service.allow_groups.contains(g)) {
             return Ok(Verdict::Denied {

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use ackgate_common::proto::{CheckLogin, LoginChecked, Message, MessageCodec, ProtoError, Validate, Validated};
+use ackgate_common::proto::{
+    CheckLogin, LoginChecked, LoginGrant, Message, MessageCodec, ProtoError, Validate, Validated,
+};
 use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
@@ -22,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use crate::agents::ProfileOutcome;
+use crate::agents::{LoginAttempt, ProfileOutcome};
 use crate::pki::{Ca, ExtendedKeyUsagePurpose, LINK_CERT_VALIDITY, PkiError, certificate_pem};
 use crate::validator::{Decider, ServiceRule, Verdict};
 
@@ -162,10 +164,18 @@ async fn answer(
                         let permits = password_checks.clone();
                         work.spawn(async move {
                             let _permit = permits.acquire_owned().await;
-                            let accepted = tokio::task::spawn_blocking(move || d.check_login(&c.user, &c.password))
-                                .await
-                                .unwrap_or(false);
-                            Message::LoginChecked(LoginChecked { request_id: c.request_id, accepted })
+                            let grant = tokio::task::spawn_blocking(move || {
+                                let attempt = LoginAttempt {
+                                    user: &c.user,
+                                    password: &c.password,
+                                    agent_id: c.agent_id,
+                                    source: &c.source,
+                                };
+                                (c.request_id, d.check_login(&attempt))
+                            })
+                            .await;
+                            let (request_id, grant) = grant.unwrap_or((0, LoginGrant::Refused));
+                            Message::LoginChecked(LoginChecked { request_id, grant })
                         });
                     }
                     Message::Validate(v) => {
@@ -186,7 +196,8 @@ async fn answer(
 
 async fn validate(d: Arc<dyn Decider>, v: Validate) -> Validated {
     let request_id = v.request_id;
-    let outcome = ProfileOutcome { agent_id: v.agent_id, profile: v.profile, proof_valid: v.proof_valid };
+    let outcome =
+        ProfileOutcome { agent_id: v.agent_id, profile: v.profile, proof_valid: v.proof_valid, claim: v.claim };
     let rule = ServiceRule { name: v.service, allow_groups: v.allow_groups };
     let verdict = tokio::task::spawn_blocking(move || d.decide(&outcome, &rule, &v.source))
         .await
@@ -320,22 +331,24 @@ async fn run_link(conn: Link, mut requests: mpsc::Receiver<LinkRequest>) {
 }
 
 impl Decider for RemoteValidator {
-    fn check_login(&self, user: &str, password: &str) -> bool {
+    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
         let request_id = self.id();
         let msg = Message::CheckLogin(CheckLogin {
             request_id,
-            user: user.to_owned(),
-            password: zeroize::Zeroizing::new(password.to_owned()),
+            user: attempt.user.to_owned(),
+            password: zeroize::Zeroizing::new(attempt.password.to_owned()),
+            agent_id: attempt.agent_id,
+            source: attempt.source.to_owned(),
         });
         match self.runtime.block_on(self.call(request_id, msg)) {
-            Ok(Message::LoginChecked(r)) => r.accepted,
+            Ok(Message::LoginChecked(r)) => r.grant,
             Ok(other) => {
                 tracing::warn!("validator answered a login check with {}", other.name());
-                false
+                LoginGrant::Refused
             }
             Err(e) => {
                 tracing::warn!("validator: {e}");
-                false
+                LoginGrant::Refused
             }
         }
     }
@@ -347,6 +360,7 @@ impl Decider for RemoteValidator {
             agent_id: outcome.agent_id,
             profile: outcome.profile.clone(),
             proof_valid: outcome.proof_valid,
+            claim: outcome.claim,
             service: service.name.clone(),
             allow_groups: service.allow_groups.clone(),
             source: source.to_owned(),
@@ -375,9 +389,9 @@ mod tests {
     struct SlowLogins;
 
     impl Decider for SlowLogins {
-        fn check_login(&self, _user: &str, _password: &str) -> bool {
+        fn check_login(&self, _attempt: &LoginAttempt<'_>) -> LoginGrant {
             std::thread::sleep(Duration::from_secs(2));
-            true
+            LoginGrant::User
         }
 
         fn decide(&self, _: &ProfileOutcome, _: &ServiceRule, _: &str) -> Result<Verdict, String> {
@@ -399,7 +413,9 @@ mod tests {
         let remote = Arc::new(RemoteValidator::new(&addr, &credentials).expect("remote validator"));
 
         let r = remote.clone();
-        let login = tokio::task::spawn_blocking(move || r.check_login("alice", "pw"));
+        let login = tokio::task::spawn_blocking(move || {
+            r.check_login(&LoginAttempt { user: "alice", password: "pw", agent_id: 1, source: "10.0.0.2" })
+        });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let started = Instant::now();
         let r = remote.clone();
@@ -407,6 +423,7 @@ mod tests {
             agent_id: 1,
             profile: Profile { user: "alice".into(), proof: [0; 32], machine: [1; 32], install_serial: "s".into() },
             proof_valid: true,
+            claim: None,
         };
         let rule = ServiceRule { name: "web".into(), allow_groups: Vec::new() };
         let verdict = tokio::task::spawn_blocking(move || r.decide(&outcome, &rule, "10.0.0.2:1000"))
@@ -415,7 +432,7 @@ mod tests {
         let waited = started.elapsed();
         assert_eq!(verdict, Ok(Verdict::Authorized));
         assert!(waited < Duration::from_secs(1), "the validation waited {waited:?} behind a password check");
-        assert!(login.await.expect("login task"), "the password check must still be answered");
+        assert_eq!(login.await.expect("login task"), LoginGrant::User, "the password check must still be answered");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use ackgate_common::proto::LoginGrant;
 use ackgate_gateway::agents::{
-    AgentRecord, AgentServer, Directory, EnrollRefusal, LoginFailure, LoginPolicy, MemoryDirectory, NewAgent,
-    ServerConfig,
+    AgentRecord, AgentServer, Directory, EnrollRefusal, LoginAttempt, LoginFailure, LoginPolicy, MemoryDirectory,
+    NewAgent, ServerConfig,
 };
 use ackgate_gateway::pki::Ca;
 use tokio::net::TcpListener;
@@ -186,9 +187,9 @@ impl Directory for HeldDirectory {
         self.inner.agent_by_certificate(cert_sha256)
     }
 
-    fn verify_password(&self, user: &str, password: &str) -> bool {
-        self.hold.pass(user);
-        self.inner.verify_password(user, password)
+    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
+        self.hold.pass(attempt.user);
+        self.inner.check_login(attempt)
     }
 
     fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {

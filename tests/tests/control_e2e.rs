@@ -382,7 +382,8 @@ fn agent_queries_validator(link: &std::path::Path, agent_state: &std::path::Path
             return false;
         };
         let mut conn = tokio_util::codec::Framed::new(tls, MessageCodec::default());
-        let ask = CheckLogin { request_id: 1, user: "alice".into(), password: zeroize::Zeroizing::new("x".into()) };
+        let password = zeroize::Zeroizing::new("x".into());
+        let ask = CheckLogin { request_id: 1, user: "alice".into(), password, agent_id: 1, source: "10.0.0.2".into() };
         if conn.send(Message::CheckLogin(ask)).await.is_err() {
             return false;
         }

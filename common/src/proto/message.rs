@@ -236,18 +236,37 @@ pub struct CheckLogin {
     pub request_id: u64,
     pub user: String,
     pub password: Zeroizing<String>,
+    /// The agent the login came through, and its address: an unknown
+    /// name's claim belongs to them.
+    pub agent_id: u32,
+    pub source: String,
 }
 
 impl core::fmt::Debug for CheckLogin {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("CheckLogin").field("request_id", &self.request_id).field("user", &self.user).finish()
+        f.debug_struct("CheckLogin")
+            .field("request_id", &self.request_id)
+            .field("user", &self.user)
+            .field("agent_id", &self.agent_id)
+            .finish()
     }
+}
+
+/// The verdict on a password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoginGrant {
+    /// A valid user's password.
+    User,
+    /// A name no valid user has: the password of this agent's claim on it
+    /// (the claim is recorded at the agent's first login under the name).
+    Claim(u64),
+    Refused,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginChecked {
     pub request_id: u64,
-    pub accepted: bool,
+    pub grant: LoginGrant,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +276,8 @@ pub struct Validate {
     pub profile: Profile,
     /// The gateway verified the profile's proof under the session's login.
     pub proof_valid: bool,
+    /// The claim that login was for, when the name is not a valid user's.
+    pub claim: Option<u64>,
     pub service: String,
     pub allow_groups: Vec<String>,
     /// The client's `addr:port`.

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ackgate_common::mac::MacKey;
-use ackgate_common::proto::{ErrorCode, Invite, invite_secret_digest};
+use ackgate_common::proto::{ErrorCode, Invite, LoginGrant, invite_secret_digest};
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use tokio::sync::Semaphore;
@@ -58,9 +58,12 @@ pub trait Directory: Send + Sync + 'static {
     fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]);
     /// The agent that authenticates with this certificate.
     fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord>;
-    /// Checks a password against the user's stored argon2id hash. Slow on
-    /// purpose: the server calls it once per login, off the async threads.
-    fn verify_password(&self, user: &str, password: &str) -> bool;
+    /// Checks a login: a valid user's password against their argon2id
+    /// hash; for a name no valid user has, against the claim the same agent
+    /// made on it, or records that claim at the agent's first login under
+    /// the name. Slow on purpose: the server calls it once per login, off
+    /// the async threads.
+    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant;
     /// Records a flow stamped with `agent_id`'s key that the agent says it
     /// never stamped: someone at `source` holds a copy of the key. Blocking
     /// (a store write).
@@ -73,6 +76,20 @@ pub trait Directory: Send + Sync + 'static {
     /// Records a failed login (an audit row), and locks the user if `lock`.
     fn record_login_failure(&self, failure: &LoginFailure<'_>, lock: bool);
 }
+
+/// One login to check.
+#[derive(Clone, Copy)]
+pub struct LoginAttempt<'a> {
+    pub user: &'a str,
+    pub password: &'a str,
+    pub agent_id: u32,
+    /// The agent's address.
+    pub source: &'a str,
+}
+
+/// Claims one agent may hold on unknown names at once: each costs a
+/// password hash and a row, and none is a valid user until approved.
+pub const CLAIMS_PER_AGENT: usize = 16;
 
 /// One failed login, as the audit log keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +157,8 @@ struct Inner {
     invites: HashMap<u64, InviteRecord>,
     agents: HashMap<u32, AgentRecord>,
     users: HashMap<String, String>,
+    /// Claims on unknown names: (user, agent) → (claim id, password hash).
+    claims: HashMap<(String, u32), (u64, String)>,
     key_misuse: Vec<KeyMisuse>,
     /// Failed logins as (user, agent id, source), and the locked users.
     login_failures: Vec<(String, u32, String)>,
@@ -252,11 +271,21 @@ impl Directory for MemoryDirectory {
             .cloned()
     }
 
-    fn verify_password(&self, user: &str, password: &str) -> bool {
-        let Some(stored) = self.lock().users.get(user).cloned() else {
-            return false;
-        };
-        verify_password_hash(&stored, password)
+    fn check_login(&self, a: &LoginAttempt<'_>) -> LoginGrant {
+        let mut inner = self.lock();
+        if let Some(stored) = inner.users.get(a.user) {
+            return if verify_password_hash(stored, a.password) { LoginGrant::User } else { LoginGrant::Refused };
+        }
+        let key = (a.user.to_owned(), a.agent_id);
+        if let Some((id, stored)) = inner.claims.get(&key) {
+            return if verify_password_hash(stored, a.password) { LoginGrant::Claim(*id) } else { LoginGrant::Refused };
+        }
+        if inner.claims.keys().filter(|(_, agent)| *agent == a.agent_id).count() >= CLAIMS_PER_AGENT {
+            return LoginGrant::Refused;
+        }
+        let id = inner.claims.len() as u64 + 1;
+        inner.claims.insert(key, (id, hash_password(a.password)));
+        LoginGrant::Claim(id)
     }
 
     fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {

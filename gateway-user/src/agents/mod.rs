@@ -11,8 +11,8 @@ mod server;
 mod verifier;
 
 pub use directory::{
-    AgentRecord, Directory, EnrollRefusal, KeyMisuse, LoginFailure, MemoryDirectory, NewAgent, hash_password,
-    password_check_limit, password_check_workers, random_agent_id, verify_password_hash,
+    AgentRecord, CLAIMS_PER_AGENT, Directory, EnrollRefusal, KeyMisuse, LoginAttempt, LoginFailure, MemoryDirectory,
+    NewAgent, hash_password, password_check_limit, password_check_workers, random_agent_id, verify_password_hash,
 };
 pub use guard::{LoginGuard, LoginPolicy, MAX_TRACKED, Throttled};
 pub use server::{AgentServer, LOGINS_QUEUED, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{
-    CertificateRenewed, Enrolled, ErrorCode, ErrorReport, FlowSummary, Login, LoginResult, Message, MessageCodec,
-    Profile, ProfileAnswer, ProfileRequest, ProtoError, RefusalReason, Welcome, verify_profile_proof,
+    CertificateRenewed, Enrolled, ErrorCode, ErrorReport, FlowSummary, Login, LoginGrant, LoginResult, Message,
+    MessageCodec, Profile, ProfileAnswer, ProfileRequest, ProtoError, RefusalReason, Welcome, verify_profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
@@ -21,7 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 
-use super::directory::{Directory, LoginFailure, NewAgent};
+use super::directory::{Directory, LoginAttempt, LoginFailure, NewAgent};
 use super::guard::{LoginGuard, LoginPolicy, Throttled};
 use super::verifier::EnrolledAgents;
 use crate::pki::{AGENT_CERT_VALIDITY, Ca, PkiError, ReissuingServerCert};
@@ -64,6 +64,8 @@ pub struct ProfileOutcome {
     /// The proof verified under the session's login: the user named in the
     /// profile logged in with the right password during this session.
     pub proof_valid: bool,
+    /// That login was a claim's (the name is no valid user's).
+    pub claim: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -112,7 +114,22 @@ pub struct SessionStats {
 
 /// What the agent said about a flow: its profile and whether the proof
 /// verified, or why there is no profile to decide on.
-type Reply = Result<(ProfileAnswer, bool), NoProfile>;
+type Reply = Result<(ProfileAnswer, Proof), NoProfile>;
+
+/// A session's accepted login.
+struct SessionLogin {
+    proof_key: [u8; 32],
+    user: String,
+    /// The login was for this claim on an unknown name.
+    claim: Option<u64>,
+}
+
+/// What the proof of a profile showed.
+#[derive(Clone, Copy)]
+struct Proof {
+    valid: bool,
+    claim: Option<u64>,
+}
 
 enum NoProfile {
     Refused(RefusalReason),
@@ -137,7 +154,7 @@ struct Session {
     replaced: Notify,
     revoked: Mutex<Option<String>>,
     /// Proof key and user of the session's accepted login.
-    login: Mutex<Option<([u8; 32], String)>>,
+    login: Mutex<Option<SessionLogin>>,
     pending: Mutex<HashMap<u64, Pending>>,
 }
 
@@ -279,7 +296,9 @@ impl AgentServer {
             return Err(ProfileError::SessionClosed(agent_id));
         }
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(Ok((answer, proof_valid)))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid }),
+            Ok(Ok(Ok((answer, proof)))) => {
+                Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid: proof.valid, claim: proof.claim })
+            }
             Ok(Ok(Err(NoProfile::Refused(RefusalReason::NotStamped)))) => Err(ProfileError::NotStamped(agent_id)),
             Ok(Ok(Err(NoProfile::SerialMismatch))) => Err(ProfileError::SerialMismatch(agent_id)),
             Ok(Err(_)) => Err(ProfileError::SessionClosed(agent_id)),
@@ -468,16 +487,22 @@ impl AgentServer {
         &self,
         conn: &mut Conn,
         session: &Session,
-        LoginVerdict { user, refused }: LoginVerdict,
+        LoginVerdict { user, granted }: LoginVerdict,
     ) -> Result<(), ProtoError> {
-        let result = match refused {
-            None => {
+        let result = match granted {
+            Ok(claim) => {
                 self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
                 let key: [u8; 32] = rand::random();
-                *lock(&session.login) = Some((key, user.clone()));
-                LoginResult { message: format!("logged in as {user}"), user, accepted: true, proof_key: key }
+                *lock(&session.login) = Some(SessionLogin { proof_key: key, user: user.clone(), claim });
+                let message = match claim {
+                    None => format!("logged in as {user}"),
+                    Some(c) => {
+                        format!("logged in as {user}, who is no user here yet: claim {c} waits for an administrator")
+                    }
+                };
+                LoginResult { message, user, accepted: true, proof_key: key }
             }
-            Some(message) => {
+            Err(message) => {
                 self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
                 *lock(&session.login) = None;
                 LoginResult { user, accepted: false, proof_key: [0; 32], message }
@@ -542,11 +567,17 @@ impl AgentServer {
                         // holds now (a later login must not void it): the
                         // proof must verify under it and name the user who
                         // logged in, not another user the agent might claim.
-                        let proof_valid = lock(&session.login).as_ref().is_some_and(|(key, user)| {
-                            *user == answer.profile.user && verify_profile_proof(key, &p.request, &answer.profile)
-                        });
+                        let proof = match lock(&session.login).as_ref() {
+                            Some(l)
+                                if l.user == answer.profile.user
+                                    && verify_profile_proof(&l.proof_key, &p.request, &answer.profile) =>
+                            {
+                                Proof { valid: true, claim: l.claim }
+                            }
+                            _ => Proof { valid: false, claim: None },
+                        };
                         let reply = if answer.profile.install_serial == session.install_serial {
-                            Ok((answer, proof_valid))
+                            Ok((answer, proof))
                         } else {
                             self.stats.serial_mismatches.fetch_add(1, Ordering::Relaxed);
                             Err(NoProfile::SerialMismatch)
@@ -603,15 +634,16 @@ impl AgentServer {
     }
 }
 
-/// The verdict on one login: accepted, or why not (for the agent).
+/// The verdict on one login: accepted (for a claim, if the name is no
+/// valid user's), or why not (for the agent).
 struct LoginVerdict {
     user: String,
-    refused: Option<String>,
+    granted: Result<Option<u64>, String>,
 }
 
 /// What a password check found.
 enum Checked {
-    Accepted,
+    Accepted(Option<u64>),
     WrongPassword,
     Locked,
 }
@@ -635,24 +667,24 @@ impl LoginChecker {
     async fn run(self, mut logins: mpsc::Receiver<Login>, verdicts: mpsc::Sender<LoginVerdict>) {
         while let Some(login) = logins.recv().await {
             let user = login.user.clone();
-            let refused = tokio::select! {
+            let granted = tokio::select! {
                 r = self.check(login) => r,
                 // A session that ends while its login waits gives up its
                 // place: nobody would read the verdict.
                 () = verdicts.closed() => return,
             };
-            if verdicts.send(LoginVerdict { user, refused }).await.is_err() {
+            if verdicts.send(LoginVerdict { user, granted }).await.is_err() {
                 return;
             }
         }
     }
 
-    /// None: accepted; else why not.
-    async fn check(&self, login: Login) -> Option<String> {
+    /// Accepted (for a claim, or not), or why not.
+    async fn check(&self, login: Login) -> Result<Option<u64>, String> {
         let (server, stats) = (&self.server, &self.server.stats);
         let throttled = |t: Throttled| {
             stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
-            Some(t.to_string())
+            Err(t.to_string())
         };
         if let Err(t) = server.guard.admit(&login.user, self.agent_id, Instant::now()) {
             return throttled(t);
@@ -665,7 +697,7 @@ impl LoginChecker {
             return throttled(t);
         }
         let Ok(_permit) = server.password_checks.acquire().await else {
-            return Some("the gateway is shutting down".into());
+            return Err("the gateway is shutting down".into());
         };
         let (directory, guard) = (server.directory.clone(), server.guard.clone());
         let (agent_id, source) = (self.agent_id, self.source.clone());
@@ -674,9 +706,14 @@ impl LoginChecker {
             if directory.login_locked(&login.user) {
                 return Checked::Locked;
             }
-            let ok = directory.verify_password(&login.user, &login.password);
+            let attempt = LoginAttempt { user: &login.user, password: &login.password, agent_id, source: &source };
+            let (ok, claim) = match directory.check_login(&attempt) {
+                LoginGrant::User => (true, None),
+                LoginGrant::Claim(c) => (true, Some(c)),
+                LoginGrant::Refused => (false, None),
+            };
             match guard.checked(&login.user, agent_id, ok, Instant::now()) {
-                None => Checked::Accepted,
+                None => Checked::Accepted(claim),
                 Some(failure) => {
                     let record = LoginFailure { user: &login.user, agent_id, source: &source };
                     directory.record_login_failure(&record, failure.lock);
@@ -686,17 +723,17 @@ impl LoginChecker {
         })
         .await;
         match checked {
-            Ok(Checked::Accepted) => None,
-            Ok(Checked::WrongPassword) => Some("wrong user name or password".into()),
+            Ok(Checked::Accepted(claim)) => Ok(claim),
+            Ok(Checked::WrongPassword) => Err("wrong user name or password".into()),
             Ok(Checked::Locked) => {
                 stats.logins_locked.fetch_add(1, Ordering::Relaxed);
-                Some("this user is locked after too many failed logins; an administrator can unlock it".into())
+                Err("this user is locked after too many failed logins; an administrator can unlock it".into())
             }
             // A check that failed (its task panicked) is a refusal: the
             // agent must get a verdict, or it would hold its answers back.
             Err(e) => {
                 tracing::warn!(%user, "password check failed: {e}");
-                Some("the gateway could not check the password".into())
+                Err("the gateway could not check the password".into())
             }
         }
     }

@@ -170,15 +170,20 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
         })?,
         UsersCommand::Pending { json } => print(json, &store.pending()?, |pending| {
             for p in pending {
-                let who = if p.new_user { "new user" } else { "new machine" };
+                let who = match (p.claim, p.new_user) {
+                    (Some(c), _) => format!("claim {c}"),
+                    (None, true) => "new user".to_owned(),
+                    (None, false) => "new machine".to_owned(),
+                };
+                let proven = if p.proven { "proven" } else { "unproven" };
                 println!(
-                    "{:<20} {who:<11} machine={:.16} from {} to {} x{}: {}",
-                    p.user, p.machine, p.source, p.service, p.count, p.reason
+                    "{:<20} {who:<11} {proven:<8} agent {} machine={:.16} from {} to {} x{}: {}",
+                    p.user, p.agent_id, p.machine, p.source, p.service, p.count, p.reason
                 );
             }
         })?,
-        UsersCommand::Approve { name, groups } => {
-            let machines = store.approve(&name, &groups)?;
+        UsersCommand::Approve { name, claim, groups } => {
+            let machines = store.approve(&name, claim, &groups)?;
             println!("approved {name} ({machines} machine(s) bound)");
         }
         UsersCommand::Revoke { name, machine } => {

@@ -225,11 +225,15 @@ enum UsersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Approve everything pending for NAME: an unknown user becomes valid
-    /// (with the password they logged in with), and every machine they
-    /// tried from is bound to them.
+    /// Approve what is pending for NAME. A valid user: the machines whose
+    /// attempts proved their password are bound to them. An unknown name:
+    /// one claim on it (--claim, or the only one) makes it a valid user with
+    /// that claim's password, bound to the machines that proved it only.
     Approve {
         name: String,
+        /// The claim to approve, when the name has several (`users pending`).
+        #[arg(long)]
+        claim: Option<u64>,
         #[arg(long = "group")]
         groups: Vec<String>,
     },

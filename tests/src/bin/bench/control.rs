@@ -72,6 +72,7 @@ pub fn validator_bench() {
                 install_serial: "s".into(),
             },
             proof_valid: true,
+            claim: None,
         };
         let v = validator.validate(&outcome, &rule, "10.0.0.2:1").expect("validate");
         assert_eq!(v, Verdict::Authorized, "every imported user on their machine must be authorized");
