@@ -420,24 +420,10 @@ async fn replayed_and_forged_profile_answers_are_refused() {
     gw.directory.add_user("dave", "pw");
     let dir = TempDir::new("replay");
     let (id, enrollment, mut conn) = raw_session(&gw, &dir).await;
-    conn.send(login("dave", "pw")).await.expect("login");
-    let key = loop {
-        match conn.next().await {
-            Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,
-            // The gateway's heartbeat may come first.
-            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected an accepted LoginResult, got {other:?}"),
-        }
-    };
+    let key = logged_in(&mut conn, "dave", "pw").await;
     let server = gw.server.clone();
     let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
-    let req = loop {
-        match conn.next().await {
-            Some(Ok(Message::ProfileRequest(r))) => break r,
-            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected a ProfileRequest, got {other:?}"),
-        }
-    };
+    let req = next_profile_request(&mut conn).await;
     let identity = identity(enrollment, [1; 32]);
     let good = session::answer(&identity, &req, "dave".into(), Some(&key));
     let mut wrong_nonce = good.clone();
@@ -493,24 +479,11 @@ async fn a_logout_kills_the_proof_key_at_the_gateway() {
     gw.directory.add_user("dave", "pw");
     let dir = TempDir::new("logout");
     let (id, enrollment, mut conn) = raw_session(&gw, &dir).await;
-    conn.send(login("dave", "pw")).await.expect("login");
-    let key = loop {
-        match conn.next().await {
-            Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,
-            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected an accepted LoginResult, got {other:?}"),
-        }
-    };
+    let key = logged_in(&mut conn, "dave", "pw").await;
     conn.send(Message::Logout).await.expect("logout");
     let server = gw.server.clone();
     let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
-    let req = loop {
-        match conn.next().await {
-            Some(Ok(Message::ProfileRequest(r))) => break r,
-            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected a ProfileRequest, got {other:?}"),
-        }
-    };
+    let req = next_profile_request(&mut conn).await;
     let identity = identity(enrollment, [1; 32]);
     conn.send(Message::ProfileAnswer(session::answer(&identity, &req, "dave".into(), Some(&key))))
         .await
@@ -546,6 +519,25 @@ async fn an_unusable_certificate_request_leaves_the_invite_unspent() {
     enroll(&invite, "laptop", &StateDir::new(&dir.0), DEADLINE)
         .await
         .unwrap_or_else(|e| panic!("the invite must still be unspent after a refused request: {e}"));
+}
+
+/// Logs `user` in on a raw session; returns the proof key of the accepted
+/// login.
+async fn logged_in(conn: &mut RawSession, user: &str, password: &str) -> [u8; 32] {
+    let r = login_verdict(conn, user, password).await;
+    assert!(r.accepted, "expected an accepted login: {r:?}");
+    r.proof_key
+}
+
+/// The next profile request on a raw session (answering pings meanwhile).
+async fn next_profile_request(conn: &mut RawSession) -> ackgate_common::proto::ProfileRequest {
+    loop {
+        match tokio::time::timeout(DEADLINE, conn.next()).await {
+            Ok(Some(Ok(Message::ProfileRequest(r)))) => return r,
+            Ok(Some(Ok(Message::Ping(n)))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected a ProfileRequest, got {other:?}"),
+        }
+    }
 }
 
 /// Sends a login on a raw session and returns the gateway's verdict.
@@ -688,23 +680,10 @@ async fn another_install_serial_than_the_enrollments_is_refused() {
     gw.directory.add_user("dave", "pw");
     let dir = TempDir::new("serial");
     let (id, mut enrollment, mut conn) = raw_session(&gw, &dir).await;
-    conn.send(login("dave", "pw")).await.expect("login");
-    let key = loop {
-        match conn.next().await {
-            Some(Ok(Message::LoginResult(r))) if r.accepted => break r.proof_key,
-            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected an accepted LoginResult, got {other:?}"),
-        }
-    };
+    let key = logged_in(&mut conn, "dave", "pw").await;
     let server = gw.server.clone();
     let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
-    let req = loop {
-        match conn.next().await {
-            Some(Ok(Message::ProfileRequest(r))) => break r,
-            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected a ProfileRequest, got {other:?}"),
-        }
-    };
+    let req = next_profile_request(&mut conn).await;
     let config = tls::session_config(&enrollment.ca, &enrollment.cert, &enrollment.key).expect("session config");
     enrollment.info.install_serial = "copied-elsewhere".into();
     let identity = identity(enrollment, [1; 32]);
