@@ -325,6 +325,8 @@ impl Store {
             "INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)",
             params![name, hash, groups.join(","), now_unix()],
         )?;
+        // Claims on the name are void once it is a valid user's.
+        tx.execute("DELETE FROM claims WHERE user = ?1", [name])?;
         Self::audit(&tx, "user add", name)?;
         tx.commit()?;
         Ok(())
@@ -1079,6 +1081,9 @@ mod tests {
         assert!(s.standing("bob", &[2; 32], 1).expect("standing").revoked);
         assert!(s.approved_machines("bob").expect("machines").is_empty(), "a revoked user has no approved machine");
         assert!(matches!(s.revoke_user("carol"), Err(StoreError::NoSuchUser(_))));
+        assert!(matches!(s.check_login(&login("carol", "guess", 1)), LoginGrant::Claim(_)));
+        s.add_user("carol", "pw", &[]).expect("add carol");
+        assert!(s.pending().expect("pending").is_empty(), "adding the user voids the claims on the name");
     }
 
     #[test]
