@@ -229,20 +229,13 @@ async fn decide(
     d.profile_time = asked.elapsed();
     let outcome = match answer {
         Ok(o) => o,
-        Err(e @ ProfileError::NotStamped(agent_id)) => {
-            d.state = FlowState::Denied;
-            d.reason = e.to_string();
-            let (directory, service) = (server.directory(), rule.name.clone());
-            let source = std::net::Ipv4Addr::from(caddr).to_string();
-            let recorded =
-                tokio::task::spawn_blocking(move || directory.record_key_misuse(agent_id, &source, &service)).await;
-            if let Err(e) | Ok(Err(e)) = recorded.map_err(|e| e.to_string()) {
-                tracing::error!(agent_id, "recording a suspected stolen key: {e}");
+        // The agent said it never stamped the flow, or answered with
+        // another install serial than its enrollment's: no profile to
+        // decide on, and a denial rather than a timeout.
+        Err(e @ (ProfileError::NotStamped(_) | ProfileError::SerialMismatch(_))) => {
+            if let ProfileError::NotStamped(agent_id) = e {
+                record_key_misuse(server, agent_id, caddr, &rule.name).await;
             }
-            d.latency = received.elapsed();
-            return d;
-        }
-        Err(e @ ProfileError::SerialMismatch(_)) => {
             d.state = FlowState::Denied;
             d.reason = e.to_string();
             d.latency = received.elapsed();
@@ -284,6 +277,17 @@ async fn decide(
     }
     d.latency = received.elapsed();
     d
+}
+
+/// Records a flow stamped with `agent_id`'s key that the agent never
+/// stamped (off the async threads: a store write).
+async fn record_key_misuse(server: &AgentServer, agent_id: u32, client: [u8; 4], service: &str) {
+    let (directory, service) = (server.directory(), service.to_owned());
+    let source = std::net::Ipv4Addr::from(client).to_string();
+    let recorded = tokio::task::spawn_blocking(move || directory.record_key_misuse(agent_id, &source, &service)).await;
+    if let Err(e) | Ok(Err(e)) = recorded.map_err(|e| e.to_string()) {
+        tracing::error!(agent_id, "recording a suspected stolen key: {e}");
+    }
 }
 
 #[cfg(test)]

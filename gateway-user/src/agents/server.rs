@@ -511,6 +511,24 @@ impl AgentServer {
         send_within(conn, Message::LoginResult(result), self.config.handshake_timeout).await
     }
 
+    /// The outstanding request an answer (or refusal) with this id and
+    /// nonce is for. Anything else is counted as refused: no such request
+    /// (a replay), or the wrong nonce (a forgery; the request stays for the
+    /// real answer).
+    fn take_pending(&self, session: &Session, request_id: u64, nonce: &[u8; 16]) -> Option<Pending> {
+        let mut pending = lock(&session.pending);
+        match pending.remove(&request_id) {
+            Some(p) if p.request.nonce == *nonce => Some(p),
+            wrong => {
+                if let Some(p) = wrong {
+                    pending.insert(request_id, p);
+                }
+                self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
     /// Signs a renewed certificate for the session's agent and binds it (the
     /// old one stays valid until it expires, in case the agent never
     /// stores the new one). Once per session: more is refused.
@@ -560,55 +578,35 @@ impl AgentServer {
                 Ok(())
             }
             Message::ProfileAnswer(answer) => {
-                let mut pending = lock(&session.pending);
-                match pending.remove(&answer.request_id) {
-                    Some(p) if p.request.nonce == answer.nonce => {
-                        // Checked on arrival, against the login the session
-                        // holds now (a later login must not void it): the
-                        // proof must verify under it and name the user who
-                        // logged in, not another user the agent might claim.
-                        let proof = match lock(&session.login).as_ref() {
-                            Some(l)
-                                if l.user == answer.profile.user
-                                    && verify_profile_proof(&l.proof_key, &p.request, &answer.profile) =>
-                            {
-                                Proof { valid: true, claim: l.claim }
-                            }
-                            _ => Proof { valid: false, claim: None },
-                        };
-                        let reply = if answer.profile.install_serial == session.install_serial {
-                            Ok((answer, proof))
-                        } else {
-                            self.stats.serial_mismatches.fetch_add(1, Ordering::Relaxed);
-                            Err(NoProfile::SerialMismatch)
-                        };
-                        let _ = p.reply.send(reply);
+                let Some(p) = self.take_pending(session, answer.request_id, &answer.nonce) else {
+                    return Ok(());
+                };
+                // Checked on arrival, against the login the session holds
+                // now (a later login must not void it): the proof must
+                // verify under it and name the user who logged in, not
+                // another user the agent might claim.
+                let proof = match lock(&session.login).as_ref() {
+                    Some(l)
+                        if l.user == answer.profile.user
+                            && verify_profile_proof(&l.proof_key, &p.request, &answer.profile) =>
+                    {
+                        Proof { valid: true, claim: l.claim }
                     }
-                    Some(p) => {
-                        // Wrong nonce: put the request back for the real answer.
-                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
-                        pending.insert(answer.request_id, p);
-                    }
-                    None => {
-                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                    _ => Proof { valid: false, claim: None },
+                };
+                let reply = if answer.profile.install_serial == session.install_serial {
+                    Ok((answer, proof))
+                } else {
+                    self.stats.serial_mismatches.fetch_add(1, Ordering::Relaxed);
+                    Err(NoProfile::SerialMismatch)
+                };
+                let _ = p.reply.send(reply);
                 Ok(())
             }
             Message::ProfileRefused(refusal) => {
-                let mut pending = lock(&session.pending);
-                match pending.remove(&refusal.request_id) {
-                    Some(p) if p.request.nonce == refusal.nonce => {
-                        self.stats.not_stamped.fetch_add(1, Ordering::Relaxed);
-                        let _ = p.reply.send(Err(NoProfile::Refused(refusal.reason)));
-                    }
-                    Some(p) => {
-                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
-                        pending.insert(refusal.request_id, p);
-                    }
-                    None => {
-                        self.stats.answers_refused.fetch_add(1, Ordering::Relaxed);
-                    }
+                if let Some(p) = self.take_pending(session, refusal.request_id, &refusal.nonce) {
+                    self.stats.not_stamped.fetch_add(1, Ordering::Relaxed);
+                    let _ = p.reply.send(Err(NoProfile::Refused(refusal.reason)));
                 }
                 Ok(())
             }
