@@ -1,10 +1,12 @@
 //! Applies a [`StampPlan`]: grow the segment by the option, write it and the
-//! changed header fields, and update both checksums incrementally.
+//! changed header fields, and update both checksums incrementally. And
+//! applies a [`PureAckPlan`]: cut a data segment down to the pure ACK that
+//! the stamp then goes on.
 
 use ackgate_common::kernel::frame::SkbFrame;
 use ackgate_common::net::{Frame, Ipv4Tcp};
-use ackgate_common::option::{CAPABILITY_LEN, CapabilityOption};
-use ackgate_common::stamp::{self, StampPlan, reason};
+use ackgate_common::option::{CAPABILITY_LEN, CapabilityOption, OptionBytes};
+use ackgate_common::stamp::{self, PureAckPlan, StampPlan, reason};
 use aya_ebpf::bindings::BPF_F_PSEUDO_HDR;
 use aya_ebpf::helpers::bpf_skb_change_tail;
 
@@ -36,4 +38,24 @@ fn write(frame: &SkbFrame, plan: &StampPlan) -> Result<(), i64> {
     ctx.l4_csum_replace(plan.tcp_check_off, from, to, CSUM_16)?;
     let (from, to) = plan.pseudo_len.helper_args();
     ctx.l4_csum_replace(plan.tcp_check_off, from, to, BPF_F_PSEUDO_HDR as u64 | CSUM_16)
+}
+
+/// Cuts the segment down to its headers and writes the pure ACK's fields.
+#[inline(always)]
+pub fn cut_to_pure_ack(frame: &SkbFrame, seg: &Ipv4Tcp, options: &OptionBytes) -> Result<(), u32> {
+    let plan = stamp::pure_ack(seg, options);
+    // SAFETY: helper on our own skb.
+    if unsafe { bpf_skb_change_tail(frame.ctx().skb.skb, plan.frame_len as u32, 0) } != 0 {
+        return Err(reason::ERR_RESIZE);
+    }
+    write_pure_ack(frame, &plan).map_err(|_| reason::ERR_WRITE)
+}
+
+#[inline(always)]
+fn write_pure_ack(frame: &SkbFrame, plan: &PureAckPlan) -> Result<(), i64> {
+    let ctx = frame.ctx();
+    ctx.store(plan.total_len_off, &plan.total_len, 0)?;
+    ctx.store(plan.ip_check_off, &plan.ip_check, 0)?;
+    ctx.store(plan.flags_off, &plan.flags, 0)?;
+    ctx.store(plan.tcp_check_off, &plan.tcp_check, 0)
 }

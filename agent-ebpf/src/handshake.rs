@@ -2,15 +2,26 @@
 //!
 //! A flow's handshake ACK is recognised by the SYN before it: the SYN's ISN
 //! is remembered per flow, and the first pure ACK with SEQ = ISN + 1 is the
-//! handshake ACK. That ACK is stamped once and the entry removed, so later
-//! ACKs of the flow (and unrelated ACKs to the same address) leave as they
-//! are, byte for byte.
+//! handshake ACK. That ACK is stamped once; later ACKs of the flow (and
+//! unrelated ACKs to the same address) leave as they are, byte for byte.
+//!
+//! The gate cannot tell the flow's data from anyone's until it has the
+//! stamped ACK. So when the flow's first data segment leaves and no stamped
+//! ACK has (the stack merged the ACK into the data, or a local firewall
+//! dropped it before this hook), or leaves again after a stamped ACK that
+//! may have been lost on the way, that segment is cut down to the pure ACK
+//! and stamped; TCP sends the data again, as it would after a loss. The
+//! flow's entry stays until the client acknowledges data of the server's,
+//! which only a flow the gate has spliced can receive.
 
-use ackgate_common::abi::{FlowKey, STAMP_KIND_ACK, STAMP_KIND_SYN, StampedFlow, TargetPolicy};
+use ackgate_common::abi::{
+    AgentHandshake, FlowKey, HANDSHAKE_ACK_STAMPED, HANDSHAKE_DATA_SENT, HANDSHAKE_SYN_SENT, STAMP_KIND_ACK,
+    STAMP_KIND_SYN, StampedFlow, TargetPolicy,
+};
 use ackgate_common::kernel::config;
 use ackgate_common::kernel::frame::SkbFrame;
 use ackgate_common::mac::{Binding, syn_tick};
-use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::net::{Ipv4Tcp, Parsed, TCP_FIN, parse_ipv4_tcp};
 use ackgate_common::option::{Capability, CapabilityOption, OptionBytes};
 use ackgate_common::stamp::reason;
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_ktime_get_tai_ns};
@@ -21,7 +32,8 @@ use crate::maps::{self, HANDSHAKES, STAMPED};
 #[inline(always)]
 pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
     let flow = FlowKey::of_segment(seg);
-    if HANDSHAKES.insert(flow, seg.tcp.seq(), 0).is_err() {
+    let hs = AgentHandshake { client_isn: seg.tcp.seq(), ..AgentHandshake::default() };
+    if HANDSHAKES.insert(flow, hs, 0).is_err() {
         return reason::ERR_HANDSHAKE_FULL;
     }
     if target.stamp_syn == 0 {
@@ -42,21 +54,80 @@ pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
     finish(frame, seg, option, flow, stamp, reason::STAMPED_SYN)
 }
 
+/// A segment with ACK (and maybe FIN) to a target: the flow's handshake
+/// ACK gets the stamp. So does its first data segment, cut down to a pure
+/// ACK, when no stamped ACK has left before it, and every second time it
+/// is sent again (the stamped ACK may have been lost): without a stamped
+/// ACK the gate drops the flow's data for good, while TCP sends data it
+/// lost again within a tail-loss probe.
 #[inline(always)]
 pub fn on_ack(frame: &SkbFrame, seg: &Ipv4Tcp) -> u32 {
     let flow = FlowKey::of_segment(seg);
-    // SAFETY: copied out at once.
-    let Some(isn) = (unsafe { HANDSHAKES.get(flow) }).copied() else {
+    let Some(hs) = HANDSHAKES.get_ptr_mut(flow) else {
         return reason::PASS_NOT_HANDSHAKE;
     };
-    if seg.tcp.seq() != isn.wrapping_add(1) {
+    // SAFETY: a map value pointer valid for this run. One socket's
+    // segments are sent one at a time, so nothing else writes this entry
+    // meanwhile.
+    let hs = unsafe { &mut *hs };
+    let server_isn = seg.tcp.ack_seq().wrapping_sub(1);
+    if hs.state != HANDSHAKE_SYN_SENT && server_isn != hs.server_isn {
+        // The client acknowledges the server's data: the gate has the flow.
+        let _ = HANDSHAKES.remove(flow);
         return reason::PASS_NOT_HANDSHAKE;
     }
-    // Whatever happens next, this flow's handshake is over.
-    let _ = HANDSHAKES.remove(flow);
-    if let Some(why) = refuse_restamp(frame, seg) {
+    if seg.tcp.seq() != hs.client_isn.wrapping_add(1) {
+        return reason::PASS_NOT_HANDSHAKE;
+    }
+    let client_isn = hs.client_isn;
+    if seg.payload_len == 0 && seg.tcp.flags & TCP_FIN == 0 {
+        if hs.state != HANDSHAKE_SYN_SENT {
+            // A window update or duplicate ACK: leaves as it is.
+            return reason::PASS_NOT_HANDSHAKE;
+        }
+        hs.state = HANDSHAKE_ACK_STAMPED;
+        hs.server_isn = server_isn;
+        if let Some(why) = refuse_restamp(frame, seg) {
+            return why;
+        }
+        return stamp_ack(frame, seg, client_isn, reason::STAMPED_ACK);
+    }
+    if hs.state == HANDSHAKE_ACK_STAMPED {
+        // Right after a stamped ACK: most likely it arrived.
+        hs.state = HANDSHAKE_DATA_SENT;
+        return reason::PASS_NOT_HANDSHAKE;
+    }
+    hs.state = HANDSHAKE_ACK_STAMPED;
+    hs.server_isn = server_isn;
+    stamp_ack_from_data(frame, seg, client_isn)
+}
+
+/// The first data segment (or FIN) cut down to a pure ACK and stamped.
+/// Cutting this very segment rather than sending a copy of it ahead
+/// (`bpf_clone_redirect`) works with every gate: generic XDP passes a
+/// redirected skb without running (`netif_receive_generic_xdp` in
+/// net/core/dev.c), and a veth keeps the mark across namespaces.
+#[inline(always)]
+fn stamp_ack_from_data(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32) -> u32 {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let Some(opts) = OptionBytes::read_into(&mut slot, frame, seg) else {
+        return reason::SKIP_MALFORMED;
+    };
+    if opts.scan(config::option_id()).capability != Capability::Absent {
+        return reason::SKIP_ALREADY_STAMPED;
+    }
+    if let Err(why) = edit::cut_to_pure_ack(frame, seg, opts) {
         return why;
     }
+    let Parsed::Tcp(ack) = parse_ipv4_tcp(frame) else {
+        return reason::SKIP_MALFORMED;
+    };
+    stamp_ack(frame, &ack, client_isn, reason::STAMPED_ACK_FROM_DATA)
+}
+
+/// Stamps the pure ACK `seg` and records the flow as stamped.
+#[inline(always)]
+fn stamp_ack(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32, done: u32) -> u32 {
     let Some(me) = maps::identity() else {
         return reason::SKIP_NO_IDENTITY;
     };
@@ -65,11 +136,11 @@ pub fn on_ack(frame: &SkbFrame, seg: &Ipv4Tcp) -> u32 {
     let option = CapabilityOption::new(id.kind, id.exid, me.agent_id, mac);
     let stamp = StampedFlow {
         kind: STAMP_KIND_ACK,
-        client_isn: isn,
+        client_isn,
         server_isn: seg.tcp.ack_seq().wrapping_sub(1),
         ..StampedFlow::default()
     };
-    finish(frame, seg, option, flow, stamp, reason::STAMPED_ACK)
+    finish(frame, seg, option, FlowKey::of_segment(seg), stamp, done)
 }
 
 /// A segment that already carries a capability (a second agent on the path,

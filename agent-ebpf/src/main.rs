@@ -51,6 +51,9 @@ mod program {
         TC_ACT_OK
     }
 
+    /// A FIN as the flow's first segment may have to become its stamped ACK.
+    const ACK_FIN: u8 = TCP_ACK | TCP_FIN;
+
     #[inline(always)]
     fn stamp(ctx: &TcContext) -> u32 {
         let frame = SkbFrame::new(ctx);
@@ -60,7 +63,7 @@ mod program {
         };
         match seg.tcp.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) {
             TCP_SYN => handshake::on_syn(&frame, &seg, &target),
-            TCP_ACK => handshake::on_ack(&frame, &seg),
+            TCP_ACK | ACK_FIN => handshake::on_ack(&frame, &seg),
             _ => reason::PASS_NOT_HANDSHAKE,
         }
     }

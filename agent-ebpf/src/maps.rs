@@ -2,7 +2,8 @@
 //! loaded them, which fills targets and identity at start-up.
 
 use ackgate_common::abi::{
-    AgentIdentity, FlowKey, MAX_HANDSHAKES, MAX_STAMPED, MAX_TARGETS, StampedFlow, TargetKey, TargetPolicy,
+    AgentHandshake, AgentIdentity, FlowKey, MAX_HANDSHAKES, MAX_STAMPED, MAX_TARGETS, StampedFlow, TargetKey,
+    TargetPolicy,
 };
 use ackgate_common::stamp::reason;
 use aya_ebpf::macros::map;
@@ -15,10 +16,12 @@ pub static TARGETS: HashMap<TargetKey, TargetPolicy> = HashMap::with_max_entries
 #[map(name = "ACKGATE_AGENT_IDENTITY")]
 pub static IDENTITY: Array<AgentIdentity> = Array::with_max_entries(1, 0);
 
-/// Client ISN of each target SYN until its handshake ACK leaves. LRU: a SYN
-/// that never gets an answer ages out instead of filling the map.
+/// Each target flow from its SYN until the client acknowledges something
+/// of the server's (`AgentHandshake`). LRU: a SYN that never gets an
+/// answer, or a flow whose server never sends, ages out instead of filling
+/// the map.
 #[map(name = "ACKGATE_AGENT_HANDSHAKES")]
-pub static HANDSHAKES: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_HANDSHAKES, 0);
+pub static HANDSHAKES: LruHashMap<FlowKey, AgentHandshake> = LruHashMap::with_max_entries(MAX_HANDSHAKES, 0);
 
 /// Flows this machine stamped: the profile answer's stolen-key check, and
 /// `ackgate-agent status`.

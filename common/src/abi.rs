@@ -348,6 +348,32 @@ pub struct AgentIdentity {
     pub key: crate::mac::MacKey,
 }
 
+/// `AgentHandshake::state`: the SYN left, the handshake ACK has not.
+pub const HANDSHAKE_SYN_SENT: u32 = 0;
+/// A stamped pure ACK left (the handshake ACK, or the first data segment
+/// cut down to one); the flow's first data segment has not.
+pub const HANDSHAKE_ACK_STAMPED: u32 = 1;
+/// The first data segment left after the stamped ACK: if it leaves again,
+/// the stamped ACK may have been lost.
+pub const HANDSHAKE_DATA_SENT: u32 = 2;
+
+/// A handshake the agent's stamper follows (value of the handshake map,
+/// keyed by [`FlowKey`]) until the server is heard from: while the client
+/// has acknowledged nothing of the server's, the gate may not have the flow
+/// yet, and the first data segment may have to become a stamped pure ACK
+/// (docs/agent.md, "A lost handshake ACK").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentHandshake {
+    /// The SYN's SEQ.
+    pub client_isn: u32,
+    /// The handshake ACK's ACK - 1; 0 before it left.
+    pub server_isn: u32,
+    /// `HANDSHAKE_*`.
+    pub state: u32,
+    pub _pad: u32,
+}
+
 pub const STAMP_KIND_SYN: u32 = 1;
 pub const STAMP_KIND_ACK: u32 = 2;
 
@@ -380,6 +406,7 @@ impl StampedFlow {
 const _: () = assert!(size_of::<TargetPolicy>() == 4);
 const _: () = assert!(size_of::<AgentIdentity>() == 24);
 const _: () = assert!(size_of::<StampedFlow>() == 24);
+const _: () = assert!(size_of::<AgentHandshake>() == 16);
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<ServicePolicy>() == 24);
 const _: () = assert!(size_of::<VipKey>() == 20);

@@ -84,6 +84,7 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
 
 /// Most VLAN tags parsed in front of IPv4 (802.1ad outer + 802.1Q inner).
 pub const MAX_VLAN_TAGS: usize = 2;

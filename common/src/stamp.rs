@@ -11,14 +11,17 @@
 //! field holds (inet_proto_csum_replace4 in net/core/utils.c).
 //!
 //! The option is appended after the existing options, which only works on
-//! a segment without payload: a SYN or the handshake ACK of a stack that
-//! sends no data in it (Linux without TCP Fast Open).
+//! a segment without payload: a SYN or a pure ACK. When the flow's first
+//! data segment leaves without a stamped ACK before it (the handshake ACK
+//! was merged into the data, dropped before the stamper, or possibly lost
+//! on the way), the stamper cuts that segment down to the pure ACK
+//! ([`pure_ack`]) and stamps it; TCP sends the data again.
 
 use core::mem::size_of;
 
 use crate::csum;
-use crate::net::{Ipv4Hdr, Ipv4Tcp};
-use crate::option::{CAPABILITY_LEN, CapabilityOption};
+use crate::net::{Ipv4Hdr, Ipv4Tcp, TCP_FIN, TCP_PSH, TCP_URG, TcpHdr};
+use crate::option::{CAPABILITY_LEN, CapabilityOption, OptionBytes};
 
 /// Largest TCP header (data offset 15).
 pub const MAX_TCP_HEADER: usize = 60;
@@ -45,7 +48,7 @@ pub mod reason {
         STAMPED_ACK = 6, "stamped_ack";
         /// The option does not fit in the 60-byte TCP header: sent unstamped.
         SKIP_NO_ROOM = 7, "skip_no_room";
-        /// Handshake segment carrying data (TCP Fast Open): sent unstamped.
+        /// A SYN carrying data (TCP Fast Open): sent unstamped.
         SKIP_PAYLOAD = 8, "skip_payload";
         /// Already carries a capability option (or a malformed one): sent as is.
         SKIP_ALREADY_STAMPED = 9, "skip_already_stamped";
@@ -63,6 +66,12 @@ pub mod reason {
         ERR_WRITE = 14, "err_write";
         /// The handshake map refused the SYN's entry: its ACK will go unstamped.
         ERR_HANDSHAKE_FULL = 15, "err_handshake_full";
+        /// The flow's first data segment (or FIN) cut down to a pure ACK
+        /// and stamped: the handshake ACK never passed the stamper (merged
+        /// into the data, or dropped before it), or the segment is being
+        /// sent again and the stamped ACK may have been lost. TCP sends
+        /// the data again, as after any loss.
+        STAMPED_ACK_FROM_DATA = 16, "stamped_ack_from_data";
     }
 }
 
@@ -140,6 +149,59 @@ pub fn plan(seg: &Ipv4Tcp, frame_len: usize, option: CapabilityOption) -> Result
     })
 }
 
+/// Everything the TC program writes to cut a segment that carries data
+/// (or a FIN) down to the pure ACK that would have preceded it: same SEQ, ACK, window and options, no payload, no PSH, URG or FIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PureAckPlan {
+    /// Frame length after the cut: the headers only.
+    pub frame_len: usize,
+    pub total_len_off: usize,
+    pub total_len: [u8; 2],
+    pub ip_check_off: usize,
+    pub ip_check: [u8; 2],
+    pub flags_off: usize,
+    pub flags: u8,
+    pub tcp_check_off: usize,
+    pub tcp_check: [u8; 2],
+}
+
+/// Plans the cut of `seg`, whose option bytes are `options`.
+///
+/// Written whole rather than updated: the payload's share of a full
+/// checksum is unknown without summing the payload. A locally sent TCP
+/// segment is CHECKSUM_PARTIAL (its field holds the folded pseudo-header
+/// sum alone, `__tcp_v4_send_check` in net/ipv4/tcp_ipv4.c; the device or
+/// `skb_checksum_help` adds the rest), anything else carries the full sum;
+/// the field tells which (a full sum equal to the pseudo-header's by
+/// chance, 1 in 65,536, gives the ACK a bad checksum, which the gate,
+/// which never forwards a handshake ACK, does not check).
+#[inline(always)]
+pub fn pure_ack(seg: &Ipv4Tcp, options: &OptionBytes) -> PureAckPlan {
+    let (saddr, daddr) = (seg.ip.saddr, seg.ip.daddr);
+    let old_pseudo = csum::tcp_pseudo_sum(saddr, daddr, (seg.tcp_len + seg.payload_len) as u16);
+    let new_pseudo = csum::tcp_pseudo_sum(saddr, daddr, seg.tcp_len as u16);
+    let partial = seg.tcp.check == csum::fold(old_pseudo).to_be_bytes();
+    let flags = seg.tcp.flags & !(TCP_PSH | TCP_URG | TCP_FIN);
+    let tcp_check = if partial {
+        csum::fold(new_pseudo).to_be_bytes()
+    } else {
+        let header = TcpHdr { flags, check: [0, 0], ..seg.tcp };
+        csum::finish(csum::sum_words(&header, new_pseudo) + options.word_sum())
+    };
+    let total_len = ((seg.l4_off - seg.l3_off + seg.tcp_len) as u16).to_be_bytes();
+    PureAckPlan {
+        frame_len: seg.l4_off + seg.tcp_len,
+        total_len_off: seg.l3_off + 2,
+        total_len,
+        ip_check_off: seg.l3_off + 10,
+        ip_check: csum::replace(seg.ip.check, csum::word2(seg.ip.total_len), csum::word2(total_len)),
+        flags_off: seg.l4_off + 13,
+        flags,
+        tcp_check_off: seg.l4_off + 16,
+        tcp_check,
+    }
+}
+
 /// Folds a 32-bit one's-complement accumulator to 16 bits (no complement).
 #[inline(always)]
 fn fold(mut acc: u32) -> u16 {
@@ -167,7 +229,7 @@ mod tests {
 
     use super::*;
     use crate::mac::{Binding, MacKey};
-    use crate::net::{Parsed, parse_ipv4_tcp};
+    use crate::net::{Parsed, TCP_ACK, parse_ipv4_tcp};
     use crate::option::{Capability, DEFAULT_EXPERIMENT_ID, DEFAULT_OPTION_KIND, OptionBytes, OptionId};
     use proptest::prelude::*;
 
@@ -266,6 +328,59 @@ mod tests {
         assert_eq!(stamp(&mut padded), Err(reason::SKIP_TRAILER));
     }
 
+    /// Applies a pure-ACK plan the way the TC program does.
+    fn cut(f: &mut Vec<u8>) -> PureAckPlan {
+        let seg = parse(f);
+        let mut slot = core::mem::MaybeUninit::uninit();
+        let opts = OptionBytes::read_into(&mut slot, &f[..], &seg).expect("options");
+        let p = pure_ack(&seg, opts);
+        f.truncate(p.frame_len);
+        f[p.total_len_off..p.total_len_off + 2].copy_from_slice(&p.total_len);
+        f[p.ip_check_off..p.ip_check_off + 2].copy_from_slice(&p.ip_check);
+        f[p.flags_off] = p.flags;
+        f[p.tcp_check_off..p.tcp_check_off + 2].copy_from_slice(&p.tcp_check);
+        p
+    }
+
+    /// What the device (or `skb_checksum_help`) does to a CHECKSUM_PARTIAL
+    /// segment: sums from the TCP header on, field included, and stores
+    /// the complement.
+    fn complete_partial(f: &mut [u8]) {
+        let l4 = parse(f).l4_off;
+        let mut acc = 0u32;
+        for c in f[l4..].chunks(2) {
+            acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        let check = csum::finish(acc);
+        f[l4 + 16..l4 + 18].copy_from_slice(&check);
+    }
+
+    /// The segment as the local stack hands it over with checksum offload:
+    /// the field holds the folded pseudo-header sum.
+    fn as_partial(f: &mut [u8]) {
+        let seg = parse(f);
+        let pseudo = csum::tcp_pseudo_sum(seg.ip.saddr, seg.ip.daddr, (seg.tcp_len + seg.payload_len) as u16);
+        f[seg.l4_off + 16..seg.l4_off + 18].copy_from_slice(&csum::fold(pseudo).to_be_bytes());
+    }
+
+    #[test]
+    fn first_data_cut_to_the_pure_ack_before_it() {
+        let ts = [1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 5];
+        let data = segment(&ts, TCP_ACK | TCP_PSH, b"GET / HTTP/1.1\r\n\r\n", 0x1000_0001, 0x2000_0001);
+        let pure = segment(&ts, TCP_ACK, &[], 0x1000_0001, 0x2000_0001);
+        let mut full = data.clone();
+        cut(&mut full);
+        assert_eq!(full, pure, "a data segment with a full checksum must become exactly the pure ACK");
+        let mut partial = data;
+        as_partial(&mut partial);
+        cut(&mut partial);
+        complete_partial(&mut partial);
+        assert_eq!(partial, pure, "with checksum offload, the device must complete exactly the pure ACK's checksum");
+        let mut fin = segment(&ts, TCP_ACK | TCP_FIN, &[], 0x1000_0001, 0x2000_0001);
+        cut(&mut fin);
+        assert_eq!(fin, pure, "a bare FIN must become the pure ACK");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
         /// Any option list with room and any header values: the planned edit
@@ -280,6 +395,29 @@ mod tests {
                 Ok(_) => prop_assert!(checksums_verify(&f), "checksum broken for opts {words} words fill {fill}"),
                 Err(r) => prop_assert_eq!(r, reason::SKIP_NO_ROOM),
             }
+        }
+
+        /// Any options, payload and flags, full or offloaded checksum: the
+        /// cut leaves a pure ACK whose checksums verify and which stamps.
+        #[test]
+        fn cut_to_pure_ack_keeps_checksums_valid(
+            words in 0usize..=10, fill in any::<u8>(), payload in proptest::collection::vec(any::<u8>(), 0..300),
+            seq in any::<u32>(), ack in any::<u32>(), flags in any::<u8>(), offloaded in any::<bool>(),
+        ) {
+            let opts: Vec<u8> = std::vec![fill; words * 4];
+            let mut f = segment(&opts, flags, &payload, seq, ack);
+            if offloaded {
+                as_partial(&mut f);
+            }
+            cut(&mut f);
+            if offloaded {
+                complete_partial(&mut f);
+            }
+            let seg = parse(&f);
+            prop_assert_eq!(seg.payload_len, 0);
+            prop_assert_eq!(seg.tcp.flags & (TCP_PSH | TCP_URG | TCP_FIN), 0);
+            prop_assert_eq!(seg.tcp.flags & !(TCP_PSH | TCP_URG | TCP_FIN), flags & !(TCP_PSH | TCP_URG | TCP_FIN));
+            prop_assert!(checksums_verify(&f), "checksum broken: {:02x?}", f);
         }
     }
 }

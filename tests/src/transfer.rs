@@ -31,7 +31,8 @@ pub fn download(to: SocketAddr, request: &str, len: usize, mut progress: impl Fn
     let mut h = sha2::Sha256::new();
     let mut got = 0usize;
     loop {
-        let n = s.read(&mut buf)?;
+        let n =
+            s.read(&mut buf).map_err(|e| io::Error::new(e.kind(), format!("after {got} of {len} body bytes: {e}")))?;
         if n == 0 {
             break;
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ackgate_tests::daemons::{Daemon, eventually, run_ok};
-use ackgate_tests::deployment::{Setup, WAIT};
+use ackgate_tests::deployment::{PORT, Setup, WAIT};
 use ackgate_tests::target::pattern_sha256;
 use ackgate_tests::topology::Ns;
 
@@ -83,6 +83,34 @@ fn transfers_survive_loss_on_the_edge_link() {
         assert!(count("TcpExtTCPSackRecovery") >= 1, "{ns:?}: recovery must use SACK:\n{text}");
         assert_eq!(count("TcpExtTCPSACKDiscard"), 0, "{ns:?}: SACK blocks discarded as invalid:\n{text}");
     }
+}
+
+/// The client's handshake ACK never leaves (a local firewall drops it
+/// before the agent's hook, as it could drop any segment): the request
+/// then becomes the stamped ACK, TCP sends it again, and the download
+/// goes through. Before, the flow was dead: the gate dropped its data
+/// for ever (or reset it, as this service's default response would).
+#[test]
+fn a_flow_whose_handshake_ack_was_dropped_still_goes_through() {
+    let (s, _gateway, _agent) = approved("lostack", "reset", "");
+    // Only the first pure ACK to the service: the handshake ACK.
+    let rules = format!(
+        "table inet ackgate_lost_ack {{\n\
+         chain out {{ type filter hook output priority 0; \
+         tcp dport {PORT} tcp flags == ack ip length 52 numgen inc mod 1000000 0 counter drop; }}\n}}\n"
+    );
+    let cut_to_ack = || {
+        let status = s.agent_status();
+        let counters = status["counters"].as_array().cloned().unwrap_or_default();
+        counters.iter().find(|c| c[0] == "stamped_ack_from_data").map_or(0, |c| c[1].as_u64().unwrap_or(0))
+    };
+    let before = cut_to_ack();
+    s.nft(Ns::Client, &rules);
+    transfer_both_ways(&s, mib(4));
+    let out = s.topo.cmd(Ns::Client, &["nft", "list", "table", "inet", "ackgate_lost_ack"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("packets 1 "), "exactly one handshake ACK must have been dropped:\n{listing}");
+    assert_eq!(cut_to_ack() - before, 1, "the request, and nothing else, must have become the stamped ACK");
 }
 
 /// A target without window scaling, SACK or timestamps, behind a gateway

@@ -136,12 +136,11 @@ fn segments_without_room_or_identity_go_out_unstamped_and_counted() {
     full_ack.tcp_options.extend_from_slice(&[1; 16]);
     let input = full_ack.build();
     assert_eq!(run(&mut st, "full ACK", &input, reason::SKIP_NO_ROOM), input);
-    // Data on the handshake ACK (TCP Fast Open style) cannot take a tail option.
-    run(&mut st, "SYN", &syn(GATEWAY, 40022).build(), reason::SYN_RECORDED);
-    let mut tfo = handshake_ack(GATEWAY, 40022);
+    // Data on a stealth SYN (TCP Fast Open) cannot take a tail option.
+    let mut tfo = syn(STEALTH_GW, 40022);
     tfo.payload = b"hello".to_vec();
     let input = tfo.build();
-    assert_eq!(run(&mut st, "ACK with data", &input, reason::SKIP_PAYLOAD), input);
+    assert_eq!(run(&mut st, "SYN with data", &input, reason::SKIP_PAYLOAD), input);
 
     let mut unenrolled = TestStamper::new(&targets(), false);
     run(&mut unenrolled, "SYN", &syn(GATEWAY, 40023).build(), reason::SYN_RECORDED);
@@ -157,6 +156,68 @@ fn an_already_stamped_ack_is_not_stamped_twice() {
     stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
     let input = ack.build();
     assert_eq!(run(&mut st, "stamped ACK", &input, reason::SKIP_ALREADY_STAMPED), input);
+}
+
+/// The flow's first data segment, as the client sends it right after the
+/// handshake (`ack` acknowledges `SERVER_ISN + 1 + server_bytes`).
+fn first_data(sport: u16, flags: u8, payload: &[u8], server_bytes: u32) -> TcpFrame {
+    let mut f = handshake_ack(GATEWAY, sport);
+    f.flags = flags;
+    f.payload = payload.to_vec();
+    f.ack = SERVER_ISN + 1 + server_bytes;
+    f
+}
+
+/// The first data segment of a flow whose handshake ACK never passed the
+/// stamper (merged into the data, or dropped before it), and every second
+/// resend of that segment after a stamped ACK (which may have been lost),
+/// leave cut down to the stamped pure ACK: without it the gate would drop
+/// the flow's data for good. TCP sends the data again.
+#[test]
+fn the_first_data_segment_becomes_the_stamped_ack_when_none_left() {
+    let mut st = TestStamper::new(&targets(), true);
+    let stamped_pure_ack = |sport| {
+        let mut ack = handshake_ack(GATEWAY, sport);
+        stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
+        ack.build()
+    };
+    let request = b"GET / HTTP/1.1\r\n\r\n";
+    let data = |sport| first_data(sport, TCP_ACK | TCP_PSH, request, 0);
+    let later = |sport| TcpFrame { seq: ISN + 1 + request.len() as u32, ..data(sport) };
+    let acks_server_data = |sport| first_data(sport, TCP_ACK, &[], 100);
+    let cut = Some(reason::STAMPED_ACK_FROM_DATA);
+    // (what, frame in, reason counted (None: passes unchanged))
+    let rows: Vec<(&str, TcpFrame, Option<u32>)> = vec![
+        ("SYN, flow 1", syn(GATEWAY, 40040), None),
+        ("first data without a handshake ACK", data(40040), cut),
+        ("the same segment sent again", data(40040), None),
+        ("and once more", data(40040), cut),
+        ("the next data segment", later(40040), None),
+        ("an ACK of the server's data", acks_server_data(40040), None),
+        ("the first segment sent again after that", data(40040), None),
+        ("SYN, flow 2", syn(GATEWAY, 40041), None),
+        ("its handshake ACK", handshake_ack(GATEWAY, 40041), Some(reason::STAMPED_ACK)),
+        ("its first data", data(40041), None),
+        ("a duplicate ACK", handshake_ack(GATEWAY, 40041), None),
+        ("its first data sent again", data(40041), cut),
+        ("SYN, flow 3", syn(GATEWAY, 40042), None),
+        ("a bare FIN first", first_data(40042, TCP_ACK | TCP_FIN, &[], 0), cut),
+    ];
+    for (what, frame, stamped) in rows {
+        let input = frame.build();
+        let why = match (stamped, frame.flags) {
+            (Some(why), _) => why,
+            (None, TCP_SYN) => reason::SYN_RECORDED,
+            (None, _) => reason::PASS_NOT_HANDSHAKE,
+        };
+        let out = run(&mut st, what, &input, why);
+        if stamped.is_some() {
+            assert_checksums(&out, 14);
+            assert_eq!(out, stamped_pure_ack(frame.sport), "{what}: must leave as the stamped pure ACK");
+        } else {
+            assert_eq!(out, input, "{what}: must leave unchanged");
+        }
+    }
 }
 
 fn arp() -> Vec<u8> {
