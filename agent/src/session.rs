@@ -6,9 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use ackgate_common::proto::pake::{LoginClient, PakeError};
 use ackgate_common::proto::{
-    FlowSummary, Hello, Login, Message, MessageCodec, Profile, ProfileAnswer, ProfileRefusal, ProfileRequest,
-    ProtoError, RefusalReason, RenewCertificate, profile_proof,
+    FlowSummary, Hello, Message, MessageCodec, Profile, ProfileAnswer, ProfileRefusal, ProfileRequest, ProtoError,
+    RefusalReason, RenewCertificate, profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -210,6 +211,8 @@ pub enum SessionError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Protocol(#[from] ProtoError),
+    #[error("login: {0}")]
+    Login(#[from] PakeError),
     #[error("renewing the session certificate: {0}")]
     Renew(#[from] RenewError),
     #[error("storing the renewed certificate: {0}")]
@@ -317,7 +320,7 @@ async fn serve_once(
             biased;
             Ok(()) = credentials.changed() => {
                 let current = credentials.borrow_and_update().clone();
-                if login.in_flight.is_some() {
+                if login.busy() {
                     login.next = Some(current);
                 } else {
                     login.change(&mut conn, current).await?;
@@ -353,29 +356,54 @@ async fn serve_once(
                         }
                         // While a login is being checked, answers wait for
                         // its verdict: answered now they would carry no proof.
-                        if login.in_flight.is_some() {
+                        if login.busy() {
                             login.deferred.push(req);
                             continue;
                         }
                         conn.send(Message::ProfileAnswer(login.answer(identity, &req))).await?;
                     }
+                    Message::ClaimChallenge(c) => {
+                        let Some((generation, client)) = login.in_flight.take() else {
+                            return Err(ProtoError::Unexpected { want: "ProfileRequest or Ping (no login under way)", got: "ClaimChallenge" }.into());
+                        };
+                        let (client, finish) = off_thread(move || {
+                            let finish = client.claim(&c.registration_response);
+                            (client, finish)
+                        })
+                        .await;
+                        login.in_flight = Some((generation, client));
+                        conn.send(Message::ClaimFinish(finish?)).await?;
+                    }
+                    Message::LoginChallenge(c) => {
+                        let Some((generation, client)) = login.in_flight.take() else {
+                            return Err(ProtoError::Unexpected { want: "ProfileRequest or Ping (no login under way)", got: "LoginChallenge" }.into());
+                        };
+                        let finished = off_thread(move || client.finish(&c.credential_response)).await?;
+                        login.finished = Some((generation, finished.proof_key));
+                        conn.send(Message::LoginFinish(finished.message)).await?;
+                    }
                     Message::LoginResult(r) => {
-                        let Some(generation) = login.in_flight.take() else {
+                        // A verdict before the exchange finished (throttled,
+                        // locked, or refused early) ends the login too.
+                        let Some((generation, proof_key)) =
+                            login.finished.take().or_else(|| login.in_flight.take().map(|(g, _)| (g, None)))
+                        else {
                             return Err(ProtoError::Unexpected { want: "ProfileRequest or Ping (no login awaits a verdict)", got: "LoginResult" }.into());
                         };
                         if let Some(newer) = login.next.take() {
-                            // Replaced while it was checked: its key is not
-                            // used; the newer login (or logout) goes now.
+                            // Replaced while it ran: its key is not used;
+                            // the newer login (or logout) goes now.
                             login.change(&mut conn, newer).await?;
                         } else {
                             // The gateway records a verdict before sending
-                            // it: this is the key it checks proofs against.
-                            login.proof_key = r.accepted.then_some(r.proof_key);
+                            // it: from now on it checks proofs under this
+                            // login's key.
+                            login.proof_key = proof_key.filter(|_| r.accepted);
                             login.user = r.user.clone();
                             let outcome = LoginOutcome { user: r.user, accepted: r.accepted, message: r.message };
                             shared.record_login(generation, outcome);
                         }
-                        if login.in_flight.is_none() {
+                        if !login.busy() {
                             login.flush(&mut conn, identity).await?;
                         }
                     }
@@ -399,40 +427,57 @@ async fn serve_once(
     }
 }
 
-/// One session's login. At most one login awaits its verdict at a time: a
-/// newer change waits in `next` (only the latest), so the last verdict is
-/// always the key the gateway holds and the gateway's login queue never
-/// fills.
+/// Runs the key-stretching (argon2id) part of a login off the async
+/// threads; the session waits for it, its socket does not block the
+/// runtime.
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(t) => t,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// One session's login. At most one login runs at a time: a newer change
+/// waits in `next` (only the latest), so the last verdict is always the
+/// login the gateway holds and the gateway's login queue never fills.
 #[derive(Default)]
 struct LoginState {
     /// The user of the last verdict: refused or unknown users still name
     /// themselves, so the gateway can record them as potential users.
     user: String,
-    /// Session proof key, if the last verdict accepted the login.
-    proof_key: Option<[u8; 32]>,
-    /// Generation of the login awaiting its verdict.
-    in_flight: Option<u64>,
-    /// Credentials changed while a login was in flight.
+    /// Proof key of the last verdict, if it accepted the login.
+    proof_key: Option<Zeroizing<[u8; 32]>>,
+    /// The login exchange under way: its generation and the agent's half.
+    in_flight: Option<(u64, LoginClient)>,
+    /// A login whose last message went out: its generation and the proof
+    /// key it will have if the gateway accepts it.
+    finished: Option<(u64, Option<Zeroizing<[u8; 32]>>)>,
+    /// Credentials changed while a login ran.
     next: Option<(u64, Option<Credentials>)>,
     deferred: Vec<ProfileRequest>,
 }
 
 impl LoginState {
-    /// Applies a credentials change: a login is sent; a logout drops the
+    fn busy(&self) -> bool {
+        self.in_flight.is_some() || self.finished.is_some()
+    }
+
+    /// Applies a credentials change: a login starts; a logout drops the
     /// proof key at once, here and (told so) at the gateway.
     async fn change(
         &mut self,
         conn: &mut Conn,
         (generation, credentials): (u64, Option<Credentials>),
-    ) -> Result<(), ProtoError> {
+    ) -> Result<(), SessionError> {
         let had_login = self.proof_key.is_some() || !self.user.is_empty();
         self.proof_key = None;
         self.user.clear();
         match credentials {
             Some(c) => {
                 self.user.clone_from(&c.user);
-                self.in_flight = Some(generation);
-                conn.send(Message::Login(Login { user: c.user, password: c.password })).await?;
+                let (client, start) = LoginClient::start(&c.user, &c.password)?;
+                self.in_flight = Some((generation, client));
+                conn.send(Message::LoginStart(start)).await?;
             }
             None if had_login => conn.send(Message::Logout).await?,
             None => {}
@@ -449,7 +494,7 @@ impl LoginState {
     }
 
     fn answer(&self, identity: &Identity, req: &ProfileRequest) -> ProfileAnswer {
-        answer(identity, req, self.user.clone(), self.proof_key.as_ref())
+        answer(identity, req, self.user.clone(), self.proof_key.as_deref())
     }
 }
 

@@ -124,7 +124,7 @@ fn enroll_run_login_status_and_clean_stop() {
         heartbeat: Duration::from_secs(1),
         ..ServerConfig::default()
     };
-    let server = AgentServer::new(ca, directory.clone(), config).expect("server");
+    let server = AgentServer::new(ca, directory.clone(), directory.logins(), config).expect("server");
     let l = rt.block_on(async { tokio::net::TcpListener::from_std(listener) }).expect("tokio listener");
     rt.spawn(server.clone().serve(l));
 

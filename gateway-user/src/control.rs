@@ -315,15 +315,17 @@ mod tests {
     /// once and counted, and every started flow still ends in a decision.
     #[tokio::test]
     async fn pending_flows_are_bounded_overall_and_per_agent() {
+        let directory = Arc::new(MemoryDirectory::default());
         let server = AgentServer::new(
             Ca::generate().expect("CA"),
-            Arc::new(MemoryDirectory::default()),
+            directory.clone(),
+            directory.logins(),
             ServerConfig::default(),
         )
         .expect("server");
-        let validator: Arc<dyn Decider> = Arc::new(crate::validator::Validator::new(Arc::new(
-            crate::store::Store::open(std::path::Path::new(":memory:")).expect("store"),
-        )));
+        let store = crate::store::Store::open(std::path::Path::new(":memory:")).expect("store");
+        let validator: Arc<dyn Decider> =
+            Arc::new(crate::validator::Validator::new(Arc::new(store)).expect("validator"));
         let settings = Settings {
             profile_timeout: Duration::from_millis(200),
             validation_timeout: Duration::from_millis(200),

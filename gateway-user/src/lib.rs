@@ -11,6 +11,7 @@ pub mod control;
 pub mod counters;
 pub mod events;
 pub mod gate;
+pub mod logins;
 pub mod metrics;
 pub mod netdev;
 pub mod owner;

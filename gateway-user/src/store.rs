@@ -2,11 +2,13 @@
 //! open with the `sqlite3` shell. WAL journal with `synchronous = FULL`:
 //! a committed approval survives a crash or power loss at any point.
 //!
-//! Tables: `users` (valid users: argon2id hash, groups, revoked flag),
+//! Tables: `users` (valid users: OPAQUE record, groups, revoked flag),
 //! `machines` (machine fingerprints approved for a user), `potential`
 //! (every failed first attempt: user, machine, source, service, reason,
-//! first/last seen, count, and for an unknown user the hash of the password
-//! they logged in with, which becomes theirs if approved), `agents`
+//! first/last seen, count), `claims` (per agent, on unknown names: the
+//! OPAQUE record of the password the agent logged in with, which becomes
+//! the user's if approved), `opaque_setup` (the OPAQUE server keys the
+//! records need), `agents`
 //! (enrolled agents and their MAC keys), `key_misuse` (where an agent's key
 //! was used without the agent: suspected stolen keys), `invites` (SHA-256 of
 //! each one-time secret), `audit` (every administrative change).
@@ -16,13 +18,13 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ackgate_common::mac::MacKey;
-use ackgate_common::proto::{Invite, LoginGrant, invite_secret_digest};
+use ackgate_common::proto::{Invite, invite_secret_digest};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::agents::{
-    AgentRecord, CLAIMS_PER_AGENT, Directory, EnrollRefusal, KeyMisuse, LoginAttempt, LoginFailure, NewAgent,
-    hash_password, verify_password_hash,
+use crate::agents::{AgentRecord, CLAIMS_PER_AGENT, Directory, EnrollRefusal, KeyMisuse, LoginFailure, NewAgent};
+use crate::logins::{
+    Credentials, Found, LoginError, PasswordRecord, Setup, load_setup, new_setup, register, user_credential_id,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum StoreError {
     Exposed { path: String, mode: u32 },
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Login(#[from] LoginError),
 }
 
 /// Refuses a state directory, store or store journal that anyone but the
@@ -170,6 +174,10 @@ CREATE TABLE IF NOT EXISTS login_locks (
     user TEXT PRIMARY KEY,
     locked_unix INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS opaque_setup (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    setup BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     at_unix INTEGER NOT NULL,
     action TEXT NOT NULL,
@@ -189,6 +197,9 @@ pub struct UserRecord {
     pub revoked: bool,
     /// Locked after too many failed logins (`users unlock`).
     pub locked: bool,
+    /// The password was set before logins were OPAQUE exchanges: no login
+    /// works until `users passwd` sets it again.
+    pub password_outdated: bool,
     /// Approved machine fingerprints (hex).
     pub machines: Vec<String>,
 }
@@ -268,6 +279,20 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
              PRAGMA user_version = 1;",
         )?;
     }
+    if version < 2 {
+        // Logins became OPAQUE exchanges: records replace password hashes.
+        // Users keep their old hash column (unused) until `users passwd`;
+        // claims not yet approved go (their agents claim again at the next
+        // login).
+        conn.execute_batch(
+            "ALTER TABLE users ADD COLUMN opaque_record BLOB;
+             ALTER TABLE users ADD COLUMN credential_id BLOB;
+             ALTER TABLE claims ADD COLUMN opaque_record BLOB;
+             ALTER TABLE claims ADD COLUMN credential_id BLOB;
+             DELETE FROM claims WHERE approved = 0;
+             PRAGMA user_version = 2;",
+        )?;
+    }
     Ok(())
 }
 
@@ -300,6 +325,8 @@ impl Store {
         conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         migrate(&conn).map_err(open_err)?;
+        conn.execute("INSERT OR IGNORE INTO opaque_setup (id, setup) VALUES (1, ?1)", [new_setup()])
+            .map_err(open_err)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -312,8 +339,21 @@ impl Store {
         Ok(())
     }
 
+    /// The OPAQUE server keys of this store's records.
+    pub fn login_setup(&self) -> Result<Setup, StoreError> {
+        let bytes: Vec<u8> = self.db().query_row("SELECT setup FROM opaque_setup WHERE id = 1", [], |r| r.get(0))?;
+        Ok(load_setup(&bytes)?)
+    }
+
+    /// The OPAQUE record of `password` for a valid user `name`: both halves
+    /// of the registration run here, as the administrator typed the
+    /// password (argon2id, once).
+    fn user_record(&self, name: &str, password: &str) -> Result<PasswordRecord, StoreError> {
+        Ok(register(&self.login_setup()?, password, &user_credential_id(name))?)
+    }
+
     pub fn add_user(&self, name: &str, password: &str, groups: &[String]) -> Result<(), StoreError> {
-        let hash = hash_password(password);
+        let record = self.user_record(name, password)?;
         let mut db = self.db();
         let tx = db.transaction()?;
         let exists: bool =
@@ -322,8 +362,9 @@ impl Store {
             return Err(StoreError::UserExists(name.to_owned()));
         }
         tx.execute(
-            "INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)",
-            params![name, hash, groups.join(","), now_unix()],
+            "INSERT INTO users (name, password_hash, opaque_record, credential_id, groups, created_unix)
+             VALUES (?1, '', ?2, ?3, ?4, ?5)",
+            params![name, record.record, record.credential_id, groups.join(","), now_unix()],
         )?;
         // Claims on the name are void once it is a valid user's.
         tx.execute("DELETE FROM claims WHERE user = ?1", [name])?;
@@ -332,19 +373,42 @@ impl Store {
         Ok(())
     }
 
-    /// Imports users whose argon2id PHC hashes exist already (migrations,
-    /// benchmarks), each with one approved machine, in one transaction.
-    pub fn import_users(&self, users: &[(String, String, [u8; 32])], groups: &[String]) -> Result<(), StoreError> {
+    /// Sets a valid user's password (a new OPAQUE record). Sessions logged
+    /// in with the old one keep their proof keys until they end.
+    pub fn set_password(&self, name: &str, password: &str) -> Result<(), StoreError> {
+        let record = self.user_record(name, password)?;
+        let db = self.db();
+        let changed = db.execute(
+            "UPDATE users SET password_hash = '', opaque_record = ?2, credential_id = ?3 WHERE name = ?1",
+            params![name, record.record, record.credential_id],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NoSuchUser(name.to_owned()));
+        }
+        Self::audit(&db, "user passwd", name)?;
+        Ok(())
+    }
+
+    /// Imports users who share one OPAQUE record (benchmarks), each with
+    /// one approved machine, in one transaction.
+    pub fn import_users(
+        &self,
+        users: &[(String, [u8; 32])],
+        record: &PasswordRecord,
+        groups: &[String],
+    ) -> Result<(), StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
         {
-            let mut user =
-                tx.prepare("INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut user = tx.prepare(
+                "INSERT INTO users (name, password_hash, opaque_record, credential_id, groups, created_unix)
+                 VALUES (?1, '', ?2, ?3, ?4, ?5)",
+            )?;
             let mut machine =
                 tx.prepare("INSERT INTO machines (user, fingerprint, approved_unix) VALUES (?1, ?2, ?3)")?;
             let now = now_unix();
-            for (name, hash, fp) in users {
-                user.execute(params![name, hash, groups.join(","), now])?;
+            for (name, fp) in users {
+                user.execute(params![name, record.record, record.credential_id, groups.join(","), now])?;
                 machine.execute(params![name, &fp[..], now])?;
             }
         }
@@ -356,7 +420,8 @@ impl Store {
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         let db = self.db();
         let mut stmt = db.prepare(
-            "SELECT name, groups, created_unix, revoked, EXISTS (SELECT 1 FROM login_locks l WHERE l.user = name)
+            "SELECT name, groups, created_unix, revoked, EXISTS (SELECT 1 FROM login_locks l WHERE l.user = name),
+                    opaque_record IS NULL
              FROM users ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -366,6 +431,7 @@ impl Store {
                 created_unix: r.get(2)?,
                 revoked: r.get::<_, i64>(3)? != 0,
                 locked: r.get(4)?,
+                password_outdated: r.get(5)?,
                 machines: Vec::new(),
             })
         })?;
@@ -559,11 +625,16 @@ impl Store {
                 (None, [only]) => *only,
                 (None, many) => return Err(StoreError::ManyClaims { user: user.to_owned(), claims: many.to_vec() }),
             };
-            let hash: String =
-                tx.query_row("SELECT password_hash FROM claims WHERE claim_id = ?1", [chosen], |r| r.get(0))?;
+            // The claim's record becomes the user's, with the identifier
+            // its OPRF key was derived for.
+            let (record, credential_id): (Vec<u8>, Vec<u8>) =
+                tx.query_row("SELECT opaque_record, credential_id FROM claims WHERE claim_id = ?1", [chosen], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             tx.execute(
-                "INSERT INTO users (name, password_hash, groups, created_unix) VALUES (?1, ?2, ?3, ?4)",
-                params![user, hash, groups.join(","), now_unix()],
+                "INSERT INTO users (name, password_hash, opaque_record, credential_id, groups, created_unix)
+                 VALUES (?1, '', ?2, ?3, ?4, ?5)",
+                params![user, record, credential_id, groups.join(","), now_unix()],
             )?;
             let mut stmt = tx.prepare("SELECT fingerprint, agent_id FROM claim_machines WHERE claim_id = ?1")?;
             let machines = stmt.query_map([chosen], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
@@ -704,51 +775,59 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn check_login_in_store(&self, a: &LoginAttempt<'_>) -> Result<LoginGrant, StoreError> {
-        let verdict = |ok: bool, grant: LoginGrant| if ok { grant } else { LoginGrant::Refused };
-        let stored: Option<String> = self
-            .db()
-            .query_row("SELECT password_hash FROM users WHERE name = ?1", [a.user], |r| r.get(0))
+    fn find_record(&self, user: &str, agent_id: u32) -> Result<Found, StoreError> {
+        let db = self.db();
+        // A user from before OPAQUE logins has no record (NULL columns).
+        let stored: Option<Option<PasswordRecord>> = db
+            .query_row("SELECT opaque_record, credential_id FROM users WHERE name = ?1", [user], |r| {
+                let (record, credential_id): (Option<Vec<u8>>, Option<Vec<u8>>) = (r.get(0)?, r.get(1)?);
+                Ok(record.zip(credential_id).map(|(record, credential_id)| PasswordRecord { record, credential_id }))
+            })
             .optional()?;
-        if let Some(hash) = stored {
-            return Ok(verdict(verify_password_hash(&hash, a.password), LoginGrant::User));
+        match stored {
+            Some(Some(record)) => return Ok(Found::User(record)),
+            Some(None) => return Ok(Found::UserWithoutRecord),
+            None => {}
         }
-        let claim: Option<(u64, String)> = self
-            .db()
+        let claim: Option<(u64, Vec<u8>, Vec<u8>)> = db
             .query_row(
-                "SELECT claim_id, password_hash FROM claims WHERE user = ?1 AND agent_id = ?2",
-                params![a.user, a.agent_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                "SELECT claim_id, opaque_record, credential_id FROM claims WHERE user = ?1 AND agent_id = ?2",
+                params![user, agent_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        if let Some((id, hash)) = claim {
-            let ok = verify_password_hash(&hash, a.password);
-            if ok {
-                self.db().execute("UPDATE claims SET last_unix = ?2 WHERE claim_id = ?1", params![id, now_unix()])?;
+        Ok(match claim {
+            Some((id, record, credential_id)) => {
+                db.execute("UPDATE claims SET last_unix = ?2 WHERE claim_id = ?1", params![id, now_unix()])?;
+                Found::Claim(id, PasswordRecord { record, credential_id })
             }
-            return Ok(verdict(ok, LoginGrant::Claim(id)));
-        }
-        // The hash is made before the write, outside the lock (it is the
-        // slow part).
-        let hash = hash_password(a.password);
+            None => Found::Unknown,
+        })
+    }
+
+    fn insert_claim(
+        &self,
+        user: &str,
+        agent_id: u32,
+        source: &str,
+        record: &PasswordRecord,
+    ) -> Result<Option<u64>, StoreError> {
         let mut db = self.db();
         let tx = db.transaction()?;
         let held: usize =
-            tx.query_row("SELECT count(*) FROM claims WHERE agent_id = ?1 AND approved = 0", [a.agent_id], |r| {
-                r.get(0)
-            })?;
+            tx.query_row("SELECT count(*) FROM claims WHERE agent_id = ?1 AND approved = 0", [agent_id], |r| r.get(0))?;
         if held >= CLAIMS_PER_AGENT {
-            tracing::warn!(agent_id = a.agent_id, "refusing a claim on {:?}: the agent holds {held} claims", a.user);
-            return Ok(LoginGrant::Refused);
+            return Ok(None);
         }
         tx.execute(
-            "INSERT INTO claims (user, password_hash, agent_id, source, first_unix, last_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            params![a.user, hash, a.agent_id, a.source, now_unix()],
+            "INSERT INTO claims (user, password_hash, opaque_record, credential_id, agent_id, source, first_unix, last_unix)
+             VALUES (?1, '', ?2, ?3, ?4, ?5, ?6, ?6)",
+            params![user, record.record, record.credential_id, agent_id, source, now_unix()],
         )?;
         let id = tx.last_insert_rowid() as u64;
-        Self::audit(&tx, "claim", &format!("{:?} claim {id} by agent {} from {}", a.user, a.agent_id, a.source))?;
+        Self::audit(&tx, "claim", &format!("{user:?} claim {id} by agent {agent_id} from {source}"))?;
         tx.commit()?;
-        Ok(LoginGrant::Claim(id))
+        Ok(Some(id))
     }
 
     /// Every enrolled agent (revoked ones too), with where its key was
@@ -933,19 +1012,6 @@ impl Directory for Store {
         })
     }
 
-    /// A valid user: their password is checked. An unknown name: the
-    /// agent's claim on it is checked, or made at its first login under the
-    /// name (DESIGN.md §6); a claim never replaces another agent's.
-    fn check_login(&self, a: &LoginAttempt<'_>) -> LoginGrant {
-        match self.check_login_in_store(a) {
-            Ok(grant) => grant,
-            Err(e) => {
-                tracing::error!("user store: checking a login of {}: {e}", a.user);
-                LoginGrant::Refused
-            }
-        }
-    }
-
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
         Store::record_key_misuse(self, agent_id, source, service).map_err(|e| e.to_string())
     }
@@ -987,21 +1053,50 @@ impl Directory for Store {
     }
 }
 
+/// A valid user's record, or the agent's claim on an unknown name, which
+/// the agent's first login under the name makes (DESIGN.md §6); a claim
+/// never replaces another agent's.
+impl Credentials for Store {
+    fn find(&self, user: &str, agent_id: u32) -> Result<Found, String> {
+        self.find_record(user, agent_id).map_err(|e| e.to_string())
+    }
+
+    fn add_claim(
+        &self,
+        user: &str,
+        agent_id: u32,
+        source: &str,
+        record: &PasswordRecord,
+    ) -> Result<Option<u64>, String> {
+        self.insert_claim(user, agent_id, source, record).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use ackgate_common::proto::LoginGrant;
+
     use super::*;
+    use crate::logins::{Logins, login_here};
 
     fn store() -> Store {
         Store::open(Path::new(":memory:")).expect("in-memory store")
     }
 
+    /// Logins against `s`'s records, as the validator runs them.
+    fn logins(s: &Arc<Store>) -> Logins<Store> {
+        Logins::new(s.login_setup().expect("setup"), s.clone())
+    }
+
+    fn login(l: &Logins<Store>, user: &str, password: &str, agent_id: u32) -> LoginGrant {
+        login_here(l, user, password, agent_id).grant
+    }
+
     fn attempt<'a>(user: &'a str, machine: [u8; 32], proven: bool) -> Attempt<'a> {
         let (install_serial, source, service, reason) = ("s", "10.0.0.2:1", "web", "r");
         Attempt { user, machine, install_serial, agent_id: 1, source, service, reason, proven }
-    }
-
-    fn login<'a>(user: &'a str, password: &'a str, agent_id: u32) -> LoginAttempt<'a> {
-        LoginAttempt { user, password, agent_id, source: "10.0.0.2" }
     }
 
     #[test]
@@ -1053,16 +1148,17 @@ mod tests {
 
     #[test]
     fn claims_are_per_agent_and_an_approval_takes_one_claim_and_its_proven_machines() {
-        let s = store();
-        let bobs = s.check_login(&login("bob", "chosen", 1));
+        let s = Arc::new(store());
+        let l = logins(&s);
+        let bobs = login(&l, "bob", "chosen", 1);
         let LoginGrant::Claim(bobs) = bobs else { panic!("an unknown name's first login is a claim: {bobs:?}") };
-        assert_eq!(s.check_login(&login("bob", "other", 1)), LoginGrant::Refused, "the agent's claim holds");
-        assert_eq!(s.check_login(&login("bob", "chosen", 1)), LoginGrant::Claim(bobs));
-        let LoginGrant::Claim(mallorys) = s.check_login(&login("bob", "mallory", 2)) else {
+        assert_eq!(login(&l, "bob", "other", 1), LoginGrant::Refused, "the agent's claim holds");
+        assert_eq!(login(&l, "bob", "chosen", 1), LoginGrant::Claim(bobs));
+        let LoginGrant::Claim(mallorys) = login(&l, "bob", "mallory", 2) else {
             panic!("another agent's claim on the name is its own")
         };
         assert_ne!(bobs, mallorys, "a claim never overwrites another");
-        assert_eq!(s.check_login(&login("bob", "chosen", 1)), LoginGrant::Claim(bobs), "and leaves the first intact");
+        assert_eq!(login(&l, "bob", "chosen", 1), LoginGrant::Claim(bobs), "and leaves the first intact");
         s.record_claim_machine(bobs, &[2; 32], 1, "web").expect("bob's machine proved his claim");
         s.record_claim_machine(mallorys, &[6; 32], 2, "web").expect("mallory's machine proved hers");
         s.record_attempt(&attempt("bob", [9; 32], false)).expect("an attempt without a proof");
@@ -1071,8 +1167,8 @@ mod tests {
         assert!(matches!(s.approve("bob", None, &[]), Err(StoreError::ManyClaims { .. })), "two claims: pick one");
         assert!(matches!(s.approve("bob", Some(999), &[]), Err(StoreError::NoSuchClaim { .. })));
         assert_eq!(s.approve("bob", Some(bobs), &["eng".into()]).expect("approve"), 1);
-        assert_eq!(s.check_login(&login("bob", "chosen", 3)), LoginGrant::User, "the claim's password is now bob's");
-        assert_eq!(s.check_login(&login("bob", "mallory", 2)), LoginGrant::Refused, "the other claim is void");
+        assert_eq!(login(&l, "bob", "chosen", 3), LoginGrant::User, "the claim's password is now bob's");
+        assert_eq!(login(&l, "bob", "mallory", 2), LoginGrant::Refused, "the other claim is void");
         assert_eq!(s.approved_machines("bob").expect("machines"), vec![[2; 32]], "only bob's proven machine");
         assert!(s.claim_approved_as(bobs, "bob").expect("claim"), "sessions under the approved claim are bob's");
         assert!(!s.claim_approved_as(mallorys, "bob").expect("claim"), "the void claim proves nothing");
@@ -1081,23 +1177,51 @@ mod tests {
         assert!(s.standing("bob", &[2; 32], 1).expect("standing").revoked);
         assert!(s.approved_machines("bob").expect("machines").is_empty(), "a revoked user has no approved machine");
         assert!(matches!(s.revoke_user("carol"), Err(StoreError::NoSuchUser(_))));
-        assert!(matches!(s.check_login(&login("carol", "guess", 1)), LoginGrant::Claim(_)));
+        assert!(matches!(login(&l, "carol", "guess", 1), LoginGrant::Claim(_)));
         s.add_user("carol", "pw", &[]).expect("add carol");
         assert!(s.pending().expect("pending").is_empty(), "adding the user voids the claims on the name");
     }
 
     #[test]
     fn an_agent_holds_a_bounded_number_of_claims() {
-        let s = store();
+        let s = Arc::new(store());
+        let l = logins(&s);
         for n in 0..CLAIMS_PER_AGENT {
-            let grant = s.check_login(&login(&format!("name{n}"), "pw", 1));
+            let grant = login(&l, &format!("name{n}"), "pw", 1);
             assert!(matches!(grant, LoginGrant::Claim(_)), "claim {n}: {grant:?}");
         }
-        assert_eq!(s.check_login(&login("one-more", "pw", 1)), LoginGrant::Refused);
-        assert!(
-            matches!(s.check_login(&login("one-more", "pw", 2)), LoginGrant::Claim(_)),
-            "other agents are not held"
-        );
+        assert_eq!(login(&l, "one-more", "pw", 1), LoginGrant::Refused);
+        assert!(matches!(login(&l, "one-more", "pw", 2), LoginGrant::Claim(_)), "other agents are not held");
+    }
+
+    #[test]
+    fn a_store_from_before_opaque_keeps_its_users_until_their_passwords_are_set_again() {
+        let path = std::env::temp_dir().join(format!("ackgate-store-opaque-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).expect("old store");
+            conn.execute_batch(
+                "CREATE TABLE users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, groups TEXT NOT NULL DEFAULT '',
+                 created_unix INTEGER NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO users (name, password_hash, created_unix) VALUES ('dave', '$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA', 1);
+                 CREATE TABLE claims (claim_id INTEGER PRIMARY KEY, user TEXT NOT NULL, password_hash TEXT NOT NULL,
+                 agent_id INTEGER NOT NULL, source TEXT NOT NULL, first_unix INTEGER NOT NULL, last_unix INTEGER NOT NULL,
+                 approved INTEGER NOT NULL DEFAULT 0, UNIQUE (user, agent_id));
+                 INSERT INTO claims (user, password_hash, agent_id, source, first_unix, last_unix) VALUES ('eve', 'h', 1, 'x', 1, 1);",
+            )
+            .expect("old schema");
+        }
+        let s = Arc::new(Store::open(&path).expect("the old store opens"));
+        let l = logins(&s);
+        assert!(s.users().expect("users")[0].password_outdated, "users list says the password must be set again");
+        assert_eq!(login(&l, "dave", "anything", 1), LoginGrant::Refused, "an argon2 hash cannot run an OPAQUE login");
+        assert!(s.pending().expect("pending").is_empty(), "unapproved claims from before are gone");
+        s.set_password("dave", "new").expect("passwd");
+        assert!(!s.users().expect("users")[0].password_outdated);
+        assert_eq!(login(&l, "dave", "new", 1), LoginGrant::User);
+        assert!(matches!(s.set_password("nobody", "x"), Err(StoreError::NoSuchUser(_))));
+        drop((l, s));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

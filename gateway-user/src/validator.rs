@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use ackgate_common::proto::LoginGrant;
+use ackgate_common::proto::{ClaimFinish, LoginFinish, LoginStart, LoginStep};
 
-use crate::agents::{LoginAttempt, ProfileOutcome};
+use crate::agents::ProfileOutcome;
+use crate::logins::{LoginAuthority, Logins};
 use crate::store::{Attempt, Store, StoreError};
 
 /// What a service allows.
@@ -29,34 +30,45 @@ pub enum Verdict {
 }
 
 /// What decides for the control plane: the embedded [`Validator`] or a
-/// remote validator service (`validator_service::RemoteValidator`). Called
-/// off the async threads.
-pub trait Decider: Send + Sync + 'static {
-    /// A login's password, checked once per login.
-    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant;
+/// remote validator service (`validator_service::RemoteValidator`). Both
+/// run the logins too, as they hold the password records; the profile's
+/// proof is checked by the decider, under the login it names. Called off
+/// the async threads.
+pub trait Decider: LoginAuthority {
     fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String>;
 }
 
 pub struct Validator {
     store: Arc<Store>,
+    logins: Logins<Store>,
+}
+
+impl LoginAuthority for Validator {
+    fn begin(&self, start: &LoginStart, agent_id: u32, source: &str) -> LoginStep {
+        self.logins.begin(start, agent_id, source)
+    }
+    fn claim(&self, login: u64, finish: &ClaimFinish) -> LoginStep {
+        self.logins.claim(login, finish)
+    }
+    fn finish(&self, login: u64, finish: &LoginFinish) -> LoginStep {
+        self.logins.finish(login, finish)
+    }
+    fn end(&self, login: u64) {
+        self.logins.end(login)
+    }
 }
 
 impl Decider for Validator {
-    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
-        crate::agents::Directory::check_login(&*self.store, attempt)
-    }
-
     fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String> {
         self.validate(outcome, service, source).map_err(|e| e.to_string())
     }
 }
 
-/// The gateway's [`crate::agents::Directory`]: agents and invites in the
-/// gateway's own store, passwords checked by the decider (embedded or
-/// remote).
+/// The gateway's [`crate::agents::Directory`]: agents, invites and login
+/// locks in the gateway's own store (logins go to the decider, embedded or
+/// remote, which holds the password records).
 pub struct GatewayDirectory {
     pub store: Arc<Store>,
-    pub decider: Arc<dyn Decider>,
 }
 
 impl crate::agents::Directory for GatewayDirectory {
@@ -74,9 +86,6 @@ impl crate::agents::Directory for GatewayDirectory {
     fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<crate::agents::AgentRecord> {
         self.store.agent_by_certificate(cert_sha256)
     }
-    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
-        self.decider.check_login(attempt)
-    }
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
         self.store.record_key_misuse(agent_id, source, service).map_err(|e| e.to_string())
     }
@@ -92,8 +101,10 @@ impl crate::agents::Directory for GatewayDirectory {
 }
 
 impl Validator {
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+    /// Fails only on a store whose OPAQUE setup is unreadable.
+    pub fn new(store: Arc<Store>) -> Result<Self, StoreError> {
+        let logins = Logins::new(store.login_setup()?, store.clone());
+        Ok(Self { store, logins })
     }
 
     /// `source` is the client's `addr:port` as the gate saw it.
@@ -123,11 +134,13 @@ impl Validator {
         if p.user.is_empty() {
             return record("nobody is logged in on the agent", false);
         }
-        if !outcome.proof_valid {
+        // The proof must verify under the login the agent's session holds,
+        // and that login must be the named user's.
+        let Some(proven) = outcome.login.and_then(|login| self.logins.prove(login, &outcome.request, p)) else {
             return record("password not verified in this agent session", false);
-        }
+        };
         let standing = self.store.standing(&p.user, &p.machine, outcome.agent_id)?;
-        match (standing.known, outcome.claim) {
+        match (standing.known, proven.claim) {
             (false, Some(claim)) => {
                 self.store.record_claim_machine(claim, &p.machine, outcome.agent_id, &service.name)?;
                 return Ok(Verdict::Denied { reason: format!("unknown user (claim {claim})"), recorded: true });

@@ -13,7 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ackgate_common::proto::{
-    CheckLogin, LoginChecked, LoginGrant, Message, MessageCodec, ProtoError, Validate, Validated,
+    ClaimFinish, LoginFinish, LoginGrant, LoginStart, LoginStep, Message, MessageCodec, ProtoError, Relay, RelayStep,
+    Relayed, Validate, Validated,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
@@ -24,7 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::Framed;
 
-use crate::agents::{LoginAttempt, ProfileOutcome};
+use crate::agents::ProfileOutcome;
+use crate::logins::LoginAuthority;
 use crate::pki::{Ca, ExtendedKeyUsagePurpose, LINK_CERT_VALIDITY, PkiError, certificate_pem};
 use crate::validator::{Decider, ServiceRule, Verdict};
 
@@ -114,13 +116,13 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
         .and_then(|b| b.with_client_cert_verifier(verifier).with_single_cert(vec![cert, ca], key))
         .map_err(|e| LinkError::Tls(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let password_checks = crate::agents::password_check_limit();
+    let login_workers = crate::agents::login_worker_limit();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, peer)) = accepted else { continue };
-                let (acceptor, decider, checks) = (acceptor.clone(), decider.clone(), password_checks.clone());
+                let (acceptor, decider, workers) = (acceptor.clone(), decider.clone(), login_workers.clone());
                 connections.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let cert: Option<[u8; 32]> =
@@ -129,7 +131,7 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
                         tracing::warn!(%peer, "validator: refused a client that is not the configured gateway");
                         return;
                     }
-                    if let Err(e) = answer(Framed::new(tls, MessageCodec::default()), decider, checks).await {
+                    if let Err(e) = answer(Framed::new(tls, MessageCodec::default()), decider, workers).await {
                         tracing::info!(%peer, "validator link ended: {e}");
                     }
                 });
@@ -144,13 +146,13 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
 const LINK_IN_FLIGHT: usize = 256;
 
 /// Answers a gateway's requests concurrently, each as soon as it is
-/// decided (answers carry the request id): a slow password check must not
-/// hold back the validations behind it. Password checks (argon2id: CPU and
-/// memory) run at most as many at once as there are CPUs.
+/// decided (answers carry the request id): a slow login step must not hold
+/// back the validations behind it. Login steps run at most as many at once
+/// as there are CPUs.
 async fn answer(
     conn: Framed<tokio_rustls::server::TlsStream<TcpStream>, MessageCodec>,
     decider: Arc<dyn Decider>,
-    password_checks: Arc<Semaphore>,
+    login_workers: Arc<Semaphore>,
 ) -> Result<(), ProtoError> {
     let (mut sink, mut stream) = conn.split();
     let mut work = tokio::task::JoinSet::new();
@@ -160,29 +162,21 @@ async fn answer(
                 let Some(msg) = msg else { return Ok(()) };
                 let d = decider.clone();
                 match msg? {
-                    Message::CheckLogin(c) => {
-                        let permits = password_checks.clone();
+                    Message::Relay(Relay { request_id, step }) => {
+                        let permits = login_workers.clone();
                         work.spawn(async move {
                             let _permit = permits.acquire_owned().await;
-                            let grant = tokio::task::spawn_blocking(move || {
-                                let attempt = LoginAttempt {
-                                    user: &c.user,
-                                    password: &c.password,
-                                    agent_id: c.agent_id,
-                                    source: &c.source,
-                                };
-                                (c.request_id, d.check_login(&attempt))
-                            })
-                            .await;
-                            let (request_id, grant) = grant.unwrap_or((0, LoginGrant::Refused));
-                            Message::LoginChecked(LoginChecked { request_id, grant })
+                            let step = tokio::task::spawn_blocking(move || relayed_step(&*d, step))
+                                .await
+                                .unwrap_or(LoginStep::Done(LoginGrant::Refused));
+                            Message::Relayed(Relayed { request_id, step })
                         });
                     }
                     Message::Validate(v) => {
                         work.spawn(async move { Message::Validated(validate(d, v).await) });
                     }
                     Message::Ping(n) => sink.send(Message::Pong(n)).await?,
-                    other => return Err(ProtoError::Unexpected { want: "CheckLogin or Validate", got: other.name() }),
+                    other => return Err(ProtoError::Unexpected { want: "Relay or Validate", got: other.name() }),
                 }
             }
             Some(done) = work.join_next() => {
@@ -194,10 +188,23 @@ async fn answer(
     }
 }
 
+/// One relayed login step, run here where the records are. `End` is
+/// answered too (with a refusal nobody reads), as every request is.
+fn relayed_step(d: &dyn Decider, step: RelayStep) -> LoginStep {
+    match step {
+        RelayStep::Start { start, agent_id, source } => d.begin(&start, agent_id, &source),
+        RelayStep::Claim { login, finish } => d.claim(login, &finish),
+        RelayStep::Finish { login, finish } => d.finish(login, &finish),
+        RelayStep::End { login } => {
+            d.end(login);
+            LoginStep::Done(LoginGrant::Refused)
+        }
+    }
+}
+
 async fn validate(d: Arc<dyn Decider>, v: Validate) -> Validated {
     let request_id = v.request_id;
-    let outcome =
-        ProfileOutcome { agent_id: v.agent_id, profile: v.profile, proof_valid: v.proof_valid, claim: v.claim };
+    let outcome = ProfileOutcome { agent_id: v.agent_id, profile: v.profile, request: v.request, login: v.login };
     let rule = ServiceRule { name: v.service, allow_groups: v.allow_groups };
     let verdict = tokio::task::spawn_blocking(move || d.decide(&outcome, &rule, &v.source))
         .await
@@ -317,7 +324,7 @@ async fn run_link(conn: Link, mut requests: mpsc::Receiver<LinkRequest>) {
                     None => return tracing::info!("validator link closed by the validator"),
                 };
                 let id = match &msg {
-                    Message::LoginChecked(r) => r.request_id,
+                    Message::Relayed(r) => r.request_id,
                     Message::Validated(v) => v.request_id,
                     Message::Pong(_) => continue,
                     other => return tracing::warn!("validator link: unexpected {}", other.name()),
@@ -330,37 +337,51 @@ async fn run_link(conn: Link, mut requests: mpsc::Receiver<LinkRequest>) {
     }
 }
 
-impl Decider for RemoteValidator {
-    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
+impl RemoteValidator {
+    /// Relays one login step; a validator that cannot be reached refuses
+    /// the login.
+    fn relay(&self, step: RelayStep) -> LoginStep {
         let request_id = self.id();
-        let msg = Message::CheckLogin(CheckLogin {
-            request_id,
-            user: attempt.user.to_owned(),
-            password: zeroize::Zeroizing::new(attempt.password.to_owned()),
-            agent_id: attempt.agent_id,
-            source: attempt.source.to_owned(),
-        });
-        match self.runtime.block_on(self.call(request_id, msg)) {
-            Ok(Message::LoginChecked(r)) => r.grant,
+        match self.runtime.block_on(self.call(request_id, Message::Relay(Relay { request_id, step }))) {
+            Ok(Message::Relayed(r)) => r.step,
             Ok(other) => {
-                tracing::warn!("validator answered a login check with {}", other.name());
-                LoginGrant::Refused
+                tracing::warn!("validator answered a login step with {}", other.name());
+                LoginStep::Done(LoginGrant::Refused)
             }
             Err(e) => {
                 tracing::warn!("validator: {e}");
-                LoginGrant::Refused
+                LoginStep::Done(LoginGrant::Refused)
             }
         }
     }
+}
 
+/// The gateway only relays: the OPAQUE exchange runs between the agent and
+/// the validator, and the session key stays with them.
+impl LoginAuthority for RemoteValidator {
+    fn begin(&self, start: &LoginStart, agent_id: u32, source: &str) -> LoginStep {
+        self.relay(RelayStep::Start { start: start.clone(), agent_id, source: source.to_owned() })
+    }
+    fn claim(&self, login: u64, finish: &ClaimFinish) -> LoginStep {
+        self.relay(RelayStep::Claim { login, finish: finish.clone() })
+    }
+    fn finish(&self, login: u64, finish: &LoginFinish) -> LoginStep {
+        self.relay(RelayStep::Finish { login, finish: finish.clone() })
+    }
+    fn end(&self, login: u64) {
+        self.relay(RelayStep::End { login });
+    }
+}
+
+impl Decider for RemoteValidator {
     fn decide(&self, outcome: &ProfileOutcome, service: &ServiceRule, source: &str) -> Result<Verdict, String> {
         let request_id = self.id();
         let msg = Message::Validate(Validate {
             request_id,
             agent_id: outcome.agent_id,
+            login: outcome.login,
+            request: outcome.request.clone(),
             profile: outcome.profile.clone(),
-            proof_valid: outcome.proof_valid,
-            claim: outcome.claim,
             service: service.name.clone(),
             allow_groups: service.allow_groups.clone(),
             source: source.to_owned(),
@@ -381,27 +402,41 @@ impl Decider for RemoteValidator {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use ackgate_common::proto::Profile;
+    use ackgate_common::proto::pake::LoginClient;
+    use ackgate_common::proto::{Profile, profile_proof};
 
     use super::*;
+    use crate::logins::test_request;
+    use crate::store::Store;
+    use crate::validator::Validator;
 
-    /// Password checks take long; validations are quick.
+    /// Login steps take long; validations are quick.
     struct SlowLogins;
 
-    impl Decider for SlowLogins {
-        fn check_login(&self, _attempt: &LoginAttempt<'_>) -> LoginGrant {
+    impl LoginAuthority for SlowLogins {
+        fn begin(&self, _: &LoginStart, _: u32, _: &str) -> LoginStep {
             std::thread::sleep(Duration::from_secs(2));
-            LoginGrant::User
+            LoginStep::Done(LoginGrant::User)
         }
+        fn claim(&self, _: u64, _: &ClaimFinish) -> LoginStep {
+            LoginStep::Done(LoginGrant::Refused)
+        }
+        fn finish(&self, _: u64, _: &LoginFinish) -> LoginStep {
+            LoginStep::Done(LoginGrant::Refused)
+        }
+        fn end(&self, _: u64) {}
+    }
 
+    impl Decider for SlowLogins {
         fn decide(&self, _: &ProfileOutcome, _: &ServiceRule, _: &str) -> Result<Verdict, String> {
             Ok(Verdict::Authorized)
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_slow_password_check_does_not_hold_back_validations() {
-        let dir = std::env::temp_dir().join(format!("ackgate-link-test-{}", std::process::id()));
+    /// A validator service on loopback with `decider`, and the gateway's
+    /// side of its link; the directory to delete afterwards.
+    async fn link(tag: &str, decider: Arc<dyn Decider>) -> (Arc<RemoteValidator>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("ackgate-link-{tag}-{}", std::process::id()));
         let credentials = dir.join("link");
         std::fs::create_dir_all(&dir).expect("test directory");
         Ca::create(&dir).expect("test CA");
@@ -409,12 +444,17 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
         let addr = listener.local_addr().expect("address").to_string();
         let served = credentials.clone();
-        tokio::spawn(async move { serve(listener, &served, Arc::new(SlowLogins)).await });
-        let remote = Arc::new(RemoteValidator::new(&addr, &credentials).expect("remote validator"));
+        tokio::spawn(async move { serve(listener, &served, decider).await });
+        (Arc::new(RemoteValidator::new(&addr, &credentials).expect("remote validator")), dir)
+    }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_login_step_does_not_hold_back_validations() {
+        let (remote, dir) = link("slow", Arc::new(SlowLogins)).await;
         let r = remote.clone();
         let login = tokio::task::spawn_blocking(move || {
-            r.check_login(&LoginAttempt { user: "alice", password: "pw", agent_id: 1, source: "10.0.0.2" })
+            let start = LoginStart { user: "alice".into(), credential_request: vec![], registration_request: vec![] };
+            r.begin(&start, 1, "10.0.0.2")
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let started = Instant::now();
@@ -422,8 +462,8 @@ mod tests {
         let outcome = ProfileOutcome {
             agent_id: 1,
             profile: Profile { user: "alice".into(), proof: [0; 32], machine: [1; 32], install_serial: "s".into() },
-            proof_valid: true,
-            claim: None,
+            request: test_request(),
+            login: Some(1),
         };
         let rule = ServiceRule { name: "web".into(), allow_groups: Vec::new() };
         let verdict = tokio::task::spawn_blocking(move || r.decide(&outcome, &rule, "10.0.0.2:1000"))
@@ -431,8 +471,55 @@ mod tests {
             .expect("validation task");
         let waited = started.elapsed();
         assert_eq!(verdict, Ok(Verdict::Authorized));
-        assert!(waited < Duration::from_secs(1), "the validation waited {waited:?} behind a password check");
-        assert_eq!(login.await.expect("login task"), LoginGrant::User, "the password check must still be answered");
+        assert!(waited < Duration::from_secs(1), "the validation waited {waited:?} behind a login step");
+        let step = login.await.expect("login task");
+        assert_eq!(step, LoginStep::Done(LoginGrant::User), "the login step must still be answered");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The gateway relays the OPAQUE messages and never holds the session
+    /// key: the validator checks the proof itself, and a proof under any
+    /// key the gateway could make up is not valid.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relayed_login_is_proven_at_the_validator() {
+        let store = Arc::new(Store::open(std::path::Path::new(":memory:")).expect("store"));
+        store.add_user("alice", "right", &[]).expect("alice");
+        let validator: Arc<dyn Decider> = Arc::new(Validator::new(store.clone()).expect("validator"));
+        let (remote, dir) = link("relay", validator).await;
+        let r = remote.clone();
+        let (login, key) = tokio::task::spawn_blocking(move || {
+            let (client, start) = LoginClient::start("alice", "right").expect("client start");
+            let LoginStep::Challenge { login, credential_response } = r.begin(&start, 7, "10.0.0.2") else {
+                panic!("alice has a record at the validator")
+            };
+            let done = client.finish(&credential_response).expect("client finish");
+            assert_eq!(r.finish(login, &done.message), LoginStep::Done(LoginGrant::User));
+            (login, *done.proof_key.expect("the right password opens the envelope"))
+        })
+        .await
+        .expect("login task");
+        let req = test_request();
+        let mut profile =
+            Profile { user: "alice".into(), proof: [0; 32], machine: [1; 32], install_serial: "s".into() };
+        let decide = |profile: Profile| {
+            let (r, req) = (remote.clone(), req.clone());
+            tokio::task::spawn_blocking(move || {
+                let outcome = ProfileOutcome { agent_id: 7, profile, request: req, login: Some(login) };
+                r.decide(&outcome, &ServiceRule { name: "web".into(), allow_groups: vec![] }, "10.0.0.2:1000")
+            })
+        };
+        profile.proof = profile_proof(&[9; 32], &req, &profile);
+        let forged = decide(profile.clone()).await.expect("task");
+        assert!(
+            matches!(&forged, Ok(Verdict::Denied { reason, .. }) if reason.contains("password not verified")),
+            "a proof under a key of the gateway's making must fail: {forged:?}"
+        );
+        profile.proof = profile_proof(&key, &req, &profile);
+        let proven = decide(profile).await.expect("task");
+        assert!(
+            matches!(&proven, Ok(Verdict::Denied { reason, .. }) if reason.contains("unapproved machine")),
+            "the agent's proof verifies at the validator (the machine is not approved yet): {proven:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

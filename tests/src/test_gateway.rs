@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use ackgate_common::proto::LoginGrant;
-use ackgate_gateway::agents::{
-    AgentRecord, AgentServer, Directory, EnrollRefusal, LoginAttempt, LoginFailure, LoginPolicy, MemoryDirectory,
-    NewAgent, ServerConfig,
-};
+use ackgate_common::proto::{ClaimFinish, LoginFinish, LoginStart, LoginStep};
+use ackgate_gateway::agents::{AgentServer, LoginPolicy, MemoryDirectory, ProfileOutcome, ServerConfig};
+use ackgate_gateway::logins::LoginAuthority;
 use ackgate_gateway::pki::Ca;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -19,7 +17,8 @@ use tokio::task::JoinHandle;
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub directory: Arc<MemoryDirectory>,
-    /// Holds password checks back, so a test can keep a login in flight.
+    /// Holds logins back at their first step, so a test can keep a login
+    /// in flight.
     pub logins: Arc<LoginHold>,
     pub server: Arc<AgentServer>,
     config: ServerConfig,
@@ -36,7 +35,7 @@ impl TestGateway {
     }
 
     /// The listener's settings in these tests: short deadlines, two
-    /// password workers whatever the machine (so tests of who gets them do
+    /// login workers whatever the machine (so tests of who gets them do
     /// not depend on its CPU count), and no failed-login backoff or lockout
     /// (tests of those set a policy), so a test may log in wrong and right
     /// in quick succession.
@@ -45,7 +44,7 @@ impl TestGateway {
             handshake_timeout: Duration::from_secs(2),
             heartbeat: HEARTBEAT,
             login: LoginPolicy { backoff: Duration::ZERO, backoff_max: Duration::ZERO, lockout_after: 0 },
-            password_checks: 2,
+            login_workers: 2,
             ..ServerConfig::default()
         }
     }
@@ -80,8 +79,14 @@ impl TestGateway {
         config: ServerConfig,
     ) -> Arc<AgentServer> {
         let ca = Ca::load(ca_dir).unwrap_or_else(|e| panic!("loading the test CA: {e}"));
-        let checked = Arc::new(HeldDirectory { inner: directory.clone(), hold: logins.clone() });
-        AgentServer::new(ca, checked, config).unwrap_or_else(|e| panic!("agent server: {e}"))
+        let held = Arc::new(HeldLogins { inner: directory.logins(), hold: logins.clone() });
+        AgentServer::new(ca, directory.clone(), held, config).unwrap_or_else(|e| panic!("agent server: {e}"))
+    }
+
+    /// Whether the profile's proof verifies under the login the session
+    /// held, as the validator checks it.
+    pub fn proven(&self, outcome: &ProfileOutcome) -> bool {
+        self.directory.prove(outcome.login, &outcome.request, &outcome.profile).is_some()
     }
 
     pub fn ca_fingerprint(&self) -> [u8; 32] {
@@ -120,7 +125,8 @@ impl TestGateway {
     }
 }
 
-/// Password checks a test can hold back (`hold`, then `release`).
+/// Logins a test can hold back at their first step (`hold`, then
+/// `release`).
 #[derive(Default)]
 pub struct LoginHold {
     held: Mutex<bool>,
@@ -140,12 +146,12 @@ impl LoginHold {
         self.released.notify_all();
     }
 
-    /// Password checks waiting for `release` now.
+    /// Logins waiting for `release` now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
     }
 
-    /// The users whose checks wait for `release` now, sorted.
+    /// The users whose logins wait for `release` now, sorted.
     pub fn waiting_users(&self) -> Vec<String> {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner()).clone();
         users.sort();
@@ -168,44 +174,29 @@ impl LoginHold {
     }
 }
 
-/// The in-memory directory, its password checks passing through a hold.
-struct HeldDirectory {
-    inner: Arc<MemoryDirectory>,
+/// The in-memory directory's logins, their first step passing through a
+/// hold.
+struct HeldLogins {
+    inner: Arc<dyn LoginAuthority>,
     hold: Arc<LoginHold>,
 }
 
-impl Directory for HeldDirectory {
-    fn enroll(&self, invite_id: u64, secret: &[u8; 32], agent: NewAgent) -> Result<u32, EnrollRefusal> {
-        self.inner.enroll(invite_id, secret, agent)
+impl LoginAuthority for HeldLogins {
+    fn begin(&self, start: &LoginStart, agent_id: u32, source: &str) -> LoginStep {
+        self.hold.pass(&start.user);
+        self.inner.begin(start, agent_id, source)
     }
 
-    fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) {
-        self.inner.bind_certificate(agent_id, cert_sha256)
+    fn claim(&self, login: u64, finish: &ClaimFinish) -> LoginStep {
+        self.inner.claim(login, finish)
     }
 
-    fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord> {
-        self.inner.agent_by_certificate(cert_sha256)
+    fn finish(&self, login: u64, finish: &LoginFinish) -> LoginStep {
+        self.inner.finish(login, finish)
     }
 
-    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant {
-        self.hold.pass(attempt.user);
-        self.inner.check_login(attempt)
-    }
-
-    fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {
-        self.inner.renew_certificate(agent_id, cert_sha256)
-    }
-
-    fn login_locked(&self, user: &str) -> bool {
-        self.inner.login_locked(user)
-    }
-
-    fn record_login_failure(&self, failure: &LoginFailure<'_>, lock: bool) {
-        self.inner.record_login_failure(failure, lock)
-    }
-
-    fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
-        self.inner.record_key_misuse(agent_id, source, service)
+    fn end(&self, login: u64) {
+        self.inner.end(login)
     }
 }
 

@@ -15,9 +15,8 @@ use ackgate_agent::enroll::{EnrollError, enroll};
 use ackgate_agent::session::{self, Credentials, Identity, Shared, StampLog};
 use ackgate_agent::state::StateDir;
 use ackgate_agent::tls;
-use ackgate_common::proto::{
-    EnrollRequest, ErrorCode, FlowSummary, Hello, Login, Message, MessageCodec, PROTOCOL_VERSION,
-};
+use ackgate_common::proto::pake::LoginClient;
+use ackgate_common::proto::{EnrollRequest, ErrorCode, FlowSummary, Hello, Message, MessageCodec, PROTOCOL_VERSION};
 use ackgate_gateway::agents::{LOGINS_QUEUED, LoginPolicy, ProfileError, ServerConfig};
 use ackgate_tests::test_gateway::{HEARTBEAT, TestGateway};
 use futures_util::{SinkExt, StreamExt};
@@ -126,7 +125,7 @@ async fn enrollment_login_and_profile_answer() {
     let login = wait_login(&shared).await;
     assert!(login.accepted, "the right password must be accepted: {login:?}");
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
-    assert!(outcome.proof_valid, "the proof must verify under the session's login");
+    assert!(gw.proven(&outcome), "the proof must verify under the session's login");
     assert_eq!(outcome.profile.user, "alice");
     assert_eq!(outcome.profile.machine, identity.machine);
     assert_eq!(outcome.profile.install_serial, enrollment.info.install_serial);
@@ -154,7 +153,7 @@ async fn a_wrong_password_gives_an_unproven_profile() {
     assert!(!login.accepted, "a wrong password must be refused: {login:?}");
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
     assert_eq!(outcome.profile.user, "bob", "the profile still names the user (recorded as a potential user)");
-    assert!(!outcome.proof_valid, "no proof without an accepted login");
+    assert!(!gw.proven(&outcome), "no proof without an accepted login");
     stop.send(true).expect("stop");
 }
 
@@ -199,7 +198,7 @@ async fn a_login_during_a_check_replaces_it_and_a_logout_drops_the_proof() {
     assert_eq!(replaced.verdict(Duration::from_millis(200)).await, None, "a replaced login gets no verdict of its own");
     assert_eq!(checks(), 2, "the replaced login and the latest were each checked once");
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
-    assert!(outcome.proof_valid, "answers must be signed under the latest login's key");
+    assert!(gw.proven(&outcome), "answers must be signed under the latest login's key");
 
     gw.logins.hold();
     let _in_flight = shared.set_credentials(creds("right"));
@@ -212,7 +211,7 @@ async fn a_login_during_a_check_replaces_it_and_a_logout_drops_the_proof() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer after logout");
-    assert!(!outcome.proof_valid, "after a logout no answer may carry a proof: {:?}", outcome.profile);
+    assert!(!gw.proven(&outcome), "after a logout no answer may carry a proof: {:?}", outcome.profile);
     assert_eq!(outcome.profile.user, "", "after a logout the profile names nobody");
     assert_eq!(shared.status().login, None, "status must not show a login after the logout");
     stop.send(true).expect("stop");
@@ -230,7 +229,7 @@ async fn the_agent_reconnects_after_the_gateway_restarts() {
     gw.wait_connected(id, DEADLINE).await;
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer after the restart");
     // The new session logged in again (the password lives in memory only).
-    assert!(outcome.proof_valid, "the agent must log in again on the new session");
+    assert!(gw.proven(&outcome), "the agent must log in again on the new session");
     let status = shared.status();
     assert!(status.connects >= 2, "expected a second connect: {status:?}");
     assert!(status.last_error.is_some(), "the lost session must be reported in status: {status:?}");
@@ -368,33 +367,40 @@ async fn a_new_session_of_an_agent_ends_its_old_one() {
     gw.wait_connected(id, DEADLINE).await;
 }
 
-fn login(user: &str, password: &str) -> Message {
-    Message::Login(Login { user: user.into(), password: Zeroizing::new(password.into()) })
+/// The first message of a login of `user` (the agent's half is dropped:
+/// this login never finishes).
+fn login_start(user: &str, password: &str) -> Message {
+    Message::LoginStart(LoginClient::start(user, password).expect("client start").1)
 }
 
-/// Logins are answered in the order sent, and an agent that piles them up
-/// is cut off with a clear error instead of queueing password checks.
+/// A login cut short by a newer one counts as failed (the agent never
+/// proved the password), the newer one goes through, and an agent that
+/// piles up login messages is cut off with a clear error instead of
+/// queueing them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logins_are_answered_in_order_and_a_login_flood_is_cut_off() {
+async fn an_abandoned_login_counts_as_failed_and_a_login_flood_is_cut_off() {
     let gw = TestGateway::start().await;
     gw.directory.add_user("erin", "right");
     let dir = TempDir::new("logins");
-    let (_, _, mut conn) = raw_session(&gw, &dir).await;
-    for password in ["wrong", "right", "wrong again"] {
-        conn.send(login("erin", password)).await.expect("login");
-    }
-    let mut verdicts = Vec::new();
-    while verdicts.len() < 3 {
-        match conn.next().await {
-            Some(Ok(Message::LoginResult(r))) => verdicts.push(r.accepted),
-            Some(Ok(Message::Ping(n))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected LoginResults, got {other:?}"),
+    let (id, _, mut conn) = raw_session(&gw, &dir).await;
+    conn.send(login_start("erin", "right")).await.expect("login");
+    loop {
+        match tokio::time::timeout(DEADLINE, conn.next()).await {
+            Ok(Some(Ok(Message::LoginChallenge(_)))) => break,
+            Ok(Some(Ok(Message::Ping(n)))) => conn.send(Message::Pong(n)).await.expect("pong"),
+            other => panic!("expected a LoginChallenge, got {other:?}"),
         }
     }
-    assert_eq!(verdicts, [false, true, false], "verdicts must come in the order the logins were sent");
+    let (verdict, key) = login_verdict(&mut conn, "erin", "right").await;
+    assert!(verdict.accepted && key.is_some(), "the newer login goes through: {verdict:?}");
+    let failures = gw.directory.login_failures();
+    assert_eq!(failures, vec![("erin".to_owned(), id, "127.0.0.1".to_owned())], "the abandoned login is a failure");
 
+    gw.logins.hold();
+    conn.send(login_start("erin", "right")).await.expect("login");
+    held_checks(&gw, 1).await;
     for _ in 0..4 * LOGINS_QUEUED {
-        if conn.send(login("erin", "right")).await.is_err() {
+        if conn.send(login_start("erin", "right")).await.is_err() {
             break;
         }
     }
@@ -409,6 +415,7 @@ async fn logins_are_answered_in_order_and_a_login_flood_is_cut_off() {
     })
     .await
     .expect("the flooding session must be closed within the deadline");
+    gw.logins.release();
     let report = refused.expect("the gateway must say why it closes the session");
     assert_eq!(report.code, ErrorCode::TooManyLogins, "{report:?}");
     assert!(matches!(conn.next().await, None | Some(Err(_))), "the session must be closed after the error");
@@ -432,7 +439,7 @@ async fn replayed_and_forged_profile_answers_are_refused() {
     conn.send(Message::ProfileAnswer(good.clone())).await.expect("answer");
     conn.send(Message::ProfileAnswer(good)).await.expect("replayed answer");
     let outcome = asked.await.expect("join").expect("profile outcome");
-    assert!(outcome.proof_valid, "the genuine answer must verify");
+    assert!(gw.proven(&outcome), "the genuine answer must verify");
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let refused = || gw.server.stats.answers_refused.load(std::sync::atomic::Ordering::Relaxed);
     while refused() < 2 && tokio::time::Instant::now() < deadline {
@@ -464,7 +471,7 @@ async fn the_agent_refuses_profiles_for_flows_it_did_not_stamp() {
         assert_eq!(asked, Err(ProfileError::NotStamped(id)), "a flow the agent did not stamp ({flow:?})");
     }
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("the stamped flow is answered");
-    assert!(outcome.proof_valid && outcome.profile.user == "alice", "the stamped flow must be vouched for");
+    assert!(gw.proven(&outcome) && outcome.profile.user == "alice", "the stamped flow must be vouched for");
     let not_stamped = gw.server.stats.not_stamped.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(not_stamped, 4, "each refusal must be counted");
     assert_eq!(shared.status().profile_refusals, 4, "the agent must count its refusals too");
@@ -489,7 +496,7 @@ async fn a_logout_kills_the_proof_key_at_the_gateway() {
         .await
         .expect("answer");
     let outcome = asked.await.expect("join").expect("profile outcome");
-    assert!(!outcome.proof_valid, "a proof under a key the user logged out of must not verify");
+    assert!(!gw.proven(&outcome), "a proof under a key the user logged out of must not verify");
     assert_eq!(gw.server.stats.logouts.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
@@ -524,9 +531,9 @@ async fn an_unusable_certificate_request_leaves_the_invite_unspent() {
 /// Logs `user` in on a raw session; returns the proof key of the accepted
 /// login.
 async fn logged_in(conn: &mut RawSession, user: &str, password: &str) -> [u8; 32] {
-    let r = login_verdict(conn, user, password).await;
+    let (r, key) = login_verdict(conn, user, password).await;
     assert!(r.accepted, "expected an accepted login: {r:?}");
-    r.proof_key
+    key.expect("an accepted login has a proof key")
 }
 
 /// The next profile request on a raw session (answering pings meanwhile).
@@ -540,14 +547,32 @@ async fn next_profile_request(conn: &mut RawSession) -> ackgate_common::proto::P
     }
 }
 
-/// Sends a login on a raw session and returns the gateway's verdict.
-async fn login_verdict(conn: &mut RawSession, user: &str, password: &str) -> ackgate_common::proto::LoginResult {
-    conn.send(login(user, password)).await.expect("login");
+/// Runs a login on a raw session as the agent does (claim included) and
+/// returns the gateway's verdict, with the proof key the agent derived
+/// when the password opened its envelope.
+async fn login_verdict(
+    conn: &mut RawSession,
+    user: &str,
+    password: &str,
+) -> (ackgate_common::proto::LoginResult, Option<[u8; 32]>) {
+    let (client, start) = LoginClient::start(user, password).expect("client start");
+    conn.send(Message::LoginStart(start)).await.expect("login");
+    let mut client = Some(client);
+    let mut key = None;
     loop {
         match tokio::time::timeout(DEADLINE, conn.next()).await {
-            Ok(Some(Ok(Message::LoginResult(r)))) => return r,
+            Ok(Some(Ok(Message::ClaimChallenge(c)))) => {
+                let finish = client.as_ref().expect("a claim before the finish").claim(&c.registration_response);
+                conn.send(Message::ClaimFinish(finish.expect("claim"))).await.expect("claim finish");
+            }
+            Ok(Some(Ok(Message::LoginChallenge(c)))) => {
+                let done = client.take().expect("one challenge").finish(&c.credential_response).expect("finish");
+                key = done.proof_key.map(|k| *k);
+                conn.send(Message::LoginFinish(done.message)).await.expect("login finish");
+            }
+            Ok(Some(Ok(Message::LoginResult(r)))) => return (r, key),
             Ok(Some(Ok(Message::Ping(n)))) => conn.send(Message::Pong(n)).await.expect("pong"),
-            other => panic!("expected a LoginResult, got {other:?}"),
+            other => panic!("expected a login message, got {other:?}"),
         }
     }
 }
@@ -566,17 +591,17 @@ async fn failed_logins_back_off_and_lock_the_user_out() {
     let (id, _, mut conn) = raw_session(&gw, &dir).await;
     let stat = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
 
-    let first = login_verdict(&mut conn, "erin", "guess 1").await;
+    let (first, _) = login_verdict(&mut conn, "erin", "guess 1").await;
     assert!(!first.accepted && first.message.contains("wrong"), "{first:?}");
-    let throttled = login_verdict(&mut conn, "erin", "right").await;
+    let (throttled, _) = login_verdict(&mut conn, "erin", "right").await;
     assert!(!throttled.accepted && throttled.message.contains("try again"), "within the backoff: {throttled:?}");
     assert_eq!(stat(&gw.server.stats.logins_throttled), 1);
 
     tokio::time::sleep(backoff).await;
-    let second = login_verdict(&mut conn, "erin", "guess 2").await;
+    let (second, _) = login_verdict(&mut conn, "erin", "guess 2").await;
     assert!(!second.accepted && second.message.contains("wrong"), "{second:?}");
     tokio::time::sleep(2 * backoff).await;
-    let locked = login_verdict(&mut conn, "erin", "right").await;
+    let (locked, _) = login_verdict(&mut conn, "erin", "right").await;
     assert!(!locked.accepted && locked.message.contains("locked"), "the second failure locks erin: {locked:?}");
     let failures = gw.directory.login_failures();
     let expected = vec![("erin".to_owned(), id, "127.0.0.1".to_owned()); 2];
@@ -584,15 +609,15 @@ async fn failed_logins_back_off_and_lock_the_user_out() {
 
     gw.directory.unlock("erin");
     gw.server.forgive_logins("erin");
-    let unlocked = login_verdict(&mut conn, "erin", "right").await;
+    let (unlocked, _) = login_verdict(&mut conn, "erin", "right").await;
     assert!(unlocked.accepted, "unlocked, the right password works again: {unlocked:?}");
 }
 
-/// One user's logins are checked one at a time: a user under attack from
-/// several sessions holds at most one of the password workers, and another
-/// user's login gets one meanwhile.
+/// One user's logins run one at a time: a user under attack from several
+/// sessions holds at most one of the login workers, and another user's
+/// login gets one meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_under_attack_holds_one_password_worker() {
+async fn a_user_under_attack_holds_one_login_worker() {
     let gw = TestGateway::start().await;
     gw.directory.add_user("victim", "secret");
     gw.directory.add_user("alice", "pw");
@@ -603,7 +628,7 @@ async fn a_user_under_attack_holds_one_password_worker() {
         sessions.push(raw_session(&gw, dir).await.2);
     }
     for conn in &mut sessions[..2] {
-        conn.send(login("victim", "guess")).await.expect("login");
+        conn.send(login_start("victim", "guess")).await.expect("login");
     }
     let waiting = |want: &[&str]| {
         let gw = &gw;
@@ -621,11 +646,17 @@ async fn a_user_under_attack_holds_one_password_worker() {
         }
     };
     waiting(&["victim"]).await;
-    sessions[2].send(login("alice", "pw")).await.expect("login");
+    let (alice_client, alice_start) = LoginClient::start("alice", "pw").expect("client start");
+    sessions[2].send(Message::LoginStart(alice_start)).await.expect("login");
     waiting(&["alice", "victim"]).await;
     gw.logins.release();
+    let mut alice_client = Some(alice_client);
     let alice = loop {
         match tokio::time::timeout(DEADLINE, sessions[2].next()).await {
+            Ok(Some(Ok(Message::LoginChallenge(c)))) => {
+                let done = alice_client.take().expect("one challenge").finish(&c.credential_response).expect("finish");
+                sessions[2].send(Message::LoginFinish(done.message)).await.expect("login finish");
+            }
             Ok(Some(Ok(Message::LoginResult(r)))) => break r,
             Ok(Some(Ok(Message::Ping(n)))) => sessions[2].send(Message::Pong(n)).await.expect("pong"),
             other => panic!("expected alice's LoginResult, got {other:?}"),

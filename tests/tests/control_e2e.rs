@@ -355,10 +355,11 @@ fn a_remote_validator_decides_through_mutual_tls() {
     assert!(!answered, "the validator must not answer a client holding an agent's certificate");
 }
 
-/// Connects to the validator with the agent's client certificate and asks
-/// for a login check; true if an answer came back.
+/// Connects to the validator with the agent's client certificate and
+/// relays a login start; true if an answer came back.
 fn agent_queries_validator(link: &std::path::Path, agent_state: &std::path::Path, to: std::net::SocketAddr) -> bool {
-    use ackgate_common::proto::{CheckLogin, Message, MessageCodec};
+    use ackgate_common::proto::pake::LoginClient;
+    use ackgate_common::proto::{Message, MessageCodec, Relay, RelayStep};
     use futures_util::{SinkExt, StreamExt};
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -382,9 +383,9 @@ fn agent_queries_validator(link: &std::path::Path, agent_state: &std::path::Path
             return false;
         };
         let mut conn = tokio_util::codec::Framed::new(tls, MessageCodec::default());
-        let password = zeroize::Zeroizing::new("x".into());
-        let ask = CheckLogin { request_id: 1, user: "alice".into(), password, agent_id: 1, source: "10.0.0.2".into() };
-        if conn.send(Message::CheckLogin(ask)).await.is_err() {
+        let (_, start) = LoginClient::start("alice", "x").expect("client start");
+        let step = RelayStep::Start { start, agent_id: 1, source: "10.0.0.2".into() };
+        if conn.send(Message::Relay(Relay { request_id: 1, step })).await.is_err() {
             return false;
         }
         matches!(tokio::time::timeout(Duration::from_secs(3), conn.next()).await, Ok(Some(Ok(_))))

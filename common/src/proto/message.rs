@@ -2,7 +2,6 @@
 //! layout is a new [`super::PROTOCOL_VERSION`].
 
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 /// Every message of either direction (docs/protocol.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,9 +14,18 @@ pub enum Message {
     Hello(Hello),
     /// Gateway → agent: the session is open.
     Welcome(Welcome),
-    /// Agent → gateway: the user's credentials, once per session.
-    Login(Login),
-    /// Gateway → agent.
+    /// Agent → gateway: the first OPAQUE message of a login (once per
+    /// session and per `ackgate-agent login`).
+    LoginStart(LoginStart),
+    /// Gateway → agent: the name is unknown; register a claim on it.
+    ClaimChallenge(ClaimChallenge),
+    /// Agent → gateway: the claim's registration record.
+    ClaimFinish(ClaimFinish),
+    /// Gateway → agent: OPAQUE's credential response.
+    LoginChallenge(LoginChallenge),
+    /// Agent → gateway: the last OPAQUE message (or none: wrong password).
+    LoginFinish(LoginFinish),
+    /// Gateway → agent: the verdict on the login.
     LoginResult(LoginResult),
     /// Gateway → agent: who is behind this flow?
     ProfileRequest(ProfileRequest),
@@ -38,11 +46,10 @@ pub enum Message {
     Pong(u64),
     /// Either side, before it closes the session.
     Error(ErrorReport),
-    /// Gateway → remote validator: check a user's password (once per agent
-    /// session).
-    CheckLogin(CheckLogin),
-    /// Validator → gateway.
-    LoginChecked(LoginChecked),
+    /// Gateway → remote validator: one step of an agent's login, relayed.
+    Relay(Relay),
+    /// Validator → gateway: the validator's next login message or verdict.
+    Relayed(Relayed),
     /// Gateway → remote validator: decide one profile.
     Validate(Validate),
     /// Validator → gateway.
@@ -57,7 +64,11 @@ impl Message {
             Message::Enrolled(_) => "Enrolled",
             Message::Hello(_) => "Hello",
             Message::Welcome(_) => "Welcome",
-            Message::Login(_) => "Login",
+            Message::LoginStart(_) => "LoginStart",
+            Message::ClaimChallenge(_) => "ClaimChallenge",
+            Message::ClaimFinish(_) => "ClaimFinish",
+            Message::LoginChallenge(_) => "LoginChallenge",
+            Message::LoginFinish(_) => "LoginFinish",
             Message::LoginResult(_) => "LoginResult",
             Message::ProfileRequest(_) => "ProfileRequest",
             Message::ProfileAnswer(_) => "ProfileAnswer",
@@ -68,8 +79,8 @@ impl Message {
             Message::Ping(_) => "Ping",
             Message::Pong(_) => "Pong",
             Message::Error(_) => "Error",
-            Message::CheckLogin(_) => "CheckLogin",
-            Message::LoginChecked(_) => "LoginChecked",
+            Message::Relay(_) => "Relay",
+            Message::Relayed(_) => "Relayed",
             Message::Validate(_) => "Validate",
             Message::Validated(_) => "Validated",
         }
@@ -115,18 +126,39 @@ pub struct Welcome {
     pub heartbeat_secs: u32,
 }
 
-/// Sent inside the mutually authenticated TLS session only. The gateway runs
-/// its slow KDF (argon2id) on it once per session, not per flow.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Login {
+/// OPAQUE's KE1, and a registration request in case the name is unknown
+/// (then the login makes a claim on it). Sent inside the mutually
+/// authenticated TLS session; neither message reveals the password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginStart {
     pub user: String,
-    pub password: Zeroizing<String>,
+    pub credential_request: Vec<u8>,
+    pub registration_request: Vec<u8>,
 }
 
-impl core::fmt::Debug for Login {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Login").field("user", &self.user).field("password", &"<redacted>").finish()
-    }
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimChallenge {
+    pub registration_response: Vec<u8>,
+}
+
+/// The claim's OPAQUE record (RegistrationUpload): the agent's envelope and
+/// public key, nothing a password could be read from without an argon2id
+/// guess per candidate and the server's OPRF key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimFinish {
+    pub registration_upload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginChallenge {
+    pub credential_response: Vec<u8>,
+}
+
+/// OPAQUE's KE3; `None` when the password did not open the envelope (the
+/// gateway counts the failure at once instead of waiting out the login).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginFinish {
+    pub credential_finalization: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,9 +166,9 @@ pub struct LoginResult {
     /// Who tried: answers name this user, and a refused or unknown user's
     /// answers are what the gateway records as a potential user.
     pub user: String,
+    /// The proof key both sides derived from the login's session key
+    /// ([`super::pake::proof_key`]) is in force.
     pub accepted: bool,
-    /// Session key for per-flow profile proofs; zero when not accepted.
-    pub proof_key: [u8; 32],
     /// Why not, for the person at the agent.
     pub message: String,
 }
@@ -230,26 +262,53 @@ pub struct ErrorReport {
     pub message: String,
 }
 
-/// Sent only over the mutually authenticated gateway–validator link.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckLogin {
-    pub request_id: u64,
-    pub user: String,
-    pub password: Zeroizing<String>,
-    /// The agent the login came through, and its address: an unknown
-    /// name's claim belongs to them.
-    pub agent_id: u32,
-    pub source: String,
+/// One step of a login the gateway relays to the remote validator, which
+/// holds the password records and runs OPAQUE's server half.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayStep {
+    Start {
+        start: LoginStart,
+        /// The agent the login came through, and its address: an unknown
+        /// name's claim belongs to them.
+        agent_id: u32,
+        source: String,
+    },
+    Claim {
+        login: u64,
+        finish: ClaimFinish,
+    },
+    Finish {
+        login: u64,
+        finish: LoginFinish,
+    },
+    /// The login is over (logout, a newer login, the session ended): its
+    /// proof key dies.
+    End {
+        login: u64,
+    },
 }
 
-impl core::fmt::Debug for CheckLogin {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("CheckLogin")
-            .field("request_id", &self.request_id)
-            .field("user", &self.user)
-            .field("agent_id", &self.agent_id)
-            .finish()
-    }
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    pub request_id: u64,
+    pub step: RelayStep,
+}
+
+/// Where a login stands after a step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoginStep {
+    /// A record exists (a valid user's, or this agent's claim): KE2.
+    Challenge { login: u64, credential_response: Vec<u8> },
+    /// The name is unknown: the registration response of a new claim.
+    Claim { login: u64, registration_response: Vec<u8> },
+    /// The login is over.
+    Done(LoginGrant),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relayed {
+    pub request_id: u64,
+    pub step: LoginStep,
 }
 
 /// The verdict on a password.
@@ -264,20 +323,15 @@ pub enum LoginGrant {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LoginChecked {
-    pub request_id: u64,
-    pub grant: LoginGrant,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Validate {
     pub request_id: u64,
     pub agent_id: u32,
+    /// The agent session's accepted login, if any: the validator checks the
+    /// profile's proof under that login's key itself.
+    pub login: Option<u64>,
+    /// The request the profile answers (its nonce and flow are in the proof).
+    pub request: ProfileRequest,
     pub profile: Profile,
-    /// The gateway verified the profile's proof under the session's login.
-    pub proof_valid: bool,
-    /// The claim that login was for, when the name is not a valid user's.
-    pub claim: Option<u64>,
     pub service: String,
     pub allow_groups: Vec<String>,
     /// The client's `addr:port`.

@@ -10,6 +10,7 @@ mod codec;
 mod invite;
 pub mod local;
 mod message;
+pub mod pake;
 mod proof;
 
 pub use codec::MessageCodec;
@@ -22,8 +23,9 @@ use std::time::Duration;
 /// The version byte this build writes and accepts. 2: `LoginResult` names
 /// the user, `ErrorCode::TooManyLogins`. 3: agents refuse profile requests
 /// for flows they did not stamp (`ProfileRefused`), `Logout`, and
-/// certificate renewal over the session.
-pub const PROTOCOL_VERSION: u8 = 3;
+/// certificate renewal over the session. 4: logins are OPAQUE exchanges
+/// (`LoginStart` … `LoginFinish`); the password never leaves the agent.
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Largest frame (version byte + message) either side accepts. A profile
 /// answer is about 150 bytes and an enrollment answer, with its

@@ -1,6 +1,5 @@
-//! The per-flow profile proof: HMAC-SHA256 under the session's proof key
-//! (issued by the gateway after it verified the user's password once for
-//! the session) over the request's id and nonce, the flow, and the profile
+//! The per-flow profile proof: HMAC-SHA256 under the login's proof key
+//! (derived on both ends from the OPAQUE session key, [`super::pake`]) over the request's id and nonce, the flow, and the profile
 //! fields. A captured answer verifies for no other request.
 
 use hmac::{Hmac, Mac};

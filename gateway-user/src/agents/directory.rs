@@ -5,10 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ackgate_common::mac::MacKey;
-use ackgate_common::proto::{ErrorCode, Invite, LoginGrant, invite_secret_digest};
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use ackgate_common::proto::{ErrorCode, Invite, Profile, ProfileRequest, invite_secret_digest};
 use tokio::sync::Semaphore;
+
+use crate::logins::{
+    Credentials, Found, LoginAuthority, Logins, PasswordRecord, Proven, load_setup, new_setup, register,
+    user_credential_id,
+};
 
 /// Why an enrollment was refused (sent to the agent as is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +52,8 @@ pub struct AgentRecord {
     pub cert_sha256: Option<[u8; 32]>,
 }
 
-/// What the agent server asks of the user store.
+/// What the agent server asks of the store about agents, invites and
+/// login locks. Logins themselves go to a [`LoginAuthority`].
 pub trait Directory: Send + Sync + 'static {
     /// Checks and consumes invite `invite_id` and records a new agent, in
     /// one step: a second redemption of the same invite fails.
@@ -58,12 +62,6 @@ pub trait Directory: Send + Sync + 'static {
     fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]);
     /// The agent that authenticates with this certificate.
     fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord>;
-    /// Checks a login: a valid user's password against their argon2id
-    /// hash; for a name no valid user has, against the claim the same agent
-    /// made on it, or records that claim at the agent's first login under
-    /// the name. Slow on purpose: the server calls it once per login, off
-    /// the async threads.
-    fn check_login(&self, attempt: &LoginAttempt<'_>) -> LoginGrant;
     /// Records a flow stamped with `agent_id`'s key that the agent says it
     /// never stamped: someone at `source` holds a copy of the key. Blocking
     /// (a store write).
@@ -77,18 +75,8 @@ pub trait Directory: Send + Sync + 'static {
     fn record_login_failure(&self, failure: &LoginFailure<'_>, lock: bool);
 }
 
-/// One login to check.
-#[derive(Clone, Copy)]
-pub struct LoginAttempt<'a> {
-    pub user: &'a str,
-    pub password: &'a str,
-    pub agent_id: u32,
-    /// The agent's address.
-    pub source: &'a str,
-}
-
 /// Claims one agent may hold on unknown names at once: each costs a
-/// password hash and a row, and none is a valid user until approved.
+/// record and a row, and none is a valid user until approved.
 pub const CLAIMS_PER_AGENT: usize = 16;
 
 /// One failed login, as the audit log keeps it.
@@ -119,31 +107,16 @@ pub fn random_agent_id() -> u32 {
     rand::random::<u32>().max(1)
 }
 
-/// Password checks (argon2id: tens of milliseconds of CPU, and its memory
-/// cost) allowed at once in a process: one per CPU, so a crowd of logins
-/// queues instead of multiplying the memory cost.
-pub fn password_check_workers() -> usize {
+/// Login steps (OPAQUE's server half and its store lookups) allowed at
+/// once in a process: one per CPU, so a crowd of logins queues on the
+/// blocking pool instead of crowding out the decisions of flows.
+pub fn login_workers() -> usize {
     std::thread::available_parallelism().map(std::num::NonZeroUsize::get).unwrap_or(1)
 }
 
-/// A semaphore of [`password_check_workers`] permits.
-pub fn password_check_limit() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(password_check_workers()))
-}
-
-/// argon2id PHC string of `password` with a fresh salt.
-pub fn hash_password(password: &str) -> String {
-    let salt_bytes: [u8; 16] = rand::random();
-    // 16 bytes always encode to a valid salt, and hashing with the default
-    // parameters and a valid salt cannot fail.
-    SaltString::encode_b64(&salt_bytes)
-        .and_then(|salt| Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()))
-        .unwrap_or_default()
-}
-
-/// Checks `password` against an argon2id PHC string.
-pub fn verify_password_hash(stored: &str, password: &str) -> bool {
-    PasswordHash::new(stored).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+/// A semaphore of [`login_workers`] permits.
+pub fn login_worker_limit() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(login_workers()))
 }
 
 struct InviteRecord {
@@ -156,9 +129,6 @@ struct InviteRecord {
 struct Inner {
     invites: HashMap<u64, InviteRecord>,
     agents: HashMap<u32, AgentRecord>,
-    users: HashMap<String, String>,
-    /// Claims on unknown names: (user, agent) → (claim id, password hash).
-    claims: HashMap<(String, u32), (u64, String)>,
     key_misuse: Vec<KeyMisuse>,
     /// Failed logins as (user, agent id, source), and the locked users.
     login_failures: Vec<(String, u32, String)>,
@@ -168,10 +138,61 @@ struct Inner {
     next_invite: u64,
 }
 
-/// An in-memory [`Directory`] (tests, demos).
+/// Password records in memory: users, and claims on unknown names as
+/// (user, agent) → (claim id, record).
 #[derive(Default)]
+struct MemoryRecords {
+    users: Mutex<HashMap<String, PasswordRecord>>,
+    claims: Mutex<HashMap<(String, u32), (u64, PasswordRecord)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; go on.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Credentials for MemoryRecords {
+    fn find(&self, user: &str, agent_id: u32) -> Result<Found, String> {
+        if let Some(r) = lock(&self.users).get(user) {
+            return Ok(Found::User(r.clone()));
+        }
+        Ok(match lock(&self.claims).get(&(user.to_owned(), agent_id)) {
+            Some((id, r)) => Found::Claim(*id, r.clone()),
+            None => Found::Unknown,
+        })
+    }
+
+    fn add_claim(
+        &self,
+        user: &str,
+        agent_id: u32,
+        _source: &str,
+        record: &PasswordRecord,
+    ) -> Result<Option<u64>, String> {
+        let mut claims = lock(&self.claims);
+        if claims.keys().filter(|(_, agent)| *agent == agent_id).count() >= CLAIMS_PER_AGENT {
+            return Ok(None);
+        }
+        let id = claims.len() as u64 + 1;
+        claims.insert((user.to_owned(), agent_id), (id, record.clone()));
+        Ok(Some(id))
+    }
+}
+
+/// An in-memory [`Directory`] (tests, demos).
 pub struct MemoryDirectory {
     inner: Mutex<Inner>,
+    records: Arc<MemoryRecords>,
+    logins: Arc<Logins<MemoryRecords>>,
+}
+
+impl Default for MemoryDirectory {
+    fn default() -> Self {
+        let records = Arc::new(MemoryRecords::default());
+        // A fresh setup always loads.
+        let setup = load_setup(&new_setup()).unwrap_or_else(|e| unreachable!("fresh OPAQUE setup: {e}"));
+        Self { inner: Mutex::default(), logins: Arc::new(Logins::new(setup, records.clone())), records }
+    }
 }
 
 fn now_unix() -> u64 {
@@ -180,8 +201,7 @@ fn now_unix() -> u64 {
 
 impl MemoryDirectory {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves plain data behind; go on.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// A new one-time invite for an agent connecting to `gateway`.
@@ -197,9 +217,22 @@ impl MemoryDirectory {
         Invite { gateway: gateway.to_owned(), ca_sha256, invite_id, secret, expires_unix }
     }
 
+    /// Adds a valid user (an OPAQUE registration run here: argon2id once).
     pub fn add_user(&self, name: &str, password: &str) {
-        let hash = hash_password(password);
-        self.lock().users.insert(name.to_owned(), hash);
+        let record = register(self.logins.setup(), password, &user_credential_id(name))
+            .unwrap_or_else(|e| panic!("registering {name}: {e}"));
+        lock(&self.records.users).insert(name.to_owned(), record);
+    }
+
+    /// The logins against these records, for the agent server.
+    pub fn logins(&self) -> Arc<dyn LoginAuthority> {
+        self.logins.clone()
+    }
+
+    /// Checks `profile`'s proof for `request` under the session login
+    /// `login`, as the validator does.
+    pub fn prove(&self, login: Option<u64>, request: &ProfileRequest, profile: &Profile) -> Option<Proven> {
+        self.logins.prove(login?, request, profile)
     }
 
     pub fn agent(&self, agent_id: u32) -> Option<AgentRecord> {
@@ -269,23 +302,6 @@ impl Directory for MemoryDirectory {
             .values()
             .find(|a| a.cert_sha256.as_ref() == Some(cert_sha256) || Some(a.agent_id) == earlier)
             .cloned()
-    }
-
-    fn check_login(&self, a: &LoginAttempt<'_>) -> LoginGrant {
-        let mut inner = self.lock();
-        if let Some(stored) = inner.users.get(a.user) {
-            return if verify_password_hash(stored, a.password) { LoginGrant::User } else { LoginGrant::Refused };
-        }
-        let key = (a.user.to_owned(), a.agent_id);
-        if let Some((id, stored)) = inner.claims.get(&key) {
-            return if verify_password_hash(stored, a.password) { LoginGrant::Claim(*id) } else { LoginGrant::Refused };
-        }
-        if inner.claims.keys().filter(|(_, agent)| *agent == a.agent_id).count() >= CLAIMS_PER_AGENT {
-            return LoginGrant::Refused;
-        }
-        let id = inner.claims.len() as u64 + 1;
-        inner.claims.insert(key, (id, hash_password(a.password)));
-        LoginGrant::Claim(id)
     }
 
     fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {

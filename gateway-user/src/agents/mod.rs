@@ -1,6 +1,7 @@
 //! The gateway side of the agents' control channel (DESIGN.md §4):
 //! enrollment with invites, the mutually authenticated TLS 1.3 sessions,
-//! login (the slow KDF, once per session) and per-flow profile requests.
+//! logins (OPAQUE, once per session, relayed to whoever holds the
+//! password records) and per-flow profile requests.
 //!
 //! What the gateway knows about agents, invites and users sits behind
 //! [`Directory`]; [`MemoryDirectory`] keeps it in memory.
@@ -11,8 +12,8 @@ mod server;
 mod verifier;
 
 pub use directory::{
-    AgentRecord, CLAIMS_PER_AGENT, Directory, EnrollRefusal, KeyMisuse, LoginAttempt, LoginFailure, MemoryDirectory,
-    NewAgent, hash_password, password_check_limit, password_check_workers, random_agent_id, verify_password_hash,
+    AgentRecord, CLAIMS_PER_AGENT, Directory, EnrollRefusal, KeyMisuse, LoginFailure, MemoryDirectory, NewAgent,
+    login_worker_limit, login_workers, random_agent_id,
 };
 pub use guard::{LoginGuard, LoginPolicy, MAX_TRACKED, Throttled};
 pub use server::{AgentServer, LOGINS_QUEUED, ProfileError, ProfileOutcome, ServerConfig, SessionStats};

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{
-    CertificateRenewed, Enrolled, ErrorCode, ErrorReport, FlowSummary, Login, LoginGrant, LoginResult, Message,
-    MessageCodec, Profile, ProfileAnswer, ProfileRequest, ProtoError, RefusalReason, Welcome, verify_profile_proof,
+    CertificateRenewed, ClaimChallenge, ClaimFinish, Enrolled, ErrorCode, ErrorReport, FlowSummary, LoginChallenge,
+    LoginFinish, LoginGrant, LoginResult, LoginStart, LoginStep, Message, MessageCodec, Profile, ProfileAnswer,
+    ProfileRequest, ProtoError, RefusalReason, Welcome,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
@@ -21,9 +22,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
 
-use super::directory::{Directory, LoginAttempt, LoginFailure, NewAgent};
+use super::directory::{Directory, LoginFailure, NewAgent};
 use super::guard::{LoginGuard, LoginPolicy, Throttled};
 use super::verifier::EnrolledAgents;
+use crate::logins::{LOGIN_STEP_TIMEOUT, LoginAuthority};
 use crate::pki::{AGENT_CERT_VALIDITY, Ca, PkiError, ReissuingServerCert};
 
 type Conn = Framed<TlsStream<TcpStream>, MessageCodec>;
@@ -37,8 +39,9 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Backoff and lockout of failed logins.
     pub login: LoginPolicy,
-    /// Password checks (argon2id) at once across all sessions.
-    pub password_checks: usize,
+    /// Login steps (OPAQUE's server half, relayed or not) at once across
+    /// all sessions.
+    pub login_workers: usize,
     /// Validity of the agents' certificates (renewed over the session when
     /// a third is left).
     pub agent_cert_validity: Duration,
@@ -50,7 +53,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             heartbeat: Duration::from_secs(15),
             login: LoginPolicy::default(),
-            password_checks: super::password_check_workers(),
+            login_workers: super::login_workers(),
             agent_cert_validity: AGENT_CERT_VALIDITY,
         }
     }
@@ -61,11 +64,13 @@ impl Default for ServerConfig {
 pub struct ProfileOutcome {
     pub agent_id: u32,
     pub profile: Profile,
-    /// The proof verified under the session's login: the user named in the
-    /// profile logged in with the right password during this session.
-    pub proof_valid: bool,
-    /// That login was a claim's (the name is no valid user's).
-    pub claim: Option<u64>,
+    /// The request the profile answers: its id, nonce and flow are bound
+    /// in the proof.
+    pub request: ProfileRequest,
+    /// The login the agent's session held when the answer arrived. The
+    /// decider, which ran that login, checks the proof under its key; the
+    /// gateway never holds the key when the validator is remote.
+    pub login: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -112,24 +117,9 @@ pub struct SessionStats {
     pub logouts: AtomicU64,
 }
 
-/// What the agent said about a flow: its profile and whether the proof
-/// verified, or why there is no profile to decide on.
-type Reply = Result<(ProfileAnswer, Proof), NoProfile>;
-
-/// A session's accepted login.
-struct SessionLogin {
-    proof_key: [u8; 32],
-    user: String,
-    /// The login was for this claim on an unknown name.
-    claim: Option<u64>,
-}
-
-/// What the proof of a profile showed.
-#[derive(Clone, Copy)]
-struct Proof {
-    valid: bool,
-    claim: Option<u64>,
-}
+/// What the agent said about a flow: its profile and the session's login
+/// when it arrived, or why there is no profile to decide on.
+type Reply = Result<(ProfileAnswer, Option<u64>), NoProfile>;
 
 enum NoProfile {
     Refused(RefusalReason),
@@ -153,8 +143,8 @@ struct Session {
     /// is revoked (then with why).
     replaced: Notify,
     revoked: Mutex<Option<String>>,
-    /// Proof key and user of the session's accepted login.
-    login: Mutex<Option<SessionLogin>>,
+    /// The session's accepted login (its id at the login authority).
+    login: Mutex<Option<u64>>,
     pending: Mutex<HashMap<u64, Pending>>,
 }
 
@@ -162,17 +152,18 @@ pub struct AgentServer {
     acceptor: TlsAcceptor,
     ca: Arc<Ca>,
     directory: Arc<dyn Directory>,
+    logins: Arc<dyn LoginAuthority>,
     config: ServerConfig,
     sessions: Mutex<HashMap<u32, Arc<Session>>>,
     next_id: AtomicU64,
     enrollments: Mutex<Option<mpsc::UnboundedSender<(u32, MacKey)>>>,
-    /// Password checks running at once, across all sessions.
-    password_checks: Arc<Semaphore>,
+    /// Login steps running at once, across all sessions.
+    login_workers: Arc<Semaphore>,
     guard: Arc<LoginGuard>,
     pub stats: SessionStats,
 }
 
-/// Logins one session may have awaiting their verdict.
+/// Login messages one session may have waiting for the login task.
 pub const LOGINS_QUEUED: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,7 +171,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AgentServer {
-    pub fn new(ca: Ca, directory: Arc<dyn Directory>, config: ServerConfig) -> Result<Arc<Self>, PkiError> {
+    /// `logins` runs the agents' logins: the embedded validator, or the
+    /// relay to the remote one.
+    pub fn new(
+        ca: Ca,
+        directory: Arc<dyn Directory>,
+        logins: Arc<dyn LoginAuthority>,
+        config: ServerConfig,
+    ) -> Result<Arc<Self>, PkiError> {
         let ca = Arc::new(ca);
         let listener_cert = Arc::new(ReissuingServerCert::new(ca.clone())?);
         let mut roots = rustls::RootCertStore::empty();
@@ -197,16 +195,17 @@ impl AgentServer {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map(|b| b.with_client_cert_verifier(verifier).with_cert_resolver(listener_cert))
             .map_err(|e| PkiError::Tls(e.to_string()))?;
-        let (password_checks, login) = (config.password_checks.max(1), config.login);
+        let (login_workers, login) = (config.login_workers.max(1), config.login);
         Ok(Arc::new(Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             ca,
             directory,
+            logins,
             config,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             enrollments: Mutex::new(None),
-            password_checks: Arc::new(Semaphore::new(password_checks)),
+            login_workers: Arc::new(Semaphore::new(login_workers)),
             guard: Arc::new(LoginGuard::new(login)),
             stats: SessionStats::default(),
         }))
@@ -296,9 +295,7 @@ impl AgentServer {
             return Err(ProfileError::SessionClosed(agent_id));
         }
         match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(Ok((answer, proof)))) => {
-                Ok(ProfileOutcome { agent_id, profile: answer.profile, proof_valid: proof.valid, claim: proof.claim })
-            }
+            Ok(Ok(Ok((answer, login)))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, request, login }),
             Ok(Ok(Err(NoProfile::Refused(RefusalReason::NotStamped)))) => Err(ProfileError::NotStamped(agent_id)),
             Ok(Ok(Err(NoProfile::SerialMismatch))) => Err(ProfileError::SerialMismatch(agent_id)),
             Ok(Err(_)) => Err(ProfileError::SessionClosed(agent_id)),
@@ -437,11 +434,10 @@ impl AgentServer {
             send_within(&mut conn, Message::Welcome(Welcome { session_id: session.id, heartbeat_secs }), within)
                 .await?;
             let mut ticker = tokio::time::interval(self.config.heartbeat);
-            let (verdicts, mut verdict_rx) = mpsc::channel::<LoginVerdict>(LOGINS_QUEUED);
-            let (logins, login_queue) = mpsc::channel::<Login>(LOGINS_QUEUED);
-            let checker =
-                LoginChecker { server: self.clone(), agent_id: agent.agent_id, source: peer.ip().to_string() };
-            tokio::spawn(checker.run(login_queue, verdicts));
+            let (replies, mut login_replies) = mpsc::channel::<LoginReply>(LOGINS_QUEUED);
+            let (logins, login_queue) = mpsc::channel::<LoginMsg>(LOGINS_QUEUED);
+            let task = LoginTask { server: self.clone(), agent_id: agent.agent_id, source: peer.ip().to_string() };
+            tokio::spawn(task.run(login_queue, replies));
             let mut last_heard = Instant::now();
             loop {
                 tokio::select! {
@@ -454,7 +450,7 @@ impl AgentServer {
                         last_heard = Instant::now();
                         self.on_session_message(&mut conn, &session, msg, &logins).await?;
                     }
-                    Some(verdict) = verdict_rx.recv() => self.on_login_verdict(&mut conn, &session, verdict).await?,
+                    Some(reply) = login_replies.recv() => self.on_login_reply(&mut conn, &session, reply).await?,
                     Some(out) = queue.recv() => send_within(&mut conn, out, within).await?,
                     _ = ticker.tick() => {
                         if last_heard.elapsed() > self.config.heartbeat * 3 {
@@ -475,6 +471,9 @@ impl AgentServer {
             }
         }
         .await;
+        if let Some(login) = lock(&session.login).take() {
+            self.end_login(login);
+        }
         let mut sessions = lock(&self.sessions);
         if sessions.get(&agent.agent_id).is_some_and(|s| s.id == session.id) {
             sessions.remove(&agent.agent_id);
@@ -482,33 +481,30 @@ impl AgentServer {
         result
     }
 
-    /// Answers a finished password check.
-    async fn on_login_verdict(
-        &self,
-        conn: &mut Conn,
-        session: &Session,
-        LoginVerdict { user, granted }: LoginVerdict,
-    ) -> Result<(), ProtoError> {
-        let result = match granted {
-            Ok(claim) => {
-                self.stats.logins_accepted.fetch_add(1, Ordering::Relaxed);
-                let key: [u8; 32] = rand::random();
-                *lock(&session.login) = Some(SessionLogin { proof_key: key, user: user.clone(), claim });
-                let message = match claim {
-                    None => format!("logged in as {user}"),
-                    Some(c) => {
-                        format!("logged in as {user}, who is no user here yet: claim {c} waits for an administrator")
-                    }
-                };
-                LoginResult { message, user, accepted: true, proof_key: key }
-            }
-            Err(message) => {
-                self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
-                *lock(&session.login) = None;
-                LoginResult { user, accepted: false, proof_key: [0; 32], message }
+    /// Tells the login authority that `login` is over (its proof key dies),
+    /// off the async threads and without waiting.
+    fn end_login(&self, login: u64) {
+        let logins = self.logins.clone();
+        drop(tokio::task::spawn_blocking(move || logins.end(login)));
+    }
+
+    /// Passes a login message on to the agent; a verdict also sets (or
+    /// clears) the session's login first, so the answers the agent signs
+    /// after reading it meet the login they were signed under.
+    async fn on_login_reply(&self, conn: &mut Conn, session: &Session, reply: LoginReply) -> Result<(), ProtoError> {
+        let message = match reply {
+            LoginReply::Step(message) => message,
+            LoginReply::Verdict { result, login } => {
+                let counter = if login.is_some() { &self.stats.logins_accepted } else { &self.stats.logins_refused };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let replaced = std::mem::replace(&mut *lock(&session.login), login);
+                if let Some(old) = replaced {
+                    self.end_login(old);
+                }
+                Message::LoginResult(result)
             }
         };
-        send_within(conn, Message::LoginResult(result), self.config.handshake_timeout).await
+        send_within(conn, message, self.config.handshake_timeout).await
     }
 
     /// The outstanding request an answer (or refusal) with this id and
@@ -563,39 +559,36 @@ impl AgentServer {
         conn: &mut Conn,
         session: &Session,
         msg: Message,
-        logins: &mpsc::Sender<Login>,
+        logins: &mpsc::Sender<LoginMsg>,
     ) -> Result<(), ProtoError> {
+        let login_msg = match msg {
+            Message::LoginStart(m) => LoginMsg::Start(m),
+            Message::ClaimFinish(m) => LoginMsg::Claim(m),
+            Message::LoginFinish(m) => LoginMsg::Finish(m),
+            other => return self.on_other_message(conn, session, other).await,
+        };
+        // Run beside this loop (see `LoginTask`); an agent that piles up
+        // login messages is cut off rather than queued.
+        if logins.try_send(login_msg).is_err() {
+            self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+            let msg = format!("more than {LOGINS_QUEUED} login messages awaiting the gateway");
+            refuse(conn, ErrorCode::TooManyLogins, &msg).await;
+            return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::TooManyLogins, message: msg }));
+        }
+        Ok(())
+    }
+
+    async fn on_other_message(&self, conn: &mut Conn, session: &Session, msg: Message) -> Result<(), ProtoError> {
         match msg {
-            Message::Login(login) => {
-                // Checked beside this loop (see `check_logins`); an agent
-                // that piles up logins is cut off rather than queued.
-                if logins.try_send(login).is_err() {
-                    self.stats.logins_refused.fetch_add(1, Ordering::Relaxed);
-                    let msg = format!("more than {LOGINS_QUEUED} logins awaiting their verdict");
-                    refuse(conn, ErrorCode::TooManyLogins, &msg).await;
-                    return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::TooManyLogins, message: msg }));
-                }
-                Ok(())
-            }
             Message::ProfileAnswer(answer) => {
                 let Some(p) = self.take_pending(session, answer.request_id, &answer.nonce) else {
                     return Ok(());
                 };
-                // Checked on arrival, against the login the session holds
-                // now (a later login must not void it): the proof must
-                // verify under it and name the user who logged in, not
-                // another user the agent might claim.
-                let proof = match lock(&session.login).as_ref() {
-                    Some(l)
-                        if l.user == answer.profile.user
-                            && verify_profile_proof(&l.proof_key, &p.request, &answer.profile) =>
-                    {
-                        Proof { valid: true, claim: l.claim }
-                    }
-                    _ => Proof { valid: false, claim: None },
-                };
+                // The login the session holds now: the proof must verify
+                // under it (the decider checks), not under a later one.
+                let login = *lock(&session.login);
                 let reply = if answer.profile.install_serial == session.install_serial {
-                    Ok((answer, proof))
+                    Ok((answer, login))
                 } else {
                     self.stats.serial_mismatches.fetch_add(1, Ordering::Relaxed);
                     Err(NoProfile::SerialMismatch)
@@ -613,7 +606,9 @@ impl AgentServer {
             Message::RenewCertificate(req) => self.renew_certificate(conn, session, &req.csr_der).await,
             Message::Logout => {
                 // Proofs made under the old key fail from now on.
-                *lock(&session.login) = None;
+                if let Some(login) = lock(&session.login).take() {
+                    self.end_login(login);
+                }
                 self.stats.logouts.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -622,7 +617,8 @@ impl AgentServer {
             Message::Error(report) => Err(ProtoError::Remote(report)),
             other => {
                 let e = ProtoError::Unexpected {
-                    want: "Login, Logout, ProfileAnswer, ProfileRefused, RenewCertificate, Ping or Pong",
+                    want: "LoginStart, ClaimFinish, LoginFinish, Logout, ProfileAnswer, ProfileRefused, \
+                           RenewCertificate, Ping or Pong",
                     got: other.name(),
                 };
                 refuse(conn, ErrorCode::UnexpectedMessage, &e.to_string()).await;
@@ -632,107 +628,186 @@ impl AgentServer {
     }
 }
 
-/// The verdict on one login: accepted (for a claim, if the name is no
-/// valid user's), or why not (for the agent).
-struct LoginVerdict {
-    user: String,
-    granted: Result<Option<u64>, String>,
+/// A login message from the agent, for the session's login task.
+enum LoginMsg {
+    Start(LoginStart),
+    Claim(ClaimFinish),
+    Finish(LoginFinish),
 }
 
-/// What a password check found.
-enum Checked {
-    Accepted(Option<u64>),
-    WrongPassword,
-    Locked,
+/// What the login task has for the agent.
+enum LoginReply {
+    /// The next OPAQUE message (`ClaimChallenge` or `LoginChallenge`).
+    Step(Message),
+    /// The verdict, with the accepted login's id.
+    Verdict { result: LoginResult, login: Option<u64> },
 }
 
-/// A session's password checks, one at a time and in the order the agent
-/// sent them, so the last verdict it reads is the login the gateway holds.
-/// argon2id takes tens of milliseconds of CPU and its memory cost (seconds
-/// in an unoptimised build): off the reactor and off the session loop, so
-/// pings and profile traffic go on meanwhile, and no more at once across
-/// all sessions than `password_checks`, so a crowd of agents reconnecting
-/// together cannot multiply the memory cost without bound. Before any of
-/// that, the login guard (`guard.rs`) may turn the login away.
-struct LoginChecker {
+/// A session's logins, one at a time and in the order the agent sent them,
+/// so the last verdict it reads is the login the gateway holds. The steps
+/// (OPAQUE's server half and the store, or a round trip to the remote
+/// validator) run off the reactor and off the session loop, so pings and
+/// profile traffic go on meanwhile, and no more at once across all
+/// sessions than `login_workers`. Before any step, the login guard
+/// (`guard.rs`) may turn the login away; one user's logins run one at a
+/// time; and a login counts as failed until it finishes, so an agent that
+/// never sends its last message has guessed wrong.
+struct LoginTask {
     server: Arc<AgentServer>,
     agent_id: u32,
     /// The agent's address, for the audit row of a failure.
     source: String,
 }
 
-impl LoginChecker {
-    async fn run(self, mut logins: mpsc::Receiver<Login>, verdicts: mpsc::Sender<LoginVerdict>) {
-        while let Some(login) = logins.recv().await {
-            let user = login.user.clone();
-            let granted = tokio::select! {
-                r = self.check(login) => r,
-                // A session that ends while its login waits gives up its
-                // place: nobody would read the verdict.
-                () = verdicts.closed() => return,
+fn refused(user: &str, message: impl Into<String>) -> LoginReply {
+    LoginReply::Verdict {
+        result: LoginResult { user: user.to_owned(), accepted: false, message: message.into() },
+        login: None,
+    }
+}
+
+impl LoginTask {
+    async fn run(self, mut steps: mpsc::Receiver<LoginMsg>, replies: mpsc::Sender<LoginReply>) {
+        let mut next = None;
+        loop {
+            let msg = match next.take() {
+                Some(m) => m,
+                None => match steps.recv().await {
+                    Some(m) => m,
+                    None => return,
+                },
             };
-            if verdicts.send(LoginVerdict { user, granted }).await.is_err() {
-                return;
-            }
+            next = match msg {
+                LoginMsg::Start(start) => self.login(start, &mut steps, &replies).await,
+                // A step of a login that is over (refused, or timed out).
+                LoginMsg::Claim(_) | LoginMsg::Finish(_) => {
+                    if replies.send(refused("", "no login under way")).await.is_err() {
+                        return;
+                    }
+                    None
+                }
+            };
         }
     }
 
-    /// Accepted (for a claim, or not), or why not.
-    async fn check(&self, login: Login) -> Result<Option<u64>, String> {
+    /// Runs one login to its verdict; a newer `LoginStart` that cut it
+    /// short is handed back.
+    async fn login(
+        &self,
+        start: LoginStart,
+        steps: &mut mpsc::Receiver<LoginMsg>,
+        replies: &mpsc::Sender<LoginReply>,
+    ) -> Option<LoginMsg> {
         let (server, stats) = (&self.server, &self.server.stats);
+        let user = start.user.clone();
         let throttled = |t: Throttled| {
             stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
-            Err(t.to_string())
+            refused(&user, t.to_string())
         };
-        if let Err(t) = server.guard.admit(&login.user, self.agent_id, Instant::now()) {
-            return throttled(t);
+        if let Err(t) = server.guard.admit(&user, self.agent_id, Instant::now()) {
+            let _ = replies.send(throttled(t)).await;
+            return None;
         }
-        // One check per user at a time; then admitted again, as the check
+        // One login per user at a time; then admitted again, as the login
         // this one waited for may have failed.
-        let serial = server.guard.user_lock(&login.user);
-        let _serial = serial.lock().await;
-        if let Err(t) = server.guard.admit(&login.user, self.agent_id, Instant::now()) {
-            return throttled(t);
+        let _serial = server.guard.user_lock(&user).lock_owned().await;
+        if let Err(t) = server.guard.admit(&user, self.agent_id, Instant::now()) {
+            let _ = replies.send(throttled(t)).await;
+            return None;
         }
-        let Ok(_permit) = server.password_checks.acquire().await else {
-            return Err("the gateway is shutting down".into());
-        };
-        let (directory, guard) = (server.directory.clone(), server.guard.clone());
+        let (directory, locked_user) = (server.directory.clone(), user.clone());
+        if tokio::task::spawn_blocking(move || directory.login_locked(&locked_user)).await.unwrap_or(false) {
+            stats.logins_locked.fetch_add(1, Ordering::Relaxed);
+            let why = "this user is locked after too many failed logins; an administrator can unlock it";
+            let _ = replies.send(refused(&user, why)).await;
+            return None;
+        }
         let (agent_id, source) = (self.agent_id, self.source.clone());
-        let user = login.user.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            if directory.login_locked(&login.user) {
-                return Checked::Locked;
-            }
-            let attempt = LoginAttempt { user: &login.user, password: &login.password, agent_id, source: &source };
-            let (ok, claim) = match directory.check_login(&attempt) {
-                LoginGrant::User => (true, None),
-                LoginGrant::Claim(c) => (true, Some(c)),
-                LoginGrant::Refused => (false, None),
-            };
-            match guard.checked(&login.user, agent_id, ok, Instant::now()) {
-                None => Checked::Accepted(claim),
-                Some(failure) => {
-                    let record = LoginFailure { user: &login.user, agent_id, source: &source };
-                    directory.record_login_failure(&record, failure.lock);
-                    Checked::WrongPassword
+        let mut step = self.step(move |l| l.begin(&start, agent_id, &source)).await;
+        let mut login = None;
+        loop {
+            let (message, claiming) = match step {
+                LoginStep::Challenge { login: id, credential_response } => {
+                    login = Some(id);
+                    (Message::LoginChallenge(LoginChallenge { credential_response }), false)
                 }
+                LoginStep::Claim { login: id, registration_response } => {
+                    login = Some(id);
+                    (Message::ClaimChallenge(ClaimChallenge { registration_response }), true)
+                }
+                LoginStep::Done(grant) => {
+                    let _ = replies.send(self.verdict(&user, grant, login).await).await;
+                    return None;
+                }
+            };
+            if replies.send(LoginReply::Step(message)).await.is_err() {
+                return None;
             }
+            let id = login.unwrap_or_default();
+            step = match tokio::time::timeout(LOGIN_STEP_TIMEOUT, steps.recv()).await {
+                Ok(Some(LoginMsg::Claim(c))) if claiming => self.step(move |l| l.claim(id, &c)).await,
+                Ok(Some(LoginMsg::Finish(f))) if !claiming => self.step(move |l| l.finish(id, &f)).await,
+                ended => {
+                    self.server.end_login(id);
+                    self.failed(&user).await;
+                    stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+                    let why = match ended {
+                        Ok(Some(newer @ LoginMsg::Start(_))) => return Some(newer),
+                        Ok(None) => return None,
+                        Ok(Some(_)) => "login messages out of order".to_owned(),
+                        Err(_) => format!("the login did not finish within {LOGIN_STEP_TIMEOUT:?}"),
+                    };
+                    let _ = replies.send(refused(&user, why)).await;
+                    return None;
+                }
+            };
+        }
+    }
+
+    /// One login step at the login authority, within the workers' limit.
+    /// A step that could not run (its task panicked) is a refusal: the
+    /// agent must get a verdict, or it would hold its answers back.
+    async fn step(&self, run: impl FnOnce(&dyn LoginAuthority) -> LoginStep + Send + 'static) -> LoginStep {
+        let Ok(_permit) = self.server.login_workers.acquire().await else {
+            return LoginStep::Done(LoginGrant::Refused);
+        };
+        let logins = self.server.logins.clone();
+        tokio::task::spawn_blocking(move || run(&*logins)).await.unwrap_or_else(|e| {
+            tracing::warn!("login step failed: {e}");
+            LoginStep::Done(LoginGrant::Refused)
         })
-        .await;
-        match checked {
-            Ok(Checked::Accepted(claim)) => Ok(claim),
-            Ok(Checked::WrongPassword) => Err("wrong user name or password".into()),
-            Ok(Checked::Locked) => {
-                stats.logins_locked.fetch_add(1, Ordering::Relaxed);
-                Err("this user is locked after too many failed logins; an administrator can unlock it".into())
+    }
+
+    /// The verdict for the agent on a finished login.
+    async fn verdict(&self, user: &str, grant: LoginGrant, login: Option<u64>) -> LoginReply {
+        let claim = match grant {
+            LoginGrant::User => None,
+            LoginGrant::Claim(c) => Some(c),
+            LoginGrant::Refused => {
+                self.failed(user).await;
+                return refused(user, "wrong user name or password");
             }
-            // A check that failed (its task panicked) is a refusal: the
-            // agent must get a verdict, or it would hold its answers back.
-            Err(e) => {
-                tracing::warn!(%user, "password check failed: {e}");
-                Err("the gateway could not check the password".into())
-            }
+        };
+        self.server.guard.checked(user, self.agent_id, true, Instant::now());
+        let message = match claim {
+            None => format!("logged in as {user}"),
+            Some(c) => format!("logged in as {user}, who is no user here yet: claim {c} waits for an administrator"),
+        };
+        LoginReply::Verdict { result: LoginResult { user: user.to_owned(), accepted: true, message }, login }
+    }
+
+    /// Counts a failed login: backoff, the audit row, and the lock when the
+    /// user reached the threshold.
+    async fn failed(&self, user: &str) {
+        let Some(failure) = self.server.guard.checked(user, self.agent_id, false, Instant::now()) else { return };
+        let (directory, user, agent_id, source) =
+            (self.server.directory.clone(), user.to_owned(), self.agent_id, self.source.clone());
+        let recorded = tokio::task::spawn_blocking(move || {
+            let record = LoginFailure { user: &user, agent_id, source: &source };
+            directory.record_login_failure(&record, failure.lock);
+        });
+        if let Err(e) = recorded.await {
+            tracing::warn!("recording a failed login: {e}");
         }
     }
 }

@@ -161,11 +161,25 @@ pub fn users(config_path: Option<&Path>, store_path: Option<&Path>, command: Use
             store.add_user(&name, &password, &groups)?;
             println!("added {name}");
         }
+        UsersCommand::Passwd { name, password_stdin } => {
+            let password = read_password(password_stdin)?;
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            store.set_password(&name, &password)?;
+            println!("password of {name} set");
+        }
         UsersCommand::List { json } => print(json, &store.users()?, |users| {
             for u in users {
                 let state = if u.revoked { "revoked" } else { "valid" };
                 let lock = if u.locked { " LOCKED" } else { "" };
-                println!("{:<20} {state:<8} groups={} machines={}{lock}", u.name, u.groups.join(","), u.machines.len());
+                let outdated = if u.password_outdated { " PASSWORD-OUTDATED (users passwd)" } else { "" };
+                println!(
+                    "{:<20} {state:<8} groups={} machines={}{lock}{outdated}",
+                    u.name,
+                    u.groups.join(","),
+                    u.machines.len()
+                );
             }
         })?,
         UsersCommand::Pending { json } => print(json, &store.pending()?, |pending| {

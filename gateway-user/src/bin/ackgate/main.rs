@@ -215,6 +215,14 @@ enum UsersCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Set a valid user's password (asked without echo, or
+    /// --password-stdin). Sessions logged in with the old one keep going
+    /// until they end.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Valid users, their groups and approved machines.
     List {
         #[arg(long)]
@@ -740,10 +748,11 @@ impl Plane {
                 info!(validator = %addr, "validating with the remote validator");
                 Arc::new(RemoteValidator::new(addr, creds)?)
             }
-            None => Arc::new(Validator::new(p.store.clone())),
+            None => Arc::new(Validator::new(p.store.clone())?),
         };
-        let directory = Arc::new(GatewayDirectory { store: p.store.clone(), decider: decider.clone() });
-        let server = AgentServer::new(p.ca, directory, ServerConfig { login: p.login, ..ServerConfig::default() })?;
+        let directory = Arc::new(GatewayDirectory { store: p.store.clone() });
+        let config = ServerConfig { login: p.login, ..ServerConfig::default() };
+        let server = AgentServer::new(p.ca, directory, decider.clone(), config)?;
         let enrollments = server.enrollments();
         let listener = tokio::net::TcpListener::bind(p.listen)
             .await
@@ -1200,7 +1209,7 @@ fn validator_run(config_path: &std::path::Path) -> Result<()> {
     let v = &config.validator;
     let store = Arc::new(Store::open(&v.store)?);
     ackgate_gateway::store::check_private(None, &v.store)?;
-    let decider: Arc<dyn Decider> = Arc::new(Validator::new(store));
+    let decider: Arc<dyn Decider> = Arc::new(Validator::new(store)?);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(v.listen)

@@ -1,13 +1,17 @@
-//! The control plane: validator lookups against 100,000 users next to a
-//! bare SQLite primary-key lookup on the same database; authorizations per
+//! The control plane: logins per second (OPAQUE, both halves and the
+//! gateway's half alone) next to the argon2id password check logins used to
+//! be; validator lookups against 100,000 users next to a bare SQLite
+//! primary-key lookup on the same database; authorizations per
 //! second end to end (real daemons, many concurrent connects from the
 //! client namespace); and the gateway daemon's memory with many flows.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ackgate_common::proto::Profile;
-use ackgate_gateway::agents::{ProfileOutcome, hash_password};
+use ackgate_common::proto::pake::LoginClient;
+use ackgate_common::proto::{FlowSummary, LoginGrant, LoginStep, Profile, ProfileRequest, profile_proof};
+use ackgate_gateway::agents::ProfileOutcome;
+use ackgate_gateway::logins::{LoginAuthority, Logins, login_here, register, user_credential_id};
 use ackgate_gateway::store::Store;
 use ackgate_gateway::validator::{ServiceRule, Validator, Verdict};
 use ackgate_tests::daemons::eventually;
@@ -40,46 +44,117 @@ fn order(n: u32) -> impl Iterator<Item = u32> {
     })
 }
 
+/// Users logged in for the validator bench: each login costs the agent's
+/// argon2id run, so lookups cycle over these (every one a full decision:
+/// proof, user, machine, groups).
+const LOGGED_IN: u32 = 64;
+const LOGINS: u32 = 40;
+
+fn request(i: u32) -> ProfileRequest {
+    let flow = FlowSummary {
+        client_addr: [10, 0, 0, 2],
+        client_port: (i % 60_000) as u16,
+        service_addr: [10, 0, 0, 1],
+        service_port: 443,
+        client_isn: i,
+        server_isn: !i,
+    };
+    ProfileRequest { request_id: u64::from(i), nonce: [7; 16], flow }
+}
+
+/// Logins per second: the whole OPAQUE exchange in one process (the
+/// agent's argon2id included), the gateway's half of it alone, and the
+/// argon2id check of a sent password that logins were before, all in this
+/// run.
+pub fn logins_bench() {
+    use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+    let store = Arc::new(Store::open(std::path::Path::new(":memory:")).expect("store"));
+    store.add_user("alice", "correct horse", &[]).expect("user");
+    let logins = Logins::new(store.login_setup().expect("setup"), store.clone());
+
+    let start = Instant::now();
+    for _ in 0..LOGINS {
+        let done = login_here(&logins, "alice", "correct horse", 1);
+        assert_eq!(done.grant, LoginGrant::User, "the right password logs in");
+        logins.end(done.login.expect("a login id"));
+    }
+    let whole = start.elapsed().as_secs_f64();
+
+    let mut gateway = Duration::ZERO;
+    for _ in 0..LOGINS {
+        let (client, start_msg) = LoginClient::start("alice", "correct horse").expect("client start");
+        let t = Instant::now();
+        let LoginStep::Challenge { login, credential_response } = logins.begin(&start_msg, 1, "10.0.0.2") else {
+            panic!("alice has a record")
+        };
+        gateway += t.elapsed();
+        let done = client.finish(&credential_response).expect("client finish");
+        let t = Instant::now();
+        assert_eq!(logins.finish(login, &done.message), LoginStep::Done(LoginGrant::User));
+        logins.end(login);
+        gateway += t.elapsed();
+    }
+
+    let salt = SaltString::encode_b64(&[3; 16]).expect("salt");
+    let phc = argon2::Argon2::default().hash_password(b"correct horse", &salt).expect("hash").to_string();
+    let start = Instant::now();
+    for _ in 0..LOGINS {
+        let hash = PasswordHash::new(&phc).expect("PHC string");
+        assert!(argon2::Argon2::default().verify_password(b"correct horse", &hash).is_ok());
+    }
+    let argon2_check = start.elapsed().as_secs_f64();
+
+    let per_sec = |secs: f64| f64::from(LOGINS) / secs;
+    println!("logins_opaque_whole_per_sec: {:.1}", per_sec(whole));
+    println!("logins_opaque_gateway_half_per_sec: {:.0}", per_sec(gateway.as_secs_f64()));
+    println!("logins_argon2_password_check_per_sec: {:.1}", per_sec(argon2_check));
+    println!("logins_gateway_cost_ratio_opaque_to_argon2: {:.3}", gateway.as_secs_f64() / argon2_check);
+}
+
 pub fn validator_bench() {
     let dir = std::env::temp_dir().join(format!("ackgate-bench-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let path = dir.join("users.db");
     let store = Arc::new(Store::open(&path).expect("store"));
-    let hash = hash_password("pw");
-    let users: Vec<(String, String, [u8; 32])> =
-        (0..USERS).map(|i| (format!("user{i}"), hash.clone(), machine(i))).collect();
-    store.import_users(&users, &["staff".to_owned()]).expect("import");
-    let validator = Validator::new(store.clone());
+    // One record for all: what a lookup costs does not depend on it.
+    let record = register(&store.login_setup().expect("setup"), "pw", &user_credential_id("user0")).expect("record");
+    let users: Vec<(String, [u8; 32])> = (0..USERS).map(|i| (format!("user{i}"), machine(i))).collect();
+    store.import_users(&users, &record, &["staff".to_owned()]).expect("import");
+    let validator = Validator::new(store.clone()).expect("validator");
     let rule = ServiceRule { name: "intranet".into(), allow_groups: vec!["staff".into()] };
+    let logged_in: Vec<(u32, u64, [u8; 32])> = order(LOGGED_IN)
+        .map(|i| {
+            let done = login_here(&validator, &format!("user{i}"), "pw", 1);
+            assert_eq!(done.grant, LoginGrant::User, "user{i} logs in");
+            (i, done.login.expect("login id"), done.proof_key.expect("proof key"))
+        })
+        .collect();
 
     let bare = rusqlite::Connection::open(&path).expect("second connection");
-    let mut stmt = bare.prepare("SELECT password_hash FROM users WHERE name = ?1").expect("prepare");
+    let mut stmt = bare.prepare("SELECT opaque_record FROM users WHERE name = ?1").expect("prepare");
     let start = Instant::now();
-    for i in order(USERS) {
-        let _: String = stmt.query_row([format!("user{i}")], |r| r.get(0)).expect("bare lookup");
+    for n in order(USERS) {
+        let (i, _, _) = logged_in[n as usize % logged_in.len()];
+        let _: Vec<u8> = stmt.query_row([format!("user{i}")], |r| r.get(0)).expect("bare lookup");
     }
     let bare_secs = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    for i in order(USERS) {
-        let outcome = ProfileOutcome {
-            agent_id: 1,
-            profile: Profile {
-                user: format!("user{i}"),
-                proof: [0; 32],
-                machine: machine(i),
-                install_serial: "s".into(),
-            },
-            proof_valid: true,
-            claim: None,
-        };
+    for n in order(USERS) {
+        let (i, login, key) = logged_in[n as usize % logged_in.len()];
+        let request = request(n);
+        let mut profile =
+            Profile { user: format!("user{i}"), proof: [0; 32], machine: machine(i), install_serial: "s".into() };
+        profile.proof = profile_proof(&key, &request, &profile);
+        let outcome = ProfileOutcome { agent_id: 1, profile, request, login: Some(login) };
         let v = validator.validate(&outcome, &rule, "10.0.0.2:1").expect("validate");
         assert_eq!(v, Verdict::Authorized, "every imported user on their machine must be authorized");
     }
     let validate_secs = start.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     println!("validator_users: {USERS}");
+    println!("validator_logged_in_users: {LOGGED_IN}");
     println!("validator_bare_lookups_per_sec: {:.0}", USERS as f64 / bare_secs);
     println!("validator_lookups_per_sec: {:.0}", USERS as f64 / validate_secs);
     println!("validator_cost_ratio_to_bare_lookup: {:.2}", validate_secs / bare_secs);

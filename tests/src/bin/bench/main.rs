@@ -8,7 +8,8 @@
 //!   kernel SYN cookies and nftables SYNPROXY;
 //! - agent: the TC stamper next to a do-nothing TC program, and the
 //!   daemon's resident memory;
-//! - control plane: authorizations per second end to end, validator
+//! - control plane: logins per second (OPAQUE next to the argon2id check
+//!   logins were before), authorizations per second end to end, validator
 //!   lookups against 100,000 users next to a bare SQLite lookup, and the
 //!   control plane's memory with many flows;
 //! - splice: the rewrite next to the do-nothing program, the splice map's
@@ -59,6 +60,7 @@ fn main() {
         agent::agent_memory_bench();
     }
     if wanted("control") {
+        control::logins_bench();
         control::validator_bench();
         control::authorizations_bench();
     }
