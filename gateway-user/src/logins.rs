@@ -114,6 +114,21 @@ pub trait LoginAuthority: Send + Sync + 'static {
     fn finish(&self, login: u64, finish: &LoginFinish) -> LoginStep;
     /// The login is over: its proof key dies.
     fn end(&self, login: u64);
+    /// The login table's size and counters, where it is in this process
+    /// (not when the logins are relayed to a remote validator).
+    fn table(&self) -> Option<LoginTable> {
+        None
+    }
+}
+
+/// A snapshot of a [`Logins`] table, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoginTable {
+    /// Logins under way and accepted.
+    pub entries: u64,
+    pub evicted: u64,
+    pub unknown_steps: u64,
+    pub malformed: u64,
 }
 
 /// Logins kept at most (under way and accepted together). An accepted
@@ -191,12 +206,12 @@ impl<C: Credentials + ?Sized> Logins<C> {
         &self.setup
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Entry>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Entry>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn insert(&self, entry: Entry) -> u64 {
-        let mut table = self.table();
+        let mut table = self.entries();
         let login = loop {
             let id = rand::random::<u64>();
             if !table.contains(&id) {
@@ -213,7 +228,7 @@ impl<C: Credentials + ?Sized> Logins<C> {
 
     /// Takes the login under way, if it is at a step and not stale.
     fn take_pending(&self, login: u64) -> Option<Entry> {
-        let mut table = self.table();
+        let mut table = self.entries();
         let fresh = table
             .peek(&login)
             .is_some_and(|e| !matches!(e.stage, Stage::Accepted { .. }) && e.since.elapsed() < LOGIN_STEP_TIMEOUT);
@@ -257,7 +272,7 @@ impl<C: Credentials + ?Sized> Logins<C> {
     /// Checks `profile`'s proof for `request` under accepted login `login`,
     /// which must be the named user's.
     pub fn prove(&self, login: u64, request: &ProfileRequest, profile: &Profile) -> Option<Proven> {
-        let mut table = self.table();
+        let mut table = self.entries();
         let entry = table.get(&login)?;
         match &entry.stage {
             Stage::Accepted { proof_key, claim }
@@ -271,7 +286,7 @@ impl<C: Credentials + ?Sized> Logins<C> {
 
     /// Logins in the table (under way and accepted).
     pub fn len(&self) -> usize {
-        self.table().len()
+        self.entries().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -373,7 +388,7 @@ impl<C: Credentials + ?Sized> LoginAuthority for Logins<C> {
             Ok(done) => {
                 entry.stage = Stage::Accepted { proof_key: proof_key(&done.session_key), claim };
                 entry.since = Instant::now();
-                let mut table = self.table();
+                let mut table = self.entries();
                 if let Some((_, old)) = table.push(login, entry)
                     && matches!(old.stage, Stage::Accepted { .. })
                 {
@@ -388,7 +403,17 @@ impl<C: Credentials + ?Sized> LoginAuthority for Logins<C> {
     }
 
     fn end(&self, login: u64) {
-        self.table().pop(&login);
+        self.entries().pop(&login);
+    }
+
+    fn table(&self) -> Option<LoginTable> {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Some(LoginTable {
+            entries: self.len() as u64,
+            evicted: n(&self.stats.evicted),
+            unknown_steps: n(&self.stats.unknown_steps),
+            malformed: n(&self.stats.malformed),
+        })
     }
 }
 

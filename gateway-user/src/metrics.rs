@@ -1,7 +1,8 @@
 //! Prometheus metrics over HTTP (`[control] metrics_listen`): gate verdicts
 //! by reason and flows by state (read from the pinned maps at each scrape),
 //! decisions by outcome, decision and validation latency histograms, the
-//! splice's flows and bytes, and the agent listener's counters.
+//! splice's flows and bytes, the agent listener's counters, and the login
+//! table's (when the logins run in the gateway).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -152,6 +153,16 @@ impl Metrics {
             ("logouts", &s.logouts),
         ] {
             agent.get_or_create(&Event { event: name.to_owned() }).inc_by(v.load(Ordering::Relaxed));
+        }
+        if let Some(t) = server.login_table() {
+            let entries = Gauge::<i64>::default();
+            entries.set(i64::try_from(t.entries).unwrap_or(i64::MAX));
+            now.register("login_table_entries", "Logins under way and accepted (bounded; see login_events)", entries);
+            let events = Family::<Event, Counter>::default();
+            now.register("login_events", "Login table events since start", events.clone());
+            for (name, v) in [("evicted", t.evicted), ("unknown_steps", t.unknown_steps), ("malformed", t.malformed)] {
+                events.get_or_create(&Event { event: name.to_owned() }).inc_by(v);
+            }
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

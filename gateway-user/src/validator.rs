@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ackgate_common::proto::{ClaimFinish, LoginFinish, LoginStart, LoginStep};
 
 use crate::agents::ProfileOutcome;
-use crate::logins::{LoginAuthority, Logins};
+use crate::logins::{LoginAuthority, LoginTable, Logins};
 use crate::store::{Attempt, Store, StoreError};
 
 /// What a service allows.
@@ -55,6 +55,9 @@ impl LoginAuthority for Validator {
     }
     fn end(&self, login: u64) {
         self.logins.end(login)
+    }
+    fn table(&self) -> Option<LoginTable> {
+        self.logins.table()
     }
 }
 

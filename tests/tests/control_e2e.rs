@@ -76,6 +76,13 @@ fn approval_flow(tag: &str, add_user_first: bool) {
             .any(|r| r["name"] == "alice" && r["machines"].as_array().is_some_and(|m| m.len() == 1))),
         "alice must have one approved machine: {users}"
     );
+    let scraped = s.topo.cmd(Ns::Gateway, &["curl", "-s", "-m", "2", "http://127.0.0.1:9100/metrics"]);
+    let metrics = String::from_utf8_lossy(&scraped.stdout);
+    assert!(metrics.contains("ackgate_login_table_entries 1"), "the agent's login, in the gateway's table: {metrics}");
+    assert!(
+        metrics.contains(r#"ackgate_agent_events_total{event="logins_accepted"} 1"#),
+        "one login, accepted: {metrics}"
+    );
 }
 
 #[test]

@@ -262,6 +262,12 @@ impl AgentServer {
         self.guard.forgive(user);
     }
 
+    /// The login table's size and counters, when the logins run in this
+    /// process.
+    pub fn login_table(&self) -> Option<crate::logins::LoginTable> {
+        self.logins.table()
+    }
+
     /// Agents with a live session.
     pub fn connected(&self) -> Vec<u32> {
         lock(&self.sessions).keys().copied().collect()
