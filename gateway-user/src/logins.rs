@@ -218,12 +218,18 @@ impl<C: Credentials + ?Sized> Logins<C> {
                 break id;
             }
         };
+        self.push(&mut table, login, entry);
+        login
+    }
+
+    /// Puts `entry` under `login`, counting an accepted login the full
+    /// table pushed out.
+    fn push(&self, table: &mut LruCache<u64, Entry>, login: u64, entry: Entry) {
         if let Some((_, old)) = table.push(login, entry)
             && matches!(old.stage, Stage::Accepted { .. })
         {
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
         }
-        login
     }
 
     /// Takes the login under way, if it is at a step and not stale.
@@ -388,12 +394,7 @@ impl<C: Credentials + ?Sized> LoginAuthority for Logins<C> {
             Ok(done) => {
                 entry.stage = Stage::Accepted { proof_key: proof_key(&done.session_key), claim };
                 entry.since = Instant::now();
-                let mut table = self.entries();
-                if let Some((_, old)) = table.push(login, entry)
-                    && matches!(old.stage, Stage::Accepted { .. })
-                {
-                    self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-                }
+                self.push(&mut self.entries(), login, entry);
                 LoginStep::Done(claim.map_or(LoginGrant::User, LoginGrant::Claim))
             }
             // A KE3 that does not verify: a wrong password whose agent

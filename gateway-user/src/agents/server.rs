@@ -756,10 +756,17 @@ impl LoginTask {
                 ended => {
                     self.server.end_login(id);
                     self.failed(&user).await;
-                    stats.logins_refused.fetch_add(1, Ordering::Relaxed);
                     let why = match ended {
-                        Ok(Some(newer @ LoginMsg::Start(_))) => return Some(newer),
-                        Ok(None) => return None,
+                        // No verdict goes out for these: count the refusal
+                        // here (`on_login_reply` counts the others).
+                        Ok(Some(newer @ LoginMsg::Start(_))) => {
+                            stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+                            return Some(newer);
+                        }
+                        Ok(None) => {
+                            stats.logins_refused.fetch_add(1, Ordering::Relaxed);
+                            return None;
+                        }
                         Ok(Some(_)) => "login messages out of order".to_owned(),
                         Err(_) => format!("the login did not finish within {LOGIN_STEP_TIMEOUT:?}"),
                     };
