@@ -20,11 +20,11 @@ use ackgate_tests::topology::Ns;
 
 /// Denied and recorded first, authorized after approval.
 fn approval_flow(tag: &str, add_user_first: bool) {
-    let s = Setup::new(tag, "drop", 3000, "");
+    let s = Setup::new(tag, "drop", 10_000, "");
     if add_user_first {
         run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw-alice\n"), "users add");
     }
-    let (_gateway, _agent) = s.start();
+    let (_gateway, agent) = s.start();
     s.login("alice", "pw-alice");
 
     s.curl(2);
@@ -40,9 +40,25 @@ fn approval_flow(tag: &str, add_user_first: bool) {
     );
 
     run_ok(s.ackgate(&["users", "approve", "alice"]), None, "users approve");
+    // The agent is held while curl connects, so curl's request reaches the
+    // gate while the flow waits for the agent's answer, however the
+    // machine schedules curl: the gate holds it, and the control plane
+    // must hand it to the target once spliced (no wait for curl's
+    // retransmission). The stamper, in the kernel, runs on.
+    let held_before = s.gate_counter("pending_hold");
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    let (code, body) = std::thread::scope(|scope| {
+        let fetch = scope.spawn(|| s.fetch(10));
+        eventually(WAIT, "the gate holding curl's early request", || {
+            (s.gate_counter("pending_hold") > held_before).then_some(())
+        });
+        // SAFETY: as above.
+        unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+        fetch.join().expect("curl thread")
+    });
     // The splice carries the authorized flow to the hidden target, which
     // sees the client's real address.
-    let (code, body) = s.fetch(5);
     assert_eq!(code, 0, "curl through the gateway must succeed after approval: {body}");
     assert!(body.starts_with(GREETING), "the target's page must come back: {body:?}");
     let client = s.topo.client_addr.to_string();
@@ -62,9 +78,6 @@ fn approval_flow(tag: &str, add_user_first: bool) {
     assert_eq!(daemon["authorized"], 1, "status must count the authorization: {status}");
     assert_eq!(daemon["denied"], 1, "status must count the first, denied connect: {status}");
     assert_eq!(daemon["splice"]["spliced"], 1, "status must count the splice: {status}");
-    // curl sent its request right after the handshake, while the flow was
-    // still being decided: the gate held it and the control plane handed it
-    // to the target once spliced (no wait for curl's retransmission).
     assert!(daemon["splice"]["held_delivered"].as_u64() >= Some(1), "the early request must be delivered: {status}");
     assert!(s.gate_counter("splice_redirect") >= 4, "the data path must have redirected the flow: {status}");
     assert!(s.gate_counter("internal_spliced") == 1, "one splice handshake completed: {status}");
