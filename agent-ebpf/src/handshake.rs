@@ -31,6 +31,12 @@ use crate::maps::{self, HANDSHAKES, STAMPED};
 
 #[inline(always)]
 pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
+    // A socket of a local account without a login is never followed: its
+    // handshake ACK leaves unstamped and the gate lets the flow reach
+    // nothing.
+    let Some(account) = maps::account(frame) else {
+        return reason::SKIP_NO_ACCOUNT;
+    };
     let flow = FlowKey::of_segment(seg);
     let hs = AgentHandshake { client_isn: seg.tcp.seq(), ..AgentHandshake::default() };
     if HANDSHAKES.insert(flow, hs, 0).is_err() {
@@ -50,7 +56,7 @@ pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
     let tick = syn_tick(unsafe { bpf_ktime_get_tai_ns() });
     let mac = Binding::stealth_syn(seg, me.agent_id, id.exid, tick).mac(&me.key);
     let option = CapabilityOption::new(id.kind, id.exid, me.agent_id, mac);
-    let stamp = StampedFlow { kind: STAMP_KIND_SYN, client_isn: seg.tcp.seq(), ..StampedFlow::default() };
+    let stamp = StampedFlow { kind: STAMP_KIND_SYN, client_isn: seg.tcp.seq(), account, ..StampedFlow::default() };
     finish(frame, seg, option, flow, stamp, reason::STAMPED_SYN)
 }
 
@@ -131,6 +137,10 @@ fn stamp_ack(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32, done: u32) -> u32
     let Some(me) = maps::identity() else {
         return reason::SKIP_NO_IDENTITY;
     };
+    // Asked again: the account may have logged out since its SYN.
+    let Some(account) = maps::account(frame) else {
+        return reason::SKIP_NO_ACCOUNT;
+    };
     let id = config::option_id();
     let mac = Binding::handshake_ack(seg, me.agent_id, id.exid).mac(&me.key);
     let option = CapabilityOption::new(id.kind, id.exid, me.agent_id, mac);
@@ -138,6 +148,7 @@ fn stamp_ack(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32, done: u32) -> u32
         kind: STAMP_KIND_ACK,
         client_isn,
         server_isn: seg.tcp.ack_seq().wrapping_sub(1),
+        account,
         ..StampedFlow::default()
     };
     finish(frame, seg, option, FlowKey::of_segment(seg), stamp, done)

@@ -2,10 +2,12 @@
 //! loaded them, which fills targets and identity at start-up.
 
 use ackgate_common::abi::{
-    AgentHandshake, AgentIdentity, FlowKey, MAX_HANDSHAKES, MAX_STAMPED, MAX_TARGETS, StampedFlow, TargetKey,
-    TargetPolicy,
+    ANY_ACCOUNT, AgentHandshake, AgentIdentity, FlowKey, MAX_ACCOUNTS, MAX_HANDSHAKES, MAX_STAMPED, MAX_TARGETS,
+    StampedFlow, TargetKey, TargetPolicy,
 };
+use ackgate_common::kernel::frame::SkbFrame;
 use ackgate_common::stamp::reason;
+use aya_ebpf::helpers::bpf_get_socket_uid;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
 
@@ -28,6 +30,12 @@ pub static HANDSHAKES: LruHashMap<FlowKey, AgentHandshake> = LruHashMap::with_ma
 #[map(name = "ACKGATE_AGENT_STAMPED")]
 pub static STAMPED: LruHashMap<FlowKey, StampedFlow> = LruHashMap::with_max_entries(MAX_STAMPED, 0);
 
+/// The local accounts with a login on this machine, by uid (the value is
+/// unused); [`ANY_ACCOUNT`] stands for all of them (single-user mode).
+/// Only their sockets' handshakes are stamped.
+#[map(name = "ACKGATE_AGENT_ACCOUNTS")]
+pub static ACCOUNTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ACCOUNTS, 0);
+
 #[map(name = "ACKGATE_AGENT_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);
 
@@ -36,4 +44,18 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::CO
 pub fn identity() -> Option<AgentIdentity> {
     let id = *IDENTITY.get(0)?;
     (id.enrolled == 1).then_some(id)
+}
+
+/// The logged-in account the segment's socket belongs to: its owner's uid,
+/// or [`ANY_ACCOUNT`] when a machine-wide login is in force; `None` when
+/// neither. A segment without a full socket (forwarded, or a timewait
+/// socket's) reads as the overflow uid (`bpf_get_socket_uid` in
+/// net/core/filter.c), which no login holds.
+#[inline(always)]
+pub fn account(frame: &SkbFrame) -> Option<u32> {
+    // SAFETY: the helper reads the skb of this very run.
+    let uid = unsafe { bpf_get_socket_uid(frame.ctx().skb.skb) };
+    // SAFETY: a plain lookup; the value is not used.
+    let logged_in = |account: u32| unsafe { ACCOUNTS.get(account) }.is_some();
+    if logged_in(uid) { Some(uid) } else { logged_in(ANY_ACCOUNT).then_some(ANY_ACCOUNT) }
 }

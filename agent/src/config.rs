@@ -3,8 +3,12 @@
 //! ```toml
 //! # Where enrollment keeps the agent's identity (created mode 0700).
 //! state_dir = "/var/lib/ackgate-agent"
-//! # Root-only socket of the running agent (`login`, `status`).
+//! # Socket of the running agent (`login`, `logout`, `status`).
 //! control_socket = "/run/ackgate-agent.sock"
+//! # "account" (default): each local account logs in for itself, and only
+//! # the sockets of accounts with a login are stamped. "machine": one login,
+//! # by root, covers every local account (single-user machines).
+//! login_scope = "account"
 //! # Interfaces whose egress the stamper watches.
 //! interfaces = ["eth0"]
 //!
@@ -54,6 +58,8 @@ pub struct Config {
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
     #[serde(default)]
+    pub login_scope: LoginScope,
+    #[serde(default)]
     pub interfaces: Vec<String>,
     #[serde(default)]
     pub option: OptionSection,
@@ -61,6 +67,20 @@ pub struct Config {
     pub targets: Vec<TargetSection>,
     #[serde(default)]
     pub session: SessionSection,
+}
+
+/// Whom a login covers (docs/agent.md, "Local accounts").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginScope {
+    /// Each local account logs in for itself over the control socket, which
+    /// every account may open; only the sockets of an account with a login
+    /// are stamped, and profiles name that account's user.
+    #[default]
+    Account,
+    /// One login, by root, stands for every local account (the control
+    /// socket is root's only).
+    Machine,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -187,6 +207,7 @@ mod tests {
             ("[[targets]]\naddress = \"10.0.0.1\"\n[[targets]]\naddress = \"10.0.0.1\"", "listed twice"),
             ("[[targets]]\naddress = \"not-an-ip\"", "invalid IPv4 address"),
             ("colour = \"blue\"", "unknown field"),
+            ("login_scope = \"user\"", "unknown variant"),
         ];
         for (text, needle) in cases {
             let err = Config::parse(text, "agent.toml").expect_err(text).to_string();
@@ -194,5 +215,6 @@ mod tests {
         }
         let ok = Config::parse("interfaces = [\"eth0\"]", "agent.toml").expect("minimal config");
         assert_eq!(ok.targets(Some(Ipv4Addr::new(10, 0, 0, 1))).len(), 1);
+        assert_eq!(ok.login_scope, LoginScope::Account, "logins are per account unless configured otherwise");
     }
 }

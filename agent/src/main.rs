@@ -13,6 +13,7 @@ use ackgate_agent::fingerprint;
 use ackgate_agent::session::{self, Identity, Shared};
 use ackgate_agent::stamper::Stamper;
 use ackgate_agent::state::StateDir;
+use ackgate_common::abi::ANY_ACCOUNT;
 use ackgate_common::proto::Invite;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -32,7 +33,9 @@ use zeroize::Zeroizing;
         ackgate-agent enroll 'ackgate-invite-1....'   (the invite your administrator gave you)\n  \
         ackgate-agent run &                          (or the systemd unit)\n  \
         ackgate-agent login                          (asks for user name and password)\n  \
-        ackgate-agent status"
+        ackgate-agent status\n\n\
+        Each local account logs in for itself (login_scope = \"account\", the default): only the \
+        connections of accounts with a login are stamped, and they go out as that account's user."
 )]
 struct Cli {
     /// Agent configuration (TOML; see README for every key).
@@ -53,19 +56,29 @@ enum Command {
         #[arg(long)]
         hostname: Option<String>,
     },
-    /// Log a user in on the running agent. The password stays in the
-    /// agent's memory only; the gateway checks it once per session.
+    /// Log a user in for your local account on the running agent: from
+    /// then on your account's connections are stamped and go out as that
+    /// user. The password stays in the agent's memory only; the gateway
+    /// never sees it (an OPAQUE login, once per session).
     Login {
         /// User name (asked for when absent).
         #[arg(long)]
         user: Option<String>,
+        /// The local account (uid) to log in for; root only. Default: yours.
+        #[arg(long, value_name = "UID")]
+        account: Option<u32>,
         /// Read the password from the first line of stdin instead of
         /// asking on the terminal (scripts, tests).
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Forget the logged-in user on the running agent.
-    Logout,
+    /// End your local account's login on the running agent: its
+    /// connections are no longer stamped, and the gateway drops the login.
+    Logout {
+        /// The local account (uid) to log out; root only. Default: yours.
+        #[arg(long, value_name = "UID")]
+        account: Option<u32>,
+    },
     /// Load the stamper, attach it to the configured interfaces and keep the
     /// gateway session up until SIGTERM or Ctrl-C.
     Run,
@@ -97,11 +110,17 @@ fn real_main() -> Result<()> {
     rt.block_on(async {
         match cli.command {
             Command::Enroll { invite, hostname } => cmd_enroll(&config, &invite, hostname).await,
-            Command::Login { user, password_stdin } => cmd_login(&config, user, password_stdin).await,
-            Command::Logout => match control::request(&config.control_socket, &Request::Logout).await? {
-                Reply::LoggedOut => Ok(()),
-                other => bail!("unexpected reply: {other:?}"),
-            },
+            Command::Login { user, account, password_stdin } => cmd_login(&config, user, account, password_stdin).await,
+            Command::Logout { account } => {
+                match control::request(&config.control_socket, &Request::Logout { account })
+                    .await
+                    .context("is `ackgate-agent run` running?")?
+                {
+                    Reply::LoggedOut => Ok(()),
+                    Reply::Error(e) => bail!("{e}"),
+                    other => bail!("unexpected reply: {other:?}"),
+                }
+            }
             Command::Run => cmd_run(config).await,
             Command::Status { json } => cmd_status(&config, json).await,
         }
@@ -130,7 +149,7 @@ async fn cmd_enroll(config: &Config, invite: &str, hostname: Option<String>) -> 
     Ok(())
 }
 
-async fn cmd_login(config: &Config, user: Option<String>, password_stdin: bool) -> Result<()> {
+async fn cmd_login(config: &Config, user: Option<String>, account: Option<u32>, password_stdin: bool) -> Result<()> {
     let user = match user {
         Some(u) => u,
         None => {
@@ -157,7 +176,7 @@ async fn cmd_login(config: &Config, user: Option<String>, password_stdin: bool) 
                 .context("reading the password (no terminal? use --password-stdin)")?,
         )
     };
-    match control::request(&config.control_socket, &Request::Login { user, password })
+    match control::request(&config.control_socket, &Request::Login { user, password, account })
         .await
         .context("is `ackgate-agent run` running?")?
     {
@@ -166,6 +185,7 @@ async fn cmd_login(config: &Config, user: Option<String>, password_stdin: bool) 
             Ok(())
         }
         Reply::Login(Some(o)) => bail!("the gateway refused the login: {}", o.message),
+        Reply::Error(e) => bail!("{e}"),
         Reply::Login(None) => {
             bail!(
                 "no verdict from the gateway (no session yet, or a newer login or logout replaced this one); \
@@ -197,13 +217,21 @@ async fn cmd_run(config: Config) -> Result<()> {
         stamper.attach(iface)?;
     }
     tracing::info!(agent_id, interfaces = ?config.interfaces, targets = targets.len(), "stamper attached");
-    let shared = Shared::new(&enrollment.info.gateway);
     let stamper = Arc::new(Mutex::new(stamper));
+    let shared = Shared::new(&enrollment.info.gateway, stamper.clone());
     let machine = fingerprint::digest(&fingerprint::collect(std::path::Path::new("/")));
     let state = Some(StateDir::new(&config.state_dir));
-    let identity = Arc::new(Identity::new(enrollment, machine, stamper.clone(), state));
-    let daemon = Arc::new(Daemon { agent_id, interfaces: config.interfaces.clone(), shared: shared.clone(), stamper });
-    let listener = control::bind(&config.control_socket)?;
+    let identity = Arc::new(Identity::new(enrollment, machine, state));
+    let scope = config.login_scope;
+    let daemon = Arc::new(Daemon {
+        agent_id,
+        interfaces: config.interfaces.clone(),
+        scope,
+        socketless_uid: control::socketless_uid(),
+        shared: shared.clone(),
+        stamper,
+    });
+    let listener = control::bind(&config.control_socket, scope)?;
     let control_task = tokio::spawn(control::serve(listener, daemon.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let session_task = tokio::spawn(session::run(identity, shared, config.session.clone(), stopped));
@@ -245,10 +273,15 @@ async fn cmd_status(config: &Config, json: bool) -> Result<()> {
     if let Some(e) = &s.last_error {
         println!("last error: {e}");
     }
-    match &s.login {
-        Some(l) if l.accepted => println!("user: {} (logged in)", l.user),
-        Some(l) => println!("user: {} (refused: {})", l.user, l.message),
-        None => println!("user: none logged in"),
+    if s.logins.is_empty() {
+        println!("logins: none");
+    }
+    for l in &s.logins {
+        let account = account_name(l.account);
+        match l.accepted {
+            true => println!("login: {account} as {} (logged in)", l.user),
+            false => println!("login: {account} as {} (refused: {})", l.user, l.message),
+        }
     }
     println!("stamper counters:");
     for (label, n) in &report.counters {
@@ -256,7 +289,11 @@ async fn cmd_status(config: &Config, json: bool) -> Result<()> {
     }
     println!("recently stamped flows:");
     for r in &report.recent {
-        println!("  {} -> {} {} {} ms ago", r.client, r.service, r.kind, r.age_ms);
+        println!("  {} -> {} {} for {}, {} ms ago", r.client, r.service, r.kind, account_name(r.account), r.age_ms);
     }
     Ok(())
+}
+
+fn account_name(account: u32) -> String {
+    if account == ANY_ACCOUNT { "every account".to_owned() } else { format!("uid {account}") }
 }

@@ -3,13 +3,15 @@
 //! `ackgate-agent login`), answers to profile requests, and reconnects with
 //! jittered exponential backoff.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use ackgate_common::abi::MAX_ACCOUNTS;
 use ackgate_common::proto::pake::{LoginClient, PakeError};
 use ackgate_common::proto::{
-    FlowSummary, Hello, Message, MessageCodec, Profile, ProfileAnswer, ProfileRefusal, ProfileRequest, ProtoError,
-    RefusalReason, RenewCertificate, profile_proof,
+    FlowSummary, Hello, LoginResult, Logout, Message, MessageCodec, Profile, ProfileAnswer, ProfileRefusal,
+    ProfileRequest, ProtoError, RefusalReason, RenewCertificate, profile_proof,
 };
 use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,16 +25,33 @@ use crate::renew::{self, RenewError};
 use crate::state::{Enrollment, StateDir, StateError};
 use crate::tls::{self, TlsError};
 
-/// The user's credentials, kept in memory only (zeroed on drop).
+/// One account's credentials, kept in memory only (zeroed on drop).
 #[derive(Clone)]
 pub struct Credentials {
     pub user: String,
     pub password: Zeroizing<String>,
 }
 
-/// Result of the last login, as the gateway answered it.
+/// The logins asked for, by local account (a uid, or
+/// [`ackgate_common::abi::ANY_ACCOUNT`] for a
+/// machine-wide login), each with the generation of its last change.
+/// Generations count every change of any account.
+#[derive(Clone, Default)]
+struct Wanted {
+    last: u64,
+    accounts: BTreeMap<u32, (u64, Credentials)>,
+}
+
+impl Wanted {
+    fn generation(&self, account: u32) -> Option<u64> {
+        self.accounts.get(&account).map(|(g, _)| *g)
+    }
+}
+
+/// Result of an account's last login, as the gateway answered it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct LoginOutcome {
+    pub account: u32,
     pub user: String,
     pub accepted: bool,
     pub message: String,
@@ -52,7 +71,8 @@ pub struct SessionStatus {
     /// Session certificates renewed since the agent started.
     pub certificate_renewals: u64,
     pub last_error: Option<String>,
-    pub login: Option<LoginOutcome>,
+    /// The last verdict of each account's login, by account.
+    pub logins: Vec<LoginOutcome>,
     /// Unix seconds of the last state change.
     pub since_unix: u64,
 }
@@ -60,37 +80,43 @@ pub struct SessionStatus {
 /// State shared between the session task and the control socket.
 pub struct Shared {
     status: Mutex<SessionStatus>,
-    /// The credentials and their generation (one per change). A watch, so
-    /// a session started after a change does not see it again.
-    credentials: watch::Sender<(u64, Option<Credentials>)>,
-    /// The verdict on the login of a generation, for the `login` command
-    /// that set it (and only that one).
-    login_outcome: watch::Sender<(u64, Option<LoginOutcome>)>,
+    /// The logins asked for. A watch, so a session started after a change
+    /// does not see it again.
+    wanted: watch::Sender<Wanted>,
+    /// The last verdict of each account, with the generation it ended: for
+    /// the `login` command that set that generation (and only that one).
+    verdicts: watch::Sender<BTreeMap<u32, (u64, LoginOutcome)>>,
+    stamps: Arc<dyn Stamps>,
 }
 
 /// A `login` command's wait for its own verdict.
 pub struct LoginWait {
+    account: u32,
     generation: u64,
-    outcome: watch::Receiver<(u64, Option<LoginOutcome>)>,
-    credentials: watch::Receiver<(u64, Option<Credentials>)>,
+    verdicts: watch::Receiver<BTreeMap<u32, (u64, LoginOutcome)>>,
+    wanted: watch::Receiver<Wanted>,
 }
 
 impl LoginWait {
     /// The gateway's verdict; none within `timeout` (no session), or at
-    /// once when a newer login or a logout replaces this one.
+    /// once when a newer login or a logout of the account replaces this one.
     pub async fn verdict(mut self, timeout: Duration) -> Option<LoginOutcome> {
-        let generation = self.generation;
-        let mine = self.outcome.wait_for(|(g, o)| *g == generation && o.is_some());
-        let replaced = self.credentials.wait_for(|(g, _)| *g > generation);
+        let (account, generation) = (self.account, self.generation);
+        let mine = self.verdicts.wait_for(|v| v.get(&account).is_some_and(|(g, _)| *g == generation));
+        let replaced = self.wanted.wait_for(|w| w.generation(account) != Some(generation));
         let waited = tokio::time::timeout(timeout, async {
             tokio::select! {
-                v = mine => v.ok().and_then(|v| v.1.clone()),
+                v = mine => v.ok().and_then(|v| v.get(&account).map(|(_, o)| o.clone())),
                 _ = replaced => None,
             }
         });
         waited.await.ok().flatten()
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{MAX_ACCOUNTS} local accounts are logged in on this machine already")]
+pub struct TooManyAccounts;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -101,20 +127,25 @@ fn now_unix() -> u64 {
 }
 
 impl Shared {
-    pub fn new(gateway: &str) -> Arc<Self> {
+    pub fn new(gateway: &str, stamps: Arc<dyn Stamps>) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(SessionStatus {
                 state: "connecting".into(),
                 gateway: gateway.into(),
                 ..Default::default()
             }),
-            credentials: watch::channel((0, None)).0,
-            login_outcome: watch::channel((0, None)).0,
+            wanted: watch::channel(Wanted::default()).0,
+            verdicts: watch::channel(BTreeMap::new()).0,
+            stamps,
         })
     }
 
     pub fn status(&self) -> SessionStatus {
         lock(&self.status).clone()
+    }
+
+    pub fn stamps(&self) -> &dyn Stamps {
+        &*self.stamps
     }
 
     fn set_state(&self, state: &str, error: Option<String>) {
@@ -126,49 +157,73 @@ impl Shared {
         }
     }
 
-    /// Replaces the credentials and logs in on the live session (or on the
-    /// next one); none logs out.
-    pub fn set_credentials(&self, c: Option<Credentials>) -> LoginWait {
-        let outcome = self.login_outcome.subscribe();
+    /// Replaces the credentials of `account` and logs it in on the live
+    /// session (or on the next one); none logs it out. Either way the
+    /// account's sockets are no longer stamped from now until a login of
+    /// it is accepted.
+    pub fn set_credentials(&self, account: u32, c: Option<Credentials>) -> Result<LoginWait, TooManyAccounts> {
+        let verdicts = self.verdicts.subscribe();
         // Under the status lock, as in `record_login`: a verdict on an
         // older login cannot slip in after this change clears the status.
         let mut status = lock(&self.status);
-        status.login = None;
-        let mut generation = 0;
-        self.credentials.send_modify(|(g, creds)| {
-            *g += 1;
-            generation = *g;
-            *creds = c;
+        let (mut generation, mut full) = (0, false);
+        self.wanted.send_if_modified(|w| {
+            let new_account = c.is_some() && !w.accounts.contains_key(&account);
+            if new_account && w.accounts.len() >= MAX_ACCOUNTS as usize {
+                full = true;
+                return false;
+            }
+            w.last += 1;
+            generation = w.last;
+            match c {
+                Some(c) => w.accounts.insert(account, (generation, c)),
+                None => w.accounts.remove(&account),
+            };
+            true
         });
-        LoginWait { generation, outcome, credentials: self.credentials.subscribe() }
+        if full {
+            return Err(TooManyAccounts);
+        }
+        status.logins.retain(|l| l.account != account);
+        self.stamps.set_account(account, false);
+        Ok(LoginWait { account, generation, verdicts, wanted: self.wanted.subscribe() })
     }
 
     /// Publishes the verdict on the login of `generation`, unless newer
-    /// credentials (or a logout) replaced it meanwhile.
+    /// credentials (or a logout) of its account replaced it meanwhile. An
+    /// accepted login's account is stamped from now on.
     fn record_login(&self, generation: u64, outcome: LoginOutcome) {
         let mut status = lock(&self.status);
-        if self.credentials.borrow().0 != generation {
+        if self.wanted.borrow().generation(outcome.account) != Some(generation) {
             return;
         }
-        status.login = Some(outcome.clone());
-        self.login_outcome.send_replace((generation, Some(outcome)));
+        self.stamps.set_account(outcome.account, outcome.accepted);
+        status.logins.retain(|l| l.account != outcome.account);
+        status.logins.push(outcome.clone());
+        status.logins.sort_by_key(|l| l.account);
+        self.verdicts.send_modify(|v| {
+            v.insert(outcome.account, (generation, outcome));
+        });
     }
 }
 
-/// The flows this machine stamped. A profile is given only for those: the
-/// MAC key alone, copied to another machine, stamps handshakes this log
-/// never saw, and the agent refuses to vouch for them.
-pub trait StampLog: Send + Sync {
-    /// Whether this machine stamped the handshake ACK of `flow` (same
-    /// 4-tuple, same ISNs). A lookup that fails answers no.
-    fn stamped(&self, flow: &FlowSummary) -> bool;
+/// The stamper, as the session sees it: what this machine stamped, and
+/// whose sockets it stamps.
+pub trait Stamps: Send + Sync {
+    /// The account this machine stamped the handshake ACK of `flow` for
+    /// (same 4-tuple, same ISNs); `None` when it did not stamp it (the MAC
+    /// key alone, copied to another machine, stamps handshakes this log
+    /// never saw, and the agent refuses to vouch for them). A lookup that
+    /// fails answers `None`.
+    fn stamped(&self, flow: &FlowSummary) -> Option<u32>;
+    /// Lets the sockets of `account` be stamped, or stops it.
+    fn set_account(&self, account: u32, logged_in: bool);
 }
 
 /// What a session needs across reconnects.
 pub struct Identity {
     pub enrollment: Enrollment,
     pub machine: [u8; 32],
-    pub stamps: Arc<dyn StampLog>,
     /// Where a renewed certificate is stored (none: kept in memory only).
     pub state: Option<StateDir>,
     /// The session certificate and key: the enrolled ones, then renewed.
@@ -176,9 +231,9 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn new(enrollment: Enrollment, machine: [u8; 32], stamps: Arc<dyn StampLog>, state: Option<StateDir>) -> Self {
+    pub fn new(enrollment: Enrollment, machine: [u8; 32], state: Option<StateDir>) -> Self {
         let certificate = Mutex::new((enrollment.cert.clone(), enrollment.key.clone_key()));
-        Self { enrollment, machine, stamps, state, certificate }
+        Self { enrollment, machine, state, certificate }
     }
 
     /// The certificate sessions present now.
@@ -304,27 +359,23 @@ async fn serve_once(
     shared.set_state("connected", None);
     tracing::info!(session = welcome.session_id, "gateway session open");
     let silence_limit = Duration::from_secs(u64::from(welcome.heartbeat_secs.max(1)) * 3);
-    let mut login = LoginState::default();
+    let mut logins = Logins::default();
     // The first tick is at once: a session checks its certificate when it
     // opens, then twice a day.
     let mut renewal_check = tokio::time::interval(RENEWAL_CHECK);
     let mut renewal: Option<renew::Pending> = None;
     let mut renewed_here = false;
-    let mut credentials = shared.credentials.subscribe();
-    let current = credentials.borrow_and_update().clone();
-    login.change(&mut conn, current).await?;
+    let mut wanted = shared.wanted.subscribe();
+    logins.take_changes(&wanted.borrow_and_update());
+    logins.send_next(&mut conn).await?;
     loop {
         tokio::select! {
             // A credentials change first: a logout must not leave one more
             // answer signed under the old key.
             biased;
-            Ok(()) = credentials.changed() => {
-                let current = credentials.borrow_and_update().clone();
-                if login.busy() {
-                    login.next = Some(current);
-                } else {
-                    login.change(&mut conn, current).await?;
-                }
+            Ok(()) = wanted.changed() => {
+                logins.take_changes(&wanted.borrow_and_update());
+                logins.send_next(&mut conn).await?;
             }
             _ = stopped(&mut shutdown) => {
                 let _ = conn.close().await;
@@ -347,65 +398,49 @@ async fn serve_once(
                 match msg {
                     Message::ProfileRequest(req) => {
                         lock(&shared.status).profile_requests += 1;
-                        if !identity.stamps.stamped(&req.flow) {
+                        let Some(account) = shared.stamps.stamped(&req.flow) else {
                             lock(&shared.status).profile_refusals += 1;
                             tracing::warn!(flow = ?req.flow, "profile request for a flow this machine did not stamp: is a copy of this agent's key in use elsewhere?");
-                            let refusal = ProfileRefusal { request_id: req.request_id, nonce: req.nonce, reason: RefusalReason::NotStamped };
-                            conn.send(Message::ProfileRefused(refusal)).await?;
+                            conn.send(Message::ProfileRefused(refusal(&req, RefusalReason::NotStamped))).await?;
+                            continue;
+                        };
+                        // While the account's login is being checked, its
+                        // answers wait for the verdict: answered now they
+                        // would carry no proof.
+                        if logins.busy_for(account) {
+                            logins.deferred.push((account, req));
                             continue;
                         }
-                        // While a login is being checked, answers wait for
-                        // its verdict: answered now they would carry no proof.
-                        if login.busy() {
-                            login.deferred.push(req);
-                            continue;
-                        }
-                        conn.send(Message::ProfileAnswer(login.answer(identity, &req))).await?;
+                        conn.send(logins.answer(identity, account, &req)).await?;
                     }
                     Message::ClaimChallenge(c) => {
-                        let Some((generation, client)) = login.in_flight.take() else {
+                        let Some(mut running) = logins.in_flight.take() else {
                             return Err(ProtoError::Unexpected { want: "ProfileRequest or Ping (no login under way)", got: "ClaimChallenge" }.into());
                         };
                         let (client, finish) = off_thread(move || {
-                            let finish = client.claim(&c.registration_response);
-                            (client, finish)
+                            let finish = running.client.claim(&c.registration_response);
+                            (running.client, finish)
                         })
                         .await;
-                        login.in_flight = Some((generation, client));
+                        running.client = client;
+                        logins.in_flight = Some(running);
                         conn.send(Message::ClaimFinish(finish?)).await?;
                     }
                     Message::LoginChallenge(c) => {
-                        let Some((generation, client)) = login.in_flight.take() else {
+                        let Some(running) = logins.in_flight.take() else {
                             return Err(ProtoError::Unexpected { want: "ProfileRequest or Ping (no login under way)", got: "LoginChallenge" }.into());
                         };
+                        let client = running.client;
                         let finished = off_thread(move || client.finish(&c.credential_response)).await?;
-                        login.finished = Some((generation, finished.proof_key));
+                        logins.finished = Some(Finished { account: running.account, generation: running.generation, proof_key: finished.proof_key });
                         conn.send(Message::LoginFinish(finished.message)).await?;
                     }
                     Message::LoginResult(r) => {
-                        // A verdict before the exchange finished (throttled,
-                        // locked, or refused early) ends the login too.
-                        let Some((generation, proof_key)) =
-                            login.finished.take().or_else(|| login.in_flight.take().map(|(g, _)| (g, None)))
-                        else {
-                            return Err(ProtoError::Unexpected { want: "ProfileRequest or Ping (no login awaits a verdict)", got: "LoginResult" }.into());
-                        };
-                        if let Some(newer) = login.next.take() {
-                            // Replaced while it ran: its key is not used;
-                            // the newer login (or logout) goes now.
-                            login.change(&mut conn, newer).await?;
-                        } else {
-                            // The gateway records a verdict before sending
-                            // it: from now on it checks proofs under this
-                            // login's key.
-                            login.proof_key = proof_key.filter(|_| r.accepted);
-                            login.user = r.user.clone();
-                            let outcome = LoginOutcome { user: r.user, accepted: r.accepted, message: r.message };
-                            shared.record_login(generation, outcome);
+                        if let Some(outcome) = logins.verdict(r)? {
+                            shared.record_login(outcome.0, outcome.1);
                         }
-                        if !login.busy() {
-                            login.flush(&mut conn, identity).await?;
-                        }
+                        logins.send_next(&mut conn).await?;
+                        logins.flush(&mut conn, identity).await?;
                     }
                     Message::CertificateRenewed(r) => {
                         let Some(pending) = renewal.take() else {
@@ -427,6 +462,10 @@ async fn serve_once(
     }
 }
 
+fn refusal(req: &ProfileRequest, reason: RefusalReason) -> ProfileRefusal {
+    ProfileRefusal { request_id: req.request_id, nonce: req.nonce, reason }
+}
+
 /// Runs the key-stretching (argon2id) part of a login off the async
 /// threads; the session waits for it, its socket does not block the
 /// runtime.
@@ -437,78 +476,162 @@ async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static
     }
 }
 
-/// One session's login. At most one login runs at a time: a newer change
-/// waits in `next` (only the latest), so the last verdict is always the
-/// login the gateway holds and the gateway's login queue never fills.
-#[derive(Default)]
-struct LoginState {
-    /// The user of the last verdict: refused or unknown users still name
-    /// themselves, so the gateway can record them as potential users.
-    user: String,
-    /// Proof key of the last verdict, if it accepted the login.
+/// A login exchange under way: its account and generation, and the
+/// agent's half.
+struct Running {
+    account: u32,
+    generation: u64,
+    client: LoginClient,
+}
+
+/// A login whose last message went out: the proof key it will have if the
+/// gateway accepts it.
+struct Finished {
+    account: u32,
+    generation: u64,
     proof_key: Option<Zeroizing<[u8; 32]>>,
-    /// The login exchange under way: its generation and the agent's half.
-    in_flight: Option<(u64, LoginClient)>,
-    /// A login whose last message went out: its generation and the proof
-    /// key it will have if the gateway accepts it.
-    finished: Option<(u64, Option<Zeroizing<[u8; 32]>>)>,
-    /// Credentials changed while a login ran.
-    next: Option<(u64, Option<Credentials>)>,
-    deferred: Vec<ProfileRequest>,
 }
 
-impl LoginState {
-    fn busy(&self) -> bool {
-        self.in_flight.is_some() || self.finished.is_some()
-    }
+/// One session's logins, one per local account. One exchange runs at a
+/// time; the other accounts' changes wait in `queued` (only the latest of
+/// each), so the gateway's login queue never fills and each account's last
+/// verdict is the login the gateway holds for it.
+#[derive(Default)]
+struct Logins {
+    /// Accepted logins: each account's user and proof key.
+    accepted: BTreeMap<u32, (String, Zeroizing<[u8; 32]>)>,
+    /// Accounts the gateway may hold a login of: told when they log out.
+    at_gateway: BTreeSet<u32>,
+    in_flight: Option<Running>,
+    finished: Option<Finished>,
+    /// Changes not sent yet: the generation and credentials (none: log
+    /// out), the latest per account.
+    queued: BTreeMap<u32, (u64, Option<Credentials>)>,
+    /// The generation of each account last taken from the wanted logins.
+    seen: BTreeMap<u32, u64>,
+    /// Requests waiting for their account's login to end.
+    deferred: Vec<(u32, ProfileRequest)>,
+}
 
-    /// Applies a credentials change: a login starts; a logout drops the
-    /// proof key at once, here and (told so) at the gateway.
-    async fn change(
-        &mut self,
-        conn: &mut Conn,
-        (generation, credentials): (u64, Option<Credentials>),
-    ) -> Result<(), SessionError> {
-        let had_login = self.proof_key.is_some() || !self.user.is_empty();
-        self.proof_key = None;
-        self.user.clear();
-        match credentials {
-            Some(c) => {
-                self.user.clone_from(&c.user);
-                let (client, start) = LoginClient::start(&c.user, &c.password)?;
-                self.in_flight = Some((generation, client));
-                conn.send(Message::LoginStart(start)).await?;
+impl Logins {
+    /// Queues what changed in `wanted` since the last look. A changed
+    /// account's proof key dies at once.
+    fn take_changes(&mut self, wanted: &Wanted) {
+        for (&account, (generation, credentials)) in &wanted.accounts {
+            if self.seen.insert(account, *generation) != Some(*generation) {
+                self.accepted.remove(&account);
+                self.queued.insert(account, (*generation, Some(credentials.clone())));
             }
-            None if had_login => conn.send(Message::Logout).await?,
-            None => {}
+        }
+        let gone: Vec<u32> = self.seen.keys().copied().filter(|a| !wanted.accounts.contains_key(a)).collect();
+        for account in gone {
+            self.seen.remove(&account);
+            self.accepted.remove(&account);
+            self.queued.insert(account, (wanted.last, None));
+        }
+    }
+
+    fn exchanging(&self) -> Option<u32> {
+        self.in_flight.as_ref().map(|r| r.account).or(self.finished.as_ref().map(|f| f.account))
+    }
+
+    /// Whether `account` has a login to finish or to start.
+    fn busy_for(&self, account: u32) -> bool {
+        self.exchanging() == Some(account) || self.queued.contains_key(&account)
+    }
+
+    /// Sends queued logouts, and starts the next queued login unless one
+    /// is under way.
+    async fn send_next(&mut self, conn: &mut Conn) -> Result<(), SessionError> {
+        while self.exchanging().is_none() {
+            let Some((account, (generation, credentials))) = self.queued.pop_first() else { break };
+            match credentials {
+                Some(c) => {
+                    let (client, start) = LoginClient::start(&c.user, account, &c.password)?;
+                    self.in_flight = Some(Running { account, generation, client });
+                    self.at_gateway.insert(account);
+                    conn.send(Message::LoginStart(start)).await?;
+                }
+                None if self.at_gateway.remove(&account) => conn.send(Message::Logout(Logout { account })).await?,
+                None => {}
+            }
         }
         Ok(())
     }
 
-    /// Answers the requests that waited for the login in flight.
+    /// Ends the exchange under way with the gateway's verdict. Returns the
+    /// outcome to publish, with its generation; none when a newer change
+    /// of the account replaced the login while it ran (its key is not
+    /// used).
+    fn verdict(&mut self, r: LoginResult) -> Result<Option<(u64, LoginOutcome)>, ProtoError> {
+        // A verdict before the exchange finished (throttled, locked, or
+        // refused early) ends the login too.
+        let (account, generation, proof_key) = match (self.finished.take(), self.in_flight.take()) {
+            (Some(f), _) => (f.account, f.generation, f.proof_key),
+            (None, Some(r)) => (r.account, r.generation, None),
+            (None, None) => {
+                return Err(ProtoError::Unexpected {
+                    want: "ProfileRequest or Ping (no login awaits a verdict)",
+                    got: "LoginResult",
+                });
+            }
+        };
+        if r.account != account {
+            return Err(ProtoError::Unexpected { want: "the verdict of the login under way", got: "LoginResult" });
+        }
+        if !r.accepted {
+            // A refused login leaves the gateway without one for the account.
+            self.at_gateway.remove(&account);
+        }
+        if self.queued.contains_key(&account) {
+            return Ok(None);
+        }
+        // The gateway records a verdict before sending it: from now on it
+        // checks this account's proofs under this login's key.
+        if let Some(key) = proof_key.filter(|_| r.accepted) {
+            self.accepted.insert(account, (r.user.clone(), key));
+        }
+        Ok(Some((generation, LoginOutcome { account, user: r.user, accepted: r.accepted, message: r.message })))
+    }
+
+    /// Answers the requests whose account's login is over.
     async fn flush(&mut self, conn: &mut Conn, identity: &Identity) -> Result<(), ProtoError> {
-        for req in std::mem::take(&mut self.deferred) {
-            conn.send(Message::ProfileAnswer(self.answer(identity, &req))).await?;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.deferred).into_iter().partition(|(account, _)| !self.busy_for(*account));
+        self.deferred = waiting;
+        for (account, req) in ready {
+            conn.send(self.answer(identity, account, &req)).await?;
         }
         Ok(())
     }
 
-    fn answer(&self, identity: &Identity, req: &ProfileRequest) -> ProfileAnswer {
-        answer(identity, req, self.user.clone(), self.proof_key.as_deref())
+    /// The answer to `req` about a flow of `account`: its profile, or a
+    /// refusal when the account has no accepted login (its user logged out
+    /// after the stamp, or the login was refused).
+    fn answer(&self, identity: &Identity, account: u32, req: &ProfileRequest) -> Message {
+        match self.accepted.get(&account) {
+            Some((user, key)) => Message::ProfileAnswer(answer(identity, req, account, user.clone(), key)),
+            None => Message::ProfileRefused(refusal(req, RefusalReason::NotLoggedIn)),
+        }
     }
 }
 
-/// The profile for `req`. Without an accepted login the proof is zero and
-/// the gateway records the attempt as a potential user.
-pub fn answer(identity: &Identity, req: &ProfileRequest, user: String, proof_key: Option<&[u8; 32]>) -> ProfileAnswer {
+/// The profile of `account`'s `user` for `req`, signed with the proof key
+/// of the account's login.
+pub fn answer(
+    identity: &Identity,
+    req: &ProfileRequest,
+    account: u32,
+    user: String,
+    proof_key: &[u8; 32],
+) -> ProfileAnswer {
     let mut profile = Profile {
         user,
+        account,
         proof: [0; 32],
         machine: identity.machine,
         install_serial: identity.enrollment.info.install_serial.clone(),
     };
-    if let Some(key) = proof_key {
-        profile.proof = profile_proof(key, req, &profile);
-    }
+    profile.proof = profile_proof(proof_key, req, &profile);
     ProfileAnswer { request_id: req.request_id, nonce: req.nonce, profile }
 }

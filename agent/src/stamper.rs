@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use ackgate_common::abi::{
-    AgentIdentity, FlowKey, MAP_AGENT_COUNTERS, MAP_AGENT_IDENTITY, MAP_AGENT_STAMPED, MAP_AGENT_TARGETS, StampedFlow,
-    TargetKey, TargetPolicy,
+    AgentIdentity, FlowKey, MAP_AGENT_ACCOUNTS, MAP_AGENT_COUNTERS, MAP_AGENT_IDENTITY, MAP_AGENT_STAMPED,
+    MAP_AGENT_TARGETS, StampedFlow, TargetKey, TargetPolicy,
 };
 use ackgate_common::counters::Counters;
 use ackgate_common::mac::MacKey;
@@ -126,6 +126,21 @@ impl Stamper {
         Ok(())
     }
 
+    /// Lets the sockets of `account` (a uid, or `ANY_ACCOUNT` for every
+    /// account) be stamped, or stops it.
+    pub fn set_account(&mut self, account: u32, logged_in: bool) -> Result<(), StamperError> {
+        let map_err = |source| StamperError::Map { map: MAP_AGENT_ACCOUNTS, source };
+        let map = self.ebpf.map_mut(MAP_AGENT_ACCOUNTS).ok_or(StamperError::MissingMap(MAP_AGENT_ACCOUNTS))?;
+        let mut map: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map).map_err(map_err)?;
+        if logged_in {
+            return map.insert(account, 0, 0).map_err(map_err);
+        }
+        match map.remove(&account) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(map_err(source)),
+        }
+    }
+
     pub fn counters(&self) -> Result<Counters, StamperError> {
         let map_err = |source| StamperError::Map { map: MAP_AGENT_COUNTERS, source };
         let map = self.ebpf.map(MAP_AGENT_COUNTERS).ok_or(StamperError::MissingMap(MAP_AGENT_COUNTERS))?;
@@ -133,9 +148,9 @@ impl Stamper {
         Counters::read(&map, &reason::LABELS).map_err(map_err)
     }
 
-    /// Whether this machine stamped the handshake ACK of `flow` (same
-    /// 4-tuple, same ISNs).
-    pub fn stamped(&self, flow: &FlowSummary) -> Result<bool, StamperError> {
+    /// The account this machine stamped the handshake ACK of `flow` for
+    /// (same 4-tuple, same ISNs); `None` when it did not stamp it.
+    pub fn stamped(&self, flow: &FlowSummary) -> Result<Option<u32>, StamperError> {
         let map = self.ebpf.map(MAP_AGENT_STAMPED).ok_or(StamperError::MissingMap(MAP_AGENT_STAMPED))?;
         let map: HashMap<&MapData, FlowKey, StampedFlow> =
             HashMap::try_from(map).map_err(|source| StamperError::Map { map: MAP_AGENT_STAMPED, source })?;
@@ -146,8 +161,8 @@ impl Stamper {
             flow.service_port.to_be_bytes(),
         );
         match map.get(&key, 0) {
-            Ok(entry) => Ok(entry.is_handshake(flow.client_isn, flow.server_isn)),
-            Err(MapError::KeyNotFound) => Ok(false),
+            Ok(entry) => Ok(entry.is_handshake(flow.client_isn, flow.server_isn).then_some(entry.account)),
+            Err(MapError::KeyNotFound) => Ok(None),
             Err(source) => Err(StamperError::Map { map: MAP_AGENT_STAMPED, source }),
         }
     }
@@ -164,14 +179,22 @@ impl Stamper {
     }
 }
 
-/// The stamper's own map is the log of what this machine stamped.
-impl crate::session::StampLog for std::sync::Mutex<Stamper> {
-    fn stamped(&self, flow: &FlowSummary) -> bool {
+/// The stamper's own maps: the log of what this machine stamped, and the
+/// accounts it stamps for.
+impl crate::session::Stamps for std::sync::Mutex<Stamper> {
+    fn stamped(&self, flow: &FlowSummary) -> Option<u32> {
         let stamper = self.lock().unwrap_or_else(|p| p.into_inner());
         stamper.stamped(flow).unwrap_or_else(|e| {
             tracing::warn!("reading the stamped-flow map: {e}");
-            false
+            None
         })
+    }
+
+    fn set_account(&self, account: u32, logged_in: bool) {
+        let mut stamper = self.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = stamper.set_account(account, logged_in) {
+            tracing::error!(account, logged_in, "updating the account map: {e}");
+        }
     }
 }
 

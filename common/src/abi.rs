@@ -315,6 +315,7 @@ pub const MAP_AGENT_IDENTITY: &str = "ACKGATE_AGENT_IDENTITY";
 pub const MAP_AGENT_HANDSHAKES: &str = "ACKGATE_AGENT_HANDSHAKES";
 pub const MAP_AGENT_STAMPED: &str = "ACKGATE_AGENT_STAMPED";
 pub const MAP_AGENT_COUNTERS: &str = "ACKGATE_AGENT_COUNTERS";
+pub const MAP_AGENT_ACCOUNTS: &str = "ACKGATE_AGENT_ACCOUNTS";
 
 pub const MAX_TARGETS: u32 = 1024;
 /// SYNs in flight whose handshake ACK is still to be stamped.
@@ -323,6 +324,14 @@ pub const MAX_HANDSHAKES: u32 = 16384;
 /// milliseconds of its stamp, so this only has to outlast a burst of new
 /// connections: a flow evicted before the question is refused as unstamped.
 pub const MAX_STAMPED: u32 = 16384;
+
+/// Local accounts logged in on one agent at a time (the agent's account
+/// map, and the logins one gateway session holds).
+pub const MAX_ACCOUNTS: u32 = 256;
+/// The account key of a machine-wide login (the agent's single-user mode):
+/// it stands for every local account. No uid is this value (the kernel's
+/// `INVALID_UID`).
+pub const ANY_ACCOUNT: u32 = u32::MAX;
 
 /// A target of the agent is a [`ServiceKey`]; port 0 stands for every port
 /// of that gateway address.
@@ -392,7 +401,9 @@ pub struct StampedFlow {
     pub client_isn: u32,
     /// The server's ISN (an ACK's ACK - 1); 0 for a SYN stamp.
     pub server_isn: u32,
-    pub _pad: u32,
+    /// The logged-in account the stamp was made for: the socket owner's
+    /// uid, or [`ANY_ACCOUNT`] under a machine-wide login.
+    pub account: u32,
 }
 
 impl StampedFlow {

@@ -72,6 +72,10 @@ pub mod reason {
         /// sent again and the stamped ACK may have been lost. TCP sends
         /// the data again, as after any loss.
         STAMPED_ACK_FROM_DATA = 16, "stamped_ack_from_data";
+        /// A SYN or handshake ACK of a socket whose owner has no login on
+        /// this machine (and no machine-wide login is in force): sent
+        /// unstamped, so the gate lets it reach nothing.
+        SKIP_NO_ACCOUNT = 17, "skip_no_account";
     }
 }
 

@@ -13,6 +13,10 @@ pub struct AccessRecord<'a> {
     pub service_name: &'a str,
     pub agent_id: u32,
     pub user: Option<&'a str>,
+    /// The agent machine's local account (uid) the flow is from, when the
+    /// agent answered; absent under a machine-wide login.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<u32>,
     /// Hex SHA-256 machine fingerprint, when the agent answered.
     pub machine: Option<String>,
     /// "authorized", "denied" or "timed_out".

@@ -77,7 +77,8 @@ pub type Pending = (AdminRequest, oneshot::Sender<AdminReply>);
 /// Binds `path` (root-only) and forwards each request to `requests`.
 pub fn serve(path: &Path, requests: mpsc::Sender<Pending>) -> Result<(), AdminError> {
     let listener = local::bind_private(path)?;
-    let handle = move |req: AdminRequest| {
+    // Root only (mode 0600): every caller may do everything.
+    let handle = move |req: AdminRequest, _caller| {
         let requests = requests.clone();
         async move {
             let (tx, rx) = oneshot::channel();

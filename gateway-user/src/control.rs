@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ackgate_common::abi::{FlowKey, GateEvent};
+use ackgate_common::abi::{ANY_ACCOUNT, FlowKey, GateEvent};
 use ackgate_common::proto::FlowSummary;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -67,6 +67,9 @@ pub struct Decision {
     pub reason: String,
     pub service: String,
     pub user: Option<String>,
+    /// The local account (uid) on the agent's machine, when the agent
+    /// answered and its logins are per account.
+    pub account: Option<u32>,
     pub machine: Option<[u8; 32]>,
     /// When the control plane received the gate's event.
     pub received: Instant,
@@ -150,6 +153,7 @@ impl ControlPlane {
             reason: why.to_owned(),
             service: rule.name.clone(),
             user: None,
+            account: None,
             machine: None,
             received,
             latency: received.elapsed(),
@@ -217,6 +221,7 @@ async fn decide(
         reason: String::new(),
         service: rule.name.clone(),
         user: None,
+        account: None,
         machine: None,
         received,
         latency: Duration::ZERO,
@@ -229,10 +234,11 @@ async fn decide(
     d.profile_time = asked.elapsed();
     let outcome = match answer {
         Ok(o) => o,
-        // The agent said it never stamped the flow, or answered with
-        // another install serial than its enrollment's: no profile to
-        // decide on, and a denial rather than a timeout.
-        Err(e @ (ProfileError::NotStamped(_) | ProfileError::SerialMismatch(_))) => {
+        // The agent said it never stamped the flow, or that the flow's
+        // account has no login, or answered with another install serial
+        // than its enrollment's: no profile to decide on, and a denial
+        // rather than a timeout.
+        Err(e @ (ProfileError::NotStamped(_) | ProfileError::SerialMismatch(_) | ProfileError::NotLoggedIn(_))) => {
             if let ProfileError::NotStamped(agent_id) = e {
                 record_key_misuse(server, agent_id, caddr, &rule.name).await;
             }
@@ -248,6 +254,7 @@ async fn decide(
         }
     };
     d.user = Some(outcome.profile.user.clone());
+    d.account = Some(outcome.profile.account).filter(|a| *a != ANY_ACCOUNT);
     d.machine = Some(outcome.profile.machine);
     tracing::debug!(flow = ?summary, state = FlowState::Validating.label());
     let source = event.flow.client_addr().to_string();

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ackgate_common::abi::ANY_ACCOUNT;
 use ackgate_common::proto::pake::{LOGIN_CONTEXT, LoginClient, Suite, proof_key};
 use ackgate_common::proto::{
     ClaimFinish, LoginFinish, LoginGrant, LoginStart, LoginStep, Profile, ProfileRequest, verify_profile_proof,
@@ -70,7 +71,8 @@ fn claim_credential_id(user: &str, agent_id: u32) -> Vec<u8> {
 /// `users passwd`). Runs argon2id once.
 pub fn register(setup: &Setup, password: &str, credential_id: &[u8]) -> Result<PasswordRecord, LoginError> {
     let err = |e: opaque_ke::errors::ProtocolError| LoginError::Registration(e.to_string());
-    let (client, start) = LoginClient::start("", password).map_err(|e| LoginError::Registration(e.to_string()))?;
+    let (client, start) =
+        LoginClient::start("", ANY_ACCOUNT, password).map_err(|e| LoginError::Registration(e.to_string()))?;
     let request = RegistrationRequest::deserialize(&start.registration_request).map_err(err)?;
     let response = ServerRegistration::<Suite>::start(setup, request, credential_id).map_err(err)?;
     let finish = client.claim(&response.message.serialize()).map_err(|e| LoginError::Registration(e.to_string()))?;
@@ -432,7 +434,7 @@ pub struct LoginHere {
 /// claim included, as an agent would.
 pub fn login_here(authority: &(impl LoginAuthority + ?Sized), user: &str, password: &str, agent_id: u32) -> LoginHere {
     let refused = |login| LoginHere { grant: LoginGrant::Refused, login, proof_key: None };
-    let Ok((client, start)) = LoginClient::start(user, password) else { return refused(None) };
+    let Ok((client, start)) = LoginClient::start(user, 0, password) else { return refused(None) };
     let mut step = authority.begin(&start, agent_id, "127.0.0.1");
     if let LoginStep::Claim { login, registration_response } = &step {
         let Ok(finish) = client.claim(registration_response) else { return refused(Some(*login)) };
@@ -518,7 +520,8 @@ mod tests {
     }
 
     fn proven_profile(user: &str, key: &[u8; 32], req: &ProfileRequest) -> Profile {
-        let mut p = Profile { user: user.into(), proof: [0; 32], machine: [3; 32], install_serial: "s".into() };
+        let mut p =
+            Profile { user: user.into(), account: 0, proof: [0; 32], machine: [3; 32], install_serial: "s".into() };
         p.proof = ackgate_common::proto::profile_proof(key, req, &p);
         p
     }
@@ -564,7 +567,7 @@ mod tests {
     fn steps_out_of_order_or_garbled_are_refused() {
         let l = logins();
         assert_eq!(l.finish(42, &LoginFinish { credential_finalization: Some(vec![1; 64]) }), REFUSED, "no such login");
-        let (_, start) = LoginClient::start("alice", "right").expect("client start");
+        let (_, start) = LoginClient::start("alice", 0, "right").expect("client start");
         let LoginStep::Challenge { login, .. } = l.begin(&start, 1, "10.0.0.2") else { panic!("alice has a record") };
         assert_eq!(l.claim(login, &ClaimFinish { registration_upload: vec![0; 8] }), REFUSED, "not a claim");
         assert_eq!(l.finish(login, &LoginFinish { credential_finalization: Some(vec![0; 3]) }), REFUSED);

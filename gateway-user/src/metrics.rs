@@ -148,6 +148,7 @@ impl Metrics {
             ("logins_locked", &s.logins_locked),
             ("answers_refused", &s.answers_refused),
             ("not_stamped", &s.not_stamped),
+            ("not_logged_in", &s.not_logged_in),
             ("serial_mismatches", &s.serial_mismatches),
             ("certificates_renewed", &s.certificates_renewed),
             ("logouts", &s.logouts),

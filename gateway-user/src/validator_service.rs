@@ -453,7 +453,12 @@ mod tests {
         let (remote, dir) = link("slow", Arc::new(SlowLogins)).await;
         let r = remote.clone();
         let login = tokio::task::spawn_blocking(move || {
-            let start = LoginStart { user: "alice".into(), credential_request: vec![], registration_request: vec![] };
+            let start = LoginStart {
+                user: "alice".into(),
+                account: 0,
+                credential_request: vec![],
+                registration_request: vec![],
+            };
             r.begin(&start, 1, "10.0.0.2")
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -461,7 +466,13 @@ mod tests {
         let r = remote.clone();
         let outcome = ProfileOutcome {
             agent_id: 1,
-            profile: Profile { user: "alice".into(), proof: [0; 32], machine: [1; 32], install_serial: "s".into() },
+            profile: Profile {
+                user: "alice".into(),
+                account: 0,
+                proof: [0; 32],
+                machine: [1; 32],
+                install_serial: "s".into(),
+            },
             request: test_request(),
             login: Some(1),
         };
@@ -488,7 +499,7 @@ mod tests {
         let (remote, dir) = link("relay", validator).await;
         let r = remote.clone();
         let (login, key) = tokio::task::spawn_blocking(move || {
-            let (client, start) = LoginClient::start("alice", "right").expect("client start");
+            let (client, start) = LoginClient::start("alice", 0, "right").expect("client start");
             let LoginStep::Challenge { login, credential_response } = r.begin(&start, 7, "10.0.0.2") else {
                 panic!("alice has a record at the validator")
             };
@@ -500,7 +511,7 @@ mod tests {
         .expect("login task");
         let req = test_request();
         let mut profile =
-            Profile { user: "alice".into(), proof: [0; 32], machine: [1; 32], install_serial: "s".into() };
+            Profile { user: "alice".into(), account: 0, proof: [0; 32], machine: [1; 32], install_serial: "s".into() };
         let decide = |profile: Profile| {
             let (r, req) = (remote.clone(), req.clone());
             tokio::task::spawn_blocking(move || {

@@ -2,7 +2,7 @@
 //! gateway and agent configs in a scratch directory, and the real `ackgate`
 //! and `ackgate-agent` binaries driven through their command lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -136,6 +136,26 @@ default_response = "{default_response}"
         c
     }
 
+    /// `ackgate-agent ARGS` run by the local account `uid` (not root) in
+    /// the client namespace. The binary runs from a copy in the scratch
+    /// directory, which every account can reach.
+    pub fn agent_as(&self, uid: u32, args: &[&str]) -> Command {
+        let copy = self.dir.join("ackgate-agent");
+        if !copy.exists() {
+            std::fs::copy(&self.agent_bin, &copy).expect("copying the agent binary for another account");
+        }
+        let mut c = in_netns(self.topo.ns(Ns::Client), Path::new("setpriv"));
+        c.args(as_account(uid)).arg(&copy).arg("--config").arg(&self.agent_config).args(args);
+        c
+    }
+
+    /// Makes the agent's logins machine-wide (`login_scope = "machine"`);
+    /// before the agent starts.
+    pub fn machine_wide_logins(&self) {
+        let config = std::fs::read_to_string(&self.agent_config).expect("agent config");
+        std::fs::write(&self.agent_config, format!("login_scope = \"machine\"\n{config}")).expect("agent config");
+    }
+
     /// Invite, enroll, and both daemons up with the agent connected.
     pub fn start(&self) -> (Daemon, Daemon) {
         let gateway = self.start_gateway();
@@ -187,9 +207,23 @@ default_response = "{default_response}"
 
     /// As [`Setup::curl`], with what it fetched.
     pub fn fetch(&self, max_secs: u32) -> (i32, String) {
+        self.fetch_with(&[], max_secs)
+    }
+
+    /// As [`Setup::fetch`], by the local account `uid` instead of root.
+    pub fn fetch_as(&self, uid: u32, max_secs: u32) -> (i32, String) {
+        let account = as_account(uid);
+        let mut prefix = vec!["setpriv"];
+        prefix.extend(account.iter().map(String::as_str));
+        self.fetch_with(&prefix, max_secs)
+    }
+
+    fn fetch_with(&self, prefix: &[&str], max_secs: u32) -> (i32, String) {
         let url = format!("http://{}:{PORT}/", self.topo.edge_addr);
         let max = max_secs.to_string();
-        let out = self.topo.cmd(Ns::Client, &["curl", "-s", "-m", &max, &url]);
+        let mut args = prefix.to_vec();
+        args.extend(["curl", "-s", "-m", &max, &url]);
+        let out = self.topo.cmd(Ns::Client, &args);
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
@@ -282,6 +316,12 @@ default_response = "{default_response}"
             .as_u64()
             .unwrap_or_else(|| panic!("status --json has no gate counter {reason}: {status}"))
     }
+}
+
+/// `setpriv` arguments that run a program as the local account `uid`
+/// (with the group of the same number and no others).
+fn as_account(uid: u32) -> Vec<String> {
+    vec![format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into()]
 }
 
 impl Drop for Setup {

@@ -1,6 +1,7 @@
 //! A freshly loaded agent TC stamper for test runs.
 
 use ackgate_agent::stamper::{Stamper, Target};
+use ackgate_common::abi::ANY_ACCOUNT;
 use ackgate_common::counters::Counters;
 use ackgate_common::option::OptionId;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
@@ -24,7 +25,17 @@ impl TestStamper {
         if enrolled {
             stamper.set_identity(AGENT_ID, AGENT_KEY).unwrap_or_else(|e| panic!("setting the identity failed: {e}"));
         }
-        Self { stamper }
+        let mut st = Self { stamper };
+        st.set_account(ANY_ACCOUNT, true);
+        st
+    }
+
+    /// Lets `account`'s sockets be stamped, or stops it. A fresh stamper
+    /// has a machine-wide login (`ANY_ACCOUNT`).
+    pub fn set_account(&mut self, account: u32, logged_in: bool) {
+        self.stamper
+            .set_account(account, logged_in)
+            .unwrap_or_else(|e| panic!("updating the account map for {account}: {e}"));
     }
 
     pub fn run(&mut self, frame: &[u8]) -> RunOutput {

@@ -5,18 +5,21 @@
 //! invites, replayed answers): each a clear error and a closed session,
 //! within a deadline.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ackgate_agent::config::SessionSection;
 use ackgate_agent::enroll::{EnrollError, enroll};
-use ackgate_agent::session::{self, Credentials, Identity, Shared, StampLog};
+use ackgate_agent::session::{self, Credentials, Identity, Shared, Stamps};
 use ackgate_agent::state::StateDir;
 use ackgate_agent::tls;
 use ackgate_common::proto::pake::LoginClient;
-use ackgate_common::proto::{EnrollRequest, ErrorCode, FlowSummary, Hello, Message, MessageCodec, PROTOCOL_VERSION};
+use ackgate_common::proto::{
+    EnrollRequest, ErrorCode, FlowSummary, Hello, Logout, Message, MessageCodec, PROTOCOL_VERSION,
+};
 use ackgate_gateway::agents::{LOGINS_QUEUED, LoginPolicy, ProfileError, ServerConfig};
 use ackgate_tests::test_gateway::{HEARTBEAT, TestGateway};
 use futures_util::{SinkExt, StreamExt};
@@ -35,17 +38,46 @@ const FLOW: FlowSummary = FlowSummary {
     server_isn: 22,
 };
 
-/// The agent's stamp log in these tests: it stamped `FLOW` and nothing else.
-struct StampedOnly(FlowSummary);
+/// The local account `FLOW` belongs to.
+const ACCOUNT: u32 = 1000;
+/// Another local account of the agent's machine, and a flow of its own.
+const OTHER_ACCOUNT: u32 = 1001;
+const OTHER_FLOW: FlowSummary = FlowSummary { client_port: 40001, client_isn: 33, ..FLOW };
 
-impl StampLog for StampedOnly {
-    fn stamped(&self, flow: &FlowSummary) -> bool {
-        *flow == self.0
+/// The agent's stamper in these tests: it stamped `FLOW` for `ACCOUNT`,
+/// `OTHER_FLOW` for `OTHER_ACCOUNT` and nothing else, and keeps the
+/// accounts whose sockets it may stamp.
+#[derive(Default)]
+struct TestStamps {
+    accounts: Mutex<BTreeSet<u32>>,
+}
+
+impl TestStamps {
+    fn accounts(&self) -> BTreeSet<u32> {
+        self.accounts.lock().expect("accounts").clone()
+    }
+}
+
+impl Stamps for TestStamps {
+    fn stamped(&self, flow: &FlowSummary) -> Option<u32> {
+        [(FLOW, ACCOUNT), (OTHER_FLOW, OTHER_ACCOUNT)].into_iter().find(|(f, _)| f == flow).map(|(_, a)| a)
+    }
+
+    fn set_account(&self, account: u32, logged_in: bool) {
+        let mut accounts = self.accounts.lock().expect("accounts");
+        match logged_in {
+            true => accounts.insert(account),
+            false => accounts.remove(&account),
+        };
     }
 }
 
 fn identity(enrollment: ackgate_agent::state::Enrollment, machine: [u8; 32]) -> Identity {
-    Identity::new(enrollment, machine, Arc::new(StampedOnly(FLOW)), None)
+    Identity::new(enrollment, machine, None)
+}
+
+fn credentials(user: &str, password: &str) -> Option<Credentials> {
+    Some(Credentials { user: user.into(), password: Zeroizing::new(password.into()) })
 }
 
 struct TempDir(PathBuf);
@@ -77,15 +109,24 @@ async fn enrolled(gw: &TestGateway, dir: &TempDir) -> (u32, StateDir) {
     (id, state)
 }
 
-/// Runs the agent's session task; returns its shared state.
+/// Runs the agent's session task, with `creds` logged in for `ACCOUNT`;
+/// returns its shared state.
 fn run_agent(
     state: &StateDir,
     creds: Option<(&str, &str)>,
 ) -> (Arc<Shared>, Arc<Identity>, tokio::sync::watch::Sender<bool>) {
+    run_agent_with(state, creds, Arc::new(TestStamps::default()))
+}
+
+fn run_agent_with(
+    state: &StateDir,
+    creds: Option<(&str, &str)>,
+    stamps: Arc<TestStamps>,
+) -> (Arc<Shared>, Arc<Identity>, tokio::sync::watch::Sender<bool>) {
     let enrollment = state.load().unwrap_or_else(|e| panic!("loading the enrollment: {e}"));
-    let shared = Shared::new(&enrollment.info.gateway);
+    let shared = Shared::new(&enrollment.info.gateway, stamps);
     if let Some((user, pw)) = creds {
-        shared.set_credentials(Some(Credentials { user: user.into(), password: Zeroizing::new(pw.into()) }));
+        shared.set_credentials(ACCOUNT, credentials(user, pw)).expect("room for a login");
     }
     let identity = Arc::new(identity(enrollment, [7; 32]));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -93,10 +134,11 @@ fn run_agent(
     (shared, identity, stop)
 }
 
+/// The verdict on `ACCOUNT`'s login.
 async fn wait_login(shared: &Shared) -> ackgate_agent::session::LoginOutcome {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        if let Some(l) = shared.status().login {
+        if let Some(l) = shared.status().logins.into_iter().find(|l| l.account == ACCOUNT) {
             return l;
         }
         assert!(tokio::time::Instant::now() < deadline, "no login verdict within {DEADLINE:?}: {:?}", shared.status());
@@ -142,7 +184,7 @@ async fn enrollment_login_and_profile_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_password_gives_an_unproven_profile() {
+async fn a_wrong_password_gives_no_profile() {
     let gw = TestGateway::start().await;
     gw.directory.add_user("bob", "right");
     let dir = TempDir::new("wrongpw");
@@ -151,9 +193,8 @@ async fn a_wrong_password_gives_an_unproven_profile() {
     gw.wait_connected(id, DEADLINE).await;
     let login = wait_login(&shared).await;
     assert!(!login.accepted, "a wrong password must be refused: {login:?}");
-    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer");
-    assert_eq!(outcome.profile.user, "bob", "the profile still names the user (recorded as a potential user)");
-    assert!(!gw.proven(&outcome), "no proof without an accepted login");
+    let asked = gw.server.request_profile(id, FLOW, DEADLINE).await;
+    assert_eq!(asked, Err(ProfileError::NotLoggedIn(id)), "no profile for an account without an accepted login");
     stop.send(true).expect("stop");
 }
 
@@ -179,7 +220,9 @@ async fn a_login_during_a_check_replaces_it_and_a_logout_drops_the_proof() {
     let (id, state) = enrolled(&gw, &dir).await;
     let (shared, _identity, stop) = run_agent(&state, None);
     gw.wait_connected(id, DEADLINE).await;
-    let creds = |pw: &str| Some(Credentials { user: "frank".into(), password: Zeroizing::new(pw.into()) });
+    let set = |pw: Option<&str>| {
+        shared.set_credentials(ACCOUNT, pw.and_then(|pw| credentials("frank", pw))).expect("room for a login")
+    };
     let checks = || {
         let s = &gw.server.stats;
         s.logins_accepted.load(std::sync::atomic::Ordering::Relaxed)
@@ -187,9 +230,9 @@ async fn a_login_during_a_check_replaces_it_and_a_logout_drops_the_proof() {
     };
 
     gw.logins.hold();
-    let replaced = shared.set_credentials(creds("wrong"));
+    let replaced = set(Some("wrong"));
     held_checks(&gw, 1).await;
-    let latest = shared.set_credentials(creds("right"));
+    let latest = set(Some("right"));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(gw.logins.waiting(), 1, "the agent must not send a second login while one awaits its verdict");
     gw.logins.release();
@@ -201,19 +244,65 @@ async fn a_login_during_a_check_replaces_it_and_a_logout_drops_the_proof() {
     assert!(gw.proven(&outcome), "answers must be signed under the latest login's key");
 
     gw.logins.hold();
-    let _in_flight = shared.set_credentials(creds("right"));
+    let _in_flight = set(Some("right"));
     held_checks(&gw, 1).await;
-    let _logout = shared.set_credentials(None);
+    let _logout = set(None);
     gw.logins.release();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while checks() < 3 {
         assert!(tokio::time::Instant::now() < deadline, "the login sent before the logout was never checked");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("profile answer after logout");
-    assert!(!gw.proven(&outcome), "after a logout no answer may carry a proof: {:?}", outcome.profile);
-    assert_eq!(outcome.profile.user, "", "after a logout the profile names nobody");
-    assert_eq!(shared.status().login, None, "status must not show a login after the logout");
+    let asked = gw.server.request_profile(id, FLOW, DEADLINE).await;
+    assert_eq!(asked, Err(ProfileError::NotLoggedIn(id)), "after a logout the account's flows get no profile");
+    assert!(shared.status().logins.is_empty(), "status must not show a login after the logout");
+    stop.send(true).expect("stop");
+}
+
+/// Two local accounts logged in on one session as two users: each
+/// account's flows are answered as its own user under its own login's
+/// key, only logged-in accounts are stamped, and one account's logout
+/// leaves the other's login alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_local_account_answers_as_its_own_user() {
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("alice", "pw-alice");
+    gw.directory.add_user("bob", "pw-bob");
+    let dir = TempDir::new("accounts");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let stamps = Arc::new(TestStamps::default());
+    let (shared, _identity, stop) = run_agent_with(&state, Some(("alice", "pw-alice")), stamps.clone());
+    gw.wait_connected(id, DEADLINE).await;
+    assert!(wait_login(&shared).await.accepted, "alice's login must be accepted");
+    assert_eq!(stamps.accounts(), BTreeSet::from([ACCOUNT]), "only the logged-in account is stamped");
+    assert_eq!(
+        gw.server.request_profile(id, OTHER_FLOW, DEADLINE).await,
+        Err(ProfileError::NotLoggedIn(id)),
+        "a flow of an account without a login must get no profile, not alice's"
+    );
+
+    let bob = shared.set_credentials(OTHER_ACCOUNT, credentials("bob", "pw-bob")).expect("room for a login");
+    let verdict = bob.verdict(DEADLINE).await.expect("bob's login must get its verdict");
+    assert!(verdict.accepted && verdict.account == OTHER_ACCOUNT, "{verdict:?}");
+    assert_eq!(stamps.accounts(), BTreeSet::from([ACCOUNT, OTHER_ACCOUNT]));
+    for (flow, account, user) in [(FLOW, ACCOUNT, "alice"), (OTHER_FLOW, OTHER_ACCOUNT, "bob")] {
+        let outcome = gw.server.request_profile(id, flow, DEADLINE).await.expect("profile answer");
+        assert_eq!((outcome.profile.account, outcome.profile.user.as_str()), (account, user), "{outcome:?}");
+        assert!(gw.proven(&outcome), "{user}'s answer must verify under {user}'s own login");
+    }
+
+    shared.set_credentials(OTHER_ACCOUNT, None).expect("logout");
+    assert_eq!(stamps.accounts(), BTreeSet::from([ACCOUNT]), "a logout stops the account's stamps at once");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while gw.server.stats.logouts.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway was never told of bob's logout");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gw.server.request_profile(id, OTHER_FLOW, DEADLINE).await, Err(ProfileError::NotLoggedIn(id)));
+    let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("alice's flow is still answered");
+    assert!(gw.proven(&outcome) && outcome.profile.user == "alice", "bob's logout must leave alice's login");
+    let logins: Vec<(u32, String)> = shared.status().logins.into_iter().map(|l| (l.account, l.user)).collect();
+    assert_eq!(logins, vec![(ACCOUNT, "alice".to_owned())], "status shows each account's login");
     stop.send(true).expect("stop");
 }
 
@@ -370,7 +459,7 @@ async fn a_new_session_of_an_agent_ends_its_old_one() {
 /// The first message of a login of `user` (the agent's half is dropped:
 /// this login never finishes).
 fn login_start(user: &str, password: &str) -> Message {
-    Message::LoginStart(LoginClient::start(user, password).expect("client start").1)
+    Message::LoginStart(LoginClient::start(user, 0, password).expect("client start").1)
 }
 
 /// A login cut short by a newer one counts as failed (the agent never
@@ -432,7 +521,7 @@ async fn replayed_and_forged_profile_answers_are_refused() {
     let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
     let req = next_profile_request(&mut conn).await;
     let identity = identity(enrollment, [1; 32]);
-    let good = session::answer(&identity, &req, "dave".into(), Some(&key));
+    let good = session::answer(&identity, &req, 0, "dave".into(), &key);
     let mut wrong_nonce = good.clone();
     wrong_nonce.nonce[0] ^= 1;
     conn.send(Message::ProfileAnswer(wrong_nonce)).await.expect("forged answer");
@@ -487,14 +576,12 @@ async fn a_logout_kills_the_proof_key_at_the_gateway() {
     let dir = TempDir::new("logout");
     let (id, enrollment, mut conn) = raw_session(&gw, &dir).await;
     let key = logged_in(&mut conn, "dave", "pw").await;
-    conn.send(Message::Logout).await.expect("logout");
+    conn.send(Message::Logout(Logout { account: 0 })).await.expect("logout");
     let server = gw.server.clone();
     let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
     let req = next_profile_request(&mut conn).await;
     let identity = identity(enrollment, [1; 32]);
-    conn.send(Message::ProfileAnswer(session::answer(&identity, &req, "dave".into(), Some(&key))))
-        .await
-        .expect("answer");
+    conn.send(Message::ProfileAnswer(session::answer(&identity, &req, 0, "dave".into(), &key))).await.expect("answer");
     let outcome = asked.await.expect("join").expect("profile outcome");
     assert!(!gw.proven(&outcome), "a proof under a key the user logged out of must not verify");
     assert_eq!(gw.server.stats.logouts.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -555,7 +642,7 @@ async fn login_verdict(
     user: &str,
     password: &str,
 ) -> (ackgate_common::proto::LoginResult, Option<[u8; 32]>) {
-    let (client, start) = LoginClient::start(user, password).expect("client start");
+    let (client, start) = LoginClient::start(user, 0, password).expect("client start");
     conn.send(Message::LoginStart(start)).await.expect("login");
     let mut client = Some(client);
     let mut key = None;
@@ -646,7 +733,7 @@ async fn a_user_under_attack_holds_one_login_worker() {
         }
     };
     waiting(&["victim"]).await;
-    let (alice_client, alice_start) = LoginClient::start("alice", "pw").expect("client start");
+    let (alice_client, alice_start) = LoginClient::start("alice", 0, "pw").expect("client start");
     sessions[2].send(Message::LoginStart(alice_start)).await.expect("login");
     waiting(&["alice", "victim"]).await;
     gw.logins.release();
@@ -679,9 +766,8 @@ async fn the_session_certificate_is_renewed_before_it_expires() {
     let (id, state) = enrolled(&gw, &dir).await;
     let old = state.load().expect("enrollment");
     let enrollment = state.load().expect("enrollment");
-    let identity =
-        Arc::new(Identity::new(enrollment, [7; 32], Arc::new(StampedOnly(FLOW)), Some(StateDir::new(&dir.0))));
-    let shared = Shared::new(&old.info.gateway);
+    let identity = Arc::new(Identity::new(enrollment, [7; 32], Some(StateDir::new(&dir.0))));
+    let shared = Shared::new(&old.info.gateway, Arc::new(TestStamps::default()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(session::run(identity.clone(), shared.clone(), fast_reconnect(), stopped));
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -718,9 +804,7 @@ async fn another_install_serial_than_the_enrollments_is_refused() {
     let config = tls::session_config(&enrollment.ca, &enrollment.cert, &enrollment.key).expect("session config");
     enrollment.info.install_serial = "copied-elsewhere".into();
     let identity = identity(enrollment, [1; 32]);
-    conn.send(Message::ProfileAnswer(session::answer(&identity, &req, "dave".into(), Some(&key))))
-        .await
-        .expect("answer");
+    conn.send(Message::ProfileAnswer(session::answer(&identity, &req, 0, "dave".into(), &key))).await.expect("answer");
     let outcome = asked.await.expect("join");
     assert_eq!(outcome, Err(ProfileError::SerialMismatch(id)), "a profile with another install serial");
 

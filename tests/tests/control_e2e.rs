@@ -403,7 +403,7 @@ fn agent_queries_validator(link: &std::path::Path, agent_state: &std::path::Path
             return false;
         };
         let mut conn = tokio_util::codec::Framed::new(tls, MessageCodec::default());
-        let (_, start) = LoginClient::start("alice", "x").expect("client start");
+        let (_, start) = LoginClient::start("alice", 0, "x").expect("client start");
         let step = RelayStep::Start { start, agent_id: 1, source: "10.0.0.2".into() };
         if conn.send(Message::Relay(Relay { request_id: 1, step })).await.is_err() {
             return false;
@@ -525,7 +525,9 @@ fn a_revoked_agent_loses_its_flows_its_session_and_its_key() {
 #[test]
 fn a_key_revoked_while_the_gateway_is_down_does_not_survive_its_restart() {
     let s = Setup::new("keysync", "reset", 3000, "");
+    run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw\n"), "users add");
     let (gateway, _agent) = s.start();
+    s.login("alice", "pw");
     s.curl(2);
     assert_eq!(s.decision(1)["decision"], "denied", "the agent's key must pass the gate before the revocation");
     let agents = s.json(&["agents", "list", "--json"]);
@@ -538,4 +540,90 @@ fn a_key_revoked_while_the_gateway_is_down_does_not_survive_its_restart() {
     assert_ne!(s.curl(2), 0, "a revoked agent's stamp must not open the service");
     assert!(s.gate_counter("ack_unknown_agent") > before, "the revoked key must be gone from the pinned map");
     assert_eq!(s.access_log().len(), 1, "no flow of the revoked agent may reach the control plane");
+}
+
+/// A local account of the client machine that is not root, and another.
+const BOB_UID: u32 = 1001;
+const CAROL_UID: u32 = 1002;
+
+/// Logins are per local account: root's login as alice stamps root's
+/// connections only. Another account reaches nothing (its handshake ACK
+/// leaves unstamped and no decision is even asked for) until it logs in
+/// for itself, over the same control socket, as its own user; its flows
+/// then go out as that user, and its logout ends that and nothing else.
+#[test]
+fn each_local_account_reaches_the_service_only_as_its_own_user() {
+    let s = Setup::new("accounts", "drop", 3000, "");
+    let (_gateway, _agent) = s.start_approved("alice");
+    run_ok(s.ackgate(&["users", "add", "bob", "--password-stdin"]), Some("pw-bob\n"), "users add");
+    let unstamped = s.gate_counter("ack_no_option");
+    let records = s.access_log().len();
+    let (code, _) = s.fetch_as(BOB_UID, 2);
+    assert_ne!(code, 0, "an account without a login must reach nothing, not ride on root's login");
+    assert!(s.gate_counter("ack_no_option") > unstamped, "its handshake ACK must leave unstamped");
+    assert_eq!(s.access_log().len(), records, "an unstamped flow asks for no decision: {:?}", s.access_log());
+    let skipped = &s.agent_status()["counters"];
+    assert!(
+        skipped.as_array().is_some_and(|c| c.iter().any(|l| l[0] == "skip_no_account")),
+        "the stamper must count the account it skipped: {skipped}"
+    );
+
+    let refused = s.agent_as(BOB_UID, &["logout", "--account", "0"]).output().expect("run ackgate-agent");
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("only root"),
+        "an account must not log another out: {refused:?}"
+    );
+    let out = run_ok(
+        s.agent_as(BOB_UID, &["login", "--user", "bob", "--password-stdin"]),
+        Some("pw-bob\n"),
+        "ackgate-agent login as another account",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("logged in as bob"), "{out:?}");
+    s.fetch_as(BOB_UID, 2);
+    let denied = s.decision(records + 1);
+    assert_eq!((&denied["user"], &denied["account"]), (&"bob".into(), &BOB_UID.into()), "{denied}");
+    assert!(denied["reason"].as_str().is_some_and(|r| r.contains("unapproved machine")), "{denied}");
+    run_ok(s.ackgate(&["users", "approve", "bob"]), None, "users approve bob");
+    let (code, body) = s.fetch_as(BOB_UID, 5);
+    assert!(code == 0 && body.starts_with(GREETING), "bob's own login must open the service: {code} {body}");
+    let bob = s.decision(records + 2);
+    assert_eq!(
+        (&bob["decision"], &bob["user"], &bob["account"]),
+        (&"authorized".into(), &"bob".into(), &BOB_UID.into())
+    );
+    let (code, _) = s.fetch_as(CAROL_UID, 2);
+    assert_ne!(code, 0, "a third account, without a login, still reaches nothing");
+
+    let (code, _) = s.fetch(5);
+    assert_eq!(code, 0, "root's connections still go out as alice");
+    let root = s.access_log().into_iter().rev().find(|r| r["decision"] == "authorized").expect("root's decision");
+    assert_eq!((&root["user"], &root["account"]), (&"alice".into(), &0.into()), "{root}");
+
+    run_ok(s.agent_as(BOB_UID, &["logout"]), None, "ackgate-agent logout as another account");
+    let records = s.access_log().len();
+    let (code, _) = s.fetch_as(BOB_UID, 2);
+    assert_ne!(code, 0, "after its logout the account reaches nothing again");
+    let (code, _) = s.fetch(5);
+    assert_eq!(code, 0, "bob's logout must leave root's login alone");
+    let after: Vec<_> = s.access_log().into_iter().skip(records).collect();
+    assert!(
+        after.iter().all(|r| r["user"] == "alice"),
+        "only root's flow may be decided after bob's logout: {after:?}"
+    );
+}
+
+/// Single-user mode (`login_scope = "machine"`): root's one login covers
+/// every local account, whose flows go out as that user.
+#[test]
+fn a_machine_wide_login_covers_every_local_account() {
+    let s = Setup::new("machine", "drop", 3000, "");
+    s.machine_wide_logins();
+    let (_gateway, _agent) = s.start_approved("alice");
+    let (code, body) = s.fetch_as(BOB_UID, 5);
+    assert!(code == 0 && body.starts_with(GREETING), "any account rides on the machine's login: {code} {body}");
+    let d = s.decision(2);
+    assert_eq!((&d["decision"], &d["user"]), (&"authorized".into(), &"alice".into()), "{d}");
+    assert!(d.get("account").is_none(), "a machine-wide login names no account: {d}");
+    let refused = s.agent_as(BOB_UID, &["login", "--user", "bob", "--password-stdin"]).output().expect("run");
+    assert!(!refused.status.success(), "only root logs in under a machine-wide login: {refused:?}");
 }

@@ -2,6 +2,7 @@
 //! reason counter and exact bytes out (the verdict is always TC_ACT_OK).
 
 use ackgate_agent::stamper::Target;
+use ackgate_common::abi::ANY_ACCOUNT;
 use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use ackgate_common::option::OptionId;
 use ackgate_common::stamp::reason;
@@ -160,6 +161,44 @@ fn an_already_stamped_ack_is_not_stamped_twice() {
 
 /// The flow's first data segment, as the client sends it right after the
 /// handshake (`ack` acknowledges `SERVER_ISN + 1 + server_bytes`).
+/// The uid `bpf_get_socket_uid` reads in a test run: the kernel gives the
+/// skb a socket of its own (`bpf_prog_test_run_skb` in net/bpf/test_run.c),
+/// owned by root.
+const TEST_RUN_UID: u32 = 0;
+
+/// Only the sockets of an account with a login are stamped: a SYN of
+/// another account is not even followed, and an account that logs out
+/// between its SYN and its handshake ACK gets no stamp. The stamp records
+/// the account it was made for.
+#[test]
+fn only_logged_in_accounts_are_stamped() {
+    let mut st = TestStamper::new(&targets(), true);
+    st.set_account(ANY_ACCOUNT, false);
+    st.set_account(1000, true);
+    let (s, ack) = (syn(GATEWAY, 40010).build(), handshake_ack(GATEWAY, 40010).build());
+    assert_eq!(run(&mut st, "SYN of an account without a login", &s, reason::SKIP_NO_ACCOUNT), s);
+    assert_eq!(run(&mut st, "its handshake ACK", &ack, reason::PASS_NOT_HANDSHAKE), ack, "unfollowed, unstamped");
+
+    st.set_account(TEST_RUN_UID, true);
+    let (s, ack) = (syn(GATEWAY, 40011).build(), handshake_ack(GATEWAY, 40011).build());
+    run(&mut st, "SYN of a logged-in account", &s, reason::SYN_RECORDED);
+    run(&mut st, "its handshake ACK", &ack, reason::STAMPED_ACK);
+    let recent = st.stamper.recent_stamps(1).expect("stamped flows readable");
+    assert_eq!(recent[0].1.account, TEST_RUN_UID, "the stamp names the socket's account: {recent:?}");
+
+    let (s, ack) = (syn(GATEWAY, 40012).build(), handshake_ack(GATEWAY, 40012).build());
+    run(&mut st, "SYN before a logout", &s, reason::SYN_RECORDED);
+    st.set_account(TEST_RUN_UID, false);
+    assert_eq!(run(&mut st, "handshake ACK after the logout", &ack, reason::SKIP_NO_ACCOUNT), ack);
+
+    st.set_account(ANY_ACCOUNT, true);
+    let (s, ack) = (syn(GATEWAY, 40013).build(), handshake_ack(GATEWAY, 40013).build());
+    run(&mut st, "SYN under a machine-wide login", &s, reason::SYN_RECORDED);
+    run(&mut st, "its handshake ACK", &ack, reason::STAMPED_ACK);
+    let recent = st.stamper.recent_stamps(1).expect("stamped flows readable");
+    assert_eq!(recent[0].1.account, ANY_ACCOUNT, "a machine-wide login's stamp: {recent:?}");
+}
+
 fn first_data(sport: u16, flags: u8, payload: &[u8], server_bytes: u32) -> TcpFrame {
     let mut f = handshake_ack(GATEWAY, sport);
     f.flags = flags;

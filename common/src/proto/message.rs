@@ -34,8 +34,9 @@ pub enum Message {
     /// Agent → gateway: no profile for this flow (this machine did not
     /// stamp it).
     ProfileRefused(ProfileRefusal),
-    /// Agent → gateway: the user logged out; the session's proof key dies.
-    Logout,
+    /// Agent → gateway: an account's user logged out; that login's proof
+    /// key dies.
+    Logout(Logout),
     /// Agent → gateway: a certificate request for a fresh key, to renew the
     /// session certificate before it expires (at most once per session).
     RenewCertificate(RenewCertificate),
@@ -73,7 +74,7 @@ impl Message {
             Message::ProfileRequest(_) => "ProfileRequest",
             Message::ProfileAnswer(_) => "ProfileAnswer",
             Message::ProfileRefused(_) => "ProfileRefused",
-            Message::Logout => "Logout",
+            Message::Logout(_) => "Logout",
             Message::RenewCertificate(_) => "RenewCertificate",
             Message::CertificateRenewed(_) => "CertificateRenewed",
             Message::Ping(_) => "Ping",
@@ -132,6 +133,11 @@ pub struct Welcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginStart {
     pub user: String,
+    /// The local account logging in: its uid, or
+    /// [`crate::abi::ANY_ACCOUNT`] for a machine-wide login. A session
+    /// holds one login per account; a new login of an account replaces its
+    /// old one.
+    pub account: u32,
     pub credential_request: Vec<u8>,
     pub registration_request: Vec<u8>,
 }
@@ -166,6 +172,8 @@ pub struct LoginResult {
     /// Who tried: answers name this user, and a refused or unknown user's
     /// answers are what the gateway records as a potential user.
     pub user: String,
+    /// The account of the login this verdict ends.
+    pub account: u32,
     /// The proof key both sides derived from the login's session key
     /// ([`super::pake::proof_key`]) is in force.
     pub accepted: bool,
@@ -194,10 +202,12 @@ pub struct ProfileRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
-    /// Empty when nobody has logged in on the agent.
+    /// The user logged in on the flow's account.
     pub user: String,
-    /// [`super::profile_proof`] under the session's proof key; zero without
-    /// an accepted login.
+    /// The local account whose socket the flow is: the login whose proof
+    /// key signs this profile.
+    pub account: u32,
+    /// [`super::profile_proof`] under the account's proof key.
     pub proof: [u8; 32],
     /// SHA-256 machine fingerprint (docs/agent.md says what goes in).
     pub machine: [u8; 32],
@@ -228,6 +238,14 @@ pub enum RefusalReason {
     /// The agent's stamper never stamped a handshake with this 4-tuple and
     /// these ISNs: someone else holds a copy of the agent's MAC key.
     NotStamped,
+    /// The agent stamped the flow, but its account has no login any more
+    /// (its user logged out since).
+    NotLoggedIn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logout {
+    pub account: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

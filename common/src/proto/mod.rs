@@ -25,7 +25,9 @@ use std::time::Duration;
 /// for flows they did not stamp (`ProfileRefused`), `Logout`, and
 /// certificate renewal over the session. 4: logins are OPAQUE exchanges
 /// (`LoginStart` … `LoginFinish`); the password never leaves the agent.
-pub const PROTOCOL_VERSION: u8 = 4;
+/// 5: one login per local account (`account` in logins, logouts and
+/// profiles).
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Largest frame (version byte + message) either side accepts. A profile
 /// answer is about 150 bytes and an enrollment answer, with its

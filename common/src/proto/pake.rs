@@ -78,16 +78,17 @@ pub struct ClientFinished {
 }
 
 impl LoginClient {
-    /// Starts a login of `user`. The first message carries both a login
+    /// Starts a login of `user` for the local `account`. The first message carries both a login
     /// request and a registration request: a name the server does not know
     /// becomes a claim in the same exchange (docs/protocol.md).
-    pub fn start(user: &str, password: &str) -> Result<(Self, LoginStart), PakeError> {
+    pub fn start(user: &str, account: u32, password: &str) -> Result<(Self, LoginStart), PakeError> {
         let bytes = password.as_bytes();
         let login = ClientLogin::<Suite>::start(&mut OsRng, bytes).map_err(|e| PakeError::Malformed(e.to_string()))?;
         let registration =
             ClientRegistration::<Suite>::start(&mut OsRng, bytes).map_err(|e| PakeError::Malformed(e.to_string()))?;
         let start = LoginStart {
             user: user.to_owned(),
+            account,
             credential_request: login.message.serialize().to_vec(),
             registration_request: registration.message.serialize().to_vec(),
         };

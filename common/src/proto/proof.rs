@@ -25,6 +25,7 @@ fn mac(key: &[u8; 32], request: &ProfileRequest, profile: &Profile) -> Hmac<Sha2
     // Length-prefixed so that no two field splits hash alike.
     m.update(&(profile.user.len() as u32).to_be_bytes());
     m.update(profile.user.as_bytes());
+    m.update(&profile.account.to_be_bytes());
     m.update(&profile.machine);
     m.update(&(profile.install_serial.len() as u32).to_be_bytes());
     m.update(profile.install_serial.as_bytes());
@@ -58,8 +59,13 @@ mod tests {
             server_isn: 2,
         };
         let req = ProfileRequest { request_id: 1, nonce: [1; 16], flow };
-        let mut profile =
-            Profile { user: "alice".into(), proof: [0; 32], machine: [3; 32], install_serial: "s".into() };
+        let mut profile = Profile {
+            user: "alice".into(),
+            account: 1000,
+            proof: [0; 32],
+            machine: [3; 32],
+            install_serial: "s".into(),
+        };
         profile.proof = profile_proof(&key, &req, &profile);
         assert!(verify_profile_proof(&key, &req, &profile));
         let replayed = ProfileRequest { nonce: [2; 16], ..req.clone() };
@@ -68,6 +74,8 @@ mod tests {
         assert!(!verify_profile_proof(&key, &other_flow, &profile));
         let other_user = Profile { user: "mallory".into(), ..profile.clone() };
         assert!(!verify_profile_proof(&key, &req, &other_user));
+        let other_account = Profile { account: 1001, ..profile.clone() };
+        assert!(!verify_profile_proof(&key, &req, &other_account), "the account is bound too");
         assert!(!verify_profile_proof(&[8; 32], &req, &profile), "another session key must not verify");
     }
 }

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ackgate_common::abi::{ANY_ACCOUNT, MAX_ACCOUNTS};
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{
     CertificateRenewed, ClaimChallenge, ClaimFinish, Enrolled, ErrorCode, ErrorReport, FlowSummary, LoginChallenge,
-    LoginFinish, LoginGrant, LoginResult, LoginStart, LoginStep, Message, MessageCodec, Profile, ProfileAnswer,
+    LoginFinish, LoginGrant, LoginResult, LoginStart, LoginStep, Logout, Message, MessageCodec, Profile, ProfileAnswer,
     ProfileRequest, ProtoError, RefusalReason, Welcome,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -86,6 +87,10 @@ pub enum ProfileError {
     /// elsewhere.
     #[error("agent {0} did not stamp this flow: suspected stolen key")]
     NotStamped(u32),
+    /// The agent stamped the flow for a local account that has no login
+    /// any more.
+    #[error("agent {0}: the flow's local account is not logged in")]
+    NotLoggedIn(u32),
     /// The profile names another install serial than the agent's
     /// enrollment: its state directory was copied or tampered with.
     #[error("agent {0} answered with an install serial other than the one it enrolled with")]
@@ -110,6 +115,8 @@ pub struct SessionStats {
     pub answers_refused: AtomicU64,
     /// Flows the named agent says it never stamped (suspected stolen keys).
     pub not_stamped: AtomicU64,
+    /// Flows the agent stamped for a local account that logged out since.
+    pub not_logged_in: AtomicU64,
     /// Profiles or sessions with an install serial other than the agent's
     /// enrollment.
     pub serial_mismatches: AtomicU64,
@@ -143,8 +150,9 @@ struct Session {
     /// is revoked (then with why).
     replaced: Notify,
     revoked: Mutex<Option<String>>,
-    /// The session's accepted login (its id at the login authority).
-    login: Mutex<Option<u64>>,
+    /// The session's accepted logins (their ids at the login authority),
+    /// one per local account of the agent's machine.
+    logins: Mutex<HashMap<u32, u64>>,
     pending: Mutex<HashMap<u64, Pending>>,
 }
 
@@ -303,6 +311,7 @@ impl AgentServer {
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(Ok((answer, login)))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, request, login }),
             Ok(Ok(Err(NoProfile::Refused(RefusalReason::NotStamped)))) => Err(ProfileError::NotStamped(agent_id)),
+            Ok(Ok(Err(NoProfile::Refused(RefusalReason::NotLoggedIn)))) => Err(ProfileError::NotLoggedIn(agent_id)),
             Ok(Ok(Err(NoProfile::SerialMismatch))) => Err(ProfileError::SerialMismatch(agent_id)),
             Ok(Err(_)) => Err(ProfileError::SessionClosed(agent_id)),
             Err(_) => {
@@ -424,7 +433,7 @@ impl AgentServer {
             outbound,
             replaced: Notify::new(),
             revoked: Mutex::new(None),
-            login: Mutex::new(None),
+            logins: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
         });
         // A reconnecting agent replaces its old session, which ends now
@@ -442,7 +451,12 @@ impl AgentServer {
             let mut ticker = tokio::time::interval(self.config.heartbeat);
             let (replies, mut login_replies) = mpsc::channel::<LoginReply>(LOGINS_QUEUED);
             let (logins, login_queue) = mpsc::channel::<LoginMsg>(LOGINS_QUEUED);
-            let task = LoginTask { server: self.clone(), agent_id: agent.agent_id, source: peer.ip().to_string() };
+            let task = LoginTask {
+                server: self.clone(),
+                session: session.clone(),
+                agent_id: agent.agent_id,
+                source: peer.ip().to_string(),
+            };
             tokio::spawn(task.run(login_queue, replies));
             let mut last_heard = Instant::now();
             loop {
@@ -477,7 +491,7 @@ impl AgentServer {
             }
         }
         .await;
-        if let Some(login) = lock(&session.login).take() {
+        for (_, login) in lock(&session.logins).drain() {
             self.end_login(login);
         }
         let mut sessions = lock(&self.sessions);
@@ -495,15 +509,21 @@ impl AgentServer {
     }
 
     /// Passes a login message on to the agent; a verdict also sets (or
-    /// clears) the session's login first, so the answers the agent signs
-    /// after reading it meet the login they were signed under.
+    /// clears) the session's login of its account first, so the answers
+    /// the agent signs after reading it meet the login they were signed
+    /// under.
     async fn on_login_reply(&self, conn: &mut Conn, session: &Session, reply: LoginReply) -> Result<(), ProtoError> {
         let message = match reply {
             LoginReply::Step(message) => message,
             LoginReply::Verdict { result, login } => {
                 let counter = if login.is_some() { &self.stats.logins_accepted } else { &self.stats.logins_refused };
                 counter.fetch_add(1, Ordering::Relaxed);
-                let replaced = std::mem::replace(&mut *lock(&session.login), login);
+                let mut logins = lock(&session.logins);
+                let replaced = match login {
+                    Some(login) => logins.insert(result.account, login),
+                    None => logins.remove(&result.account),
+                };
+                drop(logins);
                 if let Some(old) = replaced {
                     self.end_login(old);
                 }
@@ -590,9 +610,10 @@ impl AgentServer {
                 let Some(p) = self.take_pending(session, answer.request_id, &answer.nonce) else {
                     return Ok(());
                 };
-                // The login the session holds now: the proof must verify
-                // under it (the decider checks), not under a later one.
-                let login = *lock(&session.login);
+                // The login the session holds now for the profile's
+                // account: the proof must verify under it (the decider
+                // checks), not under a later one.
+                let login = lock(&session.logins).get(&answer.profile.account).copied();
                 let reply = if answer.profile.install_serial == session.install_serial {
                     Ok((answer, login))
                 } else {
@@ -604,15 +625,20 @@ impl AgentServer {
             }
             Message::ProfileRefused(refusal) => {
                 if let Some(p) = self.take_pending(session, refusal.request_id, &refusal.nonce) {
-                    self.stats.not_stamped.fetch_add(1, Ordering::Relaxed);
+                    let counter = match refusal.reason {
+                        RefusalReason::NotStamped => &self.stats.not_stamped,
+                        RefusalReason::NotLoggedIn => &self.stats.not_logged_in,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
                     let _ = p.reply.send(Err(NoProfile::Refused(refusal.reason)));
                 }
                 Ok(())
             }
             Message::RenewCertificate(req) => self.renew_certificate(conn, session, &req.csr_der).await,
-            Message::Logout => {
+            Message::Logout(Logout { account }) => {
                 // Proofs made under the old key fail from now on.
-                if let Some(login) = lock(&session.login).take() {
+                let ended = lock(&session.logins).remove(&account);
+                if let Some(login) = ended {
                     self.end_login(login);
                 }
                 self.stats.logouts.fetch_add(1, Ordering::Relaxed);
@@ -660,14 +686,15 @@ enum LoginReply {
 /// never sends its last message has guessed wrong.
 struct LoginTask {
     server: Arc<AgentServer>,
+    session: Arc<Session>,
     agent_id: u32,
     /// The agent's address, for the audit row of a failure.
     source: String,
 }
 
-fn refused(user: &str, message: impl Into<String>) -> LoginReply {
+fn refused(user: &str, account: u32, message: impl Into<String>) -> LoginReply {
     LoginReply::Verdict {
-        result: LoginResult { user: user.to_owned(), accepted: false, message: message.into() },
+        result: LoginResult { user: user.to_owned(), account, accepted: false, message: message.into() },
         login: None,
     }
 }
@@ -675,6 +702,8 @@ fn refused(user: &str, message: impl Into<String>) -> LoginReply {
 impl LoginTask {
     async fn run(self, mut steps: mpsc::Receiver<LoginMsg>, replies: mpsc::Sender<LoginReply>) {
         let mut next = None;
+        // The account of the last login: a stray step's refusal names it.
+        let mut account = ANY_ACCOUNT;
         loop {
             let msg = match next.take() {
                 Some(m) => m,
@@ -684,10 +713,13 @@ impl LoginTask {
                 },
             };
             next = match msg {
-                LoginMsg::Start(start) => self.login(start, &mut steps, &replies).await,
+                LoginMsg::Start(start) => {
+                    account = start.account;
+                    self.login(start, &mut steps, &replies).await
+                }
                 // A step of a login that is over (refused, or timed out).
                 LoginMsg::Claim(_) | LoginMsg::Finish(_) => {
-                    if replies.send(refused("", "no login under way")).await.is_err() {
+                    if replies.send(refused("", account, "no login under way")).await.is_err() {
                         return;
                     }
                     None
@@ -705,11 +737,16 @@ impl LoginTask {
         replies: &mpsc::Sender<LoginReply>,
     ) -> Option<LoginMsg> {
         let (server, stats) = (&self.server, &self.server.stats);
-        let user = start.user.clone();
+        let (user, account) = (start.user.clone(), start.account);
         let throttled = |t: Throttled| {
             stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
-            refused(&user, t.to_string())
+            refused(&user, account, t.to_string())
         };
+        if self.too_many_accounts(account) {
+            let why = format!("{MAX_ACCOUNTS} accounts of this machine are logged in already");
+            let _ = replies.send(refused(&user, account, why)).await;
+            return None;
+        }
         if let Err(t) = server.guard.admit(&user, self.agent_id, Instant::now()) {
             let _ = replies.send(throttled(t)).await;
             return None;
@@ -725,7 +762,7 @@ impl LoginTask {
         if tokio::task::spawn_blocking(move || directory.login_locked(&locked_user)).await.unwrap_or(false) {
             stats.logins_locked.fetch_add(1, Ordering::Relaxed);
             let why = "this user is locked after too many failed logins; an administrator can unlock it";
-            let _ = replies.send(refused(&user, why)).await;
+            let _ = replies.send(refused(&user, account, why)).await;
             return None;
         }
         let (agent_id, source) = (self.agent_id, self.source.clone());
@@ -742,7 +779,7 @@ impl LoginTask {
                     (Message::ClaimChallenge(ClaimChallenge { registration_response }), true)
                 }
                 LoginStep::Done(grant) => {
-                    let _ = replies.send(self.verdict(&user, grant, login).await).await;
+                    let _ = replies.send(self.verdict(&user, account, grant, login).await).await;
                     return None;
                 }
             };
@@ -770,11 +807,18 @@ impl LoginTask {
                         Ok(Some(_)) => "login messages out of order".to_owned(),
                         Err(_) => format!("the login did not finish within {LOGIN_STEP_TIMEOUT:?}"),
                     };
-                    let _ = replies.send(refused(&user, why)).await;
+                    let _ = replies.send(refused(&user, account, why)).await;
                     return None;
                 }
             };
         }
+    }
+
+    /// Whether a login of `account` would exceed the session's bound on
+    /// logged-in accounts (an agent keeps to it; a hostile one is cut off).
+    fn too_many_accounts(&self, account: u32) -> bool {
+        let logins = lock(&self.session.logins);
+        logins.len() >= MAX_ACCOUNTS as usize && !logins.contains_key(&account)
     }
 
     /// One login step at the login authority, within the workers' limit.
@@ -792,13 +836,13 @@ impl LoginTask {
     }
 
     /// The verdict for the agent on a finished login.
-    async fn verdict(&self, user: &str, grant: LoginGrant, login: Option<u64>) -> LoginReply {
+    async fn verdict(&self, user: &str, account: u32, grant: LoginGrant, login: Option<u64>) -> LoginReply {
         let claim = match grant {
             LoginGrant::User => None,
             LoginGrant::Claim(c) => Some(c),
             LoginGrant::Refused => {
                 self.failed(user).await;
-                return refused(user, "wrong user name or password");
+                return refused(user, account, "wrong user name or password");
             }
         };
         self.server.guard.checked(user, self.agent_id, true, Instant::now());
@@ -806,7 +850,7 @@ impl LoginTask {
             None => format!("logged in as {user}"),
             Some(c) => format!("logged in as {user}, who is no user here yet: claim {c} waits for an administrator"),
         };
-        LoginReply::Verdict { result: LoginResult { user: user.to_owned(), accepted: true, message }, login }
+        LoginReply::Verdict { result: LoginResult { user: user.to_owned(), account, accepted: true, message }, login }
     }
 
     /// Counts a failed login: backoff, the audit row, and the lock when the

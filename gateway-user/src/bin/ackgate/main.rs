@@ -978,6 +978,7 @@ impl Plane {
             service_name: "",
             agent_id: f.agent_id,
             user,
+            account: None,
             machine: Some(ackgate_gateway::owner::machine_hex(&f.owner)),
             decision: "revoked",
             reason,
@@ -1108,6 +1109,7 @@ impl Plane {
             service_name: &d.service,
             agent_id: d.event.agent_id,
             user: d.user.as_deref(),
+            account: d.account,
             machine: d.machine.map(|m| ackgate_gateway::store::hex(&m)),
             decision,
             reason: &reason,
@@ -1181,6 +1183,7 @@ impl Plane {
             service_name: &e.service,
             agent_id: e.agent_id,
             user: user.as_deref(),
+            account: None,
             machine: (e.owner.machine_tag != 0).then(|| ackgate_gateway::owner::machine_hex(&e.owner)),
             decision: match e.reason {
                 EndReason::Revoked => "revoked",

@@ -82,7 +82,7 @@ pub fn logins_bench() {
 
     let mut gateway = Duration::ZERO;
     for _ in 0..LOGINS {
-        let (client, start_msg) = LoginClient::start("alice", "correct horse").expect("client start");
+        let (client, start_msg) = LoginClient::start("alice", 0, "correct horse").expect("client start");
         let t = Instant::now();
         let LoginStep::Challenge { login, credential_response } = logins.begin(&start_msg, 1, "10.0.0.2") else {
             panic!("alice has a record")
@@ -144,8 +144,13 @@ pub fn validator_bench() {
     for n in order(USERS) {
         let (i, login, key) = logged_in[n as usize % logged_in.len()];
         let request = request(n);
-        let mut profile =
-            Profile { user: format!("user{i}"), proof: [0; 32], machine: machine(i), install_serial: "s".into() };
+        let mut profile = Profile {
+            user: format!("user{i}"),
+            account: 0,
+            proof: [0; 32],
+            machine: machine(i),
+            install_serial: "s".into(),
+        };
         profile.proof = profile_proof(&key, &request, &profile);
         let outcome = ProfileOutcome { agent_id: 1, profile, request, login: Some(login) };
         let v = validator.validate(&outcome, &rule, "10.0.0.2:1").expect("validate");
