@@ -153,7 +153,12 @@ fn enroll_run_login_status_and_clean_stop() {
     assert!(status.status.success(), "status failed: {}", stderr(&status));
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json is JSON");
     assert_eq!(report["session"]["state"], "connected", "{report}");
-    assert_eq!(report["session"]["login"]["user"], "alice", "{report}");
+    let login = &report["session"]["logins"][0];
+    assert_eq!(
+        (&login["user"], &login["account"]),
+        (&"alice".into(), &0.into()),
+        "root logs in for its own account: {report}"
+    );
     assert_eq!(report["interfaces"][0], "d0", "{report}");
 
     // SAFETY: signalling the child this test started.
