@@ -105,6 +105,9 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        ackgate_common::host::end_quietly_when_output_closes();
+    }
     let config = Config::from_file(&cli.config)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async {

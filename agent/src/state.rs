@@ -12,8 +12,7 @@
 //!
 //! No password is ever written here.
 
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ackgate_common::mac::MacKey;
@@ -145,12 +144,7 @@ impl StateDir {
 
     fn write(&self, name: &str, bytes: &[u8], mode: u32) -> Result<(), StateError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))
+        ackgate_common::host::replace_file(&path, bytes, mode).map_err(io(&path))
     }
 }
 

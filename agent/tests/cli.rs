@@ -160,6 +160,13 @@ fn enroll_run_login_status_and_clean_stop() {
         "root logs in for its own account: {report}"
     );
     assert_eq!(report["interfaces"][0], "d0", "{report}");
+    // `ackgate-agent status --json | head`: a reader that goes away ends
+    // the command quietly, by SIGPIPE, never with a panic.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let piped = s.agent(&["status", "--json"]).stdout(writer).output().expect("status into a closed pipe");
+    assert!(!stderr(&piped).contains("panicked"), "{}", stderr(&piped));
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&piped.status), Some(libc::SIGPIPE), "{:?}", piped.status);
 
     // SAFETY: signalling the child this test started.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };

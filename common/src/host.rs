@@ -1,9 +1,13 @@
 //! Small userspace helpers shared by the gateway and the agent (feature
-//! `user`): interface names, the kernel programs' clock, and flow keys as
-//! socket addresses.
+//! `user`): interface names, the kernel programs' clock, flow keys as
+//! socket addresses, SIGPIPE for command-line tools, and atomic file
+//! replacement.
 
 extern crate std;
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
 
 use crate::abi::FlowKey;
 
@@ -25,6 +29,32 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Lets a command-line tool end when whoever reads its output goes away
+/// (`ackgate status | head`), as Unix tools do. Rust's runtime ignores
+/// SIGPIPE, so the write fails instead and `println!` panics on that;
+/// this restores the signal's default action, which ends the process
+/// quietly. Not for daemons: there a peer that goes away is an error to
+/// handle, not a reason to stop.
+pub fn end_quietly_when_output_closes() {
+    // SAFETY: sets the process's disposition of one signal to its default.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
+/// Replaces the file at `path` with `bytes`, so that a crash at any point
+/// leaves either the old file or the new one, whole: a temporary file in
+/// the same directory, given `mode` (umask aside), written and synced,
+/// renamed over `path`, then the directory synced so the rename itself
+/// survives a power cut.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".ackgate-").tempfile_in(dir)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl FlowKey {

@@ -113,6 +113,11 @@ pub struct ControlSection {
     /// 0 never locks.
     #[serde(default = "default_login_lockout")]
     pub login_lockout_after: u32,
+    /// Agent-listener connections not yet authenticated (TLS handshake,
+    /// first message, enrollment) at once; beyond, new ones are closed at
+    /// once and counted.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
     /// A remote validator (`ackgate validator run`) at this `host:port`;
     /// absent: the embedded one, on this host's store.
     pub validator: Option<String>,
@@ -181,6 +186,9 @@ fn default_login_backoff_max() -> u64 {
     300
 }
 
+fn default_max_unauthenticated() -> usize {
+    256
+}
 fn default_login_lockout() -> u32 {
     10
 }
@@ -421,6 +429,9 @@ impl Config {
             }
             if c.validator.is_some() != c.validator_credentials.is_some() {
                 return Err(ConfigError::Invalid("control: validator and validator_credentials go together".into()));
+            }
+            if c.max_unauthenticated == 0 {
+                return Err(ConfigError::Invalid("control: max_unauthenticated must be above zero".into()));
             }
             if c.max_pending == 0 || c.max_pending_per_agent == 0 || c.max_pending_per_agent > c.max_pending {
                 return Err(ConfigError::Invalid("control: need 0 < max_pending_per_agent <= max_pending".into()));

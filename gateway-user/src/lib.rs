@@ -2,6 +2,7 @@
 //! gate, its maps, counters and events; the private CA and the agents'
 //! enrollment and TLS sessions.
 
+pub mod accept;
 pub mod access_log;
 pub mod admin_socket;
 pub mod agents;

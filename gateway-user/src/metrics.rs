@@ -138,6 +138,8 @@ impl Metrics {
         let s = &server.stats;
         for (name, v) in [
             ("enrolled", &s.enrolled),
+            ("accept_errors", &s.accept_errors),
+            ("unauthenticated_refused", &s.unauthenticated_refused),
             ("enroll_refused", &s.enroll_refused),
             ("sessions_opened", &s.sessions_opened),
             ("sessions_refused", &s.sessions_refused),
@@ -155,6 +157,13 @@ impl Metrics {
         ] {
             agent.get_or_create(&Event { event: name.to_owned() }).inc_by(v.load(Ordering::Relaxed));
         }
+        let unauthenticated = Gauge::<i64>::default();
+        unauthenticated.set(i64::try_from(server.unauthenticated()).unwrap_or(i64::MAX));
+        now.register(
+            "agent_unauthenticated_connections",
+            "Agent-listener connections before their first authenticated message (bounded by max_unauthenticated)",
+            unauthenticated,
+        );
         if let Some(t) = server.login_table() {
             let entries = Gauge::<i64>::default();
             entries.set(i64::try_from(t.entries).unwrap_or(i64::MAX));

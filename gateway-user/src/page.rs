@@ -17,11 +17,14 @@ use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use crate::accept::Acceptor;
 
 /// The nftables table the gateway owns.
 pub const NFT_TABLE: &str = "ackgate_page";
@@ -100,10 +103,13 @@ pub fn remove_synproxy() -> Result<(), PageError> {
 
 /// Serves `page` to every connection on `listener`: wait for the request
 /// (or `timeout`), send the page, close. At most `max` connections at once;
-/// beyond, new ones are closed at once.
+/// beyond, new ones are closed at once. Accept errors are waited out
+/// (`crate::accept`): the responder never stops serving.
 pub async fn serve(listener: TcpListener, page: Arc<Vec<u8>>, max: usize, timeout: Duration) {
     let slots = Arc::new(Semaphore::new(max));
-    while let Ok((mut conn, _)) = listener.accept().await {
+    let mut incoming = Acceptor::new(listener, "page responder", Arc::new(AtomicU64::new(0)));
+    loop {
+        let (mut conn, _) = incoming.next().await;
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             continue;
         };

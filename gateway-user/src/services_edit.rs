@@ -2,6 +2,7 @@
 //! file in place (comments and layout kept, toml_edit), refuses an edit
 //! that would make the config invalid, and replaces the file atomically.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use toml_edit::{Array, DocumentMut, Item, Table, value};
@@ -42,10 +43,11 @@ fn store(path: &Path, doc: &DocumentMut) -> Result<(), EditError> {
     let config: Config = toml::from_str(&text).map_err(|e| EditError::Invalid(e.to_string()))?;
     config.validate().map_err(|e| EditError::Invalid(e.to_string()))?;
     config.service_entries().map_err(|e| EditError::Invalid(e.to_string()))?;
-    let file_err = |reason: String| EditError::File { path: path.display().to_string(), reason };
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).map_err(|e| file_err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))
+    let file_err = |e: std::io::Error| EditError::File { path: path.display().to_string(), reason: e.to_string() };
+    // The edited file keeps its mode: a config an administrator made
+    // private stays private.
+    let mode = std::fs::metadata(path).map_err(file_err)?.permissions().mode() & 0o7777;
+    ackgate_common::host::replace_file(path, text.as_bytes(), mode).map_err(file_err)
 }
 
 pub fn add(path: &Path, s: &NewService) -> Result<(), EditError> {
@@ -106,7 +108,10 @@ mod tests {
             stealth: false,
             allow_groups: vec!["staff".into()],
         };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         add(&path, &web).expect("add");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640, "an edit must keep the file's mode, not {mode:o}");
         assert!(matches!(add(&path, &web), Err(EditError::Invalid(_))), "a duplicate name must be refused");
         let bad = NewService { name: "bad".into(), default_response: "bounce".into(), port: 80, ..web.clone() };
         assert!(matches!(add(&path, &bad), Err(EditError::Invalid(_))), "an invalid response must be refused");

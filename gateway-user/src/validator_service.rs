@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use ackgate_common::proto::{
     ClaimFinish, LoginFinish, LoginGrant, LoginStart, LoginStep, Message, MessageCodec, ProtoError, Relay, RelayStep,
@@ -25,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+use crate::accept::Acceptor;
 use crate::agents::ProfileOutcome;
 use crate::logins::LoginAuthority;
 use crate::pki::{Ca, ExtendedKeyUsagePurpose, LINK_CERT_VALIDITY, PkiError, certificate_pem};
@@ -118,10 +120,10 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let login_workers = crate::agents::login_worker_limit();
     let mut connections = tokio::task::JoinSet::new();
+    let mut incoming = Acceptor::new(listener, "validator", Arc::new(AtomicU64::new(0)));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else { continue };
+            (tcp, peer) = incoming.next() => {
                 let (acceptor, decider, workers) = (acceptor.clone(), decider.clone(), login_workers.clone());
                 connections.spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };

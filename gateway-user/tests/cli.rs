@@ -289,3 +289,28 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
     assert!(!xdp_attached(&s, INTERNAL), "the internal program must be detached after SIGTERM");
     assert!(Path::new(&s.pin_dir).join("ACKGATE_COUNTERS").exists(), "pinned maps must survive the exit");
 }
+
+/// `ackgate users list | head` and the like: when the reader goes away,
+/// the command ends quietly (SIGPIPE, as Unix tools do), never with a
+/// panic about printing.
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    let s = Scratch::new("pipe");
+    let store = s.dir.join("users.db");
+    let store = store.to_str().expect("UTF-8 path");
+    let mut add = s.command(&["users", "add", "alice", "--password-stdin", "--store", store]);
+    add.stdin(Stdio::piped()).stdout(Stdio::null());
+    let mut add = add.spawn().expect("users add");
+    std::io::Write::write_all(&mut add.stdin.take().expect("stdin"), b"pw\n").expect("password");
+    assert!(add.wait().expect("users add").success(), "users add --store");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = s.command(&["users", "list", "--store", store]).stdout(writer).output().expect("users list");
+    assert!(!stderr(&out).contains("panicked"), "a closed pipe must not panic: {}", stderr(&out));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGPIPE),
+        "the command must end by SIGPIPE, as Unix tools do: {:?}",
+        out.status
+    );
+}

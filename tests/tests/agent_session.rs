@@ -306,6 +306,47 @@ async fn each_local_account_answers_as_its_own_user() {
     stop.send(true).expect("stop");
 }
 
+/// Connections that never finish their TLS handshake hold at most
+/// `max_unauthenticated` slots: beyond, a new one is closed at once and
+/// counted, and once the silent ones go, an agent's session opens again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_before_authentication_are_bounded() {
+    let config =
+        ServerConfig { max_unauthenticated: 2, handshake_timeout: Duration::from_secs(30), ..TestGateway::config() };
+    let gw = TestGateway::start_with(config).await;
+    let dir = TempDir::new("preauth");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let server = gw.server.clone();
+    let held = |n: usize| {
+        let server = server.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            while server.unauthenticated() != n {
+                assert!(tokio::time::Instant::now() < deadline, "expected {n} unauthenticated connection(s) held");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    held(0).await;
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr).await.expect("connect"));
+    }
+    held(2).await;
+    let mut third = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let read = tokio::time::timeout(DEADLINE, third.read(&mut [0u8; 1])).await;
+    assert!(
+        matches!(read, Ok(Ok(0) | Err(_))),
+        "with both slots held, a third connection must be closed at once, not kept for the handshake: {read:?}"
+    );
+    let refused = gw.server.stats.unauthenticated_refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 1, "the refused connection must be counted");
+    drop(silent);
+    let (_shared, _identity, stop) = run_agent(&state, None);
+    gw.wait_connected(id, DEADLINE).await;
+    stop.send(true).expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_reconnects_after_the_gateway_restarts() {
     let mut gw = TestGateway::start().await;

@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::Framed;
@@ -26,6 +26,7 @@ use tokio_util::codec::Framed;
 use super::directory::{Directory, LoginFailure, NewAgent};
 use super::guard::{LoginGuard, LoginPolicy, Throttled};
 use super::verifier::EnrolledAgents;
+use crate::accept::Acceptor;
 use crate::logins::{LOGIN_STEP_TIMEOUT, LoginAuthority};
 use crate::pki::{AGENT_CERT_VALIDITY, Ca, PkiError, ReissuingServerCert};
 
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     /// Validity of the agents' certificates (renewed over the session when
     /// a third is left).
     pub agent_cert_validity: Duration,
+    /// Connections not yet authenticated at once (see `serve`).
+    pub max_unauthenticated: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             login: LoginPolicy::default(),
             login_workers: super::login_workers(),
             agent_cert_validity: AGENT_CERT_VALIDITY,
+            max_unauthenticated: 256,
         }
     }
 }
@@ -101,6 +105,11 @@ pub enum ProfileError {
 #[derive(Debug, Default)]
 pub struct SessionStats {
     pub enrolled: AtomicU64,
+    /// Failed accepts (out of descriptors, mostly), each waited out.
+    pub accept_errors: Arc<AtomicU64>,
+    /// Connections closed at once: `max_unauthenticated` were already
+    /// before their first authenticated message.
+    pub unauthenticated_refused: AtomicU64,
     pub enroll_refused: AtomicU64,
     pub sessions_opened: AtomicU64,
     pub sessions_refused: AtomicU64,
@@ -167,6 +176,8 @@ pub struct AgentServer {
     enrollments: Mutex<Option<mpsc::UnboundedSender<(u32, MacKey)>>>,
     /// Login steps running at once, across all sessions.
     login_workers: Arc<Semaphore>,
+    /// Connections still before their first authenticated message.
+    unauthenticated: Arc<Semaphore>,
     guard: Arc<LoginGuard>,
     pub stats: SessionStats,
 }
@@ -204,6 +215,7 @@ impl AgentServer {
             .map(|b| b.with_client_cert_verifier(verifier).with_cert_resolver(listener_cert))
             .map_err(|e| PkiError::Tls(e.to_string()))?;
         let (login_workers, login) = (config.login_workers.max(1), config.login);
+        let unauthenticated = Arc::new(Semaphore::new(config.max_unauthenticated.max(1)));
         Ok(Arc::new(Self {
             acceptor: TlsAcceptor::from(Arc::new(tls)),
             ca,
@@ -214,24 +226,33 @@ impl AgentServer {
             next_id: AtomicU64::new(1),
             enrollments: Mutex::new(None),
             login_workers: Arc::new(Semaphore::new(login_workers)),
+            unauthenticated,
             guard: Arc::new(LoginGuard::new(login)),
             stats: SessionStats::default(),
         }))
     }
 
     /// Accepts connections until this future is dropped (task aborted),
-    /// which also ends every connection it accepted.
+    /// which also ends every connection it accepted. A connection holds one
+    /// of `max_unauthenticated` slots from its accept until it has
+    /// authenticated (a session's `Hello` under an enrolled certificate) or
+    /// ended (an enrollment, a failure, `handshake_timeout`); with all
+    /// slots taken, a new connection is closed at once and counted, so a
+    /// flood of half-open TLS handshakes costs a bounded amount of memory
+    /// and never holds back the agents' sessions.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let mut connections = tokio::task::JoinSet::new();
+        let mut acceptor = Acceptor::new(listener, "agent listener", self.stats.accept_errors.clone());
         loop {
             tokio::select! {
-                accepted = listener.accept() => {
-                    let Ok((tcp, peer)) = accepted else {
+                (tcp, peer) = acceptor.next() => {
+                    let Ok(slot) = self.unauthenticated.clone().try_acquire_owned() else {
+                        self.stats.unauthenticated_refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
                     let server = self.clone();
                     connections.spawn(async move {
-                        if let Err(e) = server.connection(tcp, peer).await {
+                        if let Err(e) = server.connection(tcp, peer, slot).await {
                             tracing::info!(%peer, "agent connection ended: {e}");
                         }
                     });
@@ -239,6 +260,11 @@ impl AgentServer {
                 Some(_) = connections.join_next() => {}
             }
         }
+    }
+
+    /// Connections accepted and not yet authenticated (or ended).
+    pub fn unauthenticated(&self) -> usize {
+        self.config.max_unauthenticated.max(1) - self.unauthenticated.available_permits()
     }
 
     /// Every later enrollment's agent id and MAC key (the control plane
@@ -321,7 +347,12 @@ impl AgentServer {
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: TcpStream, peer: std::net::SocketAddr) -> Result<(), ProtoError> {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: std::net::SocketAddr,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<(), ProtoError> {
         let _ = tcp.set_nodelay(true);
         let after = self.config.handshake_timeout;
         let tls = tokio::time::timeout(after, self.acceptor.accept(tcp))
@@ -333,7 +364,11 @@ impl AgentServer {
         let first = self.recv(&mut conn, "the first message").await?;
         match (peer_cert, first) {
             (None, Message::EnrollRequest(req)) => self.enroll(&mut conn, req).await,
-            (Some(cert), Message::Hello(hello)) => self.session(conn, cert, hello, peer).await,
+            (Some(cert), Message::Hello(hello)) => {
+                // Authenticated by its certificate: a session from here on.
+                drop(slot);
+                self.session(conn, cert, hello, peer).await
+            }
             (_, other) => {
                 let e = ProtoError::Unexpected { want: "EnrollRequest or Hello", got: other.name() };
                 refuse(&mut conn, ErrorCode::UnexpectedMessage, &e.to_string()).await;

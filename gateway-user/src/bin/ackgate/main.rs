@@ -297,7 +297,13 @@ fn real_main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let daemon =
+        matches!(cli.command, Command::Run { .. } | Command::Validator { command: ValidatorCommand::Run { .. } });
+    if !daemon {
+        ackgate_common::host::end_quietly_when_output_closes();
+    }
+    match cli.command {
         Command::Run { config } => run(config),
         Command::Init { config, edge_interface, state_dir } => admin::init(&config, &edge_interface, &state_dir),
         Command::Invite { config, note } => admin::invite(&config, &note),
@@ -510,6 +516,7 @@ fn service_tables(config: &Config) -> Result<ServiceTables> {
 struct Prepared {
     store: Arc<Store>,
     login: ackgate_gateway::agents::LoginPolicy,
+    max_unauthenticated: usize,
     ca: Ca,
     listen: std::net::SocketAddr,
     access_log: AccessLog,
@@ -540,6 +547,7 @@ impl Prepared {
         Ok(Self {
             store,
             login: c.login_policy(),
+            max_unauthenticated: c.max_unauthenticated,
             ca,
             listen: c.agent_listen,
             access_log,
@@ -751,7 +759,8 @@ impl Plane {
             None => Arc::new(Validator::new(p.store.clone())?),
         };
         let directory = Arc::new(GatewayDirectory { store: p.store.clone() });
-        let config = ServerConfig { login: p.login, ..ServerConfig::default() };
+        let config =
+            ServerConfig { login: p.login, max_unauthenticated: p.max_unauthenticated, ..ServerConfig::default() };
         let server = AgentServer::new(p.ca, directory, decider.clone(), config)?;
         let enrollments = server.enrollments();
         let listener = tokio::net::TcpListener::bind(p.listen)
