@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{Invite, invite_secret_digest};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::agents::{AgentRecord, CLAIMS_PER_AGENT, Directory, EnrollRefusal, KeyMisuse, LoginFailure, NewAgent};
@@ -355,7 +355,7 @@ impl Store {
     pub fn add_user(&self, name: &str, password: &str, groups: &[String]) -> Result<(), StoreError> {
         let record = self.user_record(name, password)?;
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists: bool =
             tx.query_row("SELECT 1 FROM users WHERE name = ?1", [name], |_| Ok(true)).optional()?.is_some();
         if exists {
@@ -398,7 +398,7 @@ impl Store {
         groups: &[String],
     ) -> Result<(), StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut user = tx.prepare(
                 "INSERT INTO users (name, password_hash, opaque_record, credential_id, groups, created_unix)
@@ -595,7 +595,7 @@ impl Store {
     /// with the agent they were seen through.
     pub fn approve(&self, user: &str, claim: Option<u64>, groups: &[String]) -> Result<usize, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let known = tx.query_row("SELECT 1 FROM users WHERE name = ?1", [user], |_| Ok(())).optional()?.is_some();
         let machines: Vec<(Vec<u8>, u32)> = if known {
             if claim.is_some() {
@@ -673,7 +673,7 @@ impl Store {
     /// Unlocks a user locked after failed logins; whether it was locked.
     pub fn unlock_user(&self, user: &str) -> Result<bool, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let was = tx.execute("DELETE FROM login_locks WHERE user = ?1", [user])? > 0;
         Self::audit(&tx, "unlock", user)?;
         tx.commit()?;
@@ -692,7 +692,7 @@ impl Store {
 
     pub fn revoke_user(&self, user: &str) -> Result<(), StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if tx.execute("UPDATE users SET revoked = 1 WHERE name = ?1", [user])? == 0 {
             return Err(StoreError::NoSuchUser(user.to_owned()));
         }
@@ -706,7 +706,7 @@ impl Store {
     pub fn revoke_machine(&self, user: &str, prefix: &str) -> Result<usize, StoreError> {
         let prefix = prefix.to_ascii_lowercase();
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let machines: Vec<Vec<u8>> = {
             let mut stmt = tx.prepare("SELECT fingerprint FROM machines WHERE user = ?1 AND revoked = 0")?;
             stmt.query_map([user], |r| r.get(0))?.collect::<Result<_, _>>()?
@@ -731,7 +731,7 @@ impl Store {
         let secret: [u8; 32] = rand::random();
         let expires_unix = now_unix() + valid_for.as_secs();
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO invites (secret_sha256, note, expires_unix) VALUES (?1, ?2, ?3)",
             params![&invite_secret_digest(&secret)[..], note, expires_unix],
@@ -813,7 +813,7 @@ impl Store {
         record: &PasswordRecord,
     ) -> Result<Option<u64>, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let held: usize =
             tx.query_row("SELECT count(*) FROM claims WHERE agent_id = ?1 AND approved = 0", [agent_id], |r| r.get(0))?;
         if held >= CLAIMS_PER_AGENT {
@@ -866,7 +866,7 @@ impl Store {
     /// sync, and its certificate no longer opens a session.
     pub fn revoke_agent(&self, agent_id: u32) -> Result<(), StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if tx.execute("UPDATE agents SET revoked = 1 WHERE agent_id = ?1", [agent_id])? == 0 {
             return Err(StoreError::NoSuchAgent(agent_id));
         }
@@ -879,7 +879,7 @@ impl Store {
     /// to `agent_certs` and stays valid until it expires.
     pub fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT OR IGNORE INTO agent_certs SELECT cert_sha256, agent_id, ?2 FROM agents
              WHERE agent_id = ?1 AND cert_sha256 IS NOT NULL",
@@ -932,7 +932,7 @@ impl Directory for Store {
     fn enroll(&self, invite_id: u64, secret: &[u8; 32], agent: NewAgent) -> Result<u32, EnrollRefusal> {
         let result = (|| -> Result<Result<u32, EnrollRefusal>, rusqlite::Error> {
             let mut db = self.db();
-            let tx = db.transaction()?;
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row: Option<(Vec<u8>, u64, i64)> = tx
                 .query_row(
                     "SELECT secret_sha256, expires_unix, used FROM invites WHERE invite_id = ?1",
@@ -1034,7 +1034,7 @@ impl Directory for Store {
     fn record_login_failure(&self, f: &LoginFailure<'_>, lock: bool) {
         let result = (|| -> Result<(), StoreError> {
             let mut db = self.db();
-            let tx = db.transaction()?;
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let detail = format!("user {:?} agent {} from {}", f.user, f.agent_id, f.source);
             Self::audit(&tx, "login failed", &detail)?;
             if lock {
@@ -1083,6 +1083,33 @@ mod tests {
 
     fn store() -> Store {
         Store::open(Path::new(":memory:")).expect("in-memory store")
+    }
+
+    /// The CLI and the daemon write one store at once, each with its own
+    /// connection. Every writing transaction takes the write lock when it
+    /// begins (IMMEDIATE), so one waits for the other within the busy
+    /// timeout; a deferred one that read first could only fail with
+    /// SQLITE_BUSY when the other had written since its read.
+    #[test]
+    fn two_writers_share_the_store() {
+        let path = std::env::temp_dir().join(format!("ackgate-store-writers-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let (daemon, cli) = (Store::open(&path).expect("store"), Store::open(&path).expect("second connection"));
+        std::thread::scope(|scope| {
+            for (who, store) in [("daemon", &daemon), ("cli", &cli)] {
+                scope.spawn(move || {
+                    for i in 0..200 {
+                        // A read, then writes, in one transaction.
+                        store
+                            .revoke_machine("alice", "ff")
+                            .unwrap_or_else(|e| panic!("{who}'s write {i} failed beside the other writer: {e}"));
+                    }
+                });
+            }
+        });
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 
     /// Logins against `s`'s records, as the validator runs them.
