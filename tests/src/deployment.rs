@@ -305,8 +305,7 @@ default_response = "{default_response}"
     pub fn nft(&self, ns: Ns, rules: &str) {
         let file = self.dir.join(format!("rules-{}.nft", std::process::id()));
         std::fs::write(&file, rules).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
-        let out = self.topo.cmd(ns, &["nft", "-f", &file.display().to_string()]);
-        assert!(out.status.success(), "nft rules in {ns:?}: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
+        self.topo.cmd_ok(ns, &["nft", "-f", &file.display().to_string()]);
     }
 
     /// The gate's packet counter for `reason`, from `ackgate status --json`.

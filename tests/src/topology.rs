@@ -110,6 +110,41 @@ impl Topology {
             .unwrap_or_else(|e| panic!("running {args:?} in {}: {e}", self.ns(ns)))
     }
 
+    /// As [`Topology::cmd`], for a command that must succeed: a failure
+    /// (or a missing tool) panics with its stderr rather than leaving the
+    /// caller to read an empty output as a pass.
+    pub fn cmd_ok(&self, ns: Ns, args: &[&str]) -> std::process::Output {
+        let out = self.cmd(ns, args);
+        assert!(
+            out.status.success(),
+            "{args:?} in {} failed ({}): {}",
+            self.ns(ns),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The kernel's SNMP counters `names` in namespace `ns` (`nstat -az`);
+    /// each must be there.
+    pub fn nstat(&self, ns: Ns, names: &[&str]) -> std::collections::HashMap<String, u64> {
+        let mut args = vec!["nstat", "-az"];
+        args.extend(names);
+        let out = self.cmd_ok(ns, &args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let counters: std::collections::HashMap<String, u64> = text
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.split_whitespace();
+                Some((fields.next()?.to_owned(), fields.next()?.parse().ok()?))
+            })
+            .collect();
+        for name in names {
+            assert!(counters.contains_key(*name), "nstat in {} has no counter {name}:\n{text}", self.ns(ns));
+        }
+        counters
+    }
+
     /// Attaches the gate (native XDP) to the gateway's edge, and the
     /// do-nothing program to the client's end: native XDP_TX into a veth
     /// only delivers when the peer runs XDP.

@@ -241,7 +241,7 @@ fn a_killed_control_plane_loses_nothing() {
         });
         assert!(!committed.is_empty(), "some approvals must have been committed");
 
-        let link = s.topo.cmd(Ns::Gateway, &["ip", "link", "show", "dev", &s.topo.edge_if]);
+        let link = s.topo.cmd_ok(Ns::Gateway, &["ip", "link", "show", "dev", &s.topo.edge_if]);
         let link = String::from_utf8_lossy(&link.stdout);
         assert!(link.contains("xdp"), "the gate must stay attached after the crash (fail closed): {link}");
         let status = s.json(&["status", "--json"]);

@@ -62,26 +62,17 @@ fn transfers_survive_loss_on_the_edge_link() {
                  chain in { type filter hook input priority 0; numgen random mod 100 0 drop; }\n}\n";
     // Per segment, not per 64 KiB offload super-packet.
     let dev = &s.topo.client_if;
-    let out = s.topo.cmd(Ns::Client, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
-    assert!(out.status.success(), "offloads off on {dev}: {}", String::from_utf8_lossy(&out.stderr));
+    s.topo.cmd_ok(Ns::Client, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
     s.nft(Ns::Client, rules);
     transfer_both_ways(&s, mib(100));
     // Both ends lost segments and recovered with SACK, and neither found
     // a SACK block invalid (a mistranslated edge is discarded and counted
     // as TCPSACKDiscard, tcp_sacktag_write_queue in net/ipv4/tcp_input.c).
     for ns in [Ns::Client, Ns::Target] {
-        let nstat =
-            s.topo.cmd(ns, &["nstat", "-az", "TcpRetransSegs", "TcpExtTCPSackRecovery", "TcpExtTCPSACKDiscard"]);
-        let text = String::from_utf8_lossy(&nstat.stdout).into_owned();
-        let count = |name: &str| -> u64 {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                .unwrap_or(0)
-        };
-        assert!(count("TcpRetransSegs") > 5, "{ns:?}: the loss must cause retransmissions:\n{text}");
-        assert!(count("TcpExtTCPSackRecovery") >= 1, "{ns:?}: recovery must use SACK:\n{text}");
-        assert_eq!(count("TcpExtTCPSACKDiscard"), 0, "{ns:?}: SACK blocks discarded as invalid:\n{text}");
+        let c = s.topo.nstat(ns, &["TcpRetransSegs", "TcpExtTCPSackRecovery", "TcpExtTCPSACKDiscard"]);
+        assert!(c["TcpRetransSegs"] > 5, "{ns:?}: the loss must cause retransmissions: {c:?}");
+        assert!(c["TcpExtTCPSackRecovery"] >= 1, "{ns:?}: recovery must use SACK: {c:?}");
+        assert_eq!(c["TcpExtTCPSACKDiscard"], 0, "{ns:?}: SACK blocks discarded as invalid: {c:?}");
     }
 }
 

@@ -84,14 +84,7 @@ fn main() {
     drop(agent);
     println!("Alice's agent stops (SIGTERM; its stamper detaches), so her machine is one without");
     println!("an agent now. The same curl: -> {}\n", outcome(s.curl(2)));
-    let target = s.topo.cmd(Ns::Target, &["nstat", "-az", "TcpPassiveOpens"]);
-    let opens = String::from_utf8_lossy(&target.stdout);
-    let opens = opens
-        .lines()
-        .find(|l| l.starts_with("TcpPassiveOpens"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("0")
-        .to_owned();
+    let opens = s.topo.nstat(Ns::Target, &["TcpPassiveOpens"])["TcpPassiveOpens"];
     let peers = s.target.peers();
     println!("Connections the target accepted: {opens}, all from {:?}:", s.topo.client_addr);
     println!("   {peers:?}");

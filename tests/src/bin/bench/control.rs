@@ -307,8 +307,7 @@ pub fn authorizations_bench() {
         (0..10).map(|i| std::net::Ipv4Addr::new(subnet[0], subnet[1], subnet[2], 100 + i)).collect();
     for a in &sources {
         let cidr = format!("{a}/24");
-        let out = s.topo.cmd(Ns::Client, &["ip", "addr", "add", &cidr, "dev", &s.topo.client_if]);
-        assert!(out.status.success(), "adding {cidr}: {out:?}");
+        s.topo.cmd_ok(Ns::Client, &["ip", "addr", "add", &cidr, "dev", &s.topo.client_if]);
     }
     let before = s.access_log().len();
     let (many, _, rt_many) = connect_many(&s, MANY, None, &sources, false);

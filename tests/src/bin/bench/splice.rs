@@ -428,8 +428,7 @@ pub fn delayed_bench() {
             let args = [
                 "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", delay, "rate", "50mbit", "limit", "100000",
             ];
-            let out = topo.cmd(ns, &args);
-            assert!(out.status.success(), "netem on {dev}: {}", String::from_utf8_lossy(&out.stderr));
+            topo.cmd_ok(ns, &args);
         }
         let up = iperf3_run(topo, to, 10, false) * 1000.0;
         let down = iperf3_run(topo, to, 10, true) * 1000.0;
