@@ -107,4 +107,15 @@ reasons! {
     /// Spliced segment with DF larger than the next hop's MTU: answered
     /// with ICMP "fragmentation needed" from the address it was sent to.
     SPLICE_FRAG_NEEDED = 35, "splice_frag_needed";
+    /// The TCP options could not be copied out of the frame for the scan,
+    /// though the parser found them in it: a helper failure, not the
+    /// client's doing. Dropped.
+    ERR_OPTIONS_COPY = 36, "err_options_copy";
+    /// The SYN cookie helper refused a SYN the parser accepted
+    /// (`bpf_tcp_raw_gen_syncookie_ipv4`): dropped, unanswered.
+    ERR_COOKIE = 37, "err_cookie";
+    /// A pure ACK on the 4-tuple of a flow the gate holds, acknowledging
+    /// another SYN/ACK, without a valid stamp: dropped without a response,
+    /// so that a forged ACK cannot make the gate answer for a live flow.
+    DROP_REUSED_TUPLE = 38, "drop_reused_tuple";
 }

@@ -81,7 +81,7 @@ fn check(frame: &XdpFrame, seg: &Ipv4Tcp) -> Checked {
         return Checked::refused(reason::ERR_REPLY);
     };
     let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
-        return Checked::refused(reason::ACK_BAD_OPTION);
+        return Checked::refused(reason::ERR_OPTIONS_COPY);
     };
     let hs = &mut scratch.hs;
     let scan = opts.scan_handshake(config::option_id(), hs);
@@ -129,7 +129,7 @@ pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
 pub fn on_reused_tuple(frame: &XdpFrame, seg: &Ipv4Tcp) -> Verdict {
     let c = check(frame, seg);
     if c.reason != reason::ACK_PENDING {
-        return Verdict::new(XDP_DROP, c.reason);
+        return Verdict::new(XDP_DROP, reason::DROP_REUSED_TUPLE);
     }
     record_pending(seg, &c)
 }

@@ -36,7 +36,7 @@ pub fn on_syn(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
     let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
-        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
+        return Verdict::new(XDP_DROP, reason::ERR_OPTIONS_COPY);
     };
     let hs = &mut scratch.hs;
     let scan = opts.scan_handshake(config::option_id(), hs);
@@ -44,7 +44,7 @@ pub fn on_syn(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
         return Verdict::new(XDP_DROP, reason::SYN_STEALTH_REFUSED);
     }
     let Some((cookie, client_mss)) = syncookie(seg, if scan.mss == 0 { DEFAULT_MSS } else { scan.mss }) else {
-        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+        return Verdict::new(XDP_DROP, reason::ERR_COOKIE);
     };
     let profile = settings::synack_profile();
     if hs.ts_ok == 0 {

@@ -572,6 +572,13 @@ fn handshake_acks_get_their_verdicts() {
         reason: reason::PENDING_HOLD,
         out: Out::Dropped,
     });
+    rows.push(Row {
+        name: "unstamped ACK of another handshake on the pending flow's 4-tuple",
+        input: ack_of(&s, c.wrapping_add(1)).build(),
+        action: XDP_DROP,
+        reason: reason::DROP_REUSED_TUPLE,
+        out: Out::Dropped,
+    });
     run_rows(&mut g.0, Program::Edge, rows);
 
     let pending = g.0.gate.pending_flows().expect("pending map readable");
@@ -676,7 +683,7 @@ fn decided_flows_get_their_verdicts() {
             name: "forged new handshake on an authorized 4-tuple",
             input: forged.build(),
             action: XDP_DROP,
-            reason: reason::ACK_BAD_MAC,
+            reason: reason::DROP_REUSED_TUPLE,
             out: Out::Dropped,
         },
         Row {
