@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 
 use crate::agents::AgentServer;
 use crate::gate::Gate;
+use crate::store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -113,7 +114,7 @@ impl Metrics {
     }
 
     /// The full exposition: live values read now, then the accumulated ones.
-    fn render(&self, pin_dir: &std::path::Path, server: &AgentServer) -> String {
+    fn render(&self, pin_dir: &std::path::Path, server: &AgentServer, store: &Store) -> String {
         let mut now = Registry::with_prefix("ackgate");
         let gate = Family::<Reason, Counter>::default();
         now.register("gate_packets", "Packets the XDP gate handled, by verdict reason", gate.clone());
@@ -157,6 +158,13 @@ impl Metrics {
         ] {
             agent.get_or_create(&Event { event: name.to_owned() }).inc_by(v.load(Ordering::Relaxed));
         }
+        let not_recorded = Counter::<u64>::default();
+        not_recorded.inc_by(store.attempts_not_recorded());
+        now.register(
+            "attempts_not_recorded",
+            "New attempts not kept for approval: their agent (or the store) held as many as it may",
+            not_recorded,
+        );
         let unauthenticated = Gauge::<i64>::default();
         unauthenticated.set(i64::try_from(server.unauthenticated()).unwrap_or(i64::MAX));
         now.register(
@@ -188,13 +196,14 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     pin_dir: PathBuf,
     server: Arc<AgentServer>,
+    store: Arc<Store>,
 ) -> std::io::Result<()> {
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let (metrics, pin_dir, server) = (metrics.clone(), pin_dir.clone(), server.clone());
+            let (metrics, pin_dir, server, store) = (metrics.clone(), pin_dir.clone(), server.clone(), store.clone());
             async move {
-                let body = metrics.render(&pin_dir, &server);
+                let body = metrics.render(&pin_dir, &server, &store);
                 ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
             }
         }),

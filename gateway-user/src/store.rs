@@ -263,8 +263,15 @@ pub struct Standing {
     pub groups: Vec<String>,
 }
 
+/// Attempts (user and machine pairs waiting for an administrator) one
+/// agent may have recorded.
+pub const ATTEMPTS_PER_AGENT: usize = 64;
+/// Attempts the store keeps in all.
+pub const ATTEMPTS_TOTAL: usize = 65_536;
+
 pub struct Store {
     conn: Mutex<Connection>,
+    attempts_not_recorded: std::sync::atomic::AtomicU64,
 }
 
 /// Brings a store made by an earlier version up to date (SQLite's
@@ -327,7 +334,7 @@ impl Store {
         migrate(&conn).map_err(open_err)?;
         conn.execute("INSERT OR IGNORE INTO opaque_setup (id, setup) VALUES (1, ?1)", [new_setup()])
             .map_err(open_err)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self { conn: Mutex::new(conn), attempts_not_recorded: std::sync::atomic::AtomicU64::new(0) })
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -499,11 +506,37 @@ impl Store {
         Ok(Standing { known: true, revoked: revoked != 0, machine_approved, groups: groups_of(&groups) })
     }
 
-    /// Records (or counts again) a failed first attempt. Once an attempt
-    /// from a machine was proven, the machine stays proven.
-    pub fn record_attempt(&self, a: &Attempt<'_>) -> Result<(), StoreError> {
+    /// Records (or counts again) a failed first attempt; whether it was
+    /// recorded. Once an attempt from a machine was proven, the machine
+    /// stays proven. An enrolled agent could vary the user name or the
+    /// fingerprint without end, so a new (user, machine) pair is recorded
+    /// only while its agent has fewer than [`ATTEMPTS_PER_AGENT`] and the
+    /// store fewer than [`ATTEMPTS_TOTAL`]; beyond, it is counted
+    /// ([`Store::attempts_not_recorded`]) and not kept.
+    pub fn record_attempt(&self, a: &Attempt<'_>) -> Result<bool, StoreError> {
         let now = now_unix();
-        self.db().execute(
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let known = tx
+            .query_row(
+                "SELECT 1 FROM potential WHERE user = ?1 AND fingerprint = ?2",
+                params![a.user, &a.machine[..]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !known {
+            let (of_agent, total): (usize, usize) = tx.query_row(
+                "SELECT count(*) FILTER (WHERE agent_id = ?1), count(*) FROM potential",
+                [a.agent_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            if of_agent >= ATTEMPTS_PER_AGENT || total >= ATTEMPTS_TOTAL {
+                self.attempts_not_recorded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(false);
+            }
+        }
+        tx.execute(
             "INSERT INTO potential (user, fingerprint, install_serial, agent_id, source, service, reason, first_unix, last_unix, count, proven)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1, ?9)
              ON CONFLICT (user, fingerprint) DO UPDATE SET
@@ -512,7 +545,14 @@ impl Store {
                 proven = max(proven, excluded.proven)",
             params![a.user, &a.machine[..], a.install_serial, a.agent_id, a.source, a.service, a.reason, now, a.proven],
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// New attempts not recorded since start: their agent, or the store,
+    /// held as many as it may.
+    pub fn attempts_not_recorded(&self) -> u64 {
+        self.attempts_not_recorded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether `claim` was approved as `user`: its password is the user's.
@@ -1083,6 +1123,35 @@ mod tests {
 
     fn store() -> Store {
         Store::open(Path::new(":memory:")).expect("in-memory store")
+    }
+
+    /// An agent varying user names (or fingerprints) fills only its own
+    /// share of the pending attempts: beyond it, new pairs are counted and
+    /// not kept, while known pairs and other agents still count.
+    #[test]
+    fn attempts_are_bounded_per_agent() {
+        let s = store();
+        fn attempt_of(user: &str, agent_id: u32) -> Attempt<'_> {
+            Attempt {
+                user,
+                machine: [7; 32],
+                install_serial: "s",
+                agent_id,
+                source: "10.0.0.2",
+                service: "web",
+                reason: "unknown user",
+                proven: false,
+            }
+        }
+        let names: Vec<String> = (0..=ATTEMPTS_PER_AGENT).map(|i| format!("user{i}")).collect();
+        for name in &names[..ATTEMPTS_PER_AGENT] {
+            assert!(s.record_attempt(&attempt_of(name, 1)).expect("record"), "{name} within the agent's share");
+        }
+        assert!(!s.record_attempt(&attempt_of(&names[ATTEMPTS_PER_AGENT], 1)).expect("record"), "one too many");
+        assert_eq!(s.attempts_not_recorded(), 1, "the attempt not kept is counted");
+        assert!(s.record_attempt(&attempt_of(&names[0], 1)).expect("record"), "a known pair still counts again");
+        assert!(s.record_attempt(&attempt_of("other", 2)).expect("record"), "another agent has its own share");
+        assert_eq!(s.pending().expect("pending").len(), ATTEMPTS_PER_AGENT + 1, "what users pending shows");
     }
 
     /// The CLI and the daemon write one store at once, each with its own

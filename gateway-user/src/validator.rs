@@ -122,7 +122,7 @@ impl Validator {
         // user's own password; only such attempts may bind a machine when
         // approved.
         let record = |reason: &str, proven: bool| -> Result<Verdict, StoreError> {
-            self.store.record_attempt(&Attempt {
+            let recorded = self.store.record_attempt(&Attempt {
                 user: &p.user,
                 machine: p.machine,
                 install_serial: &p.install_serial,
@@ -132,7 +132,7 @@ impl Validator {
                 reason,
                 proven,
             })?;
-            Ok(Verdict::Denied { reason: reason.to_owned(), recorded: true })
+            Ok(Verdict::Denied { reason: reason.to_owned(), recorded })
         };
         if p.user.is_empty() {
             return record("nobody is logged in on the agent", false);

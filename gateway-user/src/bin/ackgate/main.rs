@@ -770,11 +770,11 @@ impl Plane {
         tokio::spawn(server.clone().serve(listener));
         let metrics = Arc::new(Metrics::default());
         if let Some(addr) = p.metrics_listen {
-            let (m, pin_dir, srv) = (metrics.clone(), p.pin_dir.clone(), server.clone());
+            let (m, pin_dir, srv, store) = (metrics.clone(), p.pin_dir.clone(), server.clone(), p.store.clone());
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?;
             tokio::spawn(async move {
-                if let Err(e) = ackgate_gateway::metrics::serve(listener, m, pin_dir, srv).await {
+                if let Err(e) = ackgate_gateway::metrics::serve(listener, m, pin_dir, srv, store).await {
                     warn!("metrics endpoint on {addr}: {e}");
                 }
             });
