@@ -42,6 +42,12 @@ pub enum GateError {
     Program(#[from] ProgramError),
     #[error("attaching XDP ({mode:?}) to interface {iface} failed: {source}")]
     Attach { iface: String, mode: XdpMode, source: ProgramError },
+    #[error(
+        "interface {iface} already runs an XDP program ({holder}) that this pin directory does not hold: \
+         another `ackgate run` with another pin_dir, or another tool; detach it first \
+         (`ip link set dev {iface} xdp off`) or use another interface"
+    )]
+    AlreadyAttached { iface: String, holder: String },
     #[error("{0:?} is not a valid interface name")]
     BadInterfaceName(String),
     #[error("map {map}: {source}")]
@@ -181,7 +187,17 @@ impl Gate {
 
     fn attach_pinned(&mut self, program: &'static str, iface: &str, mode: XdpMode) -> Result<(), GateError> {
         check_iface_name(iface)?;
-        let attach_err = |source| GateError::Attach { iface: iface.to_owned(), mode, source };
+        let attach_err = |source: ProgramError| {
+            let busy =
+                matches!(&source, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EBUSY));
+            match busy {
+                true => GateError::AlreadyAttached {
+                    iface: iface.to_owned(),
+                    holder: crate::netdev::attached_xdp(iface).unwrap_or_else(|| "unknown program".into()),
+                },
+                false => GateError::Attach { iface: iface.to_owned(), mode, source },
+            }
+        };
         let path = self.pin_dir.join(format!("link-{iface}"));
         if path.exists() {
             let pinned = PinnedLink::from_pin(&path).map_err(|e| GateError::Link(e.to_string()))?;

@@ -3,6 +3,7 @@
 //! mounted in).
 
 use std::io;
+use std::process::Command;
 
 /// The MTU of `iface`.
 pub fn mtu(iface: &str) -> io::Result<u32> {
@@ -42,4 +43,17 @@ pub fn ipv4_address(iface: &str) -> io::Result<Option<std::net::Ipv4Addr>> {
         .filter(|a| a.interface_name == iface)
         .filter_map(|a| a.address?.as_sockaddr_in().map(|sin| sin.ip()))
         .next())
+}
+
+/// The XDP program attached to `iface`, as `ip -details -json link`
+/// describes it ("program 42 ackgate_gate"); `None` when none shows or
+/// `ip` is missing.
+pub fn attached_xdp(iface: &str) -> Option<String> {
+    let out = Command::new("ip").args(["-details", "-json", "link", "show", "dev", iface]).output().ok()?;
+    let link: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let xdp = &link[0]["xdp"];
+    // One program: `xdp.prog`; several (modes at once): `xdp.attached[]`.
+    let prog = if xdp["prog"].is_object() { &xdp["prog"] } else { &xdp["attached"][0]["prog"] };
+    let id = prog["id"].as_u64()?;
+    Some(format!("program {id} {}", prog["name"].as_str().unwrap_or("(unnamed)")))
 }

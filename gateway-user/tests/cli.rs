@@ -273,6 +273,25 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
     assert!(table.contains("syn_cookie"), "status must count the cookie SYN/ACK:\n{table}");
     assert!(table.contains("ack_no_option"), "status must count the refused ACK:\n{table}");
 
+    // A second instance on the same config refuses before it touches the
+    // running gate; on another pin directory, it names the interface and
+    // the program already there.
+    let second = s.run(&["run", "--config", config.to_str().expect("utf-8")]);
+    assert_fails_with(&second, &["another `ackgate run` holds the pin directory"]);
+    let elsewhere = s.write(
+        "elsewhere.toml",
+        &std::fs::read_to_string(&config).expect("config").replace(
+            &format!("pin_dir = \"{}\"", s.pin_dir.display()),
+            &format!("pin_dir = \"{}-other\"", s.pin_dir.display()),
+        ),
+    );
+    let other = s.run(&["run", "--config", elsewhere.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_dir_all(format!("{}-other", s.pin_dir.display()));
+    assert_fails_with(&other, &["already runs an XDP program (program ", "ackgate_"]);
+    assert!(xdp_attached(&s, "lo"), "the first gate must still be attached");
+    let status = s.run(&["status", "--pin-dir", s.pin_dir.to_str().expect("utf-8")]);
+    assert!(status.status.success(), "the first gate's status must still answer: {}", stderr(&status));
+
     // nsenter execs ackgate, so the child's pid is ackgate's.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .expect("sending SIGTERM");

@@ -32,6 +32,8 @@ pub enum LocalError {
     Decode { path: String, source: postcard::Error },
     #[error("control socket {path}: closed without a reply")]
     Closed { path: String },
+    #[error("control socket {path}: a running daemon answers on it; stop that one first")]
+    InUse { path: String },
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -52,6 +54,11 @@ pub fn bind_shared(path: &Path) -> Result<UnixListener, LocalError> {
 fn bind_mode(path: &Path, mode: u32) -> Result<UnixListener, LocalError> {
     let io = |source| LocalError::Io { path: path.display().to_string(), source };
     if path.exists() {
+        // A socket someone still answers on belongs to a live daemon:
+        // unlinking it would cut that daemon off from its clients.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(LocalError::InUse { path: path.display().to_string() });
+        }
         std::fs::remove_file(path).map_err(io)?;
     }
     let listener = UnixListener::bind(path).map_err(io)?;
@@ -108,4 +115,26 @@ pub async fn call<Q: Serialize, R: DeserializeOwned>(path: &Path, req: &Q) -> Re
     conn.send(bytes::Bytes::from(bytes)).await.map_err(io)?;
     let frame = conn.next().await.ok_or_else(|| LocalError::Closed { path: p() })?.map_err(io)?;
     postcard::from_bytes(&frame).map_err(|source| LocalError::Decode { path: p(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket a live daemon answers on is never taken over; one left
+    /// behind by a daemon that is gone is replaced.
+    #[tokio::test]
+    async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
+        let path = std::env::temp_dir().join(format!("ackgate-local-{}.sock", std::process::id()));
+        let live = bind_private(&path).expect("first bind");
+        assert!(
+            matches!(bind_private(&path), Err(LocalError::InUse { .. })),
+            "a second daemon must not unlink the live daemon's socket"
+        );
+        assert!(path.exists(), "the live socket must still be there");
+        drop(live);
+        let again = bind_private(&path).expect("a stale socket is replaced");
+        drop(again);
+        let _ = std::fs::remove_file(&path);
+    }
 }

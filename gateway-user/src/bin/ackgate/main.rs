@@ -327,6 +327,9 @@ fn real_main() -> Result<()> {
 
 fn run(config_path: PathBuf) -> Result<()> {
     let config = Config::from_file(&config_path)?;
+    // Before anything is touched: a second instance on the same pins
+    // would replace the running gate's program and its admin socket.
+    let _pins = ackgate_gateway::bpffs::lock_pin_dir(&config.gateway.pin_dir)?;
     if let Some(c) = &config.control {
         ackgate_gateway::store::check_private(Some(&c.state_dir), &c.store_path())?;
     }
