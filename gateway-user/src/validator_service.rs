@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use ackgate_common::proto::{
     ClaimFinish, LoginFinish, LoginGrant, LoginStart, LoginStep, Message, MessageCodec, ProtoError, Relay, RelayStep,
@@ -225,12 +226,34 @@ type Link = Framed<tokio_rustls::client::TlsStream<TcpStream>, MessageCodec>;
 /// A request for the link task, with where its answer goes.
 type LinkRequest = (u64, Message, oneshot::Sender<Message>);
 
+/// The link's deadlines. Every wait on the validator has one: a validator
+/// that hangs (or a link whose peer vanished without a reset) costs each
+/// request at most `request`, and the blocking thread and the login
+/// worker that wait on it are returned then.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkTiming {
+    /// How long one request waits for its answer.
+    pub request: Duration,
+    /// Time to connect, TCP and TLS.
+    pub connect: Duration,
+    /// The link pings this often, and ends after three intervals without
+    /// a word from the validator: the next request connects anew.
+    pub ping: Duration,
+}
+
+impl Default for LinkTiming {
+    fn default() -> Self {
+        Self { request: Duration::from_secs(10), connect: Duration::from_secs(5), ping: Duration::from_secs(5) }
+    }
+}
+
 /// The gateway's side: a [`Decider`] that asks the remote validator. One
 /// connection carries many requests at once (answered in any order, by
-/// request id); it is reconnected when it fails.
+/// request id); it is reconnected when it fails or goes silent.
 pub struct RemoteValidator {
     addr: String,
     tls: Arc<rustls::ClientConfig>,
+    timing: LinkTiming,
     link: tokio::sync::Mutex<Option<mpsc::Sender<LinkRequest>>>,
     next: std::sync::atomic::AtomicU64,
     runtime: tokio::runtime::Handle,
@@ -251,22 +274,33 @@ impl RemoteValidator {
         Ok(Self {
             addr: addr.to_owned(),
             tls: Arc::new(tls),
+            timing: LinkTiming::default(),
             link: tokio::sync::Mutex::new(None),
             next: std::sync::atomic::AtomicU64::new(1),
             runtime: tokio::runtime::Handle::current(),
         })
     }
 
+    /// Other deadlines than [`LinkTiming::default`].
+    pub fn with_timing(mut self, timing: LinkTiming) -> Self {
+        self.timing = timing;
+        self
+    }
+
     async fn connect(&self) -> Result<Link, LinkError> {
-        let tcp = TcpStream::connect(&self.addr)
-            .await
-            .map_err(|source| LinkError::Connect { addr: self.addr.clone(), source })?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(VALIDATOR_SERVER_NAME).map_err(|e| LinkError::Tls(e.to_string()))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|source| LinkError::Connect { addr: self.addr.clone(), source })?;
+        let after = self.timing.connect;
+        let connected = tokio::time::timeout(after, async {
+            let tcp = TcpStream::connect(&self.addr)
+                .await
+                .map_err(|source| LinkError::Connect { addr: self.addr.clone(), source })?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from(VALIDATOR_SERVER_NAME).map_err(|e| LinkError::Tls(e.to_string()))?;
+            tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|source| LinkError::Connect { addr: self.addr.clone(), source })
+        });
+        let tls = connected.await.map_err(|_| ProtoError::Timeout { what: "connecting to the validator", after })??;
         Ok(Framed::new(tls, MessageCodec::default()))
     }
 
@@ -277,27 +311,32 @@ impl RemoteValidator {
             return Ok(live.clone());
         }
         let (requests, queue) = mpsc::channel(LINK_IN_FLIGHT);
-        tokio::spawn(run_link(self.connect().await?, queue));
+        tokio::spawn(run_link(self.connect().await?, queue, self.timing.ping));
         *link = Some(requests.clone());
         Ok(requests)
     }
 
-    /// One request and its answer; a link lost before the answer is
-    /// reconnected and the request sent once more.
+    /// One request and its answer, within the request deadline; a link
+    /// lost before the answer is reconnected and the request sent once
+    /// more.
     async fn call(&self, request_id: u64, request: Message) -> Result<Message, LinkError> {
-        for attempt in 0..2 {
-            let link = self.link().await?;
-            let (reply, answer) = oneshot::channel();
-            if link.send((request_id, request.clone(), reply)).await.is_ok()
-                && let Ok(answer) = answer.await
-            {
-                return Ok(answer);
+        let after = self.timing.request;
+        let answered = tokio::time::timeout(after, async {
+            for attempt in 0..2 {
+                let link = self.link().await?;
+                let (reply, answer) = oneshot::channel();
+                if link.send((request_id, request.clone(), reply)).await.is_ok()
+                    && let Ok(answer) = answer.await
+                {
+                    return Ok(answer);
+                }
+                if attempt == 0 {
+                    tracing::info!("validator link lost before an answer; reconnecting");
+                }
             }
-            if attempt == 0 {
-                tracing::info!("validator link lost before an answer; reconnecting");
-            }
-        }
-        Err(ProtoError::Closed.into())
+            Err(ProtoError::Closed.into())
+        });
+        answered.await.map_err(|_| ProtoError::Timeout { what: "the validator's answer", after })?
     }
 
     fn id(&self) -> u64 {
@@ -306,12 +345,38 @@ impl RemoteValidator {
 }
 
 /// Carries requests out and routes answers back by request id until the
-/// connection fails; the requests still waiting then see the link closed.
-async fn run_link(conn: Link, mut requests: mpsc::Receiver<LinkRequest>) {
+/// connection fails or the validator says nothing (not even a pong) for
+/// three `ping` intervals; the requests still waiting then see the link
+/// closed. Requests whose callers gave up are forgotten at each ping.
+async fn run_link(conn: Link, mut requests: mpsc::Receiver<LinkRequest>, ping: Duration) {
+    let mut waiting = HashMap::new();
+    carry(conn, &mut requests, &mut waiting, ping).await;
+    // Closed before the waiting callers hear that the link is gone, so
+    // that their second try cannot find it still open and queue on it.
+    requests.close();
+    drop(waiting);
+}
+
+async fn carry(
+    conn: Link,
+    requests: &mut mpsc::Receiver<LinkRequest>,
+    waiting: &mut HashMap<u64, oneshot::Sender<Message>>,
+    ping: Duration,
+) {
     let (mut sink, mut stream) = conn.split();
-    let mut waiting: HashMap<u64, oneshot::Sender<Message>> = HashMap::new();
+    let mut ticker = tokio::time::interval(ping);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > ping * 3 {
+                    return tracing::warn!("validator link: no answer for {:?}; reconnecting", ping * 3);
+                }
+                waiting.retain(|_, reply| !reply.is_closed());
+                if let Err(e) = sink.send(Message::Ping(0)).await {
+                    return tracing::info!("validator link: {e}");
+                }
+            }
             request = requests.recv() => {
                 let Some((id, msg, reply)) = request else { return };
                 waiting.insert(id, reply);
@@ -325,6 +390,7 @@ async fn run_link(conn: Link, mut requests: mpsc::Receiver<LinkRequest>) {
                     Some(Err(e)) => return tracing::info!("validator link: {e}"),
                     None => return tracing::info!("validator link closed by the validator"),
                 };
+                last_heard = tokio::time::Instant::now();
                 let id = match &msg {
                     Message::Relayed(r) => r.request_id,
                     Message::Validated(v) => v.request_id,
@@ -402,7 +468,10 @@ impl Decider for RemoteValidator {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use ackgate_common::proto::pake::LoginClient;
     use ackgate_common::proto::{Profile, profile_proof};
@@ -438,16 +507,167 @@ mod tests {
     /// A validator service on loopback with `decider`, and the gateway's
     /// side of its link; the directory to delete afterwards.
     async fn link(tag: &str, decider: Arc<dyn Decider>) -> (Arc<RemoteValidator>, std::path::PathBuf) {
+        let (remote, dir, _) = link_through(tag, decider, LinkTiming::default(), None).await;
+        (remote, dir)
+    }
+
+    /// As [`link`], with `timing`, and through `proxy` if given (its
+    /// address then stands for the validator's).
+    async fn link_through(
+        tag: &str,
+        decider: Arc<dyn Decider>,
+        timing: LinkTiming,
+        proxy: Option<Arc<Blackhole>>,
+    ) -> (Arc<RemoteValidator>, std::path::PathBuf, String) {
         let dir = std::env::temp_dir().join(format!("ackgate-link-{tag}-{}", std::process::id()));
         let credentials = dir.join("link");
         std::fs::create_dir_all(&dir).expect("test directory");
         Ca::create(&dir).expect("test CA");
         write_credentials(&Ca::load(&dir).expect("CA"), &credentials).expect("link credentials");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
-        let addr = listener.local_addr().expect("address").to_string();
+        let mut addr = listener.local_addr().expect("address").to_string();
         let served = credentials.clone();
         tokio::spawn(async move { serve(listener, &served, decider).await });
-        (Arc::new(RemoteValidator::new(&addr, &credentials).expect("remote validator")), dir)
+        if let Some(proxy) = proxy {
+            addr = proxy.start(addr).await;
+        }
+        let remote = RemoteValidator::new(&addr, &credentials).expect("remote validator").with_timing(timing);
+        (Arc::new(remote), dir, addr)
+    }
+
+    /// A TCP relay whose connections can be cut off without a word: their
+    /// sockets stay open and carry nothing, as when the validator's host
+    /// vanishes. Connections made later are relayed again.
+    #[derive(Default)]
+    struct Blackhole {
+        /// Connections numbered below this are cut off.
+        cut_below: AtomicUsize,
+        made: AtomicUsize,
+    }
+
+    impl Blackhole {
+        async fn start(self: Arc<Self>, to: String) -> String {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+            let addr = listener.local_addr().expect("address").to_string();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let id = self.made.fetch_add(1, Ordering::SeqCst);
+                    let Ok(server) = TcpStream::connect(&to).await else { return };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(self.clone().relay(id, cr, sw));
+                    tokio::spawn(self.clone().relay(id, sr, cw));
+                }
+            });
+            addr
+        }
+
+        async fn relay(
+            self: Arc<Self>,
+            id: usize,
+            mut from: impl AsyncReadExt + Unpin,
+            mut to: impl AsyncWriteExt + Unpin,
+        ) {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buf).await {
+                if id < self.cut_below.load(Ordering::SeqCst) {
+                    // Silence, with both sockets held open.
+                    std::future::pending::<()>().await;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        /// Cuts off every connection made so far.
+        fn cut(&self) {
+            self.cut_below.store(self.made.load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+    }
+
+    /// A decider that hangs until the test ends.
+    struct Hung(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+    impl LoginAuthority for Hung {
+        fn begin(&self, _: &LoginStart, _: u32, _: &str) -> LoginStep {
+            LoginStep::Done(LoginGrant::Refused)
+        }
+        fn claim(&self, _: u64, _: &ClaimFinish) -> LoginStep {
+            LoginStep::Done(LoginGrant::Refused)
+        }
+        fn finish(&self, _: u64, _: &LoginFinish) -> LoginStep {
+            LoginStep::Done(LoginGrant::Refused)
+        }
+        fn end(&self, _: u64) {}
+    }
+
+    impl Decider for Hung {
+        fn decide(&self, _: &ProfileOutcome, _: &ServiceRule, _: &str) -> Result<Verdict, String> {
+            let _ = self.0.lock().map(|rx| rx.recv_timeout(Duration::from_secs(60)));
+            Ok(Verdict::Authorized)
+        }
+    }
+
+    fn outcome() -> ProfileOutcome {
+        ProfileOutcome {
+            agent_id: 1,
+            profile: Profile {
+                user: "alice".into(),
+                account: 0,
+                proof: [0; 32],
+                machine: [1; 32],
+                install_serial: "s".into(),
+            },
+            request: test_request(),
+            login: Some(1),
+        }
+    }
+
+    fn decide(remote: &Arc<RemoteValidator>) -> tokio::task::JoinHandle<Result<Verdict, String>> {
+        let r = remote.clone();
+        let rule = ServiceRule { name: "web".into(), allow_groups: Vec::new() };
+        tokio::task::spawn_blocking(move || r.decide(&outcome(), &rule, "10.0.0.2:1000"))
+    }
+
+    /// A validator that never answers costs each request its deadline and
+    /// no more: the blocking thread waiting on it is back then.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_validator_costs_each_request_its_deadline() {
+        let (release, hang) = std::sync::mpsc::channel();
+        let timing = LinkTiming { request: Duration::from_millis(300), ..LinkTiming::default() };
+        let (remote, dir, _) = link_through("hung", Arc::new(Hung(std::sync::Mutex::new(hang))), timing, None).await;
+        let started = Instant::now();
+        let verdict = decide(&remote).await.expect("validation task");
+        let waited = started.elapsed();
+        assert!(
+            matches!(&verdict, Err(e) if e.contains("the validator's answer")),
+            "a hung validator must give an error at the deadline: {verdict:?}"
+        );
+        assert!(waited < Duration::from_secs(2), "the request waited {waited:?}, past its 300 ms deadline");
+        drop(release);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A link whose peer goes silent (its host gone, no reset) is found
+    /// dead by its pings (three silent intervals, well within a request's
+    /// deadline) and replaced: the request caught on it goes again over a
+    /// new connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_link_is_found_dead_and_replaced() {
+        let proxy = Arc::new(Blackhole::default());
+        let timing = LinkTiming {
+            request: Duration::from_secs(3),
+            ping: Duration::from_millis(100),
+            ..LinkTiming::default()
+        };
+        let (remote, dir, _) = link_through("silent", Arc::new(SlowLogins), timing, Some(proxy.clone())).await;
+        assert_eq!(decide(&remote).await.expect("task"), Ok(Verdict::Authorized), "the link works at first");
+        proxy.cut();
+        let caught = decide(&remote).await.expect("task");
+        assert_eq!(caught, Ok(Verdict::Authorized), "the request caught on the silent link must go over a new one");
+        assert_eq!(proxy.made.load(Ordering::SeqCst), 2, "exactly one reconnect");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
