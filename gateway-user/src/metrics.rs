@@ -149,6 +149,7 @@ impl Metrics {
             ("logins_refused", &s.logins_refused),
             ("logins_throttled", &s.logins_throttled),
             ("logins_locked", &s.logins_locked),
+            ("logins_unavailable", &s.logins_unavailable),
             ("answers_refused", &s.answers_refused),
             ("not_stamped", &s.not_stamped),
             ("not_logged_in", &s.not_logged_in),

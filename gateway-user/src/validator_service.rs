@@ -171,7 +171,7 @@ async fn answer(
                             let _permit = permits.acquire_owned().await;
                             let step = tokio::task::spawn_blocking(move || relayed_step(&*d, step))
                                 .await
-                                .unwrap_or(LoginStep::Done(LoginGrant::Refused));
+                                .unwrap_or(LoginStep::Done(LoginGrant::Unavailable));
                             Message::Relayed(Relayed { request_id, step })
                         });
                     }
@@ -406,19 +406,19 @@ async fn carry(
 }
 
 impl RemoteValidator {
-    /// Relays one login step; a validator that cannot be reached refuses
-    /// the login.
+    /// Relays one login step; a validator that cannot be reached ends the
+    /// login as unavailable (no guess was checked, so no failure counts).
     fn relay(&self, step: RelayStep) -> LoginStep {
         let request_id = self.id();
         match self.runtime.block_on(self.call(request_id, Message::Relay(Relay { request_id, step }))) {
             Ok(Message::Relayed(r)) => r.step,
             Ok(other) => {
                 tracing::warn!("validator answered a login step with {}", other.name());
-                LoginStep::Done(LoginGrant::Refused)
+                LoginStep::Done(LoginGrant::Unavailable)
             }
             Err(e) => {
                 tracing::warn!("validator: {e}");
-                LoginStep::Done(LoginGrant::Refused)
+                LoginStep::Done(LoginGrant::Unavailable)
             }
         }
     }
@@ -649,6 +649,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A login step the validator cannot be asked about is unavailable,
+    /// not refused: no password was checked, so no failure may count
+    /// against the user (a validator outage must not lock users out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_validator_leaves_logins_unavailable_not_failed() {
+        let (remote, dir, _) = link_through("down", Arc::new(SlowLogins), LinkTiming::default(), None).await;
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("port").local_addr().expect("address");
+        let credentials = dir.join("link");
+        let down = Arc::new(RemoteValidator::new(&closed.to_string(), &credentials).expect("remote validator"));
+        drop(remote);
+        let start =
+            LoginStart { user: "alice".into(), account: 0, credential_request: vec![], registration_request: vec![] };
+        let step = tokio::task::spawn_blocking(move || down.begin(&start, 1, "10.0.0.2")).await.expect("task");
+        assert_eq!(step, LoginStep::Done(LoginGrant::Unavailable));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A link whose peer goes silent (its host gone, no reset) is found
     /// dead by its pings (three silent intervals, well within a request's
     /// deadline) and replaced: the request caught on it goes again over a
@@ -656,11 +673,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_link_is_found_dead_and_replaced() {
         let proxy = Arc::new(Blackhole::default());
-        let timing = LinkTiming {
-            request: Duration::from_secs(3),
-            ping: Duration::from_millis(100),
-            ..LinkTiming::default()
-        };
+        let timing =
+            LinkTiming { request: Duration::from_secs(3), ping: Duration::from_millis(100), ..LinkTiming::default() };
         let (remote, dir, _) = link_through("silent", Arc::new(SlowLogins), timing, Some(proxy.clone())).await;
         assert_eq!(decide(&remote).await.expect("task"), Ok(Verdict::Authorized), "the link works at first");
         proxy.cut();

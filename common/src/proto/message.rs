@@ -338,6 +338,10 @@ pub enum LoginGrant {
     /// (the claim is recorded at the agent's first login under the name).
     Claim(u64),
     Refused,
+    /// The login could not be checked (the validator did not answer, or
+    /// the check failed to run): refused, but no guess was made, so it
+    /// does not count as a failed login.
+    Unavailable,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

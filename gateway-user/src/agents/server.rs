@@ -120,6 +120,9 @@ pub struct SessionStats {
     pub logins_throttled: AtomicU64,
     /// Of the refused: the user is locked.
     pub logins_locked: AtomicU64,
+    /// Of the refused: the login could not be checked (validator
+    /// unreachable); not counted as a failed login.
+    pub logins_unavailable: AtomicU64,
     /// Answers to no outstanding request, or with the wrong nonce: replays.
     pub answers_refused: AtomicU64,
     /// Flows the named agent says it never stamped (suspected stolen keys).
@@ -857,16 +860,17 @@ impl LoginTask {
     }
 
     /// One login step at the login authority, within the workers' limit.
-    /// A step that could not run (its task panicked) is a refusal: the
-    /// agent must get a verdict, or it would hold its answers back.
+    /// A step that could not run (its task panicked) ends the login as
+    /// unavailable: the agent must get a verdict, or it would hold its
+    /// answers back.
     async fn step(&self, run: impl FnOnce(&dyn LoginAuthority) -> LoginStep + Send + 'static) -> LoginStep {
         let Ok(_permit) = self.server.login_workers.acquire().await else {
-            return LoginStep::Done(LoginGrant::Refused);
+            return LoginStep::Done(LoginGrant::Unavailable);
         };
         let logins = self.server.logins.clone();
         tokio::task::spawn_blocking(move || run(&*logins)).await.unwrap_or_else(|e| {
             tracing::warn!("login step failed: {e}");
-            LoginStep::Done(LoginGrant::Refused)
+            LoginStep::Done(LoginGrant::Unavailable)
         })
     }
 
@@ -878,6 +882,10 @@ impl LoginTask {
             LoginGrant::Refused => {
                 self.failed(user).await;
                 return refused(user, account, "wrong user name or password");
+            }
+            LoginGrant::Unavailable => {
+                self.server.stats.logins_unavailable.fetch_add(1, Ordering::Relaxed);
+                return refused(user, account, "the login could not be checked now (validator unreachable); try again");
             }
         };
         self.server.guard.checked(user, self.agent_id, true, Instant::now());
