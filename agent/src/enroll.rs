@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ackgate_common::host::unix_secs;
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{EnrollRequest, Invite, Message, MessageCodec, ProtoError};
 use futures_util::{SinkExt, StreamExt};
@@ -37,16 +38,12 @@ pub enum EnrollError {
     State(#[from] StateError),
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_secs()).unwrap_or(0)
-}
-
 /// Redeems `invite` and stores the identity in `state`.
 pub async fn enroll(invite: &Invite, hostname: &str, state: &StateDir, timeout: Duration) -> Result<u32, EnrollError> {
     if state.is_enrolled() {
         return Err(EnrollError::AlreadyEnrolled(state.path().display().to_string()));
     }
-    if invite.expires_unix < now_unix() {
+    if invite.expires_unix < unix_secs() {
         return Err(EnrollError::Expired);
     }
     let key = KeyPair::generate()?;
@@ -81,7 +78,7 @@ pub async fn enroll(invite: &Invite, hostname: &str, state: &StateDir, timeout: 
             gateway: invite.gateway.clone(),
             install_serial,
             hostname: hostname.to_owned(),
-            enrolled_unix: now_unix(),
+            enrolled_unix: unix_secs(),
         },
         mac_key: MacKey::from_bytes(enrolled.mac_key),
         cert: CertificateDer::from(enrolled.cert_der),

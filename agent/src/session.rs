@@ -5,9 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ackgate_common::abi::MAX_ACCOUNTS;
+use ackgate_common::host::{lock, unix_secs};
 use ackgate_common::proto::pake::{LoginClient, PakeError};
 use ackgate_common::proto::{
     FlowSummary, Hello, LoginResult, Logout, Message, MessageCodec, Profile, ProfileAnswer, ProfileRefusal,
@@ -118,14 +119,6 @@ impl LoginWait {
 #[error("{MAX_ACCOUNTS} local accounts are logged in on this machine already")]
 pub struct TooManyAccounts;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_unix() -> u64 {
-    SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Shared {
     pub fn new(gateway: &str, stamps: Arc<dyn Stamps>) -> Arc<Self> {
         Arc::new(Self {
@@ -151,7 +144,7 @@ impl Shared {
     fn set_state(&self, state: &str, error: Option<String>) {
         let mut s = lock(&self.status);
         s.state = state.into();
-        s.since_unix = now_unix();
+        s.since_unix = unix_secs();
         if error.is_some() {
             s.last_error = error;
         }
@@ -383,7 +376,7 @@ async fn serve_once(
                 return Ok(());
             }
             _ = renewal_check.tick(), if renewal.is_none() && !renewed_here => {
-                if renew::due(&identity.certificate(), now_unix() as i64)? {
+                if renew::due(&identity.certificate(), unix_secs() as i64)? {
                     let (pending, csr_der) = renew::Pending::start()?;
                     renewal = Some(pending);
                     conn.send(Message::RenewCertificate(RenewCertificate { csr_der })).await?;

@@ -1,7 +1,7 @@
 //! Small userspace helpers shared by the gateway and the agent (feature
 //! `user`): interface names, the kernel programs' clock, flow keys as
-//! socket addresses, SIGPIPE for command-line tools, and atomic file
-//! replacement.
+//! socket addresses, SIGPIPE for command-line tools, atomic file
+//! replacement, Unix time, hex and poison-tolerant locks.
 
 extern crate std;
 use std::io::Write as _;
@@ -29,6 +29,28 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out pointer; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Seconds since the Unix epoch (0 on a clock set before it).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch (0 on a clock set before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::UNIX_EPOCH.elapsed().map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Locks `m` even if a thread panicked while holding it: the state these
+/// locks guard (counters, tables, session lists) stays consistent between
+/// statements, and one panicked task must not take the daemon down.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Lets a command-line tool end when whoever reads its output goes away

@@ -15,8 +15,10 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+pub use ackgate_common::host::hex;
+use ackgate_common::host::unix_secs;
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{Invite, invite_secret_digest};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -185,10 +187,6 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UserRecord {
     pub name: String,
@@ -303,10 +301,6 @@ fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
     Ok(())
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn groups_of(text: &str) -> Vec<String> {
     text.split(',').filter(|g| !g.is_empty()).map(str::to_owned).collect()
 }
@@ -342,7 +336,7 @@ impl Store {
     }
 
     fn audit(conn: &Connection, action: &str, detail: &str) -> Result<(), StoreError> {
-        conn.execute("INSERT INTO audit VALUES (?1, ?2, ?3)", params![now_unix(), action, detail])?;
+        conn.execute("INSERT INTO audit VALUES (?1, ?2, ?3)", params![unix_secs(), action, detail])?;
         Ok(())
     }
 
@@ -371,7 +365,7 @@ impl Store {
         tx.execute(
             "INSERT INTO users (name, password_hash, opaque_record, credential_id, groups, created_unix)
              VALUES (?1, '', ?2, ?3, ?4, ?5)",
-            params![name, record.record, record.credential_id, groups.join(","), now_unix()],
+            params![name, record.record, record.credential_id, groups.join(","), unix_secs()],
         )?;
         // Claims on the name are void once it is a valid user's.
         tx.execute("DELETE FROM claims WHERE user = ?1", [name])?;
@@ -413,7 +407,7 @@ impl Store {
             )?;
             let mut machine =
                 tx.prepare("INSERT INTO machines (user, fingerprint, approved_unix) VALUES (?1, ?2, ?3)")?;
-            let now = now_unix();
+            let now = unix_secs();
             for (name, fp) in users {
                 user.execute(params![name, record.record, record.credential_id, groups.join(","), now])?;
                 machine.execute(params![name, &fp[..], now])?;
@@ -514,7 +508,7 @@ impl Store {
     /// store fewer than [`ATTEMPTS_TOTAL`]; beyond, it is counted
     /// ([`Store::attempts_not_recorded`]) and not kept.
     pub fn record_attempt(&self, a: &Attempt<'_>) -> Result<bool, StoreError> {
-        let now = now_unix();
+        let now = unix_secs();
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let known = tx
@@ -581,7 +575,7 @@ impl Store {
             "INSERT INTO claim_machines VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)
              ON CONFLICT (claim_id, fingerprint, agent_id) DO UPDATE SET
                 service = excluded.service, last_unix = excluded.last_unix, count = count + 1",
-            params![claim, &machine[..], agent_id, service, now_unix()],
+            params![claim, &machine[..], agent_id, service, unix_secs()],
         )?;
         Ok(())
     }
@@ -674,7 +668,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO users (name, password_hash, opaque_record, credential_id, groups, created_unix)
                  VALUES (?1, '', ?2, ?3, ?4, ?5)",
-                params![user, record, credential_id, groups.join(","), now_unix()],
+                params![user, record, credential_id, groups.join(","), unix_secs()],
             )?;
             let mut stmt = tx.prepare("SELECT fingerprint, agent_id FROM claim_machines WHERE claim_id = ?1")?;
             let machines = stmt.query_map([chosen], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?;
@@ -690,7 +684,7 @@ impl Store {
             tx.execute(
                 "INSERT INTO machines (user, fingerprint, approved_unix) VALUES (?1, ?2, ?3)
                  ON CONFLICT (user, fingerprint) DO UPDATE SET revoked = 0, approved_unix = excluded.approved_unix",
-                params![user, m, now_unix()],
+                params![user, m, unix_secs()],
             )?;
             // The approval binds the enrolled agent the attempt came from,
             // not only the fingerprint, which a root user can forge and
@@ -769,7 +763,7 @@ impl Store {
         note: &str,
     ) -> Result<Invite, StoreError> {
         let secret: [u8; 32] = rand::random();
-        let expires_unix = now_unix() + valid_for.as_secs();
+        let expires_unix = unix_secs() + valid_for.as_secs();
         let mut db = self.db();
         let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
@@ -789,7 +783,7 @@ impl Store {
             "INSERT INTO key_misuse VALUES (?1, ?2, ?3, ?4, ?4, 1)
              ON CONFLICT (agent_id, source) DO UPDATE SET
                 service = excluded.service, last_unix = excluded.last_unix, count = count + 1",
-            params![agent_id, source, service, now_unix()],
+            params![agent_id, source, service, unix_secs()],
         )?;
         Ok(())
     }
@@ -838,7 +832,7 @@ impl Store {
             .optional()?;
         Ok(match claim {
             Some((id, record, credential_id)) => {
-                db.execute("UPDATE claims SET last_unix = ?2 WHERE claim_id = ?1", params![id, now_unix()])?;
+                db.execute("UPDATE claims SET last_unix = ?2 WHERE claim_id = ?1", params![id, unix_secs()])?;
                 Found::Claim(id, PasswordRecord { record, credential_id })
             }
             None => Found::Unknown,
@@ -862,7 +856,7 @@ impl Store {
         tx.execute(
             "INSERT INTO claims (user, password_hash, opaque_record, credential_id, agent_id, source, first_unix, last_unix)
              VALUES (?1, '', ?2, ?3, ?4, ?5, ?6, ?6)",
-            params![user, record.record, record.credential_id, agent_id, source, now_unix()],
+            params![user, record.record, record.credential_id, agent_id, source, unix_secs()],
         )?;
         let id = tx.last_insert_rowid() as u64;
         Self::audit(&tx, "claim", &format!("{user:?} claim {id} by agent {agent_id} from {source}"))?;
@@ -923,7 +917,7 @@ impl Store {
         tx.execute(
             "INSERT OR IGNORE INTO agent_certs SELECT cert_sha256, agent_id, ?2 FROM agents
              WHERE agent_id = ?1 AND cert_sha256 IS NOT NULL",
-            params![agent_id, now_unix()],
+            params![agent_id, unix_secs()],
         )?;
         if tx.execute("UPDATE agents SET cert_sha256 = ?2 WHERE agent_id = ?1", params![agent_id, &cert_sha256[..]])?
             == 0
@@ -989,7 +983,7 @@ impl Directory for Store {
             if used != 0 {
                 return Ok(Err(EnrollRefusal::Used));
             }
-            if expires < now_unix() {
+            if expires < unix_secs() {
                 return Ok(Err(EnrollRefusal::Expired));
             }
             tx.execute("UPDATE invites SET used = 1 WHERE invite_id = ?1", [invite_id])?;
@@ -1006,11 +1000,11 @@ impl Directory for Store {
             };
             tx.execute(
                 "INSERT INTO agents (agent_id, hostname, install_serial, mac_key, enrolled_unix) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, agent.hostname, agent.install_serial, &key_bytes(&agent.mac_key)[..], now_unix()],
+                params![id, agent.hostname, agent.install_serial, &key_bytes(&agent.mac_key)[..], unix_secs()],
             )?;
             tx.execute(
                 "INSERT INTO audit VALUES (?1, 'enroll', ?2)",
-                params![now_unix(), format!("agent {id} ({})", agent.hostname)],
+                params![unix_secs(), format!("agent {id} ({})", agent.hostname)],
             )?;
             tx.commit()?;
             Ok(Ok(id))
@@ -1080,7 +1074,7 @@ impl Directory for Store {
             if lock {
                 tx.execute(
                     "INSERT INTO login_locks VALUES (?1, ?2) ON CONFLICT (user) DO NOTHING",
-                    params![f.user, now_unix()],
+                    params![f.user, unix_secs()],
                 )?;
                 Self::audit(&tx, "user locked", f.user)?;
             }

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use ackgate_common::host::hex;
+
 use crate::topology::{Ns, Topology};
 
 /// The body's first words, for tests to look for.
@@ -106,10 +108,6 @@ pub fn pattern_sha256(len: usize) -> String {
         h.update(&chunk);
     }
     hex(&h.finalize())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads one request (up to its blank line) and answers it; a client that

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use ackgate_common::host::{lock, unix_secs};
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{ErrorCode, Invite, Profile, ProfileRequest, invite_secret_digest};
 use tokio::sync::Semaphore;
@@ -146,11 +147,6 @@ struct MemoryRecords {
     claims: Mutex<HashMap<(String, u32), (u64, PasswordRecord)>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind; go on.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Credentials for MemoryRecords {
     fn find(&self, user: &str, agent_id: u32) -> Result<Found, String> {
         if let Some(r) = lock(&self.users).get(user) {
@@ -195,10 +191,6 @@ impl Default for MemoryDirectory {
     }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl MemoryDirectory {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         lock(&self.inner)
@@ -207,7 +199,7 @@ impl MemoryDirectory {
     /// A new one-time invite for an agent connecting to `gateway`.
     pub fn create_invite(&self, gateway: &str, ca_sha256: [u8; 32], valid_for: Duration) -> Invite {
         let secret: [u8; 32] = rand::random();
-        let expires_unix = now_unix() + valid_for.as_secs();
+        let expires_unix = unix_secs() + valid_for.as_secs();
         let mut inner = self.lock();
         inner.next_invite += 1;
         let invite_id = inner.next_invite;
@@ -265,7 +257,7 @@ impl Directory for MemoryDirectory {
         if invite.used {
             return Err(EnrollRefusal::Used);
         }
-        if invite.expires_unix < now_unix() {
+        if invite.expires_unix < unix_secs() {
             return Err(EnrollRefusal::Expired);
         }
         invite.used = true;
@@ -326,7 +318,7 @@ impl Directory for MemoryDirectory {
     }
 
     fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
-        let now = now_unix();
+        let now = unix_secs();
         let mut inner = self.lock();
         match inner.key_misuse.iter_mut().find(|m| m.agent_id == agent_id && m.source == source) {
             Some(m) => {

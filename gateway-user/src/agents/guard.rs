@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ackgate_common::host::lock;
+
 /// Users and agents whose failures are remembered at most (each table).
 /// Beyond it, entries whose backoff has run out are forgotten first; when
 /// none has, the table stops taking new names and counts them.
@@ -75,10 +77,6 @@ pub struct Failure {
     pub consecutive: u32,
     /// The user reached the lockout threshold with this failure.
     pub lock: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl LoginGuard {

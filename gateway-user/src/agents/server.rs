@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{ANY_ACCOUNT, MAX_ACCOUNTS};
+use ackgate_common::host::lock;
 use ackgate_common::mac::MacKey;
 use ackgate_common::proto::{
     CertificateRenewed, ClaimChallenge, ClaimFinish, Enrolled, ErrorCode, ErrorReport, FlowSummary, LoginChallenge,
@@ -187,10 +188,6 @@ pub struct AgentServer {
 
 /// Login messages one session may have waiting for the login task.
 pub const LOGINS_QUEUED: usize = 4;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl AgentServer {
     /// `logins` runs the agents' logins: the embedded validator, or the

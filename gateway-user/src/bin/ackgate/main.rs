@@ -10,6 +10,7 @@ use ackgate_common::abi::{
     EVENT_PENDING, EVENT_SPLICED, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, FlowOwner, GateEvent,
     PendingFlow, RESPONSE_DROP, RESPONSE_PAGE, port_value, v4_bytes,
 };
+use ackgate_common::host::unix_ms;
 use ackgate_gateway::access_log::{AccessLog, AccessRecord, FlowEnd};
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::agents::{AgentServer, ServerConfig};
@@ -1239,8 +1240,4 @@ fn validator_run(config_path: &std::path::Path) -> Result<()> {
             _ = int.recv() => Ok(()),
         }
     })
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::UNIX_EPOCH.elapsed().map(|t| t.as_millis() as u64).unwrap_or(0)
 }
