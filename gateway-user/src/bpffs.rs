@@ -55,3 +55,34 @@ pub fn lock_pin_dir(dir: &Path) -> Result<PinDirLock, BpffsError> {
         Err((_, source)) => Err(BpffsError::Lock { path: path(), source }),
     }
 }
+
+/// The maps a start pinned into a pin directory that held none: if the
+/// start fails before the gate is attached, they are removed again, so a
+/// failed `run` leaves no gate-shaped debris for `status` to report on.
+pub struct FreshPins {
+    dir: Option<std::path::PathBuf>,
+}
+
+impl FreshPins {
+    /// Watches `dir` if it holds no pinned objects yet.
+    pub fn watch(dir: &Path) -> Self {
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        Self { dir: empty.then(|| dir.to_owned()) }
+    }
+
+    /// The gate is attached: its pins are the running gate's from now on.
+    pub fn keep(mut self) {
+        self.dir = None;
+    }
+}
+
+impl Drop for FreshPins {
+    fn drop(&mut self) {
+        let Some(dir) = &self.dir else { return };
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.filter_map(Result::ok) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}

@@ -193,7 +193,10 @@ impl Gate {
             match busy {
                 true => GateError::AlreadyAttached {
                     iface: iface.to_owned(),
-                    holder: crate::netdev::attached_xdp(iface).unwrap_or_else(|| "unknown program".into()),
+                    holder: crate::netdev::attached_xdp(iface).map_or_else(
+                        || "unknown program".into(),
+                        |a| format!("program {} {}", a.program_id, a.program),
+                    ),
                 },
                 false => GateError::Attach { iface: iface.to_owned(), mode, source },
             }
@@ -213,6 +216,23 @@ impl Gate {
         let pinned = fd.pin(&path).map_err(|e| GateError::Link(e.to_string()))?;
         self.links.push((path, Some(pinned)));
         Ok(())
+    }
+
+    /// What the links pinned in `pin_dir` hold now: for each interface a
+    /// gate pinned a link for, the XDP program attached there (`None`:
+    /// nothing is, the link is left from a run that is gone).
+    pub fn attachments(pin_dir: &Path) -> Vec<(String, Option<crate::netdev::XdpAttachment>)> {
+        let Ok(entries) = std::fs::read_dir(pin_dir) else { return Vec::new() };
+        let mut found: Vec<_> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("link-").map(str::to_owned))
+            .map(|iface| {
+                let attached = crate::netdev::attached_xdp(&iface);
+                (iface, attached)
+            })
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
     }
 
     /// Detaches the programs from the interfaces of [`Gate::attach`] and

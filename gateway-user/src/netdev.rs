@@ -45,15 +45,43 @@ pub fn ipv4_address(iface: &str) -> io::Result<Option<std::net::Ipv4Addr>> {
         .next())
 }
 
-/// The XDP program attached to `iface`, as `ip -details -json link`
-/// describes it ("program 42 ackgate_gate"); `None` when none shows or
-/// `ip` is missing.
-pub fn attached_xdp(iface: &str) -> Option<String> {
+/// An XDP program attached to an interface.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct XdpAttachment {
+    pub interface: String,
+    pub program_id: u64,
+    pub program: String,
+    /// "native", "generic" or "offload".
+    pub mode: &'static str,
+}
+
+impl std::fmt::Display for XdpAttachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "program {} {} ({} XDP on {})", self.program_id, self.program, self.mode, self.interface)
+    }
+}
+
+/// The XDP program attached to `iface` (in the calling thread's network
+/// namespace), as `ip -details -json link` describes it; `None` when none
+/// is, or `ip` is missing.
+pub fn attached_xdp(iface: &str) -> Option<XdpAttachment> {
     let out = Command::new("ip").args(["-details", "-json", "link", "show", "dev", iface]).output().ok()?;
     let link: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let xdp = &link[0]["xdp"];
-    // One program: `xdp.prog`; several (modes at once): `xdp.attached[]`.
-    let prog = if xdp["prog"].is_object() { &xdp["prog"] } else { &xdp["attached"][0]["prog"] };
-    let id = prog["id"].as_u64()?;
-    Some(format!("program {id} {}", prog["name"].as_str().unwrap_or("(unnamed)")))
+    // One program: `xdp` itself; several (modes at once): `xdp.attached[]`.
+    let one = if xdp["prog"].is_object() { xdp } else { &xdp["attached"][0] };
+    let prog = &one["prog"];
+    // XDP_ATTACHED_* in include/uapi/linux/if_link.h.
+    let mode = match one["mode"].as_u64() {
+        Some(1) => "native",
+        Some(2) => "generic",
+        Some(3) => "offload",
+        _ => "unknown-mode",
+    };
+    Some(XdpAttachment {
+        interface: iface.to_owned(),
+        program_id: prog["id"].as_u64()?,
+        program: prog["name"].as_str().unwrap_or("(unnamed)").to_owned(),
+        mode,
+    })
 }

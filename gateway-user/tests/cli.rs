@@ -196,6 +196,34 @@ fn run_refuses_state_that_others_can_read() {
     assert_fails_with(&s.run(&["run", "--config", config]), &["state", "755", "chmod go-rwx"]);
 }
 
+/// A start that fails after the gate's maps were pinned (here: the
+/// internal interface does not exist) leaves no pinned maps behind, and
+/// `status` then finds no gate rather than a gate's counters.
+#[test]
+fn a_failed_start_leaves_no_pinned_gate_behind() {
+    let s = Scratch::new("debris").with_netns();
+    let config = s.write(
+        "gateway.toml",
+        &format!(
+            "[gateway]\nedge_interface = \"lo\"\ninternal_interface = \"nope0\"\nxdp_mode = \"generic\"\n\
+             pin_dir = \"{}\"\n",
+            s.pin_dir.display()
+        ),
+    );
+    assert_fails_with(&s.run(&["run", "--config", config.to_str().expect("utf-8")]), &["nope0"]);
+    let left: Vec<_> = std::fs::read_dir(&s.pin_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed start must remove what it pinned: {left:?}");
+    assert!(!xdp_attached(&s, "lo"), "nothing may stay attached");
+    let status = s.run(&["status", "--pin-dir", s.pin_dir.to_str().expect("utf-8")]);
+    assert!(
+        !status.status.success(),
+        "status must not report a gate that is not there: {}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+}
+
 fn xdp_attached(s: &Scratch, iface: &str) -> bool {
     let ns = s.netns.as_deref().expect("namespace");
     let o = Command::new("ip").args(["-n", ns, "link", "show", iface]).output().expect("ip link show");
@@ -271,6 +299,10 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "status failed: {}", stderr(&status));
     assert!(table.contains("syn_cookie"), "status must count the cookie SYN/ACK:\n{table}");
+    assert!(
+        table.contains("gate: attached: program") && table.contains("ackgate_gate (generic XDP on lo)"),
+        "status must say where and how the gate is attached:\n{table}"
+    );
     assert!(table.contains("ack_no_option"), "status must count the refused ACK:\n{table}");
 
     // A second instance on the same config refuses before it touches the
@@ -307,6 +339,9 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
     assert!(!xdp_attached(&s, "lo"), "XDP must be detached after SIGTERM");
     assert!(!xdp_attached(&s, INTERNAL), "the internal program must be detached after SIGTERM");
     assert!(Path::new(&s.pin_dir).join("ACKGATE_COUNTERS").exists(), "pinned maps must survive the exit");
+    let after = s.run(&["status", "--pin-dir", s.pin_dir.to_str().expect("utf-8")]);
+    let after = String::from_utf8_lossy(&after.stdout);
+    assert!(after.contains("gate: not attached"), "after the stop, status must not pretend a gate runs:\n{after}");
 }
 
 /// `ackgate users list | head` and the like: when the reader goes away,

@@ -437,12 +437,21 @@ struct FlowCounts {
 
 #[derive(Serialize)]
 struct StatusReport {
+    /// Interfaces the gate pinned a link for, each with the XDP program
+    /// attached there now (none: the gate is not attached there).
+    gate: Vec<GateLink>,
     gate_packets: serde_json::Map<String, serde_json::Value>,
     flows: FlowCounts,
     /// None: no [control] in the config, or the control plane is not running.
     control_plane: Option<DaemonStatus>,
     /// Why not, when the config has a control plane.
     control_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct GateLink {
+    interface: String,
+    attached: Option<ackgate_gateway::netdev::XdpAttachment>,
 }
 
 /// `ackgate status`: the gate's counters and flows from the pinned maps,
@@ -473,8 +482,22 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
         None => (None, None),
     };
     let gate_packets = counters.labelled().map(|(l, n)| (l.to_owned(), n.into())).collect();
-    let report = StatusReport { gate_packets, flows, control_plane, control_error };
+    let gate =
+        Gate::attachments(pin_dir).into_iter().map(|(interface, attached)| GateLink { interface, attached }).collect();
+    let report = StatusReport { gate, gate_packets, flows, control_plane, control_error };
     print(json, &report, |r| {
+        if r.gate.is_empty() {
+            println!("gate: not attached (pinned maps in {} from an earlier run)", pin_dir.display());
+        }
+        for link in &r.gate {
+            match &link.attached {
+                Some(a) => println!("gate: attached: {a}"),
+                None => println!(
+                    "gate: not attached to {} (its pinned link is left from a run that is gone)",
+                    link.interface
+                ),
+            }
+        }
         println!("gate packets by verdict reason:");
         let width = ackgate_common::reason::LABELS.iter().map(|l| l.len()).max().unwrap_or(0);
         let shown: Vec<_> = counters.labelled().filter(|(_, n)| all || *n != 0).collect();

@@ -345,6 +345,7 @@ fn run(config_path: PathBuf) -> Result<()> {
         synack: host.profile(rand::random()),
         redirect: g.forwarding == Forwarding::Redirect,
     };
+    let fresh = ackgate_gateway::bpffs::FreshPins::watch(&g.pin_dir);
     let mut gate = Gate::load(&g.pin_dir, &settings).context("loading the XDP gate")?;
     gate.sync_services(&services).context("filling the service map")?;
     let transit = config.transit_prefixes()?;
@@ -371,6 +372,7 @@ fn run(config_path: PathBuf) -> Result<()> {
         None => None,
     };
     gate.attach(&config.gateway.edge_interface, config.gateway.xdp_mode)?;
+    fresh.keep();
     let transit_text = if transit.is_empty() { "none".to_owned() } else { config.gateway.allowed_transit.join(", ") };
     info!(
         interface = %config.gateway.edge_interface,
