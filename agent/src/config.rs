@@ -1,4 +1,4 @@
-//! The agent's TOML configuration (one file per host, DESIGN.md §7).
+//! The agent's TOML configuration (one file per host, docs/design.md §7).
 //!
 //! ```toml
 //! # Where enrollment keeps the agent's identity (created mode 0700).

@@ -1,4 +1,4 @@
-//! Redeeming an invite (DESIGN.md §4): the agent makes its own TLS key and
+//! Redeeming an invite (docs/design.md §4): the agent makes its own TLS key and
 //! certificate request, proves the invite's one-time secret over a TLS
 //! session pinned to the invite's CA, and stores what the gateway issues.
 

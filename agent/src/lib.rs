@@ -1,4 +1,4 @@
-//! The ackgate client agent (DESIGN.md §1): the TC stamper, enrollment, the
+//! The ackgate client agent (docs/design.md §1): the TC stamper, enrollment, the
 //! gateway session that answers profile requests, and the control socket.
 
 pub mod config;

@@ -1,4 +1,4 @@
-//! The agent's one session with the gateway (DESIGN.md §4): outbound TLS 1.3
+//! The agent's one session with the gateway (docs/design.md §4): outbound TLS 1.3
 //! with the enrolled client certificate, a login per session (and per
 //! `ackgate-agent login`), answers to profile requests, and reconnects with
 //! jittered exponential backoff.

@@ -1,6 +1,6 @@
 //! Map keys and values shared by the kernel programs and userspace.
 //!
-//! Rules (DESIGN.md §8): `#[repr(C)]`, explicit padding fields, integers
+//! Rules (docs/design.md §8): `#[repr(C)]`, explicit padding fields, integers
 //! rather than bool/enum, layout pinned by `const` asserts.
 //!
 //! Addresses and ports hold network-order bytes, exactly as on the wire, so

@@ -1,5 +1,5 @@
 //! What the cookie SYN/ACK offers, and how the gate remembers it without
-//! keeping state (DESIGN.md §2 step 2).
+//! keeping state (docs/design.md §2 step 2).
 //!
 //! A SYN cookie ISN only has room for the MSS bucket, and the kernel's
 //! raw cookie helpers do not even hand that back

@@ -1,4 +1,4 @@
-//! The capability TCP option (DESIGN.md §3) and the TCP option scanner.
+//! The capability TCP option (docs/design.md §3) and the TCP option scanner.
 //!
 //! Layout, 20 bytes, a multiple of 4 so that it can follow 4-byte aligned
 //! options: a handshake ACK with timestamps (20 + 12) plus this option is

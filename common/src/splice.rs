@@ -1,4 +1,4 @@
-//! The splice (DESIGN.md §2 step 7): how a spliced segment's headers are
+//! The splice (docs/design.md §2 step 7): how a spliced segment's headers are
 //! rewritten, and how the two directions' entries are set up and completed.
 //!
 //! The client's connection was accepted by the gate's cookie SYN/ACK (ISN =

@@ -1,4 +1,4 @@
-//! The agent's stamping edit (DESIGN.md §2 step 3, §3): where the
+//! The agent's stamping edit (docs/design.md §2 step 3, §3): where the
 //! capability option goes in an outgoing handshake segment, and the header
 //! and checksum changes that go with it.
 //!

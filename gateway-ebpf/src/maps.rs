@@ -1,5 +1,5 @@
 //! Maps shared with userspace. All are pinned by name so that a restarted
-//! control plane finds the live state (DESIGN.md §7).
+//! control plane finds the live state (docs/design.md §7).
 
 use ackgate_common::abi::{
     AgentKey, EVENTS_BYTES, FlowKey, HELD_BYTES, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, MAX_SPLICED,

@@ -1,5 +1,5 @@
 //! Replies sent back out of the receiving interface, and the default
-//! response of a service (DESIGN.md §5).
+//! response of a service (docs/design.md §5).
 
 use ackgate_common::abi::{RESPONSE_PAGE, RESPONSE_RESET, ServicePolicy};
 use ackgate_common::net::{EthHdr, Frame, Ipv4Hdr, Ipv4Tcp, Wire};

@@ -1,4 +1,4 @@
-//! Default-deny forwarding on the edge (DESIGN.md §2: nothing reaches the
+//! Default-deny forwarding on the edge (docs/design.md §2: nothing reaches the
 //! private network except spliced flows). With `ip_forward` on (the
 //! kernel-forwarding fallback needs it), the stack would route any packet
 //! from the edge to the private network, bypassing the gate. So a packet

@@ -1,4 +1,4 @@
-//! The gateway's TOML configuration (one file per host, DESIGN.md §7).
+//! The gateway's TOML configuration (one file per host, docs/design.md §7).
 //!
 //! ```toml
 //! [gateway]

@@ -1,4 +1,4 @@
-//! The control plane's flow state machine (DESIGN.md §2 steps 4–6):
+//! The control plane's flow state machine (docs/design.md §2 steps 4–6):
 //!
 //! ```text
 //! pending ─▶ profile requested ─▶ validating ─▶ authorized

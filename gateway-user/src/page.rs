@@ -1,4 +1,4 @@
-//! The default responder of `page` services (DESIGN.md §5): a handshake
+//! The default responder of `page` services (docs/design.md §5): a handshake
 //! that fails the gate completes into a local listener on VIP:port, which
 //! serves configured bytes (by default a 404 page like a stock web
 //! server's) and closes, so an unauthorized prober sees an ordinary server

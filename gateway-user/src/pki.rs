@@ -1,4 +1,4 @@
-//! The gateway's private CA (DESIGN.md §4): it signs the gateway's TLS
+//! The gateway's private CA (docs/design.md §4): it signs the gateway's TLS
 //! server certificate and every enrolled agent's client certificate. Agents
 //! pin it by the SHA-256 of its DER encoding, carried in their invite.
 

@@ -1,5 +1,5 @@
 //! RSTs sent from userspace: ending a live flow whose user was revoked
-//! (DESIGN.md §6), or whose target refused the splice, when the service's
+//! (docs/design.md §6), or whose target refused the splice, when the service's
 //! policy is not silence.
 
 use std::net::SocketAddrV4;

@@ -1,4 +1,4 @@
-//! The control plane's side of the splice (DESIGN.md §2 steps 7–8): it
+//! The control plane's side of the splice (docs/design.md §2 steps 7–8): it
 //! opens the connection to the target when a flow is authorized, hands the
 //! client's held first data over once XDP has completed that connection,
 //! and ends flows (FIN, RST, idle, revocation, a target that refuses).

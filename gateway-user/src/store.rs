@@ -1,4 +1,4 @@
-//! The user store (DESIGN.md §6): an SQLite database an administrator can
+//! The user store (docs/design.md §6): an SQLite database an administrator can
 //! open with the `sqlite3` shell. WAL journal with `synchronous = FULL`:
 //! a committed approval survives a crash or power loss at any point.
 //!
@@ -1088,7 +1088,7 @@ impl Directory for Store {
 }
 
 /// A valid user's record, or the agent's claim on an unknown name, which
-/// the agent's first login under the name makes (DESIGN.md §6); a claim
+/// the agent's first login under the name makes (docs/design.md §6); a claim
 /// never replaces another agent's.
 impl Credentials for Store {
     fn find(&self, user: &str, agent_id: u32) -> Result<Found, String> {

@@ -1,4 +1,4 @@
-//! The validator (DESIGN.md §2 step 6, §6): decides one profile against the
+//! The validator (docs/design.md §2 step 6, §6): decides one profile against the
 //! user store, and records every failed first attempt as a potential user.
 //! Embedded in the gateway (an in-process call).
 

@@ -1,4 +1,4 @@
-//! The validator as its own service (DESIGN.md §4): the same framing as the
+//! The validator as its own service (docs/design.md §4): the same framing as the
 //! agent protocol, over mutual TLS 1.3 between one gateway and the
 //! validator. Both certificates come from the gateway's CA
 //! (`ackgate validator credentials`); the validator accepts only the one

@@ -103,7 +103,7 @@ pub struct EnrollRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrolled {
     pub agent_id: u32,
-    /// SipHash key of the capability MAC (DESIGN.md §3).
+    /// SipHash key of the capability MAC (docs/design.md §3).
     pub mac_key: [u8; 16],
     /// The agent's client certificate, signed by the gateway CA.
     pub cert_der: Vec<u8>,

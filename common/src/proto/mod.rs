@@ -1,4 +1,4 @@
-//! The agent <-> gateway control protocol (DESIGN.md §4; every message is
+//! The agent <-> gateway control protocol (docs/design.md §4; every message is
 //! described in docs/protocol.md).
 //!
 //! One long-lived TLS 1.3 session per agent carries frames of one versioned

@@ -1,4 +1,4 @@
-//! The gateway side of the agents' control channel (DESIGN.md §4):
+//! The gateway side of the agents' control channel (docs/design.md §4):
 //! enrollment with invites, the mutually authenticated TLS 1.3 sessions,
 //! logins (OPAQUE, once per session, relayed to whoever holds the
 //! password records) and per-flow profile requests.
