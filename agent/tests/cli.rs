@@ -107,6 +107,18 @@ fn bad_input_gets_a_clear_error() {
     }
 }
 
+/// The daemon a test started; killed if the test fails before it stops it.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn enroll_run_login_status_and_clean_stop() {
     let s = Scratch::new("life");
@@ -131,7 +143,8 @@ fn enroll_run_login_status_and_clean_stop() {
     let invite = directory.create_invite(&addr.to_string(), fingerprint, Duration::from_secs(60)).encode();
     let enrolled = s.agent(&["enroll", &invite, "--hostname", "cli-test"]).output().expect("enroll");
     assert!(enrolled.status.success(), "enroll failed: {}", stderr(&enrolled));
-    let mut daemon = s.agent(&["run"]).stderr(Stdio::piped()).spawn().expect("starting run");
+    let mut daemon = Running(s.agent(&["run"]).stderr(Stdio::piped()).spawn().expect("starting run"));
+    let daemon = &mut daemon.0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while server.connected().is_empty() {
         assert!(Instant::now() < deadline, "the agent did not open its session");
