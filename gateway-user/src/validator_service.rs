@@ -481,12 +481,27 @@ mod tests {
     use crate::store::Store;
     use crate::validator::Validator;
 
-    /// Login steps take long; validations are quick.
-    struct SlowLogins;
+    /// A validator for the link's tests: each login's first step takes
+    /// `login_delay` and grants the user; each decision authorizes, after
+    /// waiting on `hold` (until its sender is dropped) when there is one.
+    struct TestValidator {
+        login_delay: Duration,
+        hold: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
 
-    impl LoginAuthority for SlowLogins {
+    /// Login steps take long; validations are quick.
+    fn slow_logins() -> Arc<dyn Decider> {
+        Arc::new(TestValidator { login_delay: Duration::from_secs(2), hold: None })
+    }
+
+    /// Decisions hang until `hold`'s sender is dropped.
+    fn hung(hold: std::sync::mpsc::Receiver<()>) -> Arc<dyn Decider> {
+        Arc::new(TestValidator { login_delay: Duration::ZERO, hold: Some(std::sync::Mutex::new(hold)) })
+    }
+
+    impl LoginAuthority for TestValidator {
         fn begin(&self, _: &LoginStart, _: u32, _: &str) -> LoginStep {
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(self.login_delay);
             LoginStep::Done(LoginGrant::User)
         }
         fn claim(&self, _: u64, _: &ClaimFinish) -> LoginStep {
@@ -498,8 +513,11 @@ mod tests {
         fn end(&self, _: u64) {}
     }
 
-    impl Decider for SlowLogins {
+    impl Decider for TestValidator {
         fn decide(&self, _: &ProfileOutcome, _: &ServiceRule, _: &str) -> Result<Verdict, String> {
+            if let Some(hold) = &self.hold {
+                let _ = hold.lock().map(|rx| rx.recv_timeout(Duration::from_secs(60)));
+            }
             Ok(Verdict::Authorized)
         }
     }
@@ -586,29 +604,6 @@ mod tests {
         }
     }
 
-    /// A decider that hangs until the test ends.
-    struct Hung(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
-
-    impl LoginAuthority for Hung {
-        fn begin(&self, _: &LoginStart, _: u32, _: &str) -> LoginStep {
-            LoginStep::Done(LoginGrant::Refused)
-        }
-        fn claim(&self, _: u64, _: &ClaimFinish) -> LoginStep {
-            LoginStep::Done(LoginGrant::Refused)
-        }
-        fn finish(&self, _: u64, _: &LoginFinish) -> LoginStep {
-            LoginStep::Done(LoginGrant::Refused)
-        }
-        fn end(&self, _: u64) {}
-    }
-
-    impl Decider for Hung {
-        fn decide(&self, _: &ProfileOutcome, _: &ServiceRule, _: &str) -> Result<Verdict, String> {
-            let _ = self.0.lock().map(|rx| rx.recv_timeout(Duration::from_secs(60)));
-            Ok(Verdict::Authorized)
-        }
-    }
-
     fn outcome() -> ProfileOutcome {
         ProfileOutcome {
             agent_id: 1,
@@ -636,7 +631,7 @@ mod tests {
     async fn a_hung_validator_costs_each_request_its_deadline() {
         let (release, hang) = std::sync::mpsc::channel();
         let timing = LinkTiming { request: Duration::from_millis(300), ..LinkTiming::default() };
-        let (remote, dir, _) = link_through("hung", Arc::new(Hung(std::sync::Mutex::new(hang))), timing, None).await;
+        let (remote, dir, _) = link_through("hung", hung(hang), timing, None).await;
         let started = Instant::now();
         let verdict = decide(&remote).await.expect("validation task");
         let waited = started.elapsed();
@@ -654,7 +649,7 @@ mod tests {
     /// against the user (a validator outage must not lock users out).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_validator_leaves_logins_unavailable_not_failed() {
-        let (remote, dir, _) = link_through("down", Arc::new(SlowLogins), LinkTiming::default(), None).await;
+        let (remote, dir, _) = link_through("down", slow_logins(), LinkTiming::default(), None).await;
         let closed = TcpListener::bind("127.0.0.1:0").await.expect("port").local_addr().expect("address");
         let credentials = dir.join("link");
         let down = Arc::new(RemoteValidator::new(&closed.to_string(), &credentials).expect("remote validator"));
@@ -675,7 +670,7 @@ mod tests {
         let proxy = Arc::new(Blackhole::default());
         let timing =
             LinkTiming { request: Duration::from_secs(3), ping: Duration::from_millis(100), ..LinkTiming::default() };
-        let (remote, dir, _) = link_through("silent", Arc::new(SlowLogins), timing, Some(proxy.clone())).await;
+        let (remote, dir, _) = link_through("silent", slow_logins(), timing, Some(proxy.clone())).await;
         assert_eq!(decide(&remote).await.expect("task"), Ok(Verdict::Authorized), "the link works at first");
         proxy.cut();
         let caught = decide(&remote).await.expect("task");
@@ -686,7 +681,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_login_step_does_not_hold_back_validations() {
-        let (remote, dir) = link("slow", Arc::new(SlowLogins)).await;
+        let (remote, dir) = link("slow", slow_logins()).await;
         let r = remote.clone();
         let login = tokio::task::spawn_blocking(move || {
             let start = LoginStart {
