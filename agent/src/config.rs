@@ -25,8 +25,8 @@
 //!
 //! [session]
 //! connect_timeout_secs = 10
-//! reconnect_min_ms = 250   # backoff after a failed or lost session,
-//! reconnect_max_secs = 30  # doubling, with jitter, up to this
+//! reconnect_min_ms = 250   # a lost session is retried within this; a failed
+//! reconnect_max_secs = 30  # connect backs off, doubling up to this (refused: 1 s)
 //! ```
 
 use std::net::Ipv4Addr;

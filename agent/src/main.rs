@@ -270,8 +270,8 @@ async fn cmd_status(config: &Config, json: bool) -> Result<()> {
     let s = &report.session;
     println!("agent {} on {}", report.agent_id, report.interfaces.join(", "));
     println!(
-        "session: {} (gateway {}, {} connects, {} profile requests, {} refused as not stamped here)",
-        s.state, s.gateway, s.connects, s.profile_requests, s.profile_refusals
+        "session: {} (gateway {}, {} connects, {} failed, {} profile requests, {} refused as not stamped here)",
+        s.state, s.gateway, s.connects, s.failed_connects, s.profile_requests, s.profile_refusals
     );
     if let Some(e) = &s.last_error {
         println!("last error: {e}");

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ackgate_common::abi::MAX_ACCOUNTS;
 use ackgate_common::host::{lock, unix_secs};
@@ -65,6 +65,8 @@ pub struct SessionStatus {
     pub state: String,
     pub gateway: String,
     pub connects: u64,
+    /// Connects that opened no session (no answer, refused, rejected).
+    pub failed_connects: u64,
     pub profile_requests: u64,
     /// Requests about flows this machine never stamped, refused: someone
     /// else is using a copy of this agent's key.
@@ -277,26 +279,76 @@ pub async fn run(
     let mut backoff = cfg.reconnect_min();
     loop {
         shared.set_state("connecting", None);
-        let started = Instant::now();
-        let result = serve_once(&identity, &shared, &cfg, shutdown.clone()).await;
+        let mut opened = false;
+        let result = serve_once(&identity, &shared, &cfg, shutdown.clone(), &mut opened).await;
         if *shutdown.borrow() {
             return;
         }
+        let attempt = match &result {
+            _ if opened => Attempt::Lost,
+            Err(SessionError::Tls(TlsError::Connect { source, .. }))
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                Attempt::Refused
+            }
+            _ => Attempt::Failed,
+        };
         let error = match result {
             Ok(()) => "the gateway closed the session".to_owned(),
             Err(e) => e.to_string(),
         };
         tracing::warn!("gateway session: {error}");
-        // A session that lasted resets the backoff; a failing one doubles it.
-        if started.elapsed() > cfg.reconnect_max() {
-            backoff = cfg.reconnect_min();
+        if !opened {
+            lock(&shared.status).failed_connects += 1;
         }
-        let wait = jitter(backoff);
+        let wait = reconnect_wait(&mut backoff, attempt, &cfg);
         shared.set_state("waiting to reconnect", Some(error));
-        backoff = (backoff * 2).min(cfg.reconnect_max());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// How a connection attempt ended, for the reconnect policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    /// A session was open and ended: the gateway restarted, or the path
+    /// to it broke.
+    Lost,
+    /// The gateway's host refused the connection: it is up, and its
+    /// daemon is (re)starting.
+    Refused,
+    /// Anything else: no answer, TLS or protocol failure, a rejection.
+    Failed,
+}
+
+/// The longest wait between refused connects. A refused connect costs the
+/// gateway's kernel one SYN and one RST, and the daemon behind it is
+/// usually back within seconds: its flows held across the restart wait for
+/// this agent (the gateway's `session_grace_ms`).
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// The wait before the next connect, updating the doubling `backoff`.
+/// A lost session is retried at once (within `reconnect_min`, jittered so
+/// that agents cut off together do not reconnect in lockstep) and resets
+/// the backoff; refused connects double it up to [`REFUSED_RETRY_MAX`];
+/// other failures double it up to `reconnect_max`.
+fn reconnect_wait(backoff: &mut Duration, attempt: Attempt, cfg: &SessionSection) -> Duration {
+    match attempt {
+        Attempt::Lost => {
+            *backoff = cfg.reconnect_min();
+            cfg.reconnect_min().mul_f64(rand::random::<f64>())
+        }
+        Attempt::Refused => {
+            let wait = jitter((*backoff).min(REFUSED_RETRY_MAX));
+            *backoff = (*backoff * 2).min(cfg.reconnect_max());
+            wait
+        }
+        Attempt::Failed => {
+            let wait = jitter(*backoff);
+            *backoff = (*backoff * 2).min(cfg.reconnect_max());
+            wait
         }
     }
 }
@@ -315,14 +367,15 @@ fn jitter(d: Duration) -> Duration {
 
 type Conn = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, MessageCodec>;
 
-/// One session, from connect to its end. On shutdown it closes the TLS
-/// session properly (close_notify, then FIN) so the gateway sees a goodbye,
-/// not a dead peer.
+/// One session, from connect to its end; `opened` turns true once the
+/// gateway has welcomed it. On shutdown it closes the TLS session properly
+/// (close_notify, then FIN) so the gateway sees a goodbye, not a dead peer.
 async fn serve_once(
     identity: &Identity,
     shared: &Shared,
     cfg: &SessionSection,
     mut shutdown: watch::Receiver<bool>,
+    opened: &mut bool,
 ) -> Result<(), SessionError> {
     let e = &identity.enrollment;
     let stream = tokio::select! {
@@ -345,6 +398,7 @@ async fn serve_once(
             other => return Err(ProtoError::Unexpected { want: "Welcome", got: other.name() }.into()),
         },
     };
+    *opened = true;
     {
         let mut s = lock(&shared.status);
         s.connects += 1;
@@ -627,4 +681,31 @@ pub fn answer(
     };
     profile.proof = profile_proof(proof_key, req, &profile);
     ProfileAnswer { request_id: req.request_id, nonce: req.nonce, profile }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_session_is_retried_at_once_and_refusals_stay_fast() {
+        let cfg = SessionSection::default();
+        let mut backoff = cfg.reconnect_min();
+        // A gateway that was down for a while: failures grew the backoff.
+        for _ in 0..10 {
+            reconnect_wait(&mut backoff, Attempt::Failed, &cfg);
+        }
+        assert_eq!(backoff, cfg.reconnect_max(), "failures double the backoff up to reconnect_max");
+        let wait = reconnect_wait(&mut backoff, Attempt::Refused, &cfg);
+        assert!(
+            wait <= REFUSED_RETRY_MAX,
+            "a refused connect (the daemon restarting) is retried within a second: {wait:?}"
+        );
+        // Connected, then the gateway restarted.
+        let wait = reconnect_wait(&mut backoff, Attempt::Lost, &cfg);
+        assert!(wait <= cfg.reconnect_min(), "a lost session is retried at once: {wait:?}");
+        assert_eq!(backoff, cfg.reconnect_min(), "a lost session resets the backoff");
+        let wait = reconnect_wait(&mut backoff, Attempt::Failed, &cfg);
+        assert!(wait <= cfg.reconnect_min(), "the next failure waits from the start again: {wait:?}");
+    }
 }

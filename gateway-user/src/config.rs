@@ -90,6 +90,11 @@ pub struct ControlSection {
     /// Time an agent has to answer a profile request.
     #[serde(default = "default_profile_timeout")]
     pub profile_timeout_ms: u64,
+    /// After start, how long a flow whose agent has no session yet waits
+    /// for the agent to reconnect, before its `profile_timeout_ms`: flows
+    /// held across a restart are decided, not timed out.
+    #[serde(default = "default_session_grace")]
+    pub session_grace_ms: u64,
     /// Time the validator has to decide.
     #[serde(default = "default_validation_timeout")]
     pub validation_timeout_ms: u64,
@@ -164,6 +169,10 @@ fn default_admin_socket() -> PathBuf {
 }
 fn default_profile_timeout() -> u64 {
     3000
+}
+
+fn default_session_grace() -> u64 {
+    15_000
 }
 fn default_validation_timeout() -> u64 {
     2000

@@ -29,6 +29,11 @@ use crate::validator::{Decider, ServiceRule, Verdict};
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
     pub profile_timeout: Duration,
+    /// From the control plane's start, how long a flow whose agent has no
+    /// session yet waits for the agent to connect (agents reconnect after a
+    /// gateway restart, and the flows the gate held meanwhile are decided
+    /// then); afterwards the wait is part of `profile_timeout`.
+    pub session_grace: Duration,
     pub validation_timeout: Duration,
     pub max_pending: usize,
     pub max_pending_per_agent: usize,
@@ -98,6 +103,8 @@ pub struct ControlPlane {
     inflight: HashMap<FlowKey, u32>,
     per_agent: HashMap<u32, usize>,
     done: mpsc::UnboundedSender<Decision>,
+    /// The end of the session grace after start.
+    grace_until: tokio::time::Instant,
     pub totals: Totals,
 }
 
@@ -119,6 +126,7 @@ impl ControlPlane {
             inflight: HashMap::new(),
             per_agent: HashMap::new(),
             done,
+            grace_until: tokio::time::Instant::now() + settings.session_grace,
             totals: Totals::default(),
         };
         (cp, rx)
@@ -129,9 +137,10 @@ impl ControlPlane {
         self.rules = rules;
     }
 
-    /// The longest a decision can take: the profile wait, then validation.
+    /// The longest a decision can take: the session grace, the profile
+    /// wait, then validation.
     pub fn longest_decision(&self) -> Duration {
-        self.settings.profile_timeout + self.settings.validation_timeout
+        self.settings.session_grace + self.settings.profile_timeout + self.settings.validation_timeout
     }
 
     pub fn inflight(&self) -> usize {
@@ -170,10 +179,10 @@ impl ControlPlane {
         }
         self.inflight.insert(event.flow, event.agent_id);
         *self.per_agent.entry(event.agent_id).or_default() += 1;
-        let (server, validator, settings, done) =
-            (self.server.clone(), self.validator.clone(), self.settings, self.done.clone());
+        let (server, validator, settings, done, grace_until) =
+            (self.server.clone(), self.validator.clone(), self.settings, self.done.clone(), self.grace_until);
         tokio::spawn(async move {
-            let d = decide(&server, &validator, rule, event, settings, received).await;
+            let d = decide(&server, &validator, rule, event, settings, received, grace_until).await;
             let _ = done.send(d);
         });
         None
@@ -204,6 +213,7 @@ async fn decide(
     event: GateEvent,
     settings: Settings,
     received: Instant,
+    grace_until: tokio::time::Instant,
 ) -> Decision {
     let (caddr, cport) = event.flow.client_v4();
     let (saddr, sport) = event.flow.service_v4();
@@ -230,7 +240,8 @@ async fn decide(
     };
     tracing::debug!(flow = ?summary, state = FlowState::ProfileRequested.label());
     let asked = Instant::now();
-    let answer = server.request_profile(event.agent_id, summary, settings.profile_timeout).await;
+    let answer =
+        server.request_profile_after_grace(event.agent_id, summary, settings.profile_timeout, grace_until).await;
     d.profile_time = asked.elapsed();
     let outcome = match answer {
         Ok(o) => o,
@@ -335,6 +346,7 @@ mod tests {
             Arc::new(crate::validator::Validator::new(Arc::new(store)).expect("validator"));
         let settings = Settings {
             profile_timeout: Duration::from_millis(200),
+            session_grace: Duration::ZERO,
             validation_timeout: Duration::from_millis(200),
             max_pending: 60,
             max_pending_per_agent: 10,

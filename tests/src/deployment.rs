@@ -104,7 +104,7 @@ default_response = "{default_response}"
         std::fs::write(
             &agent_config,
             format!(
-                "state_dir = \"{0}/agent-state\"\ncontrol_socket = \"{0}/agent.sock\"\ninterfaces = [\"{1}\"]\n\n[session]\nreconnect_min_ms = 100\nreconnect_max_secs = 1\n",
+                "state_dir = \"{0}/agent-state\"\ncontrol_socket = \"{0}/agent.sock\"\ninterfaces = [\"{1}\"]\n",
                 dir.display(),
                 topo.client_if
             ),

@@ -347,6 +347,33 @@ async fn connections_before_authentication_are_bounded() {
     stop.send(true).expect("stop");
 }
 
+/// After a gateway restart, a flow the gate held meanwhile waits for its
+/// agent's session through the grace period, well past the profile
+/// timeout, and is answered once the agent is back; without grace, the
+/// same wait ends at the profile timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_waits_for_its_agent_through_the_session_grace() {
+    const PROFILE_TIMEOUT: Duration = Duration::from_millis(300);
+    let gw = TestGateway::start().await;
+    gw.directory.add_user("carol", "pw");
+    let dir = TempDir::new("grace");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let started = tokio::time::Instant::now();
+    let no_grace = gw.server.request_profile(id, FLOW, PROFILE_TIMEOUT).await;
+    assert_eq!(no_grace.err(), Some(ProfileError::NoSession(id)), "without grace, no session is an answer at once");
+    assert!(started.elapsed() < DEADLINE, "the wait without grace must end at the profile timeout");
+    let server = gw.server.clone();
+    let asked = tokio::spawn(async move {
+        server.request_profile_after_grace(id, FLOW, PROFILE_TIMEOUT, tokio::time::Instant::now() + DEADLINE).await
+    });
+    tokio::time::sleep(3 * PROFILE_TIMEOUT).await;
+    assert!(!asked.is_finished(), "within the grace, a flow must keep waiting for its agent past the profile timeout");
+    let (_shared, _identity, stop) = run_agent(&state, Some(("carol", "pw")));
+    let outcome = asked.await.expect("request task").expect("the flow must be answered once its agent connects");
+    assert!(gw.proven(&outcome), "the answer must come from carol's login on the new session");
+    stop.send(true).expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_reconnects_after_the_gateway_restarts() {
     let mut gw = TestGateway::start().await;

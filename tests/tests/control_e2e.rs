@@ -193,19 +193,26 @@ fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
     );
 }
 
-/// kill -9 of the control plane while flows are authorized and approvals
-/// are being written: the gate keeps filtering (its link stays pinned),
-/// flows the gate accepted meanwhile wait in the pinned maps, the restarted
-/// control plane decides them, earlier authorized flows are still there,
-/// no committed approval is lost, and a revocation after the restart ends
-/// the flows authorized before it.
+/// kill -9 of the control plane while flows are authorized and the daemon
+/// is writing to its store: the gate keeps filtering (its link stays
+/// pinned), flows the gate accepted meanwhile wait in the pinned maps, the
+/// restarted control plane decides them within its session grace (with the
+/// default profile timeout: the agent reconnects at once), earlier
+/// authorized flows are still there, no write the daemon acknowledged is
+/// lost, and a revocation after the restart ends the flows authorized
+/// before it.
 #[test]
 fn a_killed_control_plane_loses_nothing() {
-    // A long profile timeout: after the restart the agent reconnects and
-    // logs in again before it can answer, which takes seconds in the
-    // emulated VM.
-    let s = Setup::new("crash", "reset", 30_000, "");
+    let s = Setup::new("crash", "reset", 3000, "");
     let (gateway, _agent) = s.start_approved("alice");
+    run_ok(
+        s.agent_as(MALLORY_UID, &["login", "--user", "mallory", "--password-stdin"]),
+        Some("pw-mallory\n"),
+        "ackgate-agent login as a potential user",
+    );
+    let denials = |log: &[serde_json::Value]| {
+        log.iter().filter(|r| r["user"] == "mallory" && r["decision"] == "denied").count() as u64
+    };
     std::thread::scope(|scope| {
         // A spliced flow that stays open across the crash, until the
         // revocation at the end resets it. Its read waits far longer than
@@ -217,29 +224,24 @@ fn a_killed_control_plane_loses_nothing() {
             s.live_flows().iter().any(|f| f["state"] == "spliced").then_some(())
         });
 
-        // Approvals keep being committed while the daemon dies.
-        let committed = std::thread::scope(|inner| {
-            let writer = inner.spawn(|| {
-                let mut ok = Vec::new();
-                for i in 0..20 {
-                    let name = format!("user{i}");
-                    let mut cmd = s.ackgate(&["users", "add", &name, "--password-stdin"]);
-                    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null());
-                    let mut child = cmd.spawn().expect("users add");
-                    use std::io::Write as _;
-                    child.stdin.take().expect("stdin").write_all(b"pw\n").expect("password");
-                    if child.wait().expect("wait").success() {
-                        ok.push(name);
-                    }
+        // The daemon keeps writing to its store while it dies: mallory, a
+        // potential user, connects again and again, and the daemon records
+        // each denied attempt in the store before its access log says so.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let logged_before_kill = std::thread::scope(|inner| {
+            let attempts = inner.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.fetch_as(MALLORY_UID, 2);
                 }
-                ok
             });
-            std::thread::sleep(Duration::from_millis(150));
+            eventually(WAIT, "mallory's attempts to be recorded", || (denials(&s.access_log()) >= 3).then_some(()));
             // SAFETY: killing the daemon this test started.
             unsafe { libc::kill(gateway.pid(), libc::SIGKILL) };
-            writer.join().expect("writer")
+            let logged = denials(&s.access_log());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            attempts.join().expect("attempts thread");
+            logged
         });
-        assert!(!committed.is_empty(), "some approvals must have been committed");
 
         let link = s.topo.cmd_ok(Ns::Gateway, &["ip", "link", "show", "dev", &s.topo.edge_if]);
         let link = String::from_utf8_lossy(&link.stdout);
@@ -258,6 +260,14 @@ fn a_killed_control_plane_loses_nothing() {
         assert!(states.contains(&"pending"), "the handshake during the outage must wait as pending: {flows}");
 
         drop(gateway);
+        // The gateway stays down through several refused reconnects, so a
+        // doubling backoff would now keep the agent away for seconds after
+        // the restart, past the profile timeout.
+        let refused_before = s.agent_status()["session"]["failed_connects"].as_u64().unwrap_or(0);
+        eventually(WAIT, "the agent's reconnects to be refused five times", || {
+            let failed = s.agent_status()["session"]["failed_connects"].as_u64().unwrap_or(0);
+            (failed >= refused_before + 5).then_some(())
+        });
         let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
         restarted.wait_for_log("agent listener up", WAIT);
         // Records come in the order things happen; on a slow machine the
@@ -265,13 +275,18 @@ fn a_killed_control_plane_loses_nothing() {
         eventually(WAIT, "the flow left pending to be authorized after the restart", || {
             (s.access_log().iter().filter(|r| r["decision"] == "authorized").count() == 2).then_some(())
         });
-        let users = s.json(&["users", "list", "--json"]);
-        for name in &committed {
-            assert!(
-                users.as_array().is_some_and(|u| u.iter().any(|r| r["name"] == name.as_str())),
-                "committed user {name} lost: {users}"
-            );
-        }
+        // Every denial the access log showed before the kill was committed
+        // to the store first.
+        let pending = s.json(&["users", "pending", "--json"]);
+        let recorded = pending
+            .as_array()
+            .and_then(|p| p.iter().find(|e| e["user"] == "mallory"))
+            .and_then(|e| e["count"].as_u64())
+            .unwrap_or_else(|| panic!("mallory's attempts are not in the store: {pending}"));
+        assert!(
+            recorded >= logged_before_kill,
+            "the store lost acknowledged writes: {recorded} attempts recorded, {logged_before_kill} logged before the kill"
+        );
 
         // The owner of the spliced flow is in the pinned map, so a
         // revocation after the restart reaches the flow spliced before the
@@ -544,6 +559,8 @@ fn a_key_revoked_while_the_gateway_is_down_does_not_survive_its_restart() {
 
 /// A local account of the client machine that is not root, and another.
 const BOB_UID: u32 = 1001;
+/// A local account logged in as a potential user (kill -9 test).
+const MALLORY_UID: u32 = 1003;
 const CAROL_UID: u32 = 1002;
 
 /// Logins are per local account: root's login as alice stamps root's

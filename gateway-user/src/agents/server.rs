@@ -176,6 +176,9 @@ pub struct AgentServer {
     logins: Arc<dyn LoginAuthority>,
     config: ServerConfig,
     sessions: Mutex<HashMap<u32, Arc<Session>>>,
+    /// Woken whenever a session opens: profile requests waiting for their
+    /// agent's session look again.
+    session_opened: Notify,
     next_id: AtomicU64,
     enrollments: Mutex<Option<mpsc::UnboundedSender<(u32, MacKey)>>>,
     /// Login steps running at once, across all sessions.
@@ -223,6 +226,7 @@ impl AgentServer {
             logins,
             config,
             sessions: Mutex::new(HashMap::new()),
+            session_opened: Notify::new(),
             next_id: AtomicU64::new(1),
             enrollments: Mutex::new(None),
             login_workers: Arc::new(Semaphore::new(login_workers)),
@@ -316,25 +320,59 @@ impl AgentServer {
         flow: FlowSummary,
         timeout: Duration,
     ) -> Result<ProfileOutcome, ProfileError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        self.request_profile_after_grace(agent_id, flow, timeout, tokio::time::Instant::now()).await
+    }
+
+    /// As [`Self::request_profile`], but a flow asked about before
+    /// `grace_until` waits for its agent's session (agents reconnect after a
+    /// gateway restart) and answer until `grace_until`, or `timeout` after
+    /// the session is there if that is later. After `grace_until` the whole
+    /// request takes at most `timeout`, session wait included.
+    pub async fn request_profile_after_grace(
+        &self,
+        agent_id: u32,
+        flow: FlowSummary,
+        timeout: Duration,
+        grace_until: tokio::time::Instant,
+    ) -> Result<ProfileOutcome, ProfileError> {
+        let asked = tokio::time::Instant::now();
+        let in_grace = grace_until > asked;
+        let session_deadline = if in_grace { grace_until.max(asked + timeout) } else { asked + timeout };
         let session = loop {
+            // Registered before the look, so a session opening in between
+            // still wakes this wait.
+            let opened = self.session_opened.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
             if let Some(s) = lock(&self.sessions).get(&agent_id).cloned() {
                 break s;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::timeout_at(session_deadline, opened).await.is_err() {
                 return Err(ProfileError::NoSession(agent_id));
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // In the grace, the agent may still be logging its accounts in
+        // again on the new session before it can answer.
+        let deadline = if in_grace { grace_until.max(tokio::time::Instant::now() + timeout) } else { asked + timeout };
         let request =
             ProfileRequest { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), nonce: rand::random(), flow };
         let (reply, answer) = oneshot::channel();
         lock(&session.pending).insert(request.request_id, Pending { request: request.clone(), reply });
-        if session.outbound.send(Message::ProfileRequest(request.clone())).await.is_err() {
+        // The session's outbound queue is bounded: a stalled agent makes
+        // this wait, within the same deadline.
+        let sent = tokio::time::timeout_at(deadline, session.outbound.send(Message::ProfileRequest(request.clone())));
+        let answered = async {
+            match sent.await {
+                Ok(Ok(())) => Ok(tokio::time::timeout_at(deadline, answer).await),
+                Ok(Err(_)) => Err(()),
+                Err(elapsed) => Ok(Err(elapsed)),
+            }
+        };
+        let Ok(answered) = answered.await else {
+            lock(&session.pending).remove(&request.request_id);
             return Err(ProfileError::SessionClosed(agent_id));
-        }
-        match tokio::time::timeout(timeout, answer).await {
+        };
+        match answered {
             Ok(Ok(Ok((answer, login)))) => Ok(ProfileOutcome { agent_id, profile: answer.profile, request, login }),
             Ok(Ok(Err(NoProfile::Refused(RefusalReason::NotStamped)))) => Err(ProfileError::NotStamped(agent_id)),
             Ok(Ok(Err(NoProfile::Refused(RefusalReason::NotLoggedIn)))) => Err(ProfileError::NotLoggedIn(agent_id)),
@@ -476,6 +514,7 @@ impl AgentServer {
         if let Some(old) = lock(&self.sessions).insert(agent.agent_id, session.clone()) {
             old.replaced.notify_one();
         }
+        self.session_opened.notify_waiters();
         self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
         tracing::info!(agent_id = agent.agent_id, "agent session open");
         let heartbeat_secs = self.config.heartbeat.as_secs().max(1) as u32;

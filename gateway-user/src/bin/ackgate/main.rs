@@ -546,6 +546,7 @@ impl Prepared {
         let (rules, targets) = service_tables(config)?;
         let settings = Settings {
             profile_timeout: Duration::from_millis(c.profile_timeout_ms),
+            session_grace: Duration::from_millis(c.session_grace_ms),
             validation_timeout: Duration::from_millis(c.validation_timeout_ms),
             max_pending: c.max_pending,
             max_pending_per_agent: c.max_pending_per_agent,
