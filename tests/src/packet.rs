@@ -1,9 +1,15 @@
 //! Builds test frames: Ethernet (+ VLAN) / IPv4 (+ options) / TCP (+ options)
 //! with correct checksums, and checks checksums of frames the gate emits.
+//!
+//! Every checksum here is computed by `etherparse`, never by
+//! `ackgate_common::csum`: frames the gate emits are checked against these
+//! (by [`assert_checksums`], or byte for byte against a frame built here),
+//! so the check must not share the arithmetic of the code under test.
 
-use ackgate_common::csum;
 use ackgate_common::icmp::IPPROTO_ICMP;
 use ackgate_common::net::{ETH_P_8021Q, ETH_P_IPV4, IPPROTO_TCP};
+use etherparse::checksum::Sum16BitWords;
+use etherparse::{Ipv4HeaderSlice, TcpSlice, ip_number};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const GATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -99,7 +105,7 @@ impl TcpFrame {
         f.extend_from_slice(&self.saddr);
         f.extend_from_slice(&self.daddr);
         f.extend_from_slice(&self.ip_options);
-        let ip_sum = checksum(&f[l3..l3 + ihl], 0);
+        let ip_sum = checksum(&f[l3..l3 + ihl]);
         f[l3 + 10..l3 + 12].copy_from_slice(&ip_sum);
         let l4 = f.len();
         f.extend_from_slice(&self.sport.to_be_bytes());
@@ -112,9 +118,8 @@ impl TcpFrame {
         f.extend_from_slice(&[0, 0, 0, 0]);
         f.extend_from_slice(&self.tcp_options);
         f.extend_from_slice(&self.payload);
-        let pseudo = csum::tcp_pseudo_sum(self.saddr, self.daddr, tcp_len as u16);
-        let tcp_sum = checksum(&f[l4..], pseudo);
-        f[l4 + 16..l4 + 18].copy_from_slice(&tcp_sum);
+        let tcp_sum = tcp_checksum(self.saddr, self.daddr, &f[l4..]).expect("a TCP segment was just built");
+        f[l4 + 16..l4 + 18].copy_from_slice(&tcp_sum.to_be_bytes());
         f
     }
 }
@@ -176,41 +181,70 @@ impl IcmpFrame {
         f.extend_from_slice(&[self.ttl, IPPROTO_ICMP, 0, 0]);
         f.extend_from_slice(&self.saddr);
         f.extend_from_slice(&self.daddr);
-        let ip_sum = checksum(&f[14..34], 0);
+        let ip_sum = checksum(&f[14..34]);
         f[24..26].copy_from_slice(&ip_sum);
         f.extend_from_slice(&[self.kind, self.code, 0, 0]);
         f.extend_from_slice(&self.rest);
         f.extend_from_slice(&self.quote);
-        let icmp_sum = checksum(&f[34..], 0);
+        let icmp_sum = checksum(&f[34..]);
         f[36..38].copy_from_slice(&icmp_sum);
         f
     }
 }
 
-/// RFC 1071 checksum of `bytes` starting from `initial`.
-pub fn checksum(bytes: &[u8], initial: u32) -> [u8; 2] {
-    let mut acc = initial;
-    let mut chunks = bytes.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u16::from_be_bytes([c[0], c[1]]) as u32;
+/// The Internet checksum (RFC 1071) of `bytes`, as it goes on the wire
+/// (the checksum field inside `bytes` must be zero).
+pub fn checksum(bytes: &[u8]) -> [u8; 2] {
+    Sum16BitWords::new().add_slice(bytes).ones_complement().to_be().to_be_bytes()
+}
+
+/// The checksum `segment` (a TCP header and its payload, whatever its
+/// checksum field holds) should carry between `saddr` and `daddr`.
+fn tcp_checksum(saddr: [u8; 4], daddr: [u8; 4], segment: &[u8]) -> Result<u16, String> {
+    let tcp = TcpSlice::from_slice(segment).map_err(|e| format!("no TCP header: {e}"))?;
+    tcp.calc_checksum_ipv4(saddr, daddr).map_err(|e| format!("TCP segment too long: {e}"))
+}
+
+/// Whether a checksum field holding `found` verifies where `want` was
+/// computed: a receiver adds the field into its sum, to which 0xffff adds
+/// as much as 0x0000 (both are zero in one's complement).
+fn same_checksum(found: u16, want: u16) -> bool {
+    found == want || (want == 0 && found == 0xffff)
+}
+
+/// Whether the IPv4 header at `l3` in `frame` and the TCP segment it
+/// carries have valid checksums; the error says which does not.
+pub fn check_checksums(frame: &[u8], l3: usize) -> Result<(), String> {
+    let packet = frame.get(l3..).ok_or("the frame ends before its IPv4 header")?;
+    let ip = Ipv4HeaderSlice::from_slice(packet).map_err(|e| format!("no IPv4 header: {e}"))?;
+    let header = ip.slice();
+    let want = Sum16BitWords::new().add_slice(&header[..10]).add_slice(&header[12..]).ones_complement().to_be();
+    if !same_checksum(ip.header_checksum(), want) {
+        return Err(format!("IPv4 header checksum is wrong: {:#06x}, should be {want:#06x}", ip.header_checksum()));
     }
-    if let [last] = chunks.remainder() {
-        acc += (*last as u32) << 8;
+    if ip.protocol() != ip_number::TCP || ip.is_fragmenting_payload() {
+        return Err(format!("not a whole TCP segment: protocol {:?}", ip.protocol()));
     }
-    csum::finish(acc)
+    let total = usize::from(ip.total_len());
+    let segment = packet
+        .get(header.len()..total)
+        .ok_or_else(|| format!("IPv4 total length {total} runs past the frame or its header"))?;
+    let tcp = TcpSlice::from_slice(segment).map_err(|e| format!("no TCP header: {e}"))?;
+    let want =
+        tcp.calc_checksum_ipv4(ip.source(), ip.destination()).map_err(|e| format!("TCP segment too long: {e}"))?;
+    if !same_checksum(tcp.checksum(), want) {
+        return Err(format!("TCP checksum is wrong: {:#06x}, should be {want:#06x}", tcp.checksum()));
+    }
+    Ok(())
 }
 
 /// Asserts that the IPv4 header at `l3` and the TCP segment after it carry
 /// valid checksums; panics naming the one that does not.
+#[track_caller]
 pub fn assert_checksums(frame: &[u8], l3: usize) {
-    let ihl = ((frame[l3] & 0x0f) as usize) * 4;
-    let total = u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]) as usize;
-    assert!(csum::verifies(&frame[l3..l3 + ihl], 0), "IPv4 header checksum is wrong in {frame:02x?}");
-    let saddr = frame[l3 + 12..l3 + 16].try_into().expect("4 bytes");
-    let daddr = frame[l3 + 16..l3 + 20].try_into().expect("4 bytes");
-    let tcp = &frame[l3 + ihl..l3 + total];
-    let pseudo = csum::tcp_pseudo_sum(saddr, daddr, tcp.len() as u16);
-    assert!(csum::verifies(tcp, pseudo), "TCP checksum is wrong in {frame:02x?}");
+    if let Err(e) = check_checksums(frame, l3) {
+        panic!("{e} in {frame:02x?}");
+    }
 }
 
 /// Client side of the capability (what the agent's TC program does),
@@ -285,5 +319,85 @@ pub mod stamp {
         }
         .mac(key);
         push(frame, id, agent_id, mac);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ackgate_common::net::{TCP_ACK, TCP_PSH};
+    use etherparse::PacketBuilder;
+
+    const OPTIONS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+    /// An odd length, so that the last checksum word is padded.
+    const PAYLOAD: &[u8] = b"hello, gate";
+
+    /// An ACK with timestamps and data, written by etherparse alone.
+    fn reference() -> Vec<u8> {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, GATE_MAC)
+            .ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+            .tcp(40000, 443, 0x1000_0001, 502)
+            .ack(0xc00c_1e01)
+            .psh()
+            .options_raw(&OPTIONS)
+            .expect("12 bytes of options")
+            .write(&mut out, PAYLOAD)
+            .expect("writing into a Vec");
+        out
+    }
+
+    #[test]
+    fn a_correct_frame_passes() {
+        assert_eq!(check_checksums(&reference(), 14), Ok(()));
+    }
+
+    #[test]
+    fn a_checksum_one_bit_off_fails() {
+        let frame = reference();
+        let (ip_check, tcp_check) = (14 + 10, 14 + 20 + 16);
+        for bit in 0..16 {
+            let mut f = frame.clone();
+            f[ip_check + bit / 8] ^= 0x80 >> (bit % 8);
+            let e = check_checksums(&f, 14).expect_err("an IPv4 checksum one bit off");
+            assert!(e.starts_with("IPv4 header checksum is wrong"), "bit {bit}: {e}");
+
+            let mut f = frame.clone();
+            f[tcp_check + bit / 8] ^= 0x80 >> (bit % 8);
+            let e = check_checksums(&f, 14).expect_err("a TCP checksum one bit off");
+            assert!(e.starts_with("TCP checksum is wrong"), "bit {bit}: {e}");
+        }
+    }
+
+    /// A bit flipped anywhere past the Ethernet header, checksums left as
+    /// they were: in the IPv4 header, the TCP header, the options or the
+    /// payload.
+    #[test]
+    fn any_covered_bit_flipped_fails() {
+        let frame = reference();
+        for byte in 14..frame.len() {
+            for bit in 0..8 {
+                let mut f = frame.clone();
+                f[byte] ^= 1 << bit;
+                assert!(check_checksums(&f, 14).is_err(), "byte {byte} bit {bit} flipped, yet the checksums pass");
+            }
+        }
+    }
+
+    /// The frames the suites compare the gate's output with are built
+    /// here; they must come out as etherparse writes them.
+    #[test]
+    fn frames_built_here_are_etherparse_frames() {
+        let mut f = TcpFrame::new([10, 0, 0, 2], 40000, [10, 0, 0, 1], 443, TCP_ACK | TCP_PSH);
+        // etherparse's defaults: IP id 0, DF.
+        f.ip_id = 0;
+        f.seq = 0x1000_0001;
+        f.ack = 0xc00c_1e01;
+        f.window = 502;
+        f.tcp_options = OPTIONS.to_vec();
+        f.payload = PAYLOAD.to_vec();
+        let built = f.build();
+        assert_eq!(built, reference());
+        assert_eq!(check_checksums(&built, 14), Ok(()));
     }
 }

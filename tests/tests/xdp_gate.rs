@@ -380,7 +380,7 @@ fn expected_rst(ack: &TcpFrame) -> Vec<u8> {
     let mut bytes = f.build();
     bytes[18..20].copy_from_slice(&[0, 0]);
     bytes[24..26].copy_from_slice(&[0, 0]);
-    let sum = ackgate_tests::packet::checksum(&bytes[14..34], 0);
+    let sum = ackgate_tests::packet::checksum(&bytes[14..34]);
     bytes[24..26].copy_from_slice(&sum);
     bytes
 }
