@@ -2,10 +2,13 @@
 //! `run` attaches, serves `status`, and detaches on SIGTERM. Runs as root;
 //! the lifecycle test works inside a network namespace of its own.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ackgate");
@@ -230,6 +233,100 @@ fn xdp_attached(s: &Scratch, iface: &str) -> bool {
     String::from_utf8_lossy(&o.stdout).contains("xdp")
 }
 
+/// Moves the calling thread into network namespace `ns`.
+fn enter_netns(ns: &str) {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("opening the namespace");
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns into the namespace");
+}
+
+/// The protected service's address in the lifecycle test.
+const VIP_PORT: &str = "127.0.0.1:8443";
+/// What the listener on [`VIP_PORT`] answers.
+const ANSWER: &[u8] = b"the listener answers\n";
+
+/// A server on [`VIP_PORT`] inside a namespace: answers each connection
+/// with [`ANSWER`] and counts them. Stopped on drop.
+struct Listener {
+    accepted: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start(ns: &str) -> Self {
+        let accepted = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready, is_ready) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn({
+            let (ns, accepted, stop) = (ns.to_owned(), accepted.clone(), stop.clone());
+            move || {
+                enter_netns(&ns);
+                let listener = TcpListener::bind(VIP_PORT).expect("binding the listener");
+                listener.set_nonblocking(true).expect("a non-blocking listener");
+                ready.send(()).expect("announcing the listener");
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                            let _ = conn.read(&mut [0; 64]);
+                            let _ = conn.write_all(ANSWER);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => panic!("the listener's accept failed: {e}"),
+                    }
+                }
+            }
+        });
+        is_ready.recv_timeout(Duration::from_secs(5)).expect("the listener never came up");
+        Self { accepted, stop, thread: Some(thread) }
+    }
+
+    fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A client in namespace `ns`, as any unstamped kernel client: connects to
+/// [`VIP_PORT`], sends a line and reads the answer to its end.
+fn probe(ns: &str) -> std::io::Result<Vec<u8>> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        let addr: SocketAddr = VIP_PORT.parse().expect("an address");
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        conn.write_all(b"hi\n")?;
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer)?;
+        Ok(answer)
+    })
+    .join()
+    .expect("the probe thread")
+}
+
+/// The gate's counter `reason`, from `status --json`.
+fn gate_count(s: &Scratch, reason: &str) -> u64 {
+    let o = s.run(&["status", "--json", "--pin-dir", s.pin_dir.to_str().expect("utf-8")]);
+    assert!(o.status.success(), "status --json failed: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status --json prints JSON");
+    v["gate_packets"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status --json has no counter {reason}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
 /// Waits until the child's stderr says the gate is attached.
 fn wait_attached(child: &mut Child) -> Vec<String> {
     let err = child.stderr.take().expect("piped stderr");
@@ -277,6 +374,14 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
             key.display()
         ),
     );
+    // Without the gate, a kernel client gets a working connection to the
+    // port the service will protect.
+    let ns = s.netns.clone().expect("namespace");
+    let listener = Listener::start(&ns);
+    let answer = probe(&ns).expect("before the gate, the probe must connect and get an answer");
+    assert_eq!(answer, ANSWER, "before the gate, the listener must answer the probe");
+    assert_eq!(listener.accepted(), 1, "before the gate, the listener must see the probe");
+
     let mut child = s
         .command(&["run", "--config", config.to_str().expect("utf-8")])
         .stderr(Stdio::piped())
@@ -287,14 +392,18 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
     assert!(xdp_attached(&s, "lo"), "XDP must be attached to lo while ackgate runs");
     assert!(xdp_attached(&s, INTERNAL), "the internal program must be attached while ackgate runs");
 
-    // A SYN to the protected port gets a cookie SYN/ACK and the ACK a RST;
-    // the kernel client sees the connection reset.
-    let ns = s.netns.clone().expect("namespace");
-    let probe = Command::new("ip")
-        .args(["netns", "exec", &ns, "bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8443 && echo hi >&3 && cat <&3"])
-        .output()
-        .expect("probing the protected port");
-    assert!(!probe.status.success(), "an unstamped client must not get a working connection");
+    // The same client now: its SYN gets a cookie SYN/ACK from the gate, so
+    // it connects, and its unstamped ACK a RST (default_response = reset);
+    // the listener never sees a packet of it.
+    assert_eq!((gate_count(&s, "syn_cookie"), gate_count(&s, "ack_no_option")), (0, 0), "nothing counted yet");
+    let refused = probe(&ns).expect_err("an unstamped client must not get a working connection");
+    assert!(
+        matches!(refused.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+        "the gate must complete the handshake and then reset the connection, not refuse it: {refused}"
+    );
+    assert_eq!(listener.accepted(), 1, "the listener behind the gate must not see the unstamped client");
+    assert_eq!(gate_count(&s, "syn_cookie"), 1, "the gate must answer the probe's SYN with a cookie");
+    assert!(gate_count(&s, "ack_no_option") >= 1, "the gate must count the probe's unstamped ACK");
     let status = s.run(&["status", "--pin-dir", s.pin_dir.to_str().expect("utf-8")]);
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "status failed: {}", stderr(&status));
@@ -342,6 +451,8 @@ fn run_attaches_reports_and_detaches_on_sigterm() {
     let after = s.run(&["status", "--pin-dir", s.pin_dir.to_str().expect("utf-8")]);
     let after = String::from_utf8_lossy(&after.stdout);
     assert!(after.contains("gate: not attached"), "after the stop, status must not pretend a gate runs:\n{after}");
+    let answer = probe(&ns).expect("after the stop, the probe must connect again");
+    assert_eq!((answer.as_slice(), listener.accepted()), (ANSWER, 2), "after the stop, the listener answers again");
 }
 
 /// `ackgate users list | head` and the like: when the reader goes away,
