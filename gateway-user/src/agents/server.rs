@@ -324,10 +324,10 @@ impl AgentServer {
     }
 
     /// As [`Self::request_profile`], but a flow asked about before
-    /// `grace_until` waits for its agent's session (agents reconnect after a
-    /// gateway restart) and answer until `grace_until`, or `timeout` after
-    /// the session is there if that is later. After `grace_until` the whole
-    /// request takes at most `timeout`, session wait included.
+    /// `grace_until` whose agent has no session waits for the session
+    /// (agents reconnect after a gateway restart), and then for the answer
+    /// until `grace_until`, or `timeout` after the session opened if that is
+    /// later. An agent with a session has `timeout`, as after the grace.
     pub async fn request_profile_after_grace(
         &self,
         agent_id: u32,
@@ -338,6 +338,7 @@ impl AgentServer {
         let asked = tokio::time::Instant::now();
         let in_grace = grace_until > asked;
         let session_deadline = if in_grace { grace_until.max(asked + timeout) } else { asked + timeout };
+        let mut waited = false;
         let session = loop {
             // Registered before the look, so a session opening in between
             // still wakes this wait.
@@ -347,13 +348,17 @@ impl AgentServer {
             if let Some(s) = lock(&self.sessions).get(&agent_id).cloned() {
                 break s;
             }
+            waited = true;
             if tokio::time::timeout_at(session_deadline, opened).await.is_err() {
                 return Err(ProfileError::NoSession(agent_id));
             }
         };
-        // In the grace, the agent may still be logging its accounts in
-        // again on the new session before it can answer.
-        let deadline = if in_grace { grace_until.max(tokio::time::Instant::now() + timeout) } else { asked + timeout };
+        // An agent that had to reconnect in the grace may still be logging
+        // its accounts in again on the new session before it can answer.
+        let deadline = match in_grace && waited {
+            true => grace_until.max(tokio::time::Instant::now() + timeout),
+            false => asked + timeout,
+        };
         let request =
             ProfileRequest { request_id: self.next_id.fetch_add(1, Ordering::Relaxed), nonce: rand::random(), flow };
         let (reply, answer) = oneshot::channel();
