@@ -69,6 +69,15 @@ pub fn tcp_pseudo_sum(saddr: [u8; 4], daddr: [u8; 4], tcp_len: u16) -> u32 {
         + tcp_len as u32
 }
 
+/// The big-endian word sum (as [`sum_words`] builds) of data whose
+/// native-endian 16-bit words summed to `partial`, as the kernel's
+/// `csum_partial` (and so `bpf_csum_diff`) returns it. A one's-complement
+/// sum of byte-swapped words is the byte-swapped sum (RFC 1071 §2(B)).
+#[inline(always)]
+pub fn from_native_partial(partial: u32) -> u32 {
+    u16::from_be(fold(partial)) as u32
+}
+
 /// True when `bytes` (a whole header with its checksum in place) sums to
 /// 0xffff, i.e. verifies. For host tests and userspace.
 pub fn verifies(bytes: &[u8], initial: u32) -> bool {
@@ -81,4 +90,24 @@ pub fn verifies(bytes: &[u8], initial: u32) -> bool {
         acc += (*last as u32) << 8;
     }
     finish(acc) == [0, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A sum taken over native-endian words, as the kernel takes it,
+        /// converts to the big-endian sum of the same bytes.
+        #[test]
+        fn native_partial_sums_convert_to_network_order(words in proptest::collection::vec(any::<[u8; 2]>(), 0..800)) {
+            let native: u32 = words.iter().map(|w| u16::from_ne_bytes(*w) as u32).fold(0u32, |a, w| {
+                let (s, carry) = a.overflowing_add(w);
+                s + carry as u32
+            });
+            let network: u32 = words.iter().map(|w| word2(*w)).sum();
+            prop_assert_eq!(fold(from_native_partial(native)), fold(network));
+        }
+    }
 }

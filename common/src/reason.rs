@@ -118,4 +118,8 @@ reasons! {
     /// another SYN/ACK, without a valid stamp: dropped without a response,
     /// so that a forged ACK cannot make the gate answer for a live flow.
     DROP_REUSED_TUPLE = 38, "drop_reused_tuple";
+    /// A SYN, or a handshake ACK the gate would reset, whose IPv4 header or
+    /// TCP checksum does not verify: dropped unanswered, as the kernel
+    /// drops it before any socket sees it.
+    DROP_BAD_CHECKSUM = 39, "drop_bad_checksum";
 }

@@ -2,9 +2,10 @@
 //! not goes to the transit check (`transit`), called by the entry point.
 
 use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, VipKey};
-use ackgate_common::net::{ETH_P_IPV6, Ipv4Hdr, Ipv4Tcp, Parsed, parse_ipv4_tcp};
+use ackgate_common::net::{ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv4Tcp, Parsed, parse_ipv4_tcp};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
+use core::mem::size_of;
 
 use crate::maps::{SERVICES, Scratch, VIPS};
 use crate::program::Verdict;
@@ -77,6 +78,14 @@ fn classify_inner(frame: &XdpFrame) -> Class {
         // header we cannot read is one we cannot vouch for.
         Parsed::Malformed => return Class::Other(Verdict::new(XDP_DROP, reason::DROP_MALFORMED)),
     };
+    // A VLAN-tagged frame belongs to that VLAN's device, not to the
+    // interface the gate is attached to: to the stack, which drops it when
+    // no VLAN device exists for its tag (vlan_do_receive in
+    // net/8021q/vlan_core.c leaves it PACKET_OTHERHOST), as it would for an
+    // ordinary port. Answering it would single out the protected ports.
+    if seg.l3_off != size_of::<EthHdr>() {
+        return Class::TransitV4 { ip: seg.ip, l3_off: seg.l3_off, local: reason::PASS_NOT_SERVICE };
+    }
     let key = ServiceKey::ipv4(seg.ip.daddr, seg.tcp.dport);
     // SAFETY: the value is copied out at once; services are replaced whole.
     match unsafe { SERVICES.get(key) } {

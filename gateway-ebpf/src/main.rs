@@ -8,6 +8,8 @@
 //! - `ack`: check cookie and capability on handshake ACKs, record pending
 //!   flows and notify userspace;
 //! - `respond`: the service's default response when the check fails;
+//! - `integrity`: the checksums the kernel would verify, checked before
+//!   the gate answers anything;
 //! - `held`: segments of flows the gate accepted but has not spliced yet
 //!   (pending, authorized, denied);
 //! - `hold`: client data of flows still waiting, copied for the splice;
@@ -41,6 +43,8 @@ mod held;
 mod hold;
 #[cfg(target_arch = "bpf")]
 mod icmp;
+#[cfg(target_arch = "bpf")]
+mod integrity;
 #[cfg(target_arch = "bpf")]
 mod internal;
 #[cfg(target_arch = "bpf")]

@@ -78,6 +78,15 @@ pub struct Scratch {
     pub reply_l4: [u8; 40],
 }
 
+/// Bytes of the per-CPU copy a segment's checksums are verified over
+/// (`integrity`): a whole 1500-byte packet's segment, padded, in three of
+/// `bpf_csum_diff`'s 512-byte spans.
+pub const CHECKSUM_BYTES: usize = 1536;
+
+/// Not pinned: per-CPU copy of a segment whose checksums are verified.
+#[map]
+static CHECKSUM_BUFFER: PerCpuArray<[u8; CHECKSUM_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Not pinned: per-CPU working memory.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -105,6 +114,14 @@ pub fn flow_mut(key: &FlowKey) -> Option<*mut PendingFlow> {
 pub fn agent_key(agent_id: u32) -> Option<AgentKey> {
     // SAFETY: the value is copied before the lookup's RCU section ends.
     unsafe { AGENT_KEYS.get(agent_id) }.copied()
+}
+
+/// This CPU's checksum buffer.
+#[inline(always)]
+pub fn checksum_buffer() -> Option<&'static mut [u8; CHECKSUM_BYTES]> {
+    // SAFETY: per-CPU slot; XDP programs do not nest on one CPU, and only
+    // `integrity` uses it, within one call.
+    CHECKSUM_BUFFER.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// This CPU's scratch space.

@@ -9,6 +9,7 @@ use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX};
 use aya_ebpf::helpers::bpf_xdp_adjust_tail;
 use core::mem::size_of;
 
+use crate::integrity;
 use crate::program::Verdict;
 use ackgate_common::kernel::frame::XdpFrame;
 
@@ -19,6 +20,9 @@ use ackgate_common::kernel::frame::XdpFrame;
 pub fn refuse(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy, why: u32) -> Verdict {
     match policy.default_response {
         RESPONSE_RESET => {
+            if !integrity::checksums_valid(frame, seg) {
+                return Verdict::new(XDP_DROP, reason::DROP_BAD_CHECKSUM);
+            }
             let (ip, rst) = reset_for_ack(&seg.ip, &seg.tcp);
             transmit(frame, seg.l3_off, &ip, &rst, why)
         }

@@ -15,6 +15,12 @@ static SYNACK_PROFILE: SynAckProfile =
 #[unsafe(no_mangle)]
 static REDIRECT_ENABLED: u8 = 1;
 
+/// 1: the edge may deliver frames whose TCP checksum is still partial
+/// (offload pending on a virtual device, or generic XDP); such a checksum
+/// passes `integrity`'s check. Userspace decides per interface.
+#[unsafe(no_mangle)]
+static PARTIAL_CHECKSUMS: u8 = 0;
+
 #[inline(always)]
 pub fn synack_profile() -> SynAckProfile {
     // SAFETY: plain read of a static; volatile so that the compiler does
@@ -26,4 +32,10 @@ pub fn synack_profile() -> SynAckProfile {
 pub fn redirect_enabled() -> bool {
     // SAFETY: as above.
     unsafe { core::ptr::read_volatile(&REDIRECT_ENABLED) != 0 }
+}
+
+#[inline(always)]
+pub fn partial_checksums() -> bool {
+    // SAFETY: as above.
+    unsafe { core::ptr::read_volatile(&PARTIAL_CHECKSUMS) != 0 }
 }

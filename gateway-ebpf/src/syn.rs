@@ -14,10 +14,10 @@ use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::bindings::{iphdr, tcphdr};
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_ktime_get_tai_ns, bpf_tcp_raw_gen_syncookie_ipv4};
 
-use crate::maps;
 use crate::program::Verdict;
 use crate::respond::transmit;
 use crate::settings;
+use crate::{integrity, maps};
 use ackgate_common::kernel::config;
 use ackgate_common::kernel::frame::XdpFrame;
 
@@ -42,6 +42,9 @@ pub fn on_syn(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
     let scan = opts.scan_handshake(config::option_id(), hs);
     if policy.stealth != 0 && !stealth_stamp_valid(&scan, seg) {
         return Verdict::new(XDP_DROP, reason::SYN_STEALTH_REFUSED);
+    }
+    if !integrity::checksums_valid(frame, seg) {
+        return Verdict::new(XDP_DROP, reason::DROP_BAD_CHECKSUM);
     }
     let Some((cookie, client_mss)) = syncookie(seg, if scan.mss == 0 { DEFAULT_MSS } else { scan.mss }) else {
         return Verdict::new(XDP_DROP, reason::ERR_COOKIE);

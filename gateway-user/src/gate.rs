@@ -70,6 +70,10 @@ pub struct GateSettings {
     pub synack: SynAckProfile,
     /// Redirect spliced segments (else always the kernel's forwarding).
     pub redirect: bool,
+    /// The edge may deliver locally made frames whose TCP checksum is still
+    /// partial (checksum offload not done: generic XDP, virtual devices):
+    /// such a checksum, the pseudo-header's sum, passes the gate's check.
+    pub partial_checksums: bool,
 }
 
 impl GateSettings {
@@ -78,7 +82,14 @@ impl GateSettings {
         let synack =
             crate::synack::HostTcp { mtu: 1500, rmem_default: 131072, rmem_max_tcp: 6291456, rmem_max: 212992, ecn: 2 }
                 .profile(0);
-        Self { option, max_flows, max_spliced: ackgate_common::abi::MAX_SPLICED, synack, redirect: true }
+        Self {
+            option,
+            max_flows,
+            max_spliced: ackgate_common::abi::MAX_SPLICED,
+            synack,
+            redirect: true,
+            partial_checksums: false,
+        }
     }
 }
 
@@ -128,6 +139,7 @@ impl Gate {
     pub fn load(pin_dir: &Path, settings: &GateSettings) -> Result<Self, GateError> {
         bpffs::ensure_pin_dir(pin_dir)?;
         let redirect = u8::from(settings.redirect);
+        let partial_checksums = u8::from(settings.partial_checksums);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(MAP_PENDING, settings.max_flows)
@@ -136,6 +148,7 @@ impl Gate {
             .override_global("OPTION_EXID", &settings.option.exid, true)
             .override_global("SYNACK_PROFILE", &settings.synack, true)
             .override_global("REDIRECT_ENABLED", &redirect, true)
+            .override_global("PARTIAL_CHECKSUMS", &partial_checksums, true)
             .load(crate::GATE_OBJECT)
             .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
         let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new() };

@@ -85,3 +85,13 @@ pub fn attached_xdp(iface: &str) -> Option<XdpAttachment> {
         mode,
     })
 }
+
+/// Whether frames arriving on `iface` can carry a TCP checksum still
+/// partial: made on this host or its containers and handed over with
+/// checksum offload pending (loopback, veth, bridges and other virtual
+/// devices, which have no `device` link in sysfs), or seen in generic XDP
+/// mode, where the frame is the skb the stack received. A physical NIC's
+/// received frames carry full checksums.
+pub fn may_carry_partial_checksums(iface: &str, generic_xdp: bool) -> bool {
+    generic_xdp || !std::path::Path::new("/sys/class/net").join(iface).join("device").exists()
+}

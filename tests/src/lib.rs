@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod flood;
 pub mod kernel_alt;
 pub mod packet;
+pub mod probe;
 pub mod stamp_fixture;
 pub mod stamper;
 pub mod table;

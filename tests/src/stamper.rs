@@ -22,7 +22,10 @@ pub struct Handshake {
     pub server_isn: u32,
 }
 
-fn raw_tcp_socket() -> io::Result<OwnedFd> {
+/// A raw IPv4 socket that sends whole IP packets (`IP_HDRINCL`) and
+/// receives every TCP segment of the namespace, with a short receive
+/// timeout.
+pub fn raw_tcp_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
     if fd < 0 {
@@ -51,7 +54,8 @@ fn raw_tcp_socket() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-fn send_ip(fd: &OwnedFd, frame: &TcpFrame) -> io::Result<()> {
+/// Sends `frame`'s IP packet (its Ethernet header dropped) on `fd`.
+pub fn send_ip(fd: &OwnedFd, frame: &TcpFrame) -> io::Result<()> {
     let pkt = &frame.build()[14..];
     let dst = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{RESPONSE_DROP, RESPONSE_RESET};
-use ackgate_common::net::TCP_SYN;
+use ackgate_common::net::{TCP_FIN, TCP_PSH, TCP_SYN, TCP_URG};
 use ackgate_common::option::OptionId;
 use ackgate_common::reason;
 use ackgate_common::reply::{TCP_CWR, TCP_ECE};
@@ -16,6 +16,7 @@ use ackgate_gateway::gate::GateSettings;
 use ackgate_gateway::synack::HostTcp;
 use ackgate_tests::fixture::{AGENT_ID, TestGate, service};
 use ackgate_tests::packet::TcpFrame;
+use ackgate_tests::probe::{answers_to, mac_of};
 use ackgate_tests::stamper::{stamped_handshake, synack_for};
 use ackgate_tests::topology::{Ns, Topology};
 
@@ -205,6 +206,62 @@ fn the_cookie_synack_matches_the_kernels_own() {
         );
     }
     assert_eq!(gate.counters().get(reason::SYN_COOKIE), 3, "the gate answered the protected port");
+}
+
+/// Probes a listening Linux port ignores (bad checksums, VLAN tags the
+/// gateway has no device for, SYN+FIN) get the same from the protected
+/// port: nothing. Each probe goes to an ordinary listening port and to the
+/// protected one as a whole Ethernet frame, as a scanner sends it.
+#[test]
+fn odd_probes_get_from_the_protected_port_what_an_ordinary_port_gives() {
+    let topo = Topology::new("probes");
+    let mut gate = TestGate::new("probes", &[service(topo.edge_addr.octets(), PORT, RESPONSE_RESET, false)]);
+    topo.attach_gate(&mut gate.gate);
+    const ORDINARY: u16 = 2222;
+    let _ordinary =
+        topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", ORDINARY)).expect("binding an ordinary port"));
+    let (client_if, edge_if) = (topo.client_if.clone(), topo.edge_if.clone());
+    let client_mac = topo.run_in(Ns::Client, || mac_of(&client_if));
+    let gateway_mac = topo.run_in(Ns::Gateway, || mac_of(&edge_if));
+    let (client, vip) = (topo.client_addr.octets(), topo.edge_addr.octets());
+    let flip = |mut f: Vec<u8>, at: usize| {
+        f[at] ^= 1;
+        f
+    };
+    type Probe = (&'static str, fn(TcpFrame) -> TcpFrame, Option<usize>);
+    let probes: [Probe; 7] = [
+        ("TCP checksum one bit off", |f| f, Some(14 + 20 + 17)),
+        ("IPv4 header checksum one bit off", |f| f, Some(14 + 11)),
+        ("802.1Q tag, VID 10", |f| TcpFrame { vlans: vec![10], ..f }, None),
+        ("802.1Q tag, VID 4095", |f| TcpFrame { vlans: vec![4095], ..f }, None),
+        ("QinQ tags 100/200", |f| TcpFrame { vlans: vec![100, 200], ..f }, None),
+        ("SYN+FIN", |f| TcpFrame { flags: f.flags | TCP_FIN, ..f }, None),
+        ("SYN+FIN+PSH+URG", |f| TcpFrame { flags: f.flags | TCP_FIN | TCP_PSH | TCP_URG, ..f }, None),
+    ];
+    let mut sport = 43000;
+    for (name, shape, corrupt_at) in probes {
+        let mut answered = Vec::new();
+        for port in [ORDINARY, PORT] {
+            sport += 2;
+            let mut syn = shape(TcpFrame::new(client, sport, vip, port, TCP_SYN).linux_syn_options());
+            (syn.src_mac, syn.dst_mac) = (client_mac, gateway_mac);
+            let frame = match corrupt_at {
+                Some(at) => flip(syn.build(), at),
+                None => syn.build(),
+            };
+            let control = TcpFrame::new(client, sport + 1, vip, ORDINARY, TCP_SYN).linux_syn_options();
+            let answers = topo
+                .run_in(Ns::Client, || answers_to(&client_if, &frame, (sport, port), &control, Duration::from_secs(5)));
+            answered.push(answers.iter().map(|p| p[((p[0] & 0x0f) as usize) * 4 + 13]).collect::<Vec<u8>>());
+        }
+        assert_eq!(
+            answered[1], answered[0],
+            "{name}: the protected port answered with TCP flags {:?}, an ordinary port with {:?}",
+            answered[1], answered[0]
+        );
+    }
+    let counters = gate.counters();
+    assert!(counters.get(reason::DROP_BAD_CHECKSUM) >= 2, "the gate must count the bad checksums it dropped");
 }
 
 /// What a SYN/ACK shows a scanner, less what differs per connection by

@@ -4,7 +4,6 @@ use aya_ebpf::helpers::{bpf_skb_load_bytes, bpf_xdp_load_bytes, bpf_xdp_store_by
 use aya_ebpf::programs::{TcContext, XdpContext};
 use core::mem::size_of;
 
-use crate::abi::HELD_MAX_PACKET;
 use crate::net::{Frame, Wire};
 use crate::option::MAX_OPTION_BYTES;
 
@@ -43,12 +42,13 @@ impl<'a> XdpFrame<'a> {
         (rc == 0).then_some(())
     }
 
-    /// Copies `len` bytes at `offset` (a whole IPv4 packet) into `dst`.
+    /// Copies `len` bytes at `offset` (a whole IPv4 packet, a TCP segment)
+    /// into `dst`.
     #[inline(always)]
-    pub fn copy_packet(&self, offset: usize, len: usize, dst: &mut [u8; HELD_MAX_PACKET]) -> Option<()> {
-        let len = bounded_len(len, HELD_MAX_PACKET)?;
-        // SAFETY: `dst` holds HELD_MAX_PACKET >= len bytes; the helper
-        // checks the packet range itself.
+    pub fn copy_packet<const N: usize>(&self, offset: usize, len: usize, dst: &mut [u8; N]) -> Option<()> {
+        let len = bounded_len(len, N)?;
+        // SAFETY: `dst` holds N >= len bytes; the helper checks the packet
+        // range itself.
         let rc = unsafe { bpf_xdp_load_bytes(self.ctx.ctx, offset as u32, dst.as_mut_ptr().cast(), len as u32) };
         (rc == 0).then_some(())
     }
@@ -132,7 +132,7 @@ impl Frame for SkbFrame<'_> {
 /// ("R4 min value is negative"); it also drops the zero check when a
 /// caller implies it.
 #[inline(always)]
-fn bounded_len(len: usize, max: usize) -> Option<usize> {
+pub fn bounded_len(len: usize, max: usize) -> Option<usize> {
     let len = core::hint::black_box(len);
     if len > max {
         return None;

@@ -18,7 +18,7 @@ use ackgate_gateway::config::Forwarding;
 use ackgate_gateway::config::{Config, ControlSection, DEFAULT_PIN_DIR, DEFAULT_STATE_DIR};
 use ackgate_gateway::control::{ControlPlane, Decision, FlowState, Settings};
 use ackgate_gateway::events::Events;
-use ackgate_gateway::gate::{FlowWrite, Gate, GateSettings};
+use ackgate_gateway::gate::{FlowWrite, Gate, GateSettings, XdpMode};
 use ackgate_gateway::metrics::Metrics;
 use ackgate_gateway::netdev;
 use ackgate_gateway::owner::OwnerNames;
@@ -344,6 +344,7 @@ fn run(config_path: PathBuf) -> Result<()> {
         max_spliced: g.max_spliced,
         synack: host.profile(rand::random()),
         redirect: g.forwarding == Forwarding::Redirect,
+        partial_checksums: netdev::may_carry_partial_checksums(&g.edge_interface, g.xdp_mode == XdpMode::Generic),
     };
     let fresh = ackgate_gateway::bpffs::FreshPins::watch(&g.pin_dir);
     let mut gate = Gate::load(&g.pin_dir, &settings).context("loading the XDP gate")?;
