@@ -311,8 +311,16 @@ fn a_killed_control_plane_loses_nothing() {
 #[test]
 fn page_mode_serves_the_page_to_an_unstamped_client() {
     let s = Setup::new("page", "page", 3000, "");
+    let tcp_loose = || {
+        let out = s.topo.cmd_ok(Ns::Gateway, &["sysctl", "-n", "net.netfilter.nf_conntrack_tcp_loose"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The administrator's own setting (the default), which a clean stop
+    // must give back.
+    assert_eq!(tcp_loose(), "1", "a fresh namespace starts with nf_conntrack_tcp_loose on");
     let mut gateway = Daemon::start(s.ackgate(&["run"]), "ackgate run", s.dir.join("gateway.log"));
     gateway.wait_for_log("page responder up", WAIT);
+    assert_eq!(tcp_loose(), "0", "the page responder's SYNPROXY needs nf_conntrack_tcp_loose off");
     let url = format!("http://{}:{PORT}/secret", s.topo.edge_addr);
     let out = s.topo.cmd(Ns::Client, &["curl", "-s", "-m", "5", "-i", &url]);
     let body = String::from_utf8_lossy(&out.stdout);
@@ -323,6 +331,8 @@ fn page_mode_serves_the_page_to_an_unstamped_client() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("ack_no_option"), "the gate must have counted the unstamped ACK: {text}");
     assert!(text.contains("control plane: pid"), "status must show the running control plane: {text}");
+    drop(gateway);
+    assert_eq!(tcp_loose(), "1", "a clean stop must give nf_conntrack_tcp_loose back its earlier value");
 }
 
 /// The validator as its own service in the target-side namespace: the same
