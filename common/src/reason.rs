@@ -122,4 +122,7 @@ reasons! {
     /// TCP checksum does not verify: dropped unanswered, as the kernel
     /// drops it before any socket sees it.
     DROP_BAD_CHECKSUM = 39, "drop_bad_checksum";
+    /// Stealth service with the `reset` response: a SYN without a valid
+    /// stamp, answered with RST+ACK exactly as a closed port answers it.
+    SYN_STEALTH_RESET = 40, "syn_stealth_reset";
 }

@@ -8,7 +8,7 @@
 //! L2 header, VLAN tags included, with the MAC addresses swapped.
 
 use crate::csum;
-use crate::net::{Ipv4Hdr, TCP_ACK, TCP_RST, TCP_SYN, TcpHdr, Wire};
+use crate::net::{Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, Wire};
 use crate::option::{
     TCPOLEN_MSS, TCPOLEN_SACK_PERM, TCPOLEN_TIMESTAMP, TCPOLEN_WINDOW, TCPOPT_MSS, TCPOPT_NOP, TCPOPT_SACK_PERM,
     TCPOPT_TIMESTAMP, TCPOPT_WINDOW,
@@ -158,6 +158,29 @@ pub fn reset_for_ack(ip: &Ipv4Hdr, seg: &TcpHdr) -> (Ipv4Hdr, TcpHdr) {
         ack: [0; 4],
         doff_res: 5 << 4,
         flags: TCP_RST,
+        window: [0, 0],
+        check: [0, 0],
+        urg: [0, 0],
+    };
+    let pseudo = csum::tcp_pseudo_sum(out_ip.saddr, out_ip.daddr, core::mem::size_of::<TcpHdr>() as u16);
+    out.check = csum::finish(csum::sum_words(&out, pseudo));
+    (out_ip, out)
+}
+
+/// The RST+ACK a closed Linux port sends for a segment without ACK, such as
+/// a SYN (net/ipv4/tcp_ipv4.c, tcp_v4_send_reset: seq 0, acknowledging
+/// the SYN, any FIN and the `payload_len` bytes of data, window 0).
+#[inline(always)]
+pub fn reset_for_syn(ip: &Ipv4Hdr, seg: &TcpHdr, payload_len: usize) -> (Ipv4Hdr, TcpHdr) {
+    let out_ip = reply_ip(ip, core::mem::size_of::<TcpHdr>());
+    let consumed = 1 + u32::from(seg.flags & TCP_FIN != 0) + payload_len as u32;
+    let mut out = TcpHdr {
+        sport: seg.dport,
+        dport: seg.sport,
+        seq: [0; 4],
+        ack: seg.seq().wrapping_add(consumed).to_be_bytes(),
+        doff_res: 5 << 4,
+        flags: TCP_RST | TCP_ACK,
         window: [0, 0],
         check: [0, 0],
         urg: [0, 0],

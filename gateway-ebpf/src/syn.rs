@@ -1,14 +1,15 @@
 //! SYN stage: a stateless cookie SYN/ACK that looks exactly like the
-//! gateway kernel's own, or silence for stealth services.
+//! gateway kernel's own; for stealth services without a valid stamp,
+//! silence, or with the `reset` response a closed port's RST+ACK.
 
-use ackgate_common::abi::ServicePolicy;
+use ackgate_common::abi::{RESPONSE_RESET, ServicePolicy};
 use ackgate_common::cookie::{ClientOffer, mss_index, ts_offset};
 use ackgate_common::mac::{Binding, syn_tick};
 use ackgate_common::net::{Ipv4Tcp, TCP_FIN, TcpHdr};
 use ackgate_common::option::{Capability, NO_WSCALE, OptionBytes, OptionScan, TCPOLEN_MSS, TCPOPT_MSS};
 use ackgate_common::reason;
 use ackgate_common::reply::{
-    SynAckMss, SynAckTs, SynAckTsWs, TCP_CWR, TCP_ECE, TcpWithOptions, cookie_synack, handshake_options,
+    SynAckMss, SynAckTs, SynAckTsWs, TCP_CWR, TCP_ECE, TcpWithOptions, cookie_synack, handshake_options, reset_for_syn,
 };
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::bindings::{iphdr, tcphdr};
@@ -41,7 +42,15 @@ pub fn on_syn(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
     let hs = &mut scratch.hs;
     let scan = opts.scan_handshake(config::option_id(), hs);
     if policy.stealth != 0 && !stealth_stamp_valid(&scan, seg) {
-        return Verdict::new(XDP_DROP, reason::SYN_STEALTH_REFUSED);
+        if policy.default_response != RESPONSE_RESET {
+            return Verdict::new(XDP_DROP, reason::SYN_STEALTH_REFUSED);
+        }
+        // Stealth + reset: the port looks closed, not filtered.
+        if !integrity::checksums_valid(frame, seg) {
+            return Verdict::new(XDP_DROP, reason::DROP_BAD_CHECKSUM);
+        }
+        let (ip, rst) = reset_for_syn(&seg.ip, &seg.tcp, seg.payload_len);
+        return transmit(frame, seg.l3_off, &ip, &rst, reason::SYN_STEALTH_RESET);
     }
     if !integrity::checksums_valid(frame, seg) {
         return Verdict::new(XDP_DROP, reason::DROP_BAD_CHECKSUM);

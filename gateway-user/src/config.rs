@@ -347,6 +347,8 @@ pub struct ServiceSection {
     pub target: SocketAddr,
     #[serde(default = "default_response")]
     pub default_response: DefaultResponse,
+    /// Unstamped SYNs get no SYN/ACK: dropped, or with the `reset`
+    /// response answered as a closed port answers them.
     #[serde(default)]
     pub stealth: bool,
     /// Groups whose users may reach the service; empty: every valid user.

@@ -264,6 +264,63 @@ fn odd_probes_get_from_the_protected_port_what_an_ordinary_port_gives() {
     assert!(counters.get(reason::DROP_BAD_CHECKSUM) >= 2, "the gate must count the bad checksums it dropped");
 }
 
+/// A stealth service with the `reset` response answers an unstamped SYN as
+/// a closed port of the same gateway does: the same RST+ACK, header for
+/// header.
+#[test]
+fn stealth_with_reset_looks_like_a_closed_port() {
+    let topo = Topology::new("closed");
+    let mut gate = TestGate::new("closed", &[service(topo.edge_addr.octets(), PORT, RESPONSE_RESET, true)]);
+    topo.attach_gate(&mut gate.gate);
+    const ORDINARY: u16 = 2222;
+    const CLOSED: u16 = 2223;
+    let _ordinary =
+        topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", ORDINARY)).expect("binding an ordinary port"));
+    let (client_if, edge_if) = (topo.client_if.clone(), topo.edge_if.clone());
+    let client_mac = topo.run_in(Ns::Client, || mac_of(&client_if));
+    let gateway_mac = topo.run_in(Ns::Gateway, || mac_of(&edge_if));
+    let (client, vip) = (topo.client_addr.octets(), topo.edge_addr.octets());
+    let mut shapes = Vec::new();
+    for (port, sport) in [(CLOSED, 44000), (PORT, 44002)] {
+        let mut syn = TcpFrame::new(client, sport, vip, port, TCP_SYN).linux_syn_options();
+        (syn.src_mac, syn.dst_mac) = (client_mac, gateway_mac);
+        syn.payload = b"data on the SYN".to_vec();
+        let control = TcpFrame::new(client, sport + 1, vip, ORDINARY, TCP_SYN).linux_syn_options();
+        let answers = topo.run_in(Ns::Client, || {
+            answers_to(&client_if, &syn.build(), (sport, port), &control, Duration::from_secs(5))
+        });
+        let [rst] = answers.as_slice() else {
+            panic!("port {port} must answer the SYN with exactly one segment, got {answers:?}");
+        };
+        shapes.push(reset_shape(rst, syn.seq));
+    }
+    assert_eq!(shapes[1], shapes[0], "the stealth port's RST (left) differs from a closed port's (right)");
+    assert_eq!(gate.counters().get(reason::SYN_STEALTH_RESET), 1, "the gate must count its closed-port answer");
+}
+
+/// A RST's headers as a scanner compares them: IP TOS, length, id,
+/// flags/fragment, TTL; TCP data offset, flags, window, urgent pointer,
+/// its sequence number and what it acknowledges relative to the SYN's.
+fn reset_shape(p: &[u8], syn_seq: u32) -> Vec<(&'static str, u64)> {
+    let ihl = ((p[0] & 0x0f) as usize) * 4;
+    let t = &p[ihl..];
+    let u16_at = |b: &[u8], i: usize| u64::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    let u32_at = |b: &[u8], i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    vec![
+        ("ip tos", u64::from(p[1])),
+        ("ip length", u16_at(p, 2)),
+        ("ip id", u16_at(p, 4)),
+        ("ip flags/fragment", u16_at(p, 6)),
+        ("ip ttl", u64::from(p[8])),
+        ("tcp data offset", u64::from(t[12] >> 4)),
+        ("tcp flags", u64::from(t[13])),
+        ("tcp window", u16_at(t, 14)),
+        ("tcp urgent", u16_at(t, 18)),
+        ("tcp seq", u64::from(u32_at(t, 4))),
+        ("tcp ack - syn seq", u64::from(u32_at(t, 8).wrapping_sub(syn_seq))),
+    ]
+}
+
 /// What a SYN/ACK shows a scanner, less what differs per connection by
 /// design (ISN, TSval, checksums, ports): IP TOS, id, flags/fragment, TTL,
 /// length; TCP data offset, flags, window, urgent pointer; each option with
