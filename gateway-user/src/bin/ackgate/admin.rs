@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use ackgate_gateway::services_edit::{self, NewService};
 
-use crate::{AgentsCommand, ServicesCommand, UsersCommand};
+use crate::cli::{AgentsCommand, ServicesCommand, UsersCommand};
 
 const SKELETON: &str = r#"# ackgate gateway configuration (README "Configuration" explains every key).
 
