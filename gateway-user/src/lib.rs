@@ -1,6 +1,6 @@
 //! ackgate gateway userspace: configuration, loading and attaching the XDP
 //! gate, its maps, counters and events; the private CA and the agents'
-//! enrollment and TLS sessions.
+//! enrollment and TLS sessions; the daemon that runs them.
 
 pub mod accept;
 pub mod access_log;
@@ -10,6 +10,7 @@ pub mod bpffs;
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod daemon;
 pub mod events;
 pub mod gate;
 pub mod logins;

@@ -1,0 +1,551 @@
+//! The running control plane: decisions written into the gate, revocations
+//! that end live flows (also those authorized before a restart), the admin
+//! socket's requests and the splice's ended flows in the access log.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ackgate_common::abi::{
+    EVENT_SPLICED, FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey, FlowOwner, GateEvent, PendingFlow,
+    RESPONSE_DROP, RESPONSE_PAGE,
+};
+use ackgate_common::host::unix_ms;
+use anyhow::{Context as _, Result};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::{info, warn};
+
+use super::prepare::{Prepared, service_tables};
+use crate::access_log::{AccessLog, AccessRecord, FlowEnd};
+use crate::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
+use crate::agents::{AgentServer, ServerConfig};
+use crate::config::Config;
+use crate::control::{ControlPlane, Decision, FlowState};
+use crate::gate::{FlowWrite, Gate, GateError};
+use crate::metrics::Metrics;
+use crate::owner::OwnerNames;
+use crate::splice::{EndReason, Ended, SpliceSettings, Splicer, Target};
+use crate::store::Store;
+use crate::validator::{Decider, GatewayDirectory, Validator};
+use crate::validator_service::RemoteValidator;
+
+/// The running control plane.
+pub(super) struct Plane {
+    pub(super) cp: ControlPlane,
+    /// Recent revocations, for decisions under way when they came (kept as
+    /// long as a decision can take).
+    revocations: Vec<Revocation>,
+    /// The user store, when users live here (not on a remote validator).
+    users: Option<Arc<Store>>,
+    server: Arc<AgentServer>,
+    agent_listen: std::net::SocketAddr,
+    started: Instant,
+    access_log: AccessLog,
+    targets: HashMap<([u8; 4], u16), Target>,
+    metrics: Arc<Metrics>,
+    config_path: PathBuf,
+    /// The splice (absent without an internal interface).
+    splicer: Option<Splicer>,
+}
+
+struct Revocation {
+    at: Instant,
+    whom: Revoked,
+}
+
+enum Revoked {
+    /// A user, or one of their machines (hex fingerprint prefix).
+    User {
+        user: String,
+        machine: Option<String>,
+    },
+    Agent(u32),
+}
+
+impl Revoked {
+    /// Whether a flow of `agent_id` authorized for `owner` falls under it.
+    fn covers(&self, owner: &FlowOwner, agent_id: u32) -> bool {
+        match self {
+            Revoked::User { user, machine } => crate::owner::belongs_to(owner, user, machine.as_deref()),
+            Revoked::Agent(id) => *id == agent_id,
+        }
+    }
+}
+
+type Started = (
+    Plane,
+    UnboundedReceiver<Decision>,
+    UnboundedReceiver<(u32, ackgate_common::mac::MacKey)>,
+    tokio::sync::mpsc::Receiver<admin_socket::Pending>,
+);
+
+impl Plane {
+    /// Starts the agent listener; returns the plane, its decisions and the
+    /// keys of agents that enroll from now on.
+    pub(super) async fn start(p: Prepared, splice: Option<SpliceSettings>) -> Result<Started> {
+        let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
+        admin_socket::serve(&p.admin_socket, admin_tx)?;
+        let decider: Arc<dyn Decider> = match &p.remote_validator {
+            Some((addr, creds)) => {
+                info!(validator = %addr, "validating with the remote validator");
+                Arc::new(RemoteValidator::new(addr, creds)?)
+            }
+            None => Arc::new(Validator::new(p.store.clone())?),
+        };
+        let directory = Arc::new(GatewayDirectory { store: p.store.clone() });
+        let config =
+            ServerConfig { login: p.login, max_unauthenticated: p.max_unauthenticated, ..ServerConfig::default() };
+        let server = AgentServer::new(p.ca, directory, decider.clone(), config)?;
+        let enrollments = server.enrollments();
+        let listener = tokio::net::TcpListener::bind(p.listen)
+            .await
+            .with_context(|| format!("listening for agents on {}", p.listen))?;
+        info!(listen = %p.listen, "agent listener up");
+        tokio::spawn(server.clone().serve(listener));
+        let metrics = Arc::new(Metrics::default());
+        if let Some(addr) = p.metrics_listen {
+            let (m, pin_dir, srv, store) = (metrics.clone(), p.pin_dir.clone(), server.clone(), p.store.clone());
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, m, pin_dir, srv, store).await {
+                    warn!("metrics endpoint on {addr}: {e}");
+                }
+            });
+            info!(listen = %addr, "metrics endpoint up");
+        }
+        let (cp, decisions) = ControlPlane::new(server.clone(), decider, p.rules, p.settings);
+        let plane = Self {
+            cp,
+            revocations: Vec::new(),
+            users: p.remote_validator.is_none().then(|| p.store.clone()),
+            server,
+            agent_listen: p.listen,
+            started: Instant::now(),
+            access_log: p.access_log,
+            targets: p.targets,
+            metrics,
+            config_path: p.config_path,
+            splicer: splice.map(Splicer::new).transpose().context("starting the splice")?,
+        };
+        Ok((plane, decisions, enrollments, admin_rx))
+    }
+
+    /// Picks up the pinned flow map a previous run (a restart or a crash)
+    /// left: authorized flows revoked meanwhile are ended, pending flows are
+    /// decided again (their agents reconnect).
+    pub(super) fn resume(&mut self, gate: &mut Gate) {
+        if let Some(s) = self.splicer.as_mut() {
+            let targets = &self.targets;
+            s.resume(gate, |flow| targets.get(&flow.service_v4()).cloned());
+            if !s.is_empty() {
+                info!(flows = s.len(), "resumed spliced flows left by the previous run");
+            }
+        }
+        self.end_revoked_while_down(gate);
+        let flows = match gate.pending_flows() {
+            Ok(f) => f,
+            Err(e) => {
+                warn!("reading the flow map for pending flows: {e}");
+                return;
+            }
+        };
+        let mut resumed = 0;
+        for (flow, f) in flows.into_iter().filter(|(_, f)| f.state == FLOW_PENDING) {
+            resumed += 1;
+            if let Some(d) = self.cp.on_event(GateEvent::pending(flow, &f), Instant::now()) {
+                self.apply(gate, d);
+            }
+        }
+        if resumed > 0 {
+            info!(flows = resumed, "resumed flows left pending by the previous run");
+        }
+    }
+
+    /// Administrative requests that act on live state.
+    pub(super) fn admin(&mut self, gate: &mut Gate, req: AdminRequest) -> AdminReply {
+        match req {
+            AdminRequest::EndFlows { user, machine } => match self.end_flows(gate, Revoked::User { user, machine }) {
+                Ok(n) => AdminReply::Ended(n),
+                Err(e) => AdminReply::Error(format!("{e:#}")),
+            },
+            AdminRequest::ForgiveLogins { user } => {
+                self.server.forgive_logins(&user);
+                AdminReply::Done
+            }
+            AdminRequest::RevokeAgent { agent_id } => {
+                self.revoke_agent(gate, agent_id).unwrap_or_else(|e| AdminReply::Error(format!("{e:#}")))
+            }
+            AdminRequest::ReloadServices => match self.reload(gate) {
+                Ok(reply) => reply,
+                Err(e) => AdminReply::Error(format!("{e:#}")),
+            },
+            AdminRequest::Status => AdminReply::Status(self.status()),
+        }
+    }
+
+    /// Re-reads the services: the gate's maps, the rules and the default
+    /// responses. `page` responders start with the daemon, so a change in
+    /// the set of page services needs a restart.
+    fn reload(&mut self, gate: &mut Gate) -> Result<AdminReply> {
+        let config = Config::from_file(&self.config_path)?;
+        let entries = config.service_entries()?;
+        gate.sync_services(&entries)?;
+        let (rules, targets) = service_tables(&config)?;
+        let pages = |r: &HashMap<([u8; 4], u16), Target>| {
+            let mut p: Vec<_> = r.iter().filter(|(_, v)| v.response == RESPONSE_PAGE).map(|(k, _)| *k).collect();
+            p.sort();
+            p
+        };
+        let note = (pages(&targets) != pages(&self.targets))
+            .then(|| "page services changed: restart `ackgate run` to start or stop their responders".to_owned());
+        self.cp.set_rules(rules);
+        self.targets = targets;
+        info!(services = entries.len(), "services reloaded");
+        Ok(AdminReply::Reloaded { services: entries.len(), note })
+    }
+
+    fn status(&self) -> DaemonStatus {
+        let (totals, stats) = (&self.cp.totals, &self.server.stats);
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        DaemonStatus {
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            agent_listen: self.agent_listen.to_string(),
+            agents_connected: self.server.connected().len(),
+            awaiting_decision: self.cp.inflight(),
+            authorized: totals.authorized,
+            denied: totals.denied,
+            timed_out: totals.timed_out,
+            overloaded: totals.overloaded,
+            sessions_opened: load(&stats.sessions_opened),
+            logins_accepted: load(&stats.logins_accepted),
+            logins_refused: load(&stats.logins_refused),
+            not_stamped: load(&stats.not_stamped),
+            spliced: self.splicer.as_ref().map_or(0, Splicer::len),
+            splice_connecting: self.splicer.as_ref().map_or(0, Splicer::connecting),
+            splice: self.splicer.as_ref().map(|s| s.totals).unwrap_or_default(),
+        }
+    }
+
+    /// Ends the authorized flows of a revoked user (on the machines whose
+    /// fingerprint starts with `machine`, if given), wherever the gate holds
+    /// them: the owner is in the pinned flow map, so flows authorized before
+    /// a restart are found too.
+    fn end_flows(&mut self, gate: &mut Gate, whom: Revoked) -> Result<usize> {
+        // Decisions under way for this user or agent are denied when they
+        // arrive.
+        let now = Instant::now();
+        let window = self.cp.longest_decision();
+        self.revocations.retain(|r| now.duration_since(r.at) <= 2 * window);
+        // One pass over the map (a revocation is rare; the event loop waits
+        // for it). A walk can meet a key twice when the gate changes the
+        // map meanwhile: deduplicated by key.
+        let owned: HashMap<FlowKey, PendingFlow> = gate
+            .pending_flows()
+            .context("reading the flow map")?
+            .into_iter()
+            .filter(|(_, f)| f.state == FLOW_AUTHORIZED && whom.covers(&f.owner, f.agent_id))
+            .collect();
+        let (mut ended, mut failed) = (0, None);
+        if let Some(s) = self.splicer.as_mut() {
+            let gone = s.end_matching(gate, |owner, agent_id| whom.covers(owner, agent_id));
+            ended += gone.len();
+            for e in &gone {
+                self.log_ended(e, None);
+            }
+        }
+        let why = match whom {
+            Revoked::User { .. } => "the user or machine was revoked",
+            Revoked::Agent(_) => "the agent was revoked",
+        };
+        let names = self.owner_names();
+        for (flow, f) in &owned {
+            // One flow that cannot be removed must not keep the rest alive.
+            match self.end_flow(gate, flow, f, names.user(&f.owner), why) {
+                Ok(()) => ended += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+        self.revocations.push(Revocation { at: now, whom });
+        match failed {
+            None => Ok(ended),
+            Some(e) => Err(anyhow::anyhow!(
+                "ended {ended} of {} live flow(s); removing the others from the gate failed: {e}",
+                owned.len()
+            )),
+        }
+    }
+
+    /// The names of flow owners, as far as this gateway's store knows them.
+    fn owner_names(&self) -> OwnerNames {
+        let names = self.users.as_ref().map(|s| s.user_names()).transpose().unwrap_or_else(|e| {
+            warn!("reading user names for the access log: {e}");
+            None
+        });
+        OwnerNames::new(names.unwrap_or_default())
+    }
+
+    /// Revokes an agent on the running gateway: its key leaves the gate,
+    /// its session ends, and so do its live flows.
+    fn revoke_agent(&mut self, gate: &mut Gate, agent_id: u32) -> Result<AdminReply> {
+        gate.remove_agent_key(agent_id).context("removing the agent's key from the gate")?;
+        let session_ended = self.server.end_session(agent_id, "this agent was revoked");
+        let flows_ended = self.end_flows(gate, Revoked::Agent(agent_id))?;
+        info!(agent_id, session_ended, flows_ended, "agent revoked");
+        Ok(AdminReply::AgentRevoked { session_ended, flows_ended })
+    }
+
+    /// Removes an authorized flow from the gate, resets the client unless
+    /// the service drops, and logs it as revoked.
+    fn end_flow(
+        &mut self,
+        gate: &mut Gate,
+        flow: &FlowKey,
+        f: &PendingFlow,
+        user: Option<&str>,
+        reason: &str,
+    ) -> Result<(), GateError> {
+        gate.remove_flow(flow)?;
+        let (client, service) = (flow.client_addr(), flow.service_addr());
+        let response = self.targets.get(&flow.service_v4()).map_or(RESPONSE_DROP, |t| t.response);
+        if response != RESPONSE_DROP
+            && let Err(e) = crate::rst::reset_client(client, service, f.server_isn)
+        {
+            warn!(%client, "sending the revoked flow's RST: {e}");
+        }
+        self.access_log.record(&AccessRecord {
+            at_unix_ms: unix_ms(),
+            client: client.to_string(),
+            service: service.to_string(),
+            service_name: "",
+            agent_id: f.agent_id,
+            user,
+            account: None,
+            machine: Some(crate::owner::machine_hex(&f.owner)),
+            decision: "revoked",
+            reason,
+            latency_ms: 0.0,
+            profile_ms: 0.0,
+            validation_ms: 0.0,
+            flow_end: None,
+        });
+        Ok(())
+    }
+
+    /// Ends the flows authorized before this start whose user or machine
+    /// was revoked meanwhile (with the daemon down, no one told the gate).
+    /// Needs the user store, so not with a remote validator.
+    fn end_revoked_while_down(&mut self, gate: &mut Gate) {
+        let Some(store) = self.users.clone() else { return };
+        let authorized: Vec<(FlowKey, PendingFlow)> = match gate.pending_flows() {
+            Ok(flows) => flows.into_iter().filter(|(_, f)| f.state == FLOW_AUTHORIZED).collect(),
+            Err(e) => return warn!("reading the flow map for authorized flows: {e}"),
+        };
+        let spliced = self.splicer.as_ref().map(Splicer::owners).unwrap_or_default();
+        if authorized.is_empty() && spliced.is_empty() {
+            return;
+        }
+        let names = match store.user_names() {
+            Ok(names) => OwnerNames::new(names),
+            Err(e) => return warn!("reading the users to check authorized flows: {e}"),
+        };
+        // Owners whose user or machine is no longer approved. A user whose
+        // machines cannot be read keeps their flows: a transient store
+        // error must not cut live flows.
+        let mut revoked: Vec<(FlowOwner, String)> = Vec::new();
+        let mut checked: Vec<FlowOwner> = Vec::new();
+        for owner in authorized.iter().map(|(_, f)| f.owner).chain(spliced) {
+            if checked.contains(&owner) {
+                continue;
+            }
+            checked.push(owner);
+            let user = names.user(&owner).unwrap_or("(no longer in the store)").to_owned();
+            match store.approved_machines(&user) {
+                Ok(machines) if machines.iter().any(|m| crate::owner::owner(&user, m) == owner) => {}
+                Ok(_) => revoked.push((owner, user)),
+                Err(e) => warn!("reading {user}'s machines to check an authorized flow: {e}"),
+            }
+        }
+        // Agents revoked meanwhile: their key left the gate at start; their
+        // flows go too.
+        let mut revoked_agents: Vec<u32> = Vec::new();
+        for (_, f) in &authorized {
+            if !revoked_agents.contains(&f.agent_id) && matches!(store.agent_revoked(f.agent_id), Ok(Some(true))) {
+                revoked_agents.push(f.agent_id);
+            }
+        }
+        const WHY: &str = "the user, machine or agent was revoked while the gateway was down";
+        let mut ended = 0;
+        for (flow, f) in &authorized {
+            let user = match revoked.iter().find(|(o, _)| *o == f.owner) {
+                Some((_, user)) => Some(user.clone()),
+                None if revoked_agents.contains(&f.agent_id) => names.user(&f.owner).map(str::to_owned),
+                None => continue,
+            };
+            match self.end_flow(gate, flow, f, user.as_deref(), WHY) {
+                Ok(()) => ended += 1,
+                Err(e) => warn!("ending a flow revoked while the gateway was down: {e}"),
+            }
+        }
+        if let Some(s) = self.splicer.as_mut() {
+            let gone = s.end_matching(gate, |o, _| revoked.iter().any(|(r, _)| r == o));
+            ended += gone.len();
+            for e in &gone {
+                self.log_ended(e, Some(WHY));
+            }
+        }
+        if ended > 0 {
+            info!(flows = ended, "ended flows whose user or machine was revoked while the gateway was down");
+        }
+    }
+
+    /// Whether a revocation came after this decision started (its validation
+    /// may have read the store before the revocation) and covers its owner.
+    fn revoked_meanwhile(&self, d: &Decision, owner: &FlowOwner) -> bool {
+        self.revocations.iter().any(|r| r.at >= d.received && r.whom.covers(owner, d.event.agent_id))
+    }
+
+    pub(super) fn apply(&mut self, gate: &mut Gate, mut d: Decision) {
+        let (state, owner) = match (d.state, &d.user, &d.machine) {
+            (FlowState::Authorized, Some(user), Some(machine)) => {
+                let owner = crate::owner::owner(user, machine);
+                if self.revoked_meanwhile(&d, &owner) {
+                    d.state = FlowState::Denied;
+                    d.reason = "the user, machine or agent was revoked while the flow was being decided".into();
+                    (FLOW_DENIED, FlowOwner::default())
+                } else {
+                    (FLOW_AUTHORIZED, owner)
+                }
+            }
+            // Every authorization names its user and machine; a flow no
+            // revocation could find is never authorized.
+            (FlowState::Authorized, ..) => {
+                warn!(flow = ?d.event.flow, "an authorization without an owner is written as denied");
+                (FLOW_DENIED, FlowOwner::default())
+            }
+            _ => (FLOW_DENIED, FlowOwner::default()),
+        };
+        let (mut newer, mut decision, mut reason) = (None, d.state.label(), d.reason.clone());
+        match gate.set_flow_state(&d.event, state, owner) {
+            Ok(FlowWrite::Written) if state == FLOW_AUTHORIZED => self.splice(gate, &d, owner),
+            Ok(FlowWrite::Written) => {
+                if let Some(s) = self.splicer.as_mut() {
+                    s.discard_held(&d.event.flow);
+                }
+            }
+            Ok(FlowWrite::Gone) => {
+                decision = "expired";
+                reason = format!("the flow left the flow map before its decision ({})", d.reason);
+            }
+            Ok(FlowWrite::Replaced(f)) => {
+                newer = Some(f);
+                decision = "superseded";
+                reason = format!("a newer handshake took the 4-tuple before the decision ({})", d.reason);
+            }
+            Err(e) => warn!("writing a decision into the flow map: {e}"),
+        }
+        self.access_log.record(&AccessRecord {
+            at_unix_ms: unix_ms(),
+            client: d.event.flow.client_addr().to_string(),
+            service: d.event.flow.service_addr().to_string(),
+            service_name: &d.service,
+            agent_id: d.event.agent_id,
+            user: d.user.as_deref(),
+            account: d.account,
+            machine: d.machine.map(|m| crate::store::hex(&m)),
+            decision,
+            reason: &reason,
+            latency_ms: d.latency.as_secs_f64() * 1000.0,
+            profile_ms: d.profile_time.as_secs_f64() * 1000.0,
+            validation_ms: d.validation_time.as_secs_f64() * 1000.0,
+            flow_end: None,
+        });
+        self.metrics.decision(d.state.label(), d.latency, d.validation_time);
+        self.cp.finish(&d);
+        // A newer handshake took the 4-tuple while this one was decided; its
+        // own event found the tuple in flight and was set aside. Decide it
+        // now, on its own profile.
+        if let Some(f) = newer.filter(|f| f.state == FLOW_PENDING)
+            && let Some(d) = self.cp.on_event(GateEvent::pending(d.event.flow, &f), Instant::now())
+        {
+            self.apply(gate, d);
+        }
+    }
+}
+
+impl Plane {
+    /// Opens an authorized flow's connection to its target.
+    fn splice(&mut self, gate: &mut Gate, d: &Decision, owner: FlowOwner) {
+        let Some(s) = self.splicer.as_mut() else { return };
+        let Some(target) = self.targets.get(&d.event.flow.service_v4()) else {
+            warn!(flow = ?d.event.flow, "an authorized flow of a service that is gone is not spliced");
+            return;
+        };
+        if let Err(e) = s.start(gate, &d.event, target, owner) {
+            // Not spliced: the client gets the service's default response.
+            warn!(client = %d.event.flow.client_addr(), target = %target.addr, "splice: {e}");
+            if let Err(e) = gate.deny_flow(&d.event.flow) {
+                warn!("marking an unspliced flow denied: {e}");
+            }
+        }
+    }
+
+    pub(super) fn on_splice_event(&mut self, gate: &mut Gate, ev: &GateEvent) {
+        let Some(s) = self.splicer.as_mut() else { return };
+        for e in s.on_event(gate, ev) {
+            self.log_ended(&e, None);
+        }
+        if ev.kind == EVENT_SPLICED {
+            self.metrics.spliced();
+        }
+    }
+
+    pub(super) fn on_held(&mut self, gate: &mut Gate, flow: FlowKey, packet: Vec<u8>) {
+        if let Some(s) = self.splicer.as_mut() {
+            s.on_held(gate, flow, packet);
+        }
+    }
+
+    pub(super) fn tick(&mut self, gate: &mut Gate) {
+        let Some(s) = self.splicer.as_mut() else { return };
+        for e in s.tick(gate, Instant::now()) {
+            self.log_ended(&e, None);
+        }
+    }
+
+    /// The access-log record and metrics of a spliced flow that ended
+    /// (`why` replaces the reason's label).
+    fn log_ended(&mut self, e: &Ended, why: Option<&str>) {
+        let names = self.users.as_ref().and_then(|store| store.user_names().ok()).map(OwnerNames::new);
+        let user = names.as_ref().and_then(|n| n.user(&e.owner)).map(str::to_owned);
+        self.access_log.record(&AccessRecord {
+            at_unix_ms: unix_ms(),
+            client: e.client.client_addr().to_string(),
+            service: e.client.service_addr().to_string(),
+            service_name: &e.service,
+            agent_id: e.agent_id,
+            user: user.as_deref(),
+            account: None,
+            machine: (e.owner.machine_tag != 0).then(|| crate::owner::machine_hex(&e.owner)),
+            decision: match e.reason {
+                EndReason::Revoked => "revoked",
+                r if r.never_spliced() => "refused",
+                _ => "ended",
+            },
+            reason: why.unwrap_or(e.reason.label()),
+            latency_ms: 0.0,
+            profile_ms: 0.0,
+            validation_ms: 0.0,
+            flow_end: Some(FlowEnd {
+                ended: e.reason.label(),
+                target: e.target.to_string(),
+                to_target: e.to_target,
+                to_client: e.to_client,
+                duration_ms: e.duration.as_secs_f64() * 1000.0,
+            }),
+        });
+        self.metrics.flow_ended(e.reason.label(), e.to_target.bytes, e.to_client.bytes);
+    }
+}
