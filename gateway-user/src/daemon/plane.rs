@@ -549,3 +549,30 @@ impl Plane {
         self.metrics.flow_ended(e.reason.label(), e.to_target.bytes, e.to_client.bytes);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revocation_covers_the_flows_of_its_user_machine_or_agent() {
+        let (laptop, desktop) = ([0x11; 32], [0x22; 32]);
+        let alice_laptop = crate::owner::owner("alice", &laptop);
+        let alice_desktop = crate::owner::owner("alice", &desktop);
+        let bob_laptop = crate::owner::owner("bob", &laptop);
+
+        let alice = Revoked::User { user: "alice".into(), machine: None };
+        assert!(alice.covers(&alice_laptop, 1) && alice.covers(&alice_desktop, 2), "every machine, any agent");
+        assert!(!alice.covers(&bob_laptop, 1), "another user on the same machine");
+        assert!(!alice.covers(&FlowOwner::default(), 1), "a flow not authorized has no owner");
+
+        let desktop_only = Revoked::User { user: "alice".into(), machine: Some("2222".into()) };
+        assert!(desktop_only.covers(&alice_desktop, 1));
+        assert!(!desktop_only.covers(&alice_laptop, 1), "her other machine keeps its flows");
+
+        let agent = Revoked::Agent(7);
+        assert!(agent.covers(&alice_laptop, 7) && agent.covers(&bob_laptop, 7), "whoever logged in on it");
+        assert!(agent.covers(&FlowOwner::default(), 7), "the agent alone decides");
+        assert!(!agent.covers(&alice_laptop, 8), "another agent's flow of the same user");
+    }
+}

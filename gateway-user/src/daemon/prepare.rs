@@ -179,3 +179,42 @@ impl Prepared {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ackgate_common::abi::{RESPONSE_DROP, RESPONSE_RESET};
+
+    use super::*;
+
+    #[test]
+    fn services_become_rules_and_targets_by_vip_and_port() {
+        let config: Config = toml::from_str(
+            "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\nidle_timeout_secs = 60\n\
+             [[services]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 443\ntarget = \"10.1.0.2:8443\"\n\
+             default_response = \"reset\"\nallow_groups = [\"staff\"]\nidle_timeout_secs = 5\nsource_nat = true\n\
+             [[services]]\nname = \"ssh\"\nvip = \"10.0.0.1\"\nport = 22\ntarget = \"10.1.0.3:22\"\n",
+        )
+        .expect("valid config");
+        config.validate().expect("valid config");
+        let (rules, targets) = service_tables(&config).expect("tables");
+        assert_eq!(rules.len(), 2);
+        assert_eq!(targets.len(), 2);
+
+        let web = ([10, 0, 0, 1], 443);
+        assert_eq!(rules[&web].name, "web");
+        assert_eq!(rules[&web].allow_groups, ["staff"]);
+        let t = &targets[&web];
+        assert_eq!((t.service.as_str(), t.addr), ("web", "10.1.0.2:8443".parse().unwrap()));
+        assert_eq!(t.response, RESPONSE_RESET);
+        assert_eq!(t.idle_timeout, Duration::from_secs(5), "the service's own idle timeout");
+        assert!(t.source_nat);
+
+        let ssh = ([10, 0, 0, 1], 22);
+        assert!(rules[&ssh].allow_groups.is_empty(), "no groups: every valid user");
+        let t = &targets[&ssh];
+        assert_eq!((t.service.as_str(), t.addr), ("ssh", "10.1.0.3:22".parse().unwrap()));
+        assert_eq!(t.response, RESPONSE_DROP, "the default response");
+        assert_eq!(t.idle_timeout, Duration::from_secs(60), "the gateway's idle timeout");
+        assert!(!t.source_nat);
+    }
+}
