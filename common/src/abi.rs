@@ -192,6 +192,15 @@ pub const FLOW_AUTHORIZED: u8 = 2;
 /// Denied or timed out: the service's default response from then on.
 pub const FLOW_DENIED: u8 = 3;
 
+/// Every flow-map state with the name status, flows and metrics show.
+pub const FLOW_STATES: [(u8, &str); 3] =
+    [(FLOW_PENDING, "pending"), (FLOW_AUTHORIZED, "authorized"), (FLOW_DENIED, "denied")];
+
+/// The name of a flow-map state.
+pub fn flow_state_label(state: u8) -> &'static str {
+    FLOW_STATES.iter().find(|(s, _)| *s == state).map_or("unknown", |(_, name)| name)
+}
+
 /// A flow whose handshake carried a valid capability and now waits for the
 /// control plane.
 #[repr(C)]

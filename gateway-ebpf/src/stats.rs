@@ -4,8 +4,5 @@ use crate::maps::COUNTERS;
 
 #[inline(always)]
 pub fn count(reason: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(reason) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-        unsafe { *slot += 1 };
-    }
+    ackgate_common::kernel::count(&COUNTERS, reason);
 }

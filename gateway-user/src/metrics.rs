@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
+use ackgate_common::abi::FLOW_STATES;
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
@@ -126,7 +126,7 @@ impl Metrics {
         let flows = Family::<State, Gauge>::default();
         now.register("flows", "Flows in the gate's flow map, by state", flows.clone());
         if let Ok(all) = Gate::read_flows(pin_dir) {
-            for (state, name) in [(FLOW_PENDING, "pending"), (FLOW_AUTHORIZED, "authorized"), (FLOW_DENIED, "denied")] {
+            for (state, name) in FLOW_STATES {
                 let n = all.iter().filter(|(_, f)| f.state == state).count();
                 flows.get_or_create(&State { state: name.to_owned() }).set(n as i64);
             }

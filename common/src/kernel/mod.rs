@@ -6,6 +6,19 @@
 pub mod config;
 pub mod frame;
 
+use aya_ebpf::maps::PerCpuArray;
+
+/// Adds one to this CPU's slot `index` of a per-CPU counter array: the
+/// verdict counters of both programs.
+#[inline(always)]
+pub fn count(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(slot) = counters.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU (BPF
+        // programs do not nest on one CPU for one hook).
+        unsafe { *slot += 1 };
+    }
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

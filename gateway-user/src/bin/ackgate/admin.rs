@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ackgate_common::abi::{
-    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, last_seen_ago_ns,
-    port_value,
+    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, flow_state_label,
+    last_seen_ago_ns, port_value,
 };
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::config::{Config, ControlSection};
@@ -631,12 +631,7 @@ pub fn flows(config_path: &Path, json: bool) -> Result<()> {
             client: k.client_addr().to_string(),
             service: k.service_addr().to_string(),
             agent_id: Some(f.agent_id),
-            state: match f.state {
-                FLOW_PENDING => "pending",
-                FLOW_AUTHORIZED => "authorized",
-                FLOW_DENIED => "denied",
-                _ => "unknown",
-            },
+            state: flow_state_label(f.state),
             age_ms: Some(ackgate_common::host::monotonic_ns().saturating_sub(f.created_ns) / 1_000_000),
             splice: None,
         })
