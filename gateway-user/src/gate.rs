@@ -135,7 +135,8 @@ impl Gate {
     /// already there, so a restarted gateway keeps its live state.
     ///
     /// `max_flows` sizes the flow map (pending, authorized and denied flows;
-    /// LRU, preallocated: about 110 bytes of kernel memory each).
+    /// LRU, preallocated: 168 bytes of kernel memory each, measured as the
+    /// map's memlock on 6.18; docs/splice.md, "Memory").
     pub fn load(pin_dir: &Path, settings: &GateSettings) -> Result<Self, GateError> {
         bpffs::ensure_pin_dir(pin_dir)?;
         let redirect = u8::from(settings.redirect);
