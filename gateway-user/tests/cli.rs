@@ -91,11 +91,18 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
         if let Some(ns) = &self.netns {
+            // A test that failed before stopping its daemon leaves it running
+            // in the namespace: only processes this test started are there.
+            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            });
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
 
