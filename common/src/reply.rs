@@ -150,21 +150,7 @@ pub fn cookie_synack<const N: usize>(
 /// Callers only use it for segments with ACK set.
 #[inline(always)]
 pub fn reset_for_ack(ip: &Ipv4Hdr, seg: &TcpHdr) -> (Ipv4Hdr, TcpHdr) {
-    let out_ip = reply_ip(ip, core::mem::size_of::<TcpHdr>());
-    let mut out = TcpHdr {
-        sport: seg.dport,
-        dport: seg.sport,
-        seq: seg.ack,
-        ack: [0; 4],
-        doff_res: 5 << 4,
-        flags: TCP_RST,
-        window: [0, 0],
-        check: [0, 0],
-        urg: [0, 0],
-    };
-    let pseudo = csum::tcp_pseudo_sum(out_ip.saddr, out_ip.daddr, core::mem::size_of::<TcpHdr>() as u16);
-    out.check = csum::finish(csum::sum_words(&out, pseudo));
-    (out_ip, out)
+    closed_port_reset(ip, seg, seg.ack, [0; 4], TCP_RST)
 }
 
 /// The RST+ACK a closed Linux port sends for a segment without ACK, such as
@@ -172,15 +158,21 @@ pub fn reset_for_ack(ip: &Ipv4Hdr, seg: &TcpHdr) -> (Ipv4Hdr, TcpHdr) {
 /// the SYN, any FIN and the `payload_len` bytes of data, window 0).
 #[inline(always)]
 pub fn reset_for_syn(ip: &Ipv4Hdr, seg: &TcpHdr, payload_len: usize) -> (Ipv4Hdr, TcpHdr) {
-    let out_ip = reply_ip(ip, core::mem::size_of::<TcpHdr>());
     let consumed = 1 + u32::from(seg.flags & TCP_FIN != 0) + payload_len as u32;
+    closed_port_reset(ip, seg, [0; 4], seg.seq().wrapping_add(consumed).to_be_bytes(), TCP_RST | TCP_ACK)
+}
+
+/// tcp_v4_send_reset's segment: no options, window 0, answering `seg`.
+#[inline(always)]
+fn closed_port_reset(ip: &Ipv4Hdr, seg: &TcpHdr, seq: [u8; 4], ack: [u8; 4], flags: u8) -> (Ipv4Hdr, TcpHdr) {
+    let out_ip = reply_ip(ip, core::mem::size_of::<TcpHdr>());
     let mut out = TcpHdr {
         sport: seg.dport,
         dport: seg.sport,
-        seq: [0; 4],
-        ack: seg.seq().wrapping_add(consumed).to_be_bytes(),
+        seq,
+        ack,
         doff_res: 5 << 4,
-        flags: TCP_RST | TCP_ACK,
+        flags,
         window: [0, 0],
         check: [0, 0],
         urg: [0, 0],

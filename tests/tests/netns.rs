@@ -208,22 +208,56 @@ fn the_cookie_synack_matches_the_kernels_own() {
     assert_eq!(gate.counters().get(reason::SYN_COOKIE), 3, "the gate answered the protected port");
 }
 
+/// A gated gateway with an ordinary listening port beside the protected
+/// one, and a client that sends whole Ethernet frames to either.
+struct ProbeBench {
+    topo: Topology,
+    gate: TestGate,
+    _ordinary: TcpListener,
+    client_mac: [u8; 6],
+    gateway_mac: [u8; 6],
+}
+
+/// A port on the gateway with a listener (also the control probe's target).
+const ORDINARY: u16 = 2222;
+
+impl ProbeBench {
+    fn new(tag: &str, stealth: bool) -> Self {
+        let topo = Topology::new(tag);
+        let mut gate = TestGate::new(tag, &[service(topo.edge_addr.octets(), PORT, RESPONSE_RESET, stealth)]);
+        topo.attach_gate(&mut gate.gate);
+        let _ordinary =
+            topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", ORDINARY)).expect("binding an ordinary port"));
+        let (client_if, edge_if) = (topo.client_if.clone(), topo.edge_if.clone());
+        let client_mac = topo.run_in(Ns::Client, || mac_of(&client_if));
+        let gateway_mac = topo.run_in(Ns::Gateway, || mac_of(&edge_if));
+        Self { topo, gate, _ordinary, client_mac, gateway_mac }
+    }
+
+    /// A Linux SYN from the client to the gateway's `port`, addressed on
+    /// the link.
+    fn syn(&self, sport: u16, port: u16) -> TcpFrame {
+        let mut syn = TcpFrame::new(self.topo.client_addr.octets(), sport, self.topo.edge_addr.octets(), port, TCP_SYN)
+            .linux_syn_options();
+        (syn.src_mac, syn.dst_mac) = (self.client_mac, self.gateway_mac);
+        syn
+    }
+
+    /// What answered `frame` (sent from `sport` to `port`).
+    fn answers(&self, frame: &[u8], sport: u16, port: u16) -> Vec<Vec<u8>> {
+        let control = self.syn(sport + 1, ORDINARY);
+        let client_if = &self.topo.client_if;
+        self.topo.run_in(Ns::Client, || answers_to(client_if, frame, (sport, port), &control, Duration::from_secs(5)))
+    }
+}
+
 /// Probes a listening Linux port ignores (bad checksums, VLAN tags the
 /// gateway has no device for, SYN+FIN) get the same from the protected
 /// port: nothing. Each probe goes to an ordinary listening port and to the
 /// protected one as a whole Ethernet frame, as a scanner sends it.
 #[test]
 fn odd_probes_get_from_the_protected_port_what_an_ordinary_port_gives() {
-    let topo = Topology::new("probes");
-    let mut gate = TestGate::new("probes", &[service(topo.edge_addr.octets(), PORT, RESPONSE_RESET, false)]);
-    topo.attach_gate(&mut gate.gate);
-    const ORDINARY: u16 = 2222;
-    let _ordinary =
-        topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", ORDINARY)).expect("binding an ordinary port"));
-    let (client_if, edge_if) = (topo.client_if.clone(), topo.edge_if.clone());
-    let client_mac = topo.run_in(Ns::Client, || mac_of(&client_if));
-    let gateway_mac = topo.run_in(Ns::Gateway, || mac_of(&edge_if));
-    let (client, vip) = (topo.client_addr.octets(), topo.edge_addr.octets());
+    let mut bench = ProbeBench::new("probes", false);
     let flip = |mut f: Vec<u8>, at: usize| {
         f[at] ^= 1;
         f
@@ -243,15 +277,12 @@ fn odd_probes_get_from_the_protected_port_what_an_ordinary_port_gives() {
         let mut answered = Vec::new();
         for port in [ORDINARY, PORT] {
             sport += 2;
-            let mut syn = shape(TcpFrame::new(client, sport, vip, port, TCP_SYN).linux_syn_options());
-            (syn.src_mac, syn.dst_mac) = (client_mac, gateway_mac);
+            let syn = shape(bench.syn(sport, port));
             let frame = match corrupt_at {
                 Some(at) => flip(syn.build(), at),
                 None => syn.build(),
             };
-            let control = TcpFrame::new(client, sport + 1, vip, ORDINARY, TCP_SYN).linux_syn_options();
-            let answers = topo
-                .run_in(Ns::Client, || answers_to(&client_if, &frame, (sport, port), &control, Duration::from_secs(5)));
+            let answers = bench.answers(&frame, sport, port);
             answered.push(answers.iter().map(|p| p[((p[0] & 0x0f) as usize) * 4 + 13]).collect::<Vec<u8>>());
         }
         assert_eq!(
@@ -260,7 +291,7 @@ fn odd_probes_get_from_the_protected_port_what_an_ordinary_port_gives() {
             answered[1], answered[0]
         );
     }
-    let counters = gate.counters();
+    let counters = bench.gate.counters();
     assert!(counters.get(reason::DROP_BAD_CHECKSUM) >= 2, "the gate must count the bad checksums it dropped");
 }
 
@@ -269,33 +300,20 @@ fn odd_probes_get_from_the_protected_port_what_an_ordinary_port_gives() {
 /// header.
 #[test]
 fn stealth_with_reset_looks_like_a_closed_port() {
-    let topo = Topology::new("closed");
-    let mut gate = TestGate::new("closed", &[service(topo.edge_addr.octets(), PORT, RESPONSE_RESET, true)]);
-    topo.attach_gate(&mut gate.gate);
-    const ORDINARY: u16 = 2222;
+    let mut bench = ProbeBench::new("closed", true);
     const CLOSED: u16 = 2223;
-    let _ordinary =
-        topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", ORDINARY)).expect("binding an ordinary port"));
-    let (client_if, edge_if) = (topo.client_if.clone(), topo.edge_if.clone());
-    let client_mac = topo.run_in(Ns::Client, || mac_of(&client_if));
-    let gateway_mac = topo.run_in(Ns::Gateway, || mac_of(&edge_if));
-    let (client, vip) = (topo.client_addr.octets(), topo.edge_addr.octets());
     let mut shapes = Vec::new();
     for (port, sport) in [(CLOSED, 44000), (PORT, 44002)] {
-        let mut syn = TcpFrame::new(client, sport, vip, port, TCP_SYN).linux_syn_options();
-        (syn.src_mac, syn.dst_mac) = (client_mac, gateway_mac);
+        let mut syn = bench.syn(sport, port);
         syn.payload = b"data on the SYN".to_vec();
-        let control = TcpFrame::new(client, sport + 1, vip, ORDINARY, TCP_SYN).linux_syn_options();
-        let answers = topo.run_in(Ns::Client, || {
-            answers_to(&client_if, &syn.build(), (sport, port), &control, Duration::from_secs(5))
-        });
+        let answers = bench.answers(&syn.build(), sport, port);
         let [rst] = answers.as_slice() else {
             panic!("port {port} must answer the SYN with exactly one segment, got {answers:?}");
         };
         shapes.push(reset_shape(rst, syn.seq));
     }
     assert_eq!(shapes[1], shapes[0], "the stealth port's RST (left) differs from a closed port's (right)");
-    assert_eq!(gate.counters().get(reason::SYN_STEALTH_RESET), 1, "the gate must count its closed-port answer");
+    assert_eq!(bench.gate.counters().get(reason::SYN_STEALTH_RESET), 1, "the gate must count its closed-port answer");
 }
 
 /// A RST's headers as a scanner compares them: IP TOS, length, id,
