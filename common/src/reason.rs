@@ -44,7 +44,8 @@ reasons! {
     ACK_UNKNOWN_AGENT = 10, "ack_unknown_agent";
     /// Capability MAC does not verify.
     ACK_BAD_MAC = 11, "ack_bad_mac";
-    /// Valid capability: flow pending, event sent to the control plane.
+    /// Valid capability: a new flow, pending; event sent to the control
+    /// plane.
     ACK_PENDING = 12, "ack_pending";
     /// Segment of a pending flow: held (its data copied to the held ring
     /// for the splice, the segment dropped).
@@ -125,4 +126,10 @@ reasons! {
     /// Stealth service with the `reset` response: a SYN without a valid
     /// stamp, answered with RST+ACK exactly as a closed port answers it.
     SYN_STEALTH_RESET = 40, "syn_stealth_reset";
+    /// A valid capability on the 4-tuple of a flow the gate holds (a new
+    /// connection reusing it): the new flow replaces the old entry and is
+    /// pending. Apart from `ack_pending`, which counts new flow-map keys,
+    /// so that the two together tell flows recorded from keys added (the
+    /// census's eviction count rests on that).
+    ACK_PENDING_REPLACED = 41, "ack_pending_replaced";
 }

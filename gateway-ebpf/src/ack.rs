@@ -116,7 +116,7 @@ pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
     if c.reason != reason::ACK_PENDING {
         return refuse(frame, seg, policy, c.reason);
     }
-    record_pending(seg, &c)
+    record_pending(seg, &c, reason::ACK_PENDING)
 }
 
 /// A pure ACK on a 4-tuple the gate already holds a flow for, acknowledging
@@ -131,7 +131,7 @@ pub fn on_reused_tuple(frame: &XdpFrame, seg: &Ipv4Tcp) -> Verdict {
     if c.reason != reason::ACK_PENDING {
         return Verdict::new(XDP_DROP, reason::DROP_REUSED_TUPLE);
     }
-    record_pending(seg, &c)
+    record_pending(seg, &c, reason::ACK_PENDING_REPLACED)
 }
 
 /// `bpf_tcp_raw_check_syncookie_ipv4` takes ACK = cookie + 1 and
@@ -147,7 +147,7 @@ fn cookie_valid(seg: &Ipv4Tcp) -> bool {
 /// Event first, then the map entry, then publish: a full ring buffer or map
 /// leaves no half-recorded flow behind.
 #[inline(always)]
-fn record_pending(seg: &Ipv4Tcp, c: &Checked) -> Verdict {
+fn record_pending(seg: &Ipv4Tcp, c: &Checked, recorded: u32) -> Verdict {
     let (agent_id, client_isn, server_isn, handshake) = (c.agent_id, c.client_isn, c.server_isn, c.handshake);
     let Some(mut entry) = EVENTS.reserve::<GateEvent>(0) else {
         return Verdict::new(XDP_DROP, reason::ERR_EVENT_LOST);
@@ -176,5 +176,5 @@ fn record_pending(seg: &Ipv4Tcp, c: &Checked) -> Verdict {
     entry.submit(0);
     // The client believes the connection is up; its data is held until the
     // splice is up (`hold`).
-    Verdict::new(XDP_DROP, reason::ACK_PENDING)
+    Verdict::new(XDP_DROP, recorded)
 }

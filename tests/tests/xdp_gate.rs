@@ -748,7 +748,7 @@ fn decided_flows_get_their_verdicts() {
             name: "valid new handshake on an authorized 4-tuple",
             input: fresh.build(),
             action: XDP_DROP,
-            reason: reason::ACK_PENDING,
+            reason: reason::ACK_PENDING_REPLACED,
             out: Out::Dropped,
         },
     ];
