@@ -8,7 +8,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ackgate_common::proto::{ClaimFinish, LoginFinish, LoginStart, LoginStep};
-use ackgate_gateway::agents::{AgentServer, LoginPolicy, MemoryDirectory, ProfileOutcome, ServerConfig};
+use ackgate_gateway::agents::{
+    AgentRecord, AgentServer, Directory, EnrollRefusal, LoginFailure, LoginPolicy, MemoryDirectory, NewAgent,
+    ProfileOutcome, ServerConfig,
+};
 use ackgate_gateway::logins::LoginAuthority;
 use ackgate_gateway::pki::Ca;
 use tokio::net::TcpListener;
@@ -19,7 +22,10 @@ pub struct TestGateway {
     pub directory: Arc<MemoryDirectory>,
     /// Holds logins back at their first step, so a test can keep a login
     /// in flight.
-    pub logins: Arc<LoginHold>,
+    pub logins: Arc<Hold>,
+    /// Holds enrollments in the directory, as a store write waits behind
+    /// another writer's lock.
+    pub store_writes: Arc<Hold>,
     pub server: Arc<AgentServer>,
     config: ServerConfig,
     ca_dir: std::path::PathBuf,
@@ -65,22 +71,24 @@ impl TestGateway {
         std::fs::create_dir_all(&ca_dir).expect("CA dir");
         Ca::create(&ca_dir).unwrap_or_else(|e| panic!("creating the test CA: {e}"));
         let directory = Arc::new(MemoryDirectory::default());
-        let logins = Arc::new(LoginHold::default());
+        let (logins, store_writes) = (Arc::new(Hold::default()), Arc::new(Hold::default()));
         let addr = listener.local_addr().expect("local addr");
-        let server = Self::server(&ca_dir, &directory, &logins, config.clone());
+        let server = Self::server(&ca_dir, &directory, &logins, &store_writes, config.clone());
         let task = Some(tokio::spawn(server.clone().serve(listener)));
-        Self { addr, directory, logins, server, config, ca_dir, task }
+        Self { addr, directory, logins, store_writes, server, config, ca_dir, task }
     }
 
     fn server(
         ca_dir: &std::path::Path,
         directory: &Arc<MemoryDirectory>,
-        logins: &Arc<LoginHold>,
+        logins: &Arc<Hold>,
+        store_writes: &Arc<Hold>,
         config: ServerConfig,
     ) -> Arc<AgentServer> {
         let ca = Ca::load(ca_dir).unwrap_or_else(|e| panic!("loading the test CA: {e}"));
         let held = Arc::new(HeldLogins { inner: directory.logins(), hold: logins.clone() });
-        AgentServer::new(ca, directory.clone(), held, config).unwrap_or_else(|e| panic!("agent server: {e}"))
+        let directory = Arc::new(HeldWrites { inner: directory.clone(), hold: store_writes.clone() });
+        AgentServer::new(ca, directory, held, config).unwrap_or_else(|e| panic!("agent server: {e}"))
     }
 
     /// Whether the profile's proof verifies under the login the session
@@ -105,7 +113,8 @@ impl TestGateway {
             let _ = t.await;
         }
         // Sessions hold the server; a new one replaces it.
-        self.server = Self::server(&self.ca_dir, &self.directory, &self.logins, self.config.clone());
+        self.server =
+            Self::server(&self.ca_dir, &self.directory, &self.logins, &self.store_writes, self.config.clone());
     }
 
     /// Starts again on the same port, same CA and directory.
@@ -125,10 +134,10 @@ impl TestGateway {
     }
 }
 
-/// Logins a test can hold back at their first step (`hold`, then
-/// `release`).
+/// Calls a test can hold back (`hold`, then `release`): logins at their
+/// first step, or store writes.
 #[derive(Default)]
-pub struct LoginHold {
+pub struct Hold {
     held: Mutex<bool>,
     released: Condvar,
     waiting: AtomicUsize,
@@ -136,7 +145,7 @@ pub struct LoginHold {
     users: Mutex<Vec<String>>,
 }
 
-impl LoginHold {
+impl Hold {
     pub fn hold(&self) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
@@ -178,7 +187,7 @@ impl LoginHold {
 /// hold.
 struct HeldLogins {
     inner: Arc<dyn LoginAuthority>,
-    hold: Arc<LoginHold>,
+    hold: Arc<Hold>,
 }
 
 impl LoginAuthority for HeldLogins {
@@ -212,5 +221,37 @@ impl Drop for TestGateway {
             t.abort();
         }
         let _ = std::fs::remove_dir_all(&self.ca_dir);
+    }
+}
+
+/// The in-memory directory, with enrollments held by a [`Hold`]: a slow
+/// store write (one waiting out the busy timeout behind the CLI's).
+struct HeldWrites {
+    inner: Arc<MemoryDirectory>,
+    hold: Arc<Hold>,
+}
+
+impl Directory for HeldWrites {
+    fn enroll(&self, invite_id: u64, secret: &[u8; 32], agent: NewAgent) -> Result<u32, EnrollRefusal> {
+        self.hold.pass("enroll");
+        self.inner.enroll(invite_id, secret, agent)
+    }
+    fn bind_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) {
+        self.inner.bind_certificate(agent_id, cert_sha256)
+    }
+    fn agent_by_certificate(&self, cert_sha256: &[u8; 32]) -> Option<AgentRecord> {
+        self.inner.agent_by_certificate(cert_sha256)
+    }
+    fn record_key_misuse(&self, agent_id: u32, source: &str, service: &str) -> Result<(), String> {
+        self.inner.record_key_misuse(agent_id, source, service)
+    }
+    fn renew_certificate(&self, agent_id: u32, cert_sha256: [u8; 32]) -> Result<(), String> {
+        self.inner.renew_certificate(agent_id, cert_sha256)
+    }
+    fn login_locked(&self, user: &str) -> bool {
+        self.inner.login_locked(user)
+    }
+    fn record_login_failure(&self, failure: &LoginFailure<'_>, lock: bool) {
+        self.inner.record_login_failure(failure, lock)
     }
 }

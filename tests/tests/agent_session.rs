@@ -889,3 +889,53 @@ async fn another_install_serial_than_the_enrollments_is_refused() {
     }
     assert_eq!(gw.server.stats.serial_mismatches.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
+
+/// The listener's store calls run on the blocking pool: enrollments whose
+/// store writes wait (more of them than the runtime has threads) hold up
+/// neither another agent's session nor the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_writes_that_wait_hold_up_nothing_else() {
+    const WAITING: usize = 3;
+    let gw = TestGateway::start().await;
+    let dir = TempDir::new("store-wait");
+    let (id, state) = enrolled(&gw, &dir).await;
+    let enrollment = state.load().expect("enrollment");
+    gw.store_writes.hold();
+    let invites: Vec<_> = (0..WAITING).map(|_| gw.invite(Duration::from_secs(60))).collect();
+    let waiting: Vec<_> = invites
+        .into_iter()
+        .enumerate()
+        .map(|(i, invite)| {
+            tokio::spawn(async move {
+                let dir = TempDir::new(&format!("store-wait-{i}"));
+                enroll(&invite, "waiting", &StateDir::new(&dir.0), Duration::from_secs(30)).await
+            })
+        })
+        .collect();
+    // Should the runtime's threads be stuck in the store, the hold must
+    // still end for the test to report it.
+    let (store, (done, finished)) = (gw.store_writes.clone(), std::sync::mpsc::channel::<()>());
+    let watchdog = std::thread::spawn(move || {
+        let _ = finished.recv_timeout(Duration::from_secs(5));
+        store.release();
+    });
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while gw.store_writes.waiting() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the enrollments never reached the store");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let asked = std::time::Instant::now();
+    let _session = open_session(&gw, id, &enrollment).await;
+    let took = asked.elapsed();
+    let stuck = gw.store_writes.waiting();
+    let _ = done.send(());
+    assert!(
+        took < Duration::from_secs(2),
+        "a session took {took:?} to open while {stuck} enrollments waited on the store: store calls hold runtime threads"
+    );
+    assert_eq!(stuck, WAITING, "every enrollment waits on the store at once, none on a runtime thread");
+    for w in waiting {
+        w.await.expect("enrollment task").unwrap_or_else(|e| panic!("a held enrollment must complete: {e}"));
+    }
+    watchdog.join().expect("watchdog");
+}

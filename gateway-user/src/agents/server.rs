@@ -440,6 +440,17 @@ impl AgentServer {
         e
     }
 
+    /// Runs a call of the directory on the blocking pool: the store's calls
+    /// take its lock, and a write can wait out SQLite's busy timeout behind
+    /// another writer (the CLI); neither may hold a runtime thread.
+    async fn in_store<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&dyn Directory) -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let directory = self.directory.clone();
+        tokio::task::spawn_blocking(move || call(&*directory)).await
+    }
+
     async fn enroll(&self, conn: &mut Conn, req: ackgate_common::proto::EnrollRequest) -> Result<(), ProtoError> {
         // The invite is spent only on a request that can be signed.
         if let Err(e) = Ca::check_agent_request(&req.csr_der) {
@@ -453,7 +464,17 @@ impl AgentServer {
             install_serial: req.install_serial.clone(),
             mac_key: MacKey::from_bytes(mac_key),
         };
-        let agent_id = match self.directory.enroll(req.invite_id, &req.secret, agent) {
+        let (invite_id, secret) = (req.invite_id, req.secret);
+        let enrolled = match self.in_store(move |d| d.enroll(invite_id, &secret, agent)).await {
+            Ok(enrolled) => enrolled,
+            Err(e) => {
+                tracing::error!("enrolling an agent: {e}");
+                let message = "the gateway could not record the enrollment".to_owned();
+                refuse(conn, ErrorCode::Internal, &message).await;
+                return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::Internal, message }));
+            }
+        };
+        let agent_id = match enrolled {
             Ok(id) => id,
             Err(refusal) => {
                 self.stats.enroll_refused.fetch_add(1, Ordering::Relaxed);
@@ -468,7 +489,10 @@ impl AgentServer {
                 return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::BadFrame, message: e.to_string() }));
             }
         };
-        self.directory.bind_certificate(agent_id, Sha256::digest(&cert).into());
+        let digest: [u8; 32] = Sha256::digest(&cert).into();
+        if let Err(e) = self.in_store(move |d| d.bind_certificate(agent_id, digest)).await {
+            tracing::error!(agent_id, "binding the enrolled agent's certificate: {e}");
+        }
         self.stats.enrolled.fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = lock(&self.enrollments).as_ref() {
             let _ = tx.send((agent_id, MacKey::from_bytes(mac_key)));
@@ -486,7 +510,7 @@ impl AgentServer {
         hello: ackgate_common::proto::Hello,
         peer: std::net::SocketAddr,
     ) -> Result<(), ProtoError> {
-        let agent = match self.directory.agent_by_certificate(&cert) {
+        let agent = match self.in_store(move |d| d.agent_by_certificate(&cert)).await.ok().flatten() {
             Some(a) if a.agent_id == hello.agent_id && a.install_serial == hello.install_serial => a,
             Some(a) if a.agent_id == hello.agent_id => {
                 self.stats.serial_mismatches.fetch_add(1, Ordering::Relaxed);
@@ -646,8 +670,8 @@ impl AgentServer {
                 return Err(ProtoError::Remote(ErrorReport { code: ErrorCode::BadFrame, message: e.to_string() }));
             }
         };
-        let (directory, agent_id, digest) = (self.directory.clone(), session.agent_id, Sha256::digest(&cert).into());
-        let bound = tokio::task::spawn_blocking(move || directory.renew_certificate(agent_id, digest)).await;
+        let (agent_id, digest): (u32, [u8; 32]) = (session.agent_id, Sha256::digest(&cert).into());
+        let bound = self.in_store(move |d| d.renew_certificate(agent_id, digest)).await;
         if let Err(e) | Ok(Err(e)) = bound.map_err(|e| e.to_string()) {
             tracing::error!(agent_id, "binding a renewed certificate: {e}");
             refuse(conn, ErrorCode::Internal, "the gateway could not record the renewed certificate").await;
@@ -837,8 +861,8 @@ impl LoginTask {
             let _ = replies.send(throttled(t)).await;
             return None;
         }
-        let (directory, locked_user) = (server.directory.clone(), user.clone());
-        if tokio::task::spawn_blocking(move || directory.login_locked(&locked_user)).await.unwrap_or(false) {
+        let locked_user = user.clone();
+        if server.in_store(move |d| d.login_locked(&locked_user)).await.unwrap_or(false) {
             stats.logins_locked.fetch_add(1, Ordering::Relaxed);
             let why = "this user is locked after too many failed logins; an administrator can unlock it";
             let _ = replies.send(refused(&user, account, why)).await;
@@ -941,11 +965,10 @@ impl LoginTask {
     /// user reached the threshold.
     async fn failed(&self, user: &str) {
         let Some(failure) = self.server.guard.checked(user, self.agent_id, false, Instant::now()) else { return };
-        let (directory, user, agent_id, source) =
-            (self.server.directory.clone(), user.to_owned(), self.agent_id, self.source.clone());
-        let recorded = tokio::task::spawn_blocking(move || {
+        let (user, agent_id, source) = (user.to_owned(), self.agent_id, self.source.clone());
+        let recorded = self.server.in_store(move |d| {
             let record = LoginFailure { user: &user, agent_id, source: &source };
-            directory.record_login_failure(&record, failure.lock);
+            d.record_login_failure(&record, failure.lock);
         });
         if let Err(e) = recorded.await {
             tracing::warn!("recording a failed login: {e}");

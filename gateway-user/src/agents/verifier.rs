@@ -46,9 +46,20 @@ impl ClientCertVerifier for EnrolledAgents {
     ) -> Result<ClientCertVerified, Error> {
         let verified = self.signed.verify_client_cert(end_entity, intermediates, now)?;
         // An indexed lookup in the store; sessions open once per agent
-        // start or reconnect, not per flow.
+        // start or reconnect, not per flow. rustls calls this inside the
+        // handshake's future, on a runtime thread, and the lookup takes the
+        // store's lock, which a writer can hold for its busy timeout: on the
+        // daemon's multi-threaded runtime the thread first hands its other
+        // tasks to the rest (`block_in_place`).
         let digest: [u8; 32] = Sha256::digest(end_entity).into();
-        match self.directory.agent_by_certificate(&digest) {
+        let lookup = || self.directory.agent_by_certificate(&digest);
+        let found = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(lookup)
+            }
+            _ => lookup(),
+        };
+        match found {
             Some(_) => Ok(verified),
             None => Err(Error::InvalidCertificate(CertificateError::Revoked)),
         }
