@@ -59,9 +59,12 @@ impl AccessLog {
         Ok(Self { file })
     }
 
-    pub fn record(&mut self, r: &AccessRecord<'_>) {
+    /// Shared by the event loop and revocations off it: `&File` writes,
+    /// and each record is one `write` on an `O_APPEND` file, so records from
+    /// two threads never interleave.
+    pub fn record(&self, r: &AccessRecord<'_>) {
         tracing::info!(client = %r.client, service = %r.service, user = ?r.user, decision = r.decision, reason = r.reason, "access");
-        if let Some(f) = self.file.as_mut() {
+        if let Some(mut f) = self.file.as_ref() {
             let mut line = serde_json::to_vec(r).unwrap_or_default();
             line.push(b'\n');
             // One write per record: appends of a line are atomic for readers.

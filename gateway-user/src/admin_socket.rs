@@ -49,6 +49,10 @@ pub struct DaemonStatus {
     pub spliced: usize,
     pub splice_connecting: usize,
     pub splice: crate::splice::SpliceTotals,
+    /// Flows the full flow map evicted since start (the latest census's
+    /// count).
+    #[serde(default)]
+    pub flows_evicted: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

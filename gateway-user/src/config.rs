@@ -95,6 +95,10 @@ pub struct ControlSection {
     /// held across a restart are decided, not timed out.
     #[serde(default = "default_session_grace")]
     pub session_grace_ms: u64,
+    /// How often the daemon counts the flow map by state and infers the
+    /// flows it evicted (metrics and status show the latest count).
+    #[serde(default = "default_census_interval")]
+    pub census_interval_ms: u64,
     /// Time the validator has to decide.
     #[serde(default = "default_validation_timeout")]
     pub validation_timeout_ms: u64,
@@ -173,6 +177,10 @@ fn default_profile_timeout() -> u64 {
 
 fn default_session_grace() -> u64 {
     15_000
+}
+
+fn default_census_interval() -> u64 {
+    10_000
 }
 fn default_validation_timeout() -> u64 {
     2000
@@ -435,8 +443,8 @@ impl Config {
             }
         }
         if let Some(c) = &self.control {
-            if c.profile_timeout_ms == 0 || c.validation_timeout_ms == 0 {
-                return Err(ConfigError::Invalid("control: timeouts must be above zero".into()));
+            if c.profile_timeout_ms == 0 || c.validation_timeout_ms == 0 || c.census_interval_ms == 0 {
+                return Err(ConfigError::Invalid("control: timeouts and census_interval_ms must be above zero".into()));
             }
             if c.validator.is_some() != c.validator_credentials.is_some() {
                 return Err(ConfigError::Invalid("control: validator and validator_credentials go together".into()));

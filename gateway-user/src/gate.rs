@@ -18,6 +18,7 @@ use aya::{Ebpf, EbpfError, EbpfLoader};
 use thiserror::Error;
 
 use crate::bpffs::{self, BpffsError};
+use crate::flow_table::FlowTable;
 
 pub const PROGRAM_NAME: &str = "ackgate_gate";
 /// The internal interface's program (the splice's target side).
@@ -128,6 +129,8 @@ pub struct Gate {
     /// so a crashed gateway keeps gating (fails closed) and spliced flows
     /// keep flowing until it restarts.
     links: Vec<(PathBuf, Option<PinnedLink>)>,
+    /// The flow map, as userspace reads and writes it.
+    flows: FlowTable,
 }
 
 impl Gate {
@@ -152,7 +155,8 @@ impl Gate {
             .override_global("PARTIAL_CHECKSUMS", &partial_checksums, true)
             .load(crate::GATE_OBJECT)
             .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
-        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new() };
+        let flows = FlowTable::open(pin_dir)?;
+        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new(), flows };
         for name in [PROGRAM_NAME, INTERNAL_PROGRAM_NAME, PASS_PROGRAM_NAME] {
             gate.program(name)?.load()?;
         }
@@ -161,6 +165,12 @@ impl Gate {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The flow map, for work off the event loop (census, revocations);
+    /// removals through any clone count toward the census.
+    pub fn flow_table(&self) -> FlowTable {
+        self.flows.clone()
     }
 
     pub fn xdp(&mut self) -> Result<&mut Xdp, GateError> {
@@ -428,60 +438,39 @@ impl Gate {
     /// it did not earn. The check and the write are two syscalls; the gate
     /// replacing the entry in between (microseconds) is not caught.
     pub fn set_flow_state(&mut self, decided: &GateEvent, state: u8, owner: FlowOwner) -> Result<FlowWrite, GateError> {
-        let map_err = |source| GateError::Map { map: MAP_PENDING, source };
-        let mut flows = self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?;
-        let mut entry = match flows.get(&decided.flow, 0) {
-            Ok(e) => e,
-            Err(MapError::KeyNotFound) => return Ok(FlowWrite::Gone),
-            Err(source) => return Err(map_err(source)),
-        };
+        let Some(mut entry) = self.flows.get(&decided.flow)? else { return Ok(FlowWrite::Gone) };
         if !decided.is_handshake_of(&entry) {
             return Ok(FlowWrite::Replaced(entry));
         }
         entry.state = state;
         entry.owner = owner;
-        flows.insert(decided.flow, entry, 0).map_err(map_err)?;
-        Ok(FlowWrite::Written)
+        Ok(if self.flows.update(&decided.flow, &entry)? { FlowWrite::Written } else { FlowWrite::Gone })
     }
 
     /// Marks a flow denied (its target refused the splice): its next
     /// segments get the service's default response. Absent is fine.
     pub fn deny_flow(&mut self, flow: &FlowKey) -> Result<(), GateError> {
-        let map_err = |source| GateError::Map { map: MAP_PENDING, source };
-        let mut flows = self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?;
-        let mut entry = match flows.get(flow, 0) {
-            Ok(e) => e,
-            Err(MapError::KeyNotFound) => return Ok(()),
-            Err(source) => return Err(map_err(source)),
-        };
-        entry.state = ackgate_common::abi::FLOW_DENIED;
-        flows.insert(flow, entry, 0).map_err(map_err)
+        if let Some(mut entry) = self.flows.get(flow)? {
+            entry.state = ackgate_common::abi::FLOW_DENIED;
+            self.flows.update(flow, &entry)?;
+        }
+        Ok(())
     }
 
     /// Forgets a flow: its next segment meets the gate as a stranger (no
     /// capability on a data segment: the service's default response).
     pub fn remove_flow(&mut self, flow: &FlowKey) -> Result<(), GateError> {
-        match self.hash_map::<FlowKey, PendingFlow>(MAP_PENDING)?.remove(flow) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(GateError::Map { map: MAP_PENDING, source }),
-        }
+        self.flows.remove(flow).map(drop)
     }
 
     /// The flows in the pinned flow map of a gate running with `pin_dir`.
     pub fn read_flows(pin_dir: &Path) -> Result<Vec<(FlowKey, PendingFlow)>, GateError> {
-        let path = pin_dir.join(MAP_PENDING);
-        let data = MapData::from_pin(&path).map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
-        let flows: HashMap<MapData, FlowKey, PendingFlow> = HashMap::try_from(aya::maps::Map::LruHashMap(data))
-            .map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
-        Ok(flows.iter().filter_map(Result::ok).collect())
+        FlowTable::open(pin_dir)?.all()
     }
 
     /// Every flow the gate accepted, with its state.
     pub fn pending_flows(&mut self) -> Result<Vec<(FlowKey, PendingFlow)>, GateError> {
-        let map = self.ebpf.map(MAP_PENDING).ok_or(GateError::MissingMap(MAP_PENDING))?;
-        let pending: HashMap<&MapData, FlowKey, PendingFlow> =
-            HashMap::try_from(map).map_err(|source| GateError::Map { map: MAP_PENDING, source })?;
-        Ok(pending.iter().filter_map(Result::ok).collect())
+        self.flows.all()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics over HTTP (`[control] metrics_listen`): gate verdicts
-//! by reason and flows by state (read from the pinned maps at each scrape),
+//! by reason (read from the pinned counters at each scrape), flows by state
+//! and evictions (from the latest census, `census`),
 //! decisions by outcome, decision and validation latency histograms, the
 //! splice's flows and bytes, the agent listener's counters, and the login
 //! table's (when the logins run in the gateway).
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ackgate_common::abi::FLOW_STATES;
 use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
@@ -23,7 +23,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::agents::AgentServer;
-use crate::gate::Gate;
+use crate::census::FlowCensus;
 use crate::store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,7 +114,8 @@ impl Metrics {
     }
 
     /// The full exposition: live values read now, then the accumulated ones.
-    fn render(&self, pin_dir: &std::path::Path, server: &AgentServer, store: &Store) -> String {
+    fn render(&self, live: &Live) -> String {
+        let Live { pin_dir, server, store, census } = live;
         let mut now = Registry::with_prefix("ackgate");
         let gate = Family::<Reason, Counter>::default();
         now.register("gate_packets", "Packets the XDP gate handled, by verdict reason", gate.clone());
@@ -124,13 +125,20 @@ impl Metrics {
             }
         }
         let flows = Family::<State, Gauge>::default();
-        now.register("flows", "Flows in the gate's flow map, by state", flows.clone());
-        if let Ok(all) = Gate::read_flows(pin_dir) {
-            for (state, name) in FLOW_STATES {
-                let n = all.iter().filter(|(_, f)| f.state == state).count();
-                flows.get_or_create(&State { state: name.to_owned() }).set(n as i64);
-            }
+        now.register("flows", "Flows in the gate's flow map, by state, at the latest census", flows.clone());
+        for (name, n) in census.by_state() {
+            flows.get_or_create(&State { state: name.to_owned() }).set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+        let evicted = Counter::<u64>::default();
+        evicted.inc_by(census.evicted());
+        now.register(
+            "flows_evicted",
+            "Flows the full flow map evicted since start, as the latest census infers them (raise gateway.max_flows)",
+            evicted,
+        );
+        let walk = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        walk.set(census.walk_time().as_secs_f64());
+        now.register("flow_census_walk_seconds", "How long the latest census's walk of the flow map took", walk);
         let sessions = Gauge::<i64>::default();
         sessions.set(server.connected().len() as i64);
         now.register("agent_sessions", "Agents with a live session", sessions);
@@ -191,20 +199,25 @@ impl Metrics {
     }
 }
 
+/// What a scrape reads besides the accumulated metrics.
+pub struct Live {
+    /// The gate's pinned maps (its verdict counters).
+    pub pin_dir: PathBuf,
+    pub server: Arc<AgentServer>,
+    pub store: Arc<Store>,
+    /// Flows by state: counted off the event loop, never in a scrape.
+    pub census: Arc<FlowCensus>,
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    pin_dir: PathBuf,
-    server: Arc<AgentServer>,
-    store: Arc<Store>,
-) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, live: Live) -> std::io::Result<()> {
+    let live = Arc::new(live);
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let (metrics, pin_dir, server, store) = (metrics.clone(), pin_dir.clone(), server.clone(), store.clone());
+            let (metrics, live) = (metrics.clone(), live.clone());
             async move {
-                let body = metrics.render(&pin_dir, &server, &store);
+                let body = metrics.render(&live);
                 ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
             }
         }),

@@ -16,18 +16,31 @@ pub fn owner(user: &str, machine: &[u8; 32]) -> FlowOwner {
     FlowOwner { user_tag: user_tag(user), machine_tag: machine_tag(machine) }
 }
 
-/// Whether a flow with `owner` belongs to `user` (and, if given, to a
-/// machine whose fingerprint starts with the hex `machine_prefix`). The tag
-/// holds the fingerprint's first 16 hex digits, so a longer prefix is
-/// compared on those. An owner of zeros (not authorized) matches nothing.
-pub fn belongs_to(owner: &FlowOwner, user: &str, machine_prefix: Option<&str>) -> bool {
-    owner.user_tag != 0
-        && owner.user_tag == user_tag(user)
-        && machine_prefix.is_none_or(|p| {
-            let tag = machine_hex(owner);
-            let p = p.to_ascii_lowercase();
-            tag.starts_with(p.get(..tag.len()).unwrap_or(&p))
-        })
+/// The flows of one user, or of one user on the machines whose fingerprint
+/// starts with a hex prefix: what a revocation ends. The user's tag is
+/// hashed once, not per flow (a revocation may test a million).
+#[derive(Clone, Debug)]
+pub struct OwnerFilter {
+    user_tag: u64,
+    machine_prefix: Option<String>,
+}
+
+impl OwnerFilter {
+    pub fn new(user: &str, machine_prefix: Option<&str>) -> Self {
+        Self { user_tag: user_tag(user), machine_prefix: machine_prefix.map(str::to_ascii_lowercase) }
+    }
+
+    /// Whether a flow with `owner` is one of them. The tag holds the
+    /// fingerprint's first 16 hex digits, so a longer prefix is compared on
+    /// those. An owner of zeros (not authorized) matches nothing.
+    pub fn covers(&self, owner: &FlowOwner) -> bool {
+        owner.user_tag != 0
+            && owner.user_tag == self.user_tag
+            && self.machine_prefix.as_deref().is_none_or(|p| {
+                let tag = machine_hex(owner);
+                tag.starts_with(p.get(..tag.len()).unwrap_or(p))
+            })
+    }
 }
 
 /// The part of the machine fingerprint the tag keeps, as hex.
@@ -36,11 +49,17 @@ pub fn machine_hex(owner: &FlowOwner) -> String {
 }
 
 /// Names of flow owners, from the users a store knows.
+#[derive(Clone, Debug, Default)]
 pub struct OwnerNames(HashMap<u64, String>);
 
 impl OwnerNames {
     pub fn new(users: Vec<String>) -> Self {
         Self(users.into_iter().map(|u| (user_tag(&u), u)).collect())
+    }
+
+    /// Adds a user (one just authorized).
+    pub fn learn(&mut self, user: &str) {
+        self.0.entry(user_tag(user)).or_insert_with(|| user.to_owned());
     }
 
     /// The user an authorized flow belongs to, if known.
@@ -75,6 +94,7 @@ mod tests {
         laptop[7] = 0xab;
         let o = owner("alice", &laptop);
         assert_eq!(machine_hex(&o), "11111111111111ab", "the tag keeps the fingerprint's first eight bytes");
+        let belongs_to = |o: &FlowOwner, user: &str, prefix: Option<&str>| OwnerFilter::new(user, prefix).covers(o);
         assert!(belongs_to(&o, "alice", None), "all of alice's flows");
         assert!(belongs_to(&o, "alice", Some("1111")), "alice on the laptop, short prefix");
         assert!(belongs_to(&o, "alice", Some("11111111111111AB1111")), "a prefix longer than the tag");

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use ackgate_common::abi::{FlowKey, PendingFlow};
+use ackgate_gateway::admin_socket::{AdminReply, AdminRequest};
+use aya::maps::{HashMap, Map, MapData};
 use serde_json::Value;
 
 use crate::daemons::{Daemon, eventually, in_netns, run_ok, workspace_binary};
@@ -299,6 +302,51 @@ default_response = "{default_response}"
             .filter(|r| matches!(r["state"].as_str(), Some("authorized" | "connecting" | "spliced")))
             .cloned()
             .collect()
+    }
+
+    /// Writes `flows` straight into the running gate's pinned flow map, as
+    /// a gate holding that many flows would have them. The map is an LRU
+    /// with a free list per CPU (`BPF_F_NO_COMMON_LRU`): an insert takes a
+    /// slot from the inserting CPU's list and evicts when that list is
+    /// empty, so the flows are spread over every CPU as traffic would be.
+    pub fn plant_flows(&self, flows: Vec<(FlowKey, PendingFlow)>) {
+        let path = self.pin_dir.join(ackgate_common::abi::MAP_PENDING);
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        std::thread::scope(|scope| {
+            for (cpu, share) in flows.chunks(flows.len().div_ceil(cpus).max(1)).enumerate() {
+                let path = &path;
+                scope.spawn(move || {
+                    let mut on = nix::sched::CpuSet::new();
+                    on.set(cpu).expect("a CPU number");
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &on)
+                        .unwrap_or_else(|e| panic!("pinning the planting thread to CPU {cpu}: {e}"));
+                    let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+                    let mut map: HashMap<MapData, FlowKey, PendingFlow> =
+                        HashMap::try_from(Map::LruHashMap(data)).expect("the flow map's layout");
+                    for (key, flow) in share {
+                        map.insert(key, flow, 0).unwrap_or_else(|e| panic!("planting flow {key:?}: {e}"));
+                    }
+                });
+            }
+        });
+    }
+
+    /// The flows in the running gate's flow map.
+    pub fn flow_map(&self) -> Vec<(FlowKey, PendingFlow)> {
+        ackgate_gateway::gate::Gate::read_flows(&self.pin_dir).expect("reading the flow map")
+    }
+
+    /// Asks the running gateway over its admin socket.
+    pub fn admin(&self, req: &AdminRequest) -> AdminReply {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(ackgate_gateway::admin_socket::request(&self.dir.join("admin.sock"), req))
+            .unwrap_or_else(|e| panic!("admin request {req:?}: {e}"))
+    }
+
+    /// The gateway's metrics exposition (`metrics_listen` in its namespace).
+    pub fn metrics(&self) -> String {
+        let out = self.topo.cmd_ok(Ns::Gateway, &["curl", "-sS", "--max-time", "10", "http://127.0.0.1:9100/metrics"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Loads nftables `rules` (a whole table) in namespace `ns`.

@@ -15,3 +15,10 @@ pub mod target;
 pub mod test_gateway;
 pub mod topology;
 pub mod transfer;
+
+/// Whether the suite runs under CPU emulation (the VM run sets
+/// `ACKGATE_EMULATED`): tests that move a lot of data or fill large maps
+/// scale their work down there, and keep their checks.
+pub fn emulated() -> bool {
+    std::env::var_os("ACKGATE_EMULATED").is_some()
+}

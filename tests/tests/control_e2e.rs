@@ -659,3 +659,93 @@ fn a_machine_wide_login_covers_every_local_account() {
     let refused = s.agent_as(BOB_UID, &["login", "--user", "bob", "--password-stdin"]).output().expect("run");
     assert!(!refused.status.success(), "only root logs in under a machine-wide login: {refused:?}");
 }
+
+/// A million flows in the flow map: the census counts them and a
+/// revocation walks them off the event loop, so the daemon keeps answering
+/// meanwhile. The worst wait for a status answer while both run is the
+/// event loop's worst stall.
+#[test]
+fn a_million_flows_leave_the_event_loop_responsive() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    use ackgate_common::abi::{FLOW_AUTHORIZED, FlowKey, PendingFlow};
+    use ackgate_gateway::admin_socket::{AdminReply, AdminRequest};
+    use ackgate_gateway::owner::owner;
+    // The VM's emulated CPU fills and walks a tenth of it.
+    let flows: u32 = if ackgate_tests::emulated() { 100_000 } else { 1_000_000 };
+    const REVOKED: u16 = 100;
+    let s = Setup::with_gateway("stall", "reset", 3000, "census_interval_ms = 200", "max_flows = 1048576", "");
+    let _gateway = s.start_gateway();
+    let vip = s.topo.edge_addr.octets();
+    let authorized = |client: [u8; 4], port: u16, user: &str| {
+        let key = FlowKey::ipv4(client, vip, port.to_be_bytes(), PORT.to_be_bytes());
+        let flow =
+            PendingFlow { owner: owner(user, &[0x5a; 32]), agent_id: 7, state: FLOW_AUTHORIZED, ..Default::default() };
+        (key, flow)
+    };
+    let started = Instant::now();
+    let bob = (0..flows).map(|i| {
+        let [_, a, b, c] = i.to_be_bytes();
+        authorized([10, 100 + a, b, c], 40000, "bob")
+    });
+    let carol = (0..REVOKED).map(|i| authorized(s.topo.client_addr.octets(), 50000 + i, "carol"));
+    s.plant_flows(bob.chain(carol).collect());
+    let planted = s.flow_map().len();
+    eprintln!("planted {planted} flows in {:?}", started.elapsed());
+    assert_eq!(planted, flows as usize + usize::from(REVOKED), "every planted flow must be in the map");
+
+    let polling = AtomicBool::new(true);
+    let (worst, polls, revocation, reply) = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            let (mut worst, mut polls) = (Duration::ZERO, 0u32);
+            while polling.load(Ordering::Relaxed) {
+                let asked = Instant::now();
+                let reply = s.admin(&AdminRequest::Status);
+                assert!(matches!(reply, AdminReply::Status(_)), "status must answer: {reply:?}");
+                worst = worst.max(asked.elapsed());
+                polls += 1;
+            }
+            (worst, polls)
+        });
+        // A scrape reads the census (it walked the whole map before).
+        let scrape = s.metrics();
+        assert!(scrape.contains("ackgate_flows{"), "the scrape must report flows by state: {scrape}");
+        let asked = Instant::now();
+        let reply = s.admin(&AdminRequest::EndFlows { user: "carol".into(), machine: None });
+        let revocation = asked.elapsed();
+        // Census walks go on meanwhile (every 200 ms): a few more polls.
+        let census_walks = Instant::now();
+        while census_walks.elapsed() < Duration::from_secs(1) {
+            std::thread::yield_now();
+        }
+        polling.store(false, Ordering::Relaxed);
+        let (worst, polls) = poller.join().expect("status poller");
+        (worst, polls, revocation, reply)
+    });
+    let walk = s.metrics();
+    eprintln!(
+        "{flows} flows: revocation answered in {revocation:?}; worst status wait {worst:?} over {polls} polls; \
+         census walk: {}",
+        walk.lines().find(|l| l.starts_with("ackgate_flow_census_walk_seconds ")).unwrap_or("(not reported)")
+    );
+    assert!(
+        matches!(reply, AdminReply::Ended(n) if n == usize::from(REVOKED)),
+        "the revocation must end carol's {REVOKED} flows: {reply:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(250),
+        "the event loop stalled {worst:?} (worst status wait over {polls} polls) while a revocation walked \
+         {flows} flows in {revocation:?} and the census counted them"
+    );
+    let expected = format!("ackgate_flows{{state=\"authorized\"}} {flows}\n");
+    eventually(WAIT, "a census of bob's flows alone", || {
+        let scrape = s.metrics();
+        scrape.contains(&expected).then_some(()).or_else(|| {
+            eprintln!("{}", scrape.lines().filter(|l| l.starts_with("ackgate_flow")).collect::<Vec<_>>().join("\n"));
+            None
+        })
+    });
+    let revoked = s.access_log().iter().filter(|r| r["decision"] == "revoked").count();
+    assert_eq!(revoked, usize::from(REVOKED), "every revoked flow is in the access log");
+}

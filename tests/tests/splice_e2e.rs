@@ -15,12 +15,11 @@ use ackgate_tests::topology::Ns;
 
 const MB: usize = 1 << 20;
 
-/// `n` MiB; a 32nd of that when `ACKGATE_SMALL_TRANSFERS` is set, as
-/// `cargo xtask test` does for the VM run, whose emulated CPU is about 14
-/// times slower than the host's (100 MiB is still some 2,300 segments
-/// there).
+/// `n` MiB; a 32nd of that under emulation (the VM run, whose CPU is
+/// about 14 times slower than the host's; 100 MiB is still some 2,300
+/// segments there).
 fn mib(n: usize) -> usize {
-    if std::env::var_os("ACKGATE_SMALL_TRANSFERS").is_some() { n * MB / 32 } else { n * MB }
+    if ackgate_tests::emulated() { n * MB / 32 } else { n * MB }
 }
 
 /// An approved user with a working agent on a fresh deployment.

@@ -761,3 +761,64 @@ fn decided_flows_get_their_verdicts() {
         "the new handshake must replace the old flow"
     );
 }
+
+/// The flow map is an LRU hash: full, it evicts silently. The census counts
+/// flows by state and infers the evictions from the gate's count of flows
+/// added and userspace's removals; a decision on an evicted flow finds it
+/// gone and does not bring it back.
+#[test]
+fn the_census_counts_flows_by_state_and_the_flows_the_full_map_evicted() {
+    use ackgate_common::abi::{FLOW_AUTHORIZED, FlowKey};
+    use ackgate_gateway::census::Censor;
+    use ackgate_gateway::gate::{FlowWrite, GateSettings};
+    const CAPACITY: u32 = 1024;
+    const HANDSHAKES: u16 = 1500;
+    let settings = GateSettings::new(OptionId::default(), CAPACITY);
+    let mut g = TcpFrameGate(TestGate::with_settings("census", &[service(VIP, PORT, RESPONSE_DROP, false)], &settings));
+    let mut censor = Censor::new(g.0.gate.flow_table(), g.0.gate.pin_dir());
+    let census = censor.census();
+    censor.take().expect("the census of the empty map");
+    let id = OptionId::default();
+    for sport in 20000..20000 + HANDSHAKES {
+        let s = syn(VIP, sport);
+        let c = cookie_for(&mut g, &s);
+        let mut a = ack_of(&s, c);
+        stamp::ack(&mut a, id, AGENT_ID, &AGENT_KEY);
+        assert_eq!(g.0.run(&a.build()).action, XDP_DROP, "stamped ACK {sport} must be accepted (pending)");
+    }
+    let counted = |census: &ackgate_gateway::census::FlowCensus, state: &str| {
+        census.by_state().find(|(s, _)| *s == state).map(|(_, n)| n).expect("a state the census counts")
+    };
+    let live = |census: &ackgate_gateway::census::FlowCensus| census.by_state().map(|(_, n)| n).sum::<u64>();
+    censor.take().expect("a census of the full map");
+    let held = live(&census);
+    assert!(held <= u64::from(CAPACITY) && counted(&census, "pending") == held, "all pending, at most the capacity");
+    assert_eq!(
+        census.evicted(),
+        u64::from(HANDSHAKES) - held,
+        "every flow added and not held was evicted (the map is quiet, so the count is exact)"
+    );
+    assert!(census.evicted() >= u64::from(HANDSHAKES) - u64::from(CAPACITY), "at least the overflow is evicted");
+
+    let events = ackgate_gateway::events::Events::take(g.0.gate.ebpf_mut()).expect("event ring").drain();
+    assert_eq!(events.len(), usize::from(HANDSHAKES), "one event per accepted handshake");
+    let flow = |sport: u16| FlowKey::ipv4(CLIENT, VIP, sport.to_be_bytes(), PORT.to_be_bytes());
+    let event_of = |sport: u16| *events.iter().find(|e| e.flow == flow(sport)).expect("the flow's event");
+    // The least recently used flow went first.
+    let write = g.0.gate.set_flow_state(&event_of(20000), FLOW_AUTHORIZED, FlowOwner::default()).expect("flow map");
+    assert_eq!(write, FlowWrite::Gone, "a decision on an evicted flow must find it gone");
+    let newest = 20000 + HANDSHAKES - 1;
+    let write = g.0.gate.set_flow_state(&event_of(newest), FLOW_AUTHORIZED, FlowOwner::default()).expect("flow map");
+    assert_eq!(write, FlowWrite::Written, "the newest flow is held");
+    g.0.gate.remove_flow(&flow(newest - 1)).expect("removing a flow");
+    censor.take().expect("a census after a decision and a removal");
+    let flows = g.0.gate.pending_flows().expect("flow map readable");
+    assert!(!flows.iter().any(|(k, _)| *k == flow(20000)), "the evicted flow must stay gone, not come back authorized");
+    assert_eq!(counted(&census, "authorized"), 1, "the census sees the decision");
+    assert_eq!(live(&census), flows.len() as u64, "the census counts what the map holds");
+    assert_eq!(
+        census.evicted(),
+        u64::from(HANDSHAKES) - 1 - live(&census),
+        "a removal is not an eviction (an update of a full LRU map may evict one more)"
+    );
+}

@@ -59,9 +59,9 @@ pub fn run_suite(tally: &mut Tally) -> Result<()> {
     let mut script =
         String::from("set -u; modprobe -a veth macvlan; mount -t bpf bpf /sys/fs/bpf 2>/dev/null; uname -r; rc=0; ");
     // The guest's CPU is emulated (about 14 times slower): bulk transfers
-    // are scaled down there (tests/tests/splice_e2e.rs).
+    // and large flow maps are scaled down there (`ackgate_tests::emulated`).
     for (_, exe) in &bins {
-        script.push_str(&format!("ACKGATE_SMALL_TRANSFERS=1 {exe} --test-threads=1 || rc=1; "));
+        script.push_str(&format!("ACKGATE_EMULATED=1 {exe} --test-threads=1 || rc=1; "));
     }
     script.push_str("exit $rc");
     let (ok, out) = run_tee(&mut vng(&rw, &script))?;

@@ -14,17 +14,20 @@ use ackgate_common::abi::{
 use ackgate_common::host::unix_ms;
 use anyhow::{Context as _, Result};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::prepare::{Prepared, service_tables};
 use crate::access_log::{AccessLog, AccessRecord, FlowEnd};
 use crate::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use crate::agents::{AgentServer, ServerConfig};
+use crate::census::FlowCensus;
 use crate::config::Config;
 use crate::control::{ControlPlane, Decision, FlowState};
+use crate::flow_table::FlowTable;
 use crate::gate::{FlowWrite, Gate, GateError};
 use crate::metrics::Metrics;
-use crate::owner::OwnerNames;
+use crate::owner::{OwnerFilter, OwnerNames};
 use crate::splice::{EndReason, Ended, SpliceSettings, Splicer, Target};
 use crate::store::Store;
 use crate::validator::{Decider, GatewayDirectory, Validator};
@@ -41,9 +44,14 @@ pub(super) struct Plane {
     server: Arc<AgentServer>,
     agent_listen: std::net::SocketAddr,
     started: Instant,
-    access_log: AccessLog,
+    access_log: Arc<AccessLog>,
+    /// The names of flow owners: every user in the store at start, and
+    /// every user authorized since (the access log names them without a
+    /// store read on the event loop).
+    names: OwnerNames,
     targets: HashMap<([u8; 4], u16), Target>,
     metrics: Arc<Metrics>,
+    census: Arc<FlowCensus>,
     config_path: PathBuf,
     /// The splice (absent without an internal interface).
     splicer: Option<Splicer>,
@@ -54,12 +62,10 @@ struct Revocation {
     whom: Revoked,
 }
 
+#[derive(Clone)]
 enum Revoked {
     /// A user, or one of their machines (hex fingerprint prefix).
-    User {
-        user: String,
-        machine: Option<String>,
-    },
+    User(OwnerFilter),
     Agent(u32),
 }
 
@@ -67,7 +73,7 @@ impl Revoked {
     /// Whether a flow of `agent_id` authorized for `owner` falls under it.
     fn covers(&self, owner: &FlowOwner, agent_id: u32) -> bool {
         match self {
-            Revoked::User { user, machine } => crate::owner::belongs_to(owner, user, machine.as_deref()),
+            Revoked::User(filter) => filter.covers(owner),
             Revoked::Agent(id) => *id == agent_id,
         }
     }
@@ -83,7 +89,7 @@ type Started = (
 impl Plane {
     /// Starts the agent listener; returns the plane, its decisions and the
     /// keys of agents that enroll from now on.
-    pub(super) async fn start(p: Prepared, splice: Option<SpliceSettings>) -> Result<Started> {
+    pub(super) async fn start(p: Prepared, splice: Option<SpliceSettings>, census: Arc<FlowCensus>) -> Result<Started> {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
         admin_socket::serve(&p.admin_socket, admin_tx)?;
         let decider: Arc<dyn Decider> = match &p.remote_validator {
@@ -105,25 +111,45 @@ impl Plane {
         tokio::spawn(server.clone().serve(listener));
         let metrics = Arc::new(Metrics::default());
         if let Some(addr) = p.metrics_listen {
-            let (m, pin_dir, srv, store) = (metrics.clone(), p.pin_dir.clone(), server.clone(), p.store.clone());
+            let live = crate::metrics::Live {
+                pin_dir: p.pin_dir.clone(),
+                server: server.clone(),
+                store: p.store.clone(),
+                census: census.clone(),
+            };
+            let m = metrics.clone();
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?;
             tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(listener, m, pin_dir, srv, store).await {
+                if let Err(e) = crate::metrics::serve(listener, m, live).await {
                     warn!("metrics endpoint on {addr}: {e}");
                 }
             });
             info!(listen = %addr, "metrics endpoint up");
         }
         let (cp, decisions) = ControlPlane::new(server.clone(), decider, p.rules, p.settings);
+        let users = p.remote_validator.is_none().then(|| p.store.clone());
+        let names = match users.clone() {
+            Some(store) => match tokio::task::spawn_blocking(move || store.user_names()).await {
+                Ok(Ok(names)) => names,
+                Ok(Err(e)) => {
+                    warn!("reading user names for the access log: {e}");
+                    Vec::new()
+                }
+                Err(e) => anyhow::bail!("reading user names: {e}"),
+            },
+            None => Vec::new(),
+        };
         let plane = Self {
             cp,
             revocations: Vec::new(),
-            users: p.remote_validator.is_none().then(|| p.store.clone()),
+            users,
+            names: OwnerNames::new(names),
+            census,
             server,
             agent_listen: p.listen,
             started: Instant::now(),
-            access_log: p.access_log,
+            access_log: Arc::new(p.access_log),
             targets: p.targets,
             metrics,
             config_path: p.config_path,
@@ -163,26 +189,26 @@ impl Plane {
         }
     }
 
-    /// Administrative requests that act on live state.
-    pub(super) fn admin(&mut self, gate: &mut Gate, req: AdminRequest) -> AdminReply {
-        match req {
-            AdminRequest::EndFlows { user, machine } => match self.end_flows(gate, Revoked::User { user, machine }) {
-                Ok(n) => AdminReply::Ended(n),
-                Err(e) => AdminReply::Error(format!("{e:#}")),
-            },
+    /// Administrative requests that act on live state. Revocations answer
+    /// once their walk of the flow map, off the event loop, is done.
+    pub(super) fn admin(&mut self, gate: &mut Gate, req: AdminRequest, reply: oneshot::Sender<AdminReply>) {
+        let now = match req {
+            AdminRequest::EndFlows { user, machine } => {
+                let sweep = self.end_flows(gate, Revoked::User(OwnerFilter::new(&user, machine.as_deref())));
+                return sweep.answer(reply, AdminReply::Ended);
+            }
             AdminRequest::ForgiveLogins { user } => {
                 self.server.forgive_logins(&user);
                 AdminReply::Done
             }
-            AdminRequest::RevokeAgent { agent_id } => {
-                self.revoke_agent(gate, agent_id).unwrap_or_else(|e| AdminReply::Error(format!("{e:#}")))
-            }
+            AdminRequest::RevokeAgent { agent_id } => return self.revoke_agent(gate, agent_id, reply),
             AdminRequest::ReloadServices => match self.reload(gate) {
                 Ok(reply) => reply,
                 Err(e) => AdminReply::Error(format!("{e:#}")),
             },
             AdminRequest::Status => AdminReply::Status(self.status()),
-        }
+        };
+        let _ = reply.send(now);
     }
 
     /// Re-reads the services: the gate's maps, the rules and the default
@@ -226,112 +252,58 @@ impl Plane {
             spliced: self.splicer.as_ref().map_or(0, Splicer::len),
             splice_connecting: self.splicer.as_ref().map_or(0, Splicer::connecting),
             splice: self.splicer.as_ref().map(|s| s.totals).unwrap_or_default(),
+            flows_evicted: self.census.evicted(),
         }
     }
 
-    /// Ends the authorized flows of a revoked user (on the machines whose
-    /// fingerprint starts with `machine`, if given), wherever the gate holds
-    /// them: the owner is in the pinned flow map, so flows authorized before
-    /// a restart are found too.
-    fn end_flows(&mut self, gate: &mut Gate, whom: Revoked) -> Result<usize> {
-        // Decisions under way for this user or agent are denied when they
-        // arrive.
+    /// Ends the live flows of a revoked user (on the machines whose
+    /// fingerprint starts with `machine`, if given) or agent. Here, on the
+    /// event loop: the revocation is noted, so that decisions under way for
+    /// it are denied when they arrive, and the splice's flows (held in
+    /// memory) end. The authorized flows in the flow map, where flows
+    /// authorized before a restart are found too, are left to the returned
+    /// sweep, which walks the map off the loop.
+    fn end_flows(&mut self, gate: &mut Gate, whom: Revoked) -> Sweep {
         let now = Instant::now();
         let window = self.cp.longest_decision();
         self.revocations.retain(|r| now.duration_since(r.at) <= 2 * window);
-        // One pass over the map (a revocation is rare; the event loop waits
-        // for it). A walk can meet a key twice when the gate changes the
-        // map meanwhile: deduplicated by key.
-        let owned: HashMap<FlowKey, PendingFlow> = gate
-            .pending_flows()
-            .context("reading the flow map")?
-            .into_iter()
-            .filter(|(_, f)| f.state == FLOW_AUTHORIZED && whom.covers(&f.owner, f.agent_id))
-            .collect();
-        let (mut ended, mut failed) = (0, None);
+        let mut ended_before = 0;
         if let Some(s) = self.splicer.as_mut() {
             let gone = s.end_matching(gate, |owner, agent_id| whom.covers(owner, agent_id));
-            ended += gone.len();
+            ended_before = gone.len();
             for e in &gone {
                 self.log_ended(e, None);
             }
         }
+        self.revocations.push(Revocation { at: now, whom: whom.clone() });
         let why = match whom {
-            Revoked::User { .. } => "the user or machine was revoked",
+            Revoked::User(_) => "the user or machine was revoked",
             Revoked::Agent(_) => "the agent was revoked",
         };
-        let names = self.owner_names();
-        for (flow, f) in &owned {
-            // One flow that cannot be removed must not keep the rest alive.
-            match self.end_flow(gate, flow, f, names.user(&f.owner), why) {
-                Ok(()) => ended += 1,
-                Err(e) => failed = Some(e),
-            }
-        }
-        self.revocations.push(Revocation { at: now, whom });
-        match failed {
-            None => Ok(ended),
-            Some(e) => Err(anyhow::anyhow!(
-                "ended {ended} of {} live flow(s); removing the others from the gate failed: {e}",
-                owned.len()
-            )),
-        }
-    }
-
-    /// The names of flow owners, as far as this gateway's store knows them.
-    fn owner_names(&self) -> OwnerNames {
-        let names = self.users.as_ref().map(|s| s.user_names()).transpose().unwrap_or_else(|e| {
-            warn!("reading user names for the access log: {e}");
-            None
-        });
-        OwnerNames::new(names.unwrap_or_default())
+        Sweep { ender: self.ender(gate), whom, why, names: self.names.clone(), ended_before }
     }
 
     /// Revokes an agent on the running gateway: its key leaves the gate,
     /// its session ends, and so do its live flows.
-    fn revoke_agent(&mut self, gate: &mut Gate, agent_id: u32) -> Result<AdminReply> {
-        gate.remove_agent_key(agent_id).context("removing the agent's key from the gate")?;
+    fn revoke_agent(&mut self, gate: &mut Gate, agent_id: u32, reply: oneshot::Sender<AdminReply>) {
+        if let Err(e) = gate.remove_agent_key(agent_id) {
+            let _ = reply.send(AdminReply::Error(format!("removing the agent's key from the gate: {e}")));
+            return;
+        }
         let session_ended = self.server.end_session(agent_id, "this agent was revoked");
-        let flows_ended = self.end_flows(gate, Revoked::Agent(agent_id))?;
-        info!(agent_id, session_ended, flows_ended, "agent revoked");
-        Ok(AdminReply::AgentRevoked { session_ended, flows_ended })
+        self.end_flows(gate, Revoked::Agent(agent_id)).answer(reply, move |flows_ended| {
+            info!(agent_id, session_ended, flows_ended, "agent revoked");
+            AdminReply::AgentRevoked { session_ended, flows_ended }
+        });
     }
 
-    /// Removes an authorized flow from the gate, resets the client unless
-    /// the service drops, and logs it as revoked.
-    fn end_flow(
-        &mut self,
-        gate: &mut Gate,
-        flow: &FlowKey,
-        f: &PendingFlow,
-        user: Option<&str>,
-        reason: &str,
-    ) -> Result<(), GateError> {
-        gate.remove_flow(flow)?;
-        let (client, service) = (flow.client_addr(), flow.service_addr());
-        let response = self.targets.get(&flow.service_v4()).map_or(RESPONSE_DROP, |t| t.response);
-        if response != RESPONSE_DROP
-            && let Err(e) = crate::rst::reset_client(client, service, f.server_isn)
-        {
-            warn!(%client, "sending the revoked flow's RST: {e}");
+    /// What ends flows in the flow map, on any thread.
+    fn ender(&self, gate: &Gate) -> Ender {
+        Ender {
+            table: gate.flow_table(),
+            responses: Arc::new(self.targets.iter().map(|(service, t)| (*service, t.response)).collect()),
+            access_log: self.access_log.clone(),
         }
-        self.access_log.record(&AccessRecord {
-            at_unix_ms: unix_ms(),
-            client: client.to_string(),
-            service: service.to_string(),
-            service_name: "",
-            agent_id: f.agent_id,
-            user,
-            account: None,
-            machine: Some(crate::owner::machine_hex(&f.owner)),
-            decision: "revoked",
-            reason,
-            latency_ms: 0.0,
-            profile_ms: 0.0,
-            validation_ms: 0.0,
-            flow_end: None,
-        });
-        Ok(())
     }
 
     /// Ends the flows authorized before this start whose user or machine
@@ -377,6 +349,7 @@ impl Plane {
             }
         }
         const WHY: &str = "the user, machine or agent was revoked while the gateway was down";
+        let ender = self.ender(gate);
         let mut ended = 0;
         for (flow, f) in &authorized {
             let user = match revoked.iter().find(|(o, _)| *o == f.owner) {
@@ -384,7 +357,7 @@ impl Plane {
                 None if revoked_agents.contains(&f.agent_id) => names.user(&f.owner).map(str::to_owned),
                 None => continue,
             };
-            match self.end_flow(gate, flow, f, user.as_deref(), WHY) {
+            match ender.end(flow, f, user.as_deref(), WHY) {
                 Ok(()) => ended += 1,
                 Err(e) => warn!("ending a flow revoked while the gateway was down: {e}"),
             }
@@ -416,6 +389,7 @@ impl Plane {
                     d.reason = "the user, machine or agent was revoked while the flow was being decided".into();
                     (FLOW_DENIED, FlowOwner::default())
                 } else {
+                    self.names.learn(user);
                     (FLOW_AUTHORIZED, owner)
                 }
             }
@@ -517,9 +491,8 @@ impl Plane {
 
     /// The access-log record and metrics of a spliced flow that ended
     /// (`why` replaces the reason's label).
-    fn log_ended(&mut self, e: &Ended, why: Option<&str>) {
-        let names = self.users.as_ref().and_then(|store| store.user_names().ok()).map(OwnerNames::new);
-        let user = names.as_ref().and_then(|n| n.user(&e.owner)).map(str::to_owned);
+    fn log_ended(&self, e: &Ended, why: Option<&str>) {
+        let user = self.names.user(&e.owner).map(str::to_owned);
         self.access_log.record(&AccessRecord {
             at_unix_ms: unix_ms(),
             client: e.client.client_addr().to_string(),
@@ -550,6 +523,98 @@ impl Plane {
     }
 }
 
+/// Ends authorized flows in the flow map: removes each, resets its client
+/// unless the service drops, and logs it as revoked.
+struct Ender {
+    table: FlowTable,
+    /// Each service's default response.
+    responses: Arc<HashMap<([u8; 4], u16), u8>>,
+    access_log: Arc<AccessLog>,
+}
+
+impl Ender {
+    fn end(&self, flow: &FlowKey, f: &PendingFlow, user: Option<&str>, reason: &str) -> Result<(), GateError> {
+        self.table.remove(flow)?;
+        let (client, service) = (flow.client_addr(), flow.service_addr());
+        let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
+        if response != RESPONSE_DROP
+            && let Err(e) = crate::rst::reset_client(client, service, f.server_isn)
+        {
+            warn!(%client, "sending the revoked flow's RST: {e}");
+        }
+        self.access_log.record(&AccessRecord {
+            at_unix_ms: unix_ms(),
+            client: client.to_string(),
+            service: service.to_string(),
+            service_name: "",
+            agent_id: f.agent_id,
+            user,
+            account: None,
+            machine: Some(crate::owner::machine_hex(&f.owner)),
+            decision: "revoked",
+            reason,
+            latency_ms: 0.0,
+            profile_ms: 0.0,
+            validation_ms: 0.0,
+            flow_end: None,
+        });
+        Ok(())
+    }
+}
+
+/// A revocation's walk of the flow map, on the blocking pool: with a
+/// million flows it takes a fraction of a second, which the event loop
+/// must not wait for.
+struct Sweep {
+    ender: Ender,
+    whom: Revoked,
+    why: &'static str,
+    names: OwnerNames,
+    /// Flows the event loop ended already (spliced ones).
+    ended_before: usize,
+}
+
+impl Sweep {
+    /// Ends the authorized flows the revocation covers; how many flows it
+    /// ended in all. One flow that cannot be removed does not keep the
+    /// rest alive.
+    fn run(&self) -> Result<usize> {
+        let mut covered = Vec::new();
+        self.ender.table.scan(|flow, f| {
+            if f.state == FLOW_AUTHORIZED && self.whom.covers(&f.owner, f.agent_id) {
+                covered.push((*flow, *f));
+            }
+        })?;
+        let (mut ended, mut failed) = (self.ended_before, None);
+        for (flow, f) in &covered {
+            match self.ender.end(flow, f, self.names.user(&f.owner), self.why) {
+                Ok(()) => ended += 1,
+                Err(e) => failed = Some(e),
+            }
+        }
+        match failed {
+            None => Ok(ended),
+            Some(e) => Err(anyhow::anyhow!(
+                "ended {ended} of {} live flow(s); removing the others from the gate failed: {e}",
+                covered.len() + self.ended_before
+            )),
+        }
+    }
+
+    /// Runs the sweep and then answers the admin request with `done(flows
+    /// ended)`.
+    fn answer(self, reply: oneshot::Sender<AdminReply>, done: impl FnOnce(usize) -> AdminReply + Send + 'static) {
+        tokio::spawn(async move {
+            let answer = match tokio::task::spawn_blocking(move || self.run()).await {
+                Ok(Ok(ended)) => done(ended),
+                Ok(Err(e)) => AdminReply::Error(format!("{e:#}")),
+                Err(e) => AdminReply::Error(format!("the revocation's walk of the flow map failed: {e}")),
+            };
+            let _ = reply.send(answer);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,12 +626,12 @@ mod tests {
         let alice_desktop = crate::owner::owner("alice", &desktop);
         let bob_laptop = crate::owner::owner("bob", &laptop);
 
-        let alice = Revoked::User { user: "alice".into(), machine: None };
+        let alice = Revoked::User(OwnerFilter::new("alice", None));
         assert!(alice.covers(&alice_laptop, 1) && alice.covers(&alice_desktop, 2), "every machine, any agent");
         assert!(!alice.covers(&bob_laptop, 1), "another user on the same machine");
         assert!(!alice.covers(&FlowOwner::default(), 1), "a flow not authorized has no owner");
 
-        let desktop_only = Revoked::User { user: "alice".into(), machine: Some("2222".into()) };
+        let desktop_only = Revoked::User(OwnerFilter::new("alice", Some("2222")));
         assert!(desktop_only.covers(&alice_desktop, 1));
         assert!(!desktop_only.covers(&alice_laptop, 1), "her other machine keeps its flows");
 

@@ -145,6 +145,7 @@ pub(super) struct Prepared {
     pub(super) pin_dir: PathBuf,
     pub(super) remote_validator: Option<(String, PathBuf)>,
     pub(super) config_path: PathBuf,
+    pub(super) census_interval: Duration,
 }
 
 impl Prepared {
@@ -176,6 +177,7 @@ impl Prepared {
             pin_dir: config.gateway.pin_dir.clone(),
             remote_validator: c.validator.clone().zip(c.validator_credentials.clone()),
             config_path: config_path.to_owned(),
+            census_interval: Duration::from_millis(c.census_interval_ms),
         })
     }
 }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use super::plane::Plane;
 use super::prepare::Prepared;
+use crate::census::{self, Censor};
 use crate::events::Events;
 use crate::gate::Gate;
 use crate::page;
@@ -55,7 +56,10 @@ pub(super) async fn serve(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut plane, mut decisions, mut enrollments, mut admin) = match control {
         Some(p) => {
-            let (plane, decisions, enrollments, admin) = Plane::start(p, splice).await?;
+            let censor = Censor::new(gate.flow_table(), gate.pin_dir());
+            let census = censor.census();
+            census::spawn(censor, p.census_interval);
+            let (plane, decisions, enrollments, admin) = Plane::start(p, splice, census).await?;
             (Some(plane), Some(decisions), Some(enrollments), Some(admin))
         }
         None => (None, None, None, None),
@@ -74,7 +78,7 @@ pub(super) async fn serve(
             }
             Some((req, reply)) = recv_bounded(&mut admin) => {
                 if let Some(p) = plane.as_mut() {
-                    let _ = reply.send(p.admin(gate, req));
+                    p.admin(gate, req, reply);
                 }
             }
             Some((id, key)) = recv(&mut enrollments) => {

@@ -531,6 +531,12 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
                         d.not_stamped
                     );
                 }
+                if d.flows_evicted > 0 {
+                    println!(
+                        "  FLOW MAP FULL: {} flows evicted since start (raise gateway.max_flows)",
+                        d.flows_evicted
+                    );
+                }
                 let t = &d.splice;
                 println!(
                     "  splice: {} live ({} connecting); {} started, {} spliced; held segments: {} delivered, {} dropped",
