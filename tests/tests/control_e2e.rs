@@ -708,6 +708,15 @@ fn a_million_flows_leave_the_event_loop_responsive() {
             }
             (worst, polls)
         });
+        // Whatever happens below, the poller stops (else a failed check
+        // would leave the scope waiting for it).
+        struct StopPolling<'a>(&'a AtomicBool);
+        impl Drop for StopPolling<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Relaxed);
+            }
+        }
+        let stop = StopPolling(&polling);
         // A scrape reads the census (it walked the whole map before).
         let scrape = s.metrics();
         assert!(scrape.contains("ackgate_flows{"), "the scrape must report flows by state: {scrape}");
@@ -719,7 +728,7 @@ fn a_million_flows_leave_the_event_loop_responsive() {
         while census_walks.elapsed() < Duration::from_secs(1) {
             std::thread::yield_now();
         }
-        polling.store(false, Ordering::Relaxed);
+        drop(stop);
         let (worst, polls) = poller.join().expect("status poller");
         (worst, polls, revocation, reply)
     });
