@@ -65,7 +65,10 @@ pub(super) async fn serve(
         None => (None, None, None, None),
     };
     if let Some(p) = plane.as_mut() {
-        p.resume(gate);
+        // Walks the flow and splice maps and reads the store (flows revoked
+        // while the daemon was down): the agent listener already serves, so
+        // this thread hands its tasks to the other first.
+        tokio::task::block_in_place(|| p.resume(gate));
     }
     loop {
         tokio::select! {
