@@ -3,7 +3,9 @@
 //! why) and sent on as a spliced segment is. An error about the splice's
 //! own SYN ends the splice as a RST does.
 
-use ackgate_common::abi::{EVENT_REFUSED, REFUSED_UNREACHABLE, SPLICE_ESTABLISHED, SpliceKey, port_field};
+use ackgate_common::abi::{
+    EVENT_REFUSED, REFUSED_UNREACHABLE, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, SpliceKey, port_field,
+};
 use ackgate_common::icmp::{self, TcpPorts};
 use ackgate_common::kernel::frame::XdpFrame;
 use ackgate_common::net::Ipv4Hdr;
@@ -14,10 +16,11 @@ use crate::maps::{self, SPLICE};
 use crate::program::Verdict;
 use crate::{events, forward};
 
-/// The IPv4 packet `ip` at `l3_off`, not TCP. [`Verdict::CONTINUE`] unless
-/// it is an ICMP error about a spliced flow.
+/// The IPv4 packet `ip` at `l3_off`, not TCP, arriving on the edge
+/// (`from_edge`) or the internal side. [`Verdict::CONTINUE`] unless it is
+/// an ICMP error about a segment the splice sent out of this side.
 #[inline(never)]
-pub fn on_ipv4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr) -> Verdict {
+pub fn on_ipv4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr, from_edge: bool) -> Verdict {
     let Some(scratch) = maps::scratch() else {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
@@ -40,8 +43,20 @@ pub fn on_ipv4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr) -> Verdict {
     // SAFETY: a map value pointer valid for this run; entries change only
     // by whole-value replacement while connecting, which is checked first.
     let reply = unsafe { &*reply };
+    // The segment went out of this side, so the direction that carries
+    // the error on is the one that arrives here: to the target from the
+    // edge, to the client from the internal side. A quote of the other
+    // direction is no error the splice caused on this side.
+    if (reply.flags & SPLICE_F_TO_TARGET != 0) != from_edge {
+        return Verdict::CONTINUE;
+    }
     if reply.state != SPLICE_ESTABLISHED {
-        // The splice's SYN is the only segment a connecting flow sends.
+        // The splice's SYN, to the target, is the only segment a
+        // connecting flow sends: an error about it comes from the internal
+        // side; from the edge, it is none of the splice's.
+        if from_edge {
+            return Verdict::CONTINUE;
+        }
         if err.is_hard() {
             events::emit(EVENT_REFUSED, &reply.peer_key().flow(), REFUSED_UNREACHABLE, 0);
             return Verdict::new(XDP_DROP, reason::INTERNAL_TARGET_UNREACHABLE);

@@ -29,14 +29,14 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
     };
     let parsed = parse(frame, scratch);
     if parsed.action() == ICMP_V4 {
-        let translated = icmp::on_ipv4(frame, scratch.seg.l3_off, &scratch.seg.ip);
+        let translated = icmp::on_ipv4(frame, scratch.seg.l3_off, &scratch.seg.ip, false);
         return if translated.is_continue() { Verdict::new(XDP_PASS, reason::INTERNAL_PASS) } else { translated };
     }
     if !parsed.is_continue() {
         return parsed;
     }
     let (seg, key, splice_key) = (&scratch.seg, &scratch.key, &scratch.splice_key);
-    let Some(entry) = maps::splice_entry(splice_key) else {
+    let Some(entry) = maps::splice_entry(splice_key, false) else {
         return Verdict::new(XDP_PASS, reason::INTERNAL_PASS);
     };
     // SAFETY: copied out at once.

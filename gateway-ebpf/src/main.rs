@@ -66,9 +66,11 @@ mod transit;
 mod program {
     use ackgate_common::abi::SpliceKey;
     use ackgate_common::icmp::IPPROTO_ICMP;
+    use ackgate_common::net::EthHdr;
     use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     use ackgate_common::reason;
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+    use core::mem::size_of;
 
     use crate::classify::classify;
     use crate::{ack, held, icmp, internal, maps, splice, stats, syn, transit};
@@ -156,8 +158,10 @@ mod program {
         match classified.action() {
             TRANSIT_V4 => {
                 let (ip, l3_off) = (&scratch.seg.ip, scratch.seg.l3_off);
-                if ip.proto == IPPROTO_ICMP {
-                    let translated = icmp::on_ipv4(frame, l3_off, ip);
+                // Tagged frames belong to their VLAN's device (`classify`),
+                // errors about spliced segments too.
+                if ip.proto == IPPROTO_ICMP && l3_off == size_of::<EthHdr>() {
+                    let translated = icmp::on_ipv4(frame, l3_off, ip, true);
                     if !translated.is_continue() {
                         return translated;
                     }
@@ -174,7 +178,7 @@ mod program {
             return syn::on_syn(frame, seg, policy);
         }
         // The splice key only now: SYNs, the flood path, never need it.
-        if let Some(entry) = maps::splice_entry(&SpliceKey::of_segment(seg)) {
+        if let Some(entry) = maps::splice_entry(&SpliceKey::of_segment(seg), true) {
             return splice::on_segment(frame, seg, key, entry);
         }
         if let Some(flow) = maps::flow_mut(key) {

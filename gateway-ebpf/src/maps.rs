@@ -3,7 +3,8 @@
 
 use ackgate_common::abi::{
     AgentKey, EVENTS_BYTES, FlowKey, HELD_BYTES, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, MAX_SPLICED,
-    MAX_TRANSIT_PREFIXES, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey, TransitKey, VipInfo, VipKey,
+    MAX_TRANSIT_PREFIXES, PendingFlow, SPLICE_F_TO_TARGET, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey,
+    TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::icmp::IcmpError;
 use ackgate_common::net::Ipv4Hdr;
@@ -97,10 +98,19 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 #[map(name = "ACKGATE_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 
-/// The splice entry of the segment's own 4-tuple, if it is spliced.
+/// The splice entry of the segment's own 4-tuple, if it is spliced in the
+/// direction the caller receives: client → target on the edge
+/// (`to_target`), target → client on the internal side. A 4-tuple of the
+/// other direction arriving on this side is not a spliced segment (a
+/// spoofed address, say, which XDP sees before any reverse-path check):
+/// carrying it on would let either network write into the other side of
+/// the flow.
 #[inline(always)]
-pub fn splice_entry(key: &SpliceKey) -> Option<*mut SpliceEntry> {
-    SPLICE.get_ptr_mut(key)
+pub fn splice_entry(key: &SpliceKey, to_target: bool) -> Option<*mut SpliceEntry> {
+    let entry = SPLICE.get_ptr_mut(key)?;
+    // SAFETY: a map value pointer valid for this run.
+    let flags = unsafe { (*entry).flags };
+    ((flags & SPLICE_F_TO_TARGET != 0) == to_target).then_some(entry)
 }
 
 /// The flow-map entry of a 4-tuple, for in-place updates.

@@ -197,6 +197,20 @@ fn spliced_segments_are_rewritten_both_ways() {
         ),
     ];
     run(&mut g, rows);
+    // Each side carries only its own direction: a segment with the
+    // client's 4-tuple arriving on the internal side (a spoofed address,
+    // which XDP sees before any reverse-path check) is not the splice's.
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![Row {
+            name: "a client segment arriving on the internal side",
+            input: seg(c, v, TCP_ACK | TCP_PSH, c_seq + 18, COOKIE + 1, 1000, vec![], b"injected").build(),
+            action: XDP_PASS,
+            reason: reason::INTERNAL_PASS,
+            out: Out::Unchanged,
+        }],
+    );
     let ct = g.gate.splice(&flow.client_key()).expect("map").expect("client-side entry");
     assert_ne!(ct.flags & SPLICE_F_FIN, 0, "the client's FIN must be marked");
     assert_eq!((ct.packets, ct.state), (3, SPLICE_ESTABLISHED), "client-side counters");
@@ -303,6 +317,21 @@ fn the_target_handshake_completes_in_xdp() {
         &[1, 3, 3, TARGET_WS],
     ]
     .concat();
+    // A SYN/ACK with the client's 4-tuple on the internal side must not
+    // complete the splice (with each direction's entry in the other's
+    // place): the client's side is not the internal side's.
+    let crossed = seg(c, v, TCP_SYN | TCP_ACK, TARGET_ISN, 0, 65160, synack_opts.clone(), &[]);
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![Row {
+            name: "a SYN/ACK with the client's 4-tuple on the internal side",
+            input: crossed.build(),
+            action: XDP_PASS,
+            reason: reason::INTERNAL_PASS,
+            out: Out::Unchanged,
+        }],
+    );
     let wrong = seg(t, c, TCP_SYN | TCP_ACK, TARGET_ISN, CLIENT_ISN + 5, 65160, synack_opts.clone(), &[]);
     let synack = seg(t, c, TCP_SYN | TCP_ACK, TARGET_ISN, CLIENT_ISN + 1, 65160, synack_opts, &[]);
     // The ACK back to the target: the client's address and next sequence
@@ -472,13 +501,47 @@ fn icmp_errors_about_spliced_segments_are_translated() {
     run_rows(
         &mut g,
         Program::Internal,
-        vec![Row {
-            name: "an error about a flow that is not spliced",
-            input: IcmpFrame::frag_needed(INTERNAL_ROUTER, TARGET, 1280, &stranger, 40).build(),
-            action: XDP_PASS,
-            reason: reason::INTERNAL_PASS,
-            out: Out::Unchanged,
-        }],
+        vec![
+            Row {
+                name: "an error about a flow that is not spliced",
+                input: IcmpFrame::frag_needed(INTERNAL_ROUTER, TARGET, 1280, &stranger, 40).build(),
+                action: XDP_PASS,
+                reason: reason::INTERNAL_PASS,
+                out: Out::Unchanged,
+            },
+            Row {
+                name: "an error about a target segment arriving on the internal side",
+                input: IcmpFrame::frag_needed(INTERNAL_ROUTER, VIP, 1280, &delivered, full).build(),
+                action: XDP_PASS,
+                reason: reason::INTERNAL_PASS,
+                out: Out::Unchanged,
+            },
+        ],
+    );
+    // On the edge, neither an error about what the splice sent the target
+    // nor a VLAN-tagged one (its VLAN's device decides, as for segments)
+    // is translated; both go to the transit check (here: for the gateway).
+    let mut tagged = IcmpFrame::frag_needed(EDGE_ROUTER, VIP, 1280, &delivered, full).build();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x0a]);
+    run_rows(
+        &mut g,
+        Program::Edge,
+        vec![
+            Row {
+                name: "an error about a client segment arriving on the edge",
+                input: IcmpFrame::frag_needed(EDGE_ROUTER, CLIENT, 1280, &forwarded, 28).build(),
+                action: XDP_PASS,
+                reason: reason::PASS_NOT_TCP,
+                out: Out::Unchanged,
+            },
+            Row {
+                name: "a VLAN-tagged error about a target segment",
+                input: tagged,
+                action: XDP_PASS,
+                reason: reason::PASS_NOT_TCP,
+                out: Out::Unchanged,
+            },
+        ],
     );
     assert!(events.drain().is_empty(), "translating errors tells the control plane nothing");
 
@@ -488,6 +551,22 @@ fn icmp_errors_about_spliced_segments_are_translated() {
     let syn = seg((CLIENT, 40006), t, TCP_SYN, CLIENT_ISN, 0, 64240, vec![], &[]).build();
     let mut unreachable = IcmpFrame::frag_needed(INTERNAL_ROUTER, CLIENT, 0, &syn, 28);
     unreachable.code = 1;
+    // The splice sent nothing to the client yet: an error from the edge is
+    // none of its, and refuses nothing.
+    let cookie_synack = seg(v, (CLIENT, 40006), TCP_SYN | TCP_ACK, COOKIE, CLIENT_ISN + 1, 65160, vec![], &[]);
+    let mut from_edge = IcmpFrame::frag_needed(EDGE_ROUTER, VIP, 0, &cookie_synack.build(), 28);
+    from_edge.code = 1;
+    run_rows(
+        &mut g,
+        Program::Edge,
+        vec![Row {
+            name: "host unreachable from the edge about a connecting flow",
+            input: from_edge.build(),
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_TCP,
+            out: Out::Unchanged,
+        }],
+    );
     run_rows(
         &mut g,
         Program::Internal,
