@@ -605,6 +605,24 @@ async fn replayed_and_forged_profile_answers_are_refused() {
     assert_eq!(refused(), 2, "the forged-nonce answer and the replay must both be refused");
 }
 
+/// A profile request whose session ends before the answer fails at once,
+/// instead of waiting out its deadline: its flow gets the default
+/// response now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_session_that_ends_fails_at_once() {
+    let gw = TestGateway::start().await;
+    let dir = TempDir::new("ends");
+    let (id, _, mut conn) = raw_session(&gw, &dir).await;
+    let server = gw.server.clone();
+    let asked = tokio::spawn(async move { server.request_profile(id, FLOW, DEADLINE).await });
+    next_profile_request(&mut conn).await;
+    let ended = std::time::Instant::now();
+    drop(conn);
+    let outcome = asked.await.expect("join");
+    assert_eq!(outcome, Err(ProfileError::SessionClosed(id)), "the request must fail with its session");
+    assert!(ended.elapsed() < DEADLINE / 4, "it failed {:?} after the session ended", ended.elapsed());
+}
+
 /// A stamped handshake the agent never saw (a copy of its key in use
 /// elsewhere): the agent refuses to vouch for it even with a user logged
 /// in, and the gateway counts it as a suspected stolen key.

@@ -597,6 +597,10 @@ impl AgentServer {
         for (_, login) in lock(&session.logins).drain() {
             self.end_login(login);
         }
+        // Requests still waiting for this session's answers fail now
+        // (their reply senders go): a request holds the session, so they
+        // would otherwise wait out their deadline.
+        lock(&session.pending).clear();
         let mut sessions = lock(&self.sessions);
         if sessions.get(&agent.agent_id).is_some_and(|s| s.id == session.id) {
             sessions.remove(&agent.agent_id);
