@@ -104,8 +104,37 @@ pub fn write_credentials(ca: &Ca, dir: &Path) -> Result<(), LinkError> {
     Ok(())
 }
 
+/// How long the validator waits on a connection: for its TLS handshake,
+/// and for a word from the gateway, which pings its link every
+/// [`LinkTiming::ping`]: a link silent for three of those has lost its
+/// gateway, or holds a frame that will never be finished. Without these,
+/// every such connection (anyone's, before the handshake) would be held
+/// for ever.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceTiming {
+    pub handshake: Duration,
+    pub silence: Duration,
+}
+
+impl Default for ServiceTiming {
+    fn default() -> Self {
+        let link = LinkTiming::default();
+        Self { handshake: link.connect, silence: link.ping * 3 }
+    }
+}
+
 /// Serves validation requests with `decider` until the task is dropped.
 pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn Decider>) -> Result<(), LinkError> {
+    serve_with(listener, credentials, decider, ServiceTiming::default()).await
+}
+
+/// As [`serve`], with other deadlines.
+pub async fn serve_with(
+    listener: TcpListener,
+    credentials: &Path,
+    decider: Arc<dyn Decider>,
+    timing: ServiceTiming,
+) -> Result<(), LinkError> {
     let ca = read_cert(credentials, "ca.pem")?;
     let allowed: [u8; 32] = Sha256::digest(read_cert(credentials, "gateway.pem")?).into();
     let mut roots = rustls::RootCertStore::empty();
@@ -127,14 +156,17 @@ pub async fn serve(listener: TcpListener, credentials: &Path, decider: Arc<dyn D
             (tcp, peer) = incoming.next() => {
                 let (acceptor, decider, workers) = (acceptor.clone(), decider.clone(), login_workers.clone());
                 connections.spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(Ok(tls)) = tokio::time::timeout(timing.handshake, acceptor.accept(tcp)).await else {
+                        return;
+                    };
                     let cert: Option<[u8; 32]> =
                         tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Sha256::digest(c).into());
                     if cert != Some(allowed) {
                         tracing::warn!(%peer, "validator: refused a client that is not the configured gateway");
                         return;
                     }
-                    if let Err(e) = answer(Framed::new(tls, MessageCodec::default()), decider, workers).await {
+                    let link = Framed::new(tls, MessageCodec::default());
+                    if let Err(e) = answer(link, decider, workers, timing.silence).await {
                         tracing::info!(%peer, "validator link ended: {e}");
                     }
                 });
@@ -151,18 +183,25 @@ const LINK_IN_FLIGHT: usize = 256;
 /// Answers a gateway's requests concurrently, each as soon as it is
 /// decided (answers carry the request id): a slow login step must not hold
 /// back the validations behind it. Login steps run at most as many at once
-/// as there are CPUs.
+/// as there are CPUs. A link with nothing read and nothing answered for
+/// `silence` ends.
 async fn answer(
     conn: Framed<tokio_rustls::server::TlsStream<TcpStream>, MessageCodec>,
     decider: Arc<dyn Decider>,
     login_workers: Arc<Semaphore>,
+    silence: Duration,
 ) -> Result<(), ProtoError> {
     let (mut sink, mut stream) = conn.split();
     let mut work = tokio::task::JoinSet::new();
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            () = tokio::time::sleep_until(last_heard + silence) => {
+                return Err(ProtoError::Timeout { what: "a word from the gateway", after: silence });
+            }
             msg = stream.next(), if work.len() < LINK_IN_FLIGHT => {
                 let Some(msg) = msg else { return Ok(()) };
+                last_heard = tokio::time::Instant::now();
                 let d = decider.clone();
                 match msg? {
                     Message::Relay(Relay { request_id, step }) => {
@@ -183,6 +222,7 @@ async fn answer(
                 }
             }
             Some(done) = work.join_next() => {
+                last_heard = tokio::time::Instant::now();
                 if let Ok(reply) = done {
                     sink.send(reply).await?;
                 }
@@ -551,6 +591,52 @@ mod tests {
         }
         let remote = RemoteValidator::new(&addr, &credentials).expect("remote validator").with_timing(timing);
         (Arc::new(remote), dir, addr)
+    }
+
+    /// A client that never finishes its TLS handshake, and a gateway link
+    /// that stops in the middle of a frame, are closed at their deadlines
+    /// instead of holding a connection for ever; a link that pings goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stalled_connections_end_at_their_deadlines() {
+        let dir = std::env::temp_dir().join(format!("ackgate-link-stalled-{}", std::process::id()));
+        let credentials = dir.join("link");
+        std::fs::create_dir_all(&dir).expect("test directory");
+        Ca::create(&dir).expect("test CA");
+        write_credentials(&Ca::load(&dir).expect("CA"), &credentials).expect("link credentials");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("loopback port");
+        let addr = listener.local_addr().expect("address").to_string();
+        let served = credentials.clone();
+        let timing = ServiceTiming { handshake: Duration::from_millis(300), silence: Duration::from_millis(500) };
+        tokio::spawn(async move { serve_with(listener, &served, slow_logins(), timing).await });
+        let closed_within = |what: &str, started: Instant| {
+            let waited = started.elapsed();
+            assert!(waited < Duration::from_secs(2), "{what}: closed after {waited:?}, past its deadline");
+        };
+
+        let started = Instant::now();
+        let mut silent = TcpStream::connect(&addr).await.expect("TCP");
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "a connection without a handshake must be closed: {read:?}");
+        closed_within("no handshake", started);
+
+        let remote = RemoteValidator::new(&addr, &credentials).expect("remote validator");
+        let mut link = remote.connect().await.expect("the gateway's link");
+        let started = Instant::now();
+        link.get_mut().write_all(&[0, 0, 0, 17, 5]).await.expect("a frame's first bytes");
+        link.get_mut().flush().await.expect("flush");
+        let ended = tokio::time::timeout(Duration::from_secs(5), link.next()).await;
+        assert!(matches!(ended, Ok(None | Some(Err(_)))), "a link stalled mid-frame must be closed: {ended:?}");
+        closed_within("stalled mid-frame", started);
+
+        let mut live = remote.connect().await.expect("the gateway's link");
+        for n in 0..8 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            live.send(Message::Ping(n)).await.expect("ping");
+            let pong = tokio::time::timeout(Duration::from_secs(2), live.next()).await;
+            assert!(matches!(pong, Ok(Some(Ok(Message::Pong(m)))) if m == n), "a pinging link must go on: {pong:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A TCP relay whose connections can be cut off without a word: their
