@@ -5,6 +5,7 @@ pub mod daemons;
 pub mod deployment;
 pub mod fixture;
 pub mod flood;
+pub mod fuzz;
 pub mod kernel_alt;
 pub mod packet;
 pub mod probe;
