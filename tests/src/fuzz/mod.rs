@@ -1,12 +1,17 @@
 //! `cargo xtask fuzz`: mutated frames through the real gate by test run
-//! (`gate`). Frames are built from valid seeds, mutated with a seeded PRNG,
-//! and every outcome is judged by an oracle: frames are read by etherparse,
-//! not by the gate's parser, and stamps checked by recomputing the MAC as
-//! the agent does.
+//! (`gate`), and mutated control-protocol frames into the real agent
+//! listener and the validator link (`control`). Each target builds frames
+//! from valid seeds, mutates them with a seeded PRNG, and judges every
+//! outcome with an oracle. Gate frames are read by etherparse, not by the
+//! gate's parser, and stamps checked by recomputing the MAC as the agent
+//! does; control frames are read by the protocol's codec (what they hold),
+//! and what is judged is what the servers did with them.
 //!
 //! What must hold: nothing without a valid MAC for its own handshake
-//! becomes a pending flow or reaches a target.
+//! becomes a pending flow or reaches a target; no frame makes a daemon
+//! panic, hang or authorize anything it was not given the credentials for.
 
+pub mod control;
 pub mod gate;
 mod mutate;
 mod oracle;
