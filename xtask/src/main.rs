@@ -41,6 +41,23 @@ enum Command {
         /// (default: all but delayed, which runs in the VM).
         groups: Vec<String>,
     },
+    /// Mutated frames through the real gate by test run (SYNs, stamped
+    /// ACKs, held and spliced segments, ICMP errors), then mutated control
+    /// frames into the agent listener and the validator link; prints what
+    /// each verdict and server received and fails on any frame without a
+    /// valid MAC that became pending or reached a target, and on any
+    /// server that panicked, hung or authorized without credentials.
+    Fuzz {
+        /// Gate frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// Control frames per server.
+        #[arg(long, default_value_t = 2000)]
+        control: u64,
+        /// PRNG seed, decimal or 0x-hex (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -73,6 +90,16 @@ fn main() -> Result<()> {
                 vm::run_bench(&bench, &in_vm)?;
             }
             Ok(())
+        }
+        Command::Fuzz { frames, control, seed } => {
+            setup::build_tools()?;
+            let (frames, control) = (frames.to_string(), control.to_string());
+            let mut args = vec!["--", "--frames", &frames, "--control", &control];
+            if let Some(seed) = &seed {
+                args.extend(["--seed", seed]);
+            }
+            // The dev profile, as the tests build it: no second build.
+            suite::cargo_run_bin("fuzz", &args)
         }
     }
 }
