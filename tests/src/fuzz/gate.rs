@@ -387,7 +387,7 @@ impl GateFuzz {
         };
         let problems = oracle::judge(&outcome, &seen, &authority, &self.known);
         let reason = outcome.reason();
-        if reason == Some(reason::ACK_PENDING)
+        if matches!(reason, Some(reason::ACK_PENDING | reason::ACK_PENDING_REPLACED))
             && let Some(s) = authority.ack
         {
             self.known.flows.insert(s.flow);

@@ -248,7 +248,9 @@ pub fn judge(o: &Outcome<'_>, seen: &Seen, authority: &Authority, known: &Known)
 
     // Pending: only a valid stamp for this very handshake, announced once.
     let pending: Vec<&GateEvent> = o.events.iter().filter(|e| e.kind == EVENT_PENDING).collect();
-    if reason == r::ACK_PENDING || !pending.is_empty() {
+    // A new flow, or a new handshake on the 4-tuple of one the gate holds.
+    let recorded = reason == r::ACK_PENDING || reason == r::ACK_PENDING_REPLACED;
+    if recorded || !pending.is_empty() {
         match authority.ack {
             None => {
                 bad.push(format!("{label} with {} pending event(s) from a frame without a valid MAC", pending.len()))
@@ -257,7 +259,7 @@ pub fn judge(o: &Outcome<'_>, seen: &Seen, authority: &Authority, known: &Known)
                 let matches = |e: &&GateEvent| {
                     (e.flow, e.agent_id, e.client_isn, e.server_isn) == (s.flow, s.agent_id, s.client_isn, s.server_isn)
                 };
-                if reason != r::ACK_PENDING || pending.len() != 1 || !pending.iter().all(matches) {
+                if !recorded || pending.len() != 1 || !pending.iter().all(matches) {
                     bad.push(format!("{label}: pending events {pending:?} do not record the stamp {s:?} once"));
                 }
             }
