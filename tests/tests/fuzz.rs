@@ -10,7 +10,7 @@ const FIXED_SEED: u64 = 0xac47;
 /// Per seed: a tenth of the full run's gate frames, in a few seconds.
 const GATE_FRAMES: u64 = 50_000;
 /// Per seed and per server.
-const CONTROL_FRAMES: u64 = 150;
+const CONTROL_FRAMES: u64 = 75;
 
 #[test]
 fn gate_frames_without_a_valid_mac_earn_nothing() {
