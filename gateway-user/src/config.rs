@@ -268,12 +268,26 @@ pub struct GatewaySection {
     /// denied); the oldest give way beyond it.
     #[serde(default = "default_max_flows")]
     pub max_flows: u32,
-    /// `page` responder: connections served at once, and the time each may
-    /// take.
+    /// `page` responder: connections served at once (beyond, closed at
+    /// once and counted).
     #[serde(default = "default_page_max_connections")]
     pub page_max_connections: usize,
-    #[serde(default = "default_page_timeout")]
-    pub page_timeout_ms: u64,
+    /// The decoy's timeouts, nginx's by default (docs/gate.md, "The
+    /// decoy"): `client_header_timeout` (the whole request header, or the
+    /// ClientHello on a TLS decoy; `page_timeout_ms` is its older name)
+    #[serde(default = "default_page_header_timeout", alias = "page_timeout_ms")]
+    pub page_header_timeout_ms: u64,
+    /// ... `keepalive_timeout`
+    #[serde(default = "default_page_keepalive_timeout")]
+    pub page_keepalive_timeout_ms: u64,
+    /// ... `send_timeout`, also the sockets' TCP_USER_TIMEOUT
+    #[serde(default = "default_page_send_timeout")]
+    pub page_send_timeout_ms: u64,
+    /// ... `lingering_timeout` and `lingering_time`.
+    #[serde(default = "default_page_lingering_timeout")]
+    pub page_lingering_timeout_ms: u64,
+    #[serde(default = "default_page_lingering_time")]
+    pub page_lingering_time_ms: u64,
 }
 
 /// How spliced segments are forwarded.
@@ -308,8 +322,23 @@ fn default_page_max_connections() -> usize {
     256
 }
 
-fn default_page_timeout() -> u64 {
-    5000
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+fn default_page_header_timeout() -> u64 {
+    ms(crate::page::Timeouts::NGINX.header)
+}
+fn default_page_keepalive_timeout() -> u64 {
+    ms(crate::page::Timeouts::NGINX.keepalive)
+}
+fn default_page_send_timeout() -> u64 {
+    ms(crate::page::Timeouts::NGINX.send)
+}
+fn default_page_lingering_timeout() -> u64 {
+    ms(crate::page::Timeouts::NGINX.lingering)
+}
+fn default_page_lingering_time() -> u64 {
+    ms(crate::page::Timeouts::NGINX.lingering_time)
 }
 
 fn default_xdp_mode() -> XdpMode {
@@ -362,8 +391,9 @@ pub struct ServiceSection {
     /// Groups whose users may reach the service; empty: every valid user.
     #[serde(default)]
     pub allow_groups: Vec<String>,
-    /// `page` services: the bytes to serve (a whole HTTP response, say);
-    /// default: a stock nginx 404.
+    /// `page` services: the body of the decoy's "404 Not Found" (an HTML
+    /// page, served as nginx serves `error_page 404` from a file); default:
+    /// nginx's own 404 page.
     pub page_file: Option<PathBuf>,
     /// Spliced flows of this service idle this long end (default:
     /// gateway.idle_timeout_secs).
@@ -427,9 +457,19 @@ impl Config {
                 "gateway.source_nat_ports [{first}, {last}]: need 0 < first <= last"
             )));
         }
-        if self.gateway.page_max_connections == 0 || self.gateway.page_timeout_ms == 0 {
+        let g = &self.gateway;
+        if g.page_max_connections == 0
+            || [
+                g.page_header_timeout_ms,
+                g.page_keepalive_timeout_ms,
+                g.page_send_timeout_ms,
+                g.page_lingering_timeout_ms,
+                g.page_lingering_time_ms,
+            ]
+            .contains(&0)
+        {
             return Err(ConfigError::Invalid(
-                "gateway: page_max_connections and page_timeout_ms must be above zero".into(),
+                "gateway: page_max_connections and the page_*_ms timeouts must be above zero".into(),
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -517,20 +557,32 @@ impl Config {
         OptionId { kind: self.option.kind, exid: self.option.experiment_id }
     }
 
-    /// The `page` services with the bytes each serves.
+    /// The `page` services, each with its "not found" page.
     pub fn page_services(&self) -> Result<Vec<crate::page::PageService>, ConfigError> {
         let mut out = Vec::new();
         for s in self.services.iter().filter(|s| s.default_response == DefaultResponse::Page) {
             let (vip, _) = self.service_v4(s)?;
-            let page = match &s.page_file {
-                Some(path) => std::fs::read(path).map_err(|e| {
-                    ConfigError::Invalid(format!("service {:?}: page_file {}: {e}", s.name, path.display()))
-                })?,
-                None => crate::page::DEFAULT_PAGE.to_vec(),
+            let not_found = match &s.page_file {
+                Some(path) => crate::page::NotFound::load(path)
+                    .map_err(|e| ConfigError::Invalid(format!("service {:?}: {e}", s.name)))?,
+                None => crate::page::NotFound::Builtin,
             };
-            out.push(crate::page::PageService { vip, port: s.port, page: std::sync::Arc::new(page) });
+            out.push(crate::page::PageService { vip, port: s.port, not_found });
         }
         Ok(out)
+    }
+
+    /// The decoy's timeouts.
+    pub fn page_timeouts(&self) -> crate::page::Timeouts {
+        let g = &self.gateway;
+        let d = std::time::Duration::from_millis;
+        crate::page::Timeouts {
+            header: d(g.page_header_timeout_ms),
+            keepalive: d(g.page_keepalive_timeout_ms),
+            send: d(g.page_send_timeout_ms),
+            lingering: d(g.page_lingering_timeout_ms),
+            lingering_time: d(g.page_lingering_time_ms),
+        }
     }
 
     /// The services as map entries.
@@ -660,6 +712,18 @@ mod tests {
         assert_eq!(e[0].policy.stealth, 1);
         assert_eq!(e[0].policy.target_port, port_field(8443u16.to_be_bytes()));
         assert_eq!(e[0].policy.target_addr, v4_words([10, 1, 0, 2]));
+    }
+
+    #[test]
+    fn page_services_take_nginx_s_timeouts() {
+        let c = parse(MINIMAL).expect("valid config");
+        assert_eq!(c.page_timeouts(), crate::page::Timeouts::NGINX);
+        // The older name of the header timeout still reads.
+        let c = parse("[gateway]\nedge_interface = \"eth0\"\npage_timeout_ms = 1500\n").expect("valid config");
+        assert_eq!(c.page_timeouts().header, std::time::Duration::from_millis(1500));
+        let err =
+            parse("[gateway]\nedge_interface = \"eth0\"\npage_send_timeout_ms = 0\n").expect_err("a zero timeout");
+        assert!(err.contains("page_*_ms timeouts must be above zero"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{SignalKind, signal};
@@ -70,6 +69,7 @@ pub fn run(config_path: &Path) -> Result<()> {
     };
     gate.sync_agent_keys(&agent_keys).context("filling the agent key map")?;
     let pages = config.page_services()?;
+    let page_timeouts = config.page_timeouts();
     if !pages.is_empty() {
         page::install_synproxy(&pages).context("installing the page responder's SYNPROXY rules")?;
     }
@@ -99,11 +99,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     let admin_socket = config.control.as_ref().map(|c| c.admin_socket.clone());
-    let responder = Responder {
-        pages: pages.clone(),
-        max: config.gateway.page_max_connections,
-        timeout: Duration::from_millis(config.gateway.page_timeout_ms),
-    };
+    let responder =
+        Responder { pages: pages.clone(), max: config.gateway.page_max_connections, timeouts: page_timeouts };
     let served = runtime.block_on(serve(&mut gate, events, held, control, splice, responder));
     if !pages.is_empty()
         && let Err(e) = page::remove_synproxy()

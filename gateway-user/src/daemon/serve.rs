@@ -23,7 +23,7 @@ use crate::splice::{HeldRing, SpliceSettings};
 pub(super) struct Responder {
     pub(super) pages: Vec<page::PageService>,
     pub(super) max: usize,
-    pub(super) timeout: Duration,
+    pub(super) timeouts: page::Timeouts,
 }
 
 /// Runs until a termination signal: gate events, and with a control plane
@@ -40,7 +40,7 @@ pub(super) async fn serve(
         let listener = tokio::net::TcpListener::bind((p.vip, p.port))
             .await
             .with_context(|| format!("page responder on {}:{}", p.vip, p.port))?;
-        tokio::spawn(page::serve(listener, p.page.clone(), responder.max, responder.timeout));
+        tokio::spawn(page::serve(listener, p.clone(), responder.max, responder.timeouts));
         info!(vip = %p.vip, port = p.port, "page responder up");
     }
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -1,8 +1,5 @@
-//! The default responder of `page` services (docs/design.md §5): a handshake
-//! that fails the gate completes into a local listener on VIP:port, which
-//! serves configured bytes (by default a 404 page like a stock web
-//! server's) and closes, so an unauthorized prober sees an ordinary server
-//! and cannot tell that a protected service is there.
+//! The nftables table that completes refused handshakes into the decoy
+//! (docs/control-plane.md, "The `page` default responder").
 //!
 //! The gate answered the SYN with a cookie, so the gateway's own listener
 //! never issued one and would refuse the cookie ACK (`cookie_v4_check` wants
@@ -14,45 +11,12 @@
 //! that the lone ACK is invalid to conntrack rather than picked up.
 
 use std::io::Write as _;
-use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-
-use crate::accept::Acceptor;
+use super::{PageError, PageService};
 
 /// The nftables table the gateway owns.
 pub const NFT_TABLE: &str = "ackgate_page";
-
-/// What a stock nginx answers for an unknown path.
-pub const DEFAULT_PAGE: &[u8] = b"HTTP/1.1 404 Not Found\r\n\
-Server: nginx\r\n\
-Content-Type: text/html\r\n\
-Content-Length: 146\r\n\
-Connection: close\r\n\
-\r\n\
-<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PageError {
-    #[error("nft: {0}")]
-    Nft(String),
-    #[error("page file {path}: {source}")]
-    File { path: String, source: std::io::Error },
-}
-
-/// One `page` service.
-#[derive(Clone, Debug)]
-pub struct PageService {
-    pub vip: Ipv4Addr,
-    pub port: u16,
-    pub page: Arc<Vec<u8>>,
-}
 
 fn nft(script: &str) -> Result<(), PageError> {
     let mut child = Command::new("nft")
@@ -132,32 +96,5 @@ pub fn remove_synproxy() -> Result<(), PageError> {
         Some(value) => std::fs::write(TCP_LOOSE, value)
             .map_err(|e| PageError::Nft(format!("restoring net.netfilter.nf_conntrack_tcp_loose: {e}"))),
         None => Ok(()),
-    }
-}
-
-/// Serves `page` to every connection on `listener`: wait for the request
-/// (or `timeout`), send the page, close. At most `max` connections at once;
-/// beyond, new ones are closed at once. Accept errors are waited out
-/// (`crate::accept`): the responder never stops serving.
-pub async fn serve(listener: TcpListener, page: Arc<Vec<u8>>, max: usize, timeout: Duration) {
-    let slots = Arc::new(Semaphore::new(max));
-    let mut incoming = Acceptor::new(listener, "page responder", Arc::new(AtomicU64::new(0)));
-    loop {
-        let (mut conn, _) = incoming.next().await;
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
-        let page = page.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut buf = [0u8; 4096];
-            let _ = tokio::time::timeout(timeout, async {
-                if matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {
-                    let _ = conn.write_all(&page).await;
-                    let _ = conn.shutdown().await;
-                }
-            })
-            .await;
-        });
     }
 }
