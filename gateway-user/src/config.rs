@@ -395,6 +395,10 @@ pub struct ServiceSection {
     /// page, served as nginx serves `error_page 404` from a file); default:
     /// nginx's own 404 page.
     pub page_file: Option<PathBuf>,
+    /// `page` services: what the decoy imitates, "http" (nginx serving
+    /// HTTP) or "tls" (nginx on a TLS port refusing every handshake);
+    /// default: "tls" on port 443, "http" elsewhere.
+    pub decoy: Option<crate::page::Decoy>,
     /// Spliced flows of this service idle this long end (default:
     /// gateway.idle_timeout_secs).
     pub idle_timeout_secs: Option<u64>,
@@ -557,7 +561,7 @@ impl Config {
         OptionId { kind: self.option.kind, exid: self.option.experiment_id }
     }
 
-    /// The `page` services, each with its "not found" page.
+    /// The `page` services, each with its decoy and "not found" page.
     pub fn page_services(&self) -> Result<Vec<crate::page::PageService>, ConfigError> {
         let mut out = Vec::new();
         for s in self.services.iter().filter(|s| s.default_response == DefaultResponse::Page) {
@@ -567,7 +571,8 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(format!("service {:?}: {e}", s.name)))?,
                 None => crate::page::NotFound::Builtin,
             };
-            out.push(crate::page::PageService { vip, port: s.port, not_found });
+            let decoy = s.decoy.unwrap_or_else(|| crate::page::Decoy::for_port(s.port));
+            out.push(crate::page::PageService { vip, port: s.port, decoy, not_found });
         }
         Ok(out)
     }
@@ -715,15 +720,27 @@ mod tests {
     }
 
     #[test]
-    fn page_services_take_nginx_s_timeouts() {
-        let c = parse(MINIMAL).expect("valid config");
+    fn page_services_take_nginx_s_timeouts_and_a_decoy_for_their_port() {
+        let page = |port: u16, extra: &str| {
+            format!(
+                "[[services]]\nname=\"p{port}\"\nvip=\"10.0.0.1\"\nport={port}\ntarget=\"10.1.0.2:1\"\n\
+                 default_response=\"page\"\n{extra}"
+            )
+        };
+        let head = "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n";
+        let c = parse(&format!("{head}{}{}{}", page(443, ""), page(80, ""), page(8443, "decoy = \"tls\"\n")))
+            .expect("valid config");
         assert_eq!(c.page_timeouts(), crate::page::Timeouts::NGINX);
+        let decoys: Vec<_> = c.page_services().expect("page services").iter().map(|p| (p.port, p.decoy)).collect();
+        use crate::page::Decoy::{Http, Tls};
+        assert_eq!(decoys, [(443, Tls), (80, Http), (8443, Tls)]);
         // The older name of the header timeout still reads.
         let c = parse("[gateway]\nedge_interface = \"eth0\"\npage_timeout_ms = 1500\n").expect("valid config");
         assert_eq!(c.page_timeouts().header, std::time::Duration::from_millis(1500));
-        let err =
-            parse("[gateway]\nedge_interface = \"eth0\"\npage_send_timeout_ms = 0\n").expect_err("a zero timeout");
+        let err = parse(&format!("{head}page_send_timeout_ms = 0\n")).expect_err("a zero timeout");
         assert!(err.contains("page_*_ms timeouts must be above zero"), "{err}");
+        let err = parse(&format!("{head}{}", page(80, "decoy = \"ftp\"\n"))).expect_err("an unknown decoy");
+        assert!(err.contains("unknown variant `ftp`"), "{err}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub(super) async fn serve(
             .await
             .with_context(|| format!("page responder on {}:{}", p.vip, p.port))?;
         tokio::spawn(page::serve(listener, p.clone(), responder.max, responder.timeouts));
-        info!(vip = %p.vip, port = p.port, "page responder up");
+        info!(vip = %p.vip, port = p.port, decoy = p.decoy.label(), "page responder up");
     }
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;

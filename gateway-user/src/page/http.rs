@@ -50,6 +50,9 @@ pub trait Wire: AsyncRead + AsyncWrite + Unpin + Send {
 /// The site a plain-HTTP connection is served from.
 #[derive(Clone, Debug)]
 pub struct Site {
+    /// A TLS port answering a plain request: nginx's 497, "The plain HTTP
+    /// request was sent to HTTPS port", instead of the 404.
+    pub tls_port: bool,
     pub not_found: NotFound,
     pub timeouts: Timeouts,
 }
@@ -63,6 +66,8 @@ pub enum Status {
     UriTooLarge,
     /// 494, sent as a 400 with its own page.
     HeaderTooLarge,
+    /// 497, sent as a 400 with its own page.
+    PlainToTls,
     NotImplemented,
     VersionNotSupported,
 }
@@ -70,7 +75,7 @@ pub enum Status {
 impl Status {
     fn line(self) -> &'static str {
         match self {
-            Status::BadRequest | Status::HeaderTooLarge => "400 Bad Request",
+            Status::BadRequest | Status::HeaderTooLarge | Status::PlainToTls => "400 Bad Request",
             Status::NotFound => "404 Not Found",
             Status::NotAllowed => "405 Not Allowed",
             Status::UriTooLarge => "414 Request-URI Too Large",
@@ -96,6 +101,9 @@ impl Status {
             }
             Status::HeaderTooLarge => {
                 "<html>\r\n<head><title>400 Request Header Or Cookie Too Large</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>Request Header Or Cookie Too Large</center>\r\n"
+            }
+            Status::PlainToTls => {
+                "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
             }
             Status::NotImplemented => {
                 "<html>\r\n<head><title>501 Not Implemented</title></head>\r\n<body>\r\n<center><h1>501 Not Implemented</h1></center>\r\n"
@@ -455,6 +463,9 @@ impl<W: Wire> Conn<'_, W> {
         if matches!(method, Method::Connect | Method::Trace) {
             return Read::Answer(Status::NotAllowed, form, body);
         }
+        if self.site.tls_port {
+            return Read::Answer(Status::PlainToTls, form, body);
+        }
         let mut keepalive = if fields.close {
             false
         } else if fields.keep_alive {
@@ -728,10 +739,10 @@ mod tests {
                 String::from_utf8_lossy(&builtin_not_found())
             )
         );
-        let head = answer(Status::HeaderTooLarge, Form { head: true, ..Form::default() }, &NotFound::Builtin, at);
+        let head = answer(Status::PlainToTls, Form { head: true, ..Form::default() }, &NotFound::Builtin, at);
         let text = String::from_utf8(head).expect("ASCII");
         assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
-        assert!(text.ends_with("Content-Length: 226\r\nConnection: close\r\n\r\n"), "{text}");
+        assert!(text.ends_with("Content-Length: 248\r\nConnection: close\r\n\r\n"), "{text}");
         let old =
             answer(Status::NotFound, Form { http09: true, padding: true, ..Form::default() }, &NotFound::Builtin, at);
         assert_eq!(old, builtin_not_found(), "HTTP/0.9: the page alone, never padded");

@@ -9,10 +9,12 @@
 //! - [`http`]: nginx's HTTP/1.x answers (404 for every path, 400 and the
 //!   rest as nginx gives them), with its keep-alive and timeouts;
 //!   [`parse`] holds its parsers.
+//! - [`tls`]: nginx's answer on a TLS port with `ssl_reject_handshake on`.
 
 pub mod http;
 pub mod nft;
 mod parse;
+pub mod tls;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -34,6 +37,33 @@ pub enum PageError {
     Nft(String),
     #[error("page file {path}: {source}")]
     File { path: String, source: std::io::Error },
+}
+
+/// What a page service imitates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decoy {
+    /// nginx serving plain HTTP (`listen 80`).
+    Http,
+    /// nginx on a TLS port with `ssl_reject_handshake on` (`listen 443
+    /// ssl`): every TLS handshake refused; plain HTTP answered as nginx
+    /// answers it on an HTTPS port.
+    Tls,
+}
+
+impl Decoy {
+    /// The decoy a service gets when its config does not say: TLS on the
+    /// HTTPS port, plain HTTP elsewhere.
+    pub fn for_port(port: u16) -> Self {
+        if port == 443 { Decoy::Tls } else { Decoy::Http }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Decoy::Http => "http",
+            Decoy::Tls => "tls",
+        }
+    }
 }
 
 /// The body of the decoy's "404 Not Found".
@@ -98,6 +128,7 @@ impl Timeouts {
 pub struct PageService {
     pub vip: Ipv4Addr,
     pub port: u16,
+    pub decoy: Decoy,
     pub not_found: NotFound,
 }
 
@@ -105,7 +136,7 @@ impl PageService {
     /// A plain-HTTP service with the built-in page (unit tests).
     #[cfg(test)]
     pub fn for_tests(vip: Ipv4Addr, port: u16) -> Self {
-        Self { vip, port, not_found: NotFound::Builtin }
+        Self { vip, port, decoy: Decoy::Http, not_found: NotFound::Builtin }
     }
 }
 
@@ -115,7 +146,8 @@ impl PageService {
 pub async fn serve(listener: TcpListener, service: PageService, max: usize, timeouts: Timeouts) {
     let slots = Arc::new(Semaphore::new(max));
     let mut incoming = Acceptor::new(listener, "page responder", Arc::new(AtomicU64::new(0)));
-    let site = Arc::new(http::Site { not_found: service.not_found.clone(), timeouts });
+    let site =
+        Arc::new(http::Site { tls_port: service.decoy == Decoy::Tls, not_found: service.not_found.clone(), timeouts });
     loop {
         let (conn, _) = incoming.next().await;
         let accepted = Instant::now();
@@ -123,9 +155,27 @@ pub async fn serve(listener: TcpListener, service: PageService, max: usize, time
             continue;
         };
         let site = site.clone();
+        let decoy = service.decoy;
         tokio::spawn(async move {
             let _permit = permit;
-            http::serve(&mut Conn(conn), &site, accepted).await;
+            let mut conn = Conn(conn);
+            match decoy {
+                Decoy::Http => http::serve(&mut conn, &site, accepted).await,
+                Decoy::Tls => {
+                    // `ngx_http_ssl_handshake`: the first byte (peeked)
+                    // says TLS (a handshake record or an SSLv2 hello) or
+                    // plain HTTP.
+                    let deadline = accepted + timeouts.header;
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout_at(deadline, conn.0.peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] == 0x16 || first[0] & 0x80 != 0 => {
+                            tls::serve(&mut conn.0, deadline).await
+                        }
+                        Ok(Ok(1)) => http::serve(&mut conn, &site, accepted).await,
+                        _ => {}
+                    }
+                }
+            }
         });
     }
 }
@@ -183,6 +233,13 @@ impl http::Wire for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_https_port_gets_the_tls_decoy_by_default() {
+        assert_eq!(Decoy::for_port(443), Decoy::Tls);
+        assert_eq!(Decoy::for_port(80), Decoy::Http);
+        assert_eq!(Decoy::for_port(8443), Decoy::Http);
+    }
 
     #[test]
     fn the_page_file_s_etag_is_nginx_s() {
