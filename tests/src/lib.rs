@@ -2,6 +2,7 @@
 //! packet builders, a loaded-gate fixture and the namespace topology.
 
 pub mod daemons;
+pub mod decoy;
 pub mod deployment;
 pub mod fixture;
 pub mod flood;

@@ -202,7 +202,8 @@ impl Drop for Neighbour {
     }
 }
 
-fn run_in_netns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` on a thread inside the network namespace named `ns`.
+pub fn run_in_netns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> R {
     let path = format!("/var/run/netns/{ns}");
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -45,7 +45,8 @@ pub fn build_tools() -> Result<()> {
 
 /// What the namespace tests need.
 pub fn test_tools() -> Result<()> {
-    apt(TEST_PACKAGES)
+    apt(TEST_PACKAGES)?;
+    nginx()
 }
 
 /// What the benchmarks need besides the test tools.
@@ -122,6 +123,37 @@ fn bpf_linker() -> Result<()> {
     run(Command::new("cargo")
         .args(["install", "bpf-linker", "--locked", "--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+/// Debian's nginx, which the `page` decoy imitates and is compared with
+/// (tests/tests/decoy_nginx.rs finds it here). Unpacked from the package
+/// into the cache rather than installed: an install would start and
+/// enable a system nginx on port 80.
+pub const NGINX_PACKAGE: &str = "nginx";
+
+pub fn nginx_root() -> PathBuf {
+    cache_dir().join("nginx")
+}
+
+fn nginx() -> Result<()> {
+    let bin = nginx_root().join("usr/sbin/nginx");
+    if bin.exists() {
+        return Ok(());
+    }
+    println!("setup: downloading and unpacking {NGINX_PACKAGE} into {}", nginx_root().display());
+    let dl = cache_dir().join("nginx-download");
+    std::fs::create_dir_all(&dl)?;
+    run(Command::new("apt-get").args(["download", "-qq", NGINX_PACKAGE]).current_dir(&dl))?;
+    let deb = std::fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(nginx_root()))?;
+    std::fs::remove_dir_all(&dl)?;
+    if !bin.exists() {
+        bail!("{} has no {}", deb.display(), bin.display());
+    }
+    Ok(())
 }
 
 pub fn vng_bin() -> PathBuf {
