@@ -53,6 +53,9 @@ pub struct DaemonStatus {
     /// count).
     #[serde(default)]
     pub flows_evicted: u64,
+    /// `page` connections closed at once because `page_max_connections`
+    /// were being served.
+    pub page_refused: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -182,10 +182,12 @@ impl Decoy {
         });
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("decoy runtime");
+        let counters = Arc::new(page::Counters::default());
         for (listener, service) in listeners {
+            let counters = counters.clone();
             runtime.spawn(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                page::serve(listener, service, 256, timeouts).await;
+                page::serve(listener, service, 256, timeouts, counters).await;
             });
         }
         Self { runtime: Some(runtime) }

@@ -71,7 +71,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     let pages = config.page_services()?;
     let page_timeouts = config.page_timeouts();
     if !pages.is_empty() {
-        page::install_synproxy(&pages).context("installing the page responder's SYNPROXY rules")?;
+        page::install_synproxy(&pages, page::established_timeout(page_timeouts.longest_wait()))
+            .context("installing the page responder's SYNPROXY rules")?;
     }
     let splice = match &g.internal_interface {
         Some(internal) => Some(prepare_splice(&mut gate, &config, internal, settings.synack.wscale)?),
@@ -99,8 +100,12 @@ pub fn run(config_path: &Path) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("tokio runtime")?;
     let admin_socket = config.control.as_ref().map(|c| c.admin_socket.clone());
-    let responder =
-        Responder { pages: pages.clone(), max: config.gateway.page_max_connections, timeouts: page_timeouts };
+    let responder = Responder {
+        pages: pages.clone(),
+        max: config.gateway.page_max_connections,
+        timeouts: page_timeouts,
+        counters: Arc::new(page::Counters::default()),
+    };
     let served = runtime.block_on(serve(&mut gate, events, held, control, splice, responder));
     if !pages.is_empty()
         && let Err(e) = page::remove_synproxy()

@@ -55,6 +55,8 @@ pub(super) struct Plane {
     config_path: PathBuf,
     /// The splice (absent without an internal interface).
     splicer: Option<Splicer>,
+    /// The `page` responders' counters.
+    page: Arc<crate::page::Counters>,
 }
 
 struct Revocation {
@@ -89,7 +91,12 @@ type Started = (
 impl Plane {
     /// Starts the agent listener; returns the plane, its decisions and the
     /// keys of agents that enroll from now on.
-    pub(super) async fn start(p: Prepared, splice: Option<SpliceSettings>, census: Arc<FlowCensus>) -> Result<Started> {
+    pub(super) async fn start(
+        p: Prepared,
+        splice: Option<SpliceSettings>,
+        census: Arc<FlowCensus>,
+        page: Arc<crate::page::Counters>,
+    ) -> Result<Started> {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(16);
         admin_socket::serve(&p.admin_socket, admin_tx)?;
         let decider: Arc<dyn Decider> = match &p.remote_validator {
@@ -154,6 +161,7 @@ impl Plane {
             metrics,
             config_path: p.config_path,
             splicer: splice.map(Splicer::new).transpose().context("starting the splice")?,
+            page,
         };
         Ok((plane, decisions, enrollments, admin_rx))
     }
@@ -253,6 +261,7 @@ impl Plane {
             splice_connecting: self.splicer.as_ref().map_or(0, Splicer::connecting),
             splice: self.splicer.as_ref().map(|s| s.totals).unwrap_or_default(),
             flows_evicted: self.census.evicted(),
+            page_refused: load(&self.page.refused),
         }
     }
 

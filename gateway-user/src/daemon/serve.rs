@@ -24,6 +24,7 @@ pub(super) struct Responder {
     pub(super) pages: Vec<page::PageService>,
     pub(super) max: usize,
     pub(super) timeouts: page::Timeouts,
+    pub(super) counters: std::sync::Arc<page::Counters>,
 }
 
 /// Runs until a termination signal: gate events, and with a control plane
@@ -40,7 +41,7 @@ pub(super) async fn serve(
         let listener = tokio::net::TcpListener::bind((p.vip, p.port))
             .await
             .with_context(|| format!("page responder on {}:{}", p.vip, p.port))?;
-        tokio::spawn(page::serve(listener, p.clone(), responder.max, responder.timeouts));
+        tokio::spawn(page::serve(listener, p.clone(), responder.max, responder.timeouts, responder.counters.clone()));
         info!(vip = %p.vip, port = p.port, decoy = p.decoy.label(), "page responder up");
     }
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -59,7 +60,8 @@ pub(super) async fn serve(
             let censor = Censor::new(gate.flow_table(), gate.pin_dir());
             let census = censor.census();
             census::spawn(censor, p.census_interval);
-            let (plane, decisions, enrollments, admin) = Plane::start(p, splice, census).await?;
+            let (plane, decisions, enrollments, admin) =
+                Plane::start(p, splice, census, responder.counters.clone()).await?;
             (Some(plane), Some(decisions), Some(enrollments), Some(admin))
         }
         None => (None, None, None, None),

@@ -5,7 +5,8 @@
 //! there (docs/gate.md, "The decoy").
 //!
 //! - [`nft`]: the table that completes the gate's cookie handshakes into
-//!   the listener (netfilter SYNPROXY).
+//!   the listener (netfilter SYNPROXY) and bounds what refused clients
+//!   leave in conntrack.
 //! - [`http`]: nginx's HTTP/1.x answers (404 for every path, 400 and the
 //!   rest as nginx gives them), with its keep-alive and timeouts;
 //!   [`parse`] holds its parsers.
@@ -19,7 +20,7 @@ pub mod tls;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::accept::Acceptor;
 
-pub use nft::{NFT_TABLE, install_synproxy, remove_synproxy};
+pub use nft::{Dropped, NFT_TABLE, dropped, established_timeout, install_synproxy, remove_synproxy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
@@ -103,7 +104,9 @@ pub struct Timeouts {
     /// `keepalive_timeout`: an idle keep-alive connection closes.
     pub keepalive: Duration,
     /// `send_timeout`: a write that makes no progress this long ends the
-    /// connection.
+    /// connection. Also the sockets' `TCP_USER_TIMEOUT`: data or a FIN
+    /// unacknowledged this long ends them, so a vanished client leaves no
+    /// socket retransmitting for long (FIN-WAIT-1 included, once closed).
     pub send: Duration,
     /// `lingering_timeout`: after an answer that closes, what the client
     /// still sends is read and dropped while it comes at least this often.
@@ -121,6 +124,11 @@ impl Timeouts {
         lingering: Duration::from_secs(5),
         lingering_time: Duration::from_secs(30),
     };
+
+    /// The longest a live decoy connection waits between two segments.
+    pub fn longest_wait(&self) -> Duration {
+        [self.header, self.keepalive, self.send, self.lingering].into_iter().max().unwrap_or(self.header)
+    }
 }
 
 /// One `page` service.
@@ -140,10 +148,24 @@ impl PageService {
     }
 }
 
+/// The responder's counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Connections closed at once because `max` were being served.
+    pub refused: AtomicU64,
+}
+
 /// Serves `service` on `listener`: at most `max` connections at once
-/// (beyond, new ones are closed at once). Accept errors are waited out
-/// (`crate::accept`): the responder never stops serving.
-pub async fn serve(listener: TcpListener, service: PageService, max: usize, timeouts: Timeouts) {
+/// (beyond, new ones are closed at once and counted in `counters`). Accept
+/// errors are waited out (`crate::accept`): the responder never stops
+/// serving.
+pub async fn serve(
+    listener: TcpListener,
+    service: PageService,
+    max: usize,
+    timeouts: Timeouts,
+    counters: Arc<Counters>,
+) {
     let slots = Arc::new(Semaphore::new(max));
     let mut incoming = Acceptor::new(listener, "page responder", Arc::new(AtomicU64::new(0)));
     let site =
@@ -152,8 +174,10 @@ pub async fn serve(listener: TcpListener, service: PageService, max: usize, time
         let (conn, _) = incoming.next().await;
         let accepted = Instant::now();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
+        set_user_timeout(&conn, timeouts.send);
         let site = site.clone();
         let decoy = service.decoy;
         tokio::spawn(async move {
@@ -177,6 +201,18 @@ pub async fn serve(listener: TcpListener, service: PageService, max: usize, time
                 }
             }
         });
+    }
+}
+
+/// `TCP_USER_TIMEOUT` on an accepted socket (tcp(7)): how long sent data
+/// may stay unacknowledged before the kernel gives the connection up. It
+/// holds for the socket once closed too (`tcp_write_timeout`,
+/// net/ipv4/tcp_timer.c, checks `icsk_user_timeout` for orphans), which is
+/// what bounds a FIN-WAIT-1 socket whose peer is gone; a healthy peer
+/// never sees it.
+fn set_user_timeout(conn: &TcpStream, timeout: Duration) {
+    if let Err(e) = socket2::SockRef::from(conn).set_tcp_user_timeout(Some(timeout)) {
+        tracing::warn!("setting TCP_USER_TIMEOUT on a decoy connection: {e}");
     }
 }
 
@@ -261,5 +297,10 @@ mod tests {
             NotFound::Builtin => panic!("a page file must be served"),
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_longest_wait_is_the_longest_timeout() {
+        assert_eq!(Timeouts::NGINX.longest_wait(), Duration::from_secs(75));
     }
 }

@@ -442,6 +442,9 @@ struct StatusReport {
     gate: Vec<GateLink>,
     gate_packets: serde_json::Map<String, serde_json::Value>,
     flows: FlowCounts,
+    /// What the `page` responders' table dropped (None: no such table in
+    /// this network namespace).
+    page_dropped: Option<ackgate_gateway::page::Dropped>,
     /// None: no [control] in the config, or the control plane is not running.
     control_plane: Option<DaemonStatus>,
     /// Why not, when the config has a control plane.
@@ -484,7 +487,8 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
     let gate_packets = counters.labelled().map(|(l, n)| (l.to_owned(), n.into())).collect();
     let gate =
         Gate::attachments(pin_dir).into_iter().map(|(interface, attached)| GateLink { interface, attached }).collect();
-    let report = StatusReport { gate, gate_packets, flows, control_plane, control_error };
+    let page_dropped = ackgate_gateway::page::dropped();
+    let report = StatusReport { gate, gate_packets, flows, page_dropped, control_plane, control_error };
     print(json, &report, |r| {
         if r.gate.is_empty() {
             println!("gate: not attached (pinned maps in {} from an earlier run)", pin_dir.display());
@@ -509,6 +513,13 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
         }
         let f = &r.flows;
         println!("flows in the gate: {} pending, {} authorized, {} denied", f.pending, f.authorized, f.denied);
+        if let Some(d) = r.page_dropped {
+            println!(
+                "page responders: dropped {} segments that came while their flow's handshake with the responder \
+                 was under way, {} of the responder's own SYN/ACKs",
+                d.early_segments, d.stray_synacks
+            );
+        }
         match (&r.control_plane, &socket) {
             (None, Some(_)) => println!("control plane: {}", r.control_error.as_deref().unwrap_or_default()),
             (Some(d), _) => {
@@ -535,6 +546,12 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
                     println!(
                         "  FLOW MAP FULL: {} flows evicted since start (raise gateway.max_flows)",
                         d.flows_evicted
+                    );
+                }
+                if d.page_refused > 0 {
+                    println!(
+                        "  page responders: {} connections closed at once (page_max_connections were being served)",
+                        d.page_refused
                     );
                 }
                 let t = &d.splice;
