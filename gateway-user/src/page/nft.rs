@@ -45,10 +45,17 @@
 //!   becomes NOPs), which the listener accepts as it accepts any ACK
 //!   without one; the connection keeps the timestamps the SYN agreed.
 //!   SYNPROXY's own packets are told apart by their source, the client's
-//!   address, which is not local. And a SYN/ACK of the listener that comes
-//!   after SYNPROXY took the first one (the flow's sequence adjustment is
-//!   set up) is dropped and counted (`stray_synacks`), so the client never
-//!   sees the listener's own.
+//!   address, which is not local.
+//! - **Nothing a real server would not send.** A SYN/ACK of the listener
+//!   that comes after SYNPROXY took the first one (the flow's sequence
+//!   adjustment is set up) would show the client a second, Linux SYN/ACK.
+//!   And SYNPROXY answers the listener's SYN/ACK with an ACK to the client
+//!   (`synproxy_send_client_ack`) that opens the zero window of its own
+//!   SYN/ACKs; the gate's SYN/ACK has a real window, and a server answers
+//!   a handshake's ACK with nothing, so that ACK only gives the decoy away.
+//!   Both are dropped and counted (`stray_segments`). SYNPROXY's packets
+//!   have no socket (`synproxy_send_tcp` sends a bare skb), which tells
+//!   its ACK from the responder's own.
 //! - **Conntrack entries as short-lived as the decoy's sockets.** An
 //!   established entry otherwise lives for `nf_conntrack_tcp_timeout_established`
 //!   (five days) after the last segment. The responder's flows get a `ct
@@ -69,9 +76,10 @@ pub const NFT_TABLE: &str = "ackgate_page";
 /// handshake was under way.
 pub const EARLY_SEGMENTS: &str = "early_segments";
 
-/// The named counter of the responder's own SYN/ACKs that would have
-/// reached the client.
-pub const STRAY_SYNACKS: &str = "stray_synacks";
+/// The named counter of the segments that would have shown the client
+/// what a real server never sends: the responder's late SYN/ACKs and
+/// SYNPROXY's window updates.
+pub const STRAY_SEGMENTS: &str = "stray_segments";
 
 /// `IPS_SEQ_ADJUST` (include/uapi/linux/netfilter/nf_conntrack_common.h):
 /// SYNPROXY has taken the listener's SYN/ACK and set up the sequence
@@ -132,7 +140,7 @@ fn table(services: &[PageService], established_secs: u64, tcp_loose_was: &str) -
     script.push_str(&format!(
         "  ct timeout responder {{\n    protocol tcp\n    l3proto ip\n    policy = {{ established: {established_secs} }}\n  }}\n"
     ));
-    script.push_str(&format!("  counter {EARLY_SEGMENTS} {{ }}\n  counter {STRAY_SYNACKS} {{ }}\n"));
+    script.push_str(&format!("  counter {EARLY_SEGMENTS} {{ }}\n  counter {STRAY_SEGMENTS} {{ }}\n"));
     script.push_str(
         "  set opening {\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n    flags timeout\n  }\n",
     );
@@ -160,12 +168,21 @@ fn table(services: &[PageService], established_secs: u64, tcp_loose_was: &str) -
     each(&mut script, &|_| {
         "fib saddr type != local tcp flags ack / fin,syn,rst,ack reset tcp option timestamp".to_owned()
     });
-    for s in services {
-        script.push_str(&format!(
-            "    ip saddr {} tcp sport {} tcp flags syn,ack / syn,ack ct status & {IPS_SEQ_ADJUST:#x} == {IPS_SEQ_ADJUST:#x} counter name {STRAY_SYNACKS} drop\n",
-            s.vip, s.port
-        ));
-    }
+    // The responder's side: its late SYN/ACKs; then, of what has no
+    // socket (SYNPROXY's), the ACKs.
+    let from = |script: &mut String, rule: &str| {
+        for s in services {
+            script.push_str(&format!("    ip saddr {} tcp sport {} {rule}\n", s.vip, s.port));
+        }
+    };
+    from(
+        &mut script,
+        &format!(
+            "tcp flags syn,ack / syn,ack ct status & {IPS_SEQ_ADJUST:#x} == {IPS_SEQ_ADJUST:#x} counter name {STRAY_SEGMENTS} drop"
+        ),
+    );
+    from(&mut script, "meta skuid >= 0 accept");
+    from(&mut script, &format!("tcp flags ack / fin,syn,rst,ack counter name {STRAY_SEGMENTS} drop"));
     script.push_str("  }\n}\n");
     script
 }
@@ -206,8 +223,9 @@ fn recorded_tcp_loose() -> Option<String> {
 pub struct Dropped {
     /// Segments of a flow whose handshake with the responder was under way.
     pub early_segments: u64,
-    /// The responder's own SYN/ACKs, which would have reached the client.
-    pub stray_synacks: u64,
+    /// Segments a real server would not have sent: the responder's late
+    /// SYN/ACKs, SYNPROXY's window updates.
+    pub stray_segments: u64,
 }
 
 pub fn dropped() -> Option<Dropped> {
@@ -221,7 +239,7 @@ pub fn dropped() -> Option<Dropped> {
         words.find(|w| *w == "packets")?;
         words.next()?.parse().ok()
     };
-    Some(Dropped { early_segments: read(EARLY_SEGMENTS)?, stray_synacks: read(STRAY_SYNACKS)? })
+    Some(Dropped { early_segments: read(EARLY_SEGMENTS)?, stray_segments: read(STRAY_SEGMENTS)? })
 }
 
 /// Removes the rules (clean stop) and gives `nf_conntrack_tcp_loose` back
@@ -257,7 +275,7 @@ mod tests {
             let rules = script.lines().filter(|l| l.contains(&format!("tcp dport {port} "))).count();
             assert_eq!(rules, 5, "notrack, early drop, synproxy, SYN, ACK for port {port}:\n{script}");
             let stray = script.lines().filter(|l| l.contains(&format!("tcp sport {port} "))).count();
-            assert_eq!(stray, 1, "stray SYN/ACK drop for port {port}:\n{script}");
+            assert_eq!(stray, 3, "late SYN/ACKs, sockets, SYNPROXY's ACKs for port {port}:\n{script}");
         }
         assert!(script.contains("policy = { established: 105 }"), "{script}");
         assert!(script.contains("comment \"nf_conntrack_tcp_loose was 1\""), "{script}");

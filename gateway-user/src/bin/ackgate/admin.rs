@@ -516,8 +516,8 @@ pub fn status(pin_dir: &Path, config: Option<&Config>, all: bool, json: bool) ->
         if let Some(d) = r.page_dropped {
             println!(
                 "page responders: dropped {} segments that came while their flow's handshake with the responder \
-                 was under way, {} of the responder's own SYN/ACKs",
-                d.early_segments, d.stray_synacks
+                 was under way, {} that a real server would not have sent",
+                d.early_segments, d.stray_segments
             );
         }
         match (&r.control_plane, &socket) {
