@@ -576,7 +576,7 @@ impl<W: Wire> Conn<'_, W> {
     async fn lingering_close(&mut self) {
         let t = self.site.timeouts;
         let until = *self.lingering_until.get_or_insert_with(|| Instant::now() + t.lingering_time);
-        if self.wire.shutdown().await.is_err() {
+        if !matches!(tokio::time::timeout(t.send, self.wire.shutdown()).await, Ok(Ok(()))) {
             return;
         }
         let mut scratch = vec![0u8; LINGERING_BUFFER];
@@ -762,6 +762,83 @@ mod tests {
         );
         let other = answer(Status::BadRequest, Form::default(), &file, at);
         assert!(!String::from_utf8_lossy(&other).contains("ETag"), "only the 404 is the page file");
+    }
+
+    /// One end of an in-memory stream, as the decoy's wire.
+    struct Mem(tokio::io::DuplexStream);
+
+    impl AsyncRead for Mem {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Mem {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Wire for Mem {
+        fn readable_now(&self) -> bool {
+            false
+        }
+    }
+
+    /// Serves `input` (then silence) and returns what the decoy wrote and
+    /// when it ended, on tokio's paused clock.
+    async fn served(input: &[u8]) -> (String, Duration) {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let site = Site { tls_port: false, not_found: NotFound::Builtin, timeouts: Timeouts::NGINX };
+        let start = Instant::now();
+        let server = tokio::spawn(async move {
+            serve(&mut Mem(ours), &site, start).await;
+            start.elapsed()
+        });
+        theirs.write_all(input).await.expect("writing the request");
+        let took = server.await.expect("the decoy's task");
+        let mut out = Vec::new();
+        theirs.read_to_end(&mut out).await.expect("reading the answer");
+        (String::from_utf8_lossy(&out).into_owned(), took)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nginx_s_timeouts_end_quiet_connections() {
+        let t = Timeouts::NGINX;
+        assert_eq!(served(b"").await, (String::new(), t.header), "nothing sent");
+        assert_eq!(served(b"GET / HT").await, (String::new(), t.header), "half a request line");
+        let (answer, took) = served(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+        assert_eq!(took, t.keepalive, "an idle keep-alive connection");
+        let (answer, took) = served(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(answer.matches("HTTP/1.1 404 Not Found").count(), 2, "pipelined: {answer}");
+        assert_eq!(took, t.keepalive);
+        let (answer, took) = served(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc").await;
+        assert!(answer.contains("Connection: keep-alive"), "{answer}");
+        assert_eq!(took, t.lingering, "a body that stops coming");
+        let (answer, took) = served(b"GET / HTTP/1.0\r\n\r\n").await;
+        assert!(answer.contains("Connection: close"), "{answer}");
+        assert_eq!(took, Duration::ZERO, "HTTP/1.0 closes at once");
     }
 
     #[test]
