@@ -144,37 +144,37 @@ fn table(services: &[PageService], established_secs: u64, tcp_loose_was: &str) -
     script.push_str(
         "  set opening {\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n    flags timeout\n  }\n",
     );
-    let each = |script: &mut String, rule: &dyn Fn(&PageService) -> String| {
+    // A rule for the segments to each service, and one for those from it.
+    let to = |script: &mut String, rule: &str| {
         for s in services {
-            script.push_str(&format!("    ip daddr {} tcp dport {} {}\n", s.vip, s.port, rule(s)));
+            script.push_str(&format!("    ip daddr {} tcp dport {} {rule}\n", s.vip, s.port));
         }
     };
-    // SYNs are the gate's to answer: conntrack must not see them.
-    script.push_str("  chain pre {\n    type filter hook prerouting priority raw; policy accept;\n");
-    each(&mut script, &|_| "tcp flags syn / fin,syn,rst,ack notrack".to_owned());
-    script.push_str("  }\n  chain inp {\n    type filter hook input priority filter; policy accept;\n");
-    each(&mut script, &|_| format!("ct state invalid,untracked {flow} @opening counter name {EARLY_SEGMENTS} drop"));
-    each(&mut script, &|_| "ct state invalid,untracked synproxy mss 1460".to_owned());
-    // SYNPROXY's packets to the listener carry the client's address, which
-    // is not local: that tells them from a local client's. Its SYN's
-    // conntrack entry is new here (conntrack runs at priority -200 in this
-    // hook, confirmation last); its ACK loses the timestamp option.
-    script.push_str("  }\n  chain out {\n    type filter hook output priority filter; policy accept;\n");
-    each(&mut script, &|_| {
-        format!(
-            "fib saddr type != local tcp flags syn / fin,syn,rst,ack ct timeout set \"responder\" add @opening {{ {flow} timeout {HANDSHAKE_WINDOW} }}"
-        )
-    });
-    each(&mut script, &|_| {
-        "fib saddr type != local tcp flags ack / fin,syn,rst,ack reset tcp option timestamp".to_owned()
-    });
-    // The responder's side: its late SYN/ACKs; then, of what has no
-    // socket (SYNPROXY's), the ACKs.
     let from = |script: &mut String, rule: &str| {
         for s in services {
             script.push_str(&format!("    ip saddr {} tcp sport {} {rule}\n", s.vip, s.port));
         }
     };
+    // SYNs are the gate's to answer: conntrack must not see them.
+    script.push_str("  chain pre {\n    type filter hook prerouting priority raw; policy accept;\n");
+    to(&mut script, "tcp flags syn / fin,syn,rst,ack notrack");
+    script.push_str("  }\n  chain inp {\n    type filter hook input priority filter; policy accept;\n");
+    to(&mut script, &format!("ct state invalid,untracked {flow} @opening counter name {EARLY_SEGMENTS} drop"));
+    to(&mut script, "ct state invalid,untracked synproxy mss 1460");
+    // SYNPROXY's packets to the listener carry the client's address, which
+    // is not local: that tells them from a local client's. Its SYN's
+    // conntrack entry is new here (conntrack runs at priority -200 in this
+    // hook, confirmation last); its ACK loses the timestamp option.
+    script.push_str("  }\n  chain out {\n    type filter hook output priority filter; policy accept;\n");
+    to(
+        &mut script,
+        &format!(
+            "fib saddr type != local tcp flags syn / fin,syn,rst,ack ct timeout set \"responder\" add @opening {{ {flow} timeout {HANDSHAKE_WINDOW} }}"
+        ),
+    );
+    to(&mut script, "fib saddr type != local tcp flags ack / fin,syn,rst,ack reset tcp option timestamp");
+    // The responder's side: its late SYN/ACKs; then, of what has no
+    // socket (SYNPROXY's), the ACKs.
     from(
         &mut script,
         &format!(
