@@ -24,3 +24,22 @@ pub mod transfer;
 pub fn emulated() -> bool {
     std::env::var_os("ACKGATE_EMULATED").is_some()
 }
+
+/// A scratch directory under the system's temporary directory, unique to
+/// this process and call, removed when dropped (also when a test fails).
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("ackgate-{tag}-{}-{n}", std::process::id())))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

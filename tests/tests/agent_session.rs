@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use ackgate_common::proto::{
     EnrollRequest, ErrorCode, FlowSummary, Hello, Logout, Message, MessageCodec, PROTOCOL_VERSION,
 };
 use ackgate_gateway::agents::{LOGINS_QUEUED, LoginPolicy, ProfileError, ServerConfig};
+use ackgate_tests::TempDir;
 use ackgate_tests::test_gateway::{HEARTBEAT, TestGateway};
 use futures_util::{SinkExt, StreamExt};
 use sha2::{Digest, Sha256};
@@ -78,23 +78,6 @@ fn identity(enrollment: ackgate_agent::state::Enrollment, machine: [u8; 32]) -> 
 
 fn credentials(user: &str, password: &str) -> Option<Credentials> {
     Some(Credentials { user: user.into(), password: Zeroizing::new(password.into()) })
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        Self(std::env::temp_dir().join(format!("ackgate-agent-{tag}-{}-{n}", std::process::id())))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn fast_reconnect() -> SessionSection {
@@ -855,7 +838,7 @@ async fn the_session_certificate_is_renewed_before_it_expires() {
     let identity = Arc::new(Identity::new(enrollment, [7; 32], Some(StateDir::new(&dir.0))));
     let shared = Shared::new(&old.info.gateway, Arc::new(TestStamps::default()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(session::run(identity.clone(), shared.clone(), fast_reconnect(), stopped));
+    let agent = tokio::spawn(session::run(identity.clone(), shared.clone(), fast_reconnect(), stopped));
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while shared.status().certificate_renewals == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no renewal within {DEADLINE:?}: {:?}", shared.status());
@@ -872,7 +855,10 @@ async fn the_session_certificate_is_renewed_before_it_expires() {
     gw.restart().await;
     gw.wait_connected(id, DEADLINE).await;
     assert_eq!(shared.status().state, "connected", "the renewed certificate opens the next session");
+    // The agent renews again (its certificate is due at once) into the
+    // state directory: it ends before the directory goes.
     let _ = stop.send(true);
+    let _ = tokio::time::timeout(DEADLINE, agent).await;
 }
 
 /// The install serial is the enrollment's: a session that says another is

@@ -495,9 +495,9 @@ fn the_decoy_answers_as_nginx_does() {
     let version = Nginx::version();
     assert!(version.contains("nginx/1.22."), "the decoy imitates nginx 1.22; this nginx is {version}");
     let ns = Netns::new();
-    let page_dir = std::env::temp_dir().join(format!("{}-page", ns.name));
-    let page = decoy::page_file(&page_dir);
-    let nginx = Nginx::start(&ns, &nginx_conf(&page_dir.display().to_string()), &[HTTP, FILE, TLS]);
+    let page_dir = ackgate_tests::TempDir::new(&format!("{}-page", ns.name));
+    let page = decoy::page_file(&page_dir.0);
+    let nginx = Nginx::start(&ns, &nginx_conf(&page_dir.0.display().to_string()), &[HTTP, FILE, TLS]);
     let not_found = NotFound::load(&page).expect("page file");
     let service = |decoy, not_found| PageService { vip: [127, 0, 0, 1].into(), port: 0, decoy, not_found };
     let _decoy = decoy::Decoy::start(
@@ -544,7 +544,6 @@ fn the_decoy_answers_as_nginx_does() {
             ));
         }
     }
-    let _ = std::fs::remove_dir_all(&page_dir);
     assert!(
         differ.is_empty(),
         "{} of {} probes differ:\n{}\nnginx log:\n{}",

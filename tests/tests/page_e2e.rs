@@ -336,8 +336,8 @@ fn a_tls_decoy_refuses_handshakes_as_nginx() {
 
 #[test]
 fn an_http_decoy_serves_the_page_file_and_refuses_garbage_as_nginx() {
-    let dir = std::env::temp_dir().join(format!("ackgate-pgfile-{}", std::process::id()));
-    let file = ackgate_tests::decoy::page_file(&dir);
+    let dir = ackgate_tests::TempDir::new("pgfile");
+    let file = ackgate_tests::decoy::page_file(&dir.0);
     let (s, _gateway) = start("pgfile", "", &format!("page_file = \"{}\"", file.display()));
     let body = std::fs::read(&file).expect("page file");
     let (answer, _) = fetch(&s, b"GET /admin HTTP/1.0\r\n\r\n", WAIT);
@@ -360,5 +360,4 @@ fn an_http_decoy_serves_the_page_file_and_refuses_garbage_as_nginx() {
         text.contains("Connection: close\r\n")
             && text.ends_with("<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
