@@ -194,12 +194,29 @@ default_response = "{default_response}"
     }
 
     pub fn login(&self, user: &str, password: &str) {
-        let out = run_ok(
-            self.agent(&["login", "--user", user, "--password-stdin"]),
-            Some(&format!("{password}\n")),
-            "ackgate-agent login",
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("logged in"), "login output: {out:?}");
+        use std::io::Write as _;
+        let mut cmd = self.agent(&["login", "--user", user, "--password-stdin"]);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("ackgate-agent login: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(format!("{password}\n").as_bytes()).expect("the password");
+        }
+        let out = child.wait_with_output().expect("ackgate-agent login");
+        if String::from_utf8_lossy(&out.stdout).contains("logged in") {
+            return;
+        }
+        // The command waits 15 s for the verdict; the login goes on after
+        // it gives up (the VM's emulated CPU runs argon2id on both ends far
+        // slower): the agent's status then shows the verdict.
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no verdict from the gateway"), "login output: {out:?}");
+        eventually(WAIT, "the agent's login verdict", || {
+            let logins = self.agent_status()["session"]["logins"].clone();
+            let verdict = logins.as_array()?.iter().find(|l| l["user"] == user)?.clone();
+            assert_eq!(verdict["accepted"], true, "the login must be accepted: {verdict}");
+            Some(())
+        });
     }
 
     /// One connection attempt with curl from the client namespace, given
