@@ -131,6 +131,14 @@ impl Frame for SkbFrame<'_> {
 /// verifiers before about 6.13 do not carry that bound back to `len`
 /// ("R4 min value is negative"); it also drops the zero check when a
 /// caller implies it.
+///
+/// The zero check is a signed `len < 1`: an unsigned one compiles to
+/// `if len == 0`, and 6.1's verifier learns nothing on the fall-through of
+/// an equality test unless the register is a constant (reg_set_min_max in
+/// kernel/bpf/verifier.c), so the size keeps minimum 0 and the helper's
+/// non-zero size argument is refused ("invalid access to map value ...
+/// size=0"). A signed `<` raises the signed minimum to 1, which 6.1 also
+/// carries to the unsigned one (len is at most `max` here, so not negative).
 #[inline(always)]
 pub fn bounded_len(len: usize, max: usize) -> Option<usize> {
     let len = core::hint::black_box(len);
@@ -138,7 +146,7 @@ pub fn bounded_len(len: usize, max: usize) -> Option<usize> {
         return None;
     }
     let len = core::hint::black_box(len);
-    if len == 0 {
+    if (len as isize) < 1 {
         return None;
     }
     Some(len)
@@ -161,11 +169,20 @@ pub fn bounded_len(len: usize, max: usize) -> Option<usize> {
 /// the verifier, and it refuses arithmetic on a packet pointer with an
 /// unbounded register ("math between pkt pointer and register with
 /// unbounded min value").
+///
+/// The bound is also applied as a mask (a no-op after the check, hidden
+/// from LLVM by `black_box` so that it stays): LLVM may compare one copy
+/// of the offset, refilled from the stack, and add another. Verifiers
+/// before 6.8 give a scalar spilled to the stack no id ("bpf: assign ID to
+/// scalars on spill", kernel/bpf/verifier.c), so the bound learned on one
+/// fill does not reach the other; 6.1 then refuses the addition with the
+/// message above. A masked value carries its bound wherever it is spilled.
 #[inline(always)]
 fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<usize> {
     if offset > MAX_FRAME_OFFSET {
         return None;
     }
+    let offset = core::hint::black_box(offset) & MAX_FRAME_OFFSET;
     let at = core::hint::black_box(data + offset);
     if at + size_of::<T>() > data_end {
         return None;
@@ -178,5 +195,7 @@ fn checked_ptr<T>(data: usize, data_end: usize, offset: usize) -> Option<usize> 
 /// Well below the kernel's MAX_PACKET_OFF (0xffff) on purpose: the
 /// verifier only credits a bounds check to a variable-offset packet
 /// pointer when offset + access size stays within MAX_PACKET_OFF
-/// (find_good_pkt_pointers, kernel/bpf/verifier.c).
+/// (find_good_pkt_pointers, kernel/bpf/verifier.c). One less than a power
+/// of two: `checked_ptr` also masks with it.
 const MAX_FRAME_OFFSET: usize = 0x3ff;
+const _: () = assert!((MAX_FRAME_OFFSET + 1).is_power_of_two());
