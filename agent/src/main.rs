@@ -200,6 +200,12 @@ async fn cmd_login(config: &Config, user: Option<String>, account: Option<u32>, 
 }
 
 async fn cmd_run(config: Config) -> Result<()> {
+    match ackgate_common::kernels::check_running()? {
+        Some(kernel) => tracing::info!(%kernel, "kernel supported"),
+        None => {
+            tracing::warn!("cannot tell the kernel's version; loading the stamper will tell whether it is supported")
+        }
+    }
     let enrollment = StateDir::new(&config.state_dir).load()?;
     let agent_id = enrollment.info.agent_id;
     let gateway_ip = enrollment.info.gateway.parse::<std::net::SocketAddr>().ok().and_then(|a| match a.ip() {

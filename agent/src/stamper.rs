@@ -13,6 +13,7 @@ use ackgate_common::proto::FlowSummary;
 use ackgate_common::stamp::reason;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use aya::programs::{ProgramError, SchedClassifier, TcAttachType, tc};
+use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use thiserror::Error;
 
@@ -91,12 +92,27 @@ impl Stamper {
     /// Attaches the stamper to egress of `iface` (in the calling thread's
     /// network namespace). Kernels from 6.6 use TCX links; older ones need
     /// the clsact qdisc, added here if missing.
+    ///
+    /// Before 6.6 (aya attaches a cls_bpf filter by netlink there) the
+    /// attachment is not tied to this process: a stamper whose agent was
+    /// killed stays on the interface, stamping with its last identity and
+    /// accounts. Such filters, found by the program's name, are removed
+    /// first and reported; it is one agent per machine.
     pub fn attach(&mut self, iface: &str) -> Result<(), StamperError> {
         check_iface_name(iface)?;
         let attach_err = |source| StamperError::Attach { iface: iface.to_owned(), source };
         // EEXIST (already there) and "not needed" are both fine: the attach
         // below reports what matters.
         let _ = tc::qdisc_add_clsact(iface);
+        if KernelVersion::current().is_ok_and(|v| v < ackgate_common::kernels::TCX) {
+            match tc::qdisc_detach_program(iface, TcAttachType::Egress, PROGRAM_NAME) {
+                Ok(()) => {
+                    tracing::warn!(iface, "removed a stamper left attached by an agent that did not stop cleanly")
+                }
+                Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(iface, "looking for a stamper left attached by an earlier agent: {e}"),
+            }
+        }
         self.program()?.attach(iface, TcAttachType::Egress).map(drop).map_err(attach_err)
     }
 

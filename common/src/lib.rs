@@ -31,4 +31,6 @@ pub mod counters;
 #[cfg(feature = "user")]
 pub mod host;
 #[cfg(feature = "user")]
+pub mod kernels;
+#[cfg(feature = "user")]
 mod pod;

@@ -60,7 +60,7 @@ impl HostTcp {
                 .map_err(|source| ProfileError::Read { what: format!("the MTU of {iface}"), source })?,
             rmem_default,
             rmem_max_tcp,
-            rmem_max: read_number("/proc/sys/net/core/rmem_max")?,
+            rmem_max: read_rmem_max()?,
             ecn: read_number("/proc/sys/net/ipv4/tcp_ecn")?,
         })
     }
@@ -84,6 +84,30 @@ impl HostTcp {
             wscale,
             ecn: u8::from(self.ecn != 0),
         }
+    }
+}
+
+/// Linux's default `net.core.rmem_max` (SK_RMEM_MAX, net/core/sock.c).
+const DEFAULT_RMEM_MAX: u32 = 212_992;
+
+/// `net.core.rmem_max`. Kernels before about 6.6 (6.1 here) register it in
+/// the initial network namespace only (`net_core_table`,
+/// net/core/sysctl_net_core.c): in another namespace the file is missing,
+/// and the kernel uses the global value, which cannot be read from there.
+/// Linux's default stands in for it then: it only sets the window scale
+/// when it is above `tcp_rmem[2]` (6 MiB by default), and the default is far
+/// below, so only an administrator's raised global value is missed.
+fn read_rmem_max() -> Result<u32, ProfileError> {
+    const PATH: &str = "/proc/sys/net/core/rmem_max";
+    match read_number(PATH) {
+        Err(ProfileError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(
+                "{PATH} is not visible in this network namespace on this kernel; assuming Linux's default \
+                 {DEFAULT_RMEM_MAX} for the SYN/ACK's window scale"
+            );
+            Ok(DEFAULT_RMEM_MAX)
+        }
+        other => other,
     }
 }
 

@@ -29,6 +29,10 @@ use serve::{Responder, serve};
 /// then detaches it (the pinned maps stay).
 pub fn run(config_path: &Path) -> Result<()> {
     let config = Config::from_file(config_path)?;
+    match ackgate_common::kernels::check_running()? {
+        Some(kernel) => info!(%kernel, "kernel supported"),
+        None => warn!("cannot tell the kernel's version; loading the gate will tell whether it is supported"),
+    }
     // Before anything is touched: a second instance on the same pins
     // would replace the running gate's program and its admin socket.
     let _pins = crate::bpffs::lock_pin_dir(&config.gateway.pin_dir)?;
