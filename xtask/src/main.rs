@@ -20,15 +20,33 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install everything a fresh machine lacks: apt packages, nightly
-    /// rust-src, bpf-linker (LLVM 22), virtme-ng and the pinned VM kernel.
+    /// rust-src, bpf-linker (LLVM 22), virtme-ng and the pinned VM kernels.
     Setup,
     /// Everything: fmt, clippy (host and eBPF), unit, property, test-run and
-    /// namespace tests on this kernel, then the integration suite in a VM on
-    /// the pinned Debian kernel. Ends with `N passed, N failed`.
+    /// namespace tests on this kernel, then the integration suite in VMs on
+    /// the pinned Debian kernels (6.12 and 6.1, side by side). Ends with
+    /// `N passed, N failed`.
     Test {
         /// Skip the VM run (quicker local iterations).
         #[arg(long)]
         no_vm: bool,
+    },
+    /// Only the integration suite in the VMs, with each binary's (or each
+    /// test's) wall time.
+    Vm {
+        /// Pinned kernels to boot, by name: 6.12, 6.1 (default: all, side
+        /// by side).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Only these test targets (e.g. xdp_gate).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Run each test alone and print its wall time.
+        #[arg(long)]
+        per_test: bool,
+        /// Passed to every test binary (a name filter, --exact...).
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
     /// Build, create a namespace topology and show the product at work with
     /// the real daemons: an unknown client, enrollment, login, approval.
@@ -63,7 +81,24 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::all(),
-        Command::Test { no_vm } => suite::run(!no_vm),
+        Command::Test { no_vm } => {
+            let kernels: Vec<_> = if no_vm { Vec::new() } else { setup::VM_KERNELS.iter().collect() };
+            suite::run(&kernels)
+        }
+        Command::Vm { kernels, targets, per_test, test_args } => {
+            let kernels = match kernels.is_empty() {
+                true => setup::VM_KERNELS.iter().collect(),
+                false => kernels.iter().map(|n| setup::vm_kernel_named(n)).collect::<Result<Vec<_>>>()?,
+            };
+            setup::build_tools()?;
+            setup::test_tools()?;
+            setup::vm_tools(&kernels)?;
+            suite::cargo_build_workspace()?;
+            let mut tally = suite::Tally::default();
+            let opts = vm::SuiteOptions { targets, test_args: &test_args, per_test };
+            vm::run_suite(&mut tally, &kernels, &opts)?;
+            tally.finish()
+        }
         Command::Demo => {
             setup::build_tools()?;
             suite::cargo_build("ackgate-gateway")?;
@@ -85,9 +120,12 @@ fn main() -> Result<()> {
                 suite::cargo_run_bin("bench", &args)?;
             }
             if !in_vm.is_empty() {
-                setup::vm_tools()?;
+                // The newest pinned kernel: what the delayed group measures
+                // does not differ between them.
+                let kernel = &setup::VM_KERNELS[0];
+                setup::vm_tools(&[kernel])?;
                 let bench = suite::cargo_build_release_bin("ackgate-tests", "bench")?;
-                vm::run_bench(&bench, &in_vm)?;
+                vm::run_bench(kernel, &bench, &in_vm)?;
             }
             Ok(())
         }

@@ -18,9 +18,50 @@ const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "ude
 const BENCH_PACKAGES: &[&str] = &["haproxy", "iperf3"];
 
 pub const VIRTME_NG_VERSION: &str = "1.42";
-/// Pinned distribution kernel for the VM run (Debian 12 backports 6.12).
-pub const VM_KERNEL_PACKAGE: &str = "linux-image-6.12.117+deb12-amd64";
-pub const VM_KERNEL_RELEASE: &str = "6.12.117+deb12-amd64";
+/// A pinned Debian kernel the VM suite boots.
+pub struct VmKernel {
+    /// Short name for the command line and the tally ("vm 6.1: test").
+    pub name: &'static str,
+    pub package: &'static str,
+    /// The package version `apt-get download` asks for: a rebuilt package
+    /// under the same name is not silently taken.
+    pub version: &'static str,
+    /// `uname -r` in the guest (and the modules directory).
+    pub release: &'static str,
+    /// VMs that share this kernel's suite, each taking the next test
+    /// binary from a common queue.
+    pub vms: usize,
+}
+
+/// The VM matrix: Debian 12's backports kernel (6.12) and its own LTS
+/// kernel (6.1), the oldest kernel the project supports (docs/kernels.md).
+pub const VM_KERNELS: &[VmKernel] = &[
+    VmKernel {
+        name: "6.12",
+        package: "linux-image-6.12.117+deb12-amd64",
+        version: "6.12.117-1~deb12u1",
+        release: "6.12.117+deb12-amd64",
+        vms: 1,
+    },
+    // Two VMs: 6.1's verifier takes seconds longer than 6.12's over the
+    // gate's programs under emulation, and every test loads them, so its
+    // suite alone takes almost twice as long (docs/kernels.md).
+    VmKernel {
+        name: "6.1",
+        package: "linux-image-6.1.0-56-amd64",
+        version: "6.1.192-2",
+        release: "6.1.0-56-amd64",
+        vms: 2,
+    },
+];
+
+/// The pinned kernel called `name` ("6.1", "6.12").
+pub fn vm_kernel_named(name: &str) -> Result<&'static VmKernel> {
+    VM_KERNELS.iter().find(|k| k.name == name).with_context(|| {
+        let names: Vec<&str> = VM_KERNELS.iter().map(|k| k.name).collect();
+        format!("no pinned VM kernel {name:?} (pinned: {})", names.join(", "))
+    })
+}
 
 pub fn cache_dir() -> PathBuf {
     std::env::var_os("ACKGATE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
@@ -31,7 +72,7 @@ pub fn cache_dir() -> PathBuf {
 pub fn all() -> Result<()> {
     build_tools()?;
     bench_tools()?;
-    vm_tools()?;
+    vm_tools(&VM_KERNELS.iter().collect::<Vec<_>>())?;
     println!("setup: everything is in place");
     Ok(())
 }
@@ -55,11 +96,13 @@ pub fn bench_tools() -> Result<()> {
     apt(BENCH_PACKAGES)
 }
 
-/// What the VM run needs.
-pub fn vm_tools() -> Result<()> {
+/// What the VM run needs, with the kernels of `kernels`.
+pub fn vm_tools(kernels: &[&VmKernel]) -> Result<()> {
     apt(VM_PACKAGES)?;
     virtme_ng()?;
-    vm_kernel()?;
+    for k in kernels {
+        vm_kernel(k)?;
+    }
     Ok(())
 }
 
@@ -174,27 +217,27 @@ fn virtme_ng() -> Result<()> {
 }
 
 /// Root of the unpacked kernel package.
-pub fn vm_kernel_root() -> PathBuf {
-    cache_dir().join("kernel").join(VM_KERNEL_RELEASE)
+pub fn vm_kernel_root(k: &VmKernel) -> PathBuf {
+    cache_dir().join("kernel").join(k.release)
 }
 
-pub fn vm_kernel_image() -> PathBuf {
-    vm_kernel_root().join(format!("boot/vmlinuz-{VM_KERNEL_RELEASE}"))
+pub fn vm_kernel_image(k: &VmKernel) -> PathBuf {
+    vm_kernel_root(k).join(format!("boot/vmlinuz-{}", k.release))
 }
 
-fn vm_kernel() -> Result<()> {
-    if !vm_kernel_image().exists() {
-        unpack_vm_kernel()?;
+fn vm_kernel(k: &VmKernel) -> Result<()> {
+    if !vm_kernel_image(k).exists() {
+        unpack_vm_kernel(k)?;
     }
-    link_vm_modules()
+    link_vm_modules(k)
 }
 
 /// The guest mounts the host's root read-only and looks for modules in
 /// /lib/modules/<release>; point that at the unpacked package. The host
 /// never runs this release, so the link changes nothing for it.
-fn link_vm_modules() -> Result<()> {
-    let link = PathBuf::from("/lib/modules").join(VM_KERNEL_RELEASE);
-    let target = vm_kernel_root().join("lib/modules").join(VM_KERNEL_RELEASE);
+fn link_vm_modules(k: &VmKernel) -> Result<()> {
+    let link = PathBuf::from("/lib/modules").join(k.release);
+    let target = vm_kernel_root(k).join("lib/modules").join(k.release);
     if std::fs::read_link(&link).is_ok_and(|t| t == target) {
         return Ok(());
     }
@@ -207,20 +250,22 @@ fn link_vm_modules() -> Result<()> {
     std::os::unix::fs::symlink(&target, &link).with_context(|| format!("linking {}", link.display()))
 }
 
-fn unpack_vm_kernel() -> Result<()> {
-    println!("setup: downloading and unpacking {VM_KERNEL_PACKAGE}");
-    let dl = cache_dir().join("kernel/download");
+fn unpack_vm_kernel(k: &VmKernel) -> Result<()> {
+    println!("setup: downloading and unpacking {} {}", k.package, k.version);
+    // One download directory per kernel: two VM runs may set up at once.
+    let dl = cache_dir().join("kernel").join(format!("download-{}", k.release));
+    let _ = std::fs::remove_dir_all(&dl);
     std::fs::create_dir_all(&dl)?;
-    run(Command::new("apt-get").args(["download", "-qq", VM_KERNEL_PACKAGE]).current_dir(&dl))?;
+    run(Command::new("apt-get").args(["download", "-qq", &format!("{}={}", k.package, k.version)]).current_dir(&dl))?;
     let deb = std::fs::read_dir(&dl)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .context("apt-get download left no .deb")?;
-    let root = vm_kernel_root();
+    let root = vm_kernel_root(k);
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     std::fs::remove_dir_all(&dl)?;
-    if !vm_kernel_image().exists() {
-        bail!("{} has no {}", deb.display(), vm_kernel_image().display());
+    if !vm_kernel_image(k).exists() {
+        bail!("{} has no {}", deb.display(), vm_kernel_image(k).display());
     }
     Ok(())
 }

@@ -16,6 +16,19 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Prints the failures and the counts; an error if anything failed.
+    pub fn finish(&self) -> Result<()> {
+        println!();
+        for f in &self.failures {
+            println!("FAILED: {f}");
+        }
+        println!("{} passed, {} failed", self.passed, self.failed);
+        if self.failed > 0 {
+            bail!("{} check(s) failed", self.failed);
+        }
+        Ok(())
+    }
+
     fn check(&mut self, name: &str, ok: bool) {
         if ok {
             self.passed += 1;
@@ -58,7 +71,13 @@ impl Tally {
 
 /// Runs `cmd`, echoing its output as it comes, and returns all of it.
 pub fn run_tee(cmd: &mut Command) -> Result<(bool, String)> {
-    println!("\n==> {cmd:?}");
+    run_tee_prefixed(cmd, "")
+}
+
+/// [`run_tee`] with every echoed line behind `prefix` (the output of runs
+/// side by side stays readable); the returned output has no prefix.
+pub fn run_tee_prefixed(cmd: &mut Command, prefix: &str) -> Result<(bool, String)> {
+    println!("\n{prefix}==> {cmd:?}");
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -66,10 +85,11 @@ pub fn run_tee(cmd: &mut Command) -> Result<(bool, String)> {
         .spawn()
         .with_context(|| format!("starting {cmd:?}"))?;
     let stderr = child.stderr.take().context("stderr pipe")?;
+    let err_prefix = prefix.to_owned();
     let err_thread = std::thread::spawn(move || {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
+            eprintln!("{err_prefix}{line}");
             all.push_str(&line);
             all.push('\n');
         }
@@ -77,7 +97,7 @@ pub fn run_tee(cmd: &mut Command) -> Result<(bool, String)> {
     });
     let mut out = String::new();
     for line in BufReader::new(child.stdout.take().context("stdout pipe")?).lines().map_while(Result::ok) {
-        println!("{line}");
+        println!("{prefix}{line}");
         out.push_str(&line);
         out.push('\n');
     }
@@ -90,11 +110,12 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-pub fn run(with_vm: bool) -> Result<()> {
+/// Everything, with the VM suite on each of `vm_kernels` (none: no VM).
+pub fn run(vm_kernels: &[&'static setup::VmKernel]) -> Result<()> {
     setup::build_tools()?;
     setup::test_tools()?;
-    if with_vm {
-        setup::vm_tools()?;
+    if !vm_kernels.is_empty() {
+        setup::vm_tools(vm_kernels)?;
     }
     let mut tally = Tally::default();
 
@@ -110,19 +131,11 @@ pub fn run(with_vm: bool) -> Result<()> {
     let (ok, out) = run_tee(cargo().args(["test", "--workspace", "--", "--test-threads=2"]))?;
     tally.add_libtest("cargo test", &out, ok);
 
-    if with_vm {
-        vm::run_suite(&mut tally)?;
+    if !vm_kernels.is_empty() {
+        let opts = vm::SuiteOptions { targets: Vec::new(), test_args: &[], per_test: false };
+        vm::run_suite(&mut tally, vm_kernels, &opts)?;
     }
-
-    println!();
-    for f in &tally.failures {
-        println!("FAILED: {f}");
-    }
-    println!("{} passed, {} failed", tally.passed, tally.failed);
-    if tally.failed > 0 {
-        bail!("{} check(s) failed", tally.failed);
-    }
-    Ok(())
+    tally.finish()
 }
 
 /// Clippy over the kernel crates for their real target (the host build only
@@ -166,6 +179,15 @@ pub fn cargo_build_release_bin(package: &str, name: &str) -> Result<std::path::P
         std::path::PathBuf::from,
     );
     Ok(target.join("release").join(name))
+}
+
+/// `cargo build --workspace`: the daemons the end-to-end tests start.
+pub fn cargo_build_workspace() -> Result<()> {
+    let status = cargo().args(["build", "-q", "--workspace"]).status().context("building the workspace")?;
+    if !status.success() {
+        bail!("building the workspace failed ({status})");
+    }
+    Ok(())
 }
 
 /// `cargo build -p PACKAGE` (binaries the demo starts).

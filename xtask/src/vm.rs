@@ -2,26 +2,29 @@
 //! so it proves more than the host kernel. The guest sees the host's files
 //! read-only and runs the host-built test binaries.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
-use crate::setup;
-use crate::suite::{Tally, run_tee, test_binaries};
+use crate::setup::{self, VmKernel};
+use crate::suite::{Tally, run_tee, run_tee_prefixed, test_binaries};
 
 /// Integration test targets that run in the guest: the kernel-facing
 /// suites and the end-to-end suites with the real daemons. The decoy's
 /// comparison with nginx (decoy_nginx) stays on the host: it tests the
 /// decoy's protocol answers, not the kernel, and its timing margins are
-/// for a real CPU.
+/// for a real CPU. Longest first (measured), so that VMs sharing a
+/// kernel's queue end close together.
 const VM_TARGETS: &[&str] =
-    &["xdp_gate", "xdp_splice", "tc_stamp", "netns", "agent_netns", "control_e2e", "splice_e2e", "page_e2e"];
+    &["control_e2e", "splice_e2e", "netns", "page_e2e", "xdp_gate", "xdp_splice", "agent_netns", "tc_stamp"];
 
 /// Runs the benchmark binary `bench` with `groups` in the guest, whose
 /// kernel has what the host's lacks (sch_netem). Its figures are ratios
 /// measured side by side in the guest; its emulated CPU makes absolute
 /// figures meaningless.
-pub fn run_bench(bench: &std::path::Path, groups: &[&str]) -> Result<()> {
+pub fn run_bench(k: &VmKernel, bench: &Path, groups: &[&str]) -> Result<()> {
     let rw = std::env::temp_dir().join(format!("ackgate-vm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&rw)?;
     let script = format!(
@@ -29,51 +32,215 @@ pub fn run_bench(bench: &std::path::Path, groups: &[&str]) -> Result<()> {
         bench.display(),
         groups.join(" ")
     );
-    let (ok, _) = run_tee(&mut vng(&rw, &script))?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (ok, _) = run_tee(&mut vng(k, &rw, cpus, &script))?;
     let _ = std::fs::remove_dir_all(&rw);
     anyhow::ensure!(ok, "the benchmark in the VM failed");
     Ok(())
 }
 
-/// vng booting the pinned kernel with the host's files read-only, `rw`
-/// writable, running `script`. Its stdout must be a pipe (QEMU reopens and
-/// truncates a file), which run_tee provides; no KVM here (a PVM device),
-/// so TCG emulation.
-fn vng(rw: &std::path::Path, script: &str) -> Command {
+/// How one run of the suite in the VMs is laid out.
+pub struct SuiteOptions<'a> {
+    /// Only these test targets (default: all of `VM_TARGETS`).
+    pub targets: Vec<String>,
+    /// Arguments for every test binary (a name filter, `--exact`...).
+    pub test_args: &'a [String],
+    /// Run each test alone and print its wall time (finds the slow ones).
+    pub per_test: bool,
+}
+
+/// vng booting kernel `k` with the host's files read-only, `rw` writable,
+/// `cpus` virtual CPUs, running `script`. Its stdout must be a pipe (QEMU
+/// reopens and truncates a file), which run_tee provides; no KVM here (a
+/// PVM device), so TCG emulation.
+fn vng(k: &VmKernel, rw: &Path, cpus: usize, script: &str) -> Command {
     let mut cmd = Command::new(setup::vng_bin());
     // vng calls virtme-run from PATH.
     let venv_bin = setup::vng_bin().parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let path = std::env::var("PATH").unwrap_or_default();
     cmd.env("PATH", format!("{}:{path}", venv_bin.display()));
     cmd.arg("-r")
-        .arg(setup::vm_kernel_image())
+        .arg(setup::vm_kernel_image(k))
         .args(["--disable-kvm", "--force-9p", "-m", "2G"])
+        .arg(format!("--cpus={cpus}"))
         .arg(format!("--rwdir={}", rw.display()))
         .args(["--exec", script]);
     cmd
 }
 
-pub fn run_suite(tally: &mut Tally) -> Result<()> {
-    let bins = test_binaries(VM_TARGETS)?;
-    let rw = std::env::temp_dir().join(format!("ackgate-vm-{}", std::process::id()));
+/// Runs the suite on each kernel of `kernels`, all at once: each kernel's
+/// VMs (`VmKernel::vms`) take its test binaries from a shared queue, and
+/// every VM gets an equal share of the host's CPUs. Adds each kernel's
+/// results to `tally` under "vm NAME" and prints its wall time.
+pub fn run_suite(tally: &mut Tally, kernels: &[&'static VmKernel], opts: &SuiteOptions) -> Result<()> {
+    let targets: Vec<&str> = match opts.targets.is_empty() {
+        true => VM_TARGETS.to_vec(),
+        false => opts.targets.iter().map(String::as_str).collect(),
+    };
+    if let Some(bad) = targets.iter().find(|t| !VM_TARGETS.contains(t)) {
+        anyhow::bail!("{bad} is not a VM test target ({})", VM_TARGETS.join(", "));
+    }
+    let mut bins = test_binaries(&targets)?;
+    bins.sort_by_key(|(name, _)| VM_TARGETS.iter().position(|t| t == name));
+    let daemons = stripped_daemons(&bins)?;
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let vms: usize = kernels.iter().map(|k| k.vms.max(1)).sum();
+    let cpus = (host_cpus / vms.max(1)).max(1);
+    let tmp = std::env::temp_dir();
+    let pid = std::process::id();
+    let queues: Vec<PathBuf> = kernels.iter().map(|k| tmp.join(format!("ackgate-vm-queue-{}-{pid}", k.name))).collect();
+    for q in &queues {
+        std::fs::create_dir_all(q)?;
+    }
+    let scripts: Vec<String> = queues.iter().map(|q| guest_script(&bins, &daemons, q, opts)).collect();
+    let runs: Vec<(usize, Result<VmRun>)> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (i, &k) in kernels.iter().enumerate() {
+            for n in 1..=k.vms.max(1) {
+                let label = if k.vms > 1 { format!("{}/{n}", k.name) } else { k.name.to_owned() };
+                let (queue, script) = (&queues[i], &scripts[i]);
+                handles.push((i, s.spawn(move || run_vm(k, &label, cpus, queue, script))));
+            }
+        }
+        handles
+            .into_iter()
+            .map(|(i, h)| (i, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("VM thread panicked")))))
+            .collect()
+    });
+    for q in &queues {
+        let _ = std::fs::remove_dir_all(q);
+    }
+    println!();
+    for (i, k) in kernels.iter().enumerate() {
+        let name = format!("vm {}", k.name);
+        let mine: Vec<VmRun> =
+            runs.iter().filter(|(j, _)| *j == i).filter_map(|(_, r)| r.as_ref().ok()).cloned().collect();
+        if let Some(Err(e)) = runs.iter().find(|(j, r)| *j == i && r.is_err()).map(|(_, r)| r) {
+            anyhow::bail!("{name}: {e}");
+        }
+        let wall = mine.iter().map(|r| r.wall).max().unwrap_or_default();
+        println!("{name} ({}, {} VM x {cpus} vCPU): suite wall time {}", k.release, mine.len(), minutes(wall));
+        let out: String = mine.iter().map(|r| r.out.as_str()).collect();
+        for line in out.lines().filter(|l| l.starts_with(TIME_MARK)) {
+            println!("{name}: {}", &line[TIME_MARK.len()..]);
+        }
+        if mine.iter().any(|r| !r.booted) {
+            tally.add_libtest(&format!("{name}: boot"), "", false);
+        }
+        tally.add_libtest(&name, &out, mine.iter().all(|r| r.ok));
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+struct VmRun {
+    ok: bool,
+    booted: bool,
+    out: String,
+    wall: std::time::Duration,
+}
+
+/// One VM on kernel `k` (`label` names it in the output), taking test
+/// binaries from `queue` until none is left.
+fn run_vm(k: &VmKernel, label: &str, cpus: usize, queue: &Path, script: &str) -> Result<VmRun> {
+    // A writable directory per VM: the guests' files must not meet.
+    let rw = std::env::temp_dir().join(format!("ackgate-vm-{}-{}", label.replace('/', "-"), std::process::id()));
     std::fs::create_dir_all(&rw)?;
+    // The script goes in a file: vng hands --exec to the guest on the
+    // kernel command line, whose length is limited (2048 bytes on x86),
+    // and a longer one leaves the guest waiting for nothing.
+    let file = rw.join("suite.sh");
+    std::fs::write(&file, script)?;
+    let start = Instant::now();
+    let exec = format!("sh {}", file.display());
+    let mut cmd = vng(k, &rw, cpus, &exec);
+    cmd.arg(format!("--rwdir={}", queue.display()));
+    let result = run_tee_prefixed(&mut cmd, &format!("[{label}] "));
+    let wall = start.elapsed();
+    let _ = std::fs::remove_dir_all(&rw);
+    let (ok, out) = result?;
+    let booted = out.lines().any(|l| l.trim() == k.release);
+    Ok(VmRun { ok, booted, out, wall })
+}
+
+/// What the guest runs: every test binary of `bins` (or every test of
+/// them alone), each timed.
+fn guest_script(bins: &[(String, String)], daemons: &Path, queue: &Path, opts: &SuiteOptions) -> String {
     // Module autoloading does not reach modprobe in the guest; load veth
     // and macvlan (a second machine on the client's segment) by hand.
     let mut script =
         String::from("set -u; modprobe -a veth macvlan; mount -t bpf bpf /sys/fs/bpf 2>/dev/null; uname -r; rc=0; ");
+    // The daemons and admin commands start dozens of times per test: from
+    // the guest's memory rather than the host's files over 9p, whose
+    // page-ins make each start several times slower under emulation
+    // (`ackgate_tests::daemons::workspace_binary`).
+    script.push_str(&format!(
+        "mkdir -p {GUEST_BIN_DIR} && mount -t tmpfs tmpfs {GUEST_BIN_DIR} && cp {}/* {GUEST_BIN_DIR}/ || exit 1; \
+         export ACKGATE_BIN_DIR={GUEST_BIN_DIR}; ",
+        daemons.display()
+    ));
+    let args: Vec<String> = opts.test_args.iter().map(|a| shell_quote(a)).collect();
+    let args = args.join(" ");
     // The guest's CPU is emulated (about 14 times slower): bulk transfers
     // and large flow maps are scaled down there (`ackgate_tests::emulated`).
-    for (_, exe) in &bins {
-        script.push_str(&format!("ACKGATE_EMULATED=1 {exe} --test-threads=1 || rc=1; "));
+    // Whole seconds are enough here; the guest's shell may be dash (no
+    // $SECONDS).
+    // A binary is this VM's if it creates the binary's claim in the queue
+    // the kernel's VMs share (mkdir is atomic on the host's filesystem).
+    for (name, exe) in bins {
+        script.push_str(&format!("if mkdir {}/{name} 2>/dev/null; then ", queue.display()));
+        if opts.per_test {
+            script.push_str(&format!(
+                "for t in $({exe} --list --format=terse {args} | sed -n 's/: test$//p'); do \
+                 s=$(date +%s); ACKGATE_EMULATED=1 {exe} --exact \"$t\" --test-threads=1 || rc=1; \
+                 echo \"{TIME_MARK}{name}::$t $(($(date +%s)-s)) s\"; done; "
+            ));
+        } else {
+            script.push_str(&format!(
+                "s=$(date +%s); ACKGATE_EMULATED=1 {exe} --test-threads=1 {args} || rc=1; \
+                 echo \"{TIME_MARK}{name} $(($(date +%s)-s)) s\"; "
+            ));
+        }
+        script.push_str("fi; ");
     }
     script.push_str("exit $rc");
-    let (ok, out) = run_tee(&mut vng(&rw, &script))?;
-    let _ = std::fs::remove_dir_all(&rw);
-    let booted = out.lines().any(|l| l.trim() == setup::VM_KERNEL_RELEASE);
-    if !booted {
-        tally.add_libtest("vm: boot", "", false);
-        return Ok(());
+    script
+}
+
+/// Where the guest keeps its copy of the daemons.
+const GUEST_BIN_DIR: &str = "/run/ackgate-bin";
+
+/// The workspace binaries the end-to-end tests start, without their debug
+/// information (a quarter of the size, which the guest copies into its
+/// memory), in `vm-bin` next to them; returns that directory. Both VMs
+/// read the same copy.
+fn stripped_daemons(bins: &[(String, String)]) -> Result<PathBuf> {
+    let profile_dir = bins
+        .first()
+        .and_then(|(_, exe)| Path::new(exe).parent()?.parent())
+        .context("no test binary to find the profile directory by")?;
+    let dir = profile_dir.join("vm-bin");
+    std::fs::create_dir_all(&dir)?;
+    for name in ["ackgate", "ackgate-agent"] {
+        let status = Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(profile_dir.join(name))
+            .arg(dir.join(name))
+            .status()
+            .context("running objcopy")?;
+        anyhow::ensure!(status.success(), "objcopy --strip-debug {name} failed ({status})");
     }
-    tally.add_libtest("vm", &out, ok);
-    Ok(())
+    Ok(dir)
+}
+
+/// Marks the guest's timing lines in its output.
+const TIME_MARK: &str = "ackgate-vm-time: ";
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+fn minutes(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    format!("{}m{:02}s", s / 60, s % 60)
 }
