@@ -49,24 +49,28 @@ fn transfers_of_100_mb_arrive_intact_both_ways() {
     assert!(s.gate_counter("splice_redirect") > 1000, "the data must have gone through the redirect path");
 }
 
-/// 1 % loss each way on the client's side of the edge link: the endpoints
-/// recover with SACK, whose blocks the splice translates. (nftables
-/// `numgen random` drops at the client's input and output; netem would do
-/// the same where the kernel has sch_netem.)
+/// 1 % of the data is lost each way: the endpoints recover with SACK,
+/// whose blocks the splice translates. Each end drops 1 % of what it
+/// receives (nftables `numgen random` at input; netem would do the same
+/// where the kernel has sch_netem). Drops at output would be no loss at
+/// all: a segment refused by a local hook is an error to TCP, which keeps
+/// it queued and sends it later (tcp_transmit_skb's return value in
+/// tcp_write_xmit, net/ipv4/tcp_output.c), so the sender never recovers.
 #[test]
 fn transfers_survive_loss_on_the_edge_link() {
     let (s, _gateway, _agent) = approved("loss", "drop", "");
     let rules = "table inet ackgate_loss {\n\
-                 chain out { type filter hook output priority 0; numgen random mod 100 0 drop; }\n\
                  chain in { type filter hook input priority 0; numgen random mod 100 0 drop; }\n}\n";
     // Per segment, not per 64 KiB offload super-packet.
-    let dev = &s.topo.client_if;
-    s.topo.cmd_ok(Ns::Client, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
-    s.nft(Ns::Client, rules);
+    for (ns, dev) in [(Ns::Client, &s.topo.client_if), (Ns::Target, &s.topo.target_if)] {
+        s.topo.cmd_ok(ns, &["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"]);
+        s.nft(ns, rules);
+    }
     transfer_both_ways(&s, mib(100));
-    // Both ends lost segments and recovered with SACK, and neither found
-    // a SACK block invalid (a mistranslated edge is discarded and counted
-    // as TCPSACKDiscard, tcp_sacktag_write_queue in net/ipv4/tcp_input.c).
+    // Both senders lost segments and recovered with SACK, and neither
+    // found a SACK block invalid (a mistranslated edge is discarded and
+    // counted as TCPSACKDiscard, tcp_sacktag_write_queue in
+    // net/ipv4/tcp_input.c).
     for ns in [Ns::Client, Ns::Target] {
         let c = s.topo.nstat(ns, &["TcpRetransSegs", "TcpExtTCPSackRecovery", "TcpExtTCPSACKDiscard"]);
         assert!(c["TcpRetransSegs"] > 5, "{ns:?}: the loss must cause retransmissions: {c:?}");
@@ -100,7 +104,17 @@ fn a_flow_whose_handshake_ack_was_dropped_still_goes_through() {
     let out = s.topo.cmd(Ns::Client, &["nft", "list", "table", "inet", "ackgate_lost_ack"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("packets 1 "), "exactly one handshake ACK must have been dropped:\n{listing}");
-    assert_eq!(cut_to_ack() - before, 1, "the request, and nothing else, must have become the stamped ACK");
+    // The request, and nothing else, becomes the stamped ACK; again every
+    // second time TCP sends it again before the target answers (the
+    // agent's rule for a stamped ACK that may have been lost,
+    // agent-ebpf/src/handshake.rs), which a slow emulated CPU can take
+    // long enough for.
+    let cut = cut_to_ack() - before;
+    let resent = s.topo.nstat(Ns::Client, &["TcpRetransSegs"])["TcpRetransSegs"];
+    assert!(
+        (1..=1 + resent / 2).contains(&cut),
+        "the request, and nothing else, must have become the stamped ACK: {cut} cut, {resent} segments resent"
+    );
 }
 
 /// A target without window scaling, SACK or timestamps, behind a gateway
