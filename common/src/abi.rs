@@ -12,6 +12,7 @@
 //! byte-at-a-time `memset`, which dominated the per-packet cost. The
 //! constructors and accessors below do the conversions.
 
+use crate::net::{IpHeader, TcpSegment};
 use core::mem::size_of;
 
 pub const FAMILY_IPV4: u8 = 4;
@@ -66,6 +67,17 @@ pub const fn v4_bytes(words: &[u32; 4]) -> [u8; 4] {
     words[0].to_ne_bytes()
 }
 
+/// Network-order address words from IPv6 wire bytes.
+#[inline(always)]
+pub const fn v6_words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
 /// A port field from wire bytes.
 #[inline(always)]
 pub const fn port_field(wire: [u8; 2]) -> u16 {
@@ -93,6 +105,17 @@ impl ServiceKey {
     #[inline(always)]
     pub fn ipv4(addr: [u8; 4], port: [u8; 2]) -> Self {
         Self { addr: v4_words(addr), port: port_field(port), proto: crate::net::IPPROTO_TCP, family: FAMILY_IPV4 }
+    }
+
+    /// The service a segment is addressed to.
+    #[inline(always)]
+    pub fn of_destination<I: IpHeader>(seg: &TcpSegment<I>) -> Self {
+        Self {
+            addr: I::words(seg.ip.daddr()),
+            port: port_field(seg.tcp.dport),
+            proto: crate::net::IPPROTO_TCP,
+            family: I::FAMILY,
+        }
     }
 }
 
@@ -126,6 +149,11 @@ impl VipKey {
     #[inline(always)]
     pub fn ipv4(addr: [u8; 4]) -> Self {
         Self { addr: v4_words(addr), family: FAMILY_IPV4, _pad0: 0, _pad1: 0 }
+    }
+
+    #[inline(always)]
+    pub fn of<I: IpHeader>(addr: I::Addr) -> Self {
+        Self { addr: I::words(addr), family: I::FAMILY, _pad0: 0, _pad1: 0 }
     }
 }
 
@@ -169,8 +197,16 @@ impl FlowKey {
 
     /// The flow of a parsed segment, in the direction it travels.
     #[inline(always)]
-    pub fn of_segment(seg: &crate::net::Ipv4Tcp) -> Self {
-        Self::ipv4(seg.ip.saddr, seg.ip.daddr, seg.tcp.sport, seg.tcp.dport)
+    pub fn of_segment<I: IpHeader>(seg: &TcpSegment<I>) -> Self {
+        Self {
+            saddr: I::words(seg.ip.saddr()),
+            daddr: I::words(seg.ip.daddr()),
+            sport: port_field(seg.tcp.sport),
+            dport: port_field(seg.tcp.dport),
+            family: I::FAMILY,
+            proto: crate::net::IPPROTO_TCP,
+            _pad: 0,
+        }
     }
 
     /// Client `addr:port` for display (IPv4).
@@ -437,7 +473,8 @@ const _: () = assert!(size_of::<HandshakeInfo>() == 16);
 const _: () = assert!(size_of::<PendingFlow>() == 64);
 const _: () = assert!(size_of::<GateEvent>() == 80);
 const _: () = assert!(core::mem::offset_of!(GateEvent, created_ns) == 56);
-const _: () = assert!(size_of::<SynAckProfile>() == 16);
+const _: () = assert!(size_of::<SynAckProfile>() == 24);
+const _: () = assert!(size_of::<SynAckSizes>() == 6);
 const _: () = assert!(size_of::<HeldSegment>() == 48 + HELD_MAX_PACKET);
 
 /// What the gateway kernel's own SYN/ACK looks like on the edge interface,
@@ -451,16 +488,36 @@ const _: () = assert!(size_of::<HeldSegment>() == 48 + HELD_MAX_PACKET);
 pub struct SynAckProfile {
     /// Keys the per-address-pair TSval offset (`cookie::ts_offset`).
     pub ts_secret: u64,
-    /// Advertised MSS: edge MTU − 40.
+    /// Sizes of an IPv4 SYN/ACK ...
+    pub v4: SynAckSizes,
+    /// ... and of an IPv6 one.
+    pub v6: SynAckSizes,
+    /// Window scale offered (to clients that offered one).
+    pub wscale: u8,
+    /// 1: answer ECN SYNs with ECE (net.ipv4.tcp_ecn != 0, which IPv6
+    /// follows too).
+    pub ecn: u8,
+    pub _pad0: u16,
+}
+
+impl SynAckProfile {
+    /// The sizes of family `I`'s SYN/ACK.
+    #[inline(always)]
+    pub fn sizes<I: IpHeader>(&self) -> SynAckSizes {
+        if I::FAMILY == FAMILY_IPV6 { self.v6 } else { self.v4 }
+    }
+}
+
+/// What the SYN/ACK of one family advertises.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynAckSizes {
+    /// Advertised MSS: edge MTU − 40 (IPv4) or − 60 (IPv6).
     pub mss: u16,
     /// Window when the SYN/ACK carries timestamps (MSS − 12 multiples) ...
     pub window_ts: u16,
     /// ... and when it does not.
     pub window_no_ts: u16,
-    /// Window scale offered (to clients that offered one).
-    pub wscale: u8,
-    /// 1: answer ECN SYNs with ECE (net.ipv4.tcp_ecn != 0).
-    pub ecn: u8,
 }
 
 /// A client segment copied while its flow waits for the splice (held ring

@@ -9,7 +9,7 @@
 //! TSval, which the client echoes in the TSecr of its handshake ACK:
 //!
 //! ```text
-//! bit 7..6  MSS bucket index (0..3 into MSS_TABLE_V4)
+//! bit 7..6  MSS bucket index (0..3 into the family's cookie MSS table)
 //! bit 5     ECN requested (ECE+CWR on the SYN)
 //! bit 4     SACK-permitted
 //! bit 3..0  client window scale (0..14; 0xf: none)
@@ -25,12 +25,31 @@
 //! TSecr nothing would bring window scale or SACK back (the kernel's
 //! cookie mode does the same, `tcp_conn_request`).
 
+use crate::abi::FAMILY_IPV6;
+use crate::net::IpHeader;
 use crate::option::{MAX_WSCALE, NO_WSCALE};
 
-/// MSS values a cookie can encode (the kernel's `msstab`, ipv4 part of
+/// MSS values a cookie can encode (the kernel's `msstab`,
 /// net/ipv4/syncookies.c): `bpf_tcp_raw_gen_syncookie_ipv4` rounds the
 /// client's MSS down to one of these.
 pub const MSS_TABLE_V4: [u16; 4] = [536, 1300, 1440, 1460];
+/// The same for IPv6 (`msstab`, net/ipv6/syncookies.c: 1280, 1480, 1500
+/// and 9000 less 60 bytes of headers), `bpf_tcp_raw_gen_syncookie_ipv6`'s.
+pub const MSS_TABLE_V6: [u16; 4] = [1220, 1420, 1440, 8940];
+
+/// The cookie MSS table of family `I`.
+#[inline(always)]
+pub const fn mss_table<I: IpHeader>() -> [u16; 4] {
+    if I::FAMILY == FAMILY_IPV6 { MSS_TABLE_V6 } else { MSS_TABLE_V4 }
+}
+
+/// The MSS a client's SYN stands for when it carries no MSS option: 536
+/// over IPv4 (TCP_MSS_DEFAULT, RFC 9293), 1220 over IPv6 (IPV6_MIN_MTU less
+/// headers, as tcp_v6_init_sock and RFC 8200's minimum MTU have it).
+#[inline(always)]
+pub const fn default_mss<I: IpHeader>() -> u16 {
+    if I::FAMILY == FAMILY_IPV6 { 1220 } else { 536 }
+}
 
 /// Low TSval bits that carry the client's choices.
 pub const TS_OPT_BITS: u32 = 8;
@@ -44,7 +63,7 @@ const TS_MSS_SHIFT: u32 = 6;
 /// The options a client's SYN offered, as the cookie remembers them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientOffer {
-    /// Index into [`MSS_TABLE_V4`].
+    /// Index into the family's cookie MSS table.
     pub mss_index: u8,
     /// Window scale shift, or [`NO_WSCALE`].
     pub wscale: u8,
@@ -55,10 +74,10 @@ pub struct ClientOffer {
 }
 
 impl ClientOffer {
-    /// The client's MSS, rounded down to the cookie table.
+    /// The client's MSS, rounded down to family `I`'s cookie table.
     #[inline(always)]
-    pub fn mss(&self) -> u16 {
-        MSS_TABLE_V4[(self.mss_index & 3) as usize]
+    pub fn mss<I: IpHeader>(&self) -> u16 {
+        mss_table::<I>()[(self.mss_index & 3) as usize]
     }
 
     /// A TSval for the SYN/ACK: `clock` with its low bits replaced by the
@@ -91,17 +110,18 @@ impl ClientOffer {
 }
 
 /// Index of the cookie bucket whose MSS the cookie helper returned (the
-/// largest table entry not above `mss`).
+/// largest entry of family `I`'s table not above `mss`).
 #[inline(always)]
-pub fn mss_index(mss: u16) -> u8 {
+pub fn mss_index<I: IpHeader>(mss: u16) -> u8 {
+    let table = mss_table::<I>();
     let mut i = 0u8;
-    if mss >= MSS_TABLE_V4[1] {
+    if mss >= table[1] {
         i = 1;
     }
-    if mss >= MSS_TABLE_V4[2] {
+    if mss >= table[2] {
         i = 2;
     }
-    if mss >= MSS_TABLE_V4[3] {
+    if mss >= table[3] {
         i = 3;
     }
     i
@@ -113,14 +133,22 @@ pub fn mss_index(mss: u16) -> u8 {
 /// keeping state. Not cryptographic: it only has to be unguessable enough
 /// that a TSval says nothing about uptime.
 #[inline(always)]
-pub fn ts_offset(secret: u64, saddr: [u8; 4], daddr: [u8; 4]) -> u32 {
-    let x = (u32::from_be_bytes(saddr) as u64) << 32 | u32::from_be_bytes(daddr) as u64;
-    let mut h = x ^ secret;
-    // splitmix64 finaliser.
+pub fn ts_offset(secret: u64, saddr: [u32; 4], daddr: [u32; 4]) -> u32 {
+    let mut h = secret;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h ^ ((saddr[i] as u64) << 32 | daddr[i] as u64));
+        i += 1;
+    }
+    h as u32
+}
+
+/// The splitmix64 finaliser.
+#[inline(always)]
+pub(crate) fn mix(mut h: u64) -> u64 {
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^= h >> 31;
-    h as u32
+    h ^ (h >> 31)
 }
 
 #[cfg(test)]
@@ -133,7 +161,10 @@ mod tests {
         for (mss, idx) in
             [(0u16, 0u8), (535, 0), (536, 0), (1299, 0), (1300, 1), (1439, 1), (1440, 2), (1460, 3), (9000, 3)]
         {
-            assert_eq!(mss_index(mss), idx, "MSS {mss}");
+            assert_eq!(mss_index::<crate::net::Ipv4Hdr>(mss), idx, "IPv4 MSS {mss}");
+        }
+        for (mss, idx) in [(0u16, 0u8), (1220, 0), (1419, 0), (1420, 1), (1440, 2), (1460, 2), (8939, 2), (8940, 3)] {
+            assert_eq!(mss_index::<crate::net::Ipv6Hdr>(mss), idx, "IPv6 MSS {mss}");
         }
     }
 

@@ -69,6 +69,20 @@ pub fn tcp_pseudo_sum(saddr: [u8; 4], daddr: [u8; 4], tcp_len: u16) -> u32 {
         + tcp_len as u32
 }
 
+/// Sum of the IPv6 pseudo-header (RFC 8200 §8.1) for a TCP segment of
+/// `tcp_len` bytes.
+#[inline(always)]
+pub fn tcp_pseudo_sum_v6(saddr: &[u8; 16], daddr: &[u8; 16], tcp_len: u16) -> u32 {
+    let mut acc = IPPROTO_TCP as u32 + tcp_len as u32;
+    let mut i = 0;
+    while i < 16 {
+        acc +=
+            u16::from_be_bytes([saddr[i], saddr[i + 1]]) as u32 + u16::from_be_bytes([daddr[i], daddr[i + 1]]) as u32;
+        i += 2;
+    }
+    acc
+}
+
 /// The big-endian word sum (as [`sum_words`] builds) of data whose
 /// native-endian 16-bit words summed to `partial`, as the kernel's
 /// `csum_partial` (and so `bpf_csum_diff`) returns it. A one's-complement

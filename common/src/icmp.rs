@@ -230,6 +230,16 @@ unsafe impl Wire for FragNeeded {}
 
 const _: () = assert!(core::mem::size_of::<FragNeeded>() == 36);
 
+/// A "fragmentation needed" error from its IPv4 header on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FragNeededPacket {
+    pub ip: Ipv4Hdr,
+    pub error: FragNeeded,
+}
+
+unsafe impl Wire for FragNeededPacket {}
+
 /// TTL of the errors the gateway sends (Linux's default, as for its own
 /// TCP replies).
 const ERROR_TTL: u8 = 64;
@@ -239,7 +249,7 @@ const ERROR_TTL: u8 = 64;
 /// the address it was sent to, as a router there would (icmp_send in
 /// net/ipv4/icmp.c: TOS 0xc0 for errors, DF clear, TTL 64).
 #[inline(always)]
-pub fn frag_needed(ip: &Ipv4Hdr, tcp: &TcpHdr, mtu: u16) -> (Ipv4Hdr, FragNeeded) {
+pub fn frag_needed(ip: &Ipv4Hdr, tcp: &TcpHdr, mtu: u16) -> FragNeededPacket {
     let quoted_tcp = TcpPorts { sport: tcp.sport, dport: tcp.dport, seq: tcp.seq };
     let mut icmp = IcmpHdr { kind: ICMP_DEST_UNREACH, code: ICMP_FRAG_NEEDED, check: [0; 2], rest: [0, 0, 0, 0] };
     icmp.rest[2..].copy_from_slice(&mtu.to_be_bytes());
@@ -265,7 +275,7 @@ pub fn frag_needed(ip: &Ipv4Hdr, tcp: &TcpHdr, mtu: u16) -> (Ipv4Hdr, FragNeeded
         daddr: ip.saddr,
     };
     out_ip.check = csum::finish(csum::sum_words(&out_ip, 0));
-    (out_ip, FragNeeded { icmp, quoted_ip, quoted_tcp })
+    FragNeededPacket { ip: out_ip, error: FragNeeded { icmp, quoted_ip, quoted_tcp } }
 }
 
 #[cfg(test)]
@@ -425,8 +435,8 @@ mod tests {
         let ip = ipv4([198, 51, 100, 7], [203, 0, 113, 1], IPPROTO_TCP, 1480);
         let seg = tcp_segment(&ip, 40000, 443, 9, 10, &[0; 1460]);
         let tcp = seg.as_slice().load::<TcpHdr>(20).unwrap();
-        let (out_ip, out) = frag_needed(&ip, &tcp, 1400);
-        let bytes = [out_ip.as_bytes(), out.as_bytes()].concat();
+        let packet = frag_needed(&ip, &tcp, 1400);
+        let bytes = packet.as_bytes();
         assert_eq!(&bytes[12..16], &[203, 0, 113, 1], "from the address the segment was sent to");
         assert_eq!(&bytes[16..20], &[198, 51, 100, 7], "to its source");
         assert!(csum::verifies(&bytes[..20], 0), "IPv4 checksum");

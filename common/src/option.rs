@@ -16,7 +16,7 @@
 
 use core::mem::MaybeUninit;
 
-use crate::net::{Frame, Ipv4Tcp, Wire};
+use crate::net::{Frame, TcpSegment, Wire};
 
 pub const DEFAULT_OPTION_KIND: u8 = 253;
 pub const DEFAULT_EXPERIMENT_ID: u16 = 0xac47;
@@ -251,10 +251,10 @@ impl OptionBytes {
     /// byte-at-a-time loop (most of the unstamped-ACK cost). Five volatile
     /// word stores into the caller's slot cannot be merged that way.
     #[inline(always)]
-    pub fn read_into<'a, F: Frame + ?Sized>(
+    pub fn read_into<'a, F: Frame + ?Sized, I>(
         slot: &'a mut MaybeUninit<Self>,
         frame: &F,
-        seg: &Ipv4Tcp,
+        seg: &TcpSegment<I>,
     ) -> Option<&'a mut Self> {
         let len = seg.options_len();
         if len > MAX_OPTION_BYTES {

@@ -15,19 +15,20 @@ macro_rules! reasons {
 pub(crate) use reasons;
 
 reasons! {
-    /// Not IPv4 (ARP, LLDP, IPv6 to the gateway itself): passed to the
-    /// stack.
+    /// Not IP (ARP, LLDP, ...), or IPv6 to a link-local or multicast
+    /// address (neighbour discovery): passed to the stack.
     PASS_NOT_IPV4 = 0, "pass_not_ipv4";
-    /// IPv4 to the gateway itself, not TCP (ping to the gateway or a
-    /// VIP): passed.
+    /// IPv4 or IPv6 to the gateway itself, not TCP (ping to the gateway
+    /// or a VIP): passed.
     PASS_NOT_TCP = 1, "pass_not_tcp";
     /// TCP to the gateway itself, not to a protected VIP:port: passed
     /// untouched.
     PASS_NOT_SERVICE = 2, "pass_not_service";
     /// Truncated or inconsistent headers: dropped.
     DROP_MALFORMED = 3, "drop_malformed";
-    /// IPv4 fragment to a VIP: dropped (a handshake never needs one, and a
-    /// non-first fragment would slip past the port check).
+    /// IPv4 fragment, or IPv6 packet with a fragment header, to a VIP:
+    /// dropped (a handshake never needs one, and a non-first fragment would
+    /// slip past the port check).
     DROP_FRAGMENT = 4, "drop_fragment";
     /// SYN answered with a cookie SYN/ACK.
     SYN_COOKIE = 5, "syn_cookie";
@@ -132,4 +133,15 @@ reasons! {
     /// so that the two together tell flows recorded from keys added (the
     /// census's eviction count rests on that).
     ACK_PENDING_REPLACED = 41, "ack_pending_replaced";
+    /// IPv6 to a VIP with a routing header that has segments left: this
+    /// host is not its final destination, so its address and port say
+    /// nothing about where it goes. Dropped.
+    DROP_IPV6_ROUTED = 42, "drop_ipv6_routed";
+    /// IPv6 to a VIP with hop-by-hop or destination options other than 8
+    /// bytes of padding (router alert, jumbo payload, options with
+    /// per-option actions): nothing a handshake uses. Dropped.
+    DROP_IPV6_OPTIONS = 43, "drop_ipv6_options";
+    /// IPv6 to a VIP with more extension headers than the gate walks
+    /// (`net::MAX_IPV6_EXTENSIONS`): dropped.
+    DROP_IPV6_EXTENSIONS = 44, "drop_ipv6_extensions";
 }

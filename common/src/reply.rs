@@ -1,14 +1,18 @@
 //! Headers the gate sends back out of the interface it received on: the
 //! cookie SYN/ACK (byte for byte what the gateway kernel itself would send
-//! for the same SYN, see `SynAckProfile`) and the policy RST. Built on the stack from the parsed
-//! request so that the same code is exercised by host tests.
+//! for the same SYN, see `SynAckProfile`) and the policy RST, for IPv4 and
+//! IPv6. Built from the parsed request into a [`Reply`] the caller owns
+//! (map memory in the gate: an IPv6 reply on the BPF stack, with the
+//! request's copy, does not fit it), so that the same code is exercised
+//! by host tests.
 //!
-//! Replies always carry a fresh 20-byte IPv4 header (the request's IP options
-//! are not echoed, as Linux does not echo them either) and keep the request's
-//! L2 header, VLAN tags included, with the MAC addresses swapped.
+//! Replies always carry a fresh IP header (the request's IPv4 options or
+//! IPv6 extension headers are not echoed, as Linux does not echo them
+//! either) and keep the request's L2 header, VLAN tags included, with the
+//! MAC addresses swapped.
 
 use crate::csum;
-use crate::net::{Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, Wire};
+use crate::net::{IpHeader, Ipv4Hdr, Ipv6Hdr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpHdr, Wire};
 use crate::option::{
     TCPOLEN_MSS, TCPOLEN_SACK_PERM, TCPOLEN_TIMESTAMP, TCPOLEN_WINDOW, TCPOPT_MSS, TCPOPT_NOP, TCPOPT_SACK_PERM,
     TCPOPT_TIMESTAMP, TCPOPT_WINDOW,
@@ -31,6 +35,92 @@ pub struct TcpWithOptions<const N: usize> {
 }
 
 unsafe impl<const N: usize> Wire for TcpWithOptions<N> {}
+
+/// A whole reply from the IP header on: what the gate writes over the
+/// request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply<I, const N: usize> {
+    pub ip: I,
+    pub tcp: TcpWithOptions<N>,
+}
+
+unsafe impl<I: Wire, const N: usize> Wire for Reply<I, N> {}
+
+/// The largest reply: an IPv6 header and a TCP header with 20 bytes of
+/// options.
+pub const MAX_REPLY_BYTES: usize = core::mem::size_of::<Reply<Ipv6Hdr, 20>>();
+
+/// IPv6 flow label bits (RFC 6437).
+pub const FLOW_LABEL_MASK: u32 = 0x000f_ffff;
+
+/// The header a family puts on a TCP segment the host sends itself.
+pub trait ReplyHeader: IpHeader {
+    /// The header of a reply of `tcp_len` bytes to a packet with header
+    /// `req` (addresses swapped), with DSCP/ECN `dsfield` and, for IPv6,
+    /// `flow_label`.
+    fn tcp_reply(req: &Self, tcp_len: usize, dsfield: u8, flow_label: u32) -> Self;
+}
+
+impl ReplyHeader for Ipv4Hdr {
+    #[inline(always)]
+    fn tcp_reply(req: &Self, tcp_len: usize, dsfield: u8, _flow_label: u32) -> Self {
+        let mut ip = tcp_ipv4_header(req.daddr, req.saddr, tcp_len);
+        if dsfield != 0 {
+            let old = csum::word2([ip.version_ihl, ip.tos]);
+            ip.tos = dsfield;
+            ip.check = csum::replace(ip.check, old, csum::word2([ip.version_ihl, ip.tos]));
+        }
+        ip
+    }
+}
+
+impl ReplyHeader for Ipv6Hdr {
+    #[inline(always)]
+    fn tcp_reply(req: &Self, tcp_len: usize, dsfield: u8, flow_label: u32) -> Self {
+        tcp_ipv6_header(req.daddr, req.saddr, tcp_len, dsfield, flow_label)
+    }
+}
+
+/// The IPv6 header Linux puts on a TCP segment of `tcp_len` bytes the host
+/// sends itself: no extension headers, hop limit 64 (the default
+/// net.ipv6.conf.*.hop_limit).
+#[inline(always)]
+pub fn tcp_ipv6_header(saddr: [u8; 16], daddr: [u8; 16], tcp_len: usize, dsfield: u8, flow_label: u32) -> Ipv6Hdr {
+    let word = 6u32 << 28 | (dsfield as u32) << 20 | (flow_label & FLOW_LABEL_MASK);
+    Ipv6Hdr {
+        version_class_flow: word.to_be_bytes(),
+        payload_len: (tcp_len as u16).to_be_bytes(),
+        next_header: crate::net::IPPROTO_TCP,
+        hop_limit: REPLY_TTL,
+        saddr,
+        daddr,
+    }
+}
+
+/// The flow label of a reset answering a packet between `a` and `b`
+/// (address words and port fields): Linux hashes a socketless reply's flow
+/// with a boot-time key, the same either way round
+/// (__flow_hash_consistentify in net/core/flow_dissector.c, then
+/// ip6_make_flowlabel), so repeated resets on one 4-tuple share a label.
+/// Keyed here with `secret`, symmetric in the two ends.
+#[inline(always)]
+pub fn reset_flow_label(secret: u64, a: &[u32; 4], a_port: u16, b: &[u32; 4], b_port: u16) -> u32 {
+    let end = |addr: &[u32; 4], port: u16| {
+        let folded = (addr[0] as u64) << 32 | addr[1] as u64;
+        let folded = crate::cookie::mix(folded ^ secret) ^ ((addr[2] as u64) << 32 | addr[3] as u64);
+        crate::cookie::mix(folded ^ port as u64)
+    };
+    let h = end(a, a_port).wrapping_add(end(b, b_port));
+    (h ^ h >> 32) as u32 & FLOW_LABEL_MASK
+}
+
+/// DSCP of a request without its ECN bits: what Linux reflects in a RST
+/// (tcp_v4_send_reset through ip_send_unicast_reply, tcp_v6_send_reset).
+#[inline(always)]
+pub fn reflected_dscp(dsfield: u8) -> u8 {
+    dsfield & !3
+}
 
 /// Cookie SYN/ACK to a SYN with timestamps and window scale.
 pub type SynAckTsWs = TcpWithOptions<20>;
@@ -107,66 +197,79 @@ pub fn tcp_ipv4_header(saddr: [u8; 4], daddr: [u8; 4], tcp_len: usize) -> Ipv4Hd
     ip
 }
 
-/// The SYN/ACK answering `syn` with ISN `cookie`: `window` unscaled (as
-/// Linux sends it), ECE when `ece`, then `opts` (from
-/// [`handshake_options`], cut to `N`).
+/// The SYN/ACK answering `syn` (in `ip`) with ISN `cookie`: `window`
+/// unscaled (as Linux sends it), ECE when `ece`, then `opts` (from
+/// [`handshake_options`], cut to `N`). DSCP 0, as a listener without
+/// net.ipv4.tcp_reflect_tos sends it; `flow_label` for IPv6.
 #[inline(always)]
-pub fn cookie_synack<const N: usize>(
-    ip: &Ipv4Hdr,
+#[allow(clippy::too_many_arguments)]
+pub fn cookie_synack<I: ReplyHeader, const N: usize>(
+    ip: &I,
     syn: &TcpHdr,
     cookie: u32,
     window: u16,
     ece: bool,
     opts: &[u8; 20],
-) -> (Ipv4Hdr, TcpWithOptions<N>) {
+    flow_label: u32,
+    out: &mut Reply<I, N>,
+) {
     let len = core::mem::size_of::<TcpWithOptions<N>>();
-    let out_ip = reply_ip(ip, len);
-    let mut out = TcpWithOptions {
-        tcp: TcpHdr {
-            sport: syn.dport,
-            dport: syn.sport,
-            seq: cookie.to_be_bytes(),
-            ack: syn.seq().wrapping_add(1).to_be_bytes(),
-            doff_res: ((len / 4) as u8) << 4,
-            flags: TCP_SYN | TCP_ACK | if ece { TCP_ECE } else { 0 },
-            window: window.to_be_bytes(),
-            check: [0, 0],
-            urg: [0, 0],
-        },
-        opts: [0; N],
+    out.ip = I::tcp_reply(ip, len, 0, flow_label);
+    out.tcp.tcp = TcpHdr {
+        sport: syn.dport,
+        dport: syn.sport,
+        seq: cookie.to_be_bytes(),
+        ack: syn.seq().wrapping_add(1).to_be_bytes(),
+        doff_res: ((len / 4) as u8) << 4,
+        flags: TCP_SYN | TCP_ACK | if ece { TCP_ECE } else { 0 },
+        window: window.to_be_bytes(),
+        check: [0, 0],
+        urg: [0, 0],
     };
     let mut i = 0;
     while i < N {
-        out.opts[i] = opts[i];
+        out.tcp.opts[i] = opts[i];
         i += 1;
     }
-    let pseudo = csum::tcp_pseudo_sum(out_ip.saddr, out_ip.daddr, len as u16);
-    out.tcp.check = csum::finish(csum::sum_words(&out, pseudo));
-    (out_ip, out)
+    let pseudo = out.ip.tcp_pseudo_sum(len as u16);
+    out.tcp.tcp.check = csum::finish(csum::sum_words(&out.tcp, pseudo));
 }
 
 /// The RST a closed Linux port sends for an ACK-bearing segment
-/// (net/ipv4/tcp_ipv4.c, tcp_v4_send_reset: seq = SEG.ACK, RST only).
-/// Callers only use it for segments with ACK set.
+/// (tcp_v4_send_reset in net/ipv4/tcp_ipv4.c, tcp_v6_send_reset in
+/// net/ipv6/tcp_ipv6.c: seq = SEG.ACK, RST only). Callers only use it for
+/// segments with ACK set.
 #[inline(always)]
-pub fn reset_for_ack(ip: &Ipv4Hdr, seg: &TcpHdr) -> (Ipv4Hdr, TcpHdr) {
-    closed_port_reset(ip, seg, seg.ack, [0; 4], TCP_RST)
+pub fn reset_for_ack<I: ReplyHeader>(ip: &I, seg: &TcpHdr, flow_label: u32, out: &mut Reply<I, 0>) {
+    closed_port_reset(ip, seg, seg.ack, [0; 4], TCP_RST, flow_label, out)
 }
 
 /// The RST+ACK a closed Linux port sends for a segment without ACK, such as
-/// a SYN (net/ipv4/tcp_ipv4.c, tcp_v4_send_reset: seq 0, acknowledging
-/// the SYN, any FIN and the `payload_len` bytes of data, window 0).
+/// a SYN (tcp_v4_send_reset, tcp_v6_send_reset: seq 0, acknowledging the
+/// SYN, any FIN and the `payload_len` bytes of data, window 0).
 #[inline(always)]
-pub fn reset_for_syn(ip: &Ipv4Hdr, seg: &TcpHdr, payload_len: usize) -> (Ipv4Hdr, TcpHdr) {
+pub fn reset_for_syn<I: ReplyHeader>(ip: &I, seg: &TcpHdr, payload_len: usize, flow_label: u32, out: &mut Reply<I, 0>) {
     let consumed = 1 + u32::from(seg.flags & TCP_FIN != 0) + payload_len as u32;
-    closed_port_reset(ip, seg, [0; 4], seg.seq().wrapping_add(consumed).to_be_bytes(), TCP_RST | TCP_ACK)
+    let ack = seg.seq().wrapping_add(consumed).to_be_bytes();
+    closed_port_reset(ip, seg, [0; 4], ack, TCP_RST | TCP_ACK, flow_label, out)
 }
 
-/// tcp_v4_send_reset's segment: no options, window 0, answering `seg`.
+/// The reset's segment: no options, window 0, answering `seg`, with the
+/// request's DSCP (ECN cleared) and, for IPv6, `flow_label` (Linux hashes
+/// the 4-tuple: ip6_make_flowlabel on a socketless reply).
 #[inline(always)]
-fn closed_port_reset(ip: &Ipv4Hdr, seg: &TcpHdr, seq: [u8; 4], ack: [u8; 4], flags: u8) -> (Ipv4Hdr, TcpHdr) {
-    let out_ip = reply_ip(ip, core::mem::size_of::<TcpHdr>());
-    let mut out = TcpHdr {
+fn closed_port_reset<I: ReplyHeader>(
+    ip: &I,
+    seg: &TcpHdr,
+    seq: [u8; 4],
+    ack: [u8; 4],
+    flags: u8,
+    flow_label: u32,
+    out: &mut Reply<I, 0>,
+) {
+    let len = core::mem::size_of::<TcpHdr>();
+    out.ip = I::tcp_reply(ip, len, reflected_dscp(ip.dsfield()), flow_label);
+    out.tcp.tcp = TcpHdr {
         sport: seg.dport,
         dport: seg.sport,
         seq,
@@ -177,9 +280,8 @@ fn closed_port_reset(ip: &Ipv4Hdr, seg: &TcpHdr, seq: [u8; 4], ack: [u8; 4], fla
         check: [0, 0],
         urg: [0, 0],
     };
-    let pseudo = csum::tcp_pseudo_sum(out_ip.saddr, out_ip.daddr, core::mem::size_of::<TcpHdr>() as u16);
-    out.check = csum::finish(csum::sum_words(&out, pseudo));
-    (out_ip, out)
+    let pseudo = out.ip.tcp_pseudo_sum(len as u16);
+    out.tcp.tcp.check = csum::finish(csum::sum_words(&out.tcp, pseudo));
 }
 
 /// The ACK that completes the target's handshake, answering its SYN/ACK
@@ -192,27 +294,31 @@ pub fn handshake_ack_ts(
     ack: u32,
     window: u16,
     ts: (u32, u32),
-) -> (Ipv4Hdr, TcpWithOptions<12>) {
+) -> Reply<Ipv4Hdr, 12> {
     let len = core::mem::size_of::<TcpWithOptions<12>>();
-    let out_ip = reply_ip(synack_ip, len);
     let mut opts = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP, 0, 0, 0, 0, 0, 0, 0, 0];
     opts[4..8].copy_from_slice(&ts.0.to_be_bytes());
     opts[8..12].copy_from_slice(&ts.1.to_be_bytes());
-    let mut out = TcpWithOptions { tcp: ack_header(synack, seq, ack, window, len), opts };
-    let pseudo = csum::tcp_pseudo_sum(out_ip.saddr, out_ip.daddr, len as u16);
-    out.tcp.check = csum::finish(csum::sum_words(&out, pseudo));
-    (out_ip, out)
+    let mut out = Reply {
+        ip: reply_ip(synack_ip, len),
+        tcp: TcpWithOptions { tcp: ack_header(synack, seq, ack, window, len), opts },
+    };
+    let pseudo = out.ip.tcp_pseudo_sum(len as u16);
+    out.tcp.tcp.check = csum::finish(csum::sum_words(&out.tcp, pseudo));
+    out
 }
 
 /// As [`handshake_ack_ts`], without timestamps.
 #[inline(always)]
-pub fn handshake_ack(synack_ip: &Ipv4Hdr, synack: &TcpHdr, seq: u32, ack: u32, window: u16) -> (Ipv4Hdr, TcpHdr) {
+pub fn handshake_ack(synack_ip: &Ipv4Hdr, synack: &TcpHdr, seq: u32, ack: u32, window: u16) -> Reply<Ipv4Hdr, 0> {
     let len = core::mem::size_of::<TcpHdr>();
-    let out_ip = reply_ip(synack_ip, len);
-    let mut out = ack_header(synack, seq, ack, window, len);
-    let pseudo = csum::tcp_pseudo_sum(out_ip.saddr, out_ip.daddr, len as u16);
-    out.check = csum::finish(csum::sum_words(&out, pseudo));
-    (out_ip, out)
+    let mut out = Reply {
+        ip: reply_ip(synack_ip, len),
+        tcp: TcpWithOptions { tcp: ack_header(synack, seq, ack, window, len), opts: [] },
+    };
+    let pseudo = out.ip.tcp_pseudo_sum(len as u16);
+    out.tcp.tcp.check = csum::finish(csum::sum_words(&out.tcp, pseudo));
+    out
 }
 
 #[inline(always)]

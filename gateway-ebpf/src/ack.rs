@@ -6,14 +6,14 @@ use ackgate_common::abi::{
 };
 use ackgate_common::cookie::ClientOffer;
 use ackgate_common::mac::Binding;
-use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::net::{TcpHdr, TcpSegment, overlay};
 use ackgate_common::option::{Capability, HandshakeOptions, NO_WSCALE, OptionBytes};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
-use aya_ebpf::bindings::{iphdr, tcphdr};
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_tcp_raw_check_syncookie_ipv4};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 
-use crate::maps::{self, EVENTS, PENDING};
+use crate::family::Family;
+use crate::maps::{self, EVENTS, PENDING, Scratch};
 use crate::program::Verdict;
 use crate::respond::refuse;
 use crate::settings;
@@ -44,14 +44,14 @@ impl Checked {
 /// timestamps the SYN/ACK offered MSS only; the client's MSS is then
 /// unknown and taken to be the gateway's own (both sit on the edge link).
 #[inline(always)]
-fn handshake_of(scan: &HandshakeOptions, seg: &Ipv4Tcp) -> HandshakeInfo {
+fn handshake_of<F: Family>(scan: &HandshakeOptions, seg: &TcpSegment<F>) -> HandshakeInfo {
     let window = u16::from_be_bytes(seg.tcp.window);
     if scan.ts_ok == 0 {
         return HandshakeInfo {
             client_tsval: 0,
             cookie_tsval: 0,
             window,
-            mss: settings::synack_profile().mss,
+            mss: settings::synack_profile().sizes::<F>().mss,
             wscale: NO_WSCALE,
             sack_ok: 0,
             ts_ok: 0,
@@ -63,7 +63,7 @@ fn handshake_of(scan: &HandshakeOptions, seg: &Ipv4Tcp) -> HandshakeInfo {
         client_tsval: scan.tsval,
         cookie_tsval: scan.tsecr,
         window,
-        mss: offer.mss(),
+        mss: offer.mss::<F>(),
         wscale: offer.wscale,
         sack_ok: offer.sack_ok,
         ts_ok: 1,
@@ -76,15 +76,14 @@ fn handshake_of(scan: &HandshakeOptions, seg: &Ipv4Tcp) -> HandshakeInfo {
 /// ACK (the flood case) is refused before the cookie is computed. The MAC
 /// binds both ISNs, so no ACK reaches the cookie check without the key.
 #[inline(always)]
-fn check(frame: &XdpFrame, seg: &Ipv4Tcp) -> Checked {
+fn check<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, flow: &FlowKey) -> Checked {
     let Some(scratch) = maps::scratch() else {
         return Checked::refused(reason::ERR_REPLY);
     };
     let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
         return Checked::refused(reason::ERR_OPTIONS_COPY);
     };
-    let hs = &mut scratch.hs;
-    let scan = opts.scan_handshake(config::option_id(), hs);
+    let scan = opts.scan_handshake(config::option_id(), &mut scratch.hs);
     match scan.capability {
         Capability::Present => {}
         Capability::Absent => return Checked::refused(reason::ACK_NO_OPTION),
@@ -93,11 +92,11 @@ fn check(frame: &XdpFrame, seg: &Ipv4Tcp) -> Checked {
     let Some(key) = maps::agent_key(scan.agent_id) else {
         return Checked::refused(reason::ACK_UNKNOWN_AGENT);
     };
-    let binding = Binding::handshake_ack(seg, scan.agent_id, config::option_id().exid);
+    let binding = Binding::<F::Addr>::handshake_ack_on(flow, &seg.tcp, scan.agent_id, config::option_id().exid);
     if binding.mac(&key) != scan.mac {
         return Checked::refused(reason::ACK_BAD_MAC);
     }
-    if !cookie_valid(seg) {
+    if !cookie_valid(&mut *scratch, seg) {
         return Checked::refused(reason::ACK_BAD_COOKIE);
     }
     Checked {
@@ -105,18 +104,18 @@ fn check(frame: &XdpFrame, seg: &Ipv4Tcp) -> Checked {
         agent_id: scan.agent_id,
         client_isn: binding.client_isn,
         server_isn: binding.second,
-        handshake: handshake_of(hs, seg),
+        handshake: handshake_of(&scratch.hs, seg),
     }
 }
 
 /// A handshake ACK for a 4-tuple the gate holds no flow for.
 #[inline(never)]
-pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdict {
-    let c = check(frame, seg);
+pub fn on_ack<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, policy: &ServicePolicy, flow: &FlowKey) -> Verdict {
+    let c = check(frame, seg, flow);
     if c.reason != reason::ACK_PENDING {
         return refuse(frame, seg, policy, c.reason);
     }
-    record_pending(seg, &c, reason::ACK_PENDING)
+    record_pending(flow, &c, reason::ACK_PENDING)
 }
 
 /// A pure ACK on a 4-tuple the gate already holds a flow for, acknowledging
@@ -126,35 +125,34 @@ pub fn on_ack(frame: &XdpFrame, seg: &Ipv4Tcp, policy: &ServicePolicy) -> Verdic
 /// else is dropped without a response, so that a forged ACK cannot make
 /// the gate answer on behalf of a live flow.
 #[inline(never)]
-pub fn on_reused_tuple(frame: &XdpFrame, seg: &Ipv4Tcp) -> Verdict {
-    let c = check(frame, seg);
+pub fn on_reused_tuple<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, flow: &FlowKey) -> Verdict {
+    let c = check(frame, seg, flow);
     if c.reason != reason::ACK_PENDING {
         return Verdict::new(XDP_DROP, reason::DROP_REUSED_TUPLE);
     }
-    record_pending(seg, &c, reason::ACK_PENDING_REPLACED)
+    record_pending(flow, &c, reason::ACK_PENDING_REPLACED)
 }
 
-/// `bpf_tcp_raw_check_syncookie_ipv4` takes ACK = cookie + 1 and
-/// SEQ = client ISN + 1; it does not depend on net.ipv4.tcp_syncookies.
+/// The cookie helpers take ACK = cookie + 1 and SEQ = client ISN + 1; they
+/// do not depend on net.ipv4.tcp_syncookies. They get copies of the
+/// headers in the scratch map (`Family::cookie_valid`).
 #[inline(always)]
-fn cookie_valid(seg: &Ipv4Tcp) -> bool {
-    let mut ip = seg.ip;
-    let mut tcp = seg.tcp;
-    // SAFETY: stack copies of exactly struct iphdr and struct tcphdr.
-    unsafe { bpf_tcp_raw_check_syncookie_ipv4((&raw mut ip).cast::<iphdr>(), (&raw mut tcp).cast::<tcphdr>()) == 0 }
+fn cookie_valid<F: Family>(scratch: &mut Scratch, seg: &TcpSegment<F>) -> bool {
+    *overlay::<F, _>(&mut scratch.cookie_ip) = seg.ip;
+    *overlay::<TcpHdr, _>(&mut scratch.cookie_tcp) = seg.tcp;
+    F::cookie_valid(scratch)
 }
 
 /// Event first, then the map entry, then publish: a full ring buffer or map
 /// leaves no half-recorded flow behind.
 #[inline(always)]
-fn record_pending(seg: &Ipv4Tcp, c: &Checked, recorded: u32) -> Verdict {
+fn record_pending(flow: &FlowKey, c: &Checked, recorded: u32) -> Verdict {
     let (agent_id, client_isn, server_isn, handshake) = (c.agent_id, c.client_isn, c.server_isn, c.handshake);
     let Some(mut entry) = EVENTS.reserve::<GateEvent>(0) else {
         return Verdict::new(XDP_DROP, reason::ERR_EVENT_LOST);
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let flow = FlowKey::of_segment(seg);
     let pending = PendingFlow {
         created_ns: now,
         owner: FlowOwner::default(),
@@ -172,7 +170,15 @@ fn record_pending(seg: &Ipv4Tcp, c: &Checked, recorded: u32) -> Verdict {
         entry.discard(0);
         return Verdict::new(XDP_DROP, reason::ERR_PENDING_FULL);
     }
-    entry.write(GateEvent { kind: EVENT_PENDING, agent_id, flow, client_isn, server_isn, created_ns: now, handshake });
+    entry.write(GateEvent {
+        kind: EVENT_PENDING,
+        agent_id,
+        flow: *flow,
+        client_isn,
+        server_isn,
+        created_ns: now,
+        handshake,
+    });
     entry.submit(0);
     // The client believes the connection is up; its data is held until the
     // splice is up (`hold`).

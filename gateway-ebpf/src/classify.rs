@@ -1,8 +1,12 @@
 //! First stage: is this packet about a protected service at all? What is
 //! not goes to the transit check (`transit`), called by the entry point.
+//! IPv4 is classified here; IPv6 in `classify_v6`, a subprogram of its
+//! own, so that its larger parse does not weigh on IPv4's stack frame.
 
 use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, VipKey};
-use ackgate_common::net::{ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv4Tcp, Parsed, parse_ipv4_tcp};
+use ackgate_common::net::{
+    ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv4Tcp, Ipv6Hdr, Ipv6Refusal, Parsed, Parsed6, parse_ipv4_tcp, parse_ipv6_tcp,
+};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 use core::mem::size_of;
@@ -29,10 +33,7 @@ pub fn classify(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
             scratch.seg.l3_off = l3_off;
             Verdict::transit(false, local)
         }
-        Class::NotIpv4 { ether_type, l3_off } if ether_type == ETH_P_IPV6 => {
-            scratch.seg.l3_off = l3_off;
-            Verdict::transit(true, reason::PASS_NOT_IPV4)
-        }
+        Class::NotIpv4 { ether_type, l3_off } if ether_type == ETH_P_IPV6 => classify_v6(frame, l3_off, scratch),
         // ARP, LLDP, ...: not routed.
         Class::NotIpv4 { .. } => Verdict::new(XDP_PASS, reason::PASS_NOT_IPV4),
         Class::Other(verdict) => verdict,
@@ -92,4 +93,44 @@ fn classify_inner(frame: &XdpFrame) -> Class {
         Some(policy) => Class::Protected { seg, policy: *policy },
         None => Class::TransitV4 { ip: seg.ip, l3_off: seg.l3_off, local: reason::PASS_NOT_SERVICE },
     }
+}
+
+/// The IPv6 packet at `l3_off`: as `classify`, parsing into `scratch.seg6`
+/// for [`Verdict::PROTECTED_V6`]. A transit verdict leaves the offset in
+/// `scratch.seg.l3_off`.
+#[inline(never)]
+fn classify_v6(frame: &XdpFrame, l3_off: usize, scratch: &mut Scratch) -> Verdict {
+    scratch.seg.l3_off = l3_off;
+    let seg = &mut scratch.seg6;
+    match parse_ipv6_tcp(frame, l3_off, seg) {
+        Parsed6::Tcp => {}
+        Parsed6::Other { .. } => return Verdict::transit(true, reason::PASS_NOT_TCP),
+        Parsed6::Refused(why) => {
+            // To a VIP each refusal is dropped and counted on its own;
+            // elsewhere, the stack handles the packet as it would anyway.
+            if VIPS.get_ptr(VipKey::of::<Ipv6Hdr>(seg.ip.daddr)).is_none() {
+                return Verdict::transit(true, reason::PASS_NOT_SERVICE);
+            }
+            let why = match why {
+                Ipv6Refusal::Fragment => reason::DROP_FRAGMENT,
+                Ipv6Refusal::Routed => reason::DROP_IPV6_ROUTED,
+                Ipv6Refusal::Options => reason::DROP_IPV6_OPTIONS,
+                Ipv6Refusal::TooDeep => reason::DROP_IPV6_EXTENSIONS,
+            };
+            return Verdict::new(XDP_DROP, why);
+        }
+        // ipv6_rcv_core (net/ipv6/ip6_input.c) and tcp_v6_rcv drop these too.
+        Parsed6::Malformed => return Verdict::new(XDP_DROP, reason::DROP_MALFORMED),
+    }
+    // Tagged frames: the VLAN device's, as for IPv4.
+    if seg.l3_off != size_of::<EthHdr>() {
+        return Verdict::transit(true, reason::PASS_NOT_SERVICE);
+    }
+    // SAFETY: the value is copied out at once; services are replaced whole.
+    let Some(policy) = (unsafe { SERVICES.get(ServiceKey::of_destination(seg)) }) else {
+        return Verdict::transit(true, reason::PASS_NOT_SERVICE);
+    };
+    scratch.policy = *policy;
+    scratch.key = FlowKey::of_segment(&scratch.seg6);
+    Verdict::PROTECTED_V6
 }

@@ -3,10 +3,11 @@
 //! the splice); denied → the service's default response.
 
 use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FlowKey, PendingFlow, ServicePolicy};
-use ackgate_common::net::{Ipv4Tcp, TCP_RST};
+use ackgate_common::net::{TCP_RST, TcpSegment};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
 
+use crate::family::Family;
 use crate::program::Verdict;
 use crate::{hold, respond};
 use ackgate_common::kernel::frame::XdpFrame;
@@ -14,9 +15,9 @@ use ackgate_common::kernel::frame::XdpFrame;
 // A BPF subprogram of its own (not inlined): each stage gets its own
 // stack frame instead of all stages adding up in the entry point's.
 #[inline(never)]
-pub fn on_segment(
+pub fn on_segment<F: Family>(
     frame: &XdpFrame,
-    seg: &Ipv4Tcp,
+    seg: &TcpSegment<F>,
     policy: &ServicePolicy,
     key: &FlowKey,
     flow: *mut PendingFlow,

@@ -8,7 +8,7 @@
 //! the protected port away; SPLICE-NOTES in docs/splice.md).
 
 use ackgate_common::abi::{FlowKey, HELD_MAX_PACKET, HELD_PER_FLOW, HeldSegment};
-use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::net::TcpSegment;
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
 
@@ -20,13 +20,15 @@ use ackgate_common::kernel::frame::XdpFrame;
 /// Returns the verdict (always a drop, counted as `why` when the data was
 /// copied or there was none) and the payload bytes copied.
 #[inline(always)]
-pub fn hold(frame: &XdpFrame, seg: &Ipv4Tcp, flow: &FlowKey, held: u64, why: u32) -> (Verdict, u32) {
+pub fn hold<I>(frame: &XdpFrame, seg: &TcpSegment<I>, flow: &FlowKey, held: u64, why: u32) -> (Verdict, u32) {
     let payload = seg.payload_len as u64;
     if payload == 0 {
         // A pure ACK or window update: nothing for the target.
         return (Verdict::new(XDP_DROP, why), 0);
     }
-    let total = seg.ip.total_len();
+    // The IP packet without any link-layer padding: from its header to the
+    // end of the segment.
+    let total = seg.l4_off - seg.l3_off + seg.tcp_len + seg.payload_len;
     if total > HELD_MAX_PACKET || held + payload > HELD_PER_FLOW as u64 {
         return (Verdict::new(XDP_DROP, reason::HOLD_FULL), 0);
     }

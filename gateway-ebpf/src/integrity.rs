@@ -8,9 +8,10 @@
 //! The sums come from `bpf_csum_diff` over a per-CPU copy of the headers
 //! and the segment; XDP has no checksum offload result to trust.
 
-use ackgate_common::csum::{fold, from_native_partial, tcp_pseudo_sum};
+use ackgate_common::abi::FAMILY_IPV4;
+use ackgate_common::csum::{fold, from_native_partial};
 use ackgate_common::kernel::frame::{XdpFrame, bounded_len};
-use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::net::{IpHeader, TcpSegment};
 use aya_ebpf::helpers::bpf_csum_diff;
 
 use crate::{maps, settings};
@@ -23,20 +24,23 @@ const CHUNK: usize = 512;
 /// buffer (a SYN carrying more than about 1.5 KB of data on a jumbo-frame
 /// edge) are not checked and count as valid.
 #[inline(never)]
-pub fn checksums_valid(frame: &XdpFrame, seg: &Ipv4Tcp) -> bool {
+pub fn checksums_valid<I: IpHeader>(frame: &XdpFrame, seg: &TcpSegment<I>) -> bool {
     let Some(buf) = maps::checksum_buffer() else {
         return false;
     };
-    let ihl = seg.ip.header_len();
-    if frame.copy_packet(seg.l3_off, ihl, buf).is_none() {
-        return false;
-    }
-    // IHL counts 32-bit words: no padding needed.
-    let Some(ip_sum) = sum(buf, ihl) else {
-        return false;
-    };
-    if fold(from_native_partial(ip_sum)) != 0xffff {
-        return false;
+    if I::FAMILY == FAMILY_IPV4 {
+        // The header with its options: IHL counts 32-bit words, so no
+        // padding is needed.
+        let ihl = seg.l4_off - seg.l3_off;
+        if frame.copy_packet(seg.l3_off, ihl, buf).is_none() {
+            return false;
+        }
+        let Some(ip_sum) = sum(buf, ihl) else {
+            return false;
+        };
+        if fold(from_native_partial(ip_sum)) != 0xffff {
+            return false;
+        }
     }
     let tcp_len = seg.tcp_len + seg.payload_len;
     if tcp_len > maps::CHECKSUM_BYTES - 3 {
@@ -58,13 +62,14 @@ pub fn checksums_valid(frame: &XdpFrame, seg: &Ipv4Tcp) -> bool {
     let Some(tcp_sum) = sum(buf, padded) else {
         return false;
     };
-    let pseudo = tcp_pseudo_sum(seg.ip.saddr, seg.ip.daddr, tcp_len as u16);
+    let pseudo = seg.ip.tcp_pseudo_sum(tcp_len as u16);
     if fold(from_native_partial(tcp_sum) + pseudo) == 0xffff {
         return true;
     }
     // A partial checksum holds the pseudo-header's sum (the stack's
-    // CHECKSUM_PARTIAL, tcp_v4_send_check in net/ipv4/tcp_ipv4.c); the
-    // kernel trusts such an skb without summing it.
+    // CHECKSUM_PARTIAL, tcp_v4_send_check in net/ipv4/tcp_ipv4.c and
+    // __tcp_v6_send_check); the kernel trusts such an skb without summing
+    // it.
     settings::partial_checksums() && u16::from_be_bytes(seg.tcp.check) == fold(pseudo)
 }
 

@@ -118,12 +118,12 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, target_key: &SpliceKey) -> Verdic
     events::emit(EVENT_SPLICED, &client_key.flow(), 0, answer.isn);
     match ack.ts {
         Some(ts) => {
-            let (ip, tcp) = handshake_ack_ts(&seg.ip, &seg.tcp, ack.seq, ack.ack, ack.window, ts);
-            transmit(frame, seg.l3_off, &ip, &tcp, reason::INTERNAL_SPLICED)
+            let reply = handshake_ack_ts(&seg.ip, &seg.tcp, ack.seq, ack.ack, ack.window, ts);
+            transmit(frame, seg.l3_off, &reply, reason::INTERNAL_SPLICED)
         }
         None => {
-            let (ip, tcp) = handshake_ack(&seg.ip, &seg.tcp, ack.seq, ack.ack, ack.window);
-            transmit(frame, seg.l3_off, &ip, &tcp, reason::INTERNAL_SPLICED)
+            let reply = handshake_ack(&seg.ip, &seg.tcp, ack.seq, ack.ack, ack.window);
+            transmit(frame, seg.l3_off, &reply, reason::INTERNAL_SPLICED)
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! The entry point only orchestrates the packet stages; each stage lives in
 //! its own module:
-//! - `classify`: parse and decide whether a packet concerns a protected
-//!   service at all (everything else passes untouched);
+//! - `classify`: parse (IPv4 or IPv6) and decide whether a packet concerns
+//!   a protected service at all (everything else passes untouched);
+//! - `family`: what differs between IPv4 and IPv6 below the stages, which
+//!   are written once for both;
 //! - `syn`: answer SYNs with a stateless cookie SYN/ACK (and enforce stealth);
 //! - `ack`: check cookie and capability on handshake ACKs, record pending
 //!   flows and notify userspace;
@@ -36,6 +38,8 @@ mod classify;
 #[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
+mod family;
+#[cfg(target_arch = "bpf")]
 mod forward;
 #[cfg(target_arch = "bpf")]
 mod held;
@@ -64,16 +68,17 @@ mod transit;
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use ackgate_common::abi::SpliceKey;
+    use ackgate_common::abi::{FlowKey, ServicePolicy};
     use ackgate_common::icmp::IPPROTO_ICMP;
-    use ackgate_common::net::EthHdr;
+    use ackgate_common::net::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpSegment};
     use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
     use ackgate_common::reason;
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
     use core::mem::size_of;
 
     use crate::classify::classify;
-    use crate::{ack, held, icmp, internal, maps, splice, stats, syn, transit};
+    use crate::family::Family;
+    use crate::{ack, held, icmp, internal, maps, stats, syn, transit};
     use ackgate_common::kernel::frame::XdpFrame;
 
     /// What to do with the frame (low half), and why (high half). One
@@ -88,6 +93,9 @@ mod program {
         /// Not a verdict: the stage found more to do (`classify` and
         /// `internal::parse` parsed a segment for the next stage).
         pub const CONTINUE: Verdict = Verdict(u64::MAX);
+        /// Not a verdict: `classify` found an IPv6 segment to a protected
+        /// service (in `Scratch::seg6`).
+        pub const PROTECTED_V6: Verdict = Verdict::new(PROTECTED_V6, 0);
 
         pub const fn new(action: u32, reason: u32) -> Self {
             Self(action as u64 | (reason as u64) << 32)
@@ -112,6 +120,8 @@ mod program {
     /// Not a verdict: the internal side's parse found ICMP (its header is
     /// in the scratch map); the entry point hands it to `icmp`.
     pub const ICMP_V4: u32 = u32::MAX - 3;
+    /// The action of [`Verdict::PROTECTED_V6`].
+    const PROTECTED_V6: u32 = u32::MAX - 4;
 
     impl Verdict {
         pub const fn action(self) -> u32 {
@@ -168,18 +178,24 @@ mod program {
                 }
                 return transit::ipv4(frame, ip, classified.reason());
             }
-            TRANSIT_V6 => return transit::ipv6(frame, scratch.seg.l3_off),
+            TRANSIT_V6 => return transit::ipv6(frame, scratch.seg.l3_off, classified.reason()),
+            PROTECTED_V6 => return protected::<Ipv6Hdr>(frame, &scratch.seg6, &scratch.policy, &scratch.key),
             _ if !classified.is_continue() => return classified,
             _ => {}
         }
-        let (seg, policy, key) = (&scratch.seg, &scratch.policy, &scratch.key);
+        protected::<Ipv4Hdr>(frame, &scratch.seg, &scratch.policy, &scratch.key)
+    }
+
+    /// A segment to a protected service, of either family.
+    #[inline(always)]
+    fn protected<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, policy: &ServicePolicy, key: &FlowKey) -> Verdict {
         let flags = seg.tcp.flags;
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
-            return syn::on_syn(frame, seg, policy);
+            return syn::on_syn(frame, seg, policy, key);
         }
-        // The splice key only now: SYNs, the flood path, never need it.
-        if let Some(entry) = maps::splice_entry(&SpliceKey::of_segment(seg), true) {
-            return splice::on_segment(frame, seg, key, entry);
+        // The splice lookup only now: SYNs, the flood path, never need it.
+        if let Some(verdict) = F::spliced(frame, seg, key) {
+            return verdict;
         }
         if let Some(flow) = maps::flow_mut(key) {
             // SAFETY: a map value pointer valid for this run.
@@ -190,12 +206,12 @@ mod program {
                 && seg.payload_len == 0
                 && seg.tcp.ack_seq().wrapping_sub(1) != f.server_isn;
             if new_handshake {
-                return ack::on_reused_tuple(frame, seg);
+                return ack::on_reused_tuple(frame, seg, key);
             }
             return held::on_segment(frame, seg, policy, key, flow);
         }
         if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK {
-            return ack::on_ack(frame, seg, policy);
+            return ack::on_ack(frame, seg, policy, key);
         }
         Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_FLOW)
     }

@@ -7,10 +7,10 @@ use ackgate_common::abi::{
     TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::icmp::IcmpError;
-use ackgate_common::net::Ipv4Hdr;
-use ackgate_common::net::Ipv4Tcp;
+use ackgate_common::net::{Ipv4Tcp, Ipv6Tcp};
 use ackgate_common::option::{HandshakeOptions, OptionBytes};
 use ackgate_common::reason;
+use ackgate_common::reply::MAX_REPLY_BYTES;
 use aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use aya_ebpf::macros::map;
@@ -55,13 +55,15 @@ pub static TRANSIT: LpmTrie<TransitKey, u8> = LpmTrie::pinned(MAX_TRANSIT_PREFIX
 
 /// Large temporaries of one stage, kept out of the BPF stack: a call chain
 /// of stages shares one 512-byte stack, and these (the option copy, FIB
-/// lookup parameters, a reply's headers) pushed it over.
+/// lookup parameters, a reply's headers, the cookie helpers' inputs)
+/// pushed it over.
 #[repr(C)]
 pub struct Scratch {
     /// The segment being handled, its service and 4-tuple (`classify`,
     /// `internal::parse`): parsed into map memory so that the entry points'
-    /// frames stay small.
+    /// frames stay small. `seg6` for IPv6 (`classify_v6`).
     pub seg: Ipv4Tcp,
+    pub seg6: Ipv6Tcp,
     pub policy: ServicePolicy,
     pub key: FlowKey,
     /// The same 4-tuple as a splice-map key (`internal::parse`).
@@ -72,11 +74,14 @@ pub struct Scratch {
     /// `OptionBytes::scan_handshake`).
     pub hs: HandshakeOptions,
     pub fib: FibParams,
-    pub reply_ip: Ipv4Hdr,
     /// An ICMP error being translated (`icmp`).
     pub icmp: IcmpError,
-    /// A reply's TCP header and options (up to 40 bytes).
-    pub reply_l4: [u8; 40],
+    /// A reply being built (`reply::Reply` of either family).
+    pub reply: [u8; MAX_REPLY_BYTES],
+    /// The cookie helpers' copies of a segment's IP header and TCP header
+    /// (`family`).
+    pub cookie_ip: [u8; 40],
+    pub cookie_tcp: [u8; 24],
 }
 
 /// Bytes of the per-CPU copy a segment's checksums are verified over

@@ -2,13 +2,19 @@
 //! .rodata before load (aya `EbpfLoader::override_global`); the verifier
 //! sees them as constants.
 
-use ackgate_common::abi::SynAckProfile;
+use ackgate_common::abi::{SynAckProfile, SynAckSizes};
 
 /// What the gateway kernel's own SYN/ACK looks like (see `SynAckProfile`).
 /// The default is Linux on a 1500-byte MTU with default sysctls.
 #[unsafe(no_mangle)]
-static SYNACK_PROFILE: SynAckProfile =
-    SynAckProfile { ts_secret: 0, mss: 1460, window_ts: 65160, window_no_ts: 64240, wscale: 7, ecn: 1 };
+static SYNACK_PROFILE: SynAckProfile = SynAckProfile {
+    ts_secret: 0,
+    v4: SynAckSizes { mss: 1460, window_ts: 65160, window_no_ts: 64240 },
+    v6: SynAckSizes { mss: 1440, window_ts: 64260, window_no_ts: 64800 },
+    wscale: 7,
+    ecn: 1,
+    _pad0: 0,
+};
 
 /// 1: spliced segments are redirected between the interfaces
 /// (`bpf_redirect_map`); 0: always handed to the kernel to forward.

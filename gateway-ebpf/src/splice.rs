@@ -171,6 +171,6 @@ fn rewrite_any(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry, forwarding: boo
 /// cannot match to its connection.
 #[inline(never)]
 fn too_big(frame: &XdpFrame, seg: &Ipv4Tcp, mtu: u16) -> Verdict {
-    let (ip, error) = icmp::frag_needed(&seg.ip, &seg.tcp, mtu);
-    respond::transmit(frame, seg.l3_off, &ip, &error, reason::SPLICE_FRAG_NEEDED)
+    let error = icmp::frag_needed(&seg.ip, &seg.tcp, mtu);
+    respond::transmit(frame, seg.l3_off, &error, reason::SPLICE_FRAG_NEEDED)
 }

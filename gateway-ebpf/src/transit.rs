@@ -41,9 +41,10 @@ pub fn ipv4(frame: &XdpFrame, ip: &Ipv4Hdr, local: u32) -> Verdict {
 }
 
 /// An IPv6 packet (its header at `l3_off`), checked like IPv4; link-local
-/// and multicast destinations are the gateway's own business.
+/// and multicast destinations (neighbour discovery among them) are the
+/// gateway's own business.
 #[inline(never)]
-pub fn ipv6(frame: &XdpFrame, l3_off: usize) -> Verdict {
+pub fn ipv6(frame: &XdpFrame, l3_off: usize, local: u32) -> Verdict {
     let Some(ip6) = frame.load::<Ipv6Hdr>(l3_off) else {
         return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
     };
@@ -69,7 +70,7 @@ pub fn ipv6(frame: &XdpFrame, l3_off: usize) -> Verdict {
     p.__bindgen_anon_3 = bpf_fib_lookup__bindgen_ty_3 { ipv6_src: s };
     p.__bindgen_anon_4 = bpf_fib_lookup__bindgen_ty_4 { ipv6_dst: d };
     if !forwarded(forward::fib_result(frame, p)) {
-        return Verdict::new(XDP_PASS, reason::PASS_NOT_IPV4);
+        return Verdict::new(XDP_PASS, local);
     }
     allowed(&[family_word(FAMILY_IPV6), d[0], d[1], d[2], d[3]])
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddrV4;
 
 use ackgate_common::net::Wire as _;
 use ackgate_common::net::{Ipv4Hdr, TCP_ACK, TcpHdr};
-use ackgate_common::reply::reset_for_ack;
+use ackgate_common::reply::{Reply, reset_for_ack};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Sends the client of a held flow the RST its stack accepts at once: from
@@ -45,12 +45,12 @@ pub fn reset(from: SocketAddrV4, to: SocketAddrV4, seq: u32) -> std::io::Result<
         check: [0, 0],
         urg: [0, 0],
     };
-    let (out_ip, rst) = reset_for_ack(&ip, &ack);
-    let mut packet = Vec::with_capacity(40);
-    packet.extend_from_slice(out_ip.as_bytes());
-    packet.extend_from_slice(rst.as_bytes());
+    let mut rst = Reply::zeroed();
+    // IPv4 carries no flow label.
+    reset_for_ack(&ip, &ack, 0, &mut rst);
+    let packet = rst.as_bytes();
     // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our header as is.
     let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
-    socket.send_to(&packet, &SocketAddrV4::new(*to.ip(), 0).into())?;
+    socket.send_to(packet, &SocketAddrV4::new(*to.ip(), 0).into())?;
     Ok(())
 }

@@ -4,7 +4,8 @@
 //!
 //! Linux (net/ipv4/tcp_minisocks.c `tcp_openreq_init_rwin`, tcp_output.c
 //! `tcp_select_initial_window`, 6.1 to 6.18) answers a SYN with:
-//! - MSS = the route's advertised MSS: interface MTU − 40 for IPv4;
+//! - MSS = the route's advertised MSS: interface MTU − 40 for IPv4, − 60
+//!   for IPv6 (tcp_v6_init_sock's and the route's advmss, net/ipv6);
 //! - window = the listener's receive space, `tcp_rmem[1]` halved
 //!   (`tcp_win_from_space` with the default scaling ratio, or
 //!   `tcp_adv_win_scale` = 1 on 6.1), rounded down to a multiple of the MSS
@@ -18,7 +19,7 @@
 //! (/proc/sys/net follows the reader's namespace; the MTU comes from an
 //! ioctl on a socket of that namespace).
 
-use ackgate_common::abi::SynAckProfile;
+use ackgate_common::abi::{SynAckProfile, SynAckSizes};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -42,8 +43,10 @@ pub struct HostTcp {
     pub ecn: u32,
 }
 
-/// TCP header + IPv4 header.
+/// TCP header + IPv4 header ...
 const IPV4_TCP_HEADERS: u32 = 40;
+/// ... and + IPv6 header.
+const IPV6_TCP_HEADERS: u32 = 60;
 /// The aligned timestamp option (TCPOLEN_TSTAMP_ALIGNED).
 const TS_OPTION: u32 = 12;
 
@@ -68,21 +71,24 @@ impl HostTcp {
     /// The SYN/ACK this host sends on that interface; `ts_secret` keys the
     /// TSval offsets.
     pub fn profile(&self, ts_secret: u64) -> SynAckProfile {
-        let mss = self.mtu.saturating_sub(IPV4_TCP_HEADERS).clamp(88, u16::MAX as u32);
         let space = self.rmem_default / 2;
-        let window = |seg: u32| -> u16 {
-            let rounded = if space > seg { space / seg * seg } else { space };
-            rounded.min(u16::MAX as u32) as u16
+        let sizes = |headers: u32| {
+            let mss = self.mtu.saturating_sub(headers).clamp(88, u16::MAX as u32);
+            let window = |seg: u32| -> u16 {
+                let rounded = if space > seg { space / seg * seg } else { space };
+                rounded.min(u16::MAX as u32) as u16
+            };
+            SynAckSizes { mss: mss as u16, window_ts: window(mss - TS_OPTION), window_no_ts: window(mss) }
         };
         let scale_space = space.max(self.rmem_max_tcp).max(self.rmem_max).max(1);
         let wscale = (scale_space.ilog2() as i32 - 15).clamp(0, 14) as u8;
         SynAckProfile {
             ts_secret,
-            mss: mss as u16,
-            window_ts: window(mss - TS_OPTION),
-            window_no_ts: window(mss),
+            v4: sizes(IPV4_TCP_HEADERS),
+            v6: sizes(IPV6_TCP_HEADERS),
             wscale,
             ecn: u8::from(self.ecn != 0),
+            _pad0: 0,
         }
     }
 }
@@ -130,12 +136,13 @@ mod tests {
     fn linux_synacks() {
         let debian_6_12 = HostTcp { mtu: 1500, rmem_default: 131072, rmem_max_tcp: 6291456, rmem_max: 212992, ecn: 2 };
         let p = debian_6_12.profile(0);
-        assert_eq!((p.mss, p.window_ts, p.window_no_ts, p.wscale, p.ecn), (1460, 65160, 64240, 7, 1));
+        assert_eq!((p.v4.mss, p.v4.window_ts, p.v4.window_no_ts, p.wscale, p.ecn), (1460, 65160, 64240, 7, 1));
+        assert_eq!((p.v6.mss, p.v6.window_ts, p.v6.window_no_ts), (1440, 64260, 64800), "IPv6: 45 segments");
         let tcp_rmem_32m = HostTcp { rmem_max_tcp: 33554432, rmem_max: 4194304, ..debian_6_12 };
         assert_eq!(tcp_rmem_32m.profile(0).wscale, 10, "6.18 with tcp_rmem[2] = 32 MiB");
         let jumbo = HostTcp { mtu: 9000, ..debian_6_12 };
         let p = jumbo.profile(0);
-        assert_eq!((p.mss, p.window_ts), (8960, 62636), "7 segments of 8948");
+        assert_eq!((p.v4.mss, p.v4.window_ts), (8960, 62636), "7 segments of 8948");
         assert_eq!(HostTcp { ecn: 0, ..debian_6_12 }.profile(0).ecn, 0);
     }
 }

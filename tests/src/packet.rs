@@ -1,5 +1,6 @@
-//! Builds test frames: Ethernet (+ VLAN) / IPv4 (+ options) / TCP (+ options)
-//! with correct checksums, and checks checksums of frames the gate emits.
+//! Builds test frames: Ethernet (+ VLAN) / IPv4 (+ options) or IPv6 (+
+//! extension headers) / TCP (+ options) with correct checksums, and checks
+//! checksums of frames the gate emits.
 //!
 //! Every checksum here is computed by `etherparse`, never by
 //! `ackgate_common::csum`: frames the gate emits are checked against these
@@ -7,14 +8,49 @@
 //! so the check must not share the arithmetic of the code under test.
 
 use ackgate_common::icmp::IPPROTO_ICMP;
-use ackgate_common::net::{ETH_P_8021Q, ETH_P_IPV4, IPPROTO_TCP};
+use ackgate_common::net::{ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP};
 use etherparse::checksum::Sum16BitWords;
-use etherparse::{Ipv4HeaderSlice, TcpSlice, ip_number};
+use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice, TcpSlice, ip_number};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const GATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
-/// A TCP/IPv4 frame under construction.
+/// The IPv6 twin of an IPv4 address: 2001:db8::a.b.c.d, in the
+/// documentation prefix (RFC 3849).
+pub fn v6_of(a: [u8; 4]) -> [u8; 16] {
+    let mut v6 = [0u8; 16];
+    v6[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    v6[12..].copy_from_slice(&a);
+    v6
+}
+
+/// What an IPv6 frame has instead of the IPv4 header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Fields {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub traffic_class: u8,
+    pub flow_label: u32,
+    /// Extension headers in order: each its protocol number and its bytes,
+    /// whose first (next header) the builder fills in.
+    pub extensions: Vec<(u8, Vec<u8>)>,
+}
+
+impl Ipv6Fields {
+    /// The same with source and destination swapped, no extension
+    /// headers: the header of a reply.
+    pub fn reply(&self, traffic_class: u8, flow_label: u32) -> Self {
+        Self { saddr: self.daddr, daddr: self.saddr, traffic_class, flow_label, extensions: Vec::new() }
+    }
+
+    fn extension_len(&self) -> usize {
+        self.extensions.iter().map(|(_, b)| b.len()).sum()
+    }
+}
+
+/// A TCP frame under construction: IPv4, or IPv6 when `ipv6` is set (the
+/// IPv4 addresses, options, id and fragment field are then unused; `ttl`
+/// is the hop limit).
 #[derive(Clone, Debug)]
 pub struct TcpFrame {
     pub src_mac: [u8; 6],
@@ -22,6 +58,9 @@ pub struct TcpFrame {
     pub vlans: Vec<u16>,
     pub saddr: [u8; 4],
     pub daddr: [u8; 4],
+    pub ipv6: Option<Ipv6Fields>,
+    /// IPv4 TOS.
+    pub tos: u8,
     pub ip_options: Vec<u8>,
     /// IP identification (the gate's own replies carry 0, as Linux's).
     pub ip_id: u16,
@@ -46,6 +85,8 @@ impl TcpFrame {
             vlans: Vec::new(),
             saddr,
             daddr,
+            ipv6: None,
+            tos: 0,
             ip_options: Vec::new(),
             ip_id: 0x1234,
             frag: 0x4000,
@@ -69,9 +110,35 @@ impl TcpFrame {
         self
     }
 
+    /// The IPv6 twin of this frame: the same but over IPv6, its addresses
+    /// mapped by [`v6_of`].
+    pub fn v6(mut self) -> Self {
+        self.ipv6 = Some(Ipv6Fields {
+            saddr: v6_of(self.saddr),
+            daddr: v6_of(self.daddr),
+            traffic_class: 0,
+            flow_label: 0,
+            extensions: Vec::new(),
+        });
+        self
+    }
+
+    /// This frame over IPv4 (`v6` false) or as its IPv6 twin.
+    pub fn family(self, v6: bool) -> Self {
+        if v6 { self.v6() } else { self }
+    }
+
+    /// Offset of the IP header in the built frame.
+    pub fn l3_offset(&self) -> usize {
+        14 + 4 * self.vlans.len()
+    }
+
     /// Offset of the TCP header in the built frame.
     pub fn l4_offset(&self) -> usize {
-        14 + 4 * self.vlans.len() + 20 + self.ip_options.len()
+        match &self.ipv6 {
+            Some(v6) => self.l3_offset() + 40 + v6.extension_len(),
+            None => self.l3_offset() + 20 + self.ip_options.len(),
+        }
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -90,23 +157,24 @@ impl TcpFrame {
             f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
             f.extend_from_slice(&vid.to_be_bytes());
         }
-        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
-        let ihl = 20 + self.ip_options.len();
         let tcp_len = 20 + self.tcp_options.len() + self.payload.len();
-        let l3 = f.len();
-        f.push(0x40 | (ihl / 4) as u8);
-        f.push(0);
-        f.extend_from_slice(&((ihl + tcp_len) as u16).to_be_bytes());
-        f.extend_from_slice(&self.ip_id.to_be_bytes());
-        f.extend_from_slice(&self.frag.to_be_bytes());
-        f.push(self.ttl);
-        f.push(self.proto);
-        f.extend_from_slice(&[0, 0]);
-        f.extend_from_slice(&self.saddr);
-        f.extend_from_slice(&self.daddr);
-        f.extend_from_slice(&self.ip_options);
-        let ip_sum = checksum(&f[l3..l3 + ihl]);
-        f[l3 + 10..l3 + 12].copy_from_slice(&ip_sum);
+        if let Some(v6) = &self.ipv6 {
+            f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+            let word = 6u32 << 28 | (v6.traffic_class as u32) << 20 | (v6.flow_label & 0xfffff);
+            f.extend_from_slice(&word.to_be_bytes());
+            f.extend_from_slice(&((v6.extension_len() + tcp_len) as u16).to_be_bytes());
+            f.push(v6.extensions.first().map_or(self.proto, |(kind, _)| *kind));
+            f.push(self.ttl);
+            f.extend_from_slice(&v6.saddr);
+            f.extend_from_slice(&v6.daddr);
+            for (i, (_, bytes)) in v6.extensions.iter().enumerate() {
+                let next = v6.extensions.get(i + 1).map_or(self.proto, |(kind, _)| *kind);
+                f.push(next);
+                f.extend_from_slice(&bytes[1..]);
+            }
+        } else {
+            self.push_ipv4_header(&mut f, tcp_len);
+        }
         let l4 = f.len();
         f.extend_from_slice(&self.sport.to_be_bytes());
         f.extend_from_slice(&self.dport.to_be_bytes());
@@ -118,9 +186,32 @@ impl TcpFrame {
         f.extend_from_slice(&[0, 0, 0, 0]);
         f.extend_from_slice(&self.tcp_options);
         f.extend_from_slice(&self.payload);
-        let tcp_sum = tcp_checksum(self.saddr, self.daddr, &f[l4..]).expect("a TCP segment was just built");
+        let tcp_sum = match &self.ipv6 {
+            Some(v6) => tcp_checksum_v6(v6.saddr, v6.daddr, &f[l4..]),
+            None => tcp_checksum(self.saddr, self.daddr, &f[l4..]),
+        };
+        let tcp_sum = tcp_sum.expect("a TCP segment was just built");
         f[l4 + 16..l4 + 18].copy_from_slice(&tcp_sum.to_be_bytes());
         f
+    }
+
+    fn push_ipv4_header(&self, f: &mut Vec<u8>, tcp_len: usize) {
+        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let ihl = 20 + self.ip_options.len();
+        let l3 = f.len();
+        f.push(0x40 | (ihl / 4) as u8);
+        f.push(self.tos);
+        f.extend_from_slice(&((ihl + tcp_len) as u16).to_be_bytes());
+        f.extend_from_slice(&self.ip_id.to_be_bytes());
+        f.extend_from_slice(&self.frag.to_be_bytes());
+        f.push(self.ttl);
+        f.push(self.proto);
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&self.saddr);
+        f.extend_from_slice(&self.daddr);
+        f.extend_from_slice(&self.ip_options);
+        let ip_sum = checksum(&f[l3..l3 + ihl]);
+        f[l3 + 10..l3 + 12].copy_from_slice(&ip_sum);
     }
 }
 
@@ -205,6 +296,12 @@ fn tcp_checksum(saddr: [u8; 4], daddr: [u8; 4], segment: &[u8]) -> Result<u16, S
     tcp.calc_checksum_ipv4(saddr, daddr).map_err(|e| format!("TCP segment too long: {e}"))
 }
 
+/// As [`tcp_checksum`], over IPv6.
+fn tcp_checksum_v6(saddr: [u8; 16], daddr: [u8; 16], segment: &[u8]) -> Result<u16, String> {
+    let tcp = TcpSlice::from_slice(segment).map_err(|e| format!("no TCP header: {e}"))?;
+    tcp.calc_checksum_ipv6(saddr, daddr).map_err(|e| format!("TCP segment too long: {e}"))
+}
+
 /// Whether a checksum field holding `found` verifies where `want` was
 /// computed: a receiver adds the field into its sum, to which 0xffff adds
 /// as much as 0x0000 (both are zero in one's complement).
@@ -212,10 +309,25 @@ fn same_checksum(found: u16, want: u16) -> bool {
     found == want || (want == 0 && found == 0xffff)
 }
 
-/// Whether the IPv4 header at `l3` in `frame` and the TCP segment it
-/// carries have valid checksums; the error says which does not.
+/// Whether the IP header at `l3` in `frame` (IPv4's own checksum) and the
+/// TCP segment it carries have valid checksums; the error says which does
+/// not. An IPv6 header must be followed by TCP directly.
 pub fn check_checksums(frame: &[u8], l3: usize) -> Result<(), String> {
-    let packet = frame.get(l3..).ok_or("the frame ends before its IPv4 header")?;
+    let packet = frame.get(l3..).ok_or("the frame ends before its IP header")?;
+    if packet.first().is_some_and(|b| b >> 4 == 6) {
+        let ip = Ipv6HeaderSlice::from_slice(packet).map_err(|e| format!("no IPv6 header: {e}"))?;
+        if ip.next_header() != ip_number::TCP {
+            return Err(format!("not TCP right after the IPv6 header: {:?}", ip.next_header()));
+        }
+        let end = 40 + usize::from(ip.payload_length());
+        let segment = packet.get(40..end).ok_or_else(|| format!("IPv6 payload length {end} runs past the frame"))?;
+        let tcp = TcpSlice::from_slice(segment).map_err(|e| format!("no TCP header: {e}"))?;
+        let want = tcp_checksum_v6(ip.source(), ip.destination(), segment)?;
+        if !same_checksum(tcp.checksum(), want) {
+            return Err(format!("TCP checksum is wrong: {:#06x}, should be {want:#06x}", tcp.checksum()));
+        }
+        return Ok(());
+    }
     let ip = Ipv4HeaderSlice::from_slice(packet).map_err(|e| format!("no IPv4 header: {e}"))?;
     let header = ip.slice();
     let want = Sum16BitWords::new().add_slice(&header[..10]).add_slice(&header[12..]).ones_complement().to_be();
@@ -270,23 +382,62 @@ pub mod stamp {
         frame.tcp_options.extend_from_slice(&opt.mac);
     }
 
-    /// The MAC binding of a handshake ACK as the frame stands.
+    /// The MAC binding of a handshake ACK over IPv4 as the frame stands.
     pub fn ack_binding(frame: &TcpFrame, id: OptionId, agent_id: u32) -> Binding {
+        binding(
+            frame.saddr,
+            frame.daddr,
+            frame,
+            DOMAIN_ACK,
+            frame.seq.wrapping_sub(1),
+            frame.ack.wrapping_sub(1),
+            id,
+            agent_id,
+        )
+    }
+
+    /// The MAC of the frame's binding: its IPv4 or IPv6 addresses.
+    fn mac(
+        frame: &TcpFrame,
+        domain: u8,
+        client_isn: u32,
+        second: u32,
+        id: OptionId,
+        agent_id: u32,
+        key: &MacKey,
+    ) -> u64 {
+        match &frame.ipv6 {
+            Some(v6) => binding(v6.saddr, v6.daddr, frame, domain, client_isn, second, id, agent_id).mac(key),
+            None => binding(frame.saddr, frame.daddr, frame, domain, client_isn, second, id, agent_id).mac(key),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn binding<A>(
+        saddr: A,
+        daddr: A,
+        frame: &TcpFrame,
+        domain: u8,
+        client_isn: u32,
+        second: u32,
+        id: OptionId,
+        agent_id: u32,
+    ) -> Binding<A> {
         Binding {
-            saddr: frame.saddr,
-            daddr: frame.daddr,
+            saddr,
+            daddr,
             sport: frame.sport.to_be_bytes(),
             dport: frame.dport.to_be_bytes(),
-            client_isn: frame.seq.wrapping_sub(1),
-            second: frame.ack.wrapping_sub(1),
+            client_isn,
+            second,
             agent_id,
-            domain: DOMAIN_ACK,
+            domain,
             exid: id.exid,
         }
     }
 
     pub fn ack(frame: &mut TcpFrame, id: OptionId, agent_id: u32, key: &MacKey) {
-        let mac = ack_binding(frame, id, agent_id).mac(key);
+        let mac = mac(frame, DOMAIN_ACK, frame.seq.wrapping_sub(1), frame.ack.wrapping_sub(1), id, agent_id, key);
         push(frame, id, agent_id, mac);
     }
 
@@ -306,18 +457,7 @@ pub mod stamp {
     }
 
     pub fn syn(frame: &mut TcpFrame, id: OptionId, agent_id: u32, key: &MacKey, tick: u32) {
-        let mac = Binding {
-            saddr: frame.saddr,
-            daddr: frame.daddr,
-            sport: frame.sport.to_be_bytes(),
-            dport: frame.dport.to_be_bytes(),
-            client_isn: frame.seq,
-            second: tick,
-            agent_id,
-            domain: DOMAIN_SYN,
-            exid: id.exid,
-        }
-        .mac(key);
+        let mac = mac(frame, DOMAIN_SYN, frame.seq, tick, id, agent_id, key);
         push(frame, id, agent_id, mac);
     }
 }

@@ -1,13 +1,16 @@
 //! BPF_PROG_TEST_RUN table tests of the XDP gate: packet in → verdict,
 //! reason counter and exact bytes out.
 
-use ackgate_common::abi::{FlowOwner, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET};
+use ackgate_common::abi::{
+    FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowOwner, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET, port_field, v4_words,
+    v6_words,
+};
 use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ackgate_common::option::OptionId;
 use ackgate_common::reason;
 use ackgate_common::reply::{TCP_CWR, TCP_ECE};
 use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate, service};
-use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp};
+use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp, v6_of};
 use ackgate_tests::table::{Out, Program, Row, XDP_DROP, XDP_PASS, XDP_TX, run_rows};
 
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
@@ -17,33 +20,91 @@ const VIP_PAGE: [u8; 4] = [10, 0, 0, 4];
 const VIP_STEALTH: [u8; 4] = [10, 0, 0, 5];
 const PORT: u16 = 443;
 
+/// The tables that run over IPv4 and, as `v6::<name>`, over IPv6 (every
+/// address mapped by `v6_of`, the same services on the twin VIPs).
+macro_rules! twins {
+    ($($name:ident),* $(,)?) => {
+        mod v4 {
+            $(#[test]
+            fn $name() {
+                super::$name(false)
+            })*
+        }
+        mod v6 {
+            $(#[test]
+            fn $name() {
+                super::$name(true)
+            })*
+        }
+    };
+}
+
+twins!(
+    syn_gets_a_cookie_synack_with_exact_bytes,
+    stealth_refuses_unstamped_and_forged_syns,
+    handshake_acks_get_their_verdicts,
+    decided_flows_get_their_verdicts,
+);
+
+/// Every service on its IPv4 VIP and on the VIP's IPv6 twin.
 fn gate() -> TestGate {
-    TestGate::new(
-        "table",
-        &[
-            service(VIP, PORT, RESPONSE_DROP, false),
-            service(VIP_RESET, PORT, RESPONSE_RESET, false),
-            service(VIP_PAGE, PORT, RESPONSE_PAGE, false),
-            service(VIP_STEALTH, PORT, RESPONSE_DROP, true),
-        ],
-    )
+    let services = [
+        (VIP, RESPONSE_DROP, false),
+        (VIP_RESET, RESPONSE_RESET, false),
+        (VIP_PAGE, RESPONSE_PAGE, false),
+        (VIP_STEALTH, RESPONSE_DROP, true),
+    ];
+    let entries: Vec<_> = services
+        .iter()
+        .flat_map(|&(vip, response, stealth)| {
+            [service(vip, PORT, response, stealth), service(v6_of(vip), PORT, response, stealth)]
+        })
+        .collect();
+    TestGate::new("table", &entries)
+}
+
+/// The flow key of a client's segment to `vip`, over IPv4 or its twin.
+fn flow_key(v6: bool, vip: [u8; 4], sport: u16) -> FlowKey {
+    let (saddr, daddr, family) = if v6 {
+        (v6_words(v6_of(CLIENT)), v6_words(v6_of(vip)), FAMILY_IPV6)
+    } else {
+        (v4_words(CLIENT), v4_words(vip), FAMILY_IPV4)
+    };
+    FlowKey {
+        saddr,
+        daddr,
+        sport: port_field(sport.to_be_bytes()),
+        dport: port_field(PORT.to_be_bytes()),
+        family,
+        proto: ackgate_common::net::IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// What the fixture's SYN/ACK profile advertises: MSS (option bytes),
+/// window with and without timestamps (Linux on a 1500-byte MTU: MTU − 40
+/// or − 60, and 45 or 44 segments of the MSS − 12 or the MSS).
+fn synack_sizes(v6: bool) -> ([u8; 2], u16, u16) {
+    if v6 { (1440u16.to_be_bytes(), 64260, 64800) } else { (1460u16.to_be_bytes(), 65160, 64240) }
 }
 
 /// The SYN/ACK the gate must send for `syn`, built independently of the
-/// gate's own reply code, given the cookie and TSval it chose: what Linux
-/// sends on a 1500-byte MTU with default sysctls (the fixture's profile):
-/// MSS 1460, SACK-permitted + timestamps, NOP + window scale 7, window
-/// 65160 (MSS only and 64240 without timestamps).
-fn expected_synack(syn: &TcpFrame, cookie: u32, tsval: u32) -> Vec<u8> {
+/// gate's own reply code, given the cookie, TSval and (IPv6) flow label it
+/// chose: what Linux sends on a 1500-byte MTU with default sysctls (the
+/// fixture's profile): the MSS, SACK-permitted + timestamps, NOP + window
+/// scale 7 (MSS only without timestamps), the window of `synack_sizes`.
+fn expected_synack(syn: &TcpFrame, cookie: u32, tsval: u32, flow_label: u32) -> Vec<u8> {
     let mut f = TcpFrame::new(syn.daddr, syn.dport, syn.saddr, syn.sport, TCP_SYN | TCP_ACK);
+    f.ipv6 = syn.ipv6.as_ref().map(|v6| v6.reply(0, flow_label));
     f.src_mac = syn.dst_mac;
     f.dst_mac = syn.src_mac;
     f.vlans = syn.vlans.clone();
     f.seq = cookie;
     f.ack = syn.seq.wrapping_add(1);
     let syn_ts = syn_timestamp(syn);
-    f.window = if syn_ts.is_some() { 65160 } else { 64240 };
-    f.tcp_options = vec![2, 4, 0x05, 0xb4];
+    let (mss, window_ts, window_no_ts) = synack_sizes(syn.ipv6.is_some());
+    f.window = if syn_ts.is_some() { window_ts } else { window_no_ts };
+    f.tcp_options = vec![2, 4, mss[0], mss[1]];
     if let Some(client_tsval) = syn_ts {
         f.tcp_options.extend_from_slice(&[4, 2, 8, 10]);
         f.tcp_options.extend_from_slice(&tsval.to_be_bytes());
@@ -80,38 +141,54 @@ fn syn_timestamp(syn: &TcpFrame) -> Option<u32> {
     syn_option(syn, 8).map(|t| u32::from_be_bytes([t[2], t[3], t[4], t[5]]))
 }
 
+/// The fields the gate chose for its reply to `request`: the TCP
+/// header's offset, and (IPv6) the flow label.
+fn reply_fields(request: &TcpFrame, reply: &[u8]) -> (usize, u32) {
+    let l3 = request.l3_offset();
+    match request.ipv6 {
+        Some(_) => (l3 + 40, u32::from_be_bytes(reply[l3..l3 + 4].try_into().expect("4 bytes")) & 0xfffff),
+        None => (l3 + 20, 0),
+    }
+}
+
 /// Runs `syn` through the gate and returns the cookie it answered with,
 /// after checking the SYN/ACK byte for byte, and that its TSval carries
-/// the SYN's options for the handshake ACK to bring back (MSS bucket 1460,
-/// SACK, window scale 7; see `cookie`).
+/// the SYN's options for the handshake ACK to bring back (MSS bucket 1460
+/// over IPv4, 1440 over IPv6, SACK, window scale 7; see `cookie`).
 fn cookie_for(gate: &mut TcpFrameGate, syn: &TcpFrame) -> u32 {
     let out = gate.0.run(&syn.build());
     assert_eq!(out.action, XDP_TX, "SYN to a protected port must be answered with XDP_TX");
-    let l4 = 14 + 4 * syn.vlans.len() + 20;
+    let (l4, flow_label) = reply_fields(syn, &out.frame);
     let cookie = u32::from_be_bytes(out.frame[l4 + 4..l4 + 8].try_into().expect("4 bytes"));
     let tsval = match out.frame.get(l4 + 28..l4 + 32) {
         Some(b) if syn_timestamp(syn).is_some() => u32::from_be_bytes(b.try_into().expect("4 bytes")),
         _ => 0,
     };
-    assert_eq!(out.frame, expected_synack(syn, cookie, tsval), "cookie SYN/ACK bytes differ");
+    assert_eq!(out.frame, expected_synack(syn, cookie, tsval, flow_label), "cookie SYN/ACK bytes differ");
     if syn_timestamp(syn).is_some() {
         let offer = ackgate_common::cookie::ClientOffer::decode(tsval);
         let wscale = syn_option(syn, 3).map_or(ackgate_common::option::NO_WSCALE, |w| w[2]);
         let ecn = u8::from(syn.flags & (TCP_ECE | TCP_CWR) == TCP_ECE | TCP_CWR);
+        let mss = match syn.ipv6 {
+            Some(_) => offer.mss::<ackgate_common::net::Ipv6Hdr>(),
+            None => offer.mss::<ackgate_common::net::Ipv4Hdr>(),
+        };
+        let want_mss = if syn.ipv6.is_some() { 1440 } else { 1460 };
         assert_eq!(
-            (offer.mss(), offer.sack_ok, offer.wscale, offer.ecn),
-            (1460, 1, wscale, ecn),
+            (mss, offer.sack_ok, offer.wscale, offer.ecn),
+            (want_mss, 1, wscale, ecn),
             "TSval {tsval:#x} must encode the SYN's options"
         );
     }
-    assert_checksums(&out.frame, 14 + 4 * syn.vlans.len());
+    assert_checksums(&out.frame, syn.l3_offset());
     cookie
 }
 
 struct TcpFrameGate(TestGate);
 
-fn syn(daddr: [u8; 4], sport: u16) -> TcpFrame {
-    let mut f = TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_SYN).linux_syn_options();
+/// A Linux client's SYN to `daddr`, over IPv4 or (`v6`) its IPv6 twin.
+fn syn(v6: bool, daddr: [u8; 4], sport: u16) -> TcpFrame {
+    let mut f = TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_SYN).linux_syn_options().family(v6);
     f.seq = 0x1000_0000 + sport as u32;
     f
 }
@@ -119,6 +196,7 @@ fn syn(daddr: [u8; 4], sport: u16) -> TcpFrame {
 /// The client's handshake ACK for `syn`, answered with `cookie`.
 fn ack_of(syn: &TcpFrame, cookie: u32) -> TcpFrame {
     let mut f = TcpFrame::new(syn.saddr, syn.sport, syn.daddr, syn.dport, TCP_ACK);
+    f.ipv6 = syn.ipv6.as_ref().map(|v6| ackgate_tests::packet::Ipv6Fields { extensions: Vec::new(), ..v6.clone() });
     f.vlans = syn.vlans.clone();
     f.seq = syn.seq.wrapping_add(1);
     f.ack = cookie.wrapping_add(1);
@@ -136,14 +214,35 @@ fn not_ours_passes_untouched() {
     let other_addr = TcpFrame::new(CLIENT, 40000, [10, 0, 0, 9], PORT, TCP_SYN).linux_syn_options();
     let mut frag_elsewhere = TcpFrame::new(CLIENT, 40000, [10, 0, 0, 9], PORT, TCP_SYN);
     frag_elsewhere.frag = 0x2000;
-    // A whole IPv6 header (to 2001:db8::1, TCP): the transit check reads it.
-    let mut ipv6: Vec<u8> = [&[0xffu8; 6][..], &[2, 0, 0, 0, 0, 1], &[0x86, 0xdd]].concat();
-    ipv6.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 6, 64]);
-    ipv6.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-    ipv6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    // ICMPv6: an echo request to 2001:db8::1 (the gateway's own, to the
+    // transit check: the test namespace has no route) and a neighbour
+    // solicitation to a solicited-node multicast address.
+    let icmpv6 = |daddr: [u8; 16], kind: u8| -> Vec<u8> {
+        let mut f: Vec<u8> = [&[0xffu8; 6][..], &[2, 0, 0, 0, 0, 1], &[0x86, 0xdd]].concat();
+        f.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 58, 255]);
+        f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        f.extend_from_slice(&daddr);
+        f.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+        f
+    };
+    let echo = icmpv6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 128);
+    let solicitation = icmpv6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 1], 135);
     let rows = vec![
         Row { name: "ARP", input: arp, action: XDP_PASS, reason: reason::PASS_NOT_IPV4, out: Out::Unchanged },
-        Row { name: "IPv6", input: ipv6, action: XDP_PASS, reason: reason::PASS_NOT_IPV4, out: Out::Unchanged },
+        Row {
+            name: "ICMPv6 echo to the gateway",
+            input: echo,
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_TCP,
+            out: Out::Unchanged,
+        },
+        Row {
+            name: "neighbour solicitation",
+            input: solicitation,
+            action: XDP_PASS,
+            reason: reason::PASS_NOT_IPV4,
+            out: Out::Unchanged,
+        },
         Row {
             name: "ICMP to VIP",
             input: icmp.build(),
@@ -179,29 +278,29 @@ fn not_ours_passes_untouched() {
 #[test]
 fn malformed_and_fragments_to_a_vip_are_dropped() {
     let mut g = gate();
-    let good = syn(VIP, 40001).build();
+    let good = syn(false, VIP, 40001).build();
     let l4 = 34;
     let truncated_tcp = good[..l4 + 10].to_vec();
     let mut total_too_big = good.clone();
     total_too_big[16..18].copy_from_slice(&200u16.to_be_bytes());
     let mut doff_too_small = good.clone();
     doff_too_small[l4 + 12] = 4 << 4;
-    let mut doff_past_packet = syn(VIP, 40001);
+    let mut doff_past_packet = syn(false, VIP, 40001);
     doff_past_packet.tcp_options.clear();
     let mut doff_past_packet = doff_past_packet.build();
     doff_past_packet[l4 + 12] = 15 << 4;
     let mut ihl_too_small = good.clone();
     ihl_too_small[14] = 0x44;
-    let mut first_frag = syn(VIP, 40001);
+    let mut first_frag = syn(false, VIP, 40001);
     first_frag.frag = 0x2000;
-    let mut later_frag = syn(VIP, 40001);
+    let mut later_frag = syn(false, VIP, 40001);
     later_frag.frag = 0x0010;
     let vlan3 = {
-        let mut f = syn(VIP, 40001);
+        let mut f = syn(false, VIP, 40001);
         f.vlans = vec![1, 2, 3];
         f.build()
     };
-    let mut syn_fin = syn(VIP, 40001);
+    let mut syn_fin = syn(false, VIP, 40001);
     syn_fin.flags |= TCP_FIN | TCP_PSH;
     // Checksums the kernel would not verify (l4 = 34 without tags).
     let corrupt = |frame: TcpFrame, at: usize| {
@@ -210,28 +309,28 @@ fn malformed_and_fragments_to_a_vip_are_dropped() {
         f
     };
     let tagged = |vlans: Vec<u16>| {
-        let mut f = syn(VIP, 40001);
+        let mut f = syn(false, VIP, 40001);
         f.vlans = vlans;
         f.build()
     };
     let rows = vec![
         Row {
             name: "SYN with a TCP checksum one bit off (the kernel drops it)",
-            input: corrupt(syn(VIP, 40001), 34 + 17),
+            input: corrupt(syn(false, VIP, 40001), 34 + 17),
             action: XDP_DROP,
             reason: reason::DROP_BAD_CHECKSUM,
             out: Out::Dropped,
         },
         Row {
             name: "SYN with an IPv4 header checksum one bit off",
-            input: corrupt(syn(VIP, 40001), 25),
+            input: corrupt(syn(false, VIP, 40001), 25),
             action: XDP_DROP,
             reason: reason::DROP_BAD_CHECKSUM,
             out: Out::Dropped,
         },
         Row {
             name: "SYN with data and a checksum off in the data's sum",
-            input: corrupt(TcpFrame { payload: vec![0x5a; 1200], ..syn(VIP, 40001) }, 34 + 40 + 700),
+            input: corrupt(TcpFrame { payload: vec![0x5a; 1200], ..syn(false, VIP, 40001) }, 34 + 40 + 700),
             action: XDP_DROP,
             reason: reason::DROP_BAD_CHECKSUM,
             out: Out::Dropped,
@@ -331,59 +430,148 @@ fn malformed_and_fragments_to_a_vip_are_dropped() {
     run_rows(&mut g, Program::Edge, rows);
 }
 
+/// Every extension-header case of an IPv6 packet to a VIP, and the IPv6
+/// twins of the malformed and misaddressed cases above.
 #[test]
-fn syn_gets_a_cookie_synack_with_exact_bytes() {
+fn ipv6_headers_to_a_vip_get_their_verdicts() {
+    let mut g = gate();
+    let with_extensions = |extensions: Vec<(u8, Vec<u8>)>| {
+        let mut f = syn(true, VIP, 40001);
+        if let Some(ip) = f.ipv6.as_mut() {
+            ip.extensions = extensions;
+        }
+        f.build()
+    };
+    let padding = |kind: u8| (kind, vec![0, 0, 1, 4, 0, 0, 0, 0]);
+    let fragment = (44, vec![0, 0, 0, 0, 0, 0, 0, 1]);
+    let routing = |segments_left: u8| (43, vec![0, 0, 4, segments_left, 0, 0, 0, 0]);
+    let good = syn(true, VIP, 40001);
+    let l4 = good.l4_offset();
+    let bytes = good.build();
+    let mut payload_past_frame = bytes.clone();
+    payload_past_frame[18..20].copy_from_slice(&200u16.to_be_bytes());
+    let mut bad_sum = bytes.clone();
+    bad_sum[l4 + 17] ^= 1;
+    let mut syn_fin = syn(true, VIP, 40001);
+    syn_fin.flags |= TCP_FIN;
+    let mut fragment_elsewhere = TcpFrame::new(CLIENT, 40000, [10, 0, 0, 9], PORT, TCP_SYN).v6();
+    if let Some(ip) = fragment_elsewhere.ipv6.as_mut() {
+        ip.extensions = vec![fragment.clone()];
+    }
+    let mut tagged = syn(true, VIP, 40001);
+    tagged.vlans = vec![10];
+    let drop = |name, input, reason| Row { name, input, action: XDP_DROP, reason, out: Out::Dropped };
+    let pass = |name, input, reason| Row { name, input, action: XDP_PASS, reason, out: Out::Unchanged };
+    let rows = vec![
+        drop("fragment header", with_extensions(vec![fragment.clone()]), reason::DROP_FRAGMENT),
+        drop(
+            "fragment header after padding options",
+            with_extensions(vec![padding(0), padding(60), fragment.clone()]),
+            reason::DROP_FRAGMENT,
+        ),
+        drop("routing header, segments left", with_extensions(vec![routing(1)]), reason::DROP_IPV6_ROUTED),
+        drop(
+            "hop-by-hop router alert",
+            with_extensions(vec![(0, vec![0, 0, 5, 2, 0, 0, 1, 0])]),
+            reason::DROP_IPV6_OPTIONS,
+        ),
+        drop(
+            "destination options of 16 bytes",
+            with_extensions(vec![(60, vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])]),
+            reason::DROP_IPV6_OPTIONS,
+        ),
+        drop(
+            "PadN with non-zero bytes",
+            with_extensions(vec![(60, vec![0, 0, 1, 4, 0, 7, 0, 0])]),
+            reason::DROP_IPV6_OPTIONS,
+        ),
+        drop(
+            "five extension headers",
+            with_extensions(vec![padding(0), padding(60), routing(0), padding(60), padding(60)]),
+            reason::DROP_IPV6_EXTENSIONS,
+        ),
+        drop("hop-by-hop after another header", with_extensions(vec![padding(60), padding(0)]), reason::DROP_MALFORMED),
+        drop("payload length past the frame", payload_past_frame, reason::DROP_MALFORMED),
+        drop("truncated TCP header", bytes[..l4 + 10].to_vec(), reason::DROP_MALFORMED),
+        drop("SYN with a TCP checksum one bit off", bad_sum, reason::DROP_BAD_CHECKSUM),
+        drop("SYN with FIN", syn_fin.build(), reason::DROP_MALFORMED),
+        pass("fragment to another host", fragment_elsewhere.build(), reason::PASS_NOT_SERVICE),
+        pass(
+            "SYN to the VIP's port 22",
+            TcpFrame::new(CLIENT, 40000, VIP, 22, TCP_SYN).linux_syn_options().v6().build(),
+            reason::PASS_NOT_SERVICE,
+        ),
+        pass("802.1Q-tagged SYN", tagged.build(), reason::PASS_NOT_SERVICE),
+    ];
+    run_rows(&mut g, Program::Edge, rows);
+}
+
+fn syn_gets_a_cookie_synack_with_exact_bytes(v6: bool) {
     let mut g = TcpFrameGate(gate());
     let before = g.0.counters();
     // Linux options: MSS 1460 is in the kernel's cookie MSS table.
-    cookie_for(&mut g, &syn(VIP, 40010));
+    cookie_for(&mut g, &syn(v6, VIP, 40010));
     // No options: MSS only (nothing would bring the rest back without
     // timestamps), window 64240.
-    let mut bare = syn(VIP, 40011);
+    let mut bare = syn(v6, VIP, 40011);
     bare.tcp_options.clear();
     cookie_for(&mut g, &bare);
     // Data on the SYN: its checksum covers the data too.
-    let mut with_data = syn(VIP, 40012);
+    let mut with_data = syn(v6, VIP, 40012);
     with_data.payload = vec![0x5a; 1200];
     cookie_for(&mut g, &with_data);
-    // IPv4 options (NOP x4): honoured when parsing, not echoed.
-    let mut ipopt = syn(VIP, 40014);
+    // IPv4 options (NOP x4), or IPv6 hop-by-hop and destination options
+    // of padding: honoured when parsing, not echoed.
+    let mut ipopt = syn(v6, VIP, 40014);
     ipopt.ip_options = vec![1, 1, 1, 1];
+    if let Some(ip) = ipopt.ipv6.as_mut() {
+        ip.extensions = vec![(0, vec![0, 0, 1, 4, 0, 0, 0, 0]), (60, vec![0, 0, 0, 0, 0, 0, 0, 0])];
+    }
     cookie_for(&mut g, &ipopt);
+    if v6 {
+        // A routing header with no segments left: this host is the final
+        // destination.
+        let mut routed_here = syn(v6, VIP, 40019);
+        if let Some(ip) = routed_here.ipv6.as_mut() {
+            ip.extensions = vec![(43, vec![0, 1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])];
+        }
+        cookie_for(&mut g, &routed_here);
+    }
     // Ethernet padding after a short SYN is ignored.
-    let mut padded_syn = syn(VIP, 40015);
+    let mut padded_syn = syn(v6, VIP, 40015);
     padded_syn.tcp_options.clear();
     let mut padded = padded_syn.build();
     padded.extend_from_slice(&[0; 6]);
     let out = g.0.run(&padded);
     assert_eq!(out.action, XDP_TX, "padded SYN must be answered");
-    let cookie = u32::from_be_bytes(out.frame[38..42].try_into().expect("4 bytes"));
-    assert_eq!(out.frame, expected_synack(&padded_syn, cookie, 0), "padded SYN's reply differs");
+    let (l4, flow_label) = reply_fields(&padded_syn, &out.frame);
+    let cookie = u32::from_be_bytes(out.frame[l4 + 4..l4 + 8].try_into().expect("4 bytes"));
+    assert_eq!(out.frame, expected_synack(&padded_syn, cookie, 0, flow_label), "padded SYN's reply differs");
     // Stealth service with a valid stamp.
-    let mut stamped = syn(VIP_STEALTH, 40016);
+    let mut stamped = syn(v6, VIP_STEALTH, 40016);
     stamp::syn(&mut stamped, OptionId::default(), AGENT_ID, &AGENT_KEY, stamp::tai_tick());
     cookie_for(&mut g, &stamped);
     // Timestamps and SACK but no window scale: none offered back.
-    let mut no_ws = syn(VIP, 40017);
+    let mut no_ws = syn(v6, VIP, 40017);
     no_ws.tcp_options = vec![2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 9, 0, 0, 0, 0];
     cookie_for(&mut g, &no_ws);
     // An ECN SYN (ECE + CWR): answered with ECE, as tcp_ecn = 2 does.
-    let mut ecn = syn(VIP, 40018);
+    let mut ecn = syn(v6, VIP, 40018);
     ecn.flags |= TCP_ECE | TCP_CWR;
     cookie_for(&mut g, &ecn);
     let delta = g.0.counters().since(&before);
-    assert_eq!(delta.get(reason::SYN_COOKIE), 8, "every SYN above must count as syn_cookie");
+    let answered = if v6 { 9 } else { 8 };
+    assert_eq!(delta.get(reason::SYN_COOKIE), answered, "every SYN above must count as syn_cookie");
 }
 
-#[test]
-fn stealth_refuses_unstamped_and_forged_syns() {
+fn stealth_refuses_unstamped_and_forged_syns(v6: bool) {
     let mut g = gate();
-    let plain = syn(VIP_STEALTH, 40020);
-    let mut forged = syn(VIP_STEALTH, 40021);
+    let plain = syn(v6, VIP_STEALTH, 40020);
+    let mut forged = syn(v6, VIP_STEALTH, 40021);
     stamp::syn(&mut forged, OptionId::default(), AGENT_ID, &AGENT_KEY.with_k0(1), stamp::tai_tick());
-    let mut stale = syn(VIP_STEALTH, 40022);
+    let mut stale = syn(v6, VIP_STEALTH, 40022);
     stamp::syn(&mut stale, OptionId::default(), AGENT_ID, &AGENT_KEY, stamp::tai_tick().wrapping_sub(5));
-    let mut unknown_agent = syn(VIP_STEALTH, 40023);
+    let mut unknown_agent = syn(v6, VIP_STEALTH, 40023);
     stamp::syn(&mut unknown_agent, OptionId::default(), 99, &AGENT_KEY, stamp::tai_tick());
     let rows = vec![
         Row {
@@ -418,7 +606,11 @@ fn stealth_refuses_unstamped_and_forged_syns() {
     run_rows(&mut g, Program::Edge, rows);
 }
 
-/// The RST Linux would send for `ack` (seq = its ACK number, RST only).
+/// The RST Linux would send for `ack` (seq = its ACK number, RST only),
+/// with the request's DSCP. Over IPv6 its flow label is the gateway's
+/// keyed hash of the 4-tuple (the fixture's key is 0), as Linux hashes a
+/// socketless reply's flow: the label comes from the code under test, the
+/// rest of the bytes do not.
 fn expected_rst(ack: &TcpFrame) -> Vec<u8> {
     let mut f = TcpFrame::new(ack.daddr, ack.dport, ack.saddr, ack.sport, TCP_RST);
     f.src_mac = ack.dst_mac;
@@ -426,21 +618,27 @@ fn expected_rst(ack: &TcpFrame) -> Vec<u8> {
     f.seq = ack.ack;
     f.ack = 0;
     f.window = 0;
-    let mut bytes = f.build();
-    bytes[18..20].copy_from_slice(&[0, 0]);
-    bytes[24..26].copy_from_slice(&[0, 0]);
-    let sum = ackgate_tests::packet::checksum(&bytes[14..34]);
-    bytes[24..26].copy_from_slice(&sum);
-    bytes
+    f.ip_id = 0;
+    f.tos = ack.tos & !3;
+    f.ipv6 = ack.ipv6.as_ref().map(|v6| {
+        let label = ackgate_common::reply::reset_flow_label(
+            0,
+            &v6_words(v6.saddr),
+            port_field(ack.sport.to_be_bytes()),
+            &v6_words(v6.daddr),
+            port_field(ack.dport.to_be_bytes()),
+        );
+        v6.reply(v6.traffic_class & !3, label)
+    });
+    f.build()
 }
 
-#[test]
-fn handshake_acks_get_their_verdicts() {
+fn handshake_acks_get_their_verdicts(v6: bool) {
     let mut g = TcpFrameGate(gate());
     let id = OptionId::default();
     let mut rows = Vec::new();
 
-    let s = syn(VIP, 41000);
+    let s = syn(v6, VIP, 41000);
     let c = cookie_for(&mut g, &s);
     let mut bad_cookie = ack_of(&s, c ^ 0x0100_0000);
     stamp::ack(&mut bad_cookie, id, AGENT_ID, &AGENT_KEY);
@@ -459,7 +657,7 @@ fn handshake_acks_get_their_verdicts() {
         out: Out::Dropped,
     });
 
-    let s = syn(VIP_RESET, 41001);
+    let s = syn(v6, VIP_RESET, 41001);
     let c = cookie_for(&mut g, &s);
     let a = ack_of(&s, c);
     rows.push(Row {
@@ -470,7 +668,7 @@ fn handshake_acks_get_their_verdicts() {
         out: Out::Exact(expected_rst(&a)),
     });
     let mut bad_sum = a.build();
-    bad_sum[34 + 17] ^= 1;
+    bad_sum[a.l4_offset() + 17] ^= 1;
     rows.push(Row {
         name: "no option, reset policy, TCP checksum off: dropped unanswered as the kernel would",
         input: bad_sum,
@@ -497,7 +695,7 @@ fn handshake_acks_get_their_verdicts() {
         out: Out::Exact(expected_rst(&stray)),
     });
 
-    let s = syn(VIP_PAGE, 41002);
+    let s = syn(v6, VIP_PAGE, 41002);
     let c = cookie_for(&mut g, &s);
     rows.push(Row {
         name: "no option, page policy",
@@ -507,7 +705,7 @@ fn handshake_acks_get_their_verdicts() {
         out: Out::Unchanged,
     });
 
-    let s = syn(VIP, 41003);
+    let s = syn(v6, VIP, 41003);
     let c = cookie_for(&mut g, &s);
     let mut dup = ack_of(&s, c);
     stamp::ack(&mut dup, id, AGENT_ID, &AGENT_KEY);
@@ -642,7 +840,7 @@ fn handshake_acks_get_their_verdicts() {
     let pending = g.0.gate.pending_flows().expect("pending map readable");
     assert_eq!(pending.len(), 1, "exactly the one valid handshake must be pending, found {pending:?}");
     let (flow, p) = pending[0];
-    assert_eq!(flow.client_v4(), (CLIENT, 41003), "pending flow client address and port");
+    assert_eq!(flow, flow_key(v6, VIP, 41003), "the pending flow's 4-tuple");
     assert_eq!((p.agent_id, p.client_isn, p.server_isn), (AGENT_ID, s.seq, c), "pending flow record");
     let mut events = ackgate_gateway::events::Events::take(g.0.gate.ebpf_mut()).expect("event ring");
     let ev = events.drain();
@@ -653,19 +851,18 @@ fn handshake_acks_get_their_verdicts() {
 /// After the control plane decides: an authorized flow is held (until the
 /// splice), a denied one gets the service's default response, and a RST
 /// of a denied flow is never answered.
-#[test]
-fn decided_flows_get_their_verdicts() {
-    use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowKey};
+fn decided_flows_get_their_verdicts(v6: bool) {
+    use ackgate_common::abi::{FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING};
     use ackgate_gateway::gate::FlowWrite;
     let mut g = TcpFrameGate(gate());
     let id = OptionId::default();
     let accept = |g: &mut TcpFrameGate, vip: [u8; 4], sport: u16| {
-        let s = syn(vip, sport);
+        let s = syn(v6, vip, sport);
         let c = cookie_for(g, &s);
         let mut a = ack_of(&s, c);
         stamp::ack(&mut a, id, AGENT_ID, &AGENT_KEY);
         assert_eq!(g.0.run(&a.build()).action, XDP_DROP, "stamped ACK must be accepted (pending)");
-        let flow = FlowKey::ipv4(CLIENT, vip, sport.to_be_bytes(), PORT.to_be_bytes());
+        let flow = flow_key(v6, vip, sport);
         let mut data = ack_of(&s, c);
         data.flags |= TCP_PSH;
         data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
@@ -729,7 +926,7 @@ fn decided_flows_get_their_verdicts() {
     // A new connection on the authorized flow's 4-tuple (its old one ended
     // unseen): a valid stamp replaces the flow, a forged one is dropped
     // without a response and leaves it alone.
-    let mut again = syn(VIP, 42000);
+    let mut again = syn(v6, VIP, 42000);
     again.seq ^= 0x0055_5500;
     let c = cookie_for(&mut g, &again);
     let mut forged = ack_of(&again, c);
@@ -768,7 +965,7 @@ fn decided_flows_get_their_verdicts() {
 /// gone and does not bring it back.
 #[test]
 fn the_census_counts_flows_by_state_and_the_flows_the_full_map_evicted() {
-    use ackgate_common::abi::{FLOW_AUTHORIZED, FlowKey};
+    use ackgate_common::abi::FLOW_AUTHORIZED;
     use ackgate_gateway::census::Censor;
     use ackgate_gateway::gate::{FlowWrite, GateSettings};
     const CAPACITY: u32 = 1024;
@@ -780,7 +977,7 @@ fn the_census_counts_flows_by_state_and_the_flows_the_full_map_evicted() {
     censor.take().expect("the census of the empty map");
     let id = OptionId::default();
     for sport in 20000..20000 + HANDSHAKES {
-        let s = syn(VIP, sport);
+        let s = syn(false, VIP, sport);
         let c = cookie_for(&mut g, &s);
         let mut a = ack_of(&s, c);
         stamp::ack(&mut a, id, AGENT_ID, &AGENT_KEY);
