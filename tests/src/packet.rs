@@ -382,62 +382,54 @@ pub mod stamp {
         frame.tcp_options.extend_from_slice(&opt.mac);
     }
 
-    /// The MAC binding of a handshake ACK over IPv4 as the frame stands.
-    pub fn ack_binding(frame: &TcpFrame, id: OptionId, agent_id: u32) -> Binding {
-        binding(
-            frame.saddr,
-            frame.daddr,
-            frame,
-            DOMAIN_ACK,
-            frame.seq.wrapping_sub(1),
-            frame.ack.wrapping_sub(1),
-            id,
-            agent_id,
-        )
-    }
-
-    /// The MAC of the frame's binding: its IPv4 or IPv6 addresses.
-    fn mac(
-        frame: &TcpFrame,
+    /// What a stamp binds besides the frame's addresses and ports.
+    struct Bound {
         domain: u8,
         client_isn: u32,
         second: u32,
         id: OptionId,
         agent_id: u32,
-        key: &MacKey,
-    ) -> u64 {
-        match &frame.ipv6 {
-            Some(v6) => binding(v6.saddr, v6.daddr, frame, domain, client_isn, second, id, agent_id).mac(key),
-            None => binding(frame.saddr, frame.daddr, frame, domain, client_isn, second, id, agent_id).mac(key),
+    }
+
+    /// The MAC binding of a handshake ACK over IPv4 as the frame stands.
+    pub fn ack_binding(frame: &TcpFrame, id: OptionId, agent_id: u32) -> Binding {
+        binding(frame.saddr, frame.daddr, frame, &ack_bound(frame, id, agent_id))
+    }
+
+    fn ack_bound(frame: &TcpFrame, id: OptionId, agent_id: u32) -> Bound {
+        Bound {
+            domain: DOMAIN_ACK,
+            client_isn: frame.seq.wrapping_sub(1),
+            second: frame.ack.wrapping_sub(1),
+            id,
+            agent_id,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn binding<A>(
-        saddr: A,
-        daddr: A,
-        frame: &TcpFrame,
-        domain: u8,
-        client_isn: u32,
-        second: u32,
-        id: OptionId,
-        agent_id: u32,
-    ) -> Binding<A> {
+    /// The MAC of the frame's binding: its IPv4 or IPv6 addresses.
+    fn mac(frame: &TcpFrame, bound: &Bound, key: &MacKey) -> u64 {
+        match &frame.ipv6 {
+            Some(v6) => binding(v6.saddr, v6.daddr, frame, bound).mac(key),
+            None => binding(frame.saddr, frame.daddr, frame, bound).mac(key),
+        }
+    }
+
+    fn binding<A>(saddr: A, daddr: A, frame: &TcpFrame, bound: &Bound) -> Binding<A> {
         Binding {
             saddr,
             daddr,
             sport: frame.sport.to_be_bytes(),
             dport: frame.dport.to_be_bytes(),
-            client_isn,
-            second,
-            agent_id,
-            domain,
-            exid: id.exid,
+            client_isn: bound.client_isn,
+            second: bound.second,
+            agent_id: bound.agent_id,
+            domain: bound.domain,
+            exid: bound.id.exid,
         }
     }
 
     pub fn ack(frame: &mut TcpFrame, id: OptionId, agent_id: u32, key: &MacKey) {
-        let mac = mac(frame, DOMAIN_ACK, frame.seq.wrapping_sub(1), frame.ack.wrapping_sub(1), id, agent_id, key);
+        let mac = mac(frame, &ack_bound(frame, id, agent_id), key);
         push(frame, id, agent_id, mac);
     }
 
@@ -457,7 +449,7 @@ pub mod stamp {
     }
 
     pub fn syn(frame: &mut TcpFrame, id: OptionId, agent_id: u32, key: &MacKey, tick: u32) {
-        let mac = mac(frame, DOMAIN_SYN, frame.seq, tick, id, agent_id, key);
+        let mac = mac(frame, &Bound { domain: DOMAIN_SYN, client_isn: frame.seq, second: tick, id, agent_id }, key);
         push(frame, id, agent_id, mac);
     }
 }

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{RESPONSE_DROP, RESPONSE_RESET};
-use ackgate_common::net::{TCP_FIN, TCP_PSH, TCP_SYN, TCP_URG};
+use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, TCP_URG};
 use ackgate_common::option::OptionId;
 use ackgate_common::reason;
 use ackgate_common::reply::{TCP_CWR, TCP_ECE};
@@ -15,7 +15,7 @@ use ackgate_gateway::events::Events;
 use ackgate_gateway::gate::GateSettings;
 use ackgate_gateway::synack::HostTcp;
 use ackgate_tests::fixture::{AGENT_ID, TestGate, service};
-use ackgate_tests::packet::TcpFrame;
+use ackgate_tests::packet::{TcpFrame, v6_of};
 use ackgate_tests::probe::{answers_to, mac_of};
 use ackgate_tests::stamper::{stamped_handshake, synack_for};
 use ackgate_tests::topology::{Ns, Topology};
@@ -208,6 +208,96 @@ fn the_cookie_synack_matches_the_kernels_own() {
     assert_eq!(gate.counters().get(reason::SYN_COOKIE), 3, "the gate answered the protected port");
 }
 
+/// The IPv6 twin of `the_cookie_synack_matches_the_kernels_own`: over
+/// IPv6 the kernel advertises MTU − 60 and rounds its window to that, and
+/// sends a flow label; the SYNs go out as whole frames and the answers are
+/// read off the client's link, IPv6 header included.
+#[test]
+fn the_ipv6_cookie_synack_matches_the_kernels_own() {
+    let topo = Topology::new("synack6");
+    let (client6, vip6) = (v6_of(topo.client_addr.octets()), v6_of(topo.edge_addr.octets()));
+    let (client_if, edge_if) = (topo.client_if.clone(), topo.edge_if.clone());
+    let cidr = |a: [u8; 16]| format!("{}/64", std::net::Ipv6Addr::from(a));
+    topo.cmd_ok(Ns::Client, &["ip", "addr", "add", &cidr(client6), "dev", &client_if, "nodad"]);
+    topo.cmd_ok(Ns::Gateway, &["ip", "addr", "add", &cidr(vip6), "dev", &edge_if, "nodad"]);
+    let host = topo.run_in(Ns::Gateway, || HostTcp::read(&edge_if)).expect("the gateway's TCP settings");
+    let mut settings = GateSettings::new(OptionId::default(), ackgate_common::abi::MAX_PENDING);
+    settings.synack = host.profile(0x5eed);
+    let mut gate = TestGate::with_settings("synack6", &[service(vip6, PORT, RESPONSE_DROP, false)], &settings);
+    topo.attach_gate(&mut gate.gate);
+    let _ordinary = topo.run_in(Ns::Gateway, || TcpListener::bind(("::", 2222)).expect("binding an ordinary port"));
+    let client_mac = topo.run_in(Ns::Client, || mac_of(&client_if));
+    let gateway_mac = topo.run_in(Ns::Gateway, || mac_of(&edge_if));
+    let linux = TcpFrame::new([0; 4], 0, [0; 4], 0, TCP_SYN).linux_syn_options().tcp_options;
+    let no_wscale = vec![2, 4, 5, 0xa0, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0];
+    let cases: [(&str, Vec<u8>, u8); 3] = [
+        ("a Linux SYN", linux.clone(), TCP_SYN),
+        ("a SYN without window scale", no_wscale, TCP_SYN),
+        ("an ECN SYN", linux, TCP_SYN | TCP_ECE | TCP_CWR),
+    ];
+    for (i, (name, options, flags)) in cases.into_iter().enumerate() {
+        let reply = |port: u16, sport: u16| {
+            let mut syn = TcpFrame::new(topo.client_addr.octets(), sport, topo.edge_addr.octets(), port, flags).v6();
+            (syn.src_mac, syn.dst_mac) = (client_mac, gateway_mac);
+            syn.tcp_options = options.clone();
+            syn.seq = 0x1234_0000 + sport as u32;
+            let frame = syn.build();
+            topo.run_in(Ns::Client, || ipv6_synack_for(&client_if, &frame, (sport, port), Duration::from_secs(2)))
+                .unwrap_or_else(|| panic!("{name}: no SYN/ACK from port {port}"))
+        };
+        let kernel = reply(2222, 41000 + i as u16);
+        let gated = reply(PORT, 42000 + i as u16);
+        assert_eq!(
+            synack_shape_v6(&gated),
+            synack_shape_v6(&kernel),
+            "{name}: the gate's IPv6 SYN/ACK (left) differs from the kernel's own (right)"
+        );
+    }
+    assert_eq!(gate.counters().get(reason::SYN_COOKIE), 3, "the gate answered the protected port");
+}
+
+/// Sends `frame` (an IPv6 SYN from `ports` = (client port, server port))
+/// out of `iface` and returns the IPv6 packet of the SYN/ACK that answers
+/// it, read from a packet socket on the same interface.
+fn ipv6_synack_for(iface: &str, frame: &[u8], ports: (u16, u16), within: Duration) -> Option<Vec<u8>> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let proto = (libc::ETH_P_IPV6 as u16).to_be();
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+    assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = ackgate_gateway::netdev::index(iface).expect("the client's interface") as i32;
+    // SAFETY: valid address of the stated size.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), size_of::<libc::sockaddr_ll>() as u32) };
+    assert_eq!(rc, 0, "binding the packet socket: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+    // SAFETY: valid option pointer and length.
+    unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), 16);
+    }
+    ackgate_tests::probe::send_frame(iface, frame).expect("sending the SYN");
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        // SAFETY: valid buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let Some(p) = usize::try_from(n).ok().and_then(|n| buf.get(..n)) else { continue };
+        if p.len() < 60 || p[6] != 6 {
+            continue;
+        }
+        let t = &p[40..];
+        let (sport, dport) = (u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]));
+        if (dport, sport) == ports && t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            return Some(p.to_vec());
+        }
+    }
+    None
+}
+
 /// A gated gateway with an ordinary listening port beside the protected
 /// one, and a client that sends whole Ethernet frames to either.
 struct ProbeBench {
@@ -306,6 +396,8 @@ fn stealth_with_reset_looks_like_a_closed_port() {
     for (port, sport) in [(CLOSED, 44000), (PORT, 44002)] {
         let mut syn = bench.syn(sport, port);
         syn.payload = b"data on the SYN".to_vec();
+        // DSCP AF11 and ECT(0): a RST reflects the DSCP, not the ECN bits.
+        syn.tos = 0x2a;
         let answers = bench.answers(&syn.build(), sport, port);
         let [rst] = answers.as_slice() else {
             panic!("port {port} must answer the SYN with exactly one segment, got {answers:?}");
@@ -345,7 +437,6 @@ fn reset_shape(p: &[u8], syn_seq: u32) -> Vec<(&'static str, u64)> {
 /// its value (the timestamp option's TSecr only).
 fn synack_shape(p: &[u8]) -> Vec<(String, u64)> {
     let ihl = ((p[0] & 0x0f) as usize) * 4;
-    let t = &p[ihl..];
     let u16_at = |b: &[u8], i: usize| u64::from(u16::from_be_bytes([b[i], b[i + 1]]));
     let mut shape = vec![
         ("ip tos".to_owned(), u64::from(p[1])),
@@ -353,6 +444,31 @@ fn synack_shape(p: &[u8]) -> Vec<(String, u64)> {
         ("ip id".to_owned(), u16_at(p, 4)),
         ("ip flags/fragment".to_owned(), u16_at(p, 6)),
         ("ip ttl".to_owned(), u64::from(p[8])),
+    ];
+    shape.extend(tcp_shape(&p[ihl..]));
+    shape
+}
+
+/// As [`synack_shape`], for an IPv6 packet: traffic class, payload length,
+/// next header, hop limit, whether a flow label is set (its value is random
+/// per SYN/ACK, Linux's and the gate's alike), then the TCP part.
+fn synack_shape_v6(p: &[u8]) -> Vec<(String, u64)> {
+    let word = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+    let mut shape = vec![
+        ("ip6 traffic class".to_owned(), u64::from(word >> 20 & 0xff)),
+        ("ip6 payload length".to_owned(), u64::from(u16::from_be_bytes([p[4], p[5]]))),
+        ("ip6 next header".to_owned(), u64::from(p[6])),
+        ("ip6 hop limit".to_owned(), u64::from(p[7])),
+        ("ip6 flow label set".to_owned(), u64::from(word & 0xfffff != 0)),
+    ];
+    shape.extend(tcp_shape(&p[40..]));
+    shape
+}
+
+/// The TCP part of a SYN/ACK's shape (see [`synack_shape`]).
+fn tcp_shape(t: &[u8]) -> Vec<(String, u64)> {
+    let u16_at = |b: &[u8], i: usize| u64::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    let mut shape = vec![
         ("tcp data offset".to_owned(), u64::from(t[12] >> 4)),
         ("tcp flags".to_owned(), u64::from(t[13])),
         ("tcp window".to_owned(), u16_at(t, 14)),
