@@ -1,43 +1,63 @@
 //! First stage: is this segment bound for one of the agent's targets?
 
-use ackgate_common::abi::{ServiceKey, TargetPolicy};
+use ackgate_common::abi::{FlowKey, ServiceKey, TargetPolicy};
 use ackgate_common::kernel::frame::SkbFrame;
-use ackgate_common::net::{Ipv4Tcp, Parsed, parse_ipv4_tcp};
+use ackgate_common::net::{ETH_P_IPV6, IpHeader, Parsed, Parsed6, TcpSegment, parse_ipv4_tcp, parse_ipv6_tcp};
 use ackgate_common::stamp::reason;
 
-use crate::maps::TARGETS;
+use crate::maps::{Scratch, TARGETS};
 
 pub enum Class {
-    Target {
-        seg: Ipv4Tcp,
-        policy: TargetPolicy,
-    },
+    /// For a target: the segment is in `Scratch::seg`, its 4-tuple in
+    /// `Scratch::flow` ...
+    Target(TargetPolicy),
+    /// ... or, over IPv6, in `Scratch::seg6`.
+    TargetV6(TargetPolicy),
     /// Not ours; the reason to count.
     Other(u32),
 }
 
 /// Headers of every handshake segment fit in this many bytes (Ethernet, two
-/// VLAN tags, 60-byte IPv4 and TCP headers).
-const HANDSHAKE_HEADROOM: u32 = 22 + 60 + 60;
+/// VLAN tags, a 60-byte IPv4 header or an IPv6 header with four 8-byte
+/// extension headers, and a 60-byte TCP header).
+const HANDSHAKE_HEADROOM: u32 = 22 + 72 + 60;
 
+/// Parses the segment into `scratch` and looks its destination up.
 #[inline(always)]
-pub fn classify(frame: &SkbFrame) -> Class {
+pub fn classify(frame: &SkbFrame, scratch: &mut Scratch) -> Class {
     pull_headers(frame);
-    let seg = match parse_ipv4_tcp(frame) {
-        Parsed::Tcp(seg) => seg,
-        Parsed::NotIpv4 { .. } => return Class::Other(reason::PASS_NOT_IPV4),
-        Parsed::Ipv4Other { .. } | Parsed::Ipv4Fragment { .. } => return Class::Other(reason::PASS_NOT_TCP),
-        Parsed::Malformed => return Class::Other(reason::SKIP_MALFORMED),
-    };
-    // An exact address:port target first, then the whole gateway address.
-    let exact = ServiceKey::ipv4(seg.ip.daddr, seg.tcp.dport);
-    let any_port = ServiceKey::ipv4(seg.ip.daddr, [0, 0]);
-    // SAFETY: values are copied out at once; userspace replaces them whole.
-    let policy = unsafe { TARGETS.get(exact).or_else(|| TARGETS.get(any_port)) };
-    match policy {
-        Some(policy) => Class::Target { seg, policy: *policy },
-        None => Class::Other(reason::PASS_NOT_TARGET),
+    match parse_ipv4_tcp(frame) {
+        Parsed::Tcp(seg) => {
+            scratch.seg = seg;
+            scratch.flow = FlowKey::of_segment(&scratch.seg);
+            target(&scratch.seg).map_or(Class::Other(reason::PASS_NOT_TARGET), Class::Target)
+        }
+        Parsed::NotIpv4 { ether_type, l3_off } if ether_type == ETH_P_IPV6 => {
+            match parse_ipv6_tcp(frame, l3_off, &mut scratch.seg6) {
+                Parsed6::Tcp => {
+                    scratch.flow = FlowKey::of_segment(&scratch.seg6);
+                    target(&scratch.seg6).map_or(Class::Other(reason::PASS_NOT_TARGET), Class::TargetV6)
+                }
+                // Not TCP, or extension headers no handshake carries (the
+                // gate would drop them): left alone.
+                Parsed6::Other { .. } | Parsed6::Refused(_) => Class::Other(reason::PASS_NOT_TCP),
+                Parsed6::Malformed => Class::Other(reason::SKIP_MALFORMED),
+            }
+        }
+        Parsed::NotIpv4 { .. } => Class::Other(reason::PASS_NOT_IPV4),
+        Parsed::Ipv4Other { .. } | Parsed::Ipv4Fragment { .. } => Class::Other(reason::PASS_NOT_TCP),
+        Parsed::Malformed => Class::Other(reason::SKIP_MALFORMED),
     }
+}
+
+/// The target for the segment's destination: an exact address:port target
+/// first, then the whole gateway address.
+#[inline(always)]
+fn target<I: IpHeader>(seg: &TcpSegment<I>) -> Option<TargetPolicy> {
+    let exact = ServiceKey::of_destination(seg);
+    let any_port = ServiceKey { port: 0, ..exact };
+    // SAFETY: values are copied out at once; userspace replaces them whole.
+    unsafe { TARGETS.get(exact).or_else(|| TARGETS.get(any_port)) }.copied()
 }
 
 /// Makes the headers of a small segment linear so that direct packet reads

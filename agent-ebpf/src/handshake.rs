@@ -20,8 +20,8 @@ use ackgate_common::abi::{
 };
 use ackgate_common::kernel::config;
 use ackgate_common::kernel::frame::SkbFrame;
-use ackgate_common::mac::{Binding, syn_tick};
-use ackgate_common::net::{Ipv4Tcp, Parsed, TCP_FIN, parse_ipv4_tcp};
+use ackgate_common::mac::{Binding, BoundAddr, syn_tick};
+use ackgate_common::net::{IpHeader, TCP_FIN, TcpSegment};
 use ackgate_common::option::{Capability, CapabilityOption, OptionBytes};
 use ackgate_common::stamp::reason;
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_ktime_get_tai_ns};
@@ -29,15 +29,21 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_ktime_get_tai_ns};
 use crate::edit;
 use crate::maps::{self, HANDSHAKES, STAMPED};
 
-#[inline(always)]
-pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
+// The two stages, and each family's instance, are BPF subprograms of their
+// own: inlined together they overflowed the 512-byte stack.
+#[inline(never)]
+pub fn on_syn<I: IpHeader<Addr: BoundAddr>>(
+    frame: &SkbFrame,
+    seg: &TcpSegment<I>,
+    flow: &FlowKey,
+    target: &TargetPolicy,
+) -> u32 {
     // A socket of a local account without a login is never followed: its
     // handshake ACK leaves unstamped and the gate lets the flow reach
     // nothing.
     let Some(account) = maps::account(frame) else {
         return reason::SKIP_NO_ACCOUNT;
     };
-    let flow = FlowKey::of_segment(seg);
     let hs = AgentHandshake { client_isn: seg.tcp.seq(), ..AgentHandshake::default() };
     if HANDSHAKES.insert(flow, hs, 0).is_err() {
         return reason::ERR_HANDSHAKE_FULL;
@@ -54,7 +60,7 @@ pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
     let id = config::option_id();
     // SAFETY: helper without arguments.
     let tick = syn_tick(unsafe { bpf_ktime_get_tai_ns() });
-    let mac = Binding::stealth_syn(seg, me.agent_id, id.exid, tick).mac(&me.key);
+    let mac = Binding::<I::Addr>::stealth_syn_on(flow, &seg.tcp, me.agent_id, id.exid, tick).mac(&me.key);
     let option = CapabilityOption::new(id.kind, id.exid, me.agent_id, mac);
     let stamp = StampedFlow { kind: STAMP_KIND_SYN, client_isn: seg.tcp.seq(), account, ..StampedFlow::default() };
     finish(frame, seg, option, flow, stamp, reason::STAMPED_SYN)
@@ -66,9 +72,8 @@ pub fn on_syn(frame: &SkbFrame, seg: &Ipv4Tcp, target: &TargetPolicy) -> u32 {
 /// is sent again (the stamped ACK may have been lost): without a stamped
 /// ACK the gate drops the flow's data for good, while TCP sends data it
 /// lost again within a tail-loss probe.
-#[inline(always)]
-pub fn on_ack(frame: &SkbFrame, seg: &Ipv4Tcp) -> u32 {
-    let flow = FlowKey::of_segment(seg);
+#[inline(never)]
+pub fn on_ack<I: IpHeader<Addr: BoundAddr>>(frame: &SkbFrame, seg: &TcpSegment<I>, flow: &FlowKey) -> u32 {
     let Some(hs) = HANDSHAKES.get_ptr_mut(flow) else {
         return reason::PASS_NOT_HANDSHAKE;
     };
@@ -96,7 +101,7 @@ pub fn on_ack(frame: &SkbFrame, seg: &Ipv4Tcp) -> u32 {
         if let Some(why) = refuse_restamp(frame, seg) {
             return why;
         }
-        return stamp_ack(frame, seg, client_isn, reason::STAMPED_ACK);
+        return stamp_ack(frame, seg, flow, client_isn, reason::STAMPED_ACK);
     }
     if hs.state == HANDSHAKE_ACK_STAMPED {
         // Right after a stamped ACK: most likely it arrived.
@@ -105,7 +110,7 @@ pub fn on_ack(frame: &SkbFrame, seg: &Ipv4Tcp) -> u32 {
     }
     hs.state = HANDSHAKE_ACK_STAMPED;
     hs.server_isn = server_isn;
-    stamp_ack_from_data(frame, seg, client_isn)
+    stamp_ack_from_data(frame, seg, flow, client_isn)
 }
 
 /// The first data segment (or FIN) cut down to a pure ACK and stamped.
@@ -114,7 +119,12 @@ pub fn on_ack(frame: &SkbFrame, seg: &Ipv4Tcp) -> u32 {
 /// redirected skb without running (`netif_receive_generic_xdp` in
 /// net/core/dev.c), and a veth keeps the mark across namespaces.
 #[inline(always)]
-fn stamp_ack_from_data(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32) -> u32 {
+fn stamp_ack_from_data<I: IpHeader<Addr: BoundAddr>>(
+    frame: &SkbFrame,
+    seg: &TcpSegment<I>,
+    flow: &FlowKey,
+    client_isn: u32,
+) -> u32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let Some(opts) = OptionBytes::read_into(&mut slot, frame, seg) else {
         return reason::SKIP_MALFORMED;
@@ -122,18 +132,22 @@ fn stamp_ack_from_data(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32) -> u32 
     if opts.scan(config::option_id()).capability != Capability::Absent {
         return reason::SKIP_ALREADY_STAMPED;
     }
-    if let Err(why) = edit::cut_to_pure_ack(frame, seg, opts) {
-        return why;
-    }
-    let Parsed::Tcp(ack) = parse_ipv4_tcp(frame) else {
-        return reason::SKIP_MALFORMED;
+    let ack = match edit::cut_to_pure_ack(frame, seg, opts) {
+        Ok(cut) => cut.segment(seg),
+        Err(why) => return why,
     };
-    stamp_ack(frame, &ack, client_isn, reason::STAMPED_ACK_FROM_DATA)
+    stamp_ack(frame, &ack, flow, client_isn, reason::STAMPED_ACK_FROM_DATA)
 }
 
 /// Stamps the pure ACK `seg` and records the flow as stamped.
 #[inline(always)]
-fn stamp_ack(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32, done: u32) -> u32 {
+fn stamp_ack<I: IpHeader<Addr: BoundAddr>>(
+    frame: &SkbFrame,
+    seg: &TcpSegment<I>,
+    flow: &FlowKey,
+    client_isn: u32,
+    done: u32,
+) -> u32 {
     let Some(me) = maps::identity() else {
         return reason::SKIP_NO_IDENTITY;
     };
@@ -142,7 +156,7 @@ fn stamp_ack(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32, done: u32) -> u32
         return reason::SKIP_NO_ACCOUNT;
     };
     let id = config::option_id();
-    let mac = Binding::handshake_ack(seg, me.agent_id, id.exid).mac(&me.key);
+    let mac = Binding::<I::Addr>::handshake_ack_on(flow, &seg.tcp, me.agent_id, id.exid).mac(&me.key);
     let option = CapabilityOption::new(id.kind, id.exid, me.agent_id, mac);
     let stamp = StampedFlow {
         kind: STAMP_KIND_ACK,
@@ -151,14 +165,14 @@ fn stamp_ack(frame: &SkbFrame, seg: &Ipv4Tcp, client_isn: u32, done: u32) -> u32
         account,
         ..StampedFlow::default()
     };
-    finish(frame, seg, option, FlowKey::of_segment(seg), stamp, done)
+    finish(frame, seg, option, flow, stamp, done)
 }
 
 /// A segment that already carries a capability (a second agent on the path,
 /// or a stamp of its own) or an unparseable option list is left alone:
 /// stamping again would make a duplicate, which the gate treats as hostile.
 #[inline(always)]
-fn refuse_restamp(frame: &SkbFrame, seg: &Ipv4Tcp) -> Option<u32> {
+fn refuse_restamp<I>(frame: &SkbFrame, seg: &TcpSegment<I>) -> Option<u32> {
     let mut slot = core::mem::MaybeUninit::uninit();
     let Some(opts) = OptionBytes::read_into(&mut slot, frame, seg) else {
         return Some(reason::SKIP_MALFORMED);
@@ -170,11 +184,11 @@ fn refuse_restamp(frame: &SkbFrame, seg: &Ipv4Tcp) -> Option<u32> {
 }
 
 #[inline(always)]
-fn finish(
+fn finish<I: IpHeader>(
     frame: &SkbFrame,
-    seg: &Ipv4Tcp,
+    seg: &TcpSegment<I>,
     option: CapabilityOption,
-    flow: FlowKey,
+    flow: &FlowKey,
     stamp: StampedFlow,
     done: u32,
 ) -> u32 {

@@ -1,8 +1,8 @@
 //! ackgate agent TC egress program.
 //!
 //! The entry point only orchestrates; each concern has its own module:
-//! - `classify`: parse, and find the agent's target for the destination
-//!   (everything else leaves untouched);
+//! - `classify`: parse (IPv4 or IPv6), and find the agent's target for the
+//!   destination (everything else leaves untouched);
 //! - `handshake`: remember a target SYN's ISN, recognise the flow's
 //!   handshake ACK, and compute the capability for either;
 //! - `edit`: grow the segment and write the option, header fields and
@@ -28,15 +28,17 @@ mod stats;
 
 #[cfg(target_arch = "bpf")]
 mod program {
+    use ackgate_common::abi::{FlowKey, TargetPolicy};
     use ackgate_common::kernel::frame::SkbFrame;
-    use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+    use ackgate_common::mac::BoundAddr;
+    use ackgate_common::net::{IpHeader, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpSegment};
     use ackgate_common::stamp::reason;
     use aya_ebpf::bindings::TC_ACT_OK;
     use aya_ebpf::macros::classifier;
     use aya_ebpf::programs::TcContext;
 
     use crate::classify::{Class, classify};
-    use crate::{handshake, stats};
+    use crate::{handshake, maps, stats};
 
     #[classifier]
     pub fn ackgate_stamp(ctx: TcContext) -> i32 {
@@ -57,13 +59,27 @@ mod program {
     #[inline(always)]
     fn stamp(ctx: &TcContext) -> u32 {
         let frame = SkbFrame::new(ctx);
-        let (seg, target) = match classify(&frame) {
-            Class::Target { seg, policy } => (seg, policy),
-            Class::Other(why) => return why,
+        let Some(scratch) = maps::scratch() else {
+            return reason::ERR_SCRATCH;
         };
+        match classify(&frame, scratch) {
+            Class::Target(target) => handshake(&frame, &scratch.seg, &scratch.flow, &target),
+            Class::TargetV6(target) => handshake(&frame, &scratch.seg6, &scratch.flow, &target),
+            Class::Other(why) => why,
+        }
+    }
+
+    /// A segment to a target, of either family.
+    #[inline(always)]
+    fn handshake<I: IpHeader<Addr: BoundAddr>>(
+        frame: &SkbFrame,
+        seg: &TcpSegment<I>,
+        flow: &FlowKey,
+        target: &TargetPolicy,
+    ) -> u32 {
         match seg.tcp.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) {
-            TCP_SYN => handshake::on_syn(&frame, &seg, &target),
-            TCP_ACK | ACK_FIN => handshake::on_ack(&frame, &seg),
+            TCP_SYN => handshake::on_syn(frame, seg, flow, target),
+            TCP_ACK | ACK_FIN => handshake::on_ack(frame, seg, flow),
             _ => reason::PASS_NOT_HANDSHAKE,
         }
     }

@@ -6,6 +6,7 @@ use ackgate_common::abi::{
     StampedFlow, TargetKey, TargetPolicy,
 };
 use ackgate_common::kernel::frame::SkbFrame;
+use ackgate_common::net::{Ipv4Tcp, Ipv6Tcp};
 use ackgate_common::stamp::reason;
 use aya_ebpf::helpers::bpf_get_socket_uid;
 use aya_ebpf::macros::map;
@@ -35,6 +36,30 @@ pub static STAMPED: LruHashMap<FlowKey, StampedFlow> = LruHashMap::with_max_entr
 /// Only their sockets' handshakes are stamped.
 #[map(name = "ACKGATE_AGENT_ACCOUNTS")]
 pub static ACCOUNTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ACCOUNTS, 0);
+
+/// Per-CPU working memory: the segment being stamped, parsed into map
+/// memory rather than onto the BPF stack (an IPv6 segment, copied along the
+/// stages, would take a good part of it).
+#[repr(C)]
+pub struct Scratch {
+    pub seg: Ipv4Tcp,
+    pub seg6: Ipv6Tcp,
+    /// The segment's 4-tuple: map keys, and the MAC's addresses as aligned
+    /// words (read from the header's bytes instead, each byte stayed live
+    /// on the stack).
+    pub flow: FlowKey,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch space.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: per-CPU slot; TC programs do not nest on one CPU, and the
+    // segment is written by `classify` and only read after it.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
 
 #[map(name = "ACKGATE_AGENT_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(reason::COUNT, 0);

@@ -187,9 +187,9 @@ impl Config {
     /// The stamper's targets: the configured ones, or the gateway itself.
     pub fn targets(&self, gateway: Option<Ipv4Addr>) -> Vec<Target> {
         if self.targets.is_empty() {
-            return gateway.map(|g| Target { addr: g.octets(), port: 0, stealth: false }).into_iter().collect();
+            return gateway.map(|g| Target { addr: g.into(), port: 0, stealth: false }).into_iter().collect();
         }
-        self.targets.iter().map(|t| Target { addr: t.address.octets(), port: t.port, stealth: t.stealth }).collect()
+        self.targets.iter().map(|t| Target { addr: t.address.into(), port: t.port, stealth: t.stealth }).collect()
     }
 }
 

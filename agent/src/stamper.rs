@@ -44,7 +44,7 @@ pub enum StamperError {
 /// One destination the agent stamps for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
-    pub addr: [u8; 4],
+    pub addr: std::net::IpAddr,
     /// 0: every port of `addr`.
     pub port: u16,
     /// Stamp SYNs too (the service is in stealth mode).
@@ -53,7 +53,10 @@ pub struct Target {
 
 impl Target {
     fn key(&self) -> TargetKey {
-        TargetKey::ipv4(self.addr, self.port.to_be_bytes())
+        match self.addr {
+            std::net::IpAddr::V4(a) => TargetKey::ipv4(a.octets(), self.port.to_be_bytes()),
+            std::net::IpAddr::V6(a) => TargetKey::ipv6(a.octets(), self.port.to_be_bytes()),
+        }
     }
 }
 

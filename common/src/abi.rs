@@ -107,6 +107,12 @@ impl ServiceKey {
         Self { addr: v4_words(addr), port: port_field(port), proto: crate::net::IPPROTO_TCP, family: FAMILY_IPV4 }
     }
 
+    /// From IPv6 wire bytes.
+    #[inline(always)]
+    pub fn ipv6(addr: [u8; 16], port: [u8; 2]) -> Self {
+        Self { addr: v6_words(addr), port: port_field(port), proto: crate::net::IPPROTO_TCP, family: FAMILY_IPV6 }
+    }
+
     /// The service a segment is addressed to.
     #[inline(always)]
     pub fn of_destination<I: IpHeader>(seg: &TcpSegment<I>) -> Self {

@@ -233,10 +233,32 @@ pub trait IpHeader: Wire {
     /// Sum of the TCP pseudo-header of a segment of `tcp_len` bytes
     /// carried by this header.
     fn tcp_pseudo_sum(&self, tcp_len: u16) -> u32;
+    /// Offset of the length field in the header, and how many bytes of the
+    /// packet it does not count (IPv6's payload length leaves out the fixed
+    /// header).
+    const LENGTH_OFFSET: usize;
+    const LENGTH_EXCLUDES: usize;
+    /// Offset of the header checksum; 0 for a header without one (IPv6).
+    const CHECKSUM_OFFSET: usize;
+    /// The length field and the header checksum ([0, 0] without one), as
+    /// on the wire.
+    fn length_field(&self) -> [u8; 2];
+    fn header_checksum(&self) -> [u8; 2];
 }
 
 impl IpHeader for Ipv4Hdr {
     const FAMILY: u8 = crate::abi::FAMILY_IPV4;
+    const LENGTH_OFFSET: usize = 2;
+    const LENGTH_EXCLUDES: usize = 0;
+    const CHECKSUM_OFFSET: usize = 10;
+    #[inline(always)]
+    fn length_field(&self) -> [u8; 2] {
+        self.total_len
+    }
+    #[inline(always)]
+    fn header_checksum(&self) -> [u8; 2] {
+        self.check
+    }
     type Addr = [u8; 4];
     #[inline(always)]
     fn words(addr: [u8; 4]) -> [u32; 4] {
@@ -262,6 +284,17 @@ impl IpHeader for Ipv4Hdr {
 
 impl IpHeader for Ipv6Hdr {
     const FAMILY: u8 = crate::abi::FAMILY_IPV6;
+    const LENGTH_OFFSET: usize = 4;
+    const LENGTH_EXCLUDES: usize = size_of::<Ipv6Hdr>();
+    const CHECKSUM_OFFSET: usize = 0;
+    #[inline(always)]
+    fn length_field(&self) -> [u8; 2] {
+        self.payload_len
+    }
+    #[inline(always)]
+    fn header_checksum(&self) -> [u8; 2] {
+        [0, 0]
+    }
     type Addr = [u8; 16];
     #[inline(always)]
     fn words(addr: [u8; 16]) -> [u32; 4] {
@@ -307,6 +340,13 @@ pub type Ipv4Tcp = TcpSegment<Ipv4Hdr>;
 pub type Ipv6Tcp = TcpSegment<Ipv6Hdr>;
 
 impl<I> TcpSegment<I> {
+    /// The IP packet's length without any link-layer padding: from its
+    /// header to the end of the segment.
+    #[inline(always)]
+    pub fn packet_len(&self) -> usize {
+        self.l4_off - self.l3_off + self.tcp_len + self.payload_len
+    }
+
     #[inline(always)]
     pub fn options_off(&self) -> usize {
         self.l4_off + size_of::<TcpHdr>()

@@ -20,7 +20,7 @@
 use core::mem::size_of;
 
 use crate::csum;
-use crate::net::{Ipv4Hdr, Ipv4Tcp, TCP_FIN, TCP_PSH, TCP_URG, TcpHdr};
+use crate::net::{IpHeader, Ipv4Hdr, TCP_FIN, TCP_PSH, TCP_URG, TcpHdr, TcpSegment};
 use crate::option::{CAPABILITY_LEN, CapabilityOption, OptionBytes};
 
 /// Largest TCP header (data offset 15).
@@ -31,9 +31,10 @@ pub const MAX_TCP_HEADER: usize = 60;
 /// reason lets the packet go.
 pub mod reason {
     crate::reason::reasons! {
-        /// Not IPv4.
+        /// Not IP.
         PASS_NOT_IPV4 = 0, "pass_not_ipv4";
-        /// IPv4, not TCP, or a fragment.
+        /// IP, not TCP, or a fragment (IPv4), or IPv6 with extension
+        /// headers the parser refuses.
         PASS_NOT_TCP = 1, "pass_not_tcp";
         /// TCP to an address and port the agent has no target for.
         PASS_NOT_TARGET = 2, "pass_not_target";
@@ -76,6 +77,9 @@ pub mod reason {
         /// this machine (and no machine-wide login is in force): sent
         /// unstamped, so the gate lets it reach nothing.
         SKIP_NO_ACCOUNT = 17, "skip_no_account";
+        /// The per-CPU working memory could not be looked up (a map lookup
+        /// that does not fail in practice): sent as is.
+        ERR_SCRATCH = 18, "err_scratch";
     }
 }
 
@@ -104,10 +108,11 @@ pub struct StampPlan {
     /// Offset and new value of the data-offset byte.
     pub doff_off: usize,
     pub doff_byte: u8,
-    /// Offset of the IPv4 total length, and its change (also the IPv4
-    /// header checksum update).
+    /// Offset of the IP length field (IPv4 total length, IPv6 payload
+    /// length), and its change (also the IPv4 header checksum update).
     pub total_len_off: usize,
     pub total_len: Replace16,
+    /// Offset of the IPv4 header checksum; 0 for IPv6, which has none.
     pub ip_check_off: usize,
     pub tcp_check_off: usize,
     /// The data-offset/flags word, with the option's own sum folded into
@@ -120,14 +125,14 @@ pub struct StampPlan {
 /// Plans the stamp of `seg` (inside a frame of `frame_len` bytes) with
 /// `option`, or says why it cannot be stamped.
 #[inline(always)]
-pub fn plan(seg: &Ipv4Tcp, frame_len: usize, option: CapabilityOption) -> Result<StampPlan, u32> {
+pub fn plan<I: IpHeader>(seg: &TcpSegment<I>, frame_len: usize, option: CapabilityOption) -> Result<StampPlan, u32> {
     if seg.payload_len != 0 {
         return Err(reason::SKIP_PAYLOAD);
     }
     if seg.tcp_len + CAPABILITY_LEN > MAX_TCP_HEADER {
         return Err(reason::SKIP_NO_ROOM);
     }
-    let ip_total = seg.ip.total_len();
+    let ip_total = seg.packet_len();
     if frame_len != seg.l3_off + ip_total {
         // Growing the tail would put the option after the trailer.
         return Err(reason::SKIP_TRAILER);
@@ -144,13 +149,22 @@ pub fn plan(seg: &Ipv4Tcp, frame_len: usize, option: CapabilityOption) -> Result
         option,
         doff_off: seg.l4_off + 12,
         doff_byte,
-        total_len_off: seg.l3_off + 2,
-        total_len: Replace16 { from: seg.ip.total_len, to: ((ip_total + CAPABILITY_LEN) as u16).to_be_bytes() },
-        ip_check_off: seg.l3_off + 10,
+        total_len_off: seg.l3_off + I::LENGTH_OFFSET,
+        total_len: Replace16 {
+            from: ((ip_total - I::LENGTH_EXCLUDES) as u16).to_be_bytes(),
+            to: ((ip_total - I::LENGTH_EXCLUDES + CAPABILITY_LEN) as u16).to_be_bytes(),
+        },
+        ip_check_off: ip_check_off(seg),
         tcp_check_off: seg.l4_off + 16,
         tcp_word: Replace16 { from: old_word, to: with_option.to_be_bytes() },
         pseudo_len: Replace16 { from: old_tcp_seg, to: new_tcp_seg },
     })
+}
+
+/// Where `seg`'s IP header checksum is; 0 when the family has none.
+#[inline(always)]
+fn ip_check_off<I: IpHeader>(seg: &TcpSegment<I>) -> usize {
+    if I::CHECKSUM_OFFSET == 0 { 0 } else { seg.l3_off + I::CHECKSUM_OFFSET }
 }
 
 /// Everything the TC program writes to cut a segment that carries data
@@ -161,6 +175,7 @@ pub struct PureAckPlan {
     pub frame_len: usize,
     pub total_len_off: usize,
     pub total_len: [u8; 2],
+    /// 0 for IPv6, whose header has no checksum.
     pub ip_check_off: usize,
     pub ip_check: [u8; 2],
     pub flags_off: usize,
@@ -171,6 +186,8 @@ pub struct PureAckPlan {
 
 /// Plans the cut of `seg`, whose option bytes are `options`.
 ///
+/// The segment it leaves is [`PureAckPlan::segment`].
+///
 /// Written whole rather than updated: the payload's share of a full
 /// checksum is unknown without summing the payload. A locally sent TCP
 /// segment is CHECKSUM_PARTIAL (its field holds the folded pseudo-header
@@ -180,10 +197,9 @@ pub struct PureAckPlan {
 /// chance, 1 in 65,536, gives the ACK a bad checksum, which the gate,
 /// which never forwards a handshake ACK, does not check).
 #[inline(always)]
-pub fn pure_ack(seg: &Ipv4Tcp, options: &OptionBytes) -> PureAckPlan {
-    let (saddr, daddr) = (seg.ip.saddr, seg.ip.daddr);
-    let old_pseudo = csum::tcp_pseudo_sum(saddr, daddr, (seg.tcp_len + seg.payload_len) as u16);
-    let new_pseudo = csum::tcp_pseudo_sum(saddr, daddr, seg.tcp_len as u16);
+pub fn pure_ack<I: IpHeader>(seg: &TcpSegment<I>, options: &OptionBytes) -> PureAckPlan {
+    let old_pseudo = seg.ip.tcp_pseudo_sum((seg.tcp_len + seg.payload_len) as u16);
+    let new_pseudo = seg.ip.tcp_pseudo_sum(seg.tcp_len as u16);
     let partial = seg.tcp.check == csum::fold(old_pseudo).to_be_bytes();
     let flags = seg.tcp.flags & !(TCP_PSH | TCP_URG | TCP_FIN);
     let tcp_check = if partial {
@@ -192,17 +208,28 @@ pub fn pure_ack(seg: &Ipv4Tcp, options: &OptionBytes) -> PureAckPlan {
         let header = TcpHdr { flags, check: [0, 0], ..seg.tcp };
         csum::finish(csum::sum_words(&header, new_pseudo) + options.word_sum())
     };
-    let total_len = ((seg.l4_off - seg.l3_off + seg.tcp_len) as u16).to_be_bytes();
+    let total_len = ((seg.l4_off - seg.l3_off + seg.tcp_len - I::LENGTH_EXCLUDES) as u16).to_be_bytes();
+    let old_len = csum::word2(seg.ip.length_field());
     PureAckPlan {
         frame_len: seg.l4_off + seg.tcp_len,
-        total_len_off: seg.l3_off + 2,
+        total_len_off: seg.l3_off + I::LENGTH_OFFSET,
         total_len,
-        ip_check_off: seg.l3_off + 10,
-        ip_check: csum::replace(seg.ip.check, csum::word2(seg.ip.total_len), csum::word2(total_len)),
+        ip_check_off: ip_check_off(seg),
+        ip_check: csum::replace(seg.ip.header_checksum(), old_len, csum::word2(total_len)),
         flags_off: seg.l4_off + 13,
         flags,
         tcp_check_off: seg.l4_off + 16,
         tcp_check,
+    }
+}
+
+impl PureAckPlan {
+    /// `seg` as the cut leaves it: the same headers at the same offsets,
+    /// no payload, the new flags and checksum (the IP header's length field
+    /// and checksum are not refreshed in the copy: [`plan`] reads neither).
+    #[inline(always)]
+    pub fn segment<I: Copy>(&self, seg: &TcpSegment<I>) -> TcpSegment<I> {
+        TcpSegment { tcp: TcpHdr { flags: self.flags, check: self.tcp_check, ..seg.tcp }, payload_len: 0, ..*seg }
     }
 }
 
@@ -284,7 +311,7 @@ mod tests {
         f
     }
 
-    fn parse(f: &[u8]) -> Ipv4Tcp {
+    fn parse(f: &[u8]) -> crate::net::Ipv4Tcp {
         match parse_ipv4_tcp(f) {
             Parsed::Tcp(seg) => seg,
             other => panic!("test segment did not parse as TCP: {other:?}"),

@@ -26,9 +26,7 @@ pub fn hold<I>(frame: &XdpFrame, seg: &TcpSegment<I>, flow: &FlowKey, held: u64,
         // A pure ACK or window update: nothing for the target.
         return (Verdict::new(XDP_DROP, why), 0);
     }
-    // The IP packet without any link-layer padding: from its header to the
-    // end of the segment.
-    let total = seg.l4_off - seg.l3_off + seg.tcp_len + seg.payload_len;
+    let total = seg.packet_len();
     if total > HELD_MAX_PACKET || held + payload > HELD_PER_FLOW as u64 {
         return (Verdict::new(XDP_DROP, reason::HOLD_FULL), 0);
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ackgate_common::abi::{FAMILY_IPV6, RESPONSE_DROP, ServiceKey, ServicePolicy, port_field, v4_words, v6_words};
+use ackgate_common::abi::{RESPONSE_DROP, ServiceKey, ServicePolicy, port_field, v4_words};
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::OptionId;
 use ackgate_gateway::counters::{self, Counters};
@@ -54,12 +54,7 @@ pub fn linux_handshake(client_tsval: u32, cookie_tsval: u32) -> ackgate_common::
 pub fn service(vip: impl Into<std::net::IpAddr>, port: u16, default_response: u8, stealth: bool) -> ServiceEntry {
     let key = match vip.into() {
         std::net::IpAddr::V4(a) => ServiceKey::ipv4(a.octets(), port.to_be_bytes()),
-        std::net::IpAddr::V6(a) => ServiceKey {
-            addr: v6_words(a.octets()),
-            port: port_field(port.to_be_bytes()),
-            proto: ackgate_common::net::IPPROTO_TCP,
-            family: FAMILY_IPV6,
-        },
+        std::net::IpAddr::V6(a) => ServiceKey::ipv6(a.octets(), port.to_be_bytes()),
     };
     ServiceEntry {
         key,

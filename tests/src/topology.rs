@@ -125,6 +125,19 @@ impl Topology {
         out
     }
 
+    /// Gives the client and the gateway's edge IPv6 addresses beside their
+    /// IPv4 ones (their twins by `packet::v6_of`, on one /64), without
+    /// duplicate address detection so that they work at once; returns
+    /// (client, edge).
+    pub fn add_ipv6(&self) -> (std::net::Ipv6Addr, std::net::Ipv6Addr) {
+        let client = std::net::Ipv6Addr::from(crate::packet::v6_of(self.client_addr.octets()));
+        let edge = std::net::Ipv6Addr::from(crate::packet::v6_of(self.edge_addr.octets()));
+        for (ns, addr, dev) in [(Ns::Client, client, &self.client_if), (Ns::Gateway, edge, &self.edge_if)] {
+            self.cmd_ok(ns, &["ip", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"]);
+        }
+        (client, edge)
+    }
+
     /// The kernel's SNMP counters `names` in namespace `ns` (`nstat -az`);
     /// each must be there.
     pub fn nstat(&self, ns: Ns, names: &[&str]) -> std::collections::HashMap<String, u64> {

@@ -4,11 +4,11 @@
 //! listener that must keep working with valid checksums.
 
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use ackgate_agent::stamper::Target;
-use ackgate_common::abi::RESPONSE_DROP;
+use ackgate_common::abi::{FAMILY_IPV4, FAMILY_IPV6, RESPONSE_DROP, v4_words, v6_words};
 use ackgate_common::{reason, stamp};
 use ackgate_gateway::events::Events;
 use ackgate_tests::fixture::{AGENT_ID, TestGate, service};
@@ -19,18 +19,34 @@ const PORT: u16 = 8443;
 
 #[test]
 fn curl_through_the_agent_is_validated_by_the_gate_and_pending() {
+    curl_through_the_agent(false);
+}
+
+/// The same over IPv6: the kernel's own IPv6 handshake ACK, stamped by the
+/// agent, passes the gate's MAC and cookie checks.
+#[test]
+fn curl_over_ipv6_through_the_agent_is_validated_by_the_gate_and_pending() {
+    curl_through_the_agent(true);
+}
+
+fn curl_through_the_agent(v6: bool) {
     let topo = Topology::new("agent");
-    let vip = topo.edge_addr;
-    let mut gate = TestGate::new("agent", &[service(vip.octets(), PORT, RESPONSE_DROP, false)]);
+    let (client, vip): (IpAddr, IpAddr) = if v6 {
+        let (client, vip) = topo.add_ipv6();
+        (client.into(), vip.into())
+    } else {
+        (topo.client_addr.into(), topo.edge_addr.into())
+    };
+    let mut gate = TestGate::new("agent", &[service(vip, PORT, RESPONSE_DROP, false)]);
     topo.attach_gate(&mut gate.gate);
-    let mut st = TestStamper::new(&[Target { addr: vip.octets(), port: PORT, stealth: false }], true);
+    let mut st = TestStamper::new(&[Target { addr: vip, port: PORT, stealth: false }], true);
     topo.run_in(Ns::Client, || st.stamper.attach(&topo.client_if))
         .unwrap_or_else(|e| panic!("attaching the stamper to the client's egress: {e}"));
     let mut events = Events::take(gate.gate.ebpf_mut()).expect("event ring buffer");
 
     // The gate holds a pending flow (no splice yet), so curl times out; what
     // matters is what the gate saw.
-    let url = format!("http://{vip}:{PORT}/");
+    let url = format!("http://{}/", SocketAddr::new(vip, PORT));
     let curl = topo.cmd(Ns::Client, &["curl", "-s", "-m", "2", "-o", "/dev/null", &url]);
     assert!(!curl.status.success(), "curl must not get an answer while the flow is pending");
 
@@ -43,8 +59,13 @@ fn curl_through_the_agent_is_validated_by_the_gate_and_pending() {
     let c = gate.counters();
     assert_eq!(got.len(), 1, "expected one pending event for curl's handshake, got {got:?}; gate counters {c:?}");
     assert_eq!(got[0].agent_id, AGENT_ID, "event agent id");
-    assert_eq!(got[0].flow.client_v4().0, topo.client_addr.octets(), "event client address");
-    assert_eq!(got[0].flow.service_v4(), (vip.octets(), PORT), "event service");
+    let words = |a: IpAddr| match a {
+        IpAddr::V4(a) => (FAMILY_IPV4, v4_words(a.octets())),
+        IpAddr::V6(a) => (FAMILY_IPV6, v6_words(a.octets())),
+    };
+    let flow = got[0].flow;
+    assert_eq!((flow.family, flow.saddr), words(client), "event client address");
+    assert_eq!((flow.family, flow.daddr, flow.dport), (words(vip).0, words(vip).1, PORT.to_be()), "event service");
     assert_eq!(c.get(reason::ACK_PENDING), 1, "the gate must accept exactly curl's stamped ACK: {c:?}");
     assert_eq!(c.get(reason::ACK_BAD_MAC) + c.get(reason::ACK_NO_OPTION), 0, "no refused ACK expected: {c:?}");
     let s = st.counters();
@@ -56,7 +77,7 @@ fn curl_through_the_agent_is_validated_by_the_gate_and_pending() {
 fn stamped_connection_to_an_unprotected_listener_carries_data_with_valid_checksums() {
     let topo = Topology::new("agentck");
     let gw = topo.edge_addr;
-    let mut st = TestStamper::new(&[Target { addr: gw.octets(), port: 0, stealth: false }], true);
+    let mut st = TestStamper::new(&[Target { addr: gw.into(), port: 0, stealth: false }], true);
     topo.run_in(Ns::Client, || st.stamper.attach(&topo.client_if))
         .unwrap_or_else(|e| panic!("attaching the stamper to the client's egress: {e}"));
     let listener = topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", 9000)).expect("binding the listener"));

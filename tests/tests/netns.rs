@@ -15,7 +15,7 @@ use ackgate_gateway::events::Events;
 use ackgate_gateway::gate::GateSettings;
 use ackgate_gateway::synack::HostTcp;
 use ackgate_tests::fixture::{AGENT_ID, TestGate, service};
-use ackgate_tests::packet::{TcpFrame, v6_of};
+use ackgate_tests::packet::TcpFrame;
 use ackgate_tests::probe::{answers_to, mac_of};
 use ackgate_tests::stamper::{stamped_handshake, synack_for};
 use ackgate_tests::topology::{Ns, Topology};
@@ -215,11 +215,8 @@ fn the_cookie_synack_matches_the_kernels_own() {
 #[test]
 fn the_ipv6_cookie_synack_matches_the_kernels_own() {
     let topo = Topology::new("synack6");
-    let (client6, vip6) = (v6_of(topo.client_addr.octets()), v6_of(topo.edge_addr.octets()));
+    let (_, vip6) = topo.add_ipv6();
     let (client_if, edge_if) = (topo.client_if.clone(), topo.edge_if.clone());
-    let cidr = |a: [u8; 16]| format!("{}/64", std::net::Ipv6Addr::from(a));
-    topo.cmd_ok(Ns::Client, &["ip", "addr", "add", &cidr(client6), "dev", &client_if, "nodad"]);
-    topo.cmd_ok(Ns::Gateway, &["ip", "addr", "add", &cidr(vip6), "dev", &edge_if, "nodad"]);
     let host = topo.run_in(Ns::Gateway, || HostTcp::read(&edge_if)).expect("the gateway's TCP settings");
     let mut settings = GateSettings::new(OptionId::default(), ackgate_common::abi::MAX_PENDING);
     settings.synack = host.profile(0x5eed);

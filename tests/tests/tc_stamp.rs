@@ -7,7 +7,7 @@ use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use ackgate_common::option::OptionId;
 use ackgate_common::stamp::reason;
 use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY};
-use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp};
+use ackgate_tests::packet::{TcpFrame, assert_checksums, stamp, v6_of};
 use ackgate_tests::stamp_fixture::{TC_ACT_OK, TestStamper};
 
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
@@ -19,21 +19,54 @@ const ISN: u32 = 0x1000_0000;
 const SERVER_ISN: u32 = 0x7000_0000;
 const TIMESTAMPS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 5];
 
+/// The tables that run over IPv4 and, as `v6::<name>`, over IPv6 (every
+/// address mapped by `v6_of`, the targets on both families).
+macro_rules! twins {
+    ($($name:ident),* $(,)?) => {
+        mod v4 {
+            $(#[test]
+            fn $name() {
+                super::$name(false)
+            })*
+        }
+        mod v6 {
+            $(#[test]
+            fn $name() {
+                super::$name(true)
+            })*
+        }
+    };
+}
+
+twins!(
+    handshake_ack_with_timestamps_gets_the_option_and_valid_checksums,
+    stealth_syn_is_stamped_with_the_time_bound_mac,
+    other_traffic_leaves_byte_for_byte,
+    segments_without_room_or_identity_go_out_unstamped_and_counted,
+    an_already_stamped_ack_is_not_stamped_twice,
+    only_logged_in_accounts_are_stamped,
+    the_first_data_segment_becomes_the_stamped_ack_when_none_left,
+);
+
 fn targets() -> Vec<Target> {
-    vec![Target { addr: GATEWAY, port: 0, stealth: false }, Target { addr: STEALTH_GW, port: PORT, stealth: true }]
+    let both = |addr: [u8; 4], port, stealth| {
+        [Target { addr: addr.into(), port, stealth }, Target { addr: v6_of(addr).into(), port, stealth }]
+    };
+    [both(GATEWAY, 0, false), both(STEALTH_GW, PORT, true)].concat()
 }
 
-fn syn(daddr: [u8; 4], sport: u16) -> TcpFrame {
-    TcpFrame { seq: ISN, ..TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_SYN) }.linux_syn_options()
+fn syn(v6: bool, daddr: [u8; 4], sport: u16) -> TcpFrame {
+    TcpFrame { seq: ISN, ..TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_SYN) }.linux_syn_options().family(v6)
 }
 
-fn handshake_ack(daddr: [u8; 4], sport: u16) -> TcpFrame {
+fn handshake_ack(v6: bool, daddr: [u8; 4], sport: u16) -> TcpFrame {
     TcpFrame {
         seq: ISN + 1,
         ack: SERVER_ISN + 1,
         tcp_options: TIMESTAMPS.to_vec(),
         ..TcpFrame::new(CLIENT, sport, daddr, PORT, TCP_ACK)
     }
+    .family(v6)
 }
 
 /// Runs `input`, asserts TC_ACT_OK and exactly one count of `why`, and
@@ -47,12 +80,11 @@ fn run(st: &mut TestStamper, name: &str, input: &[u8], why: u32) -> Vec<u8> {
     out.frame
 }
 
-#[test]
-fn handshake_ack_with_timestamps_gets_the_option_and_valid_checksums() {
+fn handshake_ack_with_timestamps_gets_the_option_and_valid_checksums(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
-    let s = syn(GATEWAY, 40000).build();
+    let s = syn(v6, GATEWAY, 40000).build();
     assert_eq!(run(&mut st, "SYN", &s, reason::SYN_RECORDED), s, "a non-stealth SYN must leave unchanged");
-    let ack = handshake_ack(GATEWAY, 40000);
+    let ack = handshake_ack(v6, GATEWAY, 40000);
     let out = run(&mut st, "handshake ACK", &ack.build(), reason::STAMPED_ACK);
     let mut expected = ack.clone();
     stamp::ack(&mut expected, OptionId::default(), AGENT_ID, &AGENT_KEY);
@@ -66,13 +98,14 @@ fn handshake_ack_with_timestamps_gets_the_option_and_valid_checksums() {
     );
     let recent = st.stamper.recent_stamps(10).expect("stamped flows readable");
     assert_eq!(recent.len(), 1, "the stamped flow must be listed for status: {recent:?}");
-    assert_eq!(recent[0].0.client_v4(), (CLIENT, 40000));
+    let (flow, _) = recent[0];
+    let family = if v6 { ackgate_common::abi::FAMILY_IPV6 } else { ackgate_common::abi::FAMILY_IPV4 };
+    assert_eq!((flow.family, flow.sport), (family, 40000u16.to_be()), "the stamped flow's family and port");
 }
 
-#[test]
-fn stealth_syn_is_stamped_with_the_time_bound_mac() {
+fn stealth_syn_is_stamped_with_the_time_bound_mac(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
-    let input = syn(STEALTH_GW, 40001);
+    let input = syn(v6, STEALTH_GW, 40001);
     let before = stamp::tai_tick();
     let out = run(&mut st, "stealth SYN", &input.build(), reason::STAMPED_SYN);
     let after = stamp::tai_tick();
@@ -87,31 +120,34 @@ fn stealth_syn_is_stamped_with_the_time_bound_mac() {
         "stamped SYN is not the Linux SYN options + capability for the current tick: {out:02x?}"
     );
     // The handshake ACK of the same flow is stamped as well.
-    let ack = handshake_ack(STEALTH_GW, 40001);
+    let ack = handshake_ack(v6, STEALTH_GW, 40001);
     run(&mut st, "stealth handshake ACK", &ack.build(), reason::STAMPED_ACK);
 }
 
-#[test]
-fn other_traffic_leaves_byte_for_byte() {
+fn other_traffic_leaves_byte_for_byte(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
-    let mut udp = TcpFrame::new(CLIENT, 5353, GATEWAY, 53, 0);
+    let mut udp = TcpFrame::new(CLIENT, 5353, GATEWAY, 53, 0).family(v6);
     udp.proto = 17;
-    let mut data = handshake_ack(GATEWAY, 40010);
+    let mut data = handshake_ack(v6, GATEWAY, 40010);
     data.flags = TCP_ACK | TCP_PSH;
     data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
     let rows: Vec<(&str, Vec<u8>, u32)> = vec![
-        ("SYN elsewhere", syn(ELSEWHERE, 40002).build(), reason::PASS_NOT_TARGET),
-        ("ACK elsewhere", handshake_ack(ELSEWHERE, 40002).build(), reason::PASS_NOT_TARGET),
-        ("ACK to the gateway without a SYN before", handshake_ack(GATEWAY, 40003).build(), reason::PASS_NOT_HANDSHAKE),
+        ("SYN elsewhere", syn(v6, ELSEWHERE, 40002).build(), reason::PASS_NOT_TARGET),
+        ("ACK elsewhere", handshake_ack(v6, ELSEWHERE, 40002).build(), reason::PASS_NOT_TARGET),
+        (
+            "ACK to the gateway without a SYN before",
+            handshake_ack(v6, GATEWAY, 40003).build(),
+            reason::PASS_NOT_HANDSHAKE,
+        ),
         ("data to the gateway", data.build(), reason::PASS_NOT_HANDSHAKE),
         (
             "FIN to the gateway",
-            TcpFrame::new(CLIENT, 40004, GATEWAY, PORT, TCP_FIN | TCP_ACK).build(),
+            TcpFrame::new(CLIENT, 40004, GATEWAY, PORT, TCP_FIN | TCP_ACK).family(v6).build(),
             reason::PASS_NOT_HANDSHAKE,
         ),
         (
             "stealth gateway, other port",
-            TcpFrame { dport: 80, ..syn(STEALTH_GW, 40005) }.build(),
+            TcpFrame { dport: 80, ..syn(v6, STEALTH_GW, 40005) }.build(),
             reason::PASS_NOT_TARGET,
         ),
         ("UDP", udp.build(), reason::PASS_NOT_TCP),
@@ -122,38 +158,36 @@ fn other_traffic_leaves_byte_for_byte() {
     }
 }
 
-#[test]
-fn segments_without_room_or_identity_go_out_unstamped_and_counted() {
+fn segments_without_room_or_identity_go_out_unstamped_and_counted(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
     // 40 bytes of options on a stealth SYN: no room for 20 more.
-    let mut full_syn = syn(STEALTH_GW, 40020);
+    let mut full_syn = syn(v6, STEALTH_GW, 40020);
     full_syn.tcp_options.extend_from_slice(&[1; 20]);
     let input = full_syn.build();
     assert_eq!(run(&mut st, "full SYN", &input, reason::SKIP_NO_ROOM), input);
     // A handshake ACK with 28 bytes of options: 48 + 20 > 60.
-    let s = syn(GATEWAY, 40021).build();
+    let s = syn(v6, GATEWAY, 40021).build();
     run(&mut st, "SYN", &s, reason::SYN_RECORDED);
-    let mut full_ack = handshake_ack(GATEWAY, 40021);
+    let mut full_ack = handshake_ack(v6, GATEWAY, 40021);
     full_ack.tcp_options.extend_from_slice(&[1; 16]);
     let input = full_ack.build();
     assert_eq!(run(&mut st, "full ACK", &input, reason::SKIP_NO_ROOM), input);
     // Data on a stealth SYN (TCP Fast Open) cannot take a tail option.
-    let mut tfo = syn(STEALTH_GW, 40022);
+    let mut tfo = syn(v6, STEALTH_GW, 40022);
     tfo.payload = b"hello".to_vec();
     let input = tfo.build();
     assert_eq!(run(&mut st, "SYN with data", &input, reason::SKIP_PAYLOAD), input);
 
     let mut unenrolled = TestStamper::new(&targets(), false);
-    run(&mut unenrolled, "SYN", &syn(GATEWAY, 40023).build(), reason::SYN_RECORDED);
-    let input = handshake_ack(GATEWAY, 40023).build();
+    run(&mut unenrolled, "SYN", &syn(v6, GATEWAY, 40023).build(), reason::SYN_RECORDED);
+    let input = handshake_ack(v6, GATEWAY, 40023).build();
     assert_eq!(run(&mut unenrolled, "ACK before enrollment", &input, reason::SKIP_NO_IDENTITY), input);
 }
 
-#[test]
-fn an_already_stamped_ack_is_not_stamped_twice() {
+fn an_already_stamped_ack_is_not_stamped_twice(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
-    run(&mut st, "SYN", &syn(GATEWAY, 40030).build(), reason::SYN_RECORDED);
-    let mut ack = handshake_ack(GATEWAY, 40030);
+    run(&mut st, "SYN", &syn(v6, GATEWAY, 40030).build(), reason::SYN_RECORDED);
+    let mut ack = handshake_ack(v6, GATEWAY, 40030);
     stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
     let input = ack.build();
     assert_eq!(run(&mut st, "stamped ACK", &input, reason::SKIP_ALREADY_STAMPED), input);
@@ -170,37 +204,36 @@ const TEST_RUN_UID: u32 = 0;
 /// another account is not even followed, and an account that logs out
 /// between its SYN and its handshake ACK gets no stamp. The stamp records
 /// the account it was made for.
-#[test]
-fn only_logged_in_accounts_are_stamped() {
+fn only_logged_in_accounts_are_stamped(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
     st.set_account(ANY_ACCOUNT, false);
     st.set_account(1000, true);
-    let (s, ack) = (syn(GATEWAY, 40010).build(), handshake_ack(GATEWAY, 40010).build());
+    let (s, ack) = (syn(v6, GATEWAY, 40010).build(), handshake_ack(v6, GATEWAY, 40010).build());
     assert_eq!(run(&mut st, "SYN of an account without a login", &s, reason::SKIP_NO_ACCOUNT), s);
     assert_eq!(run(&mut st, "its handshake ACK", &ack, reason::PASS_NOT_HANDSHAKE), ack, "unfollowed, unstamped");
 
     st.set_account(TEST_RUN_UID, true);
-    let (s, ack) = (syn(GATEWAY, 40011).build(), handshake_ack(GATEWAY, 40011).build());
+    let (s, ack) = (syn(v6, GATEWAY, 40011).build(), handshake_ack(v6, GATEWAY, 40011).build());
     run(&mut st, "SYN of a logged-in account", &s, reason::SYN_RECORDED);
     run(&mut st, "its handshake ACK", &ack, reason::STAMPED_ACK);
     let recent = st.stamper.recent_stamps(1).expect("stamped flows readable");
     assert_eq!(recent[0].1.account, TEST_RUN_UID, "the stamp names the socket's account: {recent:?}");
 
-    let (s, ack) = (syn(GATEWAY, 40012).build(), handshake_ack(GATEWAY, 40012).build());
+    let (s, ack) = (syn(v6, GATEWAY, 40012).build(), handshake_ack(v6, GATEWAY, 40012).build());
     run(&mut st, "SYN before a logout", &s, reason::SYN_RECORDED);
     st.set_account(TEST_RUN_UID, false);
     assert_eq!(run(&mut st, "handshake ACK after the logout", &ack, reason::SKIP_NO_ACCOUNT), ack);
 
     st.set_account(ANY_ACCOUNT, true);
-    let (s, ack) = (syn(GATEWAY, 40013).build(), handshake_ack(GATEWAY, 40013).build());
+    let (s, ack) = (syn(v6, GATEWAY, 40013).build(), handshake_ack(v6, GATEWAY, 40013).build());
     run(&mut st, "SYN under a machine-wide login", &s, reason::SYN_RECORDED);
     run(&mut st, "its handshake ACK", &ack, reason::STAMPED_ACK);
     let recent = st.stamper.recent_stamps(1).expect("stamped flows readable");
     assert_eq!(recent[0].1.account, ANY_ACCOUNT, "a machine-wide login's stamp: {recent:?}");
 }
 
-fn first_data(sport: u16, flags: u8, payload: &[u8], server_bytes: u32) -> TcpFrame {
-    let mut f = handshake_ack(GATEWAY, sport);
+fn first_data(v6: bool, sport: u16, flags: u8, payload: &[u8], server_bytes: u32) -> TcpFrame {
+    let mut f = handshake_ack(v6, GATEWAY, sport);
     f.flags = flags;
     f.payload = payload.to_vec();
     f.ack = SERVER_ISN + 1 + server_bytes;
@@ -212,35 +245,34 @@ fn first_data(sport: u16, flags: u8, payload: &[u8], server_bytes: u32) -> TcpFr
 /// resend of that segment after a stamped ACK (which may have been lost),
 /// leave cut down to the stamped pure ACK: without it the gate would drop
 /// the flow's data for good. TCP sends the data again.
-#[test]
-fn the_first_data_segment_becomes_the_stamped_ack_when_none_left() {
+fn the_first_data_segment_becomes_the_stamped_ack_when_none_left(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
     let stamped_pure_ack = |sport| {
-        let mut ack = handshake_ack(GATEWAY, sport);
+        let mut ack = handshake_ack(v6, GATEWAY, sport);
         stamp::ack(&mut ack, OptionId::default(), AGENT_ID, &AGENT_KEY);
         ack.build()
     };
     let request = b"GET / HTTP/1.1\r\n\r\n";
-    let data = |sport| first_data(sport, TCP_ACK | TCP_PSH, request, 0);
+    let data = |sport| first_data(v6, sport, TCP_ACK | TCP_PSH, request, 0);
     let later = |sport| TcpFrame { seq: ISN + 1 + request.len() as u32, ..data(sport) };
-    let acks_server_data = |sport| first_data(sport, TCP_ACK, &[], 100);
+    let acks_server_data = |sport| first_data(v6, sport, TCP_ACK, &[], 100);
     let cut = Some(reason::STAMPED_ACK_FROM_DATA);
     // (what, frame in, reason counted (None: passes unchanged))
     let rows: Vec<(&str, TcpFrame, Option<u32>)> = vec![
-        ("SYN, flow 1", syn(GATEWAY, 40040), None),
+        ("SYN, flow 1", syn(v6, GATEWAY, 40040), None),
         ("first data without a handshake ACK", data(40040), cut),
         ("the same segment sent again", data(40040), None),
         ("and once more", data(40040), cut),
         ("the next data segment", later(40040), None),
         ("an ACK of the server's data", acks_server_data(40040), None),
         ("the first segment sent again after that", data(40040), None),
-        ("SYN, flow 2", syn(GATEWAY, 40041), None),
-        ("its handshake ACK", handshake_ack(GATEWAY, 40041), Some(reason::STAMPED_ACK)),
+        ("SYN, flow 2", syn(v6, GATEWAY, 40041), None),
+        ("its handshake ACK", handshake_ack(v6, GATEWAY, 40041), Some(reason::STAMPED_ACK)),
         ("its first data", data(40041), None),
-        ("a duplicate ACK", handshake_ack(GATEWAY, 40041), None),
+        ("a duplicate ACK", handshake_ack(v6, GATEWAY, 40041), None),
         ("its first data sent again", data(40041), cut),
-        ("SYN, flow 3", syn(GATEWAY, 40042), None),
-        ("a bare FIN first", first_data(40042, TCP_ACK | TCP_FIN, &[], 0), cut),
+        ("SYN, flow 3", syn(v6, GATEWAY, 40042), None),
+        ("a bare FIN first", first_data(v6, 40042, TCP_ACK | TCP_FIN, &[], 0), cut),
     ];
     for (what, frame, stamped) in rows {
         let input = frame.build();

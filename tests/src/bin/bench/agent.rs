@@ -19,7 +19,7 @@ use crate::{CLIENT, RUNS, VIP, median, rss_kib, syn};
 /// handshake ACK after its SYN), the SYN bookkeeping and a non-target
 /// packet, each next to the do-nothing TC program in the same run.
 pub fn stamp_bench() {
-    let mut st = TestStamper::new(&[Target { addr: VIP, port: 443, stealth: false }], true);
+    let mut st = TestStamper::new(&[Target { addr: VIP.into(), port: 443, stealth: false }], true);
     let other = TcpFrame::new(CLIENT, 40000, [10, 9, 9, 9], 443, TCP_ACK).build();
     let mut t: [Vec<u64>; 4] = Default::default();
     for i in 0..RUNS {
