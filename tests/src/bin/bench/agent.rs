@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ackgate_agent::stamper::Target;
 use ackgate_common::net::TCP_ACK;
-use ackgate_tests::packet::TcpFrame;
+use ackgate_tests::packet::{TcpFrame, v6_of};
 use ackgate_tests::stamp_fixture::TestStamper;
 use ackgate_tests::test_gateway::TestGateway;
 use ackgate_tests::topology::{Ns, Topology};
@@ -17,31 +17,47 @@ use crate::{CLIENT, RUNS, VIP, median, rss_kib, syn};
 
 /// The agent's TC program: single-shot medians of the stamping path (a
 /// handshake ACK after its SYN), the SYN bookkeeping and a non-target
-/// packet, each next to the do-nothing TC program in the same run.
+/// packet, each next to the do-nothing TC program in the same run; and the
+/// IPv6 stamping path next to IPv4's.
 pub fn stamp_bench() {
-    let mut st = TestStamper::new(&[Target { addr: VIP.into(), port: 443, stealth: false }], true);
+    let targets = [
+        Target { addr: VIP.into(), port: 443, stealth: false },
+        Target { addr: v6_of(VIP).into(), port: 443, stealth: false },
+    ];
+    let mut st = TestStamper::new(&targets, true);
     let other = TcpFrame::new(CLIENT, 40000, [10, 9, 9, 9], 443, TCP_ACK).build();
-    let mut t: [Vec<u64>; 4] = Default::default();
-    for i in 0..RUNS {
-        let sport = 20000 + i as u16;
-        let s = syn(sport);
-        let mut a = TcpFrame::new(CLIENT, sport, VIP, 443, TCP_ACK);
+    let handshake = |sport: u16, v6: bool| {
+        let s = syn(sport).family(v6);
+        let mut a = TcpFrame::new(CLIENT, sport, VIP, 443, TCP_ACK).family(v6);
         a.seq = s.seq.wrapping_add(1);
         a.ack = 0x5000_0001;
         a.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 1];
-        let ack = a.build();
+        (s.build(), a.build())
+    };
+    let mut t: [Vec<u64>; 6] = Default::default();
+    for i in 0..RUNS {
+        let sport = 20000 + i as u16;
+        let (s, ack) = handshake(sport, false);
+        let (s6, ack6) = handshake(sport, true);
         t[0].push(st.run_pass(&ack).duration_ns);
         t[1].push(st.run(&other).duration_ns);
-        t[2].push(st.run(&s.build()).duration_ns);
-        let out = st.run(&ack);
-        assert_eq!(out.frame.len(), ack.len() + 20, "every handshake ACK must be stamped");
-        t[3].push(out.duration_ns);
+        t[2].push(st.run(&s).duration_ns);
+        t[4].push(st.run(&s6).duration_ns);
+        for (i, ack) in [(3, &ack), (5, &ack6)] {
+            let out = st.run(ack);
+            assert_eq!(out.frame.len(), ack.len() + 20, "every handshake ACK must be stamped");
+            t[i].push(out.duration_ns);
+        }
     }
-    let [base, other, syn_rec, stamp_ack] = t.map(median);
+    let [base, other, syn_rec, stamp_ack, syn_rec6, stamp_ack6] = t.map(median);
     println!("tc_baseline_do_nothing_ns: {base:.0}");
     for (name, v) in [("tc_not_target", other), ("tc_syn_recorded", syn_rec), ("tc_stamp_ack", stamp_ack)] {
         println!("{name}_ns: {v:.0}");
         println!("{name}_ratio: {:.2}", v / base);
+    }
+    for (name, v6, v4) in [("tc_syn_recorded", syn_rec6, syn_rec), ("tc_stamp_ack", stamp_ack6, stamp_ack)] {
+        println!("ipv6_{name}_ns: {v6:.0}");
+        println!("ipv6_{name}_vs_ipv4_ratio: {:.2}", v6 / v4);
     }
 }
 

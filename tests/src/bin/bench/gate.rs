@@ -11,20 +11,21 @@ use ackgate_common::reason;
 use ackgate_tests::fixture::{AGENT_ID, AGENT_KEY, TestGate, service};
 use ackgate_tests::flood::SynFlood;
 use ackgate_tests::kernel_alt;
-use ackgate_tests::packet::{TcpFrame, stamp};
+use ackgate_tests::packet::{TcpFrame, stamp, v6_of};
 use ackgate_tests::stamper::stamped_handshake;
 use ackgate_tests::topology::{Ns, Topology};
 
 use crate::{CLIENT, RUNS, VIP, median, syn};
 
 /// The client's handshake ACK after the gate's SYN/ACK, with timestamps as
-/// Linux sends them.
-fn handshake_ack(g: &mut TestGate, sport: u16) -> TcpFrame {
-    let s = syn(sport);
+/// Linux sends them, over IPv4 or (`v6`) IPv6.
+fn handshake_ack(g: &mut TestGate, sport: u16, v6: bool) -> TcpFrame {
+    let s = syn(sport).family(v6);
     let out = g.run(&s.build());
     assert_eq!(out.action, 3, "SYN must be answered (XDP_TX)");
-    let cookie = u32::from_be_bytes(out.frame[38..42].try_into().expect("4 bytes"));
-    let mut a = TcpFrame::new(CLIENT, sport, VIP, 443, TCP_ACK);
+    let l4 = s.l4_offset();
+    let cookie = u32::from_be_bytes(out.frame[l4 + 4..l4 + 8].try_into().expect("4 bytes"));
+    let mut a = TcpFrame::new(CLIENT, sport, VIP, 443, TCP_ACK).family(v6);
     a.seq = s.seq.wrapping_add(1);
     a.ack = cookie.wrapping_add(1);
     a.tcp_options = vec![1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 1];
@@ -121,35 +122,47 @@ pub fn flood_bench(defence: Defence) {
     println!("{name}_legit_connects_ok: {legit_ok}/{LEGIT_TRIES}");
 }
 
+/// The verdict paths against the do-nothing program, over IPv4; then the
+/// same paths over IPv6 against IPv4's, from the same interleaved runs.
 pub fn test_run_bench() {
-    let mut g = TestGate::single("bench");
+    let services = [service(VIP, 443, RESPONSE_DROP, false), service(v6_of(VIP), 443, RESPONSE_DROP, false)];
+    let mut g = TestGate::new("bench", &services);
     let unprotected = TcpFrame::new(CLIENT, 40000, VIP, 22, TCP_SYN).linux_syn_options().build();
-    let syn_frame = syn(40001).build();
-    let unstamped = handshake_ack(&mut g, 40002).build();
-    // Every accept needs a fresh flow (an accepted flow turns pending).
-    let stamped: Vec<Vec<u8>> = (0..RUNS)
-        .map(|i| {
-            let mut a = handshake_ack(&mut g, 10000 + i as u16);
-            stamp::ack(&mut a, OptionId::default(), AGENT_ID, &AGENT_KEY);
-            a.build()
-        })
-        .collect();
+    let frames = |g: &mut TestGate, v6: bool| {
+        let syn_frame = syn(40001).family(v6).build();
+        let unstamped = handshake_ack(g, 40002, v6).build();
+        // Every accept needs a fresh flow (an accepted flow turns pending).
+        let stamped: Vec<Vec<u8>> = (0..RUNS)
+            .map(|i| {
+                let mut a = handshake_ack(g, 10000 + i as u16, v6);
+                stamp::ack(&mut a, OptionId::default(), AGENT_ID, &AGENT_KEY);
+                a.build()
+            })
+            .collect();
+        (syn_frame, unstamped, stamped)
+    };
+    let (syn_frame, unstamped, stamped) = frames(&mut g, false);
+    let (syn6, unstamped6, stamped6) = frames(&mut g, true);
 
     // Interleave the cases so that machine noise hits them alike.
-    let mut t: [Vec<u64>; 5] = Default::default();
-    for frame in &stamped {
+    let mut t: [Vec<u64>; 8] = Default::default();
+    for (frame, frame6) in stamped.iter().zip(&stamped6) {
         t[0].push(g.run_pass(&syn_frame).duration_ns);
         t[1].push(g.run(&unprotected).duration_ns);
         t[2].push(g.run(&syn_frame).duration_ns);
         t[3].push(g.run(&unstamped).duration_ns);
-        let out = g.run(frame);
-        assert_eq!(out.action, 1, "a stamped ACK must be accepted (pending, XDP_DROP)");
-        t[4].push(out.duration_ns);
+        t[5].push(g.run(&syn6).duration_ns);
+        t[6].push(g.run(&unstamped6).duration_ns);
+        for (i, f) in [(4, frame), (7, frame6)] {
+            let out = g.run(f);
+            assert_eq!(out.action, 1, "a stamped ACK must be accepted (pending, XDP_DROP)");
+            t[i].push(out.duration_ns);
+        }
     }
     let c = g.counters();
-    assert_eq!(c.get(ackgate_common::reason::ACK_PENDING), RUNS as u64, "every stamped ACK must be accepted");
+    assert_eq!(c.get(ackgate_common::reason::ACK_PENDING), 2 * RUNS as u64, "every stamped ACK must be accepted");
 
-    let [base, pass, synack, drop, accept] = t.map(median);
+    let [base, pass, synack, drop, accept, synack6, drop6, accept6] = t.map(median);
     println!("runs_per_case: {RUNS}");
     println!("baseline_do_nothing_ns: {base:.0}");
     for (name, v, goal) in [
@@ -164,5 +177,15 @@ pub fn test_run_bench() {
             Some(goal) => println!("{name}_ratio: {ratio:.2} (goal <= {goal})"),
             None => println!("{name}_ratio: {ratio:.2}"),
         }
+    }
+    // IPv6 parses a larger header and hashes a longer MAC message; the
+    // cookie helper's SHA-1 covers 16-byte addresses.
+    for (name, v6, v4) in [
+        ("syn_cookie_synack", synack6, synack),
+        ("unstamped_ack_drop", drop6, drop),
+        ("stamped_ack_accept", accept6, accept),
+    ] {
+        println!("ipv6_{name}_ns: {v6:.0}");
+        println!("ipv6_{name}_vs_ipv4_ratio: {:.2}", v6 / v4);
     }
 }
