@@ -18,6 +18,27 @@ pub mod test_gateway;
 pub mod topology;
 pub mod transfer;
 
+/// Test functions `fn name(v6: bool)` run as `v4::name` over IPv4 and
+/// `v6::name` over IPv6: the suites' IPv6 twins (their frames mapped by
+/// `packet::TcpFrame::family`).
+#[macro_export]
+macro_rules! twins {
+    ($($name:ident),* $(,)?) => {
+        mod v4 {
+            $(#[test]
+            fn $name() {
+                super::$name(false)
+            })*
+        }
+        mod v6 {
+            $(#[test]
+            fn $name() {
+                super::$name(true)
+            })*
+        }
+    };
+}
+
 /// Whether the suite runs under CPU emulation (the VM run sets
 /// `ACKGATE_EMULATED`): tests that move a lot of data or fill large maps
 /// scale their work down there, and keep their checks.

@@ -182,26 +182,42 @@ fn the_cookie_synack_matches_the_kernels_own() {
     let _ordinary =
         topo.run_in(Ns::Gateway, || TcpListener::bind(("0.0.0.0", 2222)).expect("binding an ordinary port"));
     let (client, vip) = (topo.client_addr.octets(), topo.edge_addr.octets());
-    let linux = TcpFrame::new(client, 0, vip, 0, TCP_SYN).linux_syn_options().tcp_options;
-    let no_wscale = vec![2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0];
+    let reply = |port: u16, sport: u16, options: &[u8], flags: u8| {
+        let mut syn = TcpFrame::new(client, sport, vip, port, flags);
+        syn.tcp_options = options.to_vec();
+        syn.seq = 0x1234_0000 + sport as u32;
+        topo.run_in(Ns::Client, || synack_for(&syn, Duration::from_secs(2)))
+    };
+    synacks_match_the_kernels(&mut gate, 1460, reply, synack_shape);
+}
+
+/// Sends three SYNs (Linux's options; without window scale, with an MSS
+/// of `mss`; an ECN SYN) to the ordinary port 2222 and to the protected
+/// one, through `reply(port, client port, options, flags)`, which returns
+/// the SYN/ACK; their `shape`s must be equal.
+fn synacks_match_the_kernels(
+    gate: &mut TestGate,
+    mss: u16,
+    reply: impl Fn(u16, u16, &[u8], u8) -> Option<Vec<u8>>,
+    shape: fn(&[u8]) -> Vec<(String, u64)>,
+) {
+    let linux = TcpFrame::new([0; 4], 0, [0; 4], 0, TCP_SYN).linux_syn_options().tcp_options;
+    let [hi, lo] = mss.to_be_bytes();
+    let no_wscale = vec![2, 4, hi, lo, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0];
     let cases: [(&str, Vec<u8>, u8); 3] = [
         ("a Linux SYN", linux.clone(), TCP_SYN),
         ("a SYN without window scale", no_wscale, TCP_SYN),
         ("an ECN SYN", linux, TCP_SYN | TCP_ECE | TCP_CWR),
     ];
     for (i, (name, options, flags)) in cases.into_iter().enumerate() {
-        let reply = |port: u16, sport: u16| {
-            let mut syn = TcpFrame::new(client, sport, vip, port, flags);
-            syn.tcp_options = options.clone();
-            syn.seq = 0x1234_0000 + sport as u32;
-            topo.run_in(Ns::Client, || synack_for(&syn, Duration::from_secs(2)))
-                .unwrap_or_else(|| panic!("{name}: no SYN/ACK from port {port}"))
+        let answer = |port: u16, sport: u16| {
+            reply(port, sport, &options, flags).unwrap_or_else(|| panic!("{name}: no SYN/ACK from port {port}"))
         };
-        let kernel = reply(2222, 41000 + i as u16);
-        let gated = reply(PORT, 42000 + i as u16);
+        let kernel = answer(2222, 41000 + i as u16);
+        let gated = answer(PORT, 42000 + i as u16);
         assert_eq!(
-            synack_shape(&gated),
-            synack_shape(&kernel),
+            shape(&gated),
+            shape(&kernel),
             "{name}: the gate's SYN/ACK (left) differs from the kernel's own (right)"
         );
     }
@@ -225,32 +241,15 @@ fn the_ipv6_cookie_synack_matches_the_kernels_own() {
     let _ordinary = topo.run_in(Ns::Gateway, || TcpListener::bind(("::", 2222)).expect("binding an ordinary port"));
     let client_mac = topo.run_in(Ns::Client, || mac_of(&client_if));
     let gateway_mac = topo.run_in(Ns::Gateway, || mac_of(&edge_if));
-    let linux = TcpFrame::new([0; 4], 0, [0; 4], 0, TCP_SYN).linux_syn_options().tcp_options;
-    let no_wscale = vec![2, 4, 5, 0xa0, 4, 2, 8, 10, 0, 0, 0x30, 0x39, 0, 0, 0, 0];
-    let cases: [(&str, Vec<u8>, u8); 3] = [
-        ("a Linux SYN", linux.clone(), TCP_SYN),
-        ("a SYN without window scale", no_wscale, TCP_SYN),
-        ("an ECN SYN", linux, TCP_SYN | TCP_ECE | TCP_CWR),
-    ];
-    for (i, (name, options, flags)) in cases.into_iter().enumerate() {
-        let reply = |port: u16, sport: u16| {
-            let mut syn = TcpFrame::new(topo.client_addr.octets(), sport, topo.edge_addr.octets(), port, flags).v6();
-            (syn.src_mac, syn.dst_mac) = (client_mac, gateway_mac);
-            syn.tcp_options = options.clone();
-            syn.seq = 0x1234_0000 + sport as u32;
-            let frame = syn.build();
-            topo.run_in(Ns::Client, || ipv6_synack_for(&client_if, &frame, (sport, port), Duration::from_secs(2)))
-                .unwrap_or_else(|| panic!("{name}: no SYN/ACK from port {port}"))
-        };
-        let kernel = reply(2222, 41000 + i as u16);
-        let gated = reply(PORT, 42000 + i as u16);
-        assert_eq!(
-            synack_shape_v6(&gated),
-            synack_shape_v6(&kernel),
-            "{name}: the gate's IPv6 SYN/ACK (left) differs from the kernel's own (right)"
-        );
-    }
-    assert_eq!(gate.counters().get(reason::SYN_COOKIE), 3, "the gate answered the protected port");
+    let reply = |port: u16, sport: u16, options: &[u8], flags: u8| {
+        let mut syn = TcpFrame::new(topo.client_addr.octets(), sport, topo.edge_addr.octets(), port, flags).v6();
+        (syn.src_mac, syn.dst_mac) = (client_mac, gateway_mac);
+        syn.tcp_options = options.to_vec();
+        syn.seq = 0x1234_0000 + sport as u32;
+        let frame = syn.build();
+        topo.run_in(Ns::Client, || ipv6_synack_for(&client_if, &frame, (sport, port), Duration::from_secs(2)))
+    };
+    synacks_match_the_kernels(&mut gate, 1440, reply, synack_shape_v6);
 }
 
 /// Sends `frame` (an IPv6 SYN from `ports` = (client port, server port))

@@ -19,26 +19,7 @@ const ISN: u32 = 0x1000_0000;
 const SERVER_ISN: u32 = 0x7000_0000;
 const TIMESTAMPS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 5];
 
-/// The tables that run over IPv4 and, as `v6::<name>`, over IPv6 (every
-/// address mapped by `v6_of`, the targets on both families).
-macro_rules! twins {
-    ($($name:ident),* $(,)?) => {
-        mod v4 {
-            $(#[test]
-            fn $name() {
-                super::$name(false)
-            })*
-        }
-        mod v6 {
-            $(#[test]
-            fn $name() {
-                super::$name(true)
-            })*
-        }
-    };
-}
-
-twins!(
+ackgate_tests::twins!(
     handshake_ack_with_timestamps_gets_the_option_and_valid_checksums,
     stealth_syn_is_stamped_with_the_time_bound_mac,
     other_traffic_leaves_byte_for_byte,

@@ -20,26 +20,7 @@ const VIP_PAGE: [u8; 4] = [10, 0, 0, 4];
 const VIP_STEALTH: [u8; 4] = [10, 0, 0, 5];
 const PORT: u16 = 443;
 
-/// The tables that run over IPv4 and, as `v6::<name>`, over IPv6 (every
-/// address mapped by `v6_of`, the same services on the twin VIPs).
-macro_rules! twins {
-    ($($name:ident),* $(,)?) => {
-        mod v4 {
-            $(#[test]
-            fn $name() {
-                super::$name(false)
-            })*
-        }
-        mod v6 {
-            $(#[test]
-            fn $name() {
-                super::$name(true)
-            })*
-        }
-    };
-}
-
-twins!(
+ackgate_tests::twins!(
     syn_gets_a_cookie_synack_with_exact_bytes,
     stealth_refuses_unstamped_and_forged_syns,
     handshake_acks_get_their_verdicts,
