@@ -6,7 +6,7 @@
 use ackgate_common::abi::FlowKey;
 use ackgate_common::mac::BoundAddr;
 use ackgate_common::net::{Ipv4Hdr, Ipv4Tcp, Ipv6Hdr, Ipv6Tcp, TcpHdr, TcpSegment, overlay};
-use ackgate_common::reply::{FLOW_LABEL_MASK, ReplyHeader, TcpWithOptions};
+use ackgate_common::reply::{FLOW_LABEL_MASK, ReplyHeader, TcpWithOptions, reset_flow_label};
 use aya_ebpf::bindings::{iphdr, ipv6hdr, tcphdr};
 use aya_ebpf::helpers::{
     bpf_get_prandom_u32, bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
@@ -15,7 +15,7 @@ use aya_ebpf::helpers::{
 
 use crate::maps::{self, Scratch};
 use crate::program::Verdict;
-use crate::splice;
+use crate::{settings, splice};
 use ackgate_common::kernel::frame::XdpFrame;
 
 /// The copy of a SYN's TCP header the cookie helper hashes (see
@@ -35,6 +35,11 @@ pub trait Family: ReplyHeader<Addr: BoundAddr> {
     /// random txhash (tcp_make_synack, ip6_make_flowlabel), so a new one
     /// per SYN/ACK. IPv4 has none.
     fn synack_flow_label() -> u32;
+
+    /// The flow label of a reset on `flow`: Linux hashes a socketless
+    /// reply's flow (`reply::reset_flow_label`). IPv4 has none, and skips
+    /// the hash.
+    fn reset_flow_label(flow: &FlowKey) -> u32;
 
     /// The verdict of the splice, if `seg` belongs to a spliced flow.
     fn spliced(frame: &XdpFrame, seg: &TcpSegment<Self>, key: &FlowKey) -> Option<Verdict>;
@@ -78,6 +83,11 @@ impl Family for Ipv4Hdr {
     }
 
     #[inline(always)]
+    fn reset_flow_label(_flow: &FlowKey) -> u32 {
+        0
+    }
+
+    #[inline(always)]
     fn spliced(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Option<Verdict> {
         let entry = maps::splice_entry(&ackgate_common::abi::SpliceKey::of_segment(seg), true)?;
         Some(splice::on_segment(frame, seg, key, entry))
@@ -117,6 +127,12 @@ impl Family for Ipv6Hdr {
     fn synack_flow_label() -> u32 {
         // SAFETY: helper without arguments.
         unsafe { bpf_get_prandom_u32() & FLOW_LABEL_MASK }
+    }
+
+    #[inline(always)]
+    fn reset_flow_label(flow: &FlowKey) -> u32 {
+        let secret = settings::synack_profile().ts_secret;
+        reset_flow_label(secret, &flow.saddr, flow.sport, &flow.daddr, flow.dport)
     }
 
     /// IPv6 flows are not spliced yet: none is found.

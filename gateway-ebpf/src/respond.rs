@@ -4,14 +4,14 @@
 use ackgate_common::abi::{RESPONSE_PAGE, RESPONSE_RESET, ServicePolicy};
 use ackgate_common::net::{EthHdr, Frame, TcpSegment, Wire, overlay};
 use ackgate_common::reason;
-use ackgate_common::reply::{Reply, reset_flow_label, reset_for_ack, reset_for_syn};
+use ackgate_common::reply::{Reply, reset_for_ack, reset_for_syn};
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX};
 use aya_ebpf::helpers::bpf_xdp_adjust_tail;
 use core::mem::size_of;
 
 use crate::family::Family;
 use crate::program::Verdict;
-use crate::{integrity, maps, settings};
+use crate::{integrity, maps};
 use ackgate_common::kernel::frame::XdpFrame;
 
 /// The service's default response to a segment that failed the gate.
@@ -37,10 +37,8 @@ pub fn reset<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, syn: bool, why: u
     let Some(scratch) = maps::scratch() else {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
-    let secret = settings::synack_profile().ts_secret;
     // The segment's flow, as `classify` left it.
-    let flow = &scratch.key;
-    let label = reset_flow_label(secret, &flow.saddr, flow.sport, &flow.daddr, flow.dport);
+    let label = F::reset_flow_label(&scratch.key);
     let rst = overlay::<Reply<F, 0>, _>(&mut scratch.reply);
     if syn {
         reset_for_syn(&seg.ip, &seg.tcp, seg.payload_len, label, rst);
