@@ -256,7 +256,19 @@ impl OptionBytes {
         frame: &F,
         seg: &TcpSegment<I>,
     ) -> Option<&'a mut Self> {
-        let len = seg.options_len();
+        Self::read_span(slot, frame, seg.options_off(), seg.options_len())
+    }
+
+    /// The `len` option bytes at `off` in `frame`, copied into `slot`
+    /// ([`OptionBytes::read_into`] for a caller that has no segment, only
+    /// its offsets).
+    #[inline(always)]
+    pub fn read_span<'a, F: Frame + ?Sized>(
+        slot: &'a mut MaybeUninit<Self>,
+        frame: &F,
+        off: usize,
+        len: usize,
+    ) -> Option<&'a mut Self> {
         if len > MAX_OPTION_BYTES {
             return None;
         }
@@ -271,7 +283,7 @@ impl OptionBytes {
             slot.assume_init_mut()
         };
         if len != 0 {
-            frame.load_bytes(seg.options_off(), len, out.bytes_mut())?;
+            frame.load_bytes(off, len, out.bytes_mut())?;
         }
         Some(out)
     }

@@ -7,13 +7,14 @@ use ackgate_common::abi::{
 use ackgate_common::cookie::ClientOffer;
 use ackgate_common::mac::Binding;
 use ackgate_common::net::{TcpHdr, TcpSegment, overlay};
-use ackgate_common::option::{Capability, HandshakeOptions, NO_WSCALE, OptionBytes};
+use ackgate_common::option::{Capability, HandshakeOptions, NO_WSCALE};
 use ackgate_common::reason;
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 
 use crate::family::Family;
 use crate::maps::{self, EVENTS, PENDING, Scratch};
+use crate::options;
 use crate::program::Verdict;
 use crate::respond::refuse;
 use crate::settings;
@@ -80,10 +81,10 @@ fn check<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, flow: &FlowKey) -> Ch
     let Some(scratch) = maps::scratch() else {
         return Checked::refused(reason::ERR_REPLY);
     };
-    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
+    if !options::scan(frame, scratch, seg.options_off(), seg.options_len()) {
         return Checked::refused(reason::ERR_OPTIONS_COPY);
-    };
-    let scan = opts.scan_handshake(config::option_id(), &mut scratch.hs);
+    }
+    let scan = scratch.scan;
     match scan.capability {
         Capability::Present => {}
         Capability::Absent => return Checked::refused(reason::ACK_NO_OPTION),

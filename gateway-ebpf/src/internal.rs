@@ -8,7 +8,7 @@
 use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FlowKey, REFUSED_RST, SPLICE_CONNECTING, SpliceKey};
 use ackgate_common::icmp::IPPROTO_ICMP;
 use ackgate_common::net::{Ipv4Tcp, Parsed, TCP_ACK, TCP_RST, TCP_SYN, parse_ipv4_tcp};
-use ackgate_common::option::{Capability, OptionBytes};
+use ackgate_common::option::Capability;
 use ackgate_common::reason;
 use ackgate_common::reply::{handshake_ack, handshake_ack_ts};
 use ackgate_common::splice::{TargetAnswer, complete};
@@ -18,8 +18,7 @@ use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 use crate::maps::{self, SPLICE, Scratch};
 use crate::program::{ICMP_V4, Verdict};
 use crate::respond::transmit;
-use crate::{events, icmp, splice};
-use ackgate_common::kernel::config;
+use crate::{events, icmp, options, splice};
 use ackgate_common::kernel::frame::XdpFrame;
 
 #[inline(always)]
@@ -92,12 +91,16 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, target_key: &SpliceKey) -> Verdic
     if seg.tcp.ack_seq() != to_target.seq_next {
         return Verdict::new(XDP_DROP, reason::INTERNAL_SYNACK_MISMATCH);
     }
-    if !scan_synack_options(frame, seg) {
-        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
-    }
     let Some(scratch) = maps::scratch() else {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
+    // Options that do not parse: no target stack sends such a list, and
+    // its window scale or timestamps could not be trusted.
+    if !options::scan(frame, scratch, seg.options_off(), seg.options_len())
+        || scratch.scan.capability == Capability::Malformed
+    {
+        return Verdict::new(XDP_DROP, reason::DROP_MALFORMED);
+    }
     let hs = &scratch.hs;
     let answer = TargetAnswer { isn: seg.tcp.seq(), wscale: hs.wscale(), tsval: (hs.ts_ok != 0).then_some(hs.tsval) };
     let ack = complete(&mut to_target, &mut to_client, &answer);
@@ -126,21 +129,4 @@ fn connecting(frame: &XdpFrame, seg: &Ipv4Tcp, target_key: &SpliceKey) -> Verdic
             transmit(frame, seg.l3_off, &reply, reason::INTERNAL_SPLICED)
         }
     }
-}
-
-/// Reads the SYN/ACK's options into the scratch map (`Scratch::hs`);
-/// false if they do not parse: no target stack sends such a list, and its
-/// window scale or timestamps could not be trusted. Its own subprogram: the
-/// option walk verifies in a few thousand instructions alone, but inlined
-/// into `connecting`, the entries' values live across it multiplied its
-/// states past the verifier's limit.
-#[inline(never)]
-fn scan_synack_options(frame: &XdpFrame, seg: &Ipv4Tcp) -> bool {
-    let Some(scratch) = maps::scratch() else {
-        return false;
-    };
-    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
-        return false;
-    };
-    opts.scan_handshake(config::option_id(), &mut scratch.hs).capability != Capability::Malformed
 }

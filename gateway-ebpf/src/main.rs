@@ -9,6 +9,7 @@
 //! - `syn`: answer SYNs with a stateless cookie SYN/ACK (and enforce stealth);
 //! - `ack`: check cookie and capability on handshake ACKs, record pending
 //!   flows and notify userspace;
+//! - `options`: the handshake option scan the SYN and ACK stages share;
 //! - `respond`: the service's default response when the check fails;
 //! - `integrity`: the checksums the kernel would verify, checked before
 //!   the gate answers anything;
@@ -53,6 +54,8 @@ mod integrity;
 mod internal;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod options;
 #[cfg(target_arch = "bpf")]
 mod respond;
 #[cfg(target_arch = "bpf")]

@@ -8,7 +8,7 @@ use ackgate_common::abi::{
 };
 use ackgate_common::icmp::IcmpError;
 use ackgate_common::net::{Ipv4Tcp, Ipv6Tcp};
-use ackgate_common::option::{HandshakeOptions, OptionBytes};
+use ackgate_common::option::{HandshakeOptions, OptionBytes, OptionScan};
 use ackgate_common::reason;
 use ackgate_common::reply::MAX_REPLY_BYTES;
 use aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
@@ -73,6 +73,8 @@ pub struct Scratch {
     /// memory, which the verifier does not track (see
     /// `OptionBytes::scan_handshake`).
     pub hs: HandshakeOptions,
+    /// The rest of the option walk's results (`options::scan`).
+    pub scan: OptionScan,
     pub fib: FibParams,
     /// An ICMP error being translated (`icmp`).
     pub icmp: IcmpError,

@@ -6,7 +6,7 @@ use ackgate_common::abi::{FlowKey, RESPONSE_RESET, ServicePolicy};
 use ackgate_common::cookie::{ClientOffer, default_mss, mss_index, ts_offset};
 use ackgate_common::mac::{Binding, syn_tick};
 use ackgate_common::net::{TCP_FIN, TcpHdr, TcpSegment, overlay};
-use ackgate_common::option::{Capability, NO_WSCALE, OptionBytes, OptionScan, TCPOLEN_MSS, TCPOPT_MSS};
+use ackgate_common::option::{Capability, NO_WSCALE, OptionScan, TCPOLEN_MSS, TCPOPT_MSS};
 use ackgate_common::reason;
 use ackgate_common::reply::{Reply, TCP_CWR, TCP_ECE, cookie_synack, handshake_options};
 use aya_ebpf::bindings::xdp_action::XDP_DROP;
@@ -17,7 +17,7 @@ use crate::maps::Scratch;
 use crate::program::Verdict;
 use crate::respond::{self, transmit};
 use crate::settings;
-use crate::{integrity, maps};
+use crate::{integrity, maps, options};
 use ackgate_common::kernel::config;
 use ackgate_common::kernel::frame::XdpFrame;
 
@@ -32,10 +32,10 @@ pub fn on_syn<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, policy: &Service
     let Some(scratch) = maps::scratch() else {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
-    let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
+    if !options::scan(frame, scratch, seg.options_off(), seg.options_len()) {
         return Verdict::new(XDP_DROP, reason::ERR_OPTIONS_COPY);
-    };
-    let scan = opts.scan_handshake(config::option_id(), &mut scratch.hs);
+    }
+    let scan = scratch.scan;
     if policy.stealth != 0 && !stealth_stamp_valid::<F>(&scan, seg, flow) {
         if policy.default_response != RESPONSE_RESET {
             return Verdict::new(XDP_DROP, reason::SYN_STEALTH_REFUSED);

@@ -1000,3 +1000,33 @@ fn the_census_counts_flows_by_state_and_the_flows_the_full_map_evicted() {
         "a removal is not an eviction (an update of a full LRU map may evict one more)"
     );
 }
+
+/// The verifier gives up after 1M processed instructions. Each program must
+/// stay well under that on every kernel the suite runs on: 6.1's verifier
+/// prunes least, and a change that grows the gate's paths can cross the
+/// limit there while 6.12 still loads it (docs/kernels.md, "Verifier
+/// headroom").
+const VERIFIER_BUDGET: u32 = 750_000;
+
+#[test]
+fn the_programs_verify_well_under_the_verifiers_limit() {
+    let mut t = gate();
+    let mut counts = Vec::new();
+    for name in ["ackgate_gate", "ackgate_internal"] {
+        let program = match name {
+            "ackgate_gate" => t.gate.xdp(),
+            _ => t.gate.internal_program(),
+        }
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let info = program.info().unwrap_or_else(|e| panic!("{name}: program info: {e}"));
+        let verified = info.verified_instruction_count().unwrap_or_else(|| panic!("{name}: no verified_insns"));
+        counts.push((name, verified));
+    }
+    eprintln!("verified instructions: {counts:?}");
+    for (name, verified) in counts {
+        assert!(
+            verified <= VERIFIER_BUDGET,
+            "{name}: the verifier processed {verified} instructions, over the {VERIFIER_BUDGET} budget (limit 1M)"
+        );
+    }
+}
