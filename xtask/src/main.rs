@@ -41,9 +41,6 @@ enum Command {
         /// Only these test targets (e.g. xdp_gate).
         #[arg(long = "target")]
         targets: Vec<String>,
-        /// Run each test alone and print its wall time.
-        #[arg(long)]
-        per_test: bool,
         /// Passed to every test binary (a name filter, --exact...).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -85,7 +82,7 @@ fn main() -> Result<()> {
             let kernels: Vec<_> = if no_vm { Vec::new() } else { setup::VM_KERNELS.iter().collect() };
             suite::run(&kernels)
         }
-        Command::Vm { kernels, targets, per_test, test_args } => {
+        Command::Vm { kernels, targets, test_args } => {
             let kernels = match kernels.is_empty() {
                 true => setup::VM_KERNELS.iter().collect(),
                 false => kernels.iter().map(|n| setup::vm_kernel_named(n)).collect::<Result<Vec<_>>>()?,
@@ -95,7 +92,7 @@ fn main() -> Result<()> {
             setup::vm_tools(&kernels)?;
             suite::cargo_build_workspace()?;
             let mut tally = suite::Tally::default();
-            let opts = vm::SuiteOptions { targets, test_args: &test_args, per_test };
+            let opts = vm::SuiteOptions { targets, test_args: &test_args };
             vm::run_suite(&mut tally, &kernels, &opts)?;
             tally.finish()
         }

@@ -132,7 +132,7 @@ pub fn run(vm_kernels: &[&'static setup::VmKernel]) -> Result<()> {
     tally.add_libtest("cargo test", &out, ok);
 
     if !vm_kernels.is_empty() {
-        let opts = vm::SuiteOptions { targets: Vec::new(), test_args: &[], per_test: false };
+        let opts = vm::SuiteOptions { targets: Vec::new(), test_args: &[] };
         vm::run_suite(&mut tally, vm_kernels, &opts)?;
     }
     tally.finish()

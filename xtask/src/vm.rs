@@ -45,8 +45,6 @@ pub struct SuiteOptions<'a> {
     pub targets: Vec<String>,
     /// Arguments for every test binary (a name filter, `--exact`...).
     pub test_args: &'a [String],
-    /// Run each test alone and print its wall time (finds the slow ones).
-    pub per_test: bool,
 }
 
 /// vng booting kernel `k` with the host's files read-only, `rw` writable,
@@ -121,8 +119,8 @@ pub fn run_suite(tally: &mut Tally, kernels: &[&'static VmKernel], opts: &SuiteO
         let wall = mine.iter().map(|r| r.wall).max().unwrap_or_default();
         println!("{name} ({}, {} VM x {cpus} vCPU): suite wall time {}", k.release, mine.len(), minutes(wall));
         let out: String = mine.iter().map(|r| r.out.as_str()).collect();
-        for line in out.lines().filter(|l| l.starts_with(TIME_MARK)) {
-            println!("{name}: {}", &line[TIME_MARK.len()..]);
+        for (binary, seconds) in seconds_per_binary(&out) {
+            println!("{name}: {binary} {seconds} s");
         }
         if mine.iter().any(|r| !r.booted) {
             tally.add_libtest(&format!("{name}: boot"), "", false);
@@ -163,8 +161,10 @@ fn run_vm(k: &VmKernel, label: &str, cpus: usize, queue: &Path, script: &str) ->
     Ok(VmRun { ok, booted, out, wall })
 }
 
-/// What the guest runs: every test binary of `bins` (or every test of
-/// them alone), each timed.
+/// What the guest runs: every test of `bins`, each alone and timed. The
+/// unit of work is a test, not a binary: the kernel's VMs share the
+/// tests, and one VM left with a whole long binary (control_e2e) would
+/// finish long after the others.
 fn guest_script(bins: &[(String, String)], daemons: &Path, queue: &Path, opts: &SuiteOptions) -> String {
     // Module autoloading does not reach modprobe in the guest; load veth
     // and macvlan (a second machine on the client's segment) by hand.
@@ -185,26 +185,39 @@ fn guest_script(bins: &[(String, String)], daemons: &Path, queue: &Path, opts: &
     // and large flow maps are scaled down there (`ackgate_tests::emulated`).
     // Whole seconds are enough here; the guest's shell may be dash (no
     // $SECONDS).
-    // A binary is this VM's if it creates the binary's claim in the queue
-    // the kernel's VMs share (mkdir is atomic on the host's filesystem).
+    // A test is this VM's if it creates the test's claim in the queue the
+    // kernel's VMs share (mkdir is atomic on the host's filesystem). The
+    // binaries come longest first (`VM_TARGETS`), so the long tests are
+    // spread out first and the short ones fill in at the end.
     for (name, exe) in bins {
-        script.push_str(&format!("if mkdir {}/{name} 2>/dev/null; then ", queue.display()));
-        if opts.per_test {
-            script.push_str(&format!(
-                "for t in $({exe} --list --format=terse {args} | sed -n 's/: test$//p'); do \
-                 s=$(date +%s); ACKGATE_EMULATED=1 {exe} --exact \"$t\" --test-threads=1 || rc=1; \
-                 echo \"{TIME_MARK}{name}::$t $(($(date +%s)-s)) s\"; done; "
-            ));
-        } else {
-            script.push_str(&format!(
-                "s=$(date +%s); ACKGATE_EMULATED=1 {exe} --test-threads=1 {args} || rc=1; \
-                 echo \"{TIME_MARK}{name} $(($(date +%s)-s)) s\"; "
-            ));
-        }
-        script.push_str("fi; ");
+        script.push_str(&format!(
+            "for t in $({exe} --list --format=terse {args} | sed -n 's/: test$//p'); do \
+             if mkdir \"{queue}/{name}::$t\" 2>/dev/null; then \
+             s=$(date +%s); ACKGATE_EMULATED=1 {exe} --exact \"$t\" --test-threads=1 || rc=1; \
+             echo \"{TIME_MARK}{name} $t $(($(date +%s)-s))\"; fi; done; ",
+            queue = queue.display()
+        ));
     }
     script.push_str("exit $rc");
     script
+}
+
+/// The guest's time marks (`guest_script`) summed per test binary, in
+/// the order the binaries first appear.
+fn seconds_per_binary(out: &str) -> Vec<(String, u64)> {
+    let mut sums: Vec<(String, u64)> = Vec::new();
+    for line in out.lines().filter_map(|l| l.split_once(TIME_MARK).map(|(_, rest)| rest)) {
+        let mut words = line.split_whitespace();
+        let (Some(binary), Some(seconds)) = (words.next(), words.next_back().and_then(|s| s.parse::<u64>().ok()))
+        else {
+            continue;
+        };
+        match sums.iter_mut().find(|(b, _)| b == binary) {
+            Some((_, total)) => *total += seconds,
+            None => sums.push((binary.to_owned(), seconds)),
+        }
+    }
+    sums
 }
 
 /// Where the guest keeps its copy of the daemons.
@@ -243,4 +256,18 @@ fn shell_quote(s: &str) -> String {
 fn minutes(d: std::time::Duration) -> String {
     let s = d.as_secs();
     format!("{}m{:02}s", s / 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_marks_sum_per_binary_in_first_seen_order() {
+        let out = format!(
+            "noise\n{TIME_MARK}control_e2e a::b 40\n[6.1/2] {TIME_MARK}xdp_gate v4::syn 3\n\
+             {TIME_MARK}control_e2e c 2\n{TIME_MARK}broken\n{TIME_MARK}xdp_gate x not-a-number\n"
+        );
+        assert_eq!(seconds_per_binary(&out), vec![("control_e2e".to_owned(), 42), ("xdp_gate".to_owned(), 3)]);
+    }
 }
