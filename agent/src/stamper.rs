@@ -1,5 +1,6 @@
 //! Loading the TC stamper, attaching it to egress, and filling its maps.
 
+use ackgate_common::pod::key_absent;
 use std::collections::HashSet;
 
 use ackgate_common::abi::{
@@ -155,7 +156,8 @@ impl Stamper {
             return map.insert(account, 0, 0).map_err(map_err);
         }
         match map.remove(&account) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if key_absent(&e) => Ok(()),
             Err(source) => Err(map_err(source)),
         }
     }

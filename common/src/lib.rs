@@ -33,4 +33,4 @@ pub mod host;
 #[cfg(feature = "user")]
 pub mod kernels;
 #[cfg(feature = "user")]
-mod pod;
+pub mod pod;

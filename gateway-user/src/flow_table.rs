@@ -10,6 +10,7 @@
 //! `get_next_key` walk can (it starts over from the first key when the key
 //! it stands on was deleted).
 
+use ackgate_common::pod::key_absent;
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,7 +169,7 @@ impl FlowTable {
                 self.inner.removed.fetch_add(1, Ordering::Relaxed);
                 Ok(true)
             }
-            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) if key_absent(&e) => Ok(false),
             Err(source) => Err(GateError::Map { map: MAP_PENDING, source }),
         }
     }

@@ -1,5 +1,6 @@
 //! Loading the XDP gate, attaching it, and filling its maps.
 
+use ackgate_common::pod::key_absent;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -323,7 +324,8 @@ impl Gate {
     /// Removes one direction's splice entry (absent is fine).
     pub fn remove_splice(&mut self, key: &SpliceKey) -> Result<(), GateError> {
         match self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if key_absent(&e) => Ok(()),
             Err(source) => Err(GateError::Map { map: MAP_SPLICE, source }),
         }
     }
@@ -409,7 +411,8 @@ impl Gate {
             map.keys().filter_map(Result::ok).filter(|id| !keys.iter().any(|(k, _)| k == id)).collect();
         for id in stale {
             match map.remove(&id) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if key_absent(&e) => {}
                 Err(source) => return Err(map_err(source)),
             }
         }
@@ -426,7 +429,8 @@ impl Gate {
 
     pub fn remove_agent_key(&mut self, agent_id: u32) -> Result<(), GateError> {
         match self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?.remove(&agent_id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if key_absent(&e) => Ok(()),
             Err(source) => Err(GateError::Map { map: MAP_AGENT_KEYS, source }),
         }
     }

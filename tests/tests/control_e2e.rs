@@ -24,7 +24,7 @@ fn approval_flow(tag: &str, add_user_first: bool) {
     if add_user_first {
         run_ok(s.ackgate(&["users", "add", "alice", "--password-stdin"]), Some("pw-alice\n"), "users add");
     }
-    let (_gateway, agent) = s.start();
+    let (gateway, agent) = s.start();
     s.login("alice", "pw-alice");
 
     s.curl(2);
@@ -96,6 +96,9 @@ fn approval_flow(tag: &str, add_user_first: bool) {
         metrics.contains(r#"ackgate_agent_events_total{event="logins_accepted"} 1"#),
         "one login, accepted: {metrics}"
     );
+    for (name, log) in [("ackgate run", gateway.log()), ("ackgate-agent run", agent.log())] {
+        assert!(!log.contains("ERROR"), "{name} logged an error on a flow that went right:\n{log}");
+    }
 }
 
 #[test]

@@ -188,6 +188,9 @@ const TEST_RUN_UID: u32 = 0;
 fn only_logged_in_accounts_are_stamped(v6: bool) {
     let mut st = TestStamper::new(&targets(), true);
     st.set_account(ANY_ACCOUNT, false);
+    // A logout of an account without a login is no error (the agent logs
+    // out every account it has no login for at start).
+    st.set_account(4242, false);
     st.set_account(1000, true);
     let (s, ack) = (syn(v6, GATEWAY, 40010).build(), handshake_ack(v6, GATEWAY, 40010).build());
     assert_eq!(run(&mut st, "SYN of an account without a login", &s, reason::SKIP_NO_ACCOUNT), s);
@@ -278,4 +281,18 @@ fn arp() -> Vec<u8> {
     f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     f.extend_from_slice(&[0; 20]);
     f
+}
+
+/// As the gate's budget test (`xdp_gate`): the stamper must load on every
+/// kernel of the matrix with room to grow.
+#[test]
+fn the_stamper_verifies_well_under_the_verifiers_limit() {
+    let started = std::time::Instant::now();
+    let mut st = TestStamper::new(&targets(), true);
+    let loaded_in = started.elapsed();
+    let program = st.stamper.program().unwrap_or_else(|e| panic!("stamper: {e}"));
+    let info = program.info().unwrap_or_else(|e| panic!("stamper: program info: {e}"));
+    let verified = info.verified_instruction_count().unwrap_or_else(|| panic!("stamper: no verified_insns"));
+    eprintln!("stamper: {verified} verified instructions, loaded in {loaded_in:?}");
+    assert!(verified <= 750_000, "the stamper: the verifier processed {verified} instructions, over the 750k budget");
 }
