@@ -41,6 +41,13 @@ pub fn in_netns(ns: &str, program: &Path) -> Command {
     c
 }
 
+/// Prints how long a step of a test took: captured with the test's output,
+/// so a slow or failing test shows where its time went (`--nocapture`
+/// shows it always; in the emulated VMs, daemon start-up dominates).
+fn took(what: &str, started: Instant) {
+    eprintln!("[{:>9.3?}] {what}", started.elapsed());
+}
+
 /// Runs `cmd` with `input` on stdin; panics with its stderr if it fails.
 pub fn run_ok(mut cmd: Command, input: Option<&str>, what: &str) -> Output {
     use std::io::Write as _;
@@ -48,11 +55,13 @@ pub fn run_ok(mut cmd: Command, input: Option<&str>, what: &str) -> Output {
     if input.is_some() {
         cmd.stdin(Stdio::piped());
     }
+    let started = Instant::now();
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     if let Some(text) = input {
         child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("writing stdin");
     }
     let out = child.wait_with_output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    took(what, started);
     assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     out
 }
@@ -85,8 +94,10 @@ impl Daemon {
     /// `within`, or if the daemon exits.
     pub fn wait_for_log(&mut self, needle: &str, within: Duration) {
         let deadline = Instant::now() + within;
+        let started = Instant::now();
         loop {
             if self.log().contains(needle) {
+                took(&format!("{}: {needle:?} logged", self.name), started);
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -112,8 +123,10 @@ impl Drop for Daemon {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
+        let started = Instant::now();
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                took(&format!("{} stopped", self.name), started);
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -126,8 +139,10 @@ impl Drop for Daemon {
 /// Polls `f` until it returns `Some`, or panics with `what` after `within`.
 pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
+    let started = Instant::now();
     loop {
         if let Some(v) = f() {
+            took(what, started);
             return v;
         }
         assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");

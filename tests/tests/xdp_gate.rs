@@ -1010,7 +1010,9 @@ const VERIFIER_BUDGET: u32 = 750_000;
 
 #[test]
 fn the_programs_verify_well_under_the_verifiers_limit() {
+    let started = std::time::Instant::now();
     let mut t = gate();
+    eprintln!("gate fixture loaded in {:?}", started.elapsed());
     let mut counts = Vec::new();
     for name in ["ackgate_gate", "ackgate_internal"] {
         let program = match name {

@@ -181,6 +181,10 @@ fn guest_script(bins: &[(String, String)], daemons: &Path, queue: &Path, opts: &
     ));
     let args: Vec<String> = opts.test_args.iter().map(|a| shell_quote(a)).collect();
     let args = args.join(" ");
+    // Filters choose the tests; flags (`--nocapture`, `--ignored`) also
+    // reach each test's own run.
+    let flags: Vec<String> = opts.test_args.iter().filter(|a| a.starts_with('-')).map(|a| shell_quote(a)).collect();
+    let flags = flags.join(" ");
     // The guest's CPU is emulated (about 14 times slower): bulk transfers
     // and large flow maps are scaled down there (`ackgate_tests::emulated`).
     // Whole seconds are enough here; the guest's shell may be dash (no
@@ -193,7 +197,7 @@ fn guest_script(bins: &[(String, String)], daemons: &Path, queue: &Path, opts: &
         script.push_str(&format!(
             "for t in $({exe} --list --format=terse {args} | sed -n 's/: test$//p'); do \
              if mkdir \"{queue}/{name}::$t\" 2>/dev/null; then \
-             s=$(date +%s); ACKGATE_EMULATED=1 {exe} --exact \"$t\" --test-threads=1 || rc=1; \
+             s=$(date +%s); ACKGATE_EMULATED=1 {exe} --exact \"$t\" --test-threads=1 {flags} || rc=1; \
              echo \"{TIME_MARK}{name} $t $(($(date +%s)-s))\"; fi; done; ",
             queue = queue.display()
         ));
