@@ -1,6 +1,5 @@
 //! Loading the TC stamper, attaching it to egress, and filling its maps.
 
-use ackgate_common::pod::key_absent;
 use std::collections::HashSet;
 
 use ackgate_common::abi::{
@@ -10,6 +9,7 @@ use ackgate_common::abi::{
 use ackgate_common::counters::Counters;
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::OptionId;
+use ackgate_common::pod::key_absent;
 use ackgate_common::proto::FlowSummary;
 use ackgate_common::stamp::reason;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};

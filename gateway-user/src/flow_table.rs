@@ -10,13 +10,13 @@
 //! `get_next_key` walk can (it starts over from the first key when the key
 //! it stands on was deleted).
 
-use ackgate_common::pod::key_absent;
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ackgate_common::abi::{FlowKey, MAP_PENDING, PendingFlow};
+use ackgate_common::pod::key_absent;
 use aya::maps::{HashMap, Map, MapData, MapError};
 
 use crate::gate::GateError;

@@ -1,6 +1,5 @@
 //! Loading the XDP gate, attaching it, and filling its maps.
 
-use ackgate_common::pod::key_absent;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +9,7 @@ use ackgate_common::abi::{
     SpliceEntry, SpliceKey, SynAckProfile, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
+use ackgate_common::pod::key_absent;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{DevMapHash, HashMap, MapData, MapError, ProgramArray};
 use aya::programs::links::{FdLink, PinnedLink};

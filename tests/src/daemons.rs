@@ -105,13 +105,34 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not log {needle:?} within {within:?}:\n{}",
+                "{} did not log {needle:?} within {within:?}:\n{}\nwhere its threads wait in the kernel:\n{}",
                 self.name,
-                self.log()
+                self.log(),
+                kernel_stacks(self.pid())
             );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Each thread of `pid` and its kernel stack (`/proc/PID/task/TID/stack`,
+/// root only): where a daemon that stopped making progress is stuck.
+fn kernel_stacks(pid: i32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(process {pid} is gone)");
+    };
+    let mut out = String::new();
+    for task in tasks.filter_map(Result::ok) {
+        let dir = task.path();
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        out.push_str(&format!(
+            "thread {} ({}):\n{}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("stack")
+        ));
+    }
+    out
 }
 
 impl Drop for Daemon {
