@@ -29,13 +29,6 @@ pub const MAP_SPLICE: &str = "ACKGATE_SPLICE";
 pub const MAP_HELD: &str = "ACKGATE_HELD";
 pub const MAP_REDIRECT: &str = "ACKGATE_REDIRECT";
 pub const MAP_TRANSIT: &str = "ACKGATE_TRANSIT";
-/// The program array of the gateway's tail-called stages (not pinned).
-pub const MAP_STAGES: &str = "ACKGATE_STAGES";
-
-/// Slots of [`MAP_STAGES`]: the splice's data path, entered from the gate
-/// (client → target) and from the internal program (target → client).
-pub const STAGE_SPLICE: u32 = 0;
-pub const STAGE_COUNT: u32 = 1;
 
 pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_AGENTS: u32 = 65536;

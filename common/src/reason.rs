@@ -144,8 +144,4 @@ reasons! {
     /// IPv6 to a VIP with more extension headers than the gate walks
     /// (`net::MAX_IPV6_EXTENSIONS`): dropped.
     DROP_IPV6_EXTENSIONS = 44, "drop_ipv6_extensions";
-    /// A segment of a spliced flow whose stage could not be entered (the
-    /// stage program missing from `ACKGATE_STAGES`: a load that did not
-    /// finish): dropped.
-    ERR_STAGE = 45, "err_stage";
 }

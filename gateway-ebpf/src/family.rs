@@ -1,6 +1,6 @@
 //! What the stages need from an address family that `common` cannot give
 //! them: the kernel's cookie helpers, the family's working memory in the
-//! scratch map, and whether a segment is spliced (IPv4 only, for now). The
+//! scratch map, and the spliced-flow lookup (IPv4 only, for now). The
 //! stages themselves are written once, for `F: Family`.
 
 use ackgate_common::abi::FlowKey;
@@ -14,7 +14,9 @@ use aya_ebpf::helpers::{
 };
 
 use crate::maps::{self, Scratch};
-use crate::settings;
+use crate::program::Verdict;
+use crate::{settings, splice};
+use ackgate_common::kernel::frame::XdpFrame;
 
 /// The copy of a SYN's TCP header the cookie helper hashes (see
 /// `syn::syncookie`).
@@ -39,9 +41,8 @@ pub trait Family: ReplyHeader<Addr: BoundAddr> {
     /// the hash.
     fn reset_flow_label(flow: &FlowKey) -> u32;
 
-    /// Whether `seg`, from the edge, belongs to a spliced flow (the
-    /// splice stage takes it then).
-    fn spliced(seg: &TcpSegment<Self>) -> bool;
+    /// The verdict of the splice, if `seg` belongs to a spliced flow.
+    fn spliced(frame: &XdpFrame, seg: &TcpSegment<Self>, key: &FlowKey) -> Option<Verdict>;
 }
 
 /// The helpers take map memory: copies of the headers there cost no stack
@@ -87,8 +88,9 @@ impl Family for Ipv4Hdr {
     }
 
     #[inline(always)]
-    fn spliced(seg: &Ipv4Tcp) -> bool {
-        maps::splice_entry(&ackgate_common::abi::SpliceKey::of_segment(seg), true).is_some()
+    fn spliced(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey) -> Option<Verdict> {
+        let entry = maps::splice_entry(&ackgate_common::abi::SpliceKey::of_segment(seg), true)?;
+        Some(splice::on_segment(frame, seg, key, entry))
     }
 }
 
@@ -135,7 +137,7 @@ impl Family for Ipv6Hdr {
 
     /// IPv6 flows are not spliced yet: none is found.
     #[inline(always)]
-    fn spliced(_seg: &Ipv6Tcp) -> bool {
-        false
+    fn spliced(_frame: &XdpFrame, _seg: &Ipv6Tcp, _key: &FlowKey) -> Option<Verdict> {
+        None
     }
 }

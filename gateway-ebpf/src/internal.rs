@@ -5,9 +5,7 @@
 //! for it), both directions' entries become established, and the control
 //! plane is told. Everything else passes.
 
-use ackgate_common::abi::{
-    EVENT_REFUSED, EVENT_SPLICED, FlowKey, REFUSED_RST, SPLICE_CONNECTING, STAGE_SPLICE, SpliceKey,
-};
+use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FlowKey, REFUSED_RST, SPLICE_CONNECTING, SpliceKey};
 use ackgate_common::icmp::IPPROTO_ICMP;
 use ackgate_common::net::{Ipv4Tcp, Parsed, TCP_ACK, TCP_RST, TCP_SYN, parse_ipv4_tcp};
 use ackgate_common::option::Capability;
@@ -18,7 +16,7 @@ use aya_ebpf::bindings::BPF_EXIST;
 use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
 use crate::maps::{self, SPLICE, Scratch};
-use crate::program::{ICMP_V4, Verdict, tail_call_stage};
+use crate::program::{ICMP_V4, Verdict};
 use crate::respond::transmit;
 use crate::{events, icmp, options, splice};
 use ackgate_common::kernel::frame::XdpFrame;
@@ -36,15 +34,15 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
     if !parsed.is_continue() {
         return parsed;
     }
-    let Some(entry) = maps::splice_entry(&scratch.splice_key, false) else {
+    let (seg, key, splice_key) = (&scratch.seg, &scratch.key, &scratch.splice_key);
+    let Some(entry) = maps::splice_entry(splice_key, false) else {
         return Verdict::new(XDP_PASS, reason::INTERNAL_PASS);
     };
     // SAFETY: copied out at once.
     if unsafe { (*entry).state } == SPLICE_CONNECTING {
-        return connecting(frame, &scratch.seg, &scratch.splice_key);
+        return connecting(frame, seg, splice_key);
     }
-    scratch.splice_to_target = 0;
-    tail_call_stage(frame, STAGE_SPLICE)
+    splice::on_segment(frame, seg, key, entry)
 }
 
 /// Parses a TCP segment into `scratch`, as `classify` does on the edge.

@@ -71,7 +71,7 @@ mod transit;
 
 #[cfg(target_arch = "bpf")]
 mod program {
-    use ackgate_common::abi::{FlowKey, STAGE_SPLICE, ServicePolicy};
+    use ackgate_common::abi::{FlowKey, ServicePolicy};
     use ackgate_common::icmp::IPPROTO_ICMP;
     use ackgate_common::net::{EthHdr, Ipv4Hdr, Ipv6Hdr, TcpSegment};
     use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -81,7 +81,7 @@ mod program {
 
     use crate::classify::classify;
     use crate::family::Family;
-    use crate::{ack, held, icmp, internal, maps, splice, stats, syn, transit};
+    use crate::{ack, held, icmp, internal, maps, stats, syn, transit};
     use ackgate_common::kernel::frame::XdpFrame;
 
     /// What to do with the frame (low half), and why (high half). One
@@ -153,31 +153,6 @@ mod program {
         verdict.action()
     }
 
-    /// The splice's data path, for segments of spliced flows from either
-    /// side; entered by tail call from the two programs above.
-    #[xdp]
-    pub fn ackgate_splice(ctx: XdpContext) -> u32 {
-        let frame = XdpFrame::new(&ctx);
-        let verdict = splice::stage(&frame);
-        stats::count(verdict.reason());
-        verdict.action()
-    }
-
-    /// Enters `stage` (`maps::STAGES`); comes back only if it cannot.
-    /// Inlined into the entry points, never called from a subprogram: the
-    /// verifier limits the stack of the frames below a tail call
-    /// (check_max_stack_depth in kernel/bpf/verifier.c). Called where the
-    /// path decides, rather than on a marker verdict the entry point
-    /// checks: on 6.1, that check on every path's verdict cost the gate
-    /// more than the splice path it moved out.
-    #[inline(always)]
-    pub fn tail_call_stage(frame: &XdpFrame, stage: u32) -> Verdict {
-        // SAFETY: a program of this object, of the same type, in a slot
-        // userspace filled; on success the call does not return.
-        unsafe { maps::STAGES.tail_call(frame.ctx(), stage) };
-        Verdict::new(xdp_action::XDP_DROP, reason::ERR_STAGE)
-    }
-
     /// Passes everything. Attached to the far end of a veth pair so that
     /// native XDP_TX/redirect into that pair delivers (veth drops such
     /// frames unless the peer runs XDP), and the benchmarks' do-nothing
@@ -211,8 +186,6 @@ mod program {
             _ if !classified.is_continue() => return classified,
             _ => {}
         }
-        // For the splice stage, if the segment turns out to be spliced.
-        scratch.splice_to_target = 1;
         protected::<Ipv4Hdr>(frame, &scratch.seg, &scratch.policy, &scratch.key)
     }
 
@@ -224,8 +197,8 @@ mod program {
             return syn::on_syn(frame, seg, policy, key);
         }
         // The splice lookup only now: SYNs, the flood path, never need it.
-        if F::spliced(seg) {
-            return tail_call_stage(frame, STAGE_SPLICE);
+        if let Some(verdict) = F::spliced(frame, seg, key) {
+            return verdict;
         }
         if let Some(flow) = maps::flow_mut(key) {
             // SAFETY: a map value pointer valid for this run.

@@ -3,8 +3,8 @@
 
 use ackgate_common::abi::{
     AgentKey, EVENTS_BYTES, FlowKey, HELD_BYTES, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, MAX_SPLICED,
-    MAX_TRANSIT_PREFIXES, PendingFlow, SPLICE_F_TO_TARGET, STAGE_COUNT, ServiceKey, ServicePolicy, SpliceEntry,
-    SpliceKey, TransitKey, VipInfo, VipKey,
+    MAX_TRANSIT_PREFIXES, PendingFlow, SPLICE_F_TO_TARGET, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey,
+    TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::icmp::IcmpError;
 use ackgate_common::net::{Ipv4Tcp, Ipv6Tcp};
@@ -14,7 +14,7 @@ use ackgate_common::reply::MAX_REPLY_BYTES;
 use aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
+use aya_ebpf::maps::{DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
 
 #[map(name = "ACKGATE_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServicePolicy> = HashMap::pinned(MAX_SERVICES, 0);
@@ -68,9 +68,6 @@ pub struct Scratch {
     pub key: FlowKey,
     /// The same 4-tuple as a splice-map key (`internal::parse`).
     pub splice_key: SpliceKey,
-    /// For the splice stage (`splice::stage`): 1 when the segment came in
-    /// on the edge (client → target), 0 on the internal side.
-    pub splice_to_target: u32,
     pub opts: core::mem::MaybeUninit<OptionBytes>,
     /// Where the option walk leaves a segment's handshake options: map
     /// memory, which the verifier does not track (see
@@ -95,16 +92,6 @@ pub struct Scratch {
 pub const CHECKSUM_BYTES: usize = 1536;
 
 /// Not pinned: per-CPU copy of a segment whose checksums are verified.
-/// Not pinned: the stages that are programs of their own, entered by tail
-/// call (`program::tail_call_stage`). Userspace fills it at load, before
-/// anything is attached. A tail call starts the verifier afresh: the
-/// splice's data path, inlined into both the gate and the internal
-/// program, was verified once per state either reached it in, and on
-/// Debian's 6.1 kernel that was a third of the gate's count and two thirds
-/// of the internal program's (docs/kernels.md, "Verifier headroom").
-#[map(name = "ACKGATE_STAGES")]
-pub static STAGES: ProgramArray = ProgramArray::with_max_entries(STAGE_COUNT, 0);
-
 #[map]
 static CHECKSUM_BUFFER: PerCpuArray<[u8; CHECKSUM_BYTES]> = PerCpuArray::with_max_entries(1, 0);
 

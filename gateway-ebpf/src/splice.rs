@@ -4,7 +4,7 @@
 
 use ackgate_common::abi::{
     END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, FlowKey, LAST_SEEN_SHIFT, SPLICE_CONNECTING,
-    SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, SpliceKey,
+    SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry,
 };
 use ackgate_common::icmp;
 use ackgate_common::net::{Frame, IP_DF, Ipv4Tcp, TCP_ACK, TCP_FIN, TCP_RST};
@@ -20,27 +20,9 @@ use crate::program::Verdict;
 use crate::{events, forward, hold, respond};
 use ackgate_common::kernel::frame::XdpFrame;
 
-/// The splice stage, a program of its own (`ackgate_splice`): the
-/// segment the gate or the internal program parsed into the scratch map,
-/// with `Scratch::splice_to_target` saying which side it came in on. The
-/// entry is looked up again: a map value pointer cannot cross a tail call.
-#[inline(always)]
-pub fn stage(frame: &XdpFrame) -> Verdict {
-    let Some(scratch) = maps::scratch() else {
-        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
-    };
-    let (seg, key) = (&scratch.seg, &scratch.key);
-    // Removed since the caller found it (the control plane ended the
-    // flow): the same as a segment of no flow.
-    let Some(entry) = maps::splice_entry(&SpliceKey::of_segment(seg), scratch.splice_to_target != 0) else {
-        return Verdict::new(XDP_DROP, reason::DROP_NO_FLOW);
-    };
-    on_segment(frame, seg, key, entry)
-}
-
 /// A segment whose 4-tuple `key` has the splice entry `entry`.
 #[inline(never)]
-fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut SpliceEntry) -> Verdict {
+pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut SpliceEntry) -> Verdict {
     // SAFETY: a map value pointer, valid for this program run; fields are
     // read and written one at a time (another CPU may update counters of
     // the same entry: they are approximate under such races, never torn).

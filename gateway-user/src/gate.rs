@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
     AgentKey, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowOwner, GateEvent, MAP_AGENT_KEYS, MAP_PENDING, MAP_REDIRECT,
-    MAP_SERVICES, MAP_SPLICE, MAP_STAGES, MAP_TRANSIT, MAP_VIPS, PendingFlow, STAGE_SPLICE, ServiceKey, ServicePolicy,
-    SpliceEntry, SpliceKey, SynAckProfile, TransitKey, VipInfo, VipKey,
+    MAP_SERVICES, MAP_SPLICE, MAP_TRANSIT, MAP_VIPS, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey,
+    SynAckProfile, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
 use ackgate_common::pod::key_absent;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{DevMapHash, HashMap, MapData, MapError, ProgramArray};
+use aya::maps::{DevMapHash, HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp};
@@ -26,9 +26,6 @@ pub const PROGRAM_NAME: &str = "ackgate_gate";
 pub const INTERNAL_PROGRAM_NAME: &str = "ackgate_internal";
 /// A do-nothing XDP program in the same object (veth peers, baselines).
 pub const PASS_PROGRAM_NAME: &str = "ackgate_pass";
-/// The splice's data path, tail-called by the two programs above
-/// (`MAP_STAGES`); never attached.
-pub const SPLICE_PROGRAM_NAME: &str = "ackgate_splice";
 
 #[derive(Debug, Error)]
 pub enum GateError {
@@ -59,8 +56,6 @@ pub enum GateError {
     Map { map: &'static str, source: MapError },
     #[error("pinned XDP link: {0}")]
     Link(String),
-    #[error("pinned splice stage: {0}")]
-    Stages(String),
     #[error("redirect map: {0}")]
     Redirect(String),
 }
@@ -137,29 +132,6 @@ pub struct Gate {
     links: Vec<(PathBuf, Option<PinnedLink>)>,
     /// The flow map, as userspace reads and writes it.
     flows: FlowTable,
-    /// Where this load's stage array (`MAP_STAGES`) is pinned. A program
-    /// array's slots are cleared once no file or descriptor holds it
-    /// (prog_array_map_clear in kernel/bpf/arraymap.c), which would stop
-    /// the splice's data path of a gateway killed mid-transfer. Each load
-    /// pins its own, `stages-<gate program id>`: its stages read the
-    /// per-CPU scratch map of their own load, so an older gate, attached
-    /// while a newer one loads, must keep tail-calling its own. Removed by
-    /// [`Gate::detach`], when the gate is dropped without having been
-    /// attached, and for older loads by [`Gate::release_earlier_stages`].
-    stages_pin: PathBuf,
-    /// Some program of this load is attached.
-    attached: bool,
-}
-
-/// File name prefix of the stage arrays' pins.
-const STAGES_PIN_PREFIX: &str = "stages-";
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        if !self.attached {
-            let _ = std::fs::remove_file(&self.stages_pin);
-        }
-    }
 }
 
 impl Gate {
@@ -185,18 +157,10 @@ impl Gate {
             .load(crate::GATE_OBJECT)
             .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
         let flows = FlowTable::open(pin_dir)?;
-        let mut gate = Self {
-            ebpf,
-            pin_dir: pin_dir.to_owned(),
-            links: Vec::new(),
-            flows,
-            stages_pin: PathBuf::new(),
-            attached: false,
-        };
-        for name in [PROGRAM_NAME, INTERNAL_PROGRAM_NAME, PASS_PROGRAM_NAME, SPLICE_PROGRAM_NAME] {
+        let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new(), flows };
+        for name in [PROGRAM_NAME, INTERNAL_PROGRAM_NAME, PASS_PROGRAM_NAME] {
             gate.program(name)?.load()?;
         }
-        gate.fill_stages()?;
         Ok(gate)
     }
 
@@ -222,42 +186,6 @@ impl Gate {
     /// The do-nothing XDP program.
     pub fn pass_program(&mut self) -> Result<&mut Xdp, GateError> {
         self.program(PASS_PROGRAM_NAME)
-    }
-
-    /// Puts the tail-called stages in their slots, before any program is
-    /// attached: a gate without them drops spliced segments (`err_stage`).
-    fn fill_stages(&mut self) -> Result<(), GateError> {
-        let map_err = |source| GateError::Map { map: MAP_STAGES, source };
-        let fd = self.program(SPLICE_PROGRAM_NAME)?.fd()?.try_clone().map_err(|e| GateError::Program(e.into()))?;
-        let id = self.program(PROGRAM_NAME)?.info()?.id();
-        let map = self.ebpf.map_mut(MAP_STAGES).ok_or(GateError::MissingMap(MAP_STAGES))?;
-        let path = self.pin_dir.join(format!("{STAGES_PIN_PREFIX}{id}"));
-        map.pin(&path).map_err(|e| GateError::Stages(format!("pinning {}: {e}", path.display())))?;
-        self.stages_pin = path;
-        let mut stages: ProgramArray<&mut MapData> = ProgramArray::try_from(map).map_err(map_err)?;
-        stages.set(STAGE_SPLICE, &fd, 0).map_err(map_err)
-    }
-
-    /// Unpins the stage arrays of earlier loads: call once this load's
-    /// programs are attached in their place (the earlier programs, and
-    /// the arrays they tail-call through, go with their last reference).
-    pub fn release_earlier_stages(&self) -> Result<(), GateError> {
-        let entries = std::fs::read_dir(&self.pin_dir)
-            .map_err(|e| GateError::Stages(format!("reading {}: {e}", self.pin_dir.display())))?;
-        for entry in entries.filter_map(Result::ok) {
-            let earlier = entry.file_name().to_str().is_some_and(|n| n.starts_with(STAGES_PIN_PREFIX))
-                && entry.path() != self.stages_pin;
-            if earlier {
-                std::fs::remove_file(entry.path())
-                    .map_err(|e| GateError::Stages(format!("removing {}: {e}", entry.path().display())))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The splice stage (tests read its verifier figures).
-    pub fn splice_program(&mut self) -> Result<&mut Xdp, GateError> {
-        self.program(SPLICE_PROGRAM_NAME)
     }
 
     fn program(&mut self, name: &'static str) -> Result<&mut Xdp, GateError> {
@@ -304,7 +232,6 @@ impl Gate {
             let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| GateError::Link(e.to_string()))?;
             self.program(program)?.attach_to_link(link).map_err(attach_err)?;
             self.links.push((path, None));
-            self.attached = true;
             return Ok(());
         }
         let id = self.program(program)?.attach(iface, mode.aya()).map_err(attach_err)?;
@@ -313,7 +240,6 @@ impl Gate {
             .map_err(|_| GateError::Link("this kernel attaches XDP without bpf_link (before 5.9)".into()))?;
         let pinned = fd.pin(&path).map_err(|e| GateError::Link(e.to_string()))?;
         self.links.push((path, Some(pinned)));
-        self.attached = true;
         Ok(())
     }
 
@@ -341,11 +267,7 @@ impl Gate {
         for (path, _) in self.links.drain(..) {
             std::fs::remove_file(&path).map_err(|e| GateError::Link(format!("{}: {e}", path.display())))?;
         }
-        match std::fs::remove_file(&self.stages_pin) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(GateError::Stages(format!("{}: {e}", self.stages_pin.display()))),
-        }
+        Ok(())
     }
 
     /// Lets spliced segments be redirected to these interfaces (by index),

@@ -374,19 +374,6 @@ default_response = "{default_response}"
     }
 
     /// The gate's packet counter for `reason`, from `ackgate status --json`.
-    /// The pinned splice-stage arrays in the gate's pin directory (one per
-    /// load still attached: `Gate::release_earlier_stages`).
-    pub fn stage_pins(&self) -> Vec<String> {
-        let entries = std::fs::read_dir(&self.pin_dir)
-            .unwrap_or_else(|e| panic!("reading the pin directory {}: {e}", self.pin_dir.display()));
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("stages-"))
-            .collect();
-        names.sort();
-        names
-    }
-
     /// The gate's counter of `reason`, read from its pinned map in this
     /// process: tests poll it, and an `ackgate status` per poll costs the
     /// emulated VMs about a second of CPU (the command's own output is

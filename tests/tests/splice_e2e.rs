@@ -331,15 +331,8 @@ fn a_killed_control_plane_does_not_interrupt_a_transfer() {
     });
     assert_eq!(digest.expect("the transfer must complete"), pattern_sha256(len), "SHA-256 after the kill");
     drop(gateway);
-    let killed_stages = s.stage_pins();
-    assert_eq!(killed_stages.len(), 1, "the killed gate's splice stage must stay pinned: {killed_stages:?}");
     let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
     restarted.wait_for_log("resumed spliced flows", WAIT);
-    let stages = s.stage_pins();
-    assert!(
-        stages.len() == 1 && stages != killed_stages,
-        "the restarted gate must pin its own splice stage and release the killed one's: {killed_stages:?} then {stages:?}"
-    );
     // Its FINs went by while no control plane ran: the restarted one finds
     // them in the map, ends the flow and logs it.
     let ended = eventually(WAIT, "the resumed flow's end in the access log", || {
@@ -347,6 +340,4 @@ fn a_killed_control_plane_does_not_interrupt_a_transfer() {
     });
     assert_eq!(ended["flow_end"]["ended"], "fin", "{ended}");
     assert!(s.live_flows().is_empty(), "its entries must be freed: {:?}", s.live_flows());
-    drop(restarted);
-    assert!(s.stage_pins().is_empty(), "a clean stop must unpin its splice stage: {:?}", s.stage_pins());
 }

@@ -84,7 +84,6 @@ pub fn run(config_path: &Path) -> Result<()> {
     };
     gate.attach(&config.gateway.edge_interface, config.gateway.xdp_mode)?;
     fresh.keep();
-    gate.release_earlier_stages().context("releasing an earlier run's splice stage")?;
     let transit_text = if transit.is_empty() { "none".to_owned() } else { config.gateway.allowed_transit.join(", ") };
     info!(
         interface = %config.gateway.edge_interface,
