@@ -9,7 +9,7 @@ use ackgate_common::abi::{
 use ackgate_common::counters::Counters;
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::OptionId;
-use ackgate_common::pod::key_absent;
+use ackgate_common::pod::absent_is_ok;
 use ackgate_common::proto::FlowSummary;
 use ackgate_common::stamp::reason;
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
@@ -155,11 +155,7 @@ impl Stamper {
         if logged_in {
             return map.insert(account, 0, 0).map_err(map_err);
         }
-        match map.remove(&account) {
-            Ok(()) => Ok(()),
-            Err(e) if key_absent(&e) => Ok(()),
-            Err(source) => Err(map_err(source)),
-        }
+        absent_is_ok(map.remove(&account)).map_err(map_err)
     }
 
     pub fn counters(&self) -> Result<Counters, StamperError> {

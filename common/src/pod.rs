@@ -36,6 +36,14 @@ pub fn key_absent(e: &aya::maps::MapError) -> bool {
     }
 }
 
+/// A removal's result, with an absent key counted as removed.
+pub fn absent_is_ok(removed: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match removed {
+        Err(e) if key_absent(&e) => Ok(()),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::key_absent;

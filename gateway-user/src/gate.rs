@@ -9,7 +9,7 @@ use ackgate_common::abi::{
     SynAckProfile, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
-use ackgate_common::pod::key_absent;
+use ackgate_common::pod::absent_is_ok;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{DevMapHash, HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -323,11 +323,8 @@ impl Gate {
 
     /// Removes one direction's splice entry (absent is fine).
     pub fn remove_splice(&mut self, key: &SpliceKey) -> Result<(), GateError> {
-        match self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?.remove(key) {
-            Ok(()) => Ok(()),
-            Err(e) if key_absent(&e) => Ok(()),
-            Err(source) => Err(GateError::Map { map: MAP_SPLICE, source }),
-        }
+        absent_is_ok(self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?.remove(key))
+            .map_err(|source| GateError::Map { map: MAP_SPLICE, source })
     }
 
     /// Every splice entry (both directions).
@@ -410,11 +407,7 @@ impl Gate {
         let stale: Vec<u32> =
             map.keys().filter_map(Result::ok).filter(|id| !keys.iter().any(|(k, _)| k == id)).collect();
         for id in stale {
-            match map.remove(&id) {
-                Ok(()) => {}
-                Err(e) if key_absent(&e) => {}
-                Err(source) => return Err(map_err(source)),
-            }
+            absent_is_ok(map.remove(&id)).map_err(map_err)?;
         }
         for (id, key) in keys {
             map.insert(id, key, 0).map_err(map_err)?;
@@ -428,11 +421,8 @@ impl Gate {
     }
 
     pub fn remove_agent_key(&mut self, agent_id: u32) -> Result<(), GateError> {
-        match self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?.remove(&agent_id) {
-            Ok(()) => Ok(()),
-            Err(e) if key_absent(&e) => Ok(()),
-            Err(source) => Err(GateError::Map { map: MAP_AGENT_KEYS, source }),
-        }
+        absent_is_ok(self.hash_map::<u32, AgentKey>(MAP_AGENT_KEYS)?.remove(&agent_id))
+            .map_err(|source| GateError::Map { map: MAP_AGENT_KEYS, source })
     }
 
     /// Writes the decision on the handshake of `decided` into its flow's

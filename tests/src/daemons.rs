@@ -93,8 +93,8 @@ impl Daemon {
     /// Waits until the log contains `needle`; panics (with the log) after
     /// `within`, or if the daemon exits.
     pub fn wait_for_log(&mut self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
         let started = Instant::now();
+        let deadline = started + within;
         loop {
             if self.log().contains(needle) {
                 took(&format!("{}: {needle:?} logged", self.name), started);
@@ -143,8 +143,8 @@ impl Drop for Daemon {
             libc::kill(self.child.id() as i32, libc::SIGCONT);
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
         let started = Instant::now();
+        let deadline = started + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 took(&format!("{} stopped", self.name), started);
@@ -159,8 +159,8 @@ impl Drop for Daemon {
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `within`.
 pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
     let started = Instant::now();
+    let deadline = started + within;
     loop {
         if let Some(v) = f() {
             took(what, started);
