@@ -115,8 +115,9 @@ impl Daemon {
     }
 }
 
-/// Each thread of `pid` and its kernel stack (`/proc/PID/task/TID/stack`,
-/// root only): where a daemon that stopped making progress is stuck.
+/// Each thread of `pid`: its state, CPU ticks and kernel stack
+/// (`/proc/PID/task/TID/{stat,stack}`, root only): whether a daemon that
+/// stopped making progress is busy or waiting, and where.
 fn kernel_stacks(pid: i32) -> String {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return format!("(process {pid} is gone)");
@@ -125,10 +126,18 @@ fn kernel_stacks(pid: i32) -> String {
     for task in tasks.filter_map(Result::ok) {
         let dir = task.path();
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        // stat: "tid (comm) state ... utime stime" (fields 3, 14 and 15).
+        let stat = read("stat");
+        let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_comm.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or("?");
         out.push_str(&format!(
-            "thread {} ({}):\n{}",
+            "thread {} ({}) state {} utime {} stime {} ticks:\n{}",
             task.file_name().to_string_lossy(),
             read("comm").trim(),
+            field(3),
+            field(14),
+            field(15),
             read("stack")
         ));
     }
