@@ -159,7 +159,14 @@ impl Gate {
         let flows = FlowTable::open(pin_dir)?;
         let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new(), flows };
         for name in [PROGRAM_NAME, INTERNAL_PROGRAM_NAME, PASS_PROGRAM_NAME] {
-            gate.program(name)?.load()?;
+            let verifying = std::time::Instant::now();
+            let program = gate.program(name)?;
+            program.load()?;
+            // Verification is most of a start, and grows with the kernel's
+            // age (docs/kernels.md): each program's share says where a
+            // slow start went.
+            let instructions = program.info().ok().and_then(|i| i.verified_instruction_count());
+            tracing::debug!(program = name, took = ?verifying.elapsed(), ?instructions, "program verified and loaded");
         }
         Ok(gate)
     }

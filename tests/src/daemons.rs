@@ -78,6 +78,11 @@ impl Daemon {
     pub fn start(mut cmd: Command, name: &str, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
         cmd.stderr(file).stdout(Stdio::null());
+        if std::env::var_os("RUST_LOG").is_none() {
+            // Each gate program's verification time: the first suspect of
+            // a start that does not come up in time.
+            cmd.env("RUST_LOG", "info,ackgate_gateway::gate=debug");
+        }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Self { child, name: name.to_owned(), log }
     }
@@ -105,10 +110,11 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not log {needle:?} within {within:?}:\n{}\nwhere its threads wait in the kernel:\n{}",
+                "{} did not log {needle:?} within {within:?}:\n{}\nwhere its threads wait in the kernel:\n{}\n{}",
                 self.name,
                 self.log(),
-                kernel_stacks(self.pid())
+                kernel_stacks(self.pid()),
+                memory_and_bpf()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -142,6 +148,22 @@ fn kernel_stacks(pid: i32) -> String {
         ));
     }
     out
+}
+
+/// The machine's free memory and the BPF programs it holds: a start that
+/// slows down as a run goes on points at something earlier tests left.
+fn memory_and_bpf() -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory: Vec<&str> = meminfo
+        .lines()
+        .filter(|l| ["MemFree", "MemAvailable", "Slab", "Percpu", "VmallocUsed"].iter().any(|k| l.starts_with(k)))
+        .collect();
+    let programs = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("name ")).count().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    format!("memory: {}\nBPF programs loaded: {programs}", memory.join(", "))
 }
 
 impl Drop for Daemon {

@@ -58,7 +58,8 @@ pub fn run(config_path: &Path) -> Result<()> {
     let loading = std::time::Instant::now();
     let mut gate = Gate::load(&g.pin_dir, &settings).context("loading the XDP gate")?;
     // Verification is most of a start, and grows with the kernel's age
-    // (docs/kernels.md): the figure says where a slow start went.
+    // (docs/kernels.md); RUST_LOG=ackgate_gateway::gate=debug has each
+    // program's share.
     info!(took = ?loading.elapsed(), "gate programs verified and loaded");
     gate.sync_services(&services).context("filling the service map")?;
     let transit = config.transit_prefixes()?;
