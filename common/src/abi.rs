@@ -78,6 +78,13 @@ pub const fn v6_words(a: [u8; 16]) -> [u32; 4] {
     ]
 }
 
+/// IPv6 wire bytes from network-order address words.
+#[inline(always)]
+pub const fn v6_bytes(words: &[u32; 4]) -> [u8; 16] {
+    let [a, b, c, d] = [words[0].to_ne_bytes(), words[1].to_ne_bytes(), words[2].to_ne_bytes(), words[3].to_ne_bytes()];
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+}
+
 /// A port field from wire bytes.
 #[inline(always)]
 pub const fn port_field(wire: [u8; 2]) -> u16 {
@@ -556,39 +563,73 @@ pub const SPLICE_F_FIN: u8 = 8;
 /// A RST went through in this entry's direction.
 pub const SPLICE_F_RST: u8 = 16;
 
-/// Key of the splice map: an IPv4 segment's 4-tuple as it arrives
-/// (network-order words and ports, as in [`FlowKey`]). Twelve bytes rather
-/// than a [`FlowKey`]'s forty: with two entries per flow, every byte of key
-/// and value counts twice per flow (see [`SpliceEntry`]).
+/// An address as the splice map holds it: the network-order words of the
+/// family's wire bytes, as in [`FlowKey`], but only as many as the family
+/// needs: one for IPv4, four for IPv6. Each flow has two entries, so every
+/// byte of key and value counts twice per flow (see [`SpliceEntry`]), and
+/// IPv4 flows do not pay for IPv6's addresses: each family has its map.
+pub trait SpliceAddr: Copy + Default + PartialEq + Eq + core::hash::Hash + core::fmt::Debug {
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    const FAMILY: u8;
+    /// As a [`FlowKey`]'s address words.
+    fn words(self) -> [u32; 4];
+    /// From a [`FlowKey`]'s address words.
+    fn from_words(words: [u32; 4]) -> Self;
+}
+
+impl SpliceAddr for u32 {
+    const FAMILY: u8 = FAMILY_IPV4;
+    #[inline(always)]
+    fn words(self) -> [u32; 4] {
+        [self, 0, 0, 0]
+    }
+    #[inline(always)]
+    fn from_words(words: [u32; 4]) -> Self {
+        words[0]
+    }
+}
+
+impl SpliceAddr for [u32; 4] {
+    const FAMILY: u8 = FAMILY_IPV6;
+    #[inline(always)]
+    fn words(self) -> [u32; 4] {
+        self
+    }
+    #[inline(always)]
+    fn from_words(words: [u32; 4]) -> Self {
+        words
+    }
+}
+
+/// Key of a splice map: a segment's 4-tuple as it arrives (network-order
+/// words and ports, as in [`FlowKey`]). Twelve bytes for IPv4 rather than
+/// a [`FlowKey`]'s forty; 36 for IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SpliceKey {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct SpliceKey<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
 }
 
-const _: () = assert!(size_of::<SpliceKey>() == 12);
+const _: () = assert!(size_of::<SpliceKey<u32>>() == 12);
+const _: () = assert!(size_of::<SpliceKey<[u32; 4]>>() == 36);
 
-impl SpliceKey {
+impl<A: SpliceAddr> SpliceKey<A> {
     /// The key of a parsed segment, in the direction it travels.
     #[inline(always)]
-    pub fn of_segment(seg: &crate::net::Ipv4Tcp) -> Self {
-        Self {
-            saddr: u32::from_ne_bytes(seg.ip.saddr),
-            daddr: u32::from_ne_bytes(seg.ip.daddr),
-            sport: port_field(seg.tcp.sport),
-            dport: port_field(seg.tcp.dport),
-        }
+    pub fn of_segment<I: IpHeader<SpliceAddr = A>>(seg: &TcpSegment<I>) -> Self {
+        let (saddr, daddr) = I::splice_addrs(seg);
+        Self { saddr, daddr, sport: port_field(seg.tcp.sport), dport: port_field(seg.tcp.dport) }
     }
 
-    /// The key of an IPv4 flow; `None` for another family.
+    /// The key of a flow of this family; `None` for another family.
     #[inline(always)]
     pub fn of_flow(flow: &FlowKey) -> Option<Self> {
-        (flow.family == FAMILY_IPV4).then_some(Self {
-            saddr: flow.saddr[0],
-            daddr: flow.daddr[0],
+        (flow.family == A::FAMILY).then(|| Self {
+            saddr: A::from_words(flow.saddr),
+            daddr: A::from_words(flow.daddr),
             sport: flow.sport,
             dport: flow.dport,
         })
@@ -598,11 +639,11 @@ impl SpliceKey {
     #[inline(always)]
     pub fn flow(&self) -> FlowKey {
         FlowKey {
-            saddr: [self.saddr, 0, 0, 0],
-            daddr: [self.daddr, 0, 0, 0],
+            saddr: self.saddr.words(),
+            daddr: self.daddr.words(),
             sport: self.sport,
             dport: self.dport,
-            family: FAMILY_IPV4,
+            family: A::FAMILY,
             proto: crate::net::IPPROTO_TCP,
             _pad: 0,
         }
@@ -614,16 +655,17 @@ impl SpliceKey {
 /// readers compare with wrapping arithmetic).
 pub const LAST_SEEN_SHIFT: u32 = 20;
 
-/// One direction of a spliced IPv4 flow: the value of the splice map, keyed
+/// One direction of a spliced flow: the value of its family's splice map, keyed
 /// by the [`SpliceKey`] of the segments it rewrites as they arrive (client
 /// → VIP on the edge, target → client or source-NAT address on the
 /// internal side). Each direction is self-contained, so a segment costs one
 /// lookup; the other direction's key is this entry's rewritten 4-tuple
 /// reversed.
 ///
-/// 56 bytes, so that with its key and the kernel's 48 bytes per element a
-/// flow's two entries take 240 bytes (htab_elem in kernel/bpf/hashtab.c):
-/// 229 MiB for a million flows. Hence:
+/// 56 bytes for IPv4, so that with its key and the kernel's 48 bytes per
+/// element a flow's two entries take 240 bytes (htab_elem in
+/// kernel/bpf/hashtab.c): 229 MiB for a million flows (IPv6: 80 bytes, 336
+/// per flow). Hence:
 /// - one sequence shift and one timestamp shift: the client → target
 ///   direction keeps SEQ and TSval (the target's SYN carried the client's
 ///   own) and shifts ACK, SACK edges and TSecr; the target → client one
@@ -640,10 +682,10 @@ pub const LAST_SEEN_SHIFT: u32 = 20;
 /// target entry's `aux` holds the client's handshake-ACK TSval.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SpliceEntry {
+pub struct SpliceEntry<A = u32> {
     /// Rewritten source and destination (network-order words, as keys).
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: A,
+    pub daddr: A,
     /// Rewritten ports (network order).
     pub sport: u16,
     pub dport: u16,
@@ -681,8 +723,10 @@ pub struct SpliceEntry {
     pub owner_tag: u64,
 }
 
-const _: () = assert!(size_of::<SpliceEntry>() == 56);
-const _: () = assert!(core::mem::offset_of!(SpliceEntry, bytes) == 40);
+const _: () = assert!(size_of::<SpliceEntry<u32>>() == 56);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry<u32>, bytes) == 40);
+const _: () = assert!(size_of::<SpliceEntry<[u32; 4]>>() == 80);
+const _: () = assert!(core::mem::offset_of!(SpliceEntry<[u32; 4]>, bytes) == 64);
 
 /// How long ago, in ns, the later of two `last_seen` stamps was, at
 /// CLOCK_MONOTONIC `now_ns` (wrapping arithmetic: the stamps wrap).
@@ -692,10 +736,10 @@ pub fn last_seen_ago_ns(now_ns: u64, a: u32, b: u32) -> u64 {
     (now.wrapping_sub(later) as u64) << LAST_SEEN_SHIFT
 }
 
-impl SpliceEntry {
+impl<A: SpliceAddr> SpliceEntry<A> {
     /// The key of the other direction's entry.
     #[inline(always)]
-    pub fn peer_key(&self) -> SpliceKey {
+    pub fn peer_key(&self) -> SpliceKey<A> {
         SpliceKey { saddr: self.daddr, daddr: self.saddr, sport: self.dport, dport: self.sport }
     }
 

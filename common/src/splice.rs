@@ -21,20 +21,27 @@
 
 use crate::abi::{
     FlowKey, HandshakeInfo, SPLICE_CONNECTING, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, SPLICE_F_TS_SENT,
-    SPLICE_F_WS_SENT, SpliceEntry, SpliceKey,
+    SPLICE_F_WS_SENT, SpliceAddr, SpliceEntry, SpliceKey, v6_bytes,
 };
 use crate::csum::{self, word2, word4};
-use crate::net::{Ipv4Hdr, TCP_ACK, TCP_FIN, TCP_SYN, TcpHdr};
+use crate::net::{IpHeader, Ipv4Hdr, Ipv6Hdr, TCP_ACK, TCP_FIN, TCP_SYN, TcpHdr};
 use crate::option::{NO_WSCALE, OptionBytes};
 
 /// Rewrites one segment for the entry of its direction: addresses, ports,
-/// SEQ, ACK, window, the timestamp option and SACK blocks, with the IPv4
-/// and TCP checksums updated incrementally. `opts` holds the segment's
-/// options (empty when it has none); returns whether they changed and
-/// must be written back. `forwarding` decrements the TTL (the gate routes
-/// the segment itself; on the kernel-forwarding path the stack does it).
+/// SEQ, ACK, window, the timestamp option and SACK blocks, with the TCP
+/// checksum (and IPv4's header checksum) updated incrementally. `opts`
+/// holds the segment's options (empty when it has none); returns whether
+/// they changed and must be written back. `forwarding` decrements the TTL or hop limit (the
+/// gate routes the segment itself; on the kernel-forwarding path the stack
+/// does it).
 #[inline(always)]
-pub fn rewrite(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, opts: &mut OptionBytes, e: &SpliceEntry, forwarding: bool) -> bool {
+pub fn rewrite<I: SpliceHeader>(
+    ip: &mut I,
+    tcp: &mut TcpHdr,
+    opts: &mut OptionBytes,
+    e: &SpliceEntry<I::SpliceAddr>,
+    forwarding: bool,
+) -> bool {
     // Only segments with options pay for summing them.
     let (opts_old, opts_changed) = if opts.len == 0 {
         (0, false)
@@ -42,7 +49,7 @@ pub fn rewrite(ip: &mut Ipv4Hdr, tcp: &mut TcpHdr, opts: &mut OptionBytes, e: &S
         (opts.word_sum(), opts.shift_for_splice(e.tsval_add(), e.tsecr_add(), e.ack_add()))
     };
     let opts_new = if opts_changed { opts.word_sum() } else { opts_old };
-    rewrite_headers(ip, tcp, e, forwarding, opts_old, opts_new);
+    I::rewrite_headers(ip, tcp, e, forwarding, opts_old, opts_new);
     opts_changed
 }
 
@@ -76,59 +83,112 @@ impl AlignedTimestamp {
 /// [`AlignedTimestamp`]: the data path's fast path, with no option walk
 /// and no copy of the options.
 #[inline(always)]
-pub fn rewrite_aligned_timestamp(
-    ip: &mut Ipv4Hdr,
+pub fn rewrite_aligned_timestamp<I: SpliceHeader>(
+    ip: &mut I,
     tcp: &mut TcpHdr,
     ts: &mut AlignedTimestamp,
-    e: &SpliceEntry,
+    e: &SpliceEntry<I::SpliceAddr>,
     forwarding: bool,
 ) {
     let old = csum::sum_words(&ts.tsval, 0) + csum::sum_words(&ts.tsecr, 0);
     ts.tsval = u32::from_be_bytes(ts.tsval).wrapping_add(e.tsval_add()).to_be_bytes();
     ts.tsecr = u32::from_be_bytes(ts.tsecr).wrapping_add(e.tsecr_add()).to_be_bytes();
     let new = csum::sum_words(&ts.tsval, 0) + csum::sum_words(&ts.tsecr, 0);
-    rewrite_headers(ip, tcp, e, forwarding, old, new);
+    I::rewrite_headers(ip, tcp, e, forwarding, old, new);
 }
 
-/// The fixed headers' part of the rewrite; `opts_old` and `opts_new` are
-/// the word sums of whatever option bytes changed, before and after. The
-/// checksums are updated from the changed words alone: summing whole
-/// headers twice costs more instructions, and more BPF stack than the data
-/// path's stage can spare.
-#[inline(always)]
-fn rewrite_headers(
-    ip: &mut Ipv4Hdr,
-    tcp: &mut TcpHdr,
-    e: &SpliceEntry,
-    forwarding: bool,
-    opts_old: u32,
-    opts_new: u32,
-) {
-    let addrs_old = word4(ip.saddr) + word4(ip.daddr);
-    let ttl_old = word2([ip.ttl, ip.proto]);
-    let tcp_old = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
+/// What the rewrite does to each family's fixed headers. Each family's
+/// body is written out whole, in the order of its reads and writes, though
+/// their TCP parts are alike: shared through helpers or header accessors,
+/// IPv4's compiled differently and 6.1's verifier took 14k to 24k more
+/// instructions on the gate (measured on the embedded object).
+pub trait SpliceHeader: IpHeader {
+    /// The fixed headers' part of the rewrite; `opts_old` and `opts_new`
+    /// are the word sums of whatever option bytes changed, before and
+    /// after. The checksums are updated from the changed words alone:
+    /// summing whole headers twice costs more instructions, and more BPF
+    /// stack than the data path's stage can spare.
+    fn rewrite_headers(
+        ip: &mut Self,
+        tcp: &mut TcpHdr,
+        e: &SpliceEntry<Self::SpliceAddr>,
+        forwarding: bool,
+        opts_old: u32,
+        opts_new: u32,
+    );
+}
 
-    ip.saddr = e.saddr.to_ne_bytes();
-    ip.daddr = e.daddr.to_ne_bytes();
-    if forwarding {
-        ip.ttl = ip.ttl.wrapping_sub(1);
-    }
-    tcp.sport = e.sport.to_ne_bytes();
-    tcp.dport = e.dport.to_ne_bytes();
-    tcp.seq = tcp.seq().wrapping_add(e.seq_add()).to_be_bytes();
-    if tcp.flags & TCP_ACK != 0 {
-        tcp.ack = tcp.ack_seq().wrapping_add(e.ack_add()).to_be_bytes();
-    }
-    if e.wnd_shl | e.wnd_shr != 0 {
-        tcp.window = rescale_window(u16::from_be_bytes(tcp.window), e.wnd_shl, e.wnd_shr).to_be_bytes();
-    }
+impl SpliceHeader for Ipv4Hdr {
+    #[inline(always)]
+    fn rewrite_headers(
+        ip: &mut Self,
+        tcp: &mut TcpHdr,
+        e: &SpliceEntry<u32>,
+        forwarding: bool,
+        opts_old: u32,
+        opts_new: u32,
+    ) {
+        let addrs_old = word4(ip.saddr) + word4(ip.daddr);
+        let ttl_old = word2([ip.ttl, ip.proto]);
+        let tcp_old = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
 
-    let addrs_new = word4(ip.saddr) + word4(ip.daddr);
-    let ttl_new = word2([ip.ttl, ip.proto]);
-    let tcp_new = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
-    ip.check = csum::replace(ip.check, addrs_old + ttl_old, addrs_new + ttl_new);
-    // The addresses count again for the TCP pseudo-header.
-    tcp.check = csum::replace(tcp.check, addrs_old + tcp_old + opts_old, addrs_new + tcp_new + opts_new);
+        ip.saddr = e.saddr.to_ne_bytes();
+        ip.daddr = e.daddr.to_ne_bytes();
+        if forwarding {
+            ip.ttl = ip.ttl.wrapping_sub(1);
+        }
+        tcp.sport = e.sport.to_ne_bytes();
+        tcp.dport = e.dport.to_ne_bytes();
+        tcp.seq = tcp.seq().wrapping_add(e.seq_add()).to_be_bytes();
+        if tcp.flags & TCP_ACK != 0 {
+            tcp.ack = tcp.ack_seq().wrapping_add(e.ack_add()).to_be_bytes();
+        }
+        if e.wnd_shl | e.wnd_shr != 0 {
+            tcp.window = rescale_window(u16::from_be_bytes(tcp.window), e.wnd_shl, e.wnd_shr).to_be_bytes();
+        }
+
+        let addrs_new = word4(ip.saddr) + word4(ip.daddr);
+        let ttl_new = word2([ip.ttl, ip.proto]);
+        let tcp_new = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
+        ip.check = csum::replace(ip.check, addrs_old + ttl_old, addrs_new + ttl_new);
+        // The addresses count again for the TCP pseudo-header.
+        tcp.check = csum::replace(tcp.check, addrs_old + tcp_old + opts_old, addrs_new + tcp_new + opts_new);
+    }
+}
+
+impl SpliceHeader for Ipv6Hdr {
+    /// No header checksum, and the hop limit is in no pseudo-header.
+    #[inline(always)]
+    fn rewrite_headers(
+        ip: &mut Self,
+        tcp: &mut TcpHdr,
+        e: &SpliceEntry<[u32; 4]>,
+        forwarding: bool,
+        opts_old: u32,
+        opts_new: u32,
+    ) {
+        let addrs_old = csum::sum_words(&ip.saddr, 0) + csum::sum_words(&ip.daddr, 0);
+        let tcp_old = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
+
+        ip.saddr = v6_bytes(&e.saddr);
+        ip.daddr = v6_bytes(&e.daddr);
+        if forwarding {
+            ip.hop_limit = ip.hop_limit.wrapping_sub(1);
+        }
+        tcp.sport = e.sport.to_ne_bytes();
+        tcp.dport = e.dport.to_ne_bytes();
+        tcp.seq = tcp.seq().wrapping_add(e.seq_add()).to_be_bytes();
+        if tcp.flags & TCP_ACK != 0 {
+            tcp.ack = tcp.ack_seq().wrapping_add(e.ack_add()).to_be_bytes();
+        }
+        if e.wnd_shl | e.wnd_shr != 0 {
+            tcp.window = rescale_window(u16::from_be_bytes(tcp.window), e.wnd_shl, e.wnd_shr).to_be_bytes();
+        }
+
+        let addrs_new = csum::sum_words(&ip.saddr, 0) + csum::sum_words(&ip.daddr, 0);
+        let tcp_new = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq) + word4(tcp.ack) + word2(tcp.window);
+        tcp.check = csum::replace(tcp.check, addrs_old + tcp_old + opts_old, addrs_new + tcp_new + opts_new);
+    }
 }
 
 /// `(raw << shl) >> shr`, rounded up so that an open window never becomes
@@ -144,7 +204,7 @@ pub fn rescale_window(raw: u16, shl: u8, shr: u8) -> u16 {
 /// Advances `seq_next` past a segment (its payload, SYN and FIN), never
 /// backwards (retransmissions).
 #[inline(always)]
-pub fn advance_seq_next(e: &mut SpliceEntry, tcp: &TcpHdr, payload_len: usize) {
+pub fn advance_seq_next<A>(e: &mut SpliceEntry<A>, tcp: &TcpHdr, payload_len: usize) {
     let mut end = tcp.seq().wrapping_add(payload_len as u32);
     if tcp.flags & (TCP_SYN | TCP_FIN) != 0 {
         end = end.wrapping_add(1);
@@ -175,20 +235,20 @@ pub struct SpliceSetup {
 
 impl SpliceSetup {
     /// Key of the target → client entry: the target's replies.
-    pub fn target_key(&self) -> SpliceKey {
+    pub fn target_key<A: SpliceAddr>(&self) -> SpliceKey<A> {
         SpliceKey {
-            saddr: self.target_addr[0],
-            daddr: self.source_addr[0],
+            saddr: A::from_words(self.target_addr),
+            daddr: A::from_words(self.source_addr),
             sport: self.target_port,
             dport: self.source_port,
         }
     }
 
     /// Key of the client → target entry: the client's segments.
-    pub fn client_key(&self) -> SpliceKey {
+    pub fn client_key<A: SpliceAddr>(&self) -> SpliceKey<A> {
         SpliceKey {
-            saddr: self.client.saddr[0],
-            daddr: self.client.daddr[0],
+            saddr: A::from_words(self.client.saddr),
+            daddr: A::from_words(self.client.daddr),
             sport: self.client.sport,
             dport: self.client.dport,
         }
@@ -208,7 +268,7 @@ impl SpliceSetup {
 
     /// Both entries in the connecting state: (client → target,
     /// target → client).
-    pub fn connecting(&self) -> (SpliceEntry, SpliceEntry) {
+    pub fn connecting<A: SpliceAddr>(&self) -> (SpliceEntry<A>, SpliceEntry<A>) {
         let hs = &self.handshake;
         let mut flags = 0;
         if self.client_scales() {
@@ -219,8 +279,8 @@ impl SpliceSetup {
         }
         let client_shift = if self.client_scales() { hs.wscale } else { 0 };
         let to_target = SpliceEntry {
-            saddr: self.source_addr[0],
-            daddr: self.target_addr[0],
+            saddr: A::from_words(self.source_addr),
+            daddr: A::from_words(self.target_addr),
             sport: self.source_port,
             dport: self.target_port,
             wnd_shl: client_shift,
@@ -235,8 +295,8 @@ impl SpliceSetup {
             ..SpliceEntry::default()
         };
         let to_client = SpliceEntry {
-            saddr: self.client.daddr[0],
-            daddr: self.client.saddr[0],
+            saddr: A::from_words(self.client.daddr),
+            daddr: A::from_words(self.client.saddr),
             sport: self.client.dport,
             dport: self.client.sport,
             seq_shift: self.cookie_isn,
@@ -275,7 +335,11 @@ pub struct CompletingAck {
 /// Turns the connecting entries into established ones once the target's
 /// SYN/ACK is in, and returns the ACK the gate sends the target.
 #[inline(always)]
-pub fn complete(to_target: &mut SpliceEntry, to_client: &mut SpliceEntry, answer: &TargetAnswer) -> CompletingAck {
+pub fn complete<A>(
+    to_target: &mut SpliceEntry<A>,
+    to_client: &mut SpliceEntry<A>,
+    answer: &TargetAnswer,
+) -> CompletingAck {
     let ws_ok = to_target.flags & SPLICE_F_WS_SENT != 0 && answer.wscale != NO_WSCALE;
     let (ts_ok, target_tsval) = match answer.tsval {
         Some(v) if to_target.flags & SPLICE_F_TS_SENT != 0 => (true, v),
@@ -315,7 +379,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::abi::{FlowOwner, v4_words};
+    use crate::abi::FlowOwner;
     use crate::net::{Frame as _, Wire as _};
     use crate::option::{MAX_OPTION_BYTES, OptionBytes};
     use proptest::prelude::*;
@@ -324,12 +388,40 @@ mod tests {
     const VIP: [u8; 4] = [203, 0, 113, 10];
     const TARGET: [u8; 4] = [10, 1, 0, 20];
 
-    fn setup(cookie: u32, client_isn: u32, hs: HandshakeInfo, gw_ws: u8) -> SpliceSetup {
+    /// A test flow's three addresses, in one family.
+    struct Ends<I: IpHeader> {
+        client: I::Addr,
+        vip: I::Addr,
+        target: I::Addr,
+    }
+
+    const V4: Ends<Ipv4Hdr> = Ends { client: CLIENT, vip: VIP, target: TARGET };
+    const V6: Ends<Ipv6Hdr> = Ends {
+        client: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+        vip: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0x71, 0, 0, 0, 0, 0, 0, 0, 10],
+        target: [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 20],
+    };
+
+    fn setup_in<I: IpHeader>(
+        ends: &Ends<I>,
+        cookie: u32,
+        client_isn: u32,
+        hs: HandshakeInfo,
+        gw_ws: u8,
+    ) -> SpliceSetup {
         SpliceSetup {
-            client: FlowKey::ipv4(CLIENT, VIP, 40000u16.to_be_bytes(), 443u16.to_be_bytes()),
-            source_addr: v4_words(CLIENT),
+            client: FlowKey {
+                saddr: I::words(ends.client),
+                daddr: I::words(ends.vip),
+                sport: crate::abi::port_field(40000u16.to_be_bytes()),
+                dport: crate::abi::port_field(443u16.to_be_bytes()),
+                family: I::FAMILY,
+                proto: crate::net::IPPROTO_TCP,
+                _pad: 0,
+            },
+            source_addr: I::words(ends.client),
             source_port: crate::abi::port_field(40000u16.to_be_bytes()),
-            target_addr: v4_words(TARGET),
+            target_addr: I::words(ends.target),
             target_port: crate::abi::port_field(8443u16.to_be_bytes()),
             client_isn,
             cookie_isn: cookie,
@@ -339,32 +431,70 @@ mod tests {
         }
     }
 
-    /// A segment as (IPv4 header, TCP header, options, payload length).
+    fn setup(cookie: u32, client_isn: u32, hs: HandshakeInfo, gw_ws: u8) -> SpliceSetup {
+        setup_in(&V4, cookie, client_isn, hs, gw_ws)
+    }
+
+    /// An IP header of a test segment: its family's differences.
+    trait TestIp: SpliceHeader + Clone + core::fmt::Debug + PartialEq {
+        fn header(saddr: Self::Addr, daddr: Self::Addr, tcp_len: usize) -> Self;
+        /// The header's own checksum is valid (IPv6 has none).
+        fn header_valid(&self) -> bool;
+    }
+
+    impl TestIp for Ipv4Hdr {
+        fn header(saddr: [u8; 4], daddr: [u8; 4], tcp_len: usize) -> Self {
+            let mut ip = Ipv4Hdr {
+                version_ihl: 0x45,
+                tos: 0,
+                total_len: ((20 + tcp_len) as u16).to_be_bytes(),
+                id: [0, 1],
+                frag: [0x40, 0],
+                ttl: 64,
+                proto: 6,
+                check: [0, 0],
+                saddr,
+                daddr,
+            };
+            ip.check = csum::finish(csum::sum_words(&ip, 0));
+            ip
+        }
+        fn header_valid(&self) -> bool {
+            csum::verifies(self.as_bytes(), 0)
+        }
+    }
+
+    impl TestIp for Ipv6Hdr {
+        fn header(saddr: [u8; 16], daddr: [u8; 16], tcp_len: usize) -> Self {
+            Ipv6Hdr {
+                version_class_flow: [0x60, 0x01, 0x23, 0x45],
+                payload_len: (tcp_len as u16).to_be_bytes(),
+                next_header: 6,
+                hop_limit: 64,
+                saddr,
+                daddr,
+            }
+        }
+        fn header_valid(&self) -> bool {
+            true
+        }
+    }
+
+    /// A segment as (IP header, TCP header, options, payload).
     #[derive(Clone, Debug, PartialEq)]
-    struct Seg {
-        ip: Ipv4Hdr,
+    struct Seg<I> {
+        ip: I,
         tcp: TcpHdr,
         opts: Vec<u8>,
         payload: Vec<u8>,
     }
 
-    impl Seg {
-        fn new(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, seq: u32, ack: u32, opts: Vec<u8>) -> Self {
+    impl<I: TestIp> Seg<I> {
+        fn new(saddr: I::Addr, daddr: I::Addr, sport: u16, dport: u16, seq: u32, ack: u32, opts: Vec<u8>) -> Self {
             let payload: Vec<u8> = (0..37u8).collect();
             let tcp_len = 20 + opts.len() + payload.len();
             let mut s = Seg {
-                ip: Ipv4Hdr {
-                    version_ihl: 0x45,
-                    tos: 0,
-                    total_len: ((20 + tcp_len) as u16).to_be_bytes(),
-                    id: [0, 1],
-                    frag: [0x40, 0],
-                    ttl: 64,
-                    proto: 6,
-                    check: [0, 0],
-                    saddr,
-                    daddr,
-                },
+                ip: I::header(saddr, daddr, tcp_len),
                 tcp: TcpHdr {
                     sport: sport.to_be_bytes(),
                     dport: dport.to_be_bytes(),
@@ -379,15 +509,12 @@ mod tests {
                 opts,
                 payload,
             };
-            s.ip.check = csum::finish(csum::sum_words(&s.ip, 0));
             s.tcp.check = s.full_tcp_checksum();
             s
         }
 
         fn tcp_bytes(&self) -> Vec<u8> {
-            let mut b = Vec::new();
-            // SAFETY: TcpHdr is plain bytes.
-            b.extend_from_slice(unsafe { core::slice::from_raw_parts((&self.tcp as *const TcpHdr).cast::<u8>(), 20) });
+            let mut b = self.tcp.as_bytes().to_vec();
             b.extend_from_slice(&self.opts);
             b.extend_from_slice(&self.payload);
             b
@@ -397,8 +524,7 @@ mod tests {
             let mut b = self.tcp_bytes();
             b[16] = 0;
             b[17] = 0;
-            let pseudo = csum::tcp_pseudo_sum(self.ip.saddr, self.ip.daddr, b.len() as u16);
-            let mut acc = pseudo;
+            let mut acc = self.ip.tcp_pseudo_sum(b.len() as u16);
             for c in b.chunks(2) {
                 acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
             }
@@ -406,15 +532,11 @@ mod tests {
         }
 
         fn checksums_valid(&self) -> bool {
-            let pseudo = csum::tcp_pseudo_sum(self.ip.saddr, self.ip.daddr, self.tcp_bytes().len() as u16);
-            csum::verifies(
-                // SAFETY: Ipv4Hdr is plain bytes.
-                unsafe { core::slice::from_raw_parts((&self.ip as *const Ipv4Hdr).cast::<u8>(), 20) },
-                0,
-            ) && csum::verifies(&self.tcp_bytes(), pseudo)
+            let pseudo = self.ip.tcp_pseudo_sum(self.tcp_bytes().len() as u16);
+            self.ip.header_valid() && csum::verifies(&self.tcp_bytes(), pseudo)
         }
 
-        fn apply(&self, e: &SpliceEntry) -> Seg {
+        fn apply(&self, e: &SpliceEntry<I::SpliceAddr>) -> Self {
             let mut out = self.clone();
             let mut opts = OptionBytes::from_slice(&self.opts).expect("<= 40 bytes");
             if rewrite(&mut out.ip, &mut out.tcp, &mut opts, e, false) {
@@ -469,10 +591,10 @@ mod tests {
 
     /// The entry that undoes `e` (tests only: a segment rewritten with `e`
     /// and then with this one is the original).
-    fn inverse(e: &SpliceEntry, orig: &Seg) -> SpliceEntry {
+    fn inverse<I: TestIp>(e: &SpliceEntry<I::SpliceAddr>, orig: &Seg<I>) -> SpliceEntry<I::SpliceAddr> {
         SpliceEntry {
-            saddr: u32::from_ne_bytes(orig.ip.saddr),
-            daddr: u32::from_ne_bytes(orig.ip.daddr),
+            saddr: SpliceAddr::from_words(I::words(orig.ip.saddr())),
+            daddr: SpliceAddr::from_words(I::words(orig.ip.daddr())),
             sport: u16::from_ne_bytes(orig.tcp.sport),
             dport: u16::from_ne_bytes(orig.tcp.dport),
             seq_shift: 0u32.wrapping_sub(e.seq_shift),
@@ -509,7 +631,7 @@ mod tests {
     #[test]
     fn completion_builds_the_ack_the_target_expects() {
         let s = setup(0xdead_0000, 0x1000, hs(7, true, 0x2222_1100), 10);
-        let (mut ct, mut tc) = s.connecting();
+        let (mut ct, mut tc) = s.connecting::<u32>();
         let ack = complete(&mut ct, &mut tc, &TargetAnswer { isn: 0x5000, wscale: 9, tsval: Some(777) });
         assert_eq!(ack.seq, 0x1001, "the client's next sequence number");
         assert_eq!(ack.ack, 0x5001);
@@ -519,7 +641,7 @@ mod tests {
         assert_eq!((ct.wnd_shl, ct.wnd_shr), (7, 7));
         assert_eq!((ct.state, tc.state), (SPLICE_ESTABLISHED, SPLICE_ESTABLISHED));
         // A target without window scaling or timestamps.
-        let (mut ct, mut tc) = s.connecting();
+        let (mut ct, mut tc) = s.connecting::<u32>();
         let ack = complete(&mut ct, &mut tc, &TargetAnswer { isn: 9, wscale: NO_WSCALE, tsval: None });
         assert_eq!(ack.ts, None);
         assert_eq!((tc.wnd_shl, tc.wnd_shr), (0, 10), "unscaled target windows to the client's scale");
@@ -528,76 +650,127 @@ mod tests {
         assert_eq!((tc.ts_shift, ct.ts_shift), (0, 0));
     }
 
+    /// Random handshake numbers and SACK blocks for the property below.
+    #[derive(Clone, Debug)]
+    struct Numbers {
+        cookie: u32,
+        client_isn: u32,
+        target_isn: u32,
+        cookie_ts: u32,
+        target_ts: u32,
+        client_ts: u32,
+        sent: u32,
+        blocks: Vec<(u32, u32)>,
+    }
+
+    fn numbers() -> impl Strategy<Value = Numbers> {
+        (
+            (any::<u32>(), any::<u32>(), any::<u32>()),
+            (any::<u32>(), any::<u32>(), any::<u32>()),
+            1u32..1_000_000,
+            proptest::collection::vec((any::<u32>(), 1u32..100_000), 0..=3),
+        )
+            .prop_map(|((cookie, client_isn, target_isn), (cookie_ts, target_ts, client_ts), sent, blocks)| {
+                Numbers { cookie, client_isn, target_isn, cookie_ts, target_ts, client_ts, sent, blocks }
+            })
+    }
+
+    /// The two directions agree: what the target acknowledges, SACKs or
+    /// echoes in target space reaches the client in client space and
+    /// back; checksums stay valid; and a segment rewritten and rewritten
+    /// back is the original, byte for byte.
+    fn rewrite_is_consistent_both_ways<I: TestIp>(ends: &Ends<I>, n: &Numbers) -> Result<(), TestCaseError> {
+        let (cookie, target_isn, sent) = (n.cookie, n.target_isn, n.sent);
+        let s = setup_in(ends, cookie, n.client_isn, hs(7, true, n.cookie_ts), 7);
+        let (mut ct, mut tc) = s.connecting::<I::SpliceAddr>();
+        complete(&mut ct, &mut tc, &TargetAnswer { isn: target_isn, wscale: 7, tsval: Some(n.target_ts) });
+
+        // Client data: SEQ in client space, ACK acknowledges the cookie
+        // side; TSecr echoes a gate-side TSval.
+        let c_seq = n.client_isn.wrapping_add(sent);
+        let c_ack = cookie.wrapping_add(1 + sent);
+        let c_tsecr = n.cookie_ts.wrapping_add(sent);
+        let c_blocks: Vec<(u32, u32)> = n
+            .blocks
+            .iter()
+            .map(|(l, len)| (cookie.wrapping_add(*l), cookie.wrapping_add(l.wrapping_add(*len))))
+            .collect();
+        let client_opts = sack_opts(n.client_ts, c_tsecr, &c_blocks);
+        let from_client = Seg::<I>::new(ends.client, ends.vip, 40000, 443, c_seq, c_ack, client_opts);
+        prop_assert!(from_client.checksums_valid());
+        let at_target = from_client.apply(&ct);
+        prop_assert!(at_target.checksums_valid(), "checksums after client → target");
+        prop_assert_eq!(at_target.ip.daddr(), ends.target);
+        prop_assert_eq!(u16::from_be_bytes(at_target.tcp.dport), 8443);
+        prop_assert_eq!(at_target.tcp.seq(), c_seq, "client sequence numbers are not shifted");
+        prop_assert_eq!(at_target.tcp.ack_seq(), target_isn.wrapping_add(1 + sent), "ACK into target space");
+        prop_assert_eq!(at_target.ts(), Some((n.client_ts, n.target_ts.wrapping_add(sent))), "TSecr into target space");
+        let into_target = |edge: u32| edge.wrapping_sub(cookie).wrapping_add(target_isn);
+        let want: Vec<u32> = c_blocks.iter().flat_map(|(l, r)| [into_target(*l), into_target(*r)]).collect();
+        prop_assert_eq!(sack_edges(&at_target.opts), want, "SACK edges into target space");
+        prop_assert_eq!(at_target.apply(&inverse(&ct, &from_client)), from_client.clone(), "there and back");
+
+        // The target's answer acknowledges the client's data and echoes
+        // its TSval; its SEQ and TSval are in target space.
+        let t_seq = target_isn.wrapping_add(1 + sent);
+        let t_ack = c_seq.wrapping_add(37);
+        let target_opts = ts_opts(n.target_ts.wrapping_add(sent), n.client_ts);
+        let from_target = Seg::<I>::new(ends.target, ends.client, 8443, 40000, t_seq, t_ack, target_opts);
+        let at_client = from_target.apply(&tc);
+        prop_assert!(at_client.checksums_valid(), "checksums after target → client");
+        prop_assert_eq!(at_client.ip.saddr(), ends.vip);
+        prop_assert_eq!(u16::from_be_bytes(at_client.tcp.sport), 443);
+        prop_assert_eq!(at_client.tcp.seq(), cookie.wrapping_add(1 + sent), "SEQ into the cookie's space");
+        prop_assert_eq!(at_client.tcp.ack_seq(), t_ack, "the client's own space is not shifted");
+        prop_assert_eq!(at_client.ts(), Some((n.cookie_ts.wrapping_add(sent), n.client_ts)));
+        prop_assert_eq!(at_client.apply(&inverse(&tc, &from_target)), from_target.clone(), "there and back");
+
+        // The data path's fast path for the usual option layout gives the
+        // same bytes as the general rewrite, both ways.
+        let plain_client =
+            Seg::<I>::new(ends.client, ends.vip, 40000, 443, c_seq, c_ack, ts_opts(n.client_ts, c_tsecr));
+        for (seg, e) in [(&plain_client, &ct), (&from_target, &tc)] {
+            let mut fast = seg.clone();
+            let mut ts = fast.opts[..].load::<AlignedTimestamp>(0).expect("12 option bytes");
+            prop_assert!(ts.is_aligned_timestamp());
+            rewrite_aligned_timestamp(&mut fast.ip, &mut fast.tcp, &mut ts, e, false);
+            fast.opts = ts.as_bytes().to_vec();
+            prop_assert_eq!(fast, seg.apply(e), "fast path");
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
 
-        /// For random ISNs, timestamps and SACK blocks, the two directions
-        /// agree: what the target acknowledges, SACKs or echoes in target
-        /// space reaches the client in client space and back; checksums
-        /// stay valid; and a segment rewritten and rewritten back is the
-        /// original, byte for byte.
         #[test]
-        fn rewrite_is_consistent_both_ways(
-            cookie in any::<u32>(),
-            client_isn in any::<u32>(),
-            target_isn in any::<u32>(),
-            cookie_ts in any::<u32>(),
-            target_ts in any::<u32>(),
-            client_ts in any::<u32>(),
-            sent in 1u32..1_000_000,
-            blocks in proptest::collection::vec((any::<u32>(), 1u32..100_000), 0..=3),
-        ) {
-            let s = setup(cookie, client_isn, hs(7, true, cookie_ts), 7);
-            let (mut ct, mut tc) = s.connecting();
-            complete(&mut ct, &mut tc, &TargetAnswer { isn: target_isn, wscale: 7, tsval: Some(target_ts) });
-
-            // Client data: SEQ in client space, ACK acknowledges the
-            // cookie side; TSecr echoes a gate-side TSval.
-            let c_seq = client_isn.wrapping_add(sent);
-            let c_ack = cookie.wrapping_add(1 + sent);
-            let c_tsecr = cookie_ts.wrapping_add(sent);
-            let c_blocks: Vec<(u32, u32)> =
-                blocks.iter().map(|(l, n)| (cookie.wrapping_add(*l), cookie.wrapping_add(l.wrapping_add(*n)))).collect();
-            let from_client = Seg::new(CLIENT, VIP, 40000, 443, c_seq, c_ack, sack_opts(client_ts, c_tsecr, &c_blocks));
-            prop_assert!(from_client.checksums_valid());
-            let at_target = from_client.apply(&ct);
-            prop_assert!(at_target.checksums_valid(), "checksums after client → target");
-            prop_assert_eq!(at_target.ip.daddr, TARGET);
-            prop_assert_eq!(u16::from_be_bytes(at_target.tcp.dport), 8443);
-            prop_assert_eq!(at_target.tcp.seq(), c_seq, "client sequence numbers are not shifted");
-            prop_assert_eq!(at_target.tcp.ack_seq(), target_isn.wrapping_add(1 + sent), "ACK into target space");
-            prop_assert_eq!(at_target.ts(), Some((client_ts, target_ts.wrapping_add(sent))), "TSecr into target space");
-            let want: Vec<u32> = c_blocks.iter().flat_map(|(l, r)| [
-                l.wrapping_sub(cookie).wrapping_add(target_isn), r.wrapping_sub(cookie).wrapping_add(target_isn)
-            ]).collect();
-            prop_assert_eq!(sack_edges(&at_target.opts), want, "SACK edges into target space");
-            prop_assert_eq!(at_target.apply(&inverse(&ct, &from_client)), from_client.clone(), "there and back");
-
-            // The target's answer acknowledges the client's data and
-            // echoes its TSval; its SEQ and TSval are in target space.
-            let t_seq = target_isn.wrapping_add(1 + sent);
-            let t_ack = c_seq.wrapping_add(37);
-            let from_target = Seg::new(TARGET, CLIENT, 8443, 40000, t_seq, t_ack, ts_opts(target_ts.wrapping_add(sent), client_ts));
-            let at_client = from_target.apply(&tc);
-            prop_assert!(at_client.checksums_valid(), "checksums after target → client");
-            prop_assert_eq!(at_client.ip.saddr, VIP);
-            prop_assert_eq!(u16::from_be_bytes(at_client.tcp.sport), 443);
-            prop_assert_eq!(at_client.tcp.seq(), cookie.wrapping_add(1 + sent), "SEQ into the cookie's space");
-            prop_assert_eq!(at_client.tcp.ack_seq(), t_ack, "the client's own space is not shifted");
-            prop_assert_eq!(at_client.ts(), Some((cookie_ts.wrapping_add(sent), client_ts)));
-            prop_assert_eq!(at_client.apply(&inverse(&tc, &from_target)), from_target.clone(), "there and back");
-
-            // The data path's fast path for the usual option layout gives
-            // the same bytes as the general rewrite, both ways.
-            let plain_client = Seg::new(CLIENT, VIP, 40000, 443, c_seq, c_ack, ts_opts(client_ts, c_tsecr));
-            for (seg, e) in [(&plain_client, &ct), (&from_target, &tc)] {
-                let mut fast = seg.clone();
-                let mut ts = fast.opts[..].load::<AlignedTimestamp>(0).expect("12 option bytes");
-                prop_assert!(ts.is_aligned_timestamp());
-                rewrite_aligned_timestamp(&mut fast.ip, &mut fast.tcp, &mut ts, e, false);
-                fast.opts = ts.as_bytes().to_vec();
-                prop_assert_eq!(fast, seg.apply(e), "fast path");
-            }
+        fn ipv4_rewrite_is_consistent_both_ways(n in numbers()) {
+            rewrite_is_consistent_both_ways(&V4, &n)?;
         }
+
+        #[test]
+        fn ipv6_rewrite_is_consistent_both_ways(n in numbers()) {
+            rewrite_is_consistent_both_ways(&V6, &n)?;
+        }
+    }
+
+    /// Forwarding takes a hop off either family, and keeps IPv4's header
+    /// checksum valid; IPv6's header has none to keep.
+    #[test]
+    fn forwarding_decrements_the_hop_limit() {
+        fn forwarded<I: TestIp>(ends: &Ends<I>) -> Seg<I> {
+            let s = setup_in(ends, 1, 2, hs(7, true, 3), 7);
+            let (ct, _) = s.connecting::<I::SpliceAddr>();
+            let mut seg = Seg::<I>::new(ends.client, ends.vip, 40000, 443, 3, 2, ts_opts(4, 3));
+            let mut opts = OptionBytes::from_slice(&seg.opts).expect("12 option bytes");
+            rewrite(&mut seg.ip, &mut seg.tcp, &mut opts, &ct, true);
+            seg
+        }
+        let v4 = forwarded(&V4);
+        assert_eq!(v4.ip.ttl, 63, "IPv4: TTL 64 forwarded");
+        assert!(v4.checksums_valid(), "IPv4: both checksums valid after forwarding");
+        let v6 = forwarded(&V6);
+        assert_eq!(v6.ip.hop_limit, 63, "IPv6: hop limit 64 forwarded");
+        assert!(v6.checksums_valid(), "IPv6: the TCP checksum valid after forwarding");
     }
 }
