@@ -279,13 +279,15 @@ pub fn frag_needed(ip: &Ipv4Hdr, tcp: &TcpHdr, mtu: u16) -> FragNeededPacket {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     extern crate std;
     use std::{vec, vec::Vec};
 
     use super::*;
 
-    fn ipv4(saddr: [u8; 4], daddr: [u8; 4], proto: u8, payload: usize) -> Ipv4Hdr {
+    /// An IPv4 header without options, DF set, with its checksum (the
+    /// splice's tests use it too).
+    pub(crate) fn ipv4(saddr: [u8; 4], daddr: [u8; 4], proto: u8, payload: usize) -> Ipv4Hdr {
         let mut ip = Ipv4Hdr {
             version_ihl: 0x45,
             tos: 0,
