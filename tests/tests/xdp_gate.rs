@@ -1005,8 +1005,12 @@ fn the_census_counts_flows_by_state_and_the_flows_the_full_map_evicted() {
 /// stay well under that on every kernel the suite runs on: 6.1's verifier
 /// prunes least, and a change that grows the gate's paths can cross the
 /// limit there while 6.12 still loads it (docs/kernels.md, "Verifier
-/// headroom").
-const VERIFIER_BUDGET: u32 = 750_000;
+/// headroom"). 6.1 also counts the same object and settings differently
+/// with the kernel's state: the gate at 746k in a fresh VM, 790k to 798k
+/// once the page decoy's end-to-end tests have run in it (not through the
+/// netfilter modules they load: loading those alone changes nothing). The
+/// budget leaves room for that spread, which a real host may show too.
+const VERIFIER_BUDGET: u32 = 850_000;
 
 #[test]
 fn the_programs_verify_well_under_the_verifiers_limit() {
