@@ -73,7 +73,14 @@ pub fn tcp_pseudo_sum(saddr: [u8; 4], daddr: [u8; 4], tcp_len: u16) -> u32 {
 /// `tcp_len` bytes.
 #[inline(always)]
 pub fn tcp_pseudo_sum_v6(saddr: &[u8; 16], daddr: &[u8; 16], tcp_len: u16) -> u32 {
-    let mut acc = IPPROTO_TCP as u32 + tcp_len as u32;
+    pseudo_sum_v6(saddr, daddr, IPPROTO_TCP, tcp_len)
+}
+
+/// Sum of the IPv6 pseudo-header for `len` bytes of upper-layer protocol
+/// `next_header` (TCP, ICMPv6).
+#[inline(always)]
+pub fn pseudo_sum_v6(saddr: &[u8; 16], daddr: &[u8; 16], next_header: u8, len: u16) -> u32 {
+    let mut acc = next_header as u32 + len as u32;
     let mut i = 0;
     while i < 16 {
         acc +=

@@ -22,12 +22,13 @@
 //!   rewritten values: no receiver reads them.
 //!
 //! The gateway also sends errors of its own: when a spliced segment does
-//! not fit the next hop's MTU, [`frag_needed`] builds the "fragmentation
-//! needed" a router there would send, quoting the segment as it arrived.
+//! not fit the next hop's MTU, [`frag_needed`] (IPv4) and
+//! [`packet_too_big`] (ICMPv6, RFC 4443 §3.2) build the error a router
+//! there would send, quoting the segment as it arrived.
 
 use crate::abi::SpliceEntry;
 use crate::csum::{self, word2, word4};
-use crate::net::{Frame, IPPROTO_TCP, Ipv4Hdr, TcpHdr, Wire};
+use crate::net::{Frame, IPPROTO_TCP, Ipv4Hdr, Ipv6Hdr, TcpHdr, Wire};
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const ICMP_DEST_UNREACH: u8 = 3;
@@ -36,6 +37,9 @@ pub const ICMP_PARAMETERPROB: u8 = 12;
 /// `ICMP_DEST_UNREACH` code: fragmentation needed and DF set; the next
 /// hop's MTU is in the low half of the header's last word.
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 "packet too big"; the next hop's MTU is the header's last word.
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
 
 /// The ICMP header: type, code, checksum and the type-specific word.
 #[repr(C)]
@@ -278,6 +282,62 @@ pub fn frag_needed(ip: &Ipv4Hdr, tcp: &TcpHdr, mtu: u16) -> FragNeededPacket {
     FragNeededPacket { ip: out_ip, error: FragNeeded { icmp, quoted_ip, quoted_tcp } }
 }
 
+/// The ICMPv6 part of [`packet_too_big`]: the header, and the segment's
+/// IPv6 header and first eight bytes of TCP, which is what the receiver
+/// reads to find its connection (icmpv6_notify in net/ipv6/icmp.c pulls
+/// eight bytes past the quoted headers; tcp_v6_err reads ports and SEQ).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketTooBig {
+    pub icmp: IcmpHdr,
+    pub quoted_ip: Ipv6Hdr,
+    pub quoted_tcp: TcpPorts,
+}
+
+unsafe impl Wire for PacketTooBig {}
+
+const _: () = assert!(core::mem::size_of::<PacketTooBig>() == 56);
+
+/// A "packet too big" error from its IPv6 header on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PacketTooBigPacket {
+    pub ip: Ipv6Hdr,
+    pub error: PacketTooBig,
+}
+
+unsafe impl Wire for PacketTooBigPacket {}
+
+/// "Packet too big" for the segment `ip` + `tcp` (as it arrived), which
+/// does not fit the next hop's `mtu`, sent back to its source from the
+/// address it was sent to, as a router there would (icmp6_send in
+/// net/ipv6/icmp.c: traffic class 0, hop limit 64, the default). The
+/// quoted header says TCP follows it directly, with the length of the TCP
+/// part alone: the receiver walks the quote's extension headers to reach
+/// the ports, and the gate quotes none (the only ones it lets through to a
+/// service are padding and spent routing headers).
+#[inline(always)]
+pub fn packet_too_big(ip: &Ipv6Hdr, tcp: &TcpHdr, tcp_and_payload: u16, mtu: u32) -> PacketTooBigPacket {
+    let quoted_tcp = TcpPorts { sport: tcp.sport, dport: tcp.dport, seq: tcp.seq };
+    let icmp = IcmpHdr { kind: ICMPV6_PKT_TOOBIG, code: 0, check: [0; 2], rest: mtu.to_be_bytes() };
+    let mut quoted_ip = *ip;
+    quoted_ip.next_header = IPPROTO_TCP;
+    quoted_ip.payload_len = tcp_and_payload.to_be_bytes();
+    let len = core::mem::size_of::<PacketTooBig>() as u16;
+    let out_ip = Ipv6Hdr {
+        version_class_flow: (6u32 << 28).to_be_bytes(),
+        payload_len: len.to_be_bytes(),
+        next_header: IPPROTO_ICMPV6,
+        hop_limit: ERROR_TTL,
+        saddr: ip.daddr,
+        daddr: ip.saddr,
+    };
+    let mut error = PacketTooBig { icmp, quoted_ip, quoted_tcp };
+    let pseudo = csum::pseudo_sum_v6(&out_ip.saddr, &out_ip.daddr, IPPROTO_ICMPV6, len);
+    error.icmp.check = csum::finish(csum::sum_words(&error, pseudo));
+    PacketTooBigPacket { ip: out_ip, error }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     extern crate std;
@@ -446,5 +506,49 @@ pub(crate) mod tests {
         assert_eq!(&bytes[20..22], &[ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED], "type and code");
         assert_eq!(u16::from_be_bytes([bytes[26], bytes[27]]), 1400, "next-hop MTU");
         assert_eq!(&bytes[28..56], &seg[..28], "the segment's header and first 8 TCP bytes");
+    }
+
+    #[test]
+    fn packet_too_big_quotes_the_segment_and_verifies() {
+        let (client, vip) = ([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7], [0xfd; 16]);
+        let ip = Ipv6Hdr {
+            version_class_flow: [0x60, 0x01, 0x23, 0x45],
+            payload_len: 1460u16.to_be_bytes(),
+            // As if an 8-byte destination options header came first: the
+            // quote says TCP follows at once, with the TCP part's length.
+            next_header: 60,
+            hop_limit: 61,
+            saddr: client,
+            daddr: vip,
+        };
+        let tcp = TcpHdr {
+            sport: 40000u16.to_be_bytes(),
+            dport: 443u16.to_be_bytes(),
+            seq: 9u32.to_be_bytes(),
+            ack: 10u32.to_be_bytes(),
+            doff_res: 5 << 4,
+            flags: crate::net::TCP_ACK,
+            window: [1, 0],
+            check: [0xab, 0xcd],
+            urg: [0, 0],
+        };
+        let packet = packet_too_big(&ip, &tcp, 1452, 1400);
+        let bytes = packet.as_bytes();
+        assert_eq!(bytes.len(), 96, "IPv6 header, ICMPv6 header, quoted IPv6 header and 8 TCP bytes");
+        assert_eq!(bytes[0] >> 4, 6);
+        assert_eq!(u16::from_be_bytes([bytes[4], bytes[5]]), 56, "payload length");
+        assert_eq!((bytes[6], bytes[7]), (IPPROTO_ICMPV6, 64), "next header and hop limit");
+        assert_eq!(&bytes[8..24], &vip, "from the address the segment was sent to");
+        assert_eq!(&bytes[24..40], &client, "to its source");
+        assert_eq!((bytes[40], bytes[41]), (ICMPV6_PKT_TOOBIG, 0), "type and code");
+        assert_eq!(u32::from_be_bytes([bytes[44], bytes[45], bytes[46], bytes[47]]), 1400, "next-hop MTU");
+        let pseudo = csum::pseudo_sum_v6(&vip, &client, IPPROTO_ICMPV6, 56);
+        assert!(csum::verifies(&bytes[40..], pseudo), "ICMPv6 checksum over the pseudo-header");
+        let quoted = &bytes[48..88];
+        assert_eq!(&quoted[..4], &ip.version_class_flow, "the segment's first word");
+        assert_eq!(u16::from_be_bytes([quoted[4], quoted[5]]), 1452, "the TCP part's length");
+        assert_eq!(quoted[6], IPPROTO_TCP, "TCP follows the quoted header");
+        assert_eq!((&quoted[8..24], &quoted[24..40]), (&client[..], &vip[..]), "the segment's addresses");
+        assert_eq!(&bytes[88..96], &tcp.as_bytes()[..8], "ports and SEQ");
     }
 }

@@ -171,11 +171,6 @@ pub fn handshake_options(mss: u16, sack: bool, ts: Option<(u32, u32)>, wscale: O
     (o, n)
 }
 
-#[inline(always)]
-fn reply_ip(req: &Ipv4Hdr, tcp_len: usize) -> Ipv4Hdr {
-    tcp_ipv4_header(req.daddr, req.saddr, tcp_len)
-}
-
 /// The IPv4 header Linux puts on a TCP segment of `tcp_len` bytes the host
 /// sends itself: no options, TTL 64, DF, id 0 (a request socket's DF
 /// packets, ip_build_and_send_pkt in net/ipv4/ip_output.c), checksum set.
@@ -285,22 +280,24 @@ fn closed_port_reset<I: ReplyHeader>(
 }
 
 /// The ACK that completes the target's handshake, answering its SYN/ACK
-/// (`synack_ip`) on behalf of the client, with timestamps.
+/// (`synack_ip`) on behalf of the client, with timestamps. IPv6's carries
+/// flow label 0: the client's own label, which its segments keep through
+/// the rewrite, is not known before its data arrives.
 #[inline(always)]
-pub fn handshake_ack_ts(
-    synack_ip: &Ipv4Hdr,
+pub fn handshake_ack_ts<I: ReplyHeader>(
+    synack_ip: &I,
     synack: &TcpHdr,
     seq: u32,
     ack: u32,
     window: u16,
     ts: (u32, u32),
-) -> Reply<Ipv4Hdr, 12> {
+) -> Reply<I, 12> {
     let len = core::mem::size_of::<TcpWithOptions<12>>();
     let mut opts = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP, 0, 0, 0, 0, 0, 0, 0, 0];
     opts[4..8].copy_from_slice(&ts.0.to_be_bytes());
     opts[8..12].copy_from_slice(&ts.1.to_be_bytes());
     let mut out = Reply {
-        ip: reply_ip(synack_ip, len),
+        ip: I::tcp_reply(synack_ip, len, 0, 0),
         tcp: TcpWithOptions { tcp: ack_header(synack, seq, ack, window, len), opts },
     };
     let pseudo = out.ip.tcp_pseudo_sum(len as u16);
@@ -310,10 +307,10 @@ pub fn handshake_ack_ts(
 
 /// As [`handshake_ack_ts`], without timestamps.
 #[inline(always)]
-pub fn handshake_ack(synack_ip: &Ipv4Hdr, synack: &TcpHdr, seq: u32, ack: u32, window: u16) -> Reply<Ipv4Hdr, 0> {
+pub fn handshake_ack<I: ReplyHeader>(synack_ip: &I, synack: &TcpHdr, seq: u32, ack: u32, window: u16) -> Reply<I, 0> {
     let len = core::mem::size_of::<TcpHdr>();
     let mut out = Reply {
-        ip: reply_ip(synack_ip, len),
+        ip: I::tcp_reply(synack_ip, len, 0, 0),
         tcp: TcpWithOptions { tcp: ack_header(synack, seq, ack, window, len), opts: [] },
     };
     let pseudo = out.ip.tcp_pseudo_sum(len as u16);
