@@ -26,9 +26,18 @@ pub const MAP_PENDING: &str = "ACKGATE_PENDING";
 pub const MAP_EVENTS: &str = "ACKGATE_EVENTS";
 pub const MAP_COUNTERS: &str = "ACKGATE_COUNTERS";
 pub const MAP_SPLICE: &str = "ACKGATE_SPLICE";
+/// IPv6 spliced flows (`SpliceKey<[u32; 4]>`, `SpliceEntry<[u32; 4]>`).
+pub const MAP_SPLICE6: &str = "ACKGATE_SPLICE6";
+/// The gate's tail-called stages, by `STAGE_*` index.
+pub const MAP_STAGES: &str = "ACKGATE_STAGES";
 pub const MAP_HELD: &str = "ACKGATE_HELD";
 pub const MAP_REDIRECT: &str = "ACKGATE_REDIRECT";
 pub const MAP_TRANSIT: &str = "ACKGATE_TRANSIT";
+
+/// `MAP_STAGES` index of the IPv6 splice stage (`ackgate_splice_v6`).
+pub const STAGE_SPLICE_V6: u32 = 0;
+/// Slots of `MAP_STAGES`.
+pub const STAGE_SLOTS: u32 = 1;
 
 pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_AGENTS: u32 = 65536;
@@ -568,7 +577,7 @@ pub const SPLICE_F_RST: u8 = 16;
 /// needs: one for IPv4, four for IPv6. Each flow has two entries, so every
 /// byte of key and value counts twice per flow (see [`SpliceEntry`]), and
 /// IPv4 flows do not pay for IPv6's addresses: each family has its map.
-pub trait SpliceAddr: Copy + Default + PartialEq + Eq + core::hash::Hash + core::fmt::Debug {
+pub trait SpliceAddr: Copy + Default + PartialEq + Eq + core::hash::Hash + core::fmt::Debug + 'static {
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     const FAMILY: u8;
     /// As a [`FlowKey`]'s address words.

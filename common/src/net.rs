@@ -38,6 +38,8 @@ pub fn overlay<T: Wire, const N: usize>(buf: &mut [u8; N]) -> &mut T {
 
 unsafe impl Wire for u8 {}
 unsafe impl<const N: usize> Wire for [u8; N] {}
+/// Address words (`abi::SpliceAddr`), written to packets as they are.
+unsafe impl Wire for [u32; 4] {}
 
 /// Read access to one frame, starting at the Ethernet header.
 pub trait Frame {

@@ -22,6 +22,8 @@ unsafe impl aya::Pod for AgentIdentity {}
 unsafe impl aya::Pod for StampedFlow {}
 unsafe impl aya::Pod for SpliceEntry {}
 unsafe impl aya::Pod for SpliceKey {}
+unsafe impl aya::Pod for SpliceEntry<[u32; 4]> {}
+unsafe impl aya::Pod for SpliceKey<[u32; 4]> {}
 unsafe impl aya::Pod for SynAckProfile {}
 
 /// Whether a map call failed only because the key was not there. aya

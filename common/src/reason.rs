@@ -144,4 +144,7 @@ reasons! {
     /// IPv6 to a VIP with more extension headers than the gate walks
     /// (`net::MAX_IPV6_EXTENSIONS`): dropped.
     DROP_IPV6_EXTENSIONS = 44, "drop_ipv6_extensions";
+    /// A segment of an IPv6 spliced flow, but the splice stage's slot was
+    /// empty (a gate object loaded without it): dropped.
+    ERR_STAGE_MISSING = 45, "err_stage_missing";
 }

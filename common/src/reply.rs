@@ -280,42 +280,42 @@ fn closed_port_reset<I: ReplyHeader>(
 }
 
 /// The ACK that completes the target's handshake, answering its SYN/ACK
-/// (`synack_ip`) on behalf of the client, with timestamps. IPv6's carries
-/// flow label 0: the client's own label, which its segments keep through
-/// the rewrite, is not known before its data arrives.
+/// (`synack_ip`) on behalf of the client, with timestamps, into `out` (the
+/// gate's scratch map: built on the BPF stack, IPv6's took the splice
+/// stage's frame past its room). IPv6's carries flow label 0: the client's
+/// own label, which its segments keep through the rewrite, is not known
+/// before its data arrives.
 #[inline(always)]
 pub fn handshake_ack_ts<I: ReplyHeader>(
     synack_ip: &I,
     synack: &TcpHdr,
-    seq: u32,
-    ack: u32,
-    window: u16,
+    (seq, ack, window): (u32, u32, u16),
     ts: (u32, u32),
-) -> Reply<I, 12> {
+    out: &mut Reply<I, 12>,
+) {
     let len = core::mem::size_of::<TcpWithOptions<12>>();
-    let mut opts = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP, 0, 0, 0, 0, 0, 0, 0, 0];
-    opts[4..8].copy_from_slice(&ts.0.to_be_bytes());
-    opts[8..12].copy_from_slice(&ts.1.to_be_bytes());
-    let mut out = Reply {
-        ip: I::tcp_reply(synack_ip, len, 0, 0),
-        tcp: TcpWithOptions { tcp: ack_header(synack, seq, ack, window, len), opts },
-    };
+    out.ip = I::tcp_reply(synack_ip, len, 0, 0);
+    out.tcp.tcp = ack_header(synack, seq, ack, window, len);
+    out.tcp.opts = [TCPOPT_NOP, TCPOPT_NOP, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP, 0, 0, 0, 0, 0, 0, 0, 0];
+    out.tcp.opts[4..8].copy_from_slice(&ts.0.to_be_bytes());
+    out.tcp.opts[8..12].copy_from_slice(&ts.1.to_be_bytes());
     let pseudo = out.ip.tcp_pseudo_sum(len as u16);
     out.tcp.tcp.check = csum::finish(csum::sum_words(&out.tcp, pseudo));
-    out
 }
 
 /// As [`handshake_ack_ts`], without timestamps.
 #[inline(always)]
-pub fn handshake_ack<I: ReplyHeader>(synack_ip: &I, synack: &TcpHdr, seq: u32, ack: u32, window: u16) -> Reply<I, 0> {
+pub fn handshake_ack<I: ReplyHeader>(
+    synack_ip: &I,
+    synack: &TcpHdr,
+    (seq, ack, window): (u32, u32, u16),
+    out: &mut Reply<I, 0>,
+) {
     let len = core::mem::size_of::<TcpHdr>();
-    let mut out = Reply {
-        ip: I::tcp_reply(synack_ip, len, 0, 0),
-        tcp: TcpWithOptions { tcp: ack_header(synack, seq, ack, window, len), opts: [] },
-    };
+    out.ip = I::tcp_reply(synack_ip, len, 0, 0);
+    out.tcp.tcp = ack_header(synack, seq, ack, window, len);
     let pseudo = out.ip.tcp_pseudo_sum(len as u16);
     out.tcp.tcp.check = csum::finish(csum::sum_words(&out.tcp, pseudo));
-    out
 }
 
 #[inline(always)]

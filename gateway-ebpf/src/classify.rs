@@ -3,7 +3,7 @@
 //! IPv4 is classified here; IPv6 in `classify_v6`, a subprogram of its
 //! own, so that its larger parse does not weigh on IPv4's stack frame.
 
-use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, VipKey};
+use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, SpliceKey, VipKey};
 use ackgate_common::net::{
     ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv4Tcp, Ipv6Hdr, Ipv6Refusal, Parsed, Parsed6, parse_ipv4_tcp, parse_ipv6_tcp,
 };
@@ -96,7 +96,8 @@ fn classify_inner(frame: &XdpFrame) -> Class {
 }
 
 /// The IPv6 packet at `l3_off`: as `classify`, parsing into `scratch.seg6`
-/// for [`Verdict::PROTECTED_V6`]. A transit verdict leaves the offset in
+/// (and its splice key into `scratch.splice_key6`) for
+/// [`Verdict::PROTECTED_V6`]. A transit verdict leaves the offset in
 /// `scratch.seg.l3_off`.
 #[inline(never)]
 fn classify_v6(frame: &XdpFrame, l3_off: usize, scratch: &mut Scratch) -> Verdict {
@@ -132,5 +133,6 @@ fn classify_v6(frame: &XdpFrame, l3_off: usize, scratch: &mut Scratch) -> Verdic
     };
     scratch.policy = *policy;
     scratch.key = FlowKey::of_segment(&scratch.seg6);
+    scratch.splice_key6 = SpliceKey::of_segment(&scratch.seg6);
     Verdict::PROTECTED_V6
 }

@@ -65,6 +65,25 @@ pub fn route_v4(frame: &XdpFrame, l3_off: usize, ip: &Ipv4Hdr, saddr: [u8; 4], d
     lookup(frame, p)
 }
 
+/// As [`route_v4`], for an IPv6 packet of `packet_len` bytes from its
+/// fixed header on: the FIB compares that length with the route's MTU
+/// (bpf_ipv6_fib_lookup in net/core/filter.c checks `tot_len` against
+/// ip6_mtu), where IPv6's own length field leaves the fixed header out.
+#[inline(always)]
+pub fn route_v6(frame: &XdpFrame, l3_off: usize, packet_len: usize, saddr: [u32; 4], daddr: [u32; 4]) -> Route {
+    if l3_off != core::mem::size_of::<EthHdr>() {
+        return Route::KERNEL;
+    }
+    let Some(scratch) = maps::scratch() else {
+        return Route::KERNEL;
+    };
+    let p = &mut scratch.fib;
+    *p = params(AF_INET6, frame.ingress_ifindex(), packet_len as u16);
+    p.__bindgen_anon_3 = bpf_fib_lookup__bindgen_ty_3 { ipv6_src: saddr };
+    p.__bindgen_anon_4 = bpf_fib_lookup__bindgen_ty_4 { ipv6_dst: daddr };
+    lookup(frame, p)
+}
+
 /// Zeroed lookup parameters, written field by field: a zeroed struct
 /// compiles to a byte-at-a-time memset on BPF. Callers write them into
 /// their scratch space (`maps::Scratch`).

@@ -18,6 +18,7 @@
 //! - `hold`: client data of flows still waiting, copied for the splice;
 //! - `splice` + `forward`: the data path of spliced flows (rewrite, then
 //!   redirect or kernel forwarding), on both interfaces;
+//! - `stage`: the tail-called stages (IPv6's splice), verified apart;
 //! - `internal`: the internal interface's program: the target side of
 //!   spliced flows and the completion of the splice's handshake;
 //! - `icmp`: ICMP errors about spliced segments, translated for the
@@ -63,6 +64,8 @@ mod settings;
 #[cfg(target_arch = "bpf")]
 mod splice;
 #[cfg(target_arch = "bpf")]
+mod stage;
+#[cfg(target_arch = "bpf")]
 mod stats;
 #[cfg(target_arch = "bpf")]
 mod syn;
@@ -81,7 +84,7 @@ mod program {
 
     use crate::classify::classify;
     use crate::family::Family;
-    use crate::{ack, held, icmp, internal, maps, stats, syn, transit};
+    use crate::{ack, held, icmp, internal, maps, stage, stats, syn, transit};
     use ackgate_common::kernel::frame::XdpFrame;
 
     /// What to do with the frame (low half), and why (high half). One
@@ -99,6 +102,10 @@ mod program {
         /// Not a verdict: `classify` found an IPv6 segment to a protected
         /// service (in `Scratch::seg6`).
         pub const PROTECTED_V6: Verdict = Verdict::new(PROTECTED_V6, 0);
+        /// Not a verdict: `internal::parse` found an IPv6 segment of a
+        /// spliced flow (in `Scratch::seg6`); `internal` tail-calls the
+        /// splice stage.
+        pub const SPLICE_V6: Verdict = Verdict::new(SPLICE_V6, 0);
 
         pub const fn new(action: u32, reason: u32) -> Self {
             Self(action as u64 | (reason as u64) << 32)
@@ -125,6 +132,8 @@ mod program {
     pub const ICMP_V4: u32 = u32::MAX - 3;
     /// The action of [`Verdict::PROTECTED_V6`].
     const PROTECTED_V6: u32 = u32::MAX - 4;
+    /// The action of [`Verdict::SPLICE_V6`].
+    pub const SPLICE_V6: u32 = u32::MAX - 5;
 
     impl Verdict {
         pub const fn action(self) -> u32 {
@@ -149,6 +158,15 @@ mod program {
     pub fn ackgate_internal(ctx: XdpContext) -> u32 {
         let frame = XdpFrame::new(&ctx);
         let verdict = internal::internal(&frame);
+        stats::count(verdict.reason());
+        verdict.action()
+    }
+
+    /// The IPv6 splice stage, tail-called from both programs above.
+    #[xdp]
+    pub fn ackgate_splice_v6(ctx: XdpContext) -> u32 {
+        let frame = XdpFrame::new(&ctx);
+        let verdict = stage::splice_v6(&frame);
         stats::count(verdict.reason());
         verdict.action()
     }

@@ -3,8 +3,8 @@
 
 use ackgate_common::abi::{
     AgentKey, EVENTS_BYTES, FlowKey, HELD_BYTES, MAX_AGENTS, MAX_PENDING, MAX_SERVICES, MAX_SPLICED,
-    MAX_TRANSIT_PREFIXES, PendingFlow, SPLICE_F_TO_TARGET, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey,
-    TransitKey, VipInfo, VipKey,
+    MAX_TRANSIT_PREFIXES, PendingFlow, SPLICE_F_TO_TARGET, STAGE_SLOTS, ServiceKey, ServicePolicy, SpliceEntry,
+    SpliceKey, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::icmp::IcmpError;
 use ackgate_common::net::{Ipv4Tcp, Ipv6Tcp};
@@ -14,7 +14,9 @@ use ackgate_common::reply::MAX_REPLY_BYTES;
 use aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf};
+
+use crate::family::Family;
 
 #[map(name = "ACKGATE_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, ServicePolicy> = HashMap::pinned(MAX_SERVICES, 0);
@@ -38,6 +40,17 @@ pub static PENDING: LruHashMap<FlowKey, PendingFlow> = LruHashMap::pinned(MAX_PE
 /// removes entries when flows end.
 #[map(name = "ACKGATE_SPLICE")]
 pub static SPLICE: HashMap<SpliceKey, SpliceEntry> = HashMap::pinned(2 * MAX_SPLICED, 0);
+
+/// IPv6 spliced flows, as `SPLICE` (36-byte keys, 80-byte entries: a map
+/// of their own, so that IPv4 flows do not pay for IPv6's addresses).
+#[map(name = "ACKGATE_SPLICE6")]
+pub static SPLICE6: HashMap<SpliceKey<[u32; 4]>, SpliceEntry<[u32; 4]>> = HashMap::pinned(2 * MAX_SPLICED, 0);
+
+/// The tail-called stages (`stage`), by `abi::STAGE_*`. Pinned, like the
+/// links: a gateway that stopped leaves its programs in the slots, so
+/// spliced flows keep flowing until it restarts and replaces them.
+#[map(name = "ACKGATE_STAGES")]
+pub static STAGES: ProgramArray = ProgramArray::pinned(STAGE_SLOTS, 0);
 
 /// Client segments of flows that wait for their splice, for the control
 /// plane to deliver to the target once it is up (`HeldSegment`).
@@ -66,8 +79,10 @@ pub struct Scratch {
     pub seg6: Ipv6Tcp,
     pub policy: ServicePolicy,
     pub key: FlowKey,
-    /// The same 4-tuple as a splice-map key (`internal::parse`).
+    /// The same 4-tuple as a splice-map key (`internal::parse`), and as
+    /// IPv6's (`stage::splice_v6`).
     pub splice_key: SpliceKey,
+    pub splice_key6: SpliceKey<[u32; 4]>,
     pub opts: core::mem::MaybeUninit<OptionBytes>,
     /// Where the option walk leaves a segment's handshake options: map
     /// memory, which the verifier does not track (see
@@ -78,6 +93,10 @@ pub struct Scratch {
     pub fib: FibParams,
     /// An ICMP error being translated (`icmp`).
     pub icmp: IcmpError,
+    /// A flow's two splice entries while the target's handshake completes
+    /// them (`internal::connecting`): to the target, to the client.
+    pub splice_pair: [SpliceEntry; 2],
+    pub splice_pair6: [SpliceEntry<[u32; 4]>; 2],
     /// A reply being built (`reply::Reply` of either family).
     pub reply: [u8; MAX_REPLY_BYTES],
     /// The cookie helpers' copies of a segment's IP header and TCP header
@@ -113,8 +132,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(reason::COUNT, 0);
 /// carrying it on would let either network write into the other side of
 /// the flow.
 #[inline(always)]
-pub fn splice_entry(key: &SpliceKey, to_target: bool) -> Option<*mut SpliceEntry> {
-    let entry = SPLICE.get_ptr_mut(key)?;
+pub fn splice_entry<F: Family>(
+    key: &SpliceKey<F::SpliceAddr>,
+    to_target: bool,
+) -> Option<*mut SpliceEntry<F::SpliceAddr>> {
+    let entry = F::splice_map().get_ptr_mut(key)?;
     // SAFETY: a map value pointer valid for this run.
     let flags = unsafe { (*entry).flags };
     ((flags & SPLICE_F_TO_TARGET != 0) == to_target).then_some(entry)

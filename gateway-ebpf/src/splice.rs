@@ -1,13 +1,14 @@
 //! The data path of a spliced flow, for segments arriving on either
 //! interface: lifecycle flags, counters, the rewrite (`common::splice`) and
-//! the forward (`forward`). No userspace in the path.
+//! the forward (`forward`). No userspace in the path. Written once for
+//! both families: IPv4's runs inside the gate and internal programs,
+//! IPv6's in the splice stage (`stage`).
 
 use ackgate_common::abi::{
     END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, FlowKey, LAST_SEEN_SHIFT, SPLICE_CONNECTING,
     SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry,
 };
-use ackgate_common::icmp;
-use ackgate_common::net::{Frame, IP_DF, Ipv4Tcp, TCP_ACK, TCP_FIN, TCP_RST};
+use ackgate_common::net::{Frame, TCP_ACK, TCP_FIN, TCP_RST, TcpSegment};
 use ackgate_common::option::OptionBytes;
 use ackgate_common::reason;
 use ackgate_common::splice::{AlignedTimestamp, advance_seq_next, rewrite, rewrite_aligned_timestamp};
@@ -15,14 +16,20 @@ use aya_ebpf::bindings::xdp_action::XDP_DROP;
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use core::mem::size_of;
 
-use crate::maps::{self, SPLICE};
+use crate::family::Family;
+use crate::maps;
 use crate::program::Verdict;
-use crate::{events, forward, hold, respond};
+use crate::{events, forward, hold};
 use ackgate_common::kernel::frame::XdpFrame;
 
 /// A segment whose 4-tuple `key` has the splice entry `entry`.
 #[inline(never)]
-pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut SpliceEntry) -> Verdict {
+pub fn on_segment<F: Family>(
+    frame: &XdpFrame,
+    seg: &TcpSegment<F>,
+    key: &FlowKey,
+    entry: *mut SpliceEntry<F::SpliceAddr>,
+) -> Verdict {
     // SAFETY: a map value pointer, valid for this program run; fields are
     // read and written one at a time (another CPU may update counters of
     // the same entry: they are approximate under such races, never torn).
@@ -39,11 +46,11 @@ pub fn on_segment(frame: &XdpFrame, seg: &Ipv4Tcp, key: &FlowKey, entry: *mut Sp
     // Checked here, not in `lifecycle`: most segments carry neither flag,
     // and the call into that subprogram is not free.
     if seg.tcp.flags & (TCP_FIN | TCP_RST) != 0 {
-        lifecycle(seg, key, e);
+        lifecycle::<F>(seg, key, e);
     }
     e.last_seen = last_seen_now();
     e.packets = e.packets.wrapping_add(1);
-    e.bytes += seg.ip.total_len() as u64;
+    e.bytes += (u16::from_be_bytes(seg.ip.length_field()) as usize + F::LENGTH_EXCLUDES) as u64;
     advance_seq_next(e, &seg.tcp, seg.payload_len);
     if seg.tcp.flags & TCP_ACK != 0 {
         // What this sender expects next from the other side: the exact
@@ -67,7 +74,7 @@ pub fn last_seen_now() -> u32 {
 /// still goes through; the control plane removes the entries a moment
 /// later, after the last ACK.
 #[inline(never)]
-fn lifecycle(seg: &Ipv4Tcp, key: &FlowKey, e: &mut SpliceEntry) {
+fn lifecycle<F: Family>(seg: &TcpSegment<F>, key: &FlowKey, e: &mut SpliceEntry<F::SpliceAddr>) {
     let flags = seg.tcp.flags;
     let to_target = e.flags & SPLICE_F_TO_TARGET != 0;
     let client = if to_target { *key } else { e.peer_key().flow() };
@@ -83,7 +90,7 @@ fn lifecycle(seg: &Ipv4Tcp, key: &FlowKey, e: &mut SpliceEntry) {
     }
     e.flags |= SPLICE_F_FIN;
     // SAFETY: copied out at once.
-    let peer_fin = unsafe { SPLICE.get(e.peer_key()) }.is_some_and(|p| p.flags & SPLICE_F_FIN != 0);
+    let peer_fin = unsafe { F::splice_map().get(e.peer_key()) }.is_some_and(|p| p.flags & SPLICE_F_FIN != 0);
     if peer_fin {
         events::emit(EVENT_ENDED, &client, END_FIN, 0);
     }
@@ -93,12 +100,12 @@ fn lifecycle(seg: &Ipv4Tcp, key: &FlowKey, e: &mut SpliceEntry) {
 /// rewrite and the MTU answer are subprograms of their own, for stack
 /// room: each alone fits under this frame, inlined together they do not.
 #[inline(never)]
-fn forward(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry) -> Verdict {
-    let route = forward::route_v4(frame, seg.l3_off, &seg.ip, e.saddr.to_ne_bytes(), e.daddr.to_ne_bytes());
-    if route.too_big != 0 && u16::from_be_bytes(seg.ip.frag) & IP_DF != 0 {
+fn forward<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, e: &SpliceEntry<F::SpliceAddr>) -> Verdict {
+    let route = F::route(frame, seg, e);
+    if route.too_big != 0 && !F::may_fragment(seg) {
         return too_big(frame, seg, route.too_big);
     }
-    if route.is_redirect() && seg.ip.ttl <= 1 {
+    if route.is_redirect() && F::hop_limit(seg) <= 1 {
         return Verdict::new(XDP_DROP, reason::SPLICE_TTL_EXPIRED);
     }
     let mut written = if seg.options_len() == size_of::<AlignedTimestamp>() {
@@ -119,19 +126,23 @@ fn forward(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry) -> Verdict {
 /// every segment of a connection with timestamps), read and written in
 /// place. Other 12-byte option lists take the general path.
 #[inline(never)]
-fn rewrite_timestamped(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry, forwarding: bool) -> Rewritten {
+fn rewrite_timestamped<F: Family>(
+    frame: &XdpFrame,
+    seg: &TcpSegment<F>,
+    e: &SpliceEntry<F::SpliceAddr>,
+    forwarding: bool,
+) -> Rewritten {
     let Some(mut ts) = frame.load::<AlignedTimestamp>(seg.options_off()) else {
         return Rewritten::No;
     };
     if !ts.is_aligned_timestamp() {
         return Rewritten::NotTimestamped;
     }
-    let (mut ip, mut tcp) = (seg.ip, seg.tcp);
+    let (mut ip, mut tcp) = (F::rewrite_copy(seg), seg.tcp);
     rewrite_aligned_timestamp(&mut ip, &mut tcp, &mut ts, e, forwarding);
-    let written = frame
-        .store(seg.l3_off, &ip)
-        .and_then(|_| frame.store(seg.l4_off, &tcp))
-        .and_then(|_| frame.store(seg.options_off(), &ts));
+    let written = F::store_header(frame, seg.l3_off, &ip, e)
+        .and_then(|_| F::store(frame, seg.l4_off, &tcp))
+        .and_then(|_| F::store(frame, seg.options_off(), &ts));
     if written.is_some() { Rewritten::Yes } else { Rewritten::No }
 }
 
@@ -150,27 +161,32 @@ enum Rewritten {
 /// The general rewrite: any options, copied to the scratch map, walked
 /// (timestamps, SACK blocks) and written back if they changed.
 #[inline(never)]
-fn rewrite_any(frame: &XdpFrame, seg: &Ipv4Tcp, e: &SpliceEntry, forwarding: bool) -> Rewritten {
+fn rewrite_any<F: Family>(
+    frame: &XdpFrame,
+    seg: &TcpSegment<F>,
+    e: &SpliceEntry<F::SpliceAddr>,
+    forwarding: bool,
+) -> Rewritten {
     let Some(scratch) = maps::scratch() else {
         return Rewritten::No;
     };
     let Some(opts) = OptionBytes::read_into(&mut scratch.opts, frame, seg) else {
         return Rewritten::No;
     };
-    let (mut ip, mut tcp) = (seg.ip, seg.tcp);
+    let (mut ip, mut tcp) = (F::rewrite_copy(seg), seg.tcp);
     let opts_changed = rewrite(&mut ip, &mut tcp, opts, e, forwarding);
-    let written = frame.store(seg.l3_off, &ip).and_then(|_| frame.store(seg.l4_off, &tcp)).and_then(|_| {
-        if opts_changed { frame.store_bytes(seg.options_off(), opts.len, opts.bytes()) } else { Some(()) }
-    });
+    let written =
+        F::store_header(frame, seg.l3_off, &ip, e).and_then(|_| F::store(frame, seg.l4_off, &tcp)).and_then(|_| {
+            if opts_changed { frame.store_bytes(seg.options_off(), opts.len, opts.bytes()) } else { Some(()) }
+        });
     if written.is_some() { Rewritten::Yes } else { Rewritten::No }
 }
 
-/// Answers a segment with DF that does not fit the next hop's `mtu` with
-/// "fragmentation needed", as a router between the two would; left to the
-/// kernel, the error would quote the rewritten segment, which the sender
-/// cannot match to its connection.
+/// Answers a segment that may not be fragmented and does not fit the next
+/// hop's `mtu` with "fragmentation needed" or "packet too big", as a router
+/// between the two would; left to the kernel, the error would quote the
+/// rewritten segment, which the sender cannot match to its connection.
 #[inline(never)]
-fn too_big(frame: &XdpFrame, seg: &Ipv4Tcp, mtu: u16) -> Verdict {
-    let error = icmp::frag_needed(&seg.ip, &seg.tcp, mtu);
-    respond::transmit(frame, seg.l3_off, &error, reason::SPLICE_FRAG_NEEDED)
+fn too_big<F: Family>(frame: &XdpFrame, seg: &TcpSegment<F>, mtu: u16) -> Verdict {
+    F::too_big(frame, seg, mtu)
 }

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
     AgentKey, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowOwner, GateEvent, MAP_AGENT_KEYS, MAP_PENDING, MAP_REDIRECT,
-    MAP_SERVICES, MAP_SPLICE, MAP_TRANSIT, MAP_VIPS, PendingFlow, ServiceKey, ServicePolicy, SpliceEntry, SpliceKey,
-    SynAckProfile, TransitKey, VipInfo, VipKey,
+    MAP_SERVICES, MAP_SPLICE, MAP_SPLICE6, MAP_STAGES, MAP_TRANSIT, MAP_VIPS, PendingFlow, STAGE_SPLICE_V6, ServiceKey,
+    ServicePolicy, SpliceAddr, SpliceEntry, SpliceKey, SynAckProfile, TransitKey, VipInfo, VipKey,
 };
 use ackgate_common::option::OptionId;
 use ackgate_common::pod::absent_is_ok;
+use aya::Pod;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{DevMapHash, HashMap, MapData, MapError};
+use aya::maps::{DevMapHash, HashMap, MapData, MapError, ProgramArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp};
@@ -26,6 +27,13 @@ pub const PROGRAM_NAME: &str = "ackgate_gate";
 pub const INTERNAL_PROGRAM_NAME: &str = "ackgate_internal";
 /// A do-nothing XDP program in the same object (veth peers, baselines).
 pub const PASS_PROGRAM_NAME: &str = "ackgate_pass";
+/// The IPv6 splice stage, tail-called by the two programs above.
+pub const SPLICE_V6_PROGRAM_NAME: &str = "ackgate_splice_v6";
+
+/// The splice map of the family whose addresses are `A`.
+fn splice_map_name<A: SpliceAddr>() -> &'static str {
+    if A::FAMILY == FAMILY_IPV6 { MAP_SPLICE6 } else { MAP_SPLICE }
+}
 
 #[derive(Debug, Error)]
 pub enum GateError {
@@ -58,6 +66,8 @@ pub enum GateError {
     Link(String),
     #[error("redirect map: {0}")]
     Redirect(String),
+    #[error("the splice stage's program descriptor: {0}")]
+    Stage(std::io::Error),
 }
 
 /// Load-time settings of the gate.
@@ -149,6 +159,7 @@ impl Gate {
             .default_map_pin_directory(pin_dir)
             .map_max_entries(MAP_PENDING, settings.max_flows)
             .map_max_entries(MAP_SPLICE, 2 * settings.max_spliced)
+            .map_max_entries(MAP_SPLICE6, 2 * settings.max_spliced)
             .override_global("OPTION_KIND", &settings.option.kind, true)
             .override_global("OPTION_EXID", &settings.option.exid, true)
             .override_global("SYNACK_PROFILE", &settings.synack, true)
@@ -158,7 +169,7 @@ impl Gate {
             .map_err(|source| GateError::Load { pin_dir: pin_dir.display().to_string(), source: Box::new(source) })?;
         let flows = FlowTable::open(pin_dir)?;
         let mut gate = Self { ebpf, pin_dir: pin_dir.to_owned(), links: Vec::new(), flows };
-        for name in [PROGRAM_NAME, INTERNAL_PROGRAM_NAME, PASS_PROGRAM_NAME] {
+        for name in [PROGRAM_NAME, INTERNAL_PROGRAM_NAME, PASS_PROGRAM_NAME, SPLICE_V6_PROGRAM_NAME] {
             let verifying = std::time::Instant::now();
             let program = gate.program(name)?;
             program.load()?;
@@ -168,7 +179,17 @@ impl Gate {
             let instructions = program.info().ok().and_then(|i| i.verified_instruction_count());
             tracing::debug!(program = name, took = ?verifying.elapsed(), ?instructions, "program verified and loaded");
         }
+        gate.fill_stages()?;
         Ok(gate)
+    }
+
+    /// Puts the tail-called stages in their slots, replacing what a
+    /// previous run left there (the slots are pinned).
+    fn fill_stages(&mut self) -> Result<(), GateError> {
+        let stage = self.program(SPLICE_V6_PROGRAM_NAME)?.fd()?.try_clone().map_err(GateError::Stage)?;
+        let map = self.ebpf.map_mut(MAP_STAGES).ok_or(GateError::MissingMap(MAP_STAGES))?;
+        let mut stages = ProgramArray::try_from(map).map_err(|source| GateError::Map { map: MAP_STAGES, source })?;
+        stages.set(STAGE_SPLICE_V6, &stage, 0).map_err(|source| GateError::Map { map: MAP_STAGES, source })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -188,6 +209,11 @@ impl Gate {
     /// The internal interface's program.
     pub fn internal_program(&mut self) -> Result<&mut Xdp, GateError> {
         self.program(INTERNAL_PROGRAM_NAME)
+    }
+
+    /// The IPv6 splice stage.
+    pub fn splice_v6_program(&mut self) -> Result<&mut Xdp, GateError> {
+        self.program(SPLICE_V6_PROGRAM_NAME)
     }
 
     /// The do-nothing XDP program.
@@ -312,26 +338,41 @@ impl Gate {
         Ok(())
     }
 
-    /// Writes one direction's splice entry.
-    pub fn set_splice(&mut self, key: &SpliceKey, entry: &SpliceEntry) -> Result<(), GateError> {
-        self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?
+    /// Writes one direction's splice entry, in its family's map.
+    pub fn set_splice<A: SpliceAddr>(&mut self, key: &SpliceKey<A>, entry: &SpliceEntry<A>) -> Result<(), GateError>
+    where
+        SpliceKey<A>: Pod,
+        SpliceEntry<A>: Pod,
+    {
+        let map = splice_map_name::<A>();
+        self.hash_map::<SpliceKey<A>, SpliceEntry<A>>(map)?
             .insert(key, entry, 0)
-            .map_err(|source| GateError::Map { map: MAP_SPLICE, source })
+            .map_err(|source| GateError::Map { map, source })
     }
 
     /// One direction's splice entry, if present.
-    pub fn splice(&mut self, key: &SpliceKey) -> Result<Option<SpliceEntry>, GateError> {
-        match self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?.get(key, 0) {
+    pub fn splice<A: SpliceAddr>(&mut self, key: &SpliceKey<A>) -> Result<Option<SpliceEntry<A>>, GateError>
+    where
+        SpliceKey<A>: Pod,
+        SpliceEntry<A>: Pod,
+    {
+        let map = splice_map_name::<A>();
+        match self.hash_map::<SpliceKey<A>, SpliceEntry<A>>(map)?.get(key, 0) {
             Ok(e) => Ok(Some(e)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(GateError::Map { map: MAP_SPLICE, source }),
+            Err(source) => Err(GateError::Map { map, source }),
         }
     }
 
     /// Removes one direction's splice entry (absent is fine).
-    pub fn remove_splice(&mut self, key: &SpliceKey) -> Result<(), GateError> {
-        absent_is_ok(self.hash_map::<SpliceKey, SpliceEntry>(MAP_SPLICE)?.remove(key))
-            .map_err(|source| GateError::Map { map: MAP_SPLICE, source })
+    pub fn remove_splice<A: SpliceAddr>(&mut self, key: &SpliceKey<A>) -> Result<(), GateError>
+    where
+        SpliceKey<A>: Pod,
+        SpliceEntry<A>: Pod,
+    {
+        let map = splice_map_name::<A>();
+        absent_is_ok(self.hash_map::<SpliceKey<A>, SpliceEntry<A>>(map)?.remove(key))
+            .map_err(|source| GateError::Map { map, source })
     }
 
     /// Every splice entry (both directions).

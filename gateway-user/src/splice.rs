@@ -369,7 +369,7 @@ impl Splicer {
     /// Rewrites held client segments like XDP rewrites spliced ones and
     /// sends them to the target.
     fn deliver(&mut self, gate: &mut Gate, flow: &FlowKey, packets: Vec<Vec<u8>>) {
-        let Some(key) = SpliceKey::of_flow(flow) else {
+        let Some(key) = SpliceKey::<u32>::of_flow(flow) else {
             self.totals.held_dropped += packets.len() as u64;
             return;
         };

@@ -7,7 +7,7 @@
 //! (by [`assert_checksums`], or byte for byte against a frame built here),
 //! so the check must not share the arithmetic of the code under test.
 
-use ackgate_common::icmp::IPPROTO_ICMP;
+use ackgate_common::icmp::{ICMPV6_PKT_TOOBIG, IPPROTO_ICMP, IPPROTO_ICMPV6};
 use ackgate_common::net::{ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP};
 use etherparse::checksum::Sum16BitWords;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice, TcpSlice, ip_number};
@@ -281,6 +281,39 @@ impl IcmpFrame {
         f[36..38].copy_from_slice(&icmp_sum);
         f
     }
+}
+
+/// ICMPv6 "packet too big" from a router at `saddr` to `daddr`, as Linux
+/// sends it (traffic class and flow label 0, hop limit 64), about the
+/// IPv6 packet in `frame` (an Ethernet frame without extension headers):
+/// its fixed header and first eight TCP bytes.
+pub fn packet_too_big(saddr: [u8; 16], daddr: [u8; 16], mtu: u32, frame: &[u8]) -> Vec<u8> {
+    let (src_mac, dst_mac) = (&frame[6..12], &frame[..6]);
+    let quote = &frame[14..14 + 48];
+    let mut icmp = vec![ICMPV6_PKT_TOOBIG, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(quote);
+    let len = icmp.len() as u16;
+    let sum = Sum16BitWords::new()
+        .add_16bytes(saddr)
+        .add_16bytes(daddr)
+        .add_2bytes(len.to_be_bytes())
+        .add_2bytes([0, IPPROTO_ICMPV6])
+        .add_slice(&icmp)
+        .ones_complement()
+        .to_be();
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(src_mac);
+    f.extend_from_slice(dst_mac);
+    f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&[IPPROTO_ICMPV6, 64]);
+    f.extend_from_slice(&saddr);
+    f.extend_from_slice(&daddr);
+    f.extend_from_slice(&icmp);
+    f
 }
 
 /// The Internet checksum (RFC 1071) of `bytes`, as it goes on the wire

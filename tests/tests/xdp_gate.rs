@@ -1018,10 +1018,11 @@ fn the_programs_verify_well_under_the_verifiers_limit() {
     let mut t = gate();
     eprintln!("gate fixture loaded in {:?}", started.elapsed());
     let mut counts = Vec::new();
-    for name in ["ackgate_gate", "ackgate_internal"] {
+    for name in ["ackgate_gate", "ackgate_internal", "ackgate_splice_v6"] {
         let program = match name {
             "ackgate_gate" => t.gate.xdp(),
-            _ => t.gate.internal_program(),
+            "ackgate_internal" => t.gate.internal_program(),
+            _ => t.gate.splice_v6_program(),
         }
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let info = program.info().unwrap_or_else(|e| panic!("{name}: program info: {e}"));

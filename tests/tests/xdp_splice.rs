@@ -10,17 +10,19 @@
 //! errors about spliced segments are translated (exact bytes too), and the
 //! MTU test routes the target's network over a narrow link.
 
+use std::net::Ipv6Addr;
+
 use ackgate_common::abi::{
-    END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, REFUSED_UNREACHABLE,
-    RESPONSE_DROP, SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words,
+    END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV6, FlowKey, FlowOwner,
+    REFUSED_UNREACHABLE, RESPONSE_DROP, SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words, v6_words,
 };
-use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use ackgate_common::net::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ackgate_common::reason;
 use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
 use ackgate_gateway::events::Events;
 use ackgate_gateway::splice::HeldRing;
 use ackgate_tests::fixture::{TestGate, linux_handshake, service};
-use ackgate_tests::packet::{IcmpFrame, TcpFrame};
+use ackgate_tests::packet::{IcmpFrame, TcpFrame, packet_too_big, v6_of};
 use ackgate_tests::table::{Out, Program, Row, XDP_DROP, XDP_PASS, XDP_TX, run_rows};
 
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
@@ -62,9 +64,9 @@ fn setup(cport: u16) -> SpliceSetup {
 /// Writes the connecting entries of the flow from `cport`.
 fn connecting(g: &mut TestGate, cport: u16) -> SpliceSetup {
     let s = setup(cport);
-    let (ct, tc) = s.connecting();
-    g.gate.set_splice(&s.target_key(), &tc).expect("target-side entry");
-    g.gate.set_splice(&s.client_key(), &ct).expect("client-side entry");
+    let (ct, tc) = s.connecting::<u32>();
+    g.gate.set_splice(&s.target_key::<u32>(), &tc).expect("target-side entry");
+    g.gate.set_splice(&s.client_key::<u32>(), &ct).expect("client-side entry");
     s
 }
 
@@ -72,10 +74,10 @@ fn connecting(g: &mut TestGate, cport: u16) -> SpliceSetup {
 /// target had answered with window scale 9 and timestamps.
 fn established(g: &mut TestGate, cport: u16) -> SpliceSetup {
     let s = setup(cport);
-    let (mut ct, mut tc) = s.connecting();
+    let (mut ct, mut tc) = s.connecting::<u32>();
     complete(&mut ct, &mut tc, &TargetAnswer { isn: TARGET_ISN, wscale: TARGET_WS, tsval: Some(TARGET_TS) });
-    g.gate.set_splice(&s.target_key(), &tc).expect("target-side entry");
-    g.gate.set_splice(&s.client_key(), &ct).expect("client-side entry");
+    g.gate.set_splice(&s.target_key::<u32>(), &tc).expect("target-side entry");
+    g.gate.set_splice(&s.client_key::<u32>(), &ct).expect("client-side entry");
     s
 }
 
@@ -211,7 +213,7 @@ fn spliced_segments_are_rewritten_both_ways() {
             out: Out::Unchanged,
         }],
     );
-    let ct = g.gate.splice(&flow.client_key()).expect("map").expect("client-side entry");
+    let ct = g.gate.splice(&flow.client_key::<u32>()).expect("map").expect("client-side entry");
     assert_ne!(ct.flags & SPLICE_F_FIN, 0, "the client's FIN must be marked");
     assert_eq!((ct.packets, ct.state), (3, SPLICE_ESTABLISHED), "client-side counters");
     assert_eq!(ct.seq_next, c_seq + 19, "past the client's FIN");
@@ -229,7 +231,7 @@ fn spliced_segments_are_rewritten_both_ways() {
     let ended = events.drain();
     assert_eq!(ended.len(), 1, "the second FIN ends the flow: {ended:?}");
     assert_eq!((ended[0].kind, ended[0].agent_id, ended[0].flow), (EVENT_ENDED, END_FIN, flow.client));
-    let tc = g.gate.splice(&flow.target_key()).expect("map").expect("target-side entry");
+    let tc = g.gate.splice(&flow.target_key::<u32>()).expect("map").expect("target-side entry");
     assert_eq!(tc.bytes, 76 + 40 + 52, "target-side bytes (IP lengths)");
 }
 
@@ -248,7 +250,7 @@ fn resets_end_flows_and_stale_entries_forward_nothing() {
             Program::Internal,
         )],
     );
-    let tc = g.gate.splice(&flow.target_key()).expect("map").expect("entry");
+    let tc = g.gate.splice(&flow.target_key::<u32>()).expect("map").expect("entry");
     assert_ne!(tc.flags & SPLICE_F_RST, 0, "the RST must be marked");
     let ended = events.drain();
     assert_eq!(ended.len(), 1, "a RST ends the flow: {ended:?}");
@@ -256,8 +258,8 @@ fn resets_end_flows_and_stale_entries_forward_nothing() {
 
     // The control plane removed the entries: a late segment is a stranger
     // (no capability on a data segment: the service's default response).
-    g.gate.remove_splice(&flow.client_key()).expect("remove");
-    g.gate.remove_splice(&flow.target_key()).expect("remove");
+    g.gate.remove_splice(&flow.client_key::<u32>()).expect("remove");
+    g.gate.remove_splice(&flow.target_key::<u32>()).expect("remove");
     let late = seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, vec![], b"late");
     run_rows(
         &mut g,
@@ -361,8 +363,8 @@ fn the_target_handshake_completes_in_xdp() {
             },
         ],
     );
-    let ct = g.gate.splice(&flow.client_key()).expect("map").expect("client-side entry");
-    let tc = g.gate.splice(&flow.target_key()).expect("map").expect("target-side entry");
+    let ct = g.gate.splice(&flow.client_key::<u32>()).expect("map").expect("client-side entry");
+    let tc = g.gate.splice(&flow.target_key::<u32>()).expect("map").expect("target-side entry");
     assert_eq!((ct.state, tc.state), (SPLICE_ESTABLISHED, SPLICE_ESTABLISHED));
     assert_eq!(tc.seq_shift, COOKIE.wrapping_sub(TARGET_ISN), "target → client sequence shift");
     assert_eq!(ct.seq_shift, TARGET_ISN.wrapping_sub(COOKIE), "client → target acknowledgement shift");
@@ -417,8 +419,8 @@ fn targets_that_refuse_or_differ_are_handled() {
             out: Out::Exact(ack.build()),
         }],
     );
-    let ct = g.gate.splice(&plain.client_key()).expect("map").expect("entry");
-    let tc = g.gate.splice(&plain.target_key()).expect("map").expect("entry");
+    let ct = g.gate.splice(&plain.client_key::<u32>()).expect("map").expect("entry");
+    let tc = g.gate.splice(&plain.target_key::<u32>()).expect("map").expect("entry");
     assert_eq!((tc.wnd_shl, tc.wnd_shr, ct.wnd_shl, ct.wnd_shr), (0, GATEWAY_WS, 7, 0), "window rescaling");
     assert_eq!((tc.ts_shift, ct.ts_shift), (0, 0), "no timestamps to shift");
     let v = (VIP, VPORT);
@@ -630,6 +632,185 @@ fn segments_too_big_for_the_next_hop_earn_fragmentation_needed() {
                 action: XDP_PASS,
                 reason: reason::SPLICE_KERNEL,
                 out: Out::Exact(fragmentable_out.build()),
+            },
+        ],
+    );
+}
+
+/// The IPv6 twin of [`setup`]: the flow from `cport`, 2001:db8::-mapped
+/// addresses (`v6_of`).
+fn setup6(cport: u16) -> SpliceSetup {
+    let client = FlowKey {
+        saddr: v6_words(v6_of(CLIENT)),
+        daddr: v6_words(v6_of(VIP)),
+        sport: port_field(cport.to_be_bytes()),
+        dport: port_field(VPORT.to_be_bytes()),
+        family: FAMILY_IPV6,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    SpliceSetup { client, source_addr: v6_words(v6_of(CLIENT)), target_addr: v6_words(v6_of(TARGET)), ..setup(cport) }
+}
+
+/// IPv6 flows go through the splice stage, tail-called from both
+/// programs: held while the target's handshake is under way, completed by
+/// the target's SYN/ACK, then rewritten both ways.
+#[test]
+fn ipv6_flows_are_completed_and_spliced_by_the_stage() {
+    let mut g = TestGate::new("splice6", &[service(Ipv6Addr::from(v6_of(VIP)), VPORT, RESPONSE_DROP, false)]);
+    let mut events = Events::take(g.gate.ebpf_mut()).expect("event ring");
+    let mut held = HeldRing::take(g.gate.ebpf_mut()).expect("held ring");
+    let flow = setup6(40010);
+    let (ct, tc) = flow.connecting::<[u32; 4]>();
+    g.gate.set_splice(&flow.target_key::<[u32; 4]>(), &tc).expect("target-side entry");
+    g.gate.set_splice(&flow.client_key::<[u32; 4]>(), &ct).expect("client-side entry");
+    let (c, v, t) = ((CLIENT, 40010), (VIP, VPORT), (TARGET, TPORT));
+    let seg6 = |from, to, flags, seq, ack, window, opts, payload: &[u8]| {
+        seg(from, to, flags, seq, ack, window, opts, payload).v6()
+    };
+
+    let early = seg6(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 502, ts(CLIENT_TS + 1, COOKIE_TS), b"GET /");
+    let synack_opts = [
+        &[2u8, 4, 5, 0xa0, 4, 2, 8, 10][..],
+        &TARGET_TS.to_be_bytes(),
+        &CLIENT_TS.to_be_bytes(),
+        &[1, 3, 3, TARGET_WS],
+    ]
+    .concat();
+    let crossed = seg6(c, v, TCP_SYN | TCP_ACK, TARGET_ISN, 0, 65160, synack_opts.clone(), &[]);
+    let synack = seg6(t, c, TCP_SYN | TCP_ACK, TARGET_ISN, CLIENT_ISN + 1, 65160, synack_opts, &[]);
+    // The gate's ACK: hop limit 64, traffic class and flow label 0.
+    let mut ack = seg6(c, t, TCP_ACK, CLIENT_ISN + 1, TARGET_ISN + 1, 502, ts(CLIENT_TS, TARGET_TS), &[]);
+    ack.src_mac = synack.dst_mac;
+    ack.dst_mac = synack.src_mac;
+    run_rows(
+        &mut g,
+        Program::Edge,
+        vec![Row {
+            name: "IPv6 client data while connecting",
+            input: early.build(),
+            action: XDP_DROP,
+            reason: reason::SPLICE_HOLD,
+            out: Out::Dropped,
+        }],
+    );
+    let copies = held.drain();
+    assert_eq!(copies.len(), 1, "the IPv6 segment must be held");
+    assert_eq!((copies[0].0, &copies[0].1[..]), (flow.client, &early.build()[14..]), "held flow and IPv6 bytes");
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![
+            Row {
+                name: "an IPv6 SYN/ACK with the client's 4-tuple on the internal side",
+                input: crossed.build(),
+                action: XDP_PASS,
+                reason: reason::INTERNAL_PASS,
+                out: Out::Unchanged,
+            },
+            Row {
+                name: "IPv6 target SYN/ACK",
+                input: synack.build(),
+                action: XDP_TX,
+                reason: reason::INTERNAL_SPLICED,
+                out: Out::Exact(ack.build()),
+            },
+        ],
+    );
+    let ct = g.gate.splice(&flow.client_key::<[u32; 4]>()).expect("map").expect("client-side entry");
+    let tc = g.gate.splice(&flow.target_key::<[u32; 4]>()).expect("map").expect("target-side entry");
+    assert_eq!((ct.state, tc.state), (SPLICE_ESTABLISHED, SPLICE_ESTABLISHED), "IPv6 entries established");
+    let ev = events.drain();
+    assert_eq!(ev.len(), 1, "one event: {ev:?}");
+    assert_eq!((ev[0].kind, ev[0].flow, ev[0].server_isn), (EVENT_SPLICED, flow.client, TARGET_ISN));
+
+    let (c_seq, t_seq) = (CLIENT_ISN + 1, TARGET_ISN + 1);
+    let request = b"GET / HTTP/1.0\r\n\r\n";
+    let answer = b"HTTP/1.0 200 OK\r\n\r\nhello";
+    run(
+        &mut g,
+        vec![
+            rewritten(
+                "IPv6 client data with timestamps",
+                seg6(c, v, TCP_ACK | TCP_PSH, c_seq, COOKIE + 1, 1000, ts(6000, COOKIE_TS + 5), request),
+                seg6(c, t, TCP_ACK | TCP_PSH, c_seq, TARGET_ISN + 1, 1000, ts(6000, TARGET_TS + 5), request),
+                Program::Edge,
+            ),
+            rewritten(
+                "IPv6 client ACK with SACK blocks",
+                seg6(
+                    c,
+                    v,
+                    TCP_ACK,
+                    c_seq + 18,
+                    COOKIE + 1,
+                    999,
+                    [ts(6001, COOKIE_TS + 6), sack(&[(COOKIE + 3001, COOKIE + 4001)])].concat(),
+                    &[],
+                ),
+                seg6(
+                    c,
+                    t,
+                    TCP_ACK,
+                    c_seq + 18,
+                    TARGET_ISN + 1,
+                    999,
+                    [ts(6001, TARGET_TS + 6), sack(&[(TARGET_ISN + 3001, TARGET_ISN + 4001)])].concat(),
+                    &[],
+                ),
+                Program::Edge,
+            ),
+            rewritten(
+                "IPv6 target data, its window rescaled",
+                seg6(t, c, TCP_ACK | TCP_PSH, t_seq, c_seq + 18, 1000, ts(TARGET_TS + 7, 6001), answer),
+                seg6(v, c, TCP_ACK | TCP_PSH, COOKIE + 1, c_seq + 18, 4000, ts(COOKIE_TS + 7, 6001), answer),
+                Program::Internal,
+            ),
+        ],
+    );
+    let ct = g.gate.splice(&flow.client_key::<[u32; 4]>()).expect("map").expect("client-side entry");
+    assert_eq!(ct.packets, 2, "client-side packets");
+    // The held payload counts too (`bytes` counted it while connecting).
+    assert_eq!(ct.bytes, 5 + (40 + 32 + 18) + (40 + 44), "client-side bytes (IPv6 packet lengths)");
+}
+
+#[test]
+fn ipv6_segments_too_big_for_the_next_hop_earn_packet_too_big() {
+    let mut g = TestGate::new("splice6-mtu", &[service(Ipv6Addr::from(v6_of(VIP)), VPORT, RESPONSE_DROP, false)]);
+    let flow = setup6(40011);
+    let (mut ct, mut tc) = flow.connecting::<[u32; 4]>();
+    complete(&mut ct, &mut tc, &TargetAnswer { isn: TARGET_ISN, wscale: TARGET_WS, tsval: Some(TARGET_TS) });
+    g.gate.set_splice(&flow.target_key::<[u32; 4]>(), &tc).expect("target-side entry");
+    g.gate.set_splice(&flow.client_key::<[u32; 4]>(), &ct).expect("client-side entry");
+    // As the IPv4 test: the target's network behind a 1280-byte link.
+    ip("link set lo up");
+    ip("link add ag-mtu6 type veth peer name ag-mtu6-peer");
+    ip("link set ag-mtu6 mtu 1280 up");
+    ip("link set ag-mtu6-peer up");
+    ip(&format!("addr add {}/120 dev ag-mtu6 nodad", Ipv6Addr::from(v6_of([10, 99, 0, 1]))));
+    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").expect("IPv6 forwarding on in the test namespace");
+    let (c, v, t) = ((CLIENT, 40011), (VIP, VPORT), (TARGET, TPORT));
+    let data = [0x11; 1400];
+    let big = seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, vec![], &data).v6();
+    let fits = seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, vec![], &data[..1200]).v6();
+    let fits_out = seg(c, t, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, TARGET_ISN + 1, 1000, vec![], &data[..1200]).v6();
+    run_rows(
+        &mut g,
+        Program::Edge,
+        vec![
+            Row {
+                name: "1460-byte IPv6 segment towards a 1280-byte link",
+                input: big.build(),
+                action: XDP_TX,
+                reason: reason::SPLICE_FRAG_NEEDED,
+                out: Out::Exact(packet_too_big(v6_of(VIP), v6_of(CLIENT), 1280, &big.build())),
+            },
+            Row {
+                name: "1260-byte IPv6 segment through the same link",
+                input: fits.build(),
+                action: XDP_PASS,
+                reason: reason::SPLICE_KERNEL,
+                out: Out::Exact(fits_out.build()),
             },
         ],
     );

@@ -42,6 +42,21 @@ impl<'a> XdpFrame<'a> {
         (rc == 0).then_some(())
     }
 
+    /// Writes `v` at `offset` through the helper, which copies from `v`'s
+    /// memory: for headers the compiler would otherwise store a byte at a
+    /// time from registers (packet memory has no alignment it can rely
+    /// on), each byte worked out and spilled first (an IPv6 header's
+    /// addresses took the splice's frame past 512 bytes).
+    #[inline(always)]
+    pub fn store_copy<T: Wire>(&self, offset: usize, v: &T) -> Option<()> {
+        // SAFETY: `v` is a `T` of the size passed; the helper checks the
+        // packet range itself.
+        let rc = unsafe {
+            bpf_xdp_store_bytes(self.ctx.ctx, offset as u32, (v as *const T).cast_mut().cast(), size_of::<T>() as u32)
+        };
+        (rc == 0).then_some(())
+    }
+
     /// Copies `len` bytes at `offset` (a whole IPv4 packet, a TCP segment)
     /// into `dst`.
     #[inline(always)]

@@ -72,10 +72,10 @@ fn spliced(g: &mut TestGate) {
         gateway_wscale: 7,
         owner: FlowOwner::default(),
     };
-    let (mut ct, mut tc) = s.connecting();
+    let (mut ct, mut tc) = s.connecting::<u32>();
     complete(&mut ct, &mut tc, &TargetAnswer { isn: 9000, wscale: 9, tsval: Some(77) });
-    g.gate.set_splice(&s.target_key(), &tc).expect("entry");
-    g.gate.set_splice(&s.client_key(), &ct).expect("entry");
+    g.gate.set_splice(&s.target_key::<u32>(), &tc).expect("entry");
+    g.gate.set_splice(&s.client_key::<u32>(), &ct).expect("entry");
 }
 
 /// ns per packet of the rewrite (client data with timestamps, and the
