@@ -90,6 +90,16 @@ pub fn pseudo_sum_v6(saddr: &[u8; 16], daddr: &[u8; 16], next_header: u8, len: u
     acc
 }
 
+/// The big-endian word sum of an IPv6 address held as network-order words
+/// (`abi::v6_words`): summed as native halves, whose byte-swapped sum is
+/// the big-endian one (RFC 1071 §2(B)). Word loads and no byte shuffling:
+/// on BPF, summing the 16 address bytes one by one spills each.
+#[inline(always)]
+pub fn words_sum(words: &[u32; 4]) -> u32 {
+    let half = |w: u32| (w & 0xffff) + (w >> 16);
+    from_native_partial(half(words[0]) + half(words[1]) + half(words[2]) + half(words[3]))
+}
+
 /// The big-endian word sum (as [`sum_words`] builds) of data whose
 /// native-endian 16-bit words summed to `partial`, as the kernel's
 /// `csum_partial` (and so `bpf_csum_diff`) returns it. A one's-complement

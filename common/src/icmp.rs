@@ -1,4 +1,5 @@
-//! ICMP errors about spliced segments (RFC 792, RFC 1191).
+//! ICMP and ICMPv6 errors about spliced segments (RFC 792, RFC 1191,
+//! RFC 4443).
 //!
 //! A router on either side of the gateway reports a problem with a spliced
 //! segment to the address that segment carried after the rewrite: an error
@@ -26,7 +27,7 @@
 //! [`packet_too_big`] (ICMPv6, RFC 4443 §3.2) build the error a router
 //! there would send, quoting the segment as it arrived.
 
-use crate::abi::SpliceEntry;
+use crate::abi::{SpliceEntry, v6_words};
 use crate::csum::{self, word2, word4};
 use crate::net::{Frame, IPPROTO_TCP, Ipv4Hdr, Ipv6Hdr, TcpHdr, Wire};
 
@@ -218,6 +219,145 @@ pub fn translate(err: &mut IcmpError, reply: &SpliceEntry, forwarding: bool) {
         checks_new += word2(tcp.check);
     }
     err.icmp.check = csum::replace(err.icmp.check, addrs_old + tcp_old + checks_old, addrs_new + tcp_new + checks_new);
+}
+
+/// ICMPv6 error types (RFC 4443 §3) the splice translates.
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_TIME_EXCEED: u8 = 3;
+pub const ICMPV6_PARAMPROB: u8 = 4;
+
+/// An ICMPv6 error that quotes a TCP segment, located in the frame. Where
+/// [`IcmpError`] keeps the IPv4 headers, this keeps what the translation
+/// needs of the IPv6 ones: the outer addresses' checksum sum and hop
+/// limit, and the quoted addresses as splice-map words. The new addresses
+/// are the splice entry's, which the gate writes to the packet from the
+/// map: IPv6's 32 address bytes, copied through registers, take a BPF
+/// frame past its room (docs/kernels.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Icmp6Error {
+    pub l3_off: usize,
+    pub hop_limit: u8,
+    /// The outer addresses' big-endian one's-complement sum (they count in
+    /// the ICMPv6 checksum's pseudo-header).
+    pub outer_sum: u32,
+    pub icmp_off: usize,
+    pub icmp: IcmpHdr,
+    /// Offset of the quoted IPv6 header.
+    pub inner_off: usize,
+    pub inner_saddr: [u32; 4],
+    pub inner_daddr: [u32; 4],
+    /// Offset of the quoted TCP header.
+    pub inner_l4_off: usize,
+    pub quoted: QuotedTcp,
+}
+
+impl Icmp6Error {
+    /// Whether, for a splice still connecting, the error ends the attempt:
+    /// tcp_v6_err (net/ipv6/tcp_ipv6.c) ends a SYN-SENT socket on any error
+    /// but "packet too big"; as for IPv4, only unreachable and time
+    /// exceeded count here.
+    pub fn is_hard(&self) -> bool {
+        matches!(self.icmp.kind, ICMPV6_DEST_UNREACH | ICMPV6_TIME_EXCEED)
+    }
+
+    /// Offsets of the outer and quoted addresses, for writing them back.
+    pub fn outer_saddr_off(&self) -> usize {
+        self.l3_off + core::mem::offset_of!(Ipv6Hdr, saddr)
+    }
+    pub fn inner_saddr_off(&self) -> usize {
+        self.inner_off + core::mem::offset_of!(Ipv6Hdr, saddr)
+    }
+}
+
+/// Locates an ICMPv6 error about a TCP segment: `ip` at `l3_off` (checked
+/// by `parse_ipv6_tcp`: payload inside the frame), its ICMPv6 header at
+/// `icmp_off` (after any extension headers). Writes it to `out` (map
+/// memory in BPF). `None` for anything else: informational messages
+/// (neighbour discovery, echo), errors about other protocols, quotes with
+/// extension headers or too short to hold the ports and SEQ.
+#[inline(always)]
+pub fn parse_error_v6<F: Frame + ?Sized>(
+    frame: &F,
+    l3_off: usize,
+    ip: &Ipv6Hdr,
+    icmp_off: usize,
+    out: &mut Icmp6Error,
+) -> Option<()> {
+    let icmp = frame.load::<IcmpHdr>(icmp_off)?;
+    if !matches!(icmp.kind, ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB) {
+        return None;
+    }
+    let inner_off = icmp_off + core::mem::size_of::<IcmpHdr>();
+    let inner = frame.load::<Ipv6Hdr>(inner_off)?;
+    // The gate sends spliced segments with the extension headers their
+    // sender put on them; a quote of one with extension headers is rare
+    // enough to leave untranslated.
+    if inner.version_class_flow[0] >> 4 != 6 || inner.next_header != IPPROTO_TCP {
+        return None;
+    }
+    let inner_l4_off = inner_off + core::mem::size_of::<Ipv6Hdr>();
+    let end = l3_off + core::mem::size_of::<Ipv6Hdr>() + u16::from_be_bytes(ip.payload_len) as usize;
+    if inner_l4_off + core::mem::size_of::<TcpHdr>() <= end {
+        out.quoted = QuotedTcp { tcp: frame.load::<TcpHdr>(inner_l4_off)?, complete: true };
+    } else if inner_l4_off + core::mem::size_of::<TcpPorts>() <= end {
+        out.quoted = QuotedTcp { tcp: frame.load::<TcpPorts>(inner_l4_off)?.header(), complete: false };
+    } else {
+        return None;
+    }
+    out.l3_off = l3_off;
+    out.hop_limit = ip.hop_limit;
+    out.outer_sum = csum::words_sum(&v6_words(ip.saddr)) + csum::words_sum(&v6_words(ip.daddr));
+    out.icmp_off = icmp_off;
+    out.icmp = icmp;
+    out.inner_off = inner_off;
+    out.inner_saddr = v6_words(inner.saddr);
+    out.inner_daddr = v6_words(inner.daddr);
+    out.inner_l4_off = inner_l4_off;
+    Some(())
+}
+
+/// As [`translate`], for IPv6: `reply` is the splice entry of the
+/// direction opposite to the quoted segment's. The outer addresses become
+/// `reply`'s, the quoted ones `reply`'s reversed (the caller writes both
+/// from the entry); ports and sequence numbers as for IPv4; the quoted TCP
+/// checksum (when whole) and the ICMPv6 checksum, whose pseudo-header
+/// holds the outer addresses, are updated incrementally. `forwarding`
+/// decrements the hop limit, which no checksum covers.
+#[inline(always)]
+pub fn translate_v6(err: &mut Icmp6Error, reply: &SpliceEntry<[u32; 4]>, forwarding: bool) {
+    if forwarding {
+        err.hop_limit = err.hop_limit.wrapping_sub(1);
+    }
+    // The quoted addresses become (far, near): the same two as the outer
+    // (near, far), so one sum serves both.
+    let addrs_new = csum::words_sum(&reply.saddr) + csum::words_sum(&reply.daddr);
+    let inner_old = csum::words_sum(&err.inner_saddr) + csum::words_sum(&err.inner_daddr);
+    err.inner_saddr = reply.daddr;
+    err.inner_daddr = reply.saddr;
+
+    let tcp = &mut err.quoted.tcp;
+    let mut tcp_old = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq);
+    let check_old = if err.quoted.complete { word2(tcp.check) } else { 0 };
+    tcp.sport = reply.dport.to_ne_bytes();
+    tcp.dport = reply.sport.to_ne_bytes();
+    tcp.seq = tcp.seq().wrapping_add(reply.ack_add()).to_be_bytes();
+    let mut tcp_new = word2(tcp.sport) + word2(tcp.dport) + word4(tcp.seq);
+    let mut check_new = 0;
+    if err.quoted.complete {
+        if tcp.flags & crate::net::TCP_ACK != 0 {
+            tcp_old += word4(tcp.ack);
+            tcp.ack = tcp.ack_seq().wrapping_add(reply.seq_add()).to_be_bytes();
+            tcp_new += word4(tcp.ack);
+        }
+        tcp.check = csum::replace(tcp.check, inner_old + tcp_old, addrs_new + tcp_new);
+        check_new = word2(tcp.check);
+    }
+    err.icmp.check = csum::replace(
+        err.icmp.check,
+        err.outer_sum + inner_old + tcp_old + check_old,
+        addrs_new + addrs_new + tcp_new + check_new,
+    );
+    err.outer_sum = addrs_new;
 }
 
 /// The ICMP part of [`frag_needed`]: the header, and the segment's IPv4
@@ -489,6 +629,149 @@ pub(crate) mod tests {
         for (what, frame) in cases {
             let ip = frame.as_slice().load::<Ipv4Hdr>(14).unwrap();
             assert!(parse_error(frame.as_slice(), 14, &ip, &mut empty()).is_none(), "{what} must not be translated");
+        }
+    }
+
+    fn ipv6(saddr: [u8; 16], daddr: [u8; 16], next_header: u8, payload: usize) -> Ipv6Hdr {
+        Ipv6Hdr {
+            version_class_flow: [0x60, 0x0a, 0xbc, 0xde],
+            payload_len: (payload as u16).to_be_bytes(),
+            next_header,
+            hop_limit: 61,
+            saddr,
+            daddr,
+        }
+    }
+
+    fn ones_complement(bytes: &[u8], acc: u32) -> [u8; 2] {
+        let mut acc = acc;
+        for c in bytes.chunks(2) {
+            acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        csum::finish(acc)
+    }
+
+    fn tcp_segment_v6(ip: &Ipv6Hdr, sport: u16, dport: u16, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+        let tcp = TcpHdr {
+            sport: sport.to_be_bytes(),
+            dport: dport.to_be_bytes(),
+            seq: seq.to_be_bytes(),
+            ack: ack.to_be_bytes(),
+            doff_res: 5 << 4,
+            flags: crate::net::TCP_ACK,
+            window: 502u16.to_be_bytes(),
+            check: [0, 0],
+            urg: [0, 0],
+        };
+        let mut l4 = tcp.as_bytes().to_vec();
+        l4.extend_from_slice(payload);
+        let pseudo = csum::tcp_pseudo_sum_v6(&ip.saddr, &ip.daddr, l4.len() as u16);
+        let check = ones_complement(&l4, pseudo);
+        l4[16..18].copy_from_slice(&check);
+        let mut out = ip.as_bytes().to_vec();
+        out.extend_from_slice(&l4);
+        out
+    }
+
+    /// An Ethernet frame holding an ICMPv6 error from `from` to `to` that
+    /// quotes `quote` bytes of `segment`.
+    fn error_frame_v6(from: [u8; 16], to: [u8; 16], kind: u8, code: u8, segment: &[u8], quote: usize) -> Vec<u8> {
+        let quote = &segment[..quote.min(segment.len())];
+        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(quote);
+        let pseudo = csum::pseudo_sum_v6(&from, &to, IPPROTO_ICMPV6, icmp.len() as u16);
+        let check = ones_complement(&icmp, pseudo);
+        icmp[2..4].copy_from_slice(&check);
+        let mut frame = vec![0u8; 12];
+        frame.extend_from_slice(&[0x86, 0xdd]);
+        frame.extend_from_slice(ipv6(from, to, IPPROTO_ICMPV6, icmp.len()).as_bytes());
+        frame.extend_from_slice(&icmp);
+        frame
+    }
+
+    fn empty_v6() -> Icmp6Error {
+        let icmp = IcmpHdr { kind: 0, code: 0, check: [0; 2], rest: [0; 4] };
+        let tcp = TcpPorts { sport: [0; 2], dport: [0; 2], seq: [0; 4] }.header();
+        Icmp6Error {
+            l3_off: 0,
+            hop_limit: 0,
+            outer_sum: 0,
+            icmp_off: 0,
+            icmp,
+            inner_off: 0,
+            inner_saddr: [0; 4],
+            inner_daddr: [0; 4],
+            inner_l4_off: 0,
+            quoted: QuotedTcp { tcp, complete: false },
+        }
+    }
+
+    /// What the gate writes back: `reply`'s addresses, outside and (in
+    /// reverse) inside, and the translated fields.
+    fn write_back_v6(frame: &mut [u8], err: &Icmp6Error, reply: &SpliceEntry<[u32; 4]>) {
+        let (outer, inner) = (err.outer_saddr_off(), err.inner_saddr_off());
+        frame[outer..outer + 16].copy_from_slice(&crate::abi::v6_bytes(&reply.saddr));
+        frame[outer + 16..outer + 32].copy_from_slice(&crate::abi::v6_bytes(&reply.daddr));
+        frame[err.l3_off + 7] = err.hop_limit;
+        frame[err.icmp_off..err.icmp_off + 8].copy_from_slice(err.icmp.as_bytes());
+        frame[inner..inner + 16].copy_from_slice(&crate::abi::v6_bytes(&err.inner_saddr));
+        frame[inner + 16..inner + 32].copy_from_slice(&crate::abi::v6_bytes(&err.inner_daddr));
+        let n = if err.quoted.complete { 20 } else { 8 };
+        frame[err.inner_l4_off..err.inner_l4_off + n].copy_from_slice(&err.quoted.tcp.as_bytes()[..n]);
+    }
+
+    #[test]
+    fn an_icmpv6_error_about_a_client_segment_quotes_what_the_client_sent() {
+        let v6 = |last: u8| [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last];
+        let (client, vip, target, router) = (v6(7), v6(1), v6(0x42), v6(0xfe));
+        let sent =
+            tcp_segment_v6(&ipv6(client, vip, IPPROTO_TCP, 20 + 1400), 40000, 443, 77, 0x2000_0001, &[0xab; 1400]);
+        let forwarded =
+            tcp_segment_v6(&ipv6(client, target, IPPROTO_TCP, 20 + 1400), 40000, 8080, 77, 0x1000_0001, &[0xab; 1400]);
+        // The target → client entry: shown to the client as the VIP.
+        let reply = SpliceEntry::<[u32; 4]> {
+            saddr: v6_words(vip),
+            daddr: v6_words(client),
+            sport: 443u16.to_be(),
+            dport: 40000u16.to_be(),
+            seq_shift: 0x1000_0000,
+            ..Default::default()
+        };
+        for (kind, quote) in [(ICMPV6_PKT_TOOBIG, 48), (ICMPV6_DEST_UNREACH, 60), (ICMPV6_TIME_EXCEED, 1232)] {
+            let mut frame = error_frame_v6(router, client, kind, 0, &forwarded, quote);
+            let ip = frame.as_slice().load::<Ipv6Hdr>(14).unwrap();
+            let mut err = empty_v6();
+            parse_error_v6(frame.as_slice(), 14, &ip, 54, &mut err).expect("an ICMPv6 error about TCP");
+            assert_eq!(err.quoted.complete, quote >= 60, "quote of {quote} bytes");
+            assert_eq!((err.inner_saddr, err.inner_daddr), (v6_words(client), v6_words(target)));
+            translate_v6(&mut err, &reply, true);
+            write_back_v6(&mut frame, &err, &reply);
+            // The error the VIP itself would send about the client's own
+            // segment, one hop older.
+            let mut want = error_frame_v6(vip, client, kind, 0, &sent, quote);
+            want[14 + 7] -= 1;
+            assert_eq!(frame, want, "type {kind}, quote of {quote} bytes");
+        }
+    }
+
+    #[test]
+    fn informational_icmpv6_and_quotes_of_other_protocols_are_not_errors_to_translate() {
+        let (a, b) = ([1; 16], [2; 16]);
+        let seg = tcp_segment_v6(&ipv6(a, b, IPPROTO_TCP, 20), 1, 2, 3, 4, &[]);
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("echo request", error_frame_v6([3; 16], a, 128, 0, &seg, 48)),
+            ("neighbour solicitation", error_frame_v6([3; 16], a, 135, 0, &seg, 48)),
+            ("quote shorter than ports and SEQ", error_frame_v6([3; 16], a, ICMPV6_DEST_UNREACH, 4, &seg, 47)),
+            ("quote of UDP", {
+                let mut f = error_frame_v6([3; 16], a, ICMPV6_DEST_UNREACH, 4, &seg, 48);
+                f[14 + 40 + 8 + 6] = 17;
+                f
+            }),
+        ];
+        for (what, frame) in cases {
+            let ip = frame.as_slice().load::<Ipv6Hdr>(14).unwrap();
+            let parsed = parse_error_v6(frame.as_slice(), 14, &ip, 54, &mut empty_v6());
+            assert!(parsed.is_none(), "{what} must not be translated");
         }
     }
 

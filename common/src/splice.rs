@@ -192,7 +192,7 @@ pub struct Ipv6Rewrite {
 impl Ipv6Rewrite {
     #[inline(always)]
     pub fn of(ip: &Ipv6Hdr) -> Self {
-        let addr_sum = csum::from_native_partial(native_sum(&v6_words(ip.saddr)) + native_sum(&v6_words(ip.daddr)));
+        let addr_sum = csum::words_sum(&v6_words(ip.saddr)) + csum::words_sum(&v6_words(ip.daddr));
         Self { addr_sum, hop_limit: ip.hop_limit }
     }
 }
@@ -217,7 +217,7 @@ impl SpliceHeader for Ipv6Rewrite {
         }
         rewrite_tcp_fields!(tcp, e);
 
-        let addrs_new = csum::from_native_partial(native_sum(&e.saddr) + native_sum(&e.daddr));
+        let addrs_new = csum::words_sum(&e.saddr) + csum::words_sum(&e.daddr);
         ip.addr_sum = addrs_new;
         let tcp_new = tcp_word_sum!(tcp);
         tcp.check = csum::replace(tcp.check, addrs_old + tcp_old + opts_old, addrs_new + tcp_new + opts_new);
@@ -243,14 +243,6 @@ impl SpliceHeader for Ipv6Hdr {
         ip.daddr = v6_bytes(&e.daddr);
         ip.hop_limit = fields.hop_limit;
     }
-}
-
-/// The one's-complement partial sum of address words in native order
-/// (`csum::from_native_partial` turns it into the big-endian sum).
-#[inline(always)]
-fn native_sum(words: &[u32; 4]) -> u32 {
-    let half = |w: u32| (w & 0xffff) + (w >> 16);
-    half(words[0]) + half(words[1]) + half(words[2]) + half(words[3])
 }
 
 /// `(raw << shl) >> shr`, rounded up so that an open window never becomes

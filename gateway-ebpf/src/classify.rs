@@ -4,6 +4,7 @@
 //! own, so that its larger parse does not weigh on IPv4's stack frame.
 
 use ackgate_common::abi::{FlowKey, ServiceKey, ServicePolicy, SpliceKey, VipKey};
+use ackgate_common::icmp::IPPROTO_ICMPV6;
 use ackgate_common::net::{
     ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv4Tcp, Ipv6Hdr, Ipv6Refusal, Parsed, Parsed6, parse_ipv4_tcp, parse_ipv6_tcp,
 };
@@ -12,7 +13,7 @@ use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 use core::mem::size_of;
 
 use crate::maps::{SERVICES, Scratch, VIPS};
-use crate::program::Verdict;
+use crate::program::{ICMP_V6, Verdict};
 use ackgate_common::kernel::frame::XdpFrame;
 
 /// Parses the frame into `scratch` (segment, service policy, 4-tuple).
@@ -105,6 +106,12 @@ fn classify_v6(frame: &XdpFrame, l3_off: usize, scratch: &mut Scratch) -> Verdic
     let seg = &mut scratch.seg6;
     match parse_ipv6_tcp(frame, l3_off, seg) {
         Parsed6::Tcp => {}
+        // ICMPv6 errors may concern spliced flows (`icmp::on_ipv6`); the
+        // rest, neighbour discovery first, goes to the transit check.
+        Parsed6::Other { next_header, l4_off } if next_header == IPPROTO_ICMPV6 && l3_off == size_of::<EthHdr>() => {
+            seg.l4_off = l4_off;
+            return Verdict::new(ICMP_V6, reason::PASS_NOT_TCP);
+        }
         Parsed6::Other { .. } => return Verdict::transit(true, reason::PASS_NOT_TCP),
         Parsed6::Refused(why) => {
             // To a VIP each refusal is dropped and counted on its own;

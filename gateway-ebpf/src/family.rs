@@ -244,7 +244,7 @@ impl Family for Ipv6Hdr {
     #[inline(always)]
     fn spliced(frame: &XdpFrame, _seg: &Ipv6Tcp, _key: &FlowKey) -> Option<Verdict> {
         maps::splice_entry::<Self>(&maps::scratch()?.splice_key6, true)?;
-        Some(stage::enter_splice_v6(frame))
+        Some(stage::enter_splice_v6(frame, stage::STAGE_JOB_SEGMENT))
     }
 
     #[inline(always)]

@@ -8,7 +8,7 @@
 //! [`connecting`]. Everything else passes.
 
 use ackgate_common::abi::{EVENT_REFUSED, EVENT_SPLICED, FlowKey, REFUSED_RST, SPLICE_CONNECTING, SpliceKey};
-use ackgate_common::icmp::IPPROTO_ICMP;
+use ackgate_common::icmp::{IPPROTO_ICMP, IPPROTO_ICMPV6};
 use ackgate_common::net::{
     ETH_P_IPV6, Ipv4Hdr, Ipv6Hdr, Parsed, Parsed6, TCP_ACK, TCP_RST, TCP_SYN, TcpSegment, overlay, parse_ipv4_tcp,
     parse_ipv6_tcp,
@@ -22,8 +22,9 @@ use aya_ebpf::bindings::xdp_action::{XDP_DROP, XDP_PASS};
 
 use crate::family::Family;
 use crate::maps::{self, Scratch};
-use crate::program::{ICMP_V4, SPLICE_V6, Verdict};
+use crate::program::{ICMP_V4, ICMP_V6, SPLICE_V6, Verdict};
 use crate::respond::transmit;
+use crate::stage::{STAGE_JOB_ICMP, STAGE_JOB_SEGMENT};
 use crate::{events, icmp, options, splice, stage};
 use ackgate_common::kernel::frame::XdpFrame;
 
@@ -38,7 +39,14 @@ pub fn internal(frame: &XdpFrame) -> Verdict {
         return if translated.is_continue() { Verdict::new(XDP_PASS, reason::INTERNAL_PASS) } else { translated };
     }
     if parsed.action() == SPLICE_V6 {
-        return stage::enter_splice_v6(frame);
+        return stage::enter_splice_v6(frame, STAGE_JOB_SEGMENT);
+    }
+    if parsed.action() == ICMP_V6 {
+        let translated = icmp::on_ipv6(frame, false);
+        if translated.action() == SPLICE_V6 {
+            return stage::enter_splice_v6(frame, STAGE_JOB_ICMP);
+        }
+        return if translated.is_continue() { Verdict::new(XDP_PASS, reason::INTERNAL_PASS) } else { translated };
     }
     if !parsed.is_continue() {
         return parsed;
@@ -79,11 +87,17 @@ fn parse(frame: &XdpFrame, scratch: &mut Scratch) -> Verdict {
 
 /// An IPv6 packet: [`Verdict::SPLICE_V6`] for a segment of a spliced flow
 /// from the target's side (parsed into `scratch.seg6` and `scratch.key`,
-/// for the stage), else a pass. ICMPv6 errors pass untranslated for now.
+/// for the stage), the `ICMP_V6` marker for ICMPv6 (`seg6.l4_off` at its
+/// header), else a pass.
 #[inline(never)]
 fn parse_v6(frame: &XdpFrame, l3_off: usize, scratch: &mut Scratch) -> Verdict {
-    if parse_ipv6_tcp(frame, l3_off, &mut scratch.seg6) != Parsed6::Tcp {
-        return Verdict::new(XDP_PASS, reason::INTERNAL_PASS);
+    match parse_ipv6_tcp(frame, l3_off, &mut scratch.seg6) {
+        Parsed6::Tcp => {}
+        Parsed6::Other { next_header, l4_off } if next_header == IPPROTO_ICMPV6 => {
+            scratch.seg6.l4_off = l4_off;
+            return Verdict::new(ICMP_V6, reason::INTERNAL_PASS);
+        }
+        _ => return Verdict::new(XDP_PASS, reason::INTERNAL_PASS),
     }
     scratch.splice_key6 = SpliceKey::of_segment(&scratch.seg6);
     if maps::splice_entry::<Ipv6Hdr>(&scratch.splice_key6, false).is_none() {

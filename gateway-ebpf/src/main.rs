@@ -84,6 +84,7 @@ mod program {
 
     use crate::classify::classify;
     use crate::family::Family;
+    use crate::stage::STAGE_JOB_ICMP;
     use crate::{ack, held, icmp, internal, maps, stage, stats, syn, transit};
     use ackgate_common::kernel::frame::XdpFrame;
 
@@ -103,8 +104,8 @@ mod program {
         /// service (in `Scratch::seg6`).
         pub const PROTECTED_V6: Verdict = Verdict::new(PROTECTED_V6, 0);
         /// Not a verdict: `internal::parse` found an IPv6 segment of a
-        /// spliced flow (in `Scratch::seg6`); `internal` tail-calls the
-        /// splice stage.
+        /// spliced flow (in `Scratch::seg6`), or `icmp::on_ipv6` an ICMPv6
+        /// error about one; the caller tail-calls the splice stage.
         pub const SPLICE_V6: Verdict = Verdict::new(SPLICE_V6, 0);
 
         pub const fn new(action: u32, reason: u32) -> Self {
@@ -134,6 +135,10 @@ mod program {
     const PROTECTED_V6: u32 = u32::MAX - 4;
     /// The action of [`Verdict::SPLICE_V6`].
     pub const SPLICE_V6: u32 = u32::MAX - 5;
+    /// Not a verdict: `classify_v6` or the internal side's parse found
+    /// ICMPv6 (its header in `Scratch::seg6`, `l4_off` at the ICMPv6
+    /// header); the caller hands it to `icmp::on_ipv6`.
+    pub const ICMP_V6: u32 = u32::MAX - 6;
 
     impl Verdict {
         pub const fn action(self) -> u32 {
@@ -200,6 +205,18 @@ mod program {
                 return transit::ipv4(frame, ip, classified.reason());
             }
             TRANSIT_V6 => return transit::ipv6(frame, scratch.seg.l3_off, classified.reason()),
+            ICMP_V6 => {
+                // As ICMP over IPv4 above (`classify_v6` sent tagged frames
+                // to transit already).
+                let translated = icmp::on_ipv6(frame, true);
+                if translated.action() == SPLICE_V6 {
+                    return stage::enter_splice_v6(frame, STAGE_JOB_ICMP);
+                }
+                if !translated.is_continue() {
+                    return translated;
+                }
+                return transit::ipv6(frame, scratch.seg.l3_off, classified.reason());
+            }
             PROTECTED_V6 => return protected::<Ipv6Hdr>(frame, &scratch.seg6, &scratch.policy, &scratch.key),
             _ if !classified.is_continue() => return classified,
             _ => {}

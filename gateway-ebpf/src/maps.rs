@@ -6,7 +6,7 @@ use ackgate_common::abi::{
     MAX_TRANSIT_PREFIXES, PendingFlow, SPLICE_F_TO_TARGET, STAGE_SLOTS, ServiceKey, ServicePolicy, SpliceEntry,
     SpliceKey, TransitKey, VipInfo, VipKey,
 };
-use ackgate_common::icmp::IcmpError;
+use ackgate_common::icmp::{Icmp6Error, IcmpError};
 use ackgate_common::net::{Ipv4Tcp, Ipv6Tcp};
 use ackgate_common::option::{HandshakeOptions, OptionBytes, OptionScan};
 use ackgate_common::reason;
@@ -91,8 +91,11 @@ pub struct Scratch {
     /// The rest of the option walk's results (`options::scan`).
     pub scan: OptionScan,
     pub fib: FibParams,
-    /// An ICMP error being translated (`icmp`).
+    /// An ICMP error being translated (`icmp`), and an ICMPv6 one.
     pub icmp: IcmpError,
+    pub icmp6: Icmp6Error,
+    /// What the IPv6 splice stage is to do (`stage::STAGE_JOB_*`).
+    pub stage_job: u8,
     /// A flow's two splice entries while the target's handshake completes
     /// them (`internal::connecting`): to the target, to the client.
     pub splice_pair: [SpliceEntry; 2],

@@ -13,31 +13,45 @@ use aya_ebpf::bindings::xdp_action::XDP_DROP;
 
 use crate::maps::{self, SPLICE6, STAGES};
 use crate::program::Verdict;
-use crate::{internal, splice};
+use crate::{icmp, internal, splice};
 use ackgate_common::kernel::frame::XdpFrame;
 
-/// Hands the frame to the IPv6 splice stage; returns only if the stage's
-/// slot is empty (a gate loaded without it), with the verdict then. Call
-/// it from the entry point's own frame: the verifier refuses a tail call
-/// below BPF-to-BPF calls whose frames add up to 256 bytes
+/// What the IPv6 splice stage is to do (`Scratch::stage_job`): splice the
+/// segment in `Scratch::seg6`, or translate the ICMPv6 error in
+/// `Scratch::icmp6`.
+pub const STAGE_JOB_SEGMENT: u8 = 0;
+pub const STAGE_JOB_ICMP: u8 = 1;
+
+/// Hands the frame to the IPv6 splice stage for `job`; returns only if
+/// the stage's slot is empty (a gate loaded without it), with the verdict
+/// then. Call it from the entry point's own frame: the verifier refuses a
+/// tail call below BPF-to-BPF calls whose frames add up to 256 bytes
 /// (check_max_stack_depth in kernel/bpf/verifier.c).
 #[inline(always)]
-pub fn enter_splice_v6(frame: &XdpFrame) -> Verdict {
+pub fn enter_splice_v6(frame: &XdpFrame, job: u8) -> Verdict {
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    };
+    scratch.stage_job = job;
     // SAFETY: a tail call with the program's own context; on success it
     // does not return.
     unsafe { STAGES.tail_call(frame.ctx(), STAGE_SPLICE_V6) };
     Verdict::new(XDP_DROP, reason::ERR_STAGE_MISSING)
 }
 
-/// The IPv6 splice stage: the segment in `scratch.seg6`, of the flow
-/// `scratch.key`, has a splice entry under `scratch.splice_key6` in the
-/// direction it arrived (the caller checked). While the splice connects, the target's answer
+/// The IPv6 splice stage. A segment: the one in `scratch.seg6`, of the
+/// flow `scratch.key`, has a splice entry under `scratch.splice_key6` in
+/// the direction it arrived (the caller checked). An ICMPv6 error: see
+/// `icmp::forward_v6`. While the splice connects, the target's answer
 /// completes it; otherwise the segment is spliced as IPv4's are.
 #[inline(always)]
 pub fn splice_v6(frame: &XdpFrame) -> Verdict {
     let Some(scratch) = maps::scratch() else {
         return Verdict::new(XDP_DROP, reason::ERR_REPLY);
     };
+    if scratch.stage_job == STAGE_JOB_ICMP {
+        return icmp::forward_v6(frame);
+    }
     // The caller left the key in map memory: 36 bytes on this frame put
     // the deepest call chain below it over the verifier's 512 bytes.
     let (seg, key, splice_key) = (&scratch.seg6, &scratch.key, &scratch.splice_key6);

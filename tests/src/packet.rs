@@ -283,15 +283,22 @@ impl IcmpFrame {
     }
 }
 
-/// ICMPv6 "packet too big" from a router at `saddr` to `daddr`, as Linux
-/// sends it (traffic class and flow label 0, hop limit 64), about the
-/// IPv6 packet in `frame` (an Ethernet frame without extension headers):
-/// its fixed header and first eight TCP bytes.
-pub fn packet_too_big(saddr: [u8; 16], daddr: [u8; 16], mtu: u32, frame: &[u8]) -> Vec<u8> {
-    let (src_mac, dst_mac) = (&frame[6..12], &frame[..6]);
-    let quote = &frame[14..14 + 48];
-    let mut icmp = vec![ICMPV6_PKT_TOOBIG, 0, 0, 0];
-    icmp.extend_from_slice(&mtu.to_be_bytes());
+/// An Ethernet frame holding an ICMPv6 error of `kind` and `code` from
+/// `saddr` to `daddr`, as Linux sends it (traffic class and flow label 0,
+/// hop limit 64), with `rest` as the header's last word, quoting `quote`
+/// (the start of an IPv6 packet).
+#[allow(clippy::too_many_arguments)]
+pub fn icmpv6_error(
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
     icmp.extend_from_slice(quote);
     let len = icmp.len() as u16;
     let sum = Sum16BitWords::new()
@@ -304,8 +311,8 @@ pub fn packet_too_big(saddr: [u8; 16], daddr: [u8; 16], mtu: u32, frame: &[u8]) 
         .to_be();
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     let mut f = Vec::new();
-    f.extend_from_slice(src_mac);
-    f.extend_from_slice(dst_mac);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
     f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
     f.extend_from_slice(&[0x60, 0, 0, 0]);
     f.extend_from_slice(&len.to_be_bytes());
@@ -314,6 +321,14 @@ pub fn packet_too_big(saddr: [u8; 16], daddr: [u8; 16], mtu: u32, frame: &[u8]) 
     f.extend_from_slice(&daddr);
     f.extend_from_slice(&icmp);
     f
+}
+
+/// "Packet too big" from `saddr` to `daddr` about the IPv6 packet in
+/// `frame` (an Ethernet frame without extension headers), back to where
+/// it came from: its fixed header and first eight TCP bytes quoted.
+pub fn packet_too_big(saddr: [u8; 16], daddr: [u8; 16], mtu: u32, frame: &[u8]) -> Vec<u8> {
+    let (src_mac, dst_mac) = (frame[..6].try_into().expect("MAC"), frame[6..12].try_into().expect("MAC"));
+    icmpv6_error((src_mac, dst_mac), saddr, daddr, ICMPV6_PKT_TOOBIG, 0, mtu.to_be_bytes(), &frame[14..14 + 48])
 }
 
 /// The Internet checksum (RFC 1071) of `bytes`, as it goes on the wire

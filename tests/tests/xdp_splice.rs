@@ -16,13 +16,14 @@ use ackgate_common::abi::{
     END_FIN, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV6, FlowKey, FlowOwner,
     REFUSED_UNREACHABLE, RESPONSE_DROP, SPLICE_ESTABLISHED, SPLICE_F_FIN, SPLICE_F_RST, port_field, v4_words, v6_words,
 };
+use ackgate_common::icmp::{ICMPV6_DEST_UNREACH, ICMPV6_PKT_TOOBIG};
 use ackgate_common::net::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use ackgate_common::reason;
 use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
 use ackgate_gateway::events::Events;
 use ackgate_gateway::splice::HeldRing;
 use ackgate_tests::fixture::{TestGate, linux_handshake, service};
-use ackgate_tests::packet::{IcmpFrame, TcpFrame, packet_too_big, v6_of};
+use ackgate_tests::packet::{CLIENT_MAC, GATE_MAC, IcmpFrame, TcpFrame, icmpv6_error, packet_too_big, v6_of};
 use ackgate_tests::table::{Out, Program, Row, XDP_DROP, XDP_PASS, XDP_TX, run_rows};
 
 const CLIENT: [u8; 4] = [10, 0, 0, 2];
@@ -814,4 +815,127 @@ fn ipv6_segments_too_big_for_the_next_hop_earn_packet_too_big() {
             },
         ],
     );
+}
+
+/// The IPv6 twin of [`established`].
+fn established6(g: &mut TestGate, cport: u16) -> SpliceSetup {
+    let s = setup6(cport);
+    let (mut ct, mut tc) = s.connecting::<[u32; 4]>();
+    complete(&mut ct, &mut tc, &TargetAnswer { isn: TARGET_ISN, wscale: TARGET_WS, tsval: Some(TARGET_TS) });
+    g.gate.set_splice(&s.target_key::<[u32; 4]>(), &tc).expect("target-side entry");
+    g.gate.set_splice(&s.client_key::<[u32; 4]>(), &ct).expect("client-side entry");
+    s
+}
+
+#[test]
+fn icmpv6_errors_about_spliced_segments_are_translated() {
+    let mut g = TestGate::new("splice6-icmp", &[service(Ipv6Addr::from(v6_of(VIP)), VPORT, RESPONSE_DROP, false)]);
+    let mut events = Events::take(g.gate.ebpf_mut()).expect("event ring");
+    established6(&mut g, 40012);
+    let (c, v, t) = ((CLIENT, 40012), (VIP, VPORT), (TARGET, TPORT));
+    let data = [0x5a; 1000];
+    let v6 = |f: TcpFrame| f.v6().build();
+    // As in the IPv4 test: the quoted options and window keep their
+    // forwarded values.
+    let forwarded =
+        v6(seg(c, t, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, TARGET_ISN + 1, 1000, ts(6000, TARGET_TS + 5), &data));
+    let as_client_sent =
+        v6(seg(c, v, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, COOKIE + 1, 1000, ts(6000, TARGET_TS + 5), &data));
+    let delivered = v6(seg(v, c, TCP_ACK, COOKIE + 1, CLIENT_ISN + 1, 4000, ts(COOKIE_TS + 7, 6000), &data));
+    let as_target_sent = v6(seg(t, c, TCP_ACK, TARGET_ISN + 1, CLIENT_ISN + 1, 4000, ts(COOKIE_TS + 7, 6000), &data));
+    let macs = (CLIENT_MAC, GATE_MAC);
+    let error = |from: [u8; 4], to: [u8; 4], kind: u8, code: u8, packet: &[u8], quote: usize| {
+        let rest = if kind == ICMPV6_PKT_TOOBIG { 1280u32.to_be_bytes() } else { [0; 4] };
+        let quote = &packet[14..(14 + quote).min(packet.len())];
+        icmpv6_error(macs, v6_of(from), v6_of(to), kind, code, rest, quote)
+    };
+    let translated = |name, program, input: Vec<u8>, want: Vec<u8>| {
+        let row = Row { name, input, action: XDP_PASS, reason: reason::ICMP_TRANSLATED_KERNEL, out: Out::Exact(want) };
+        (program, row)
+    };
+    let whole = 1232;
+    run(
+        &mut g,
+        vec![
+            translated(
+                "packet too big about a client segment, ports and SEQ quoted",
+                Program::Internal,
+                error(INTERNAL_ROUTER, CLIENT, ICMPV6_PKT_TOOBIG, 0, &forwarded, 48),
+                error(VIP, CLIENT, ICMPV6_PKT_TOOBIG, 0, &as_client_sent, 48),
+            ),
+            translated(
+                "packet too big about a client segment, quoted whole",
+                Program::Internal,
+                error(INTERNAL_ROUTER, CLIENT, ICMPV6_PKT_TOOBIG, 0, &forwarded, whole),
+                error(VIP, CLIENT, ICMPV6_PKT_TOOBIG, 0, &as_client_sent, whole),
+            ),
+            translated(
+                "address unreachable about a target segment",
+                Program::Edge,
+                error(EDGE_ROUTER, VIP, ICMPV6_DEST_UNREACH, 3, &delivered, whole),
+                error(CLIENT, TARGET, ICMPV6_DEST_UNREACH, 3, &as_target_sent, whole),
+            ),
+        ],
+    );
+    let stranger = v6(seg((TARGET, 22), (CLIENT, 5555), TCP_ACK, 1, 1, 100, vec![], &[]));
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![
+            Row {
+                name: "an ICMPv6 error about a flow that is not spliced",
+                input: error(INTERNAL_ROUTER, TARGET, ICMPV6_DEST_UNREACH, 3, &stranger, 60),
+                action: XDP_PASS,
+                reason: reason::INTERNAL_PASS,
+                out: Out::Unchanged,
+            },
+            Row {
+                name: "an ICMPv6 error about a target segment arriving on the internal side",
+                input: error(INTERNAL_ROUTER, VIP, ICMPV6_PKT_TOOBIG, 0, &delivered, whole),
+                action: XDP_PASS,
+                reason: reason::INTERNAL_PASS,
+                out: Out::Unchanged,
+            },
+            Row {
+                name: "a neighbour solicitation",
+                input: icmpv6_error(macs, v6_of(TARGET), v6_of([10, 99, 0, 1]), 135, 0, [0; 4], &[0; 16]),
+                action: XDP_PASS,
+                reason: reason::INTERNAL_PASS,
+                out: Out::Unchanged,
+            },
+        ],
+    );
+    assert!(events.drain().is_empty(), "translating errors tells the control plane nothing");
+
+    // An unreachable target answers the splice's SYN with an error: the
+    // splice is refused at once, as over IPv4.
+    let refused = setup6(40013);
+    let (ct, tc) = refused.connecting::<[u32; 4]>();
+    g.gate.set_splice(&refused.target_key::<[u32; 4]>(), &tc).expect("target-side entry");
+    g.gate.set_splice(&refused.client_key::<[u32; 4]>(), &ct).expect("client-side entry");
+    let syn = v6(seg((CLIENT, 40013), t, TCP_SYN, CLIENT_ISN, 0, 64240, vec![], &[]));
+    let too_big = error(INTERNAL_ROUTER, CLIENT, ICMPV6_PKT_TOOBIG, 0, &syn, 60);
+    run_rows(
+        &mut g,
+        Program::Internal,
+        vec![
+            Row {
+                name: "packet too big about the splice's SYN refuses nothing",
+                input: too_big,
+                action: XDP_DROP,
+                reason: reason::SPLICE_UNEXPECTED,
+                out: Out::Dropped,
+            },
+            Row {
+                name: "address unreachable about the splice's SYN",
+                input: error(INTERNAL_ROUTER, CLIENT, ICMPV6_DEST_UNREACH, 3, &syn, 60),
+                action: XDP_DROP,
+                reason: reason::INTERNAL_TARGET_UNREACHABLE,
+                out: Out::Dropped,
+            },
+        ],
+    );
+    let ev = events.drain();
+    assert_eq!(ev.len(), 1, "one refusal: {ev:?}");
+    assert_eq!((ev[0].kind, ev[0].agent_id, ev[0].flow), (EVENT_REFUSED, REFUSED_UNREACHABLE, refused.client));
 }
