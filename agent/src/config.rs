@@ -29,7 +29,7 @@
 //! reconnect_max_secs = 30  # connect backs off, doubling up to this (refused: 1 s)
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,7 +86,7 @@ pub enum LoginScope {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetSection {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     #[serde(default)]
     pub port: u16,
     #[serde(default)]
@@ -185,11 +185,11 @@ impl Config {
     }
 
     /// The stamper's targets: the configured ones, or the gateway itself.
-    pub fn targets(&self, gateway: Option<Ipv4Addr>) -> Vec<Target> {
+    pub fn targets(&self, gateway: Option<IpAddr>) -> Vec<Target> {
         if self.targets.is_empty() {
-            return gateway.map(|g| Target { addr: g.into(), port: 0, stealth: false }).into_iter().collect();
+            return gateway.map(|g| Target { addr: g, port: 0, stealth: false }).into_iter().collect();
         }
-        self.targets.iter().map(|t| Target { addr: t.address.into(), port: t.port, stealth: t.stealth }).collect()
+        self.targets.iter().map(|t| Target { addr: t.address, port: t.port, stealth: t.stealth }).collect()
     }
 }
 
@@ -205,7 +205,7 @@ mod tests {
             ("[session]\nreconnect_min_ms = 0", "above zero"),
             ("[session]\nreconnect_min_ms = 60000\nreconnect_max_secs = 1", "reconnect_min_ms"),
             ("[[targets]]\naddress = \"10.0.0.1\"\n[[targets]]\naddress = \"10.0.0.1\"", "listed twice"),
-            ("[[targets]]\naddress = \"not-an-ip\"", "invalid IPv4 address"),
+            ("[[targets]]\naddress = \"not-an-ip\"", "invalid IP address"),
             ("colour = \"blue\"", "unknown field"),
             ("login_scope = \"user\"", "unknown variant"),
         ];
@@ -214,7 +214,10 @@ mod tests {
             assert!(err.contains(needle), "config {text:?}: error {err:?} should mention {needle:?}");
         }
         let ok = Config::parse("interfaces = [\"eth0\"]", "agent.toml").expect("minimal config");
-        assert_eq!(ok.targets(Some(Ipv4Addr::new(10, 0, 0, 1))).len(), 1);
+        assert_eq!(ok.targets(Some(IpAddr::from([10, 0, 0, 1]))).len(), 1);
+        let v6 =
+            Config::parse("[[targets]]\naddress = \"2001:db8::1\"\nport = 443", "agent.toml").expect("IPv6 target");
+        assert_eq!(v6.targets(None)[0].addr, "2001:db8::1".parse::<IpAddr>().unwrap(), "IPv6 targets are stamped");
         assert_eq!(ok.login_scope, LoginScope::Account, "logins are per account unless configured otherwise");
     }
 }

@@ -208,15 +208,12 @@ async fn cmd_run(config: Config) -> Result<()> {
     }
     let enrollment = StateDir::new(&config.state_dir).load()?;
     let agent_id = enrollment.info.agent_id;
-    let gateway_ip = enrollment.info.gateway.parse::<std::net::SocketAddr>().ok().and_then(|a| match a.ip() {
-        std::net::IpAddr::V4(v4) => Some(v4),
-        std::net::IpAddr::V6(_) => None,
-    });
+    let gateway_ip = enrollment.info.gateway.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
     let mut stamper = Stamper::load(config.option_id()).context("loading the TC stamper")?;
     stamper.set_identity(agent_id, enrollment.mac_key)?;
     let targets = config.targets(gateway_ip);
     if targets.is_empty() {
-        bail!("no [[targets]] configured and the gateway address {} is not an IPv4 address", enrollment.info.gateway);
+        bail!("no [[targets]] configured and the gateway address {} is not an IP address", enrollment.info.gateway);
     }
     stamper.set_targets(&targets)?;
     if config.interfaces.is_empty() {

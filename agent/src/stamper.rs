@@ -171,12 +171,10 @@ impl Stamper {
         let map = self.ebpf.map(MAP_AGENT_STAMPED).ok_or(StamperError::MissingMap(MAP_AGENT_STAMPED))?;
         let map: HashMap<&MapData, FlowKey, StampedFlow> =
             HashMap::try_from(map).map_err(|source| StamperError::Map { map: MAP_AGENT_STAMPED, source })?;
-        let key = FlowKey::ipv4(
-            flow.client_addr,
-            flow.service_addr,
-            flow.client_port.to_be_bytes(),
-            flow.service_port.to_be_bytes(),
-        );
+        // Ends of two families: no flow this machine stamped.
+        let Some(key) = flow.flow_key() else {
+            return Ok(None);
+        };
         match map.get(&key, 0) {
             Ok(entry) => Ok(entry.is_handshake(flow.client_isn, flow.server_isn).then_some(entry.account)),
             Err(MapError::KeyNotFound) => Ok(None),

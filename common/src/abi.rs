@@ -14,6 +14,7 @@
 
 use crate::net::{IpHeader, TcpSegment};
 use core::mem::size_of;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
@@ -231,6 +232,35 @@ impl FlowKey {
         }
     }
 
+    /// The client's address and port, of either family.
+    pub fn client_addr(&self) -> SocketAddr {
+        socket_addr(self.family, &self.saddr, self.sport)
+    }
+
+    /// The service's address (VIP) and port, of either family.
+    pub fn service_addr(&self) -> SocketAddr {
+        socket_addr(self.family, &self.daddr, self.dport)
+    }
+
+    /// The TCP flow from `client` to `service`; `None` when their
+    /// families differ.
+    pub fn of_sockets(client: SocketAddr, service: SocketAddr) -> Option<Self> {
+        let (family, saddr, daddr) = match (client.ip(), service.ip()) {
+            (IpAddr::V4(c), IpAddr::V4(s)) => (FAMILY_IPV4, v4_words(c.octets()), v4_words(s.octets())),
+            (IpAddr::V6(c), IpAddr::V6(s)) => (FAMILY_IPV6, v6_words(c.octets()), v6_words(s.octets())),
+            _ => return None,
+        };
+        Some(Self {
+            saddr,
+            daddr,
+            sport: port_field(client.port().to_be_bytes()),
+            dport: port_field(service.port().to_be_bytes()),
+            family,
+            proto: crate::net::IPPROTO_TCP,
+            _pad: 0,
+        })
+    }
+
     /// Client `addr:port` for display (IPv4).
     pub fn client_v4(&self) -> ([u8; 4], u16) {
         (v4_bytes(&self.saddr), port_value(self.sport))
@@ -240,6 +270,16 @@ impl FlowKey {
     pub fn service_v4(&self) -> ([u8; 4], u16) {
         (v4_bytes(&self.daddr), port_value(self.dport))
     }
+}
+
+/// An address of `family` held as map words, with a port field (network
+/// order), as a socket address.
+pub fn socket_addr(family: u8, words: &[u32; 4], port: u16) -> SocketAddr {
+    let ip = match family {
+        FAMILY_IPV6 => IpAddr::V6(Ipv6Addr::from(v6_bytes(words))),
+        _ => IpAddr::V4(Ipv4Addr::from(v4_bytes(words))),
+    };
+    SocketAddr::new(ip, port_value(port))
 }
 
 /// Flow states in the flow map (`PendingFlow::state`), written by the gate
@@ -746,6 +786,29 @@ pub fn last_seen_ago_ns(now_ns: u64, a: u32, b: u32) -> u64 {
 }
 
 impl<A: SpliceAddr> SpliceEntry<A> {
+    /// The same entry with its addresses as `B`'s words: the control plane
+    /// reads both families' entries as `SpliceEntry<[u32; 4]>`.
+    pub fn with_addrs<B: SpliceAddr>(&self) -> SpliceEntry<B> {
+        SpliceEntry {
+            saddr: B::from_words(self.saddr.words()),
+            daddr: B::from_words(self.daddr.words()),
+            sport: self.sport,
+            dport: self.dport,
+            seq_shift: self.seq_shift,
+            ts_shift: self.ts_shift,
+            wnd_shl: self.wnd_shl,
+            wnd_shr: self.wnd_shr,
+            state: self.state,
+            flags: self.flags,
+            seq_next: self.seq_next,
+            aux: self.aux,
+            packets: self.packets,
+            last_seen: self.last_seen,
+            bytes: self.bytes,
+            owner_tag: self.owner_tag,
+        }
+    }
+
     /// The key of the other direction's entry.
     #[inline(always)]
     pub fn peer_key(&self) -> SpliceKey<A> {

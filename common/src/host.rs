@@ -1,15 +1,12 @@
 //! Small userspace helpers shared by the gateway and the agent (feature
-//! `user`): interface names, the kernel programs' clock, flow keys as
-//! socket addresses, SIGPIPE for command-line tools, atomic file
-//! replacement, Unix time, hex and poison-tolerant locks.
+//! `user`): interface names, the kernel programs' clock, SIGPIPE for
+//! command-line tools, atomic file replacement, Unix time, hex and
+//! poison-tolerant locks.
 
 extern crate std;
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-
-use crate::abi::FlowKey;
 
 /// Whether `name` could be a Linux interface name (shorter than IFNAMSIZ,
 /// no NUL, slash or whitespace). aya panics on a NUL, and the kernel
@@ -77,20 +74,6 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
-}
-
-impl FlowKey {
-    /// The client's address and port (IPv4 flows).
-    pub fn client_addr(&self) -> SocketAddrV4 {
-        let (a, p) = self.client_v4();
-        SocketAddrV4::new(Ipv4Addr::from(a), p)
-    }
-
-    /// The service's VIP and port (IPv4 flows).
-    pub fn service_addr(&self) -> SocketAddrV4 {
-        let (a, p) = self.service_v4();
-        SocketAddrV4::new(Ipv4Addr::from(a), p)
-    }
 }
 
 #[cfg(test)]

@@ -24,12 +24,13 @@
 //! key_file = "/etc/ackgate/agent-7.key"   # 32 hex digits, mode 0600
 //! ```
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ackgate_common::abi::{
-    FAMILY_IPV4, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET, ServiceKey, ServicePolicy, port_field, v4_words,
+    FAMILY_IPV4, FAMILY_IPV6, RESPONSE_DROP, RESPONSE_PAGE, RESPONSE_RESET, ServiceKey, ServicePolicy, port_field,
+    v4_words, v6_words,
 };
 use ackgate_common::mac::MacKey;
 use ackgate_common::option::{OptionId, OptionSection};
@@ -478,7 +479,7 @@ impl Config {
         }
         let mut seen = std::collections::HashSet::new();
         for s in &self.services {
-            self.service_v4(s)?;
+            self.service_addrs(s)?;
             if !seen.insert((s.vip, s.port)) {
                 return Err(ConfigError::Invalid(format!(
                     "service {:?}: {}:{} is configured twice",
@@ -514,23 +515,32 @@ impl Config {
         Ok(())
     }
 
-    fn service_v4(&self, s: &ServiceSection) -> Result<(Ipv4Addr, SocketAddr), ConfigError> {
-        let IpAddr::V4(vip) = s.vip else {
+    /// A service's VIP and target, checked: one address family (the splice
+    /// rewrites addresses, it does not translate between families), and
+    /// what IPv6 services cannot have yet.
+    fn service_addrs(&self, s: &ServiceSection) -> Result<(IpAddr, SocketAddr), ConfigError> {
+        if s.vip.is_ipv4() != s.target.is_ipv4() {
             return Err(ConfigError::Invalid(format!(
-                "service {:?}: IPv6 VIP {} is not supported yet (IPv6 services are a planned next step)",
-                s.name, s.vip
+                "service {:?}: VIP {} and target {} are of different address families",
+                s.name, s.vip, s.target
             )));
-        };
-        if !s.target.is_ipv4() {
+        }
+        if s.vip.is_ipv6() && s.default_response == DefaultResponse::Page {
             return Err(ConfigError::Invalid(format!(
-                "service {:?}: IPv6 target {} is not supported yet",
-                s.name, s.target
+                "service {:?}: the page response needs an IPv4 VIP (IPv6 pages are not supported yet)",
+                s.name
+            )));
+        }
+        if s.vip.is_ipv6() && s.source_nat {
+            return Err(ConfigError::Invalid(format!(
+                "service {:?}: source_nat is not supported for IPv6 services yet",
+                s.name
             )));
         }
         if s.port == 0 {
             return Err(ConfigError::Invalid(format!("service {:?}: port 0", s.name)));
         }
-        Ok((vip, s.target))
+        Ok((s.vip, s.target))
     }
 
     /// `gateway.allowed_transit` as (address, prefix length).
@@ -565,7 +575,9 @@ impl Config {
     pub fn page_services(&self) -> Result<Vec<crate::page::PageService>, ConfigError> {
         let mut out = Vec::new();
         for s in self.services.iter().filter(|s| s.default_response == DefaultResponse::Page) {
-            let (vip, _) = self.service_v4(s)?;
+            let (IpAddr::V4(vip), _) = self.service_addrs(s)? else {
+                continue;
+            };
             let not_found = match &s.page_file {
                 Some(path) => crate::page::NotFound::load(path)
                     .map_err(|e| ConfigError::Invalid(format!("service {:?}: {e}", s.name)))?,
@@ -595,18 +607,30 @@ impl Config {
         self.services
             .iter()
             .map(|s| {
-                let (vip, target) = self.service_v4(s)?;
-                let IpAddr::V4(target_addr) = target.ip() else {
-                    return Err(ConfigError::Invalid(format!("service {:?}: IPv6 target", s.name)));
+                let (vip, target) = self.service_addrs(s)?;
+                let port = s.port.to_be_bytes();
+                let (key, target_addr, target_family) = match (vip, target.ip()) {
+                    (IpAddr::V4(v), IpAddr::V4(t)) => {
+                        (ServiceKey::ipv4(v.octets(), port), v4_words(t.octets()), FAMILY_IPV4)
+                    }
+                    (IpAddr::V6(v), IpAddr::V6(t)) => {
+                        (ServiceKey::ipv6(v.octets(), port), v6_words(t.octets()), FAMILY_IPV6)
+                    }
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "service {:?}: VIP and target of different address families",
+                            s.name
+                        )));
+                    }
                 };
                 Ok(ServiceEntry {
-                    key: ServiceKey::ipv4(vip.octets(), s.port.to_be_bytes()),
+                    key,
                     policy: ServicePolicy {
-                        target_addr: v4_words(target_addr.octets()),
+                        target_addr,
                         target_port: port_field(target.port().to_be_bytes()),
                         default_response: s.default_response.wire(),
                         stealth: u8::from(s.stealth),
-                        target_family: FAMILY_IPV4,
+                        target_family,
                         _pad0: 0,
                         _pad1: 0,
                     },
@@ -673,7 +697,15 @@ mod tests {
             ("[gateway]\nedge_interface = \"eth0\"\nxdp_mode = \"turbo\"\n", "unknown variant `turbo`"),
             (
                 "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"::1\"\nport=1\ntarget=\"10.0.0.1:1\"\n",
-                "IPv6 VIP ::1 is not supported yet",
+                "VIP ::1 and target 10.0.0.1:1 are of different address families",
+            ),
+            (
+                "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"2001:db8::1\"\nport=80\ntarget=\"[2001:db8:1::2]:80\"\ndefault_response=\"page\"\n",
+                "the page response needs an IPv4 VIP",
+            ),
+            (
+                "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"2001:db8::1\"\nport=80\ntarget=\"[2001:db8:1::2]:80\"\nsource_nat=true\n",
+                "source_nat is not supported for IPv6 services yet",
             ),
             (
                 "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\n[[services]]\nname=\"a\"\nvip=\"10.0.0.1\"\nport=1\ntarget=\"10.0.0.2:1\"\n\

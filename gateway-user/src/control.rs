@@ -15,6 +15,7 @@
 //! agent; beyond either limit a new flow is denied at once and counted.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,7 +99,7 @@ pub struct Totals {
 pub struct ControlPlane {
     server: Arc<AgentServer>,
     validator: Arc<dyn Decider>,
-    rules: HashMap<([u8; 4], u16), ServiceRule>,
+    rules: HashMap<SocketAddr, ServiceRule>,
     settings: Settings,
     inflight: HashMap<FlowKey, u32>,
     per_agent: HashMap<u32, usize>,
@@ -114,7 +115,7 @@ impl ControlPlane {
     pub fn new(
         server: Arc<AgentServer>,
         validator: Arc<dyn Decider>,
-        rules: HashMap<([u8; 4], u16), ServiceRule>,
+        rules: HashMap<SocketAddr, ServiceRule>,
         settings: Settings,
     ) -> (Self, mpsc::UnboundedReceiver<Decision>) {
         let (done, rx) = mpsc::unbounded_channel();
@@ -133,7 +134,7 @@ impl ControlPlane {
     }
 
     /// New service rules (a reload); flows already started keep theirs.
-    pub fn set_rules(&mut self, rules: HashMap<([u8; 4], u16), ServiceRule>) {
+    pub fn set_rules(&mut self, rules: HashMap<SocketAddr, ServiceRule>) {
         self.rules = rules;
     }
 
@@ -151,11 +152,12 @@ impl ControlPlane {
     /// once when the flow cannot be started (limits, duplicate event,
     /// unknown service); otherwise it arrives on the receiver.
     pub fn on_event(&mut self, event: GateEvent, received: Instant) -> Option<Decision> {
-        let (vip, port) = event.flow.service_v4();
-        let rule = self.rules.get(&(vip, port)).cloned().unwrap_or_else(|| ServiceRule {
-            name: format!("{}:{port}", std::net::Ipv4Addr::from(vip)),
-            allow_groups: Vec::new(),
-        });
+        let service = event.flow.service_addr();
+        let rule = self
+            .rules
+            .get(&service)
+            .cloned()
+            .unwrap_or_else(|| ServiceRule { name: service.to_string(), allow_groups: Vec::new() });
         let immediate = |why: &str| Decision {
             event,
             state: FlowState::Denied,
@@ -215,16 +217,7 @@ async fn decide(
     received: Instant,
     grace_until: tokio::time::Instant,
 ) -> Decision {
-    let (caddr, cport) = event.flow.client_v4();
-    let (saddr, sport) = event.flow.service_v4();
-    let summary = FlowSummary {
-        client_addr: caddr,
-        client_port: cport,
-        service_addr: saddr,
-        service_port: sport,
-        client_isn: event.client_isn,
-        server_isn: event.server_isn,
-    };
+    let summary = FlowSummary::of_flow(&event.flow, event.client_isn, event.server_isn);
     let mut d = Decision {
         event,
         state: FlowState::TimedOut,
@@ -251,7 +244,7 @@ async fn decide(
         // rather than a timeout.
         Err(e @ (ProfileError::NotStamped(_) | ProfileError::SerialMismatch(_) | ProfileError::NotLoggedIn(_))) => {
             if let ProfileError::NotStamped(agent_id) = e {
-                record_key_misuse(server, agent_id, caddr, &rule.name).await;
+                record_key_misuse(server, agent_id, d.event.flow.client_addr().ip(), &rule.name).await;
             }
             d.state = FlowState::Denied;
             d.reason = e.to_string();
@@ -299,9 +292,9 @@ async fn decide(
 
 /// Records a flow stamped with `agent_id`'s key that the agent never
 /// stamped (off the async threads: a store write).
-async fn record_key_misuse(server: &AgentServer, agent_id: u32, client: [u8; 4], service: &str) {
+async fn record_key_misuse(server: &AgentServer, agent_id: u32, client: std::net::IpAddr, service: &str) {
     let (directory, service) = (server.directory(), service.to_owned());
-    let source = std::net::Ipv4Addr::from(client).to_string();
+    let source = client.to_string();
     let recorded = tokio::task::spawn_blocking(move || directory.record_key_misuse(agent_id, &source, &service)).await;
     if let Err(e) | Ok(Err(e)) = recorded.map_err(|e| e.to_string()) {
         tracing::error!(agent_id, "recording a suspected stolen key: {e}");

@@ -375,11 +375,18 @@ impl Gate {
             .map_err(|source| GateError::Map { map, source })
     }
 
-    /// Every splice entry (both directions).
-    pub fn splices(&mut self) -> Result<Vec<(SpliceKey, SpliceEntry)>, GateError> {
-        let map = self.ebpf.map(MAP_SPLICE).ok_or(GateError::MissingMap(MAP_SPLICE))?;
-        let splice: HashMap<&MapData, SpliceKey, SpliceEntry> =
-            HashMap::try_from(map).map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
+    /// Every splice entry (both directions) of the family whose addresses
+    /// are `A`.
+    #[allow(clippy::type_complexity)]
+    pub fn splices<A: SpliceAddr>(&mut self) -> Result<Vec<(SpliceKey<A>, SpliceEntry<A>)>, GateError>
+    where
+        SpliceKey<A>: Pod,
+        SpliceEntry<A>: Pod,
+    {
+        let name = splice_map_name::<A>();
+        let map = self.ebpf.map(name).ok_or(GateError::MissingMap(name))?;
+        let splice: HashMap<&MapData, SpliceKey<A>, SpliceEntry<A>> =
+            HashMap::try_from(map).map_err(|source| GateError::Map { map: name, source })?;
         Ok(splice.iter().filter_map(Result::ok).collect())
     }
 

@@ -456,10 +456,8 @@ pub fn login_here(authority: &(impl LoginAuthority + ?Sized), user: &str, passwo
 #[cfg(test)]
 pub(crate) fn test_request() -> ProfileRequest {
     let flow = ackgate_common::proto::FlowSummary {
-        client_addr: [10, 0, 0, 2],
-        client_port: 40000,
-        service_addr: [10, 0, 0, 1],
-        service_port: 443,
+        client: std::net::SocketAddr::from(([10, 0, 0, 2], 40000)),
+        service: std::net::SocketAddr::from(([10, 0, 0, 1], 443)),
         client_isn: 1,
         server_isn: 2,
     };

@@ -12,17 +12,19 @@
 //! ```
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 use ackgate_common::abi::{
-    END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FlowKey, FlowOwner, GateEvent,
-    HELD_PER_FLOW, HeldSegment, MAP_HELD, REFUSED_UNREACHABLE, RESPONSE_DROP, RESPONSE_RESET, SPLICE_CONNECTING,
-    SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceEntry, SpliceKey, last_seen_ago_ns, port_field, port_value,
-    v4_words,
+    END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV6, FlowKey,
+    FlowOwner, GateEvent, HELD_PER_FLOW, HeldSegment, MAP_HELD, REFUSED_UNREACHABLE, RESPONSE_DROP, RESPONSE_RESET,
+    SPLICE_CONNECTING, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceAddr, SpliceEntry, SpliceKey,
+    last_seen_ago_ns, port_field, port_value, socket_addr, v4_words, v6_words,
 };
 use ackgate_common::net::Wire as _;
-use ackgate_common::net::{Frame as _, Ipv4Hdr, TCP_SYN, TcpHdr};
+use ackgate_common::net::{
+    Frame as _, IpHeader, Ipv4Hdr, Ipv6Tcp, Parsed6, TCP_SYN, TcpHdr, TcpSegment, parse_ipv6_tcp,
+};
 use ackgate_common::option::OptionBytes;
 use ackgate_common::reply::{TCP_CWR, TCP_ECE, handshake_options};
 use ackgate_common::splice::{SpliceSetup, rescale_window, rewrite};
@@ -38,22 +40,22 @@ pub enum SpliceError {
     #[error(transparent)]
     Gate(#[from] GateError),
     #[error("sending to the target {target}: {source}")]
-    Send { target: SocketAddrV4, source: std::io::Error },
+    Send { target: SocketAddr, source: std::io::Error },
     #[error("raw socket for the splice: {0}")]
     Socket(std::io::Error),
-    #[error("service {0}: source_nat needs an IPv4 address on the internal interface")]
+    #[error("service {0}: source_nat needs an IPv4 address on the internal interface (IPv6 targets: not yet)")]
     NoSourceAddress(String),
     #[error("no free source-NAT port towards {0} (gateway.source_nat_ports is exhausted)")]
-    NoSourcePort(SocketAddrV4),
-    #[error("only IPv4 flows can be spliced")]
-    NotIpv4,
+    NoSourcePort(SocketAddr),
+    #[error("a flow from {client} cannot be spliced to the target {target}: their address families differ")]
+    MixedFamilies { client: SocketAddr, target: SocketAddr },
 }
 
 /// Where an authorized flow goes, and how it is treated.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub service: String,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// The service's default response (`RESPONSE_*`), for a target that
     /// refuses and for revocations.
     pub response: u8,
@@ -129,7 +131,7 @@ pub struct DirectionStats {
 #[derive(Clone, Debug)]
 pub struct Ended {
     pub client: FlowKey,
-    pub target: SocketAddrV4,
+    pub target: SocketAddr,
     pub service: String,
     pub agent_id: u32,
     pub owner: FlowOwner,
@@ -159,8 +161,8 @@ enum Phase {
 }
 
 struct Flow {
-    client_key: SpliceKey,
-    target_key: SpliceKey,
+    client_key: EntryKey,
+    target_key: EntryKey,
     target: Target,
     agent_id: u32,
     owner: FlowOwner,
@@ -178,14 +180,14 @@ struct Flow {
 /// targets at once (their 4-tuples differ).
 #[derive(Default)]
 struct NatPorts {
-    in_use: HashMap<SocketAddrV4, std::collections::BTreeSet<u16>>,
+    in_use: HashMap<SocketAddr, std::collections::BTreeSet<u16>>,
     /// Where the next search starts, so ports are not reused at once
     /// (a target may still hold the last flow in TIME_WAIT).
     next: u16,
 }
 
 impl NatPorts {
-    fn take(&mut self, target: SocketAddrV4, [first, last]: [u16; 2]) -> Option<u16> {
+    fn take(&mut self, target: SocketAddr, [first, last]: [u16; 2]) -> Option<u16> {
         let used = self.in_use.entry(target).or_default();
         let span = u32::from(last - first) + 1;
         let start = u32::from(self.next.clamp(first, last) - first);
@@ -195,7 +197,7 @@ impl NatPorts {
         Some(port)
     }
 
-    fn give_back(&mut self, target: SocketAddrV4, port: u16) {
+    fn give_back(&mut self, target: SocketAddr, port: u16) {
         if let Some(used) = self.in_use.get_mut(&target) {
             used.remove(&port);
             if used.is_empty() {
@@ -215,8 +217,66 @@ struct HeldStore {
 /// Total bytes of held segments kept in memory.
 const HELD_STORE_BYTES: usize = 16 << 20;
 
+/// One direction's key, in its family's splice map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryKey {
+    V4(SpliceKey<u32>),
+    V6(SpliceKey<[u32; 4]>),
+}
+
+/// One direction's entry, its addresses as words whatever the family
+/// (`SpliceEntry::with_addrs`).
+type Entry = SpliceEntry<[u32; 4]>;
+
+impl EntryKey {
+    /// The key of `flow`'s own direction (its 4-tuple as it arrives).
+    fn of_flow(flow: &FlowKey) -> Self {
+        match SpliceKey::<u32>::of_flow(flow) {
+            Some(key) => EntryKey::V4(key),
+            None => {
+                EntryKey::V6(SpliceKey { saddr: flow.saddr, daddr: flow.daddr, sport: flow.sport, dport: flow.dport })
+            }
+        }
+    }
+
+    fn get(&self, gate: &mut Gate) -> Result<Option<Entry>, GateError> {
+        Ok(match self {
+            EntryKey::V4(k) => gate.splice(k)?.map(|e| e.with_addrs()),
+            EntryKey::V6(k) => gate.splice(k)?,
+        })
+    }
+
+    fn remove(&self, gate: &mut Gate) -> Result<(), GateError> {
+        match self {
+            EntryKey::V4(k) => gate.remove_splice(k),
+            EntryKey::V6(k) => gate.remove_splice(k),
+        }
+    }
+}
+
+/// Writes a flow's two connecting entries, target side first: once the
+/// client side exists, client data is held for this flow. Returns the
+/// client → target entry and both keys.
+fn write_connecting<A: SpliceAddr>(
+    gate: &mut Gate,
+    setup: &SpliceSetup,
+    key: fn(SpliceKey<A>) -> EntryKey,
+) -> Result<(Entry, EntryKey, EntryKey), GateError>
+where
+    SpliceKey<A>: aya::Pod,
+    SpliceEntry<A>: aya::Pod,
+{
+    let (to_target, to_client) = setup.connecting::<A>();
+    let (client_key, target_key) = (setup.client_key::<A>(), setup.target_key::<A>());
+    gate.set_splice(&target_key, &to_client)?;
+    gate.set_splice(&client_key, &to_target)?;
+    Ok((to_target.with_addrs(), key(client_key), key(target_key)))
+}
+
 pub struct Splicer {
     raw: Socket,
+    /// For IPv6 targets; `None` where the kernel has no IPv6.
+    raw6: Option<Socket>,
     settings: SpliceSettings,
     flows: HashMap<FlowKey, Flow>,
     nat: NatPorts,
@@ -230,8 +290,12 @@ impl Splicer {
         // as is (the source is the client's address, not the gateway's).
         let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))
             .map_err(SpliceError::Socket)?;
+        // IPPROTO_RAW implies IPV6_HDRINCL too (inet6_create in
+        // net/ipv6/af_inet6.c).
+        let raw6 = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))).ok();
         Ok(Self {
             raw,
+            raw6,
             settings,
             flows: HashMap::new(),
             nat: NatPorts::default(),
@@ -259,9 +323,13 @@ impl Splicer {
         owner: FlowOwner,
     ) -> Result<(), SpliceError> {
         let client = event.flow;
-        let client_key = SpliceKey::of_flow(&client).ok_or(SpliceError::NotIpv4)?;
+        let target_words = match target.addr.ip() {
+            IpAddr::V4(ip) if client.family != FAMILY_IPV6 => v4_words(ip.octets()),
+            IpAddr::V6(ip) if client.family == FAMILY_IPV6 => v6_words(ip.octets()),
+            _ => return Err(SpliceError::MixedFamilies { client: client.client_addr(), target: target.addr }),
+        };
         let (source_addr, source_port, nat_port) = if target.source_nat {
-            let Some((addr, ports)) = self.settings.source_nat else {
+            let Some((addr, ports)) = self.settings.source_nat.filter(|_| target.addr.is_ipv4()) else {
                 return Err(SpliceError::NoSourceAddress(target.service.clone()));
             };
             let port = self.nat.take(target.addr, ports).ok_or(SpliceError::NoSourcePort(target.addr))?;
@@ -273,7 +341,7 @@ impl Splicer {
             client,
             source_addr,
             source_port,
-            target_addr: v4_words(target.addr.ip().octets()),
+            target_addr: target_words,
             target_port: port_field(target.addr.port().to_be_bytes()),
             client_isn: event.client_isn,
             cookie_isn: event.server_isn,
@@ -281,13 +349,11 @@ impl Splicer {
             gateway_wscale: self.settings.gateway_wscale,
             owner,
         };
-        let (to_target, to_client) = setup.connecting();
-        let target_key = setup.target_key();
-        // Target side first: once the client side exists, client data is
-        // held for this flow.
-        gate.set_splice(&target_key, &to_client)?;
-        gate.set_splice(&client_key, &to_target)?;
-        let syn = self.syn(&setup, &to_target);
+        let (to_target, client_key, target_key) = match target.addr {
+            SocketAddr::V4(_) => write_connecting::<u32>(gate, &setup, EntryKey::V4)?,
+            SocketAddr::V6(_) => write_connecting::<[u32; 4]>(gate, &setup, EntryKey::V6)?,
+        };
+        let syn = self.syn(&setup, &to_target, client.family);
         let now = Instant::now();
         self.flows.insert(
             client,
@@ -310,9 +376,12 @@ impl Splicer {
 
     /// The splice's SYN: the client's ISN and SYN options, the MSS clamped
     /// to the internal link, the window of the client's handshake ACK.
-    fn syn(&self, s: &SpliceSetup, to_target: &SpliceEntry) -> Vec<u8> {
+    fn syn(&self, s: &SpliceSetup, to_target: &Entry, family: u8) -> Vec<u8> {
         let hs = &s.handshake;
-        let mss = hs.mss.min(self.settings.internal_mtu.saturating_sub(40).min(u16::MAX as u32) as u16);
+        // The MSS the internal link's MTU leaves after IPv4's or IPv6's
+        // header and TCP's.
+        let headers = if family == FAMILY_IPV6 { 60 } else { 40 };
+        let mss = hs.mss.min(self.settings.internal_mtu.saturating_sub(headers).min(u16::MAX as u32) as u16);
         let ts = (hs.ts_ok != 0).then_some((hs.client_tsval, 0));
         let (opts, n) = handshake_options(mss, hs.sack_ok != 0, ts, s.syn_wscale());
         let mut flags = TCP_SYN;
@@ -331,12 +400,19 @@ impl Splicer {
             check: [0, 0],
             urg: [0, 0],
         };
-        segment(to_target.saddr.to_ne_bytes(), to_target.daddr.to_ne_bytes(), &tcp, &opts[..n], &[])
+        let (from, to) = (socket_addr(family, &to_target.saddr, 0), socket_addr(family, &to_target.daddr, 0));
+        segment(from.ip(), to.ip(), &tcp, &opts[..n])
     }
 
-    fn send(&self, packet: &[u8], target: SocketAddrV4) -> Result<(), SpliceError> {
-        let to = SocketAddrV4::new(*target.ip(), 0);
-        self.raw.send_to(packet, &to.into()).map(drop).map_err(|source| SpliceError::Send { target, source })
+    fn send(&self, packet: &[u8], target: SocketAddr) -> Result<(), SpliceError> {
+        let sent = match target {
+            SocketAddr::V4(t) => self.raw.send_to(packet, &SocketAddr::new((*t.ip()).into(), 0).into()),
+            SocketAddr::V6(t) => match &self.raw6 {
+                Some(raw6) => raw6.send_to(packet, &SocketAddrV6::new(*t.ip(), 0, 0, 0).into()),
+                None => Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "no IPv6 raw socket")),
+            },
+        };
+        sent.map(drop).map_err(|source| SpliceError::Send { target, source })
     }
 
     /// A client segment XDP held while its flow waited.
@@ -369,11 +445,7 @@ impl Splicer {
     /// Rewrites held client segments like XDP rewrites spliced ones and
     /// sends them to the target.
     fn deliver(&mut self, gate: &mut Gate, flow: &FlowKey, packets: Vec<Vec<u8>>) {
-        let Some(key) = SpliceKey::<u32>::of_flow(flow) else {
-            self.totals.held_dropped += packets.len() as u64;
-            return;
-        };
-        let entry = match gate.splice(&key) {
+        let entry = match EntryKey::of_flow(flow).get(gate) {
             Ok(Some(e)) => e,
             Ok(None) => {
                 self.totals.held_dropped += packets.len() as u64;
@@ -384,9 +456,9 @@ impl Splicer {
                 return;
             }
         };
-        let target = SocketAddrV4::new(Ipv4Addr::from(entry.daddr.to_ne_bytes()), port_value(entry.dport));
+        let target = socket_addr(flow.family, &entry.daddr, entry.dport);
         for packet in packets {
-            match rewrite_packet(&packet, &entry) {
+            match rewrite_packet(&packet, flow.family, &entry) {
                 Some(out) => match self.send(&out, target) {
                     Ok(()) => self.totals.held_delivered += 1,
                     Err(e) => {
@@ -503,7 +575,7 @@ impl Splicer {
         if f.target.response == RESPONSE_DROP {
             return;
         }
-        if let (Ok(Some(ct)), Ok(Some(tc))) = (gate.splice(&f.client_key), gate.splice(&f.target_key)) {
+        if let (Ok(Some(ct)), Ok(Some(tc))) = (f.client_key.get(gate), f.target_key.get(gate)) {
             self.reset_both(key, &ct, &tc);
         }
     }
@@ -515,7 +587,7 @@ impl Splicer {
             Some(f) => (f.client_key, f.target_key),
             None => return Ok(Activity::LastSeen(Duration::ZERO)),
         };
-        let (Some(ct), Some(tc)) = (gate.splice(&client_key)?, gate.splice(&target_key)?) else {
+        let (Some(ct), Some(tc)) = (client_key.get(gate)?, target_key.get(gate)?) else {
             return Ok(Activity::Ended(EndReason::Idle));
         };
         if ct.flags & SPLICE_F_RST != 0 {
@@ -538,10 +610,10 @@ impl Splicer {
         if let Some(port) = f.nat_port {
             self.nat.give_back(f.target.addr, port);
         }
-        let ct = gate.splice(&f.client_key).ok().flatten().unwrap_or_default();
-        let tc = gate.splice(&f.target_key).ok().flatten().unwrap_or_default();
+        let ct = f.client_key.get(gate).ok().flatten().unwrap_or_default();
+        let tc = f.target_key.get(gate).ok().flatten().unwrap_or_default();
         for k in [&f.client_key, &f.target_key] {
-            if let Err(e) = gate.remove_splice(k) {
+            if let Err(e) = k.remove(gate) {
                 tracing::warn!("removing a splice entry: {e}");
             }
         }
@@ -602,15 +674,15 @@ impl Splicer {
     /// receive window), and one with the other side's highest sequence
     /// number sent (in its window when data is in flight: it answers with a
     /// challenge ACK, which, the flow being gone, gets the gate's reset).
-    fn reset_both(&self, client: &FlowKey, ct: &SpliceEntry, tc: &SpliceEntry) {
+    fn reset_both(&self, client: &FlowKey, ct: &Entry, tc: &Entry) {
         let service = client.service_addr();
         for seq in [ct.aux, tc.seq_next.wrapping_add(tc.seq_add())] {
             if let Err(e) = crate::rst::reset(service, client.client_addr(), seq) {
                 tracing::warn!("resetting a flow's client: {e}");
             }
         }
-        let source = SocketAddrV4::new(Ipv4Addr::from(ct.saddr.to_ne_bytes()), port_value(ct.sport));
-        let target = SocketAddrV4::new(Ipv4Addr::from(ct.daddr.to_ne_bytes()), port_value(ct.dport));
+        let source = socket_addr(client.family, &ct.saddr, ct.sport);
+        let target = socket_addr(client.family, &ct.daddr, ct.dport);
         for seq in [tc.aux, ct.seq_next.wrapping_add(ct.seq_add())] {
             if let Err(e) = crate::rst::reset(source, target, seq) {
                 tracing::warn!("resetting a flow's target: {e}");
@@ -622,13 +694,27 @@ impl Splicer {
     /// (the data path never stopped). Flows caught connecting are ended:
     /// their SYN's fate is unknown.
     pub fn resume(&mut self, gate: &mut Gate, target_of: impl Fn(&FlowKey) -> Option<Target>) {
-        let entries = match gate.splices() {
+        self.resume_family::<u32>(gate, &target_of, EntryKey::V4);
+        self.resume_family::<[u32; 4]>(gate, &target_of, EntryKey::V6);
+    }
+
+    /// [`Self::resume`] over one family's splice map.
+    fn resume_family<A: SpliceAddr>(
+        &mut self,
+        gate: &mut Gate,
+        target_of: &impl Fn(&FlowKey) -> Option<Target>,
+        entry_key: fn(SpliceKey<A>) -> EntryKey,
+    ) where
+        SpliceKey<A>: aya::Pod,
+        SpliceEntry<A>: aya::Pod,
+    {
+        let entries = match gate.splices::<A>() {
             Ok(e) => e,
             Err(e) => return tracing::warn!("reading the splice map: {e}"),
         };
         let now = Instant::now();
         let mut stale = Vec::new();
-        let by_key: HashMap<SpliceKey, SpliceEntry> = entries.iter().copied().collect();
+        let by_key: HashMap<SpliceKey<A>, SpliceEntry<A>> = entries.iter().copied().collect();
         for (key, e) in entries.iter().filter(|(_, e)| e.flags & SPLICE_F_TO_TARGET != 0) {
             let target_key = e.peer_key();
             let client = key.flow();
@@ -644,7 +730,7 @@ impl Splicer {
             let nat_port = self
                 .settings
                 .source_nat
-                .filter(|(addr, _)| e.saddr.to_ne_bytes() == addr.octets())
+                .filter(|(addr, _)| e.saddr.words() == v4_words(addr.octets()) && A::FAMILY != FAMILY_IPV6)
                 .map(|_| port_value(e.sport));
             if let Some(port) = nat_port {
                 self.nat.in_use.entry(target.addr).or_default().insert(port);
@@ -652,8 +738,8 @@ impl Splicer {
             self.flows.insert(
                 client,
                 Flow {
-                    client_key: *key,
-                    target_key,
+                    client_key: entry_key(*key),
+                    target_key: entry_key(target_key),
                     target,
                     agent_id: 0,
                     owner,
@@ -694,42 +780,76 @@ enum Activity {
     LastSeen(Duration),
 }
 
-/// Builds an IPv4 TCP segment with correct checksums.
-fn segment(saddr: [u8; 4], daddr: [u8; 4], tcp: &TcpHdr, opts: &[u8], payload: &[u8]) -> Vec<u8> {
-    let tcp_len = 20 + opts.len() + payload.len();
-    let ip = ackgate_common::reply::tcp_ipv4_header(saddr, daddr, tcp_len);
-    let mut out = Vec::with_capacity(20 + tcp_len);
-    out.extend_from_slice(ip.as_bytes());
+/// Builds a TCP segment from `saddr` to `daddr` (one family) with
+/// correct checksums, its IP header as Linux puts it on the host's own
+/// segments.
+fn segment(saddr: IpAddr, daddr: IpAddr, tcp: &TcpHdr, opts: &[u8]) -> Vec<u8> {
+    let tcp_len = 20 + opts.len();
+    let (mut out, pseudo) = match (saddr, daddr) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = ackgate_common::reply::tcp_ipv6_header(s.octets(), d.octets(), tcp_len, 0, 0);
+            (ip.as_bytes().to_vec(), ip.tcp_pseudo_sum(tcp_len as u16))
+        }
+        _ => {
+            let v4 = |a: IpAddr| match a {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            };
+            let ip = ackgate_common::reply::tcp_ipv4_header(v4(saddr).octets(), v4(daddr).octets(), tcp_len);
+            (ip.as_bytes().to_vec(), ip.tcp_pseudo_sum(tcp_len as u16))
+        }
+    };
+    let l4 = out.len();
     out.extend_from_slice(tcp.as_bytes());
     out.extend_from_slice(opts);
-    out.extend_from_slice(payload);
-    let mut acc = ackgate_common::csum::tcp_pseudo_sum(saddr, daddr, tcp_len as u16);
-    for c in out[20..].chunks(2) {
+    let mut acc = pseudo;
+    for c in out[l4..].chunks(2) {
         acc += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
     }
     let sum = ackgate_common::csum::finish(acc);
-    out[36..38].copy_from_slice(&sum);
+    out[l4 + 16..l4 + 18].copy_from_slice(&sum);
     out
 }
 
-/// A held IPv4 packet rewritten for the client → target entry `e`, or
-/// `None` if it does not parse (XDP copied it whole, so only a bug or a
-/// packet of another build gets here).
-pub fn rewrite_packet(packet: &[u8], e: &SpliceEntry) -> Option<Vec<u8>> {
-    let mut ip = packet.load::<Ipv4Hdr>(0)?;
+/// A held packet of `family` (from its IP header) rewritten for the
+/// client → target entry `e`, or `None` if it does not parse (XDP copied
+/// it whole, so only a bug or a packet of another build gets here).
+pub fn rewrite_packet(packet: &[u8], family: u8, e: &Entry) -> Option<Vec<u8>> {
+    if family == FAMILY_IPV6 {
+        let mut seg =
+            Ipv6Tcp { l3_off: 0, ip: packet.load(0)?, l4_off: 0, tcp: packet.load(0)?, tcp_len: 0, payload_len: 0 };
+        if parse_ipv6_tcp(packet, 0, &mut seg) != Parsed6::Tcp || seg.packet_len() != packet.len() {
+            return None;
+        }
+        return rewrite_segment(packet, &seg, e);
+    }
+    let ip = packet.load::<Ipv4Hdr>(0)?;
     let ihl = ip.header_len();
-    let mut tcp = packet.load::<TcpHdr>(ihl)?;
+    let tcp = packet.load::<TcpHdr>(ihl)?;
     let tcp_len = tcp.header_len();
     if ihl < 20 || tcp_len < 20 || packet.len() < ihl + tcp_len || ip.total_len() != packet.len() {
         return None;
     }
-    let mut opts = OptionBytes::from_slice(&packet[ihl + 20..ihl + tcp_len])?;
+    let seg = TcpSegment { l3_off: 0, ip, l4_off: ihl, tcp, tcp_len, payload_len: packet.len() - ihl - tcp_len };
+    rewrite_segment(packet, &seg, &e.with_addrs())
+}
+
+/// [`rewrite_packet`] for a parsed segment of either family: the fixed IP
+/// header, TCP header and options rewritten in a copy.
+fn rewrite_segment<I: IpHeader + ackgate_common::splice::SpliceHeader>(
+    packet: &[u8],
+    seg: &TcpSegment<I>,
+    e: &SpliceEntry<I::EntryAddr>,
+) -> Option<Vec<u8>> {
+    let (mut ip, mut tcp) = (seg.ip, seg.tcp);
+    let mut opts = OptionBytes::from_slice(packet.get(seg.options_off()..seg.l4_off + seg.tcp_len)?)?;
     let opts_changed = rewrite(&mut ip, &mut tcp, &mut opts, e, false);
     let mut out = packet.to_vec();
-    out[..20].copy_from_slice(ip.as_bytes());
-    out[ihl..ihl + 20].copy_from_slice(tcp.as_bytes());
+    let ip_len = core::mem::size_of::<I>();
+    out[..ip_len].copy_from_slice(ip.as_bytes());
+    out[seg.l4_off..seg.l4_off + 20].copy_from_slice(tcp.as_bytes());
     if opts_changed {
-        out[ihl + 20..ihl + tcp_len].copy_from_slice(&opts.bytes()[..tcp_len - 20]);
+        out[seg.options_off()..seg.l4_off + seg.tcp_len].copy_from_slice(&opts.bytes()[..seg.options_len()]);
     }
     Some(out)
 }

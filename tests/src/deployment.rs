@@ -2,6 +2,7 @@
 //! gateway and agent configs in a scratch directory, and the real `ackgate`
 //! and `ackgate-agent` binaries driven through their command lines.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -29,6 +30,10 @@ pub struct Setup {
     /// The hidden server (first, so it stops before the topology goes).
     pub target: TargetServer,
     pub topo: Topology,
+    /// The service's VIP (the edge's address) and the target's address,
+    /// IPv4 or, for [`Setup::ipv6`], IPv6.
+    pub vip: IpAddr,
+    pub target_ip: IpAddr,
     pub dir: PathBuf,
     pin_dir: PathBuf,
     gateway_config: PathBuf,
@@ -57,10 +62,42 @@ impl Setup {
         extra_service: &str,
     ) -> Self {
         let topo = Topology::new(tag);
+        let (vip, target_ip) = (topo.edge_addr.into(), topo.target_addr.into());
+        Self::build(
+            topo,
+            (vip, target_ip),
+            tag,
+            default_response,
+            profile_timeout_ms,
+            extra_control,
+            extra_gateway,
+            extra_service,
+        )
+    }
+
+    /// As [`Setup::new`], all over IPv6: the topology's ends get IPv6
+    /// addresses too (`Topology::add_ipv6_everywhere`), and the service's
+    /// VIP, its target and the agents' listener are the IPv6 ones.
+    pub fn ipv6(tag: &str, default_response: &str) -> Self {
+        let topo = Topology::new(tag);
+        let v6 = topo.add_ipv6_everywhere();
+        Self::build(topo, (v6.edge.into(), v6.target.into()), tag, default_response, 3000, "", "", "")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        topo: Topology,
+        (vip, target_ip): (IpAddr, IpAddr),
+        tag: &str,
+        default_response: &str,
+        profile_timeout_ms: u64,
+        extra_control: &str,
+        extra_gateway: &str,
+        extra_service: &str,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("ackgate-e2e-{tag}-{}", std::process::id()));
-        let extra_control = extra_control
-            .replace("{dir}", &dir.display().to_string())
-            .replace("{target}", &topo.target_addr.to_string());
+        let extra_control =
+            extra_control.replace("{dir}", &dir.display().to_string()).replace("{target}", &target_ip.to_string());
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let pin_dir = unique_pin_dir(tag);
@@ -77,7 +114,7 @@ pin_dir = "{pin}"
 
 [control]
 state_dir = "{dir}/state"
-agent_listen = "{vip}:4433"
+agent_listen = "{listen}"
 access_log = "{dir}/access.jsonl"
 admin_socket = "{dir}/admin.sock"
 metrics_listen = "127.0.0.1:9100"
@@ -88,7 +125,7 @@ profile_timeout_ms = {profile_timeout_ms}
 name = "intranet"
 vip = "{vip}"
 port = {PORT}
-target = "{target}:{PORT}"
+target = "{target}"
 default_response = "{default_response}"
 {extra_service}
 "#,
@@ -98,8 +135,8 @@ default_response = "{default_response}"
                 // Generic unless the caller picks a mode.
                 mode = if extra_gateway.contains("xdp_mode") { "" } else { "xdp_mode = \"generic\"" },
                 dir = dir.display(),
-                vip = topo.edge_addr,
-                target = topo.target_addr,
+                listen = SocketAddr::new(vip, 4433),
+                target = SocketAddr::new(target_ip, PORT),
             ),
         )
         .expect("gateway config");
@@ -116,6 +153,8 @@ default_response = "{default_response}"
         let setup = Self {
             target: TargetServer::start(&topo, PORT),
             topo,
+            vip,
+            target_ip,
             dir,
             pin_dir,
             gateway_config,
@@ -239,7 +278,7 @@ default_response = "{default_response}"
     }
 
     fn fetch_with(&self, prefix: &[&str], max_secs: u32) -> (i32, String) {
-        let url = format!("http://{}:{PORT}/", self.topo.edge_addr);
+        let url = format!("http://{}/", SocketAddr::new(self.vip, PORT));
         let max = max_secs.to_string();
         let mut args = prefix.to_vec();
         args.extend(["curl", "-s", "-m", &max, &url]);
@@ -282,7 +321,7 @@ default_response = "{default_response}"
     /// the connection ends or `within` passes; returns how the read ended
     /// and when. Only the gateway can end such an idle connection.
     pub fn idle_client(&self, within: Duration) -> (Result<usize, std::io::ErrorKind>, std::time::Instant) {
-        let to = std::net::SocketAddr::new(self.topo.edge_addr.into(), PORT);
+        let to = SocketAddr::new(self.vip, PORT);
         self.topo.run_in(Ns::Client, || {
             let mut c = std::net::TcpStream::connect_timeout(&to, WAIT).expect("connect");
             c.set_read_timeout(Some(within)).expect("read timeout");
@@ -296,7 +335,7 @@ default_response = "{default_response}"
     /// the bytes received so far after every read. Returns the SHA-256 of
     /// what arrived, or how the transfer broke.
     pub fn download(&self, len: usize, progress: impl FnMut(usize) + Send) -> std::io::Result<String> {
-        let to = std::net::SocketAddr::new(self.topo.edge_addr.into(), PORT);
+        let to = SocketAddr::new(self.vip, PORT);
         let request = format!("GET /bytes/{len} HTTP/1.0\r\n\r\n");
         self.topo.run_in(Ns::Client, || transfer::download(to, &request, len, progress))
     }
@@ -304,7 +343,7 @@ default_response = "{default_response}"
     /// Uploads `len` bytes of the pattern to the target through the
     /// gateway; returns the SHA-256 the target computed.
     pub fn upload(&self, len: usize) -> std::io::Result<String> {
-        let to = std::net::SocketAddr::new(self.topo.edge_addr.into(), PORT);
+        let to = SocketAddr::new(self.vip, PORT);
         self.topo.run_in(Ns::Client, || transfer::upload(to, len))
     }
 

@@ -32,10 +32,12 @@ pub struct TargetServer {
 }
 
 impl TargetServer {
-    /// Listens on the target's `port` (all addresses).
+    /// Listens on the target's `port` (all addresses of both families: a
+    /// fresh namespace's IPv6 sockets take IPv4 too, net.ipv6.bindv6only
+    /// being 0).
     pub fn start(topo: &Topology, port: u16) -> Self {
         let listener = topo.run_in(Ns::Target, || {
-            TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("binding the target server on {port}: {e}"))
+            TcpListener::bind(("::", port)).unwrap_or_else(|e| panic!("binding the target server on {port}: {e}"))
         });
         listener.set_nonblocking(true).expect("non-blocking listener");
         let stop = Arc::new(AtomicBool::new(false));
@@ -52,6 +54,8 @@ impl TargetServer {
                 }
                 match listener.accept() {
                     Ok((conn, peer)) => {
+                        // IPv4 peers as IPv4, not IPv4-mapped IPv6.
+                        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
                         peers2.lock().expect("peers").push(peer);
                         std::thread::spawn(move || serve(conn, peer));
                     }

@@ -138,6 +138,27 @@ impl Topology {
         (client, edge)
     }
 
+    /// Gives every end IPv6 addresses beside its IPv4 ones, for IPv6
+    /// services end to end: client and edge as [`Topology::add_ipv6`],
+    /// internal and target on a second /64 (2001:db8:1::/64, the IPv4
+    /// addresses in its last bytes), the target's default route through
+    /// the gateway, and IPv6 forwarding on the gateway.
+    pub fn add_ipv6_everywhere(&self) -> Ipv6Ends {
+        let (client, edge) = self.add_ipv6();
+        let inside = |a: Ipv4Addr| {
+            let mut v6 = crate::packet::v6_of(a.octets());
+            v6[4..6].copy_from_slice(&[0, 1]);
+            std::net::Ipv6Addr::from(v6)
+        };
+        let (internal, target) = (inside(self.internal_addr), inside(self.target_addr));
+        for (ns, addr, dev) in [(Ns::Gateway, internal, &self.internal_if), (Ns::Target, target, &self.target_if)] {
+            self.cmd_ok(ns, &["ip", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"]);
+        }
+        self.cmd_ok(Ns::Target, &["ip", "-6", "route", "add", "default", "via", &internal.to_string()]);
+        self.cmd_ok(Ns::Gateway, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+        Ipv6Ends { client, edge, internal, target }
+    }
+
     /// The kernel's SNMP counters `names` in namespace `ns` (`nstat -az`);
     /// each must be there.
     pub fn nstat(&self, ns: Ns, names: &[&str]) -> std::collections::HashMap<String, u64> {
@@ -167,6 +188,15 @@ impl Topology {
         self.run_in(Ns::Client, || gate.attach_pass(&self.client_if, XdpMode::Native))
             .unwrap_or_else(|e| panic!("attaching the pass program to {}: {e}", self.client_if));
     }
+}
+
+/// The IPv6 addresses [`Topology::add_ipv6_everywhere`] gives.
+#[derive(Clone, Copy, Debug)]
+pub struct Ipv6Ends {
+    pub client: std::net::Ipv6Addr,
+    pub edge: std::net::Ipv6Addr,
+    pub internal: std::net::Ipv6Addr,
+    pub target: std::net::Ipv6Addr,
 }
 
 /// Another machine on the client's segment: its own namespace, on a

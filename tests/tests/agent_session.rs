@@ -6,6 +6,7 @@
 //! within a deadline.
 
 use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,10 +31,8 @@ use zeroize::Zeroizing;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const FLOW: FlowSummary = FlowSummary {
-    client_addr: [10, 0, 0, 2],
-    client_port: 40000,
-    service_addr: [10, 0, 0, 1],
-    service_port: 443,
+    client: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000)),
+    service: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 443)),
     client_isn: 11,
     server_isn: 22,
 };
@@ -42,7 +41,11 @@ const FLOW: FlowSummary = FlowSummary {
 const ACCOUNT: u32 = 1000;
 /// Another local account of the agent's machine, and a flow of its own.
 const OTHER_ACCOUNT: u32 = 1001;
-const OTHER_FLOW: FlowSummary = FlowSummary { client_port: 40001, client_isn: 33, ..FLOW };
+const OTHER_FLOW: FlowSummary = FlowSummary {
+    client: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40001)),
+    client_isn: 33,
+    ..FLOW
+};
 
 /// The agent's stamper in these tests: it stamped `FLOW` for `ACCOUNT`,
 /// `OTHER_FLOW` for `OTHER_ACCOUNT` and nothing else, and keeps the
@@ -619,8 +622,14 @@ async fn the_agent_refuses_profiles_for_flows_it_did_not_stamp() {
     gw.wait_connected(id, DEADLINE).await;
     assert!(wait_login(&shared).await.accepted, "the login must be accepted");
     let foreign = [
-        FlowSummary { client_addr: [10, 0, 0, 3], ..FLOW },
-        FlowSummary { client_port: FLOW.client_port + 1, ..FLOW },
+        FlowSummary { client: SocketAddr::from(([10, 0, 0, 3], 40000)), ..FLOW },
+        FlowSummary { client: SocketAddr::from(([10, 0, 0, 2], 40001)), ..FLOW },
+        // The same ports and ISNs over IPv6.
+        FlowSummary {
+            client: "[2001:db8::2]:40000".parse().expect("address"),
+            service: "[2001:db8::1]:443".parse().expect("address"),
+            ..FLOW
+        },
         FlowSummary { client_isn: FLOW.client_isn + 1, ..FLOW },
         FlowSummary { server_isn: FLOW.server_isn + 1, ..FLOW },
     ];

@@ -2,8 +2,8 @@
 //! `ackgate-agent run`) on a fresh client / gateway / target topology:
 //! bulk transfers both ways (also with loss on the edge link), targets
 //! tuned differently from the gateway, the kernel-forwarding path, a
-//! target that refuses, idle flows, and a transfer that a revocation cuts
-//! or that outlives a kill -9 of the control plane.
+//! target that refuses, idle flows, a transfer that a revocation cuts or
+//! that outlives a kill -9 of the control plane, and an IPv6 service.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -340,4 +340,22 @@ fn a_killed_control_plane_does_not_interrupt_a_transfer() {
     });
     assert_eq!(ended["flow_end"]["ended"], "fin", "{ended}");
     assert!(s.live_flows().is_empty(), "its entries must be freed: {:?}", s.live_flows());
+}
+
+/// An IPv6 service end to end: the agent's session runs to the gateway's
+/// IPv6 listener, its stamper marks the IPv6 handshake, the control plane
+/// asks about the IPv6 flow, and the approved user's transfers go through
+/// the IPv6 splice intact both ways.
+#[test]
+fn an_ipv6_service_carries_transfers_intact_both_ways() {
+    let s = Setup::ipv6("ipv6", "drop");
+    let (_gateway, _agent) = s.start_approved("alice");
+    transfer_both_ways(&s, mib(100));
+    let authorized: Vec<_> = s.access_log().into_iter().filter(|r| r["decision"] == "authorized").collect();
+    assert!(!authorized.is_empty(), "the transfers' flows must have been authorized");
+    for r in &authorized {
+        let client = r["client"].as_str().unwrap_or_default();
+        assert!(client.starts_with("[2001:db8::"), "an IPv6 client in the access log: {r}");
+    }
+    assert!(s.gate_counter("splice_redirect") > 1000, "the data must have gone through the redirect path");
 }

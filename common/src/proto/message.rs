@@ -1,7 +1,11 @@
 //! The messages. Field order is the wire order (postcard); a change of
 //! layout is a new [`super::PROTOCOL_VERSION`].
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
+
+use crate::abi::FlowKey;
 
 /// Every message of either direction (docs/protocol.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,15 +185,27 @@ pub struct LoginResult {
     pub message: String,
 }
 
-/// The flow a profile request is about, as the gate saw its handshake.
+/// The flow a profile request is about, as the gate saw its handshake:
+/// IPv4 or IPv6 (both ends of one family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FlowSummary {
-    pub client_addr: [u8; 4],
-    pub client_port: u16,
-    pub service_addr: [u8; 4],
-    pub service_port: u16,
+    pub client: SocketAddr,
+    pub service: SocketAddr,
     pub client_isn: u32,
     pub server_isn: u32,
+}
+
+impl FlowSummary {
+    /// The summary of `flow`'s handshake.
+    pub fn of_flow(flow: &FlowKey, client_isn: u32, server_isn: u32) -> Self {
+        Self { client: flow.client_addr(), service: flow.service_addr(), client_isn, server_isn }
+    }
+
+    /// The flow's key in the maps; `None` for ends of two families, which
+    /// no gate sends.
+    pub fn flow_key(&self) -> Option<FlowKey> {
+        FlowKey::of_sockets(self.client, self.service)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

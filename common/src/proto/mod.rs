@@ -26,8 +26,9 @@ use std::time::Duration;
 /// certificate renewal over the session. 4: logins are OPAQUE exchanges
 /// (`LoginStart` … `LoginFinish`); the password never leaves the agent.
 /// 5: one login per local account (`account` in logins, logouts and
-/// profiles).
-pub const PROTOCOL_VERSION: u8 = 5;
+/// profiles). 6: flows of either family in profile requests
+/// (`FlowSummary`'s socket addresses).
+pub const PROTOCOL_VERSION: u8 = 6;
 
 /// Largest frame (version byte + message) either side accepts. A profile
 /// answer is about 150 bytes and an enrollment answer, with its

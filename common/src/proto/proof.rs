@@ -16,10 +16,17 @@ fn mac(key: &[u8; 32], request: &ProfileRequest, profile: &Profile) -> Hmac<Sha2
     m.update(&request.request_id.to_be_bytes());
     m.update(&request.nonce);
     let f = &request.flow;
-    m.update(&f.client_addr);
-    m.update(&f.client_port.to_be_bytes());
-    m.update(&f.service_addr);
-    m.update(&f.service_port.to_be_bytes());
+    // The family, then addresses as 16 bytes, IPv4 ones mapped
+    // (::ffff:a.b.c.d): the same length for both families.
+    let bytes = |a: std::net::SocketAddr| match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    m.update(&[if f.client.is_ipv4() { crate::abi::FAMILY_IPV4 } else { crate::abi::FAMILY_IPV6 }]);
+    m.update(&bytes(f.client));
+    m.update(&f.client.port().to_be_bytes());
+    m.update(&bytes(f.service));
+    m.update(&f.service.port().to_be_bytes());
     m.update(&f.client_isn.to_be_bytes());
     m.update(&f.server_isn.to_be_bytes());
     // Length-prefixed so that no two field splits hash alike.
@@ -51,10 +58,8 @@ mod tests {
     fn proof_binds_nonce_flow_and_profile() {
         let key = [9u8; 32];
         let flow = FlowSummary {
-            client_addr: [10, 0, 0, 2],
-            client_port: 40000,
-            service_addr: [10, 0, 0, 1],
-            service_port: 443,
+            client: "10.0.0.2:40000".parse().expect("address"),
+            service: "10.0.0.1:443".parse().expect("address"),
             client_isn: 1,
             server_isn: 2,
         };
@@ -70,8 +75,18 @@ mod tests {
         assert!(verify_profile_proof(&key, &req, &profile));
         let replayed = ProfileRequest { nonce: [2; 16], ..req.clone() };
         assert!(!verify_profile_proof(&key, &replayed, &profile), "a new nonce must invalidate the old proof");
-        let other_flow = ProfileRequest { flow: FlowSummary { client_port: 40001, ..flow }, ..req.clone() };
+        let other_flow = ProfileRequest {
+            flow: FlowSummary { client: "10.0.0.2:40001".parse().expect("address"), ..flow },
+            ..req.clone()
+        };
         assert!(!verify_profile_proof(&key, &other_flow, &profile));
+        let mapped = FlowSummary {
+            client: "[::ffff:10.0.0.2]:40000".parse().expect("address"),
+            service: "[::ffff:10.0.0.1]:443".parse().expect("address"),
+            ..flow
+        };
+        let mapped = ProfileRequest { flow: mapped, ..req.clone() };
+        assert!(!verify_profile_proof(&key, &mapped, &profile), "the family is bound too");
         let other_user = Profile { user: "mallory".into(), ..profile.clone() };
         assert!(!verify_profile_proof(&key, &req, &other_user));
         let other_account = Profile { account: 1001, ..profile.clone() };

@@ -3,6 +3,7 @@
 //! socket's requests and the splice's ended flows in the access log.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,7 +50,7 @@ pub(super) struct Plane {
     /// every user authorized since (the access log names them without a
     /// store read on the event loop).
     names: OwnerNames,
-    targets: HashMap<([u8; 4], u16), Target>,
+    targets: HashMap<SocketAddr, Target>,
     metrics: Arc<Metrics>,
     census: Arc<FlowCensus>,
     config_path: PathBuf,
@@ -172,7 +173,7 @@ impl Plane {
     pub(super) fn resume(&mut self, gate: &mut Gate) {
         if let Some(s) = self.splicer.as_mut() {
             let targets = &self.targets;
-            s.resume(gate, |flow| targets.get(&flow.service_v4()).cloned());
+            s.resume(gate, |flow| targets.get(&flow.service_addr()).cloned());
             if !s.is_empty() {
                 info!(flows = s.len(), "resumed spliced flows left by the previous run");
             }
@@ -227,7 +228,7 @@ impl Plane {
         let entries = config.service_entries()?;
         gate.sync_services(&entries)?;
         let (rules, targets) = service_tables(&config)?;
-        let pages = |r: &HashMap<([u8; 4], u16), Target>| {
+        let pages = |r: &HashMap<SocketAddr, Target>| {
             let mut p: Vec<_> = r.iter().filter(|(_, v)| v.response == RESPONSE_PAGE).map(|(k, _)| *k).collect();
             p.sort();
             p
@@ -462,7 +463,7 @@ impl Plane {
     /// Opens an authorized flow's connection to its target.
     fn splice(&mut self, gate: &mut Gate, d: &Decision, owner: FlowOwner) {
         let Some(s) = self.splicer.as_mut() else { return };
-        let Some(target) = self.targets.get(&d.event.flow.service_v4()) else {
+        let Some(target) = self.targets.get(&d.event.flow.service_addr()) else {
             warn!(flow = ?d.event.flow, "an authorized flow of a service that is gone is not spliced");
             return;
         };
@@ -537,7 +538,7 @@ impl Plane {
 struct Ender {
     table: FlowTable,
     /// Each service's default response.
-    responses: Arc<HashMap<([u8; 4], u16), u8>>,
+    responses: Arc<HashMap<SocketAddr, u8>>,
     access_log: Arc<AccessLog>,
 }
 
@@ -545,7 +546,7 @@ impl Ender {
     fn end(&self, flow: &FlowKey, f: &PendingFlow, user: Option<&str>, reason: &str) -> Result<(), GateError> {
         self.table.remove(flow)?;
         let (client, service) = (flow.client_addr(), flow.service_addr());
-        let response = self.responses.get(&flow.service_v4()).copied().unwrap_or(RESPONSE_DROP);
+        let response = self.responses.get(&flow.service_addr()).copied().unwrap_or(RESPONSE_DROP);
         if response != RESPONSE_DROP
             && let Err(e) = crate::rst::reset_client(client, service, f.server_isn)
         {

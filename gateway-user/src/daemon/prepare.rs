@@ -2,11 +2,11 @@
 //! plane's store, CA and tables, and the splice's interfaces.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ackgate_common::abi::{port_value, v4_bytes};
 use anyhow::{Context as _, Result};
 use tracing::info;
 
@@ -90,7 +90,7 @@ fn reserve_ports([first, last]: [u16; 2]) -> Result<()> {
 /// Ended flows keep their entries this long for the last ACK.
 const SPLICE_LINGER: Duration = Duration::from_secs(1);
 
-type ServiceTables = (HashMap<([u8; 4], u16), ServiceRule>, HashMap<([u8; 4], u16), Target>);
+type ServiceTables = (HashMap<SocketAddr, ServiceRule>, HashMap<SocketAddr, Target>);
 
 /// The validator's rules and the splice targets (with default responses),
 /// by VIP and port.
@@ -98,12 +98,9 @@ pub(super) fn service_tables(config: &Config) -> Result<ServiceTables> {
     let rules = config
         .services
         .iter()
-        .filter_map(|s| match s.vip {
-            std::net::IpAddr::V4(v4) => Some((
-                (v4.octets(), s.port),
-                ServiceRule { name: s.name.clone(), allow_groups: s.allow_groups.clone() },
-            )),
-            std::net::IpAddr::V6(_) => None,
+        .map(|s| {
+            let rule = ServiceRule { name: s.name.clone(), allow_groups: s.allow_groups.clone() };
+            (SocketAddr::new(s.vip, s.port), rule)
         })
         .collect();
     let entries = config.service_entries()?;
@@ -112,16 +109,14 @@ pub(super) fn service_tables(config: &Config) -> Result<ServiceTables> {
         .iter()
         .zip(&entries)
         .map(|(s, e)| {
-            let addr =
-                std::net::SocketAddrV4::new(v4_bytes(&e.policy.target_addr).into(), port_value(e.policy.target_port));
             let target = Target {
                 service: s.name.clone(),
-                addr,
+                addr: s.target,
                 response: e.policy.default_response,
                 idle_timeout: config.idle_timeout(s),
                 source_nat: s.source_nat,
             };
-            ((v4_bytes(&e.key.addr), port_value(e.key.port)), target)
+            (SocketAddr::new(s.vip, s.port), target)
         })
         .collect();
     Ok((rules, targets))
@@ -136,9 +131,9 @@ pub(super) struct Prepared {
     pub(super) ca: Ca,
     pub(super) listen: std::net::SocketAddr,
     pub(super) access_log: AccessLog,
-    pub(super) rules: HashMap<([u8; 4], u16), ServiceRule>,
+    pub(super) rules: HashMap<SocketAddr, ServiceRule>,
     /// Targets and default responses by VIP and port.
-    pub(super) targets: HashMap<([u8; 4], u16), Target>,
+    pub(super) targets: HashMap<SocketAddr, Target>,
     pub(super) settings: Settings,
     pub(super) admin_socket: PathBuf,
     pub(super) metrics_listen: Option<std::net::SocketAddr>,
@@ -194,15 +189,16 @@ mod tests {
             "[gateway]\nedge_interface = \"eth0\"\ninternal_interface = \"eth1\"\nidle_timeout_secs = 60\n\
              [[services]]\nname = \"web\"\nvip = \"10.0.0.1\"\nport = 443\ntarget = \"10.1.0.2:8443\"\n\
              default_response = \"reset\"\nallow_groups = [\"staff\"]\nidle_timeout_secs = 5\nsource_nat = true\n\
-             [[services]]\nname = \"ssh\"\nvip = \"10.0.0.1\"\nport = 22\ntarget = \"10.1.0.3:22\"\n",
+             [[services]]\nname = \"ssh\"\nvip = \"10.0.0.1\"\nport = 22\ntarget = \"10.1.0.3:22\"\n\
+             [[services]]\nname = \"web6\"\nvip = \"2001:db8::1\"\nport = 443\ntarget = \"[2001:db8:1::2]:8443\"\n",
         )
         .expect("valid config");
         config.validate().expect("valid config");
         let (rules, targets) = service_tables(&config).expect("tables");
-        assert_eq!(rules.len(), 2);
-        assert_eq!(targets.len(), 2);
+        assert_eq!(rules.len(), 3);
+        assert_eq!(targets.len(), 3);
 
-        let web = ([10, 0, 0, 1], 443);
+        let web = "10.0.0.1:443".parse().expect("address");
         assert_eq!(rules[&web].name, "web");
         assert_eq!(rules[&web].allow_groups, ["staff"]);
         let t = &targets[&web];
@@ -211,12 +207,16 @@ mod tests {
         assert_eq!(t.idle_timeout, Duration::from_secs(5), "the service's own idle timeout");
         assert!(t.source_nat);
 
-        let ssh = ([10, 0, 0, 1], 22);
+        let ssh = "10.0.0.1:22".parse().expect("address");
         assert!(rules[&ssh].allow_groups.is_empty(), "no groups: every valid user");
         let t = &targets[&ssh];
         assert_eq!((t.service.as_str(), t.addr), ("ssh", "10.1.0.3:22".parse().unwrap()));
         assert_eq!(t.response, RESPONSE_DROP, "the default response");
         assert_eq!(t.idle_timeout, Duration::from_secs(60), "the gateway's idle timeout");
         assert!(!t.source_nat);
+
+        let web6 = "[2001:db8::1]:443".parse().expect("address");
+        assert_eq!(rules[&web6].name, "web6");
+        assert_eq!(targets[&web6].addr, "[2001:db8:1::2]:8443".parse().unwrap(), "an IPv6 service's target");
     }
 }

@@ -52,10 +52,8 @@ const LOGINS: u32 = 40;
 
 fn request(i: u32) -> ProfileRequest {
     let flow = FlowSummary {
-        client_addr: [10, 0, 0, 2],
-        client_port: (i % 60_000) as u16,
-        service_addr: [10, 0, 0, 1],
-        service_port: 443,
+        client: std::net::SocketAddr::from(([10, 0, 0, 2], (i % 60_000) as u16)),
+        service: std::net::SocketAddr::from(([10, 0, 0, 1], 443)),
         client_isn: i,
         server_isn: !i,
     };

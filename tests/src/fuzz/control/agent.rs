@@ -4,6 +4,7 @@
 //! an enrolled agent's connections; the last step of a login; a profile
 //! answer to a live request.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ackgate_agent::enroll::enroll;
@@ -35,10 +36,15 @@ const PASSWORD: &str = "correct horse";
 const ACCOUNT: u32 = 1000;
 const MACHINE: [u8; 32] = [7; 32];
 const FLOW: FlowSummary = FlowSummary {
-    client_addr: [10, 0, 0, 2],
-    client_port: 40000,
-    service_addr: [10, 0, 0, 1],
-    service_port: 443,
+    client: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 40000)),
+    service: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 443)),
+    client_isn: 11,
+    server_isn: 22,
+};
+/// The same flow over IPv6: every other case asks about it.
+const FLOW6: FlowSummary = FlowSummary {
+    client: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2), 40000, 0, 0)),
+    service: SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 443, 0, 0)),
     client_isn: 11,
     server_isn: 22,
 };
@@ -442,7 +448,8 @@ impl AgentFuzz {
             self.drop_session();
             return "no login".into();
         };
-        let flow = FlowSummary { client_port: 1024 + (case % 60000) as u16, ..FLOW };
+        let mut flow = if case % 2 == 0 { FLOW } else { FLOW6 };
+        flow.client.set_port(1024 + (case % 60000) as u16);
         let server = self.gw.server.clone();
         let agent_id = self.agent_id;
         let asked = tokio::spawn(async move { server.request_profile(agent_id, flow, DEADLINE / 2).await });

@@ -186,7 +186,17 @@ fn field(msg: &mut Message, rng: &mut ChaCha8Rng) {
             1 => v.agent_id = bend_u32(v.agent_id, rng),
             2 => v.login = if rng.random_bool(0.3) { None } else { v.login.map(|l| bend_u64(l, rng)) },
             3 => bend_array(&mut v.request.nonce, rng),
-            4 => v.request.flow.client_port = rng.random(),
+            4 => {
+                // Another port, or the client over the other family.
+                if rng.random_bool(0.5) {
+                    v.request.flow.client.set_port(rng.random());
+                } else {
+                    v.request.flow.client = std::net::SocketAddr::new(
+                        std::net::Ipv6Addr::from(rng.random::<u128>()).into(),
+                        v.request.flow.client.port(),
+                    );
+                }
+            }
             5 => bend_array(&mut v.profile.proof, rng),
             6 => bend_array(&mut v.profile.machine, rng),
             7 => bend_string(&mut v.profile.user, rng),

@@ -160,10 +160,8 @@ fn client_config(
 
 fn flow() -> FlowSummary {
     FlowSummary {
-        client_addr: [10, 0, 0, 2],
-        client_port: 40000,
-        service_addr: [10, 0, 0, 1],
-        service_port: 443,
+        client: "10.0.0.2:40000".parse().expect("address"),
+        service: "10.0.0.1:443".parse().expect("address"),
         client_isn: 11,
         server_isn: 22,
     }
