@@ -106,15 +106,30 @@ fn not_established<A: SpliceAddr>(reply: &SpliceEntry<A>, from_edge: bool, hard:
 /// [`on_ipv4`], except that an error to translate is left in the scratch
 /// map (`icmp6`, and the reply entry's key in `splice_key6`) with the
 /// [`Verdict::SPLICE_V6`] marker, for the IPv6 splice stage
-/// ([`forward_v6`]).
-#[inline(never)]
+/// ([`forward_v6`]). The parse and the lookup are subprograms one after
+/// the other, not one in the other: nested, their frames took the gate's
+/// deepest call chain past 512 bytes on 6.1, whose verifier rounds each
+/// frame up to 32 bytes (check_max_stack_depth in kernel/bpf/verifier.c;
+/// later kernels round to 16 when the program is JITed).
+#[inline(always)]
 pub fn on_ipv6(frame: &XdpFrame, from_edge: bool) -> Verdict {
+    if !parse_v6_error(frame) {
+        return Verdict::CONTINUE;
+    }
+    reply_v6(from_edge)
+}
+
+/// Parses the ICMPv6 packet in `Scratch::seg6` into `Scratch::icmp6`, and
+/// the key of the entry that would carry it on into `splice_key6`; false
+/// when it is no error about a TCP segment.
+#[inline(never)]
+fn parse_v6_error(frame: &XdpFrame) -> bool {
     let Some(scratch) = maps::scratch() else {
-        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+        return false;
     };
     let (seg, err) = (&scratch.seg6, &mut scratch.icmp6);
     if icmp::parse_error_v6(frame, seg.l3_off, &seg.ip, seg.l4_off, err).is_none() {
-        return Verdict::CONTINUE;
+        return false;
     }
     let quoted = &err.quoted.tcp;
     scratch.splice_key6 = SpliceKey {
@@ -123,6 +138,16 @@ pub fn on_ipv6(frame: &XdpFrame, from_edge: bool) -> Verdict {
         sport: port_field(quoted.dport),
         dport: port_field(quoted.sport),
     };
+    true
+}
+
+/// The verdict on the error `parse_v6_error` left: not the splice's
+/// (CONTINUE), one about the splice's SYN, or the marker to translate it.
+#[inline(never)]
+fn reply_v6(from_edge: bool) -> Verdict {
+    let Some(scratch) = maps::scratch() else {
+        return Verdict::new(XDP_DROP, reason::ERR_REPLY);
+    };
     // By reference: the key stays in map memory, off this frame.
     let reply_key = &scratch.splice_key6;
     let Some(reply) = SPLICE6.get_ptr(reply_key) else {
@@ -130,7 +155,7 @@ pub fn on_ipv6(frame: &XdpFrame, from_edge: bool) -> Verdict {
     };
     // SAFETY: as in `on_ipv4`.
     let reply = unsafe { &*reply };
-    not_established(reply, from_edge, err.is_hard()).unwrap_or(Verdict::SPLICE_V6)
+    not_established(reply, from_edge, scratch.icmp6.is_hard()).unwrap_or(Verdict::SPLICE_V6)
 }
 
 /// The IPv6 splice stage's part: translates the error `on_ipv6` left in

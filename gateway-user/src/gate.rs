@@ -390,12 +390,18 @@ impl Gate {
         Ok(splice.iter().filter_map(Result::ok).collect())
     }
 
-    /// The splice entries in the pinned map of a gate running with `pin_dir`.
-    pub fn read_splices(pin_dir: &Path) -> Result<Vec<(SpliceKey, SpliceEntry)>, GateError> {
-        let data =
-            MapData::from_pin(pin_dir.join(MAP_SPLICE)).map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
-        let splice: HashMap<MapData, SpliceKey, SpliceEntry> = HashMap::try_from(aya::maps::Map::HashMap(data))
-            .map_err(|source| GateError::Map { map: MAP_SPLICE, source })?;
+    /// The splice entries of the family whose addresses are `A`, in the
+    /// pinned map of a gate running with `pin_dir`.
+    #[allow(clippy::type_complexity)]
+    pub fn read_splices<A: SpliceAddr>(pin_dir: &Path) -> Result<Vec<(SpliceKey<A>, SpliceEntry<A>)>, GateError>
+    where
+        SpliceKey<A>: Pod,
+        SpliceEntry<A>: Pod,
+    {
+        let name = splice_map_name::<A>();
+        let data = MapData::from_pin(pin_dir.join(name)).map_err(|source| GateError::Map { map: name, source })?;
+        let splice: HashMap<MapData, SpliceKey<A>, SpliceEntry<A>> =
+            HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|source| GateError::Map { map: name, source })?;
         Ok(splice.iter().filter_map(Result::ok).collect())
     }
 

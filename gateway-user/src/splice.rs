@@ -19,7 +19,7 @@ use ackgate_common::abi::{
     END_FIN, END_RST_CLIENT, END_RST_TARGET, EVENT_ENDED, EVENT_REFUSED, EVENT_SPLICED, FAMILY_IPV6, FlowKey,
     FlowOwner, GateEvent, HELD_PER_FLOW, HeldSegment, MAP_HELD, REFUSED_UNREACHABLE, RESPONSE_DROP, RESPONSE_RESET,
     SPLICE_CONNECTING, SPLICE_F_FIN, SPLICE_F_RST, SPLICE_F_TO_TARGET, SpliceAddr, SpliceEntry, SpliceKey,
-    last_seen_ago_ns, port_field, port_value, socket_addr, v4_words, v6_words,
+    last_seen_ago_ns, port_field, port_value, socket_addr, v4_bytes, v4_words, v6_bytes, v6_words,
 };
 use ackgate_common::net::Wire as _;
 use ackgate_common::net::{
@@ -400,8 +400,7 @@ impl Splicer {
             check: [0, 0],
             urg: [0, 0],
         };
-        let (from, to) = (socket_addr(family, &to_target.saddr, 0), socket_addr(family, &to_target.daddr, 0));
-        segment(from.ip(), to.ip(), &tcp, &opts[..n])
+        segment(family, &to_target.saddr, &to_target.daddr, &tcp, &opts[..n])
     }
 
     fn send(&self, packet: &[u8], target: SocketAddr) -> Result<(), SpliceError> {
@@ -780,24 +779,17 @@ enum Activity {
     LastSeen(Duration),
 }
 
-/// Builds a TCP segment from `saddr` to `daddr` (one family) with
-/// correct checksums, its IP header as Linux puts it on the host's own
-/// segments.
-fn segment(saddr: IpAddr, daddr: IpAddr, tcp: &TcpHdr, opts: &[u8]) -> Vec<u8> {
+/// Builds a TCP segment of `family` from `saddr` to `daddr` (map words)
+/// with correct checksums, its IP header as Linux puts it on the host's
+/// own segments.
+fn segment(family: u8, saddr: &[u32; 4], daddr: &[u32; 4], tcp: &TcpHdr, opts: &[u8]) -> Vec<u8> {
     let tcp_len = 20 + opts.len();
-    let (mut out, pseudo) = match (saddr, daddr) {
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = ackgate_common::reply::tcp_ipv6_header(s.octets(), d.octets(), tcp_len, 0, 0);
-            (ip.as_bytes().to_vec(), ip.tcp_pseudo_sum(tcp_len as u16))
-        }
-        _ => {
-            let v4 = |a: IpAddr| match a {
-                IpAddr::V4(a) => a,
-                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-            };
-            let ip = ackgate_common::reply::tcp_ipv4_header(v4(saddr).octets(), v4(daddr).octets(), tcp_len);
-            (ip.as_bytes().to_vec(), ip.tcp_pseudo_sum(tcp_len as u16))
-        }
+    let (mut out, pseudo) = if family == FAMILY_IPV6 {
+        let ip = ackgate_common::reply::tcp_ipv6_header(v6_bytes(saddr), v6_bytes(daddr), tcp_len, 0, 0);
+        (ip.as_bytes().to_vec(), ip.tcp_pseudo_sum(tcp_len as u16))
+    } else {
+        let ip = ackgate_common::reply::tcp_ipv4_header(v4_bytes(saddr), v4_bytes(daddr), tcp_len);
+        (ip.as_bytes().to_vec(), ip.tcp_pseudo_sum(tcp_len as u16))
     };
     let l4 = out.len();
     out.extend_from_slice(tcp.as_bytes());

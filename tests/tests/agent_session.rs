@@ -640,8 +640,8 @@ async fn the_agent_refuses_profiles_for_flows_it_did_not_stamp() {
     let outcome = gw.server.request_profile(id, FLOW, DEADLINE).await.expect("the stamped flow is answered");
     assert!(gw.proven(&outcome) && outcome.profile.user == "alice", "the stamped flow must be vouched for");
     let not_stamped = gw.server.stats.not_stamped.load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(not_stamped, 4, "each refusal must be counted");
-    assert_eq!(shared.status().profile_refusals, 4, "the agent must count its refusals too");
+    assert_eq!(not_stamped, 5, "each refusal must be counted");
+    assert_eq!(shared.status().profile_refusals, 5, "the agent must count its refusals too");
     let _ = stop.send(true);
 }
 

@@ -621,7 +621,7 @@ impl AgentServer {
     /// under.
     async fn on_login_reply(&self, conn: &mut Conn, session: &Session, reply: LoginReply) -> Result<(), ProtoError> {
         let message = match reply {
-            LoginReply::Step(message) => message,
+            LoginReply::Step(message) => *message,
             LoginReply::Verdict { result, login } => {
                 let counter = if login.is_some() { &self.stats.logins_accepted } else { &self.stats.logins_refused };
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -776,8 +776,9 @@ enum LoginMsg {
 
 /// What the login task has for the agent.
 enum LoginReply {
-    /// The next OPAQUE message (`ClaimChallenge` or `LoginChallenge`).
-    Step(Message),
+    /// The next OPAQUE message (`ClaimChallenge` or `LoginChallenge`),
+    /// boxed: `Message` is many times the verdict's size.
+    Step(Box<Message>),
     /// The verdict, with the accepted login's id.
     Verdict { result: LoginResult, login: Option<u64> },
 }
@@ -890,7 +891,7 @@ impl LoginTask {
                     return None;
                 }
             };
-            if replies.send(LoginReply::Step(message)).await.is_err() {
+            if replies.send(LoginReply::Step(Box::new(message))).await.is_err() {
                 return None;
             }
             let id = login.unwrap_or_default();

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use ackgate_common::abi::{
-    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, flow_state_label,
-    last_seen_ago_ns, port_value,
+    FLOW_AUTHORIZED, FLOW_DENIED, FLOW_PENDING, FlowOwner, SPLICE_ESTABLISHED, SPLICE_F_TO_TARGET, SpliceAddr,
+    SpliceEntry, SpliceKey, flow_state_label, last_seen_ago_ns, socket_addr,
 };
 use ackgate_gateway::admin_socket::{self, AdminReply, AdminRequest, DaemonStatus};
 use ackgate_gateway::config::{Config, ControlSection};
@@ -593,17 +593,29 @@ struct SpliceRow {
     idle_ms: u64,
 }
 
-/// The spliced flows in the pinned splice map, one row per flow (its
+/// The spliced flows in the pinned splice maps, one row per flow (its
 /// client → target entry, with the other direction's figures).
 fn spliced_rows(config: &Config, names: &OwnerNames) -> Result<Vec<FlowRow>> {
-    let entries: std::collections::HashMap<_, _> = Gate::read_splices(&config.gateway.pin_dir)?.into_iter().collect();
+    let mut rows = spliced_rows_of::<u32>(config, names)?;
+    rows.extend(spliced_rows_of::<[u32; 4]>(config, names)?);
+    Ok(rows)
+}
+
+/// [`spliced_rows`] of one family's map.
+fn spliced_rows_of<A: SpliceAddr>(config: &Config, names: &OwnerNames) -> Result<Vec<FlowRow>>
+where
+    SpliceKey<A>: aya::Pod,
+    SpliceEntry<A>: aya::Pod,
+{
+    let entries: std::collections::HashMap<_, _> =
+        Gate::read_splices::<A>(&config.gateway.pin_dir)?.into_iter().collect();
     let now = ackgate_common::host::monotonic_ns();
     let rows = entries
         .iter()
         .filter(|(_, e)| e.flags & SPLICE_F_TO_TARGET != 0)
         .map(|(k, ct)| {
             let tc = entries.get(&ct.peer_key()).copied().unwrap_or_default();
-            let target = std::net::SocketAddrV4::new(ct.daddr.to_ne_bytes().into(), port_value(ct.dport));
+            let target = socket_addr(A::FAMILY, &ct.daddr.words(), ct.dport);
             // The owner's tags are split across the two entries.
             let owner = FlowOwner { user_tag: ct.owner_tag, machine_tag: tc.owner_tag };
             let flow = k.flow();

@@ -448,7 +448,7 @@ impl AgentFuzz {
             self.drop_session();
             return "no login".into();
         };
-        let mut flow = if case % 2 == 0 { FLOW } else { FLOW6 };
+        let mut flow = if case.is_multiple_of(2) { FLOW } else { FLOW6 };
         flow.client.set_port(1024 + (case % 60000) as u16);
         let server = self.gw.server.clone();
         let agent_id = self.agent_id;
