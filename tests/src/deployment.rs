@@ -26,6 +26,14 @@ pub const PORT: u16 = 8443;
 /// gate's programs alone takes seconds there).
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// How long `ackgate run` may take to come up: [`WAIT`], or four times it
+/// under emulation, where 6.1's verifier sometimes spends 55 to 90 s on
+/// the gate program alone, instead of its usual 10 to 20, without
+/// verifying more instructions (docs/kernels.md, "Verifier headroom").
+pub fn start_wait() -> Duration {
+    if crate::emulated() { 4 * WAIT } else { WAIT }
+}
+
 pub struct Setup {
     /// The hidden server (first, so it stops before the topology goes).
     pub target: TargetServer,
@@ -207,7 +215,7 @@ default_response = "{default_response}"
     /// `ackgate run`, up with its agent listener.
     pub fn start_gateway(&self) -> Daemon {
         let mut gateway = Daemon::start(self.ackgate(&["run"]), "ackgate run", self.dir.join("gateway.log"));
-        gateway.wait_for_log("agent listener up", WAIT);
+        gateway.wait_for_log("agent listener up", start_wait());
         gateway
     }
 

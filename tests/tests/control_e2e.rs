@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ackgate_agent::state::StateDir;
 use ackgate_tests::daemons::{Daemon, eventually, run_ok};
-use ackgate_tests::deployment::{PORT, Setup, WAIT};
+use ackgate_tests::deployment::{PORT, Setup, WAIT, start_wait};
 use ackgate_tests::stamper::stamped_handshake_as;
 use ackgate_tests::target::GREETING;
 use ackgate_tests::topology::Ns;
@@ -185,7 +185,7 @@ fn a_revocation_while_the_gateway_is_down_ends_its_flows_at_start() {
         let out = run_ok(s.ackgate(&["users", "revoke", "alice"]), None, "users revoke (gateway down)");
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
         let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
-        restarted.wait_for_log("agent listener up", WAIT);
+        restarted.wait_for_log("agent listener up", start_wait());
         (client.join().expect("client thread"), said)
     });
     assert!(said.contains("end when it starts"), "revoke must say when the live flows end: {said}");
@@ -275,7 +275,7 @@ fn a_killed_control_plane_loses_nothing() {
             (failed >= refused_before + 5).then_some(())
         });
         let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
-        restarted.wait_for_log("agent listener up", WAIT);
+        restarted.wait_for_log("agent listener up", start_wait());
         // Records come in the order things happen; on a slow machine the
         // decision need not be the third.
         eventually(WAIT, "the flow left pending to be authorized after the restart", || {
@@ -330,7 +330,7 @@ fn page_mode_serves_the_page_to_an_unstamped_client() {
     // must give back.
     assert_eq!(tcp_loose(), "1", "a fresh namespace starts with nf_conntrack_tcp_loose on");
     let mut gateway = Daemon::start(s.ackgate(&["run"]), "ackgate run", s.dir.join("gateway.log"));
-    gateway.wait_for_log("page responder up", WAIT);
+    gateway.wait_for_log("page responder up", start_wait());
     assert_eq!(tcp_loose(), "0", "the page responder's SYNPROXY needs nf_conntrack_tcp_loose off");
     let url = format!("http://{}:{PORT}/secret", s.topo.edge_addr);
     let out = s.topo.cmd(Ns::Client, &["curl", "-s", "-m", "5", "-i", &url]);
@@ -454,7 +454,7 @@ fn agent_queries_validator(link: &std::path::Path, agent_state: &std::path::Path
 fn services_are_added_and_removed_on_a_running_gateway() {
     let s = Setup::new("services", "drop", 3000, "");
     let mut gateway = Daemon::start(s.ackgate(&["run"]), "ackgate run", s.dir.join("gateway.log"));
-    gateway.wait_for_log("agent listener up", WAIT);
+    gateway.wait_for_log("agent listener up", start_wait());
     let counter = |reason: &str| s.gate_counter(reason);
     let vip = s.topo.edge_addr.to_string();
     let probe = || {

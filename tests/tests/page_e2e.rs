@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use ackgate_common::net::{TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 use ackgate_tests::daemons::{Daemon, eventually};
-use ackgate_tests::deployment::{PORT, Setup, WAIT};
+use ackgate_tests::deployment::{PORT, Setup, WAIT, start_wait};
 use ackgate_tests::packet::TcpFrame;
 use ackgate_tests::stamper::{raw_tcp_socket, send_ip};
 use ackgate_tests::topology::Ns;
@@ -38,7 +38,7 @@ const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 fn start(tag: &str, extra_gateway: &str, extra_service: &str) -> (Setup, Daemon) {
     let s = Setup::with_gateway(tag, "page", 3000, "", extra_gateway, extra_service);
     let mut gateway = Daemon::start(s.ackgate(&["run"]), "ackgate run", s.dir.join("gateway.log"));
-    gateway.wait_for_log("page responder up", WAIT);
+    gateway.wait_for_log("page responder up", start_wait());
     (s, gateway)
 }
 

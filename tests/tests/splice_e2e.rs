@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ackgate_tests::daemons::{Daemon, eventually, run_ok};
-use ackgate_tests::deployment::{PORT, Setup, WAIT};
+use ackgate_tests::deployment::{PORT, Setup, WAIT, start_wait};
 use ackgate_tests::target::pattern_sha256;
 use ackgate_tests::topology::Ns;
 
@@ -332,7 +332,7 @@ fn a_killed_control_plane_does_not_interrupt_a_transfer() {
     assert_eq!(digest.expect("the transfer must complete"), pattern_sha256(len), "SHA-256 after the kill");
     drop(gateway);
     let mut restarted = Daemon::start(s.ackgate(&["run"]), "ackgate run (restarted)", s.dir.join("gateway2.log"));
-    restarted.wait_for_log("resumed spliced flows", WAIT);
+    restarted.wait_for_log("resumed spliced flows", start_wait());
     // Its FINs went by while no control plane ran: the restarted one finds
     // them in the map, ends the flow and logs it.
     let ended = eventually(WAIT, "the resumed flow's end in the access log", || {

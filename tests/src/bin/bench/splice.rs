@@ -7,11 +7,11 @@
 //! function but forwarding), each measured in the same run.
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ackgate_common::abi::{FlowKey, FlowOwner, RESPONSE_DROP, port_field, v4_words};
+use ackgate_common::abi::{FlowKey, FlowOwner, RESPONSE_DROP, port_field, v4_words, v6_words};
 use ackgate_common::net::{TCP_ACK, TCP_PSH};
 use ackgate_common::option::OptionId;
 use ackgate_common::splice::{SpliceSetup, TargetAnswer, complete};
@@ -20,7 +20,7 @@ use ackgate_tests::daemons::Daemon;
 use ackgate_tests::deployment::{PORT, Setup};
 use ackgate_tests::fixture::{TestGate, linux_handshake, service, unique_pin_dir};
 use ackgate_tests::kernel_alt::ns_exec;
-use ackgate_tests::packet::TcpFrame;
+use ackgate_tests::packet::{TcpFrame, v6_of};
 use ackgate_tests::target::TargetServer;
 use ackgate_tests::topology::{Ns, Topology};
 
@@ -58,10 +58,12 @@ pub fn splice_bench() {
     }
 }
 
-/// Two established directions of one flow, as `complete` leaves them.
+/// Two established directions of one flow, as `complete` leaves them:
+/// over IPv4, and its twin over IPv6 (`v6_of` addresses).
 fn spliced(g: &mut TestGate) {
+    let client = FlowKey::ipv4(CLIENT, VIP, 40000u16.to_be_bytes(), 443u16.to_be_bytes());
     let s = SpliceSetup {
-        client: FlowKey::ipv4(CLIENT, VIP, 40000u16.to_be_bytes(), 443u16.to_be_bytes()),
+        client,
         source_addr: v4_words(CLIENT),
         source_port: port_field(40000u16.to_be_bytes()),
         target_addr: v4_words(TARGET),
@@ -76,6 +78,22 @@ fn spliced(g: &mut TestGate) {
     complete(&mut ct, &mut tc, &TargetAnswer { isn: 9000, wscale: 9, tsval: Some(77) });
     g.gate.set_splice(&s.target_key::<u32>(), &tc).expect("entry");
     g.gate.set_splice(&s.client_key::<u32>(), &ct).expect("entry");
+    let client6 = FlowKey::of_sockets(
+        SocketAddr::new(Ipv6Addr::from(v6_of(CLIENT)).into(), 40000),
+        SocketAddr::new(Ipv6Addr::from(v6_of(VIP)).into(), 443),
+    )
+    .expect("one family");
+    let s6 = SpliceSetup {
+        client: client6,
+        source_addr: client6.saddr,
+        source_port: client6.sport,
+        target_addr: v6_words(v6_of(TARGET)),
+        ..s
+    };
+    let (mut ct, mut tc) = s6.connecting::<[u32; 4]>();
+    complete(&mut ct, &mut tc, &TargetAnswer { isn: 9000, wscale: 9, tsval: Some(77) });
+    g.gate.set_splice(&s6.target_key::<[u32; 4]>(), &tc).expect("IPv6 entry");
+    g.gate.set_splice(&s6.client_key::<[u32; 4]>(), &ct).expect("IPv6 entry");
 }
 
 /// ns per packet of the rewrite (client data with timestamps, and the
@@ -84,7 +102,9 @@ fn spliced(g: &mut TestGate) {
 /// FIB lookup that finds no route, then XDP_PASS: the redirect itself is
 /// in the end-to-end figures.
 fn rewrite_cost() {
-    let mut g = TestGate::new("bench-splice", &[service(VIP, 443, RESPONSE_DROP, false)]);
+    let vip6 = Ipv6Addr::from(v6_of(VIP));
+    let services = [service(VIP, 443, RESPONSE_DROP, false), service(vip6, 443, RESPONSE_DROP, false)];
+    let mut g = TestGate::new("bench-splice", &services);
     spliced(&mut g);
     let ts = |a: u32, b: u32| [&[1u8, 1, 8, 10][..], &a.to_be_bytes(), &b.to_be_bytes()].concat();
     let mut to_target = TcpFrame::new(CLIENT, 40000, VIP, 443, TCP_ACK | TCP_PSH);
@@ -92,16 +112,23 @@ fn rewrite_cost() {
     let mut to_client = TcpFrame::new(TARGET, 8443, CLIENT, 40000, TCP_ACK | TCP_PSH);
     (to_client.seq, to_client.ack, to_client.tcp_options, to_client.payload) = (9001, 1101, ts(78, 10), vec![7; 1000]);
     let (a, b) = (to_target.build(), to_client.build());
-    let (mut base, mut edge, mut internal) = (Vec::new(), Vec::new(), Vec::new());
+    let (a6, b6) = (to_target.v6().build(), to_client.v6().build());
+    let (mut base, mut edge, mut internal, mut edge6, mut internal6) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..RUNS {
         base.push(g.run_pass(&a).duration_ns);
         edge.push(g.run(&a).duration_ns);
         internal.push(g.run_internal(&b).duration_ns);
+        edge6.push(g.run(&a6).duration_ns);
+        internal6.push(g.run_internal(&b6).duration_ns);
     }
     let base = median(base);
     println!("splice_rewrite_baseline_ns: {base:.0}");
     println!("splice_rewrite_to_target: {:.2}x (goal <= 2x)", median(edge) / base);
     println!("splice_rewrite_to_client: {:.2}x (goal <= 2x)", median(internal) / base);
+    // IPv6 goes through the tail-called stage (docs/splice.md, "IPv6").
+    println!("splice_rewrite_v6_to_target: {:.2}x (goal <= 2x)", median(edge6) / base);
+    println!("splice_rewrite_v6_to_client: {:.2}x (goal <= 2x)", median(internal6) / base);
 }
 
 /// Kernel memory (memlock, from fdinfo) of the splice map sized for
@@ -120,6 +147,8 @@ fn map_memory() {
     };
     let splice = memlock(ackgate_common::abi::MAP_SPLICE);
     println!("splice_map_mib_1m_flows: {:.0} (goal <= 256)", splice as f64 / (1 << 20) as f64);
+    let splice6 = memlock(ackgate_common::abi::MAP_SPLICE6);
+    println!("splice6_map_mib_1m_flows: {:.0}", splice6 as f64 / (1 << 20) as f64);
     drop(gate);
     let _ = std::fs::remove_dir_all(&pin_dir);
 }
